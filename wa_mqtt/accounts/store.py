@@ -1,0 +1,120 @@
+"""The sessions/ folder: one folder per account (store.db, account.json, backups/), its metadata and permissions.
+
+Layout (contract section 9):
+    sessions/<phone>/store.db        the engine's session store (SQLite)
+    sessions/<phone>/account.json    phone, name, engine, created_at, last_connected
+    sessions/<phone>/backups/        consistent copies of store.db
+Folders are 0700 and files 0600: a store is a key to someone's WhatsApp.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..model import is_phone, utc_iso
+
+log = logging.getLogger(__name__)
+
+STORE_FILE = "store.db"
+META_FILE = "account.json"
+BACKUP_DIR = "backups"
+
+
+@dataclass(frozen=True)
+class AccountPaths:
+    root: Path
+
+    @property
+    def store(self) -> Path:
+        return self.root / STORE_FILE
+
+    @property
+    def meta(self) -> Path:
+        return self.root / META_FILE
+
+    @property
+    def backups(self) -> Path:
+        return self.root / BACKUP_DIR
+
+
+class SessionStore:
+    """Owns `sessions_dir`: which accounts exist, their folders and account.json."""
+
+    def __init__(self, sessions_dir: Path) -> None:
+        self.root = Path(sessions_dir)
+
+    def ensure_root(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def paths(self, phone: str) -> AccountPaths:
+        if not is_phone(phone):
+            raise ValueError(f"not a phone number: {phone!r}")
+        return AccountPaths(self.root / phone)
+
+    def stored_phones(self) -> list[str]:
+        """Phones with a folder holding a store.db, sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            entry.name for entry in self.root.iterdir()
+            if entry.is_dir() and is_phone(entry.name) and (entry / STORE_FILE).exists()
+        )
+
+    def prepare(self, phone: str) -> AccountPaths:
+        """Create the account folder (0700) if needed and return its paths."""
+        paths = self.paths(phone)
+        self.ensure_root()
+        paths.root.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(paths.root, 0o700)
+        return paths
+
+    def secure(self, phone: str) -> None:
+        """Re-apply 0700 on folders and 0600 on files of an account (after an engine wrote them)."""
+        paths = self.paths(phone)
+        if not paths.root.exists():
+            return
+        for folder, _dirs, files in os.walk(paths.root):
+            os.chmod(folder, 0o700)
+            for name in files:
+                try:
+                    os.chmod(os.path.join(folder, name), 0o600)
+                except FileNotFoundError:
+                    pass  # an SQLite -journal/-wal file that just went away
+
+    def read_meta(self, phone: str) -> dict[str, Any]:
+        try:
+            data = json.loads(self.paths(phone).meta.read_text(encoding="utf-8"))
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def write_meta(self, phone: str, **changes: Any) -> dict[str, Any]:
+        """Merge `changes` into account.json (atomic replace, 0600)."""
+        paths = self.prepare(phone)
+        meta = self.read_meta(phone)
+        meta.setdefault("phone", phone)
+        meta.setdefault("created_at", utc_iso(datetime.now(timezone.utc)))
+        for key, value in changes.items():
+            meta[key] = utc_iso(value) if isinstance(value, datetime) else value
+        tmp = paths.meta.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(meta, handle, indent=2, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, paths.meta)
+        return meta
+
+    def remove(self, phone: str) -> None:
+        """Delete the account's folder entirely (store, metadata, backups)."""
+        paths = self.paths(phone)
+        if paths.root.exists():
+            shutil.rmtree(paths.root)
+            log.info("removed session folder of %s", phone)

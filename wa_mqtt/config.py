@@ -1,0 +1,223 @@
+"""The bridge's configuration: pydantic models of config.yaml, loading from file + environment, errors.
+
+One validated `Config` object is built here and passed down; no other module reads the environment
+or config files. Environment variables `WA_MQTT_<SECTION>__<KEY>` (or `WA_MQTT_<KEY>` for top-level
+keys) override the file; their values are parsed as YAML scalars (`true`, `5`, `[a, b]`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .model import JID_RE, is_phone
+
+ENV_PREFIX = "WA_MQTT_"
+SECRET_MASK = "***"
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; the message names the key and the reason."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MqttConfig(_Section):
+    url: str | None = None
+    embedded_port: int = Field(1883, ge=1, le=65535)
+    base_topic: str = "wa"
+    client_id: str = "wa_mqtt"
+    discovery: bool = True
+    discovery_prefix: str = "homeassistant"
+    keepalive: int = Field(30, ge=5, le=3600)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise ValueError("must start with mqtt:// or mqtts://")
+        if not parts.hostname:
+            raise ValueError("has no host")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as exc:
+            raise ValueError(f"bad port ({exc})") from None
+        return value
+
+    @field_validator("base_topic", "discovery_prefix")
+    @classmethod
+    def _topic_root(cls, value: str) -> str:
+        if not value or any(c in value for c in "+#\x00") or value.startswith("/") or value.endswith("/"):
+            raise ValueError("must be a plain topic prefix without wildcards or leading/trailing '/'")
+        return value
+
+
+class ReconnectConfig(_Section):
+    initial: float = Field(1.0, gt=0)
+    factor: float = Field(2.0, ge=1)
+    max: float = Field(300.0, gt=0)
+    jitter: float = Field(0.2, ge=0, le=1)
+    flap_window: float = Field(60.0, ge=0)
+
+
+class BackupsConfig(_Section):
+    keep: int = Field(3, ge=1, le=100)
+
+
+class OutgoingConfig(_Section):
+    ttl: float = Field(86400, gt=0)
+    allow_to: list[str] | None = None
+    max_media_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    media_dir: str | None = None
+
+    @field_validator("allow_to")
+    @classmethod
+    def _recipients(cls, value: list[str] | None) -> list[str] | None:
+        for item in value or []:
+            if not (is_phone(str(item)) or JID_RE.match(str(item))):
+                raise ValueError(f"{item!r} is not a phone number or JID")
+        return [str(v) for v in value] if value is not None else None
+
+
+class Config(_Section):
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    engine: Literal["neonize", "sim"] = "neonize"
+    sessions_dir: Path = Path("sessions")
+    data_dir: Path = Path("data")
+    accounts: list[str] = Field(default_factory=list)
+    reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)
+    backups: BackupsConfig = Field(default_factory=BackupsConfig)
+    outgoing: OutgoingConfig = Field(default_factory=OutgoingConfig)
+    status_interval: float = Field(60, gt=0)
+    pairing_timeout: float = Field(160, gt=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    auto_reply: list[dict[str, Any]] = Field(default_factory=list)
+
+    @field_validator("accounts", mode="before")
+    @classmethod
+    def _phones(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            value = [str(v).lstrip("+") for v in value]
+            for phone in value:
+                if not is_phone(phone):
+                    raise ValueError(f"{phone!r} is not a phone number (international, digits only)")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    def masked(self) -> dict[str, Any]:
+        """The effective config as JSON with every secret replaced by `***` (for bridge/info)."""
+        data = self.model_dump(mode="json")
+        data["mqtt"]["url"] = mask_url(self.mqtt.url)
+        return data
+
+
+def mask_url(url: str | None) -> str | None:
+    """`mqtt://user:secret@host` → `mqtt://user:***@host`."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username}:{SECRET_MASK}@{host}" if parts.username else f":{SECRET_MASK}@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
+        if not path:
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        if path[-1] in ("url", "client_id", "base_topic") and value is not None:
+            value = raw  # never reinterpret strings that only look like YAML
+        node = overrides
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return overrides
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem: `mqtt.embedded_port: Input should be less than or equal to 65535`."""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{key}: {msg}")
+    return "; ".join(lines)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The mapping in a YAML file; a missing file is an empty config."""
+    if not path.exists():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    return data
+
+
+def build_config(
+    data: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    cli_overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """File data, then environment, then command-line flags; validated. Raises ConfigError."""
+    merged = _merge(dict(data), _env_overrides(environ or {}))
+    merged = _merge(merged, cli_overrides or {})
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+
+
+def load_config(
+    path: Path,
+    environ: Mapping[str, str] | None = None,
+    cli_overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Load and validate `path` (may be absent) with environment and flag overrides."""
+    return build_config(read_yaml(path), os.environ if environ is None else environ, cli_overrides)

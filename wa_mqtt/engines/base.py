@@ -1,0 +1,156 @@
+"""The seam between the bridge and whatever talks to WhatsApp: engine events and the session protocol.
+
+An engine turns WhatsApp into these events and nothing else; the account supervisor decides what
+they mean for the account's state. Events are pydantic models with a `kind` tag, so the same types
+cross the pipe between the bridge and an engine child process as JSON lines unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, Field, TypeAdapter
+
+from ..model import ErrorCode, IncomingMessage, OutgoingMessage, Receipt, SendResult
+
+PairMethod = Literal["qr", "code"]
+
+
+class EngineError(Exception):
+    """An engine operation failed; `code` is a response error code (`engine_error`, `not_connected`)."""
+
+    def __init__(self, message: str, code: str = "engine_error") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Event(BaseModel):
+    pass
+
+
+class Connected(_Event):
+    kind: Literal["connected"] = "connected"
+    name: str | None = None  # push name, when the engine knows it
+
+
+class Disconnected(_Event):
+    """The connection is gone or could not be made; the bridge's backoff decides when to retry."""
+
+    kind: Literal["disconnected"] = "disconnected"
+    code: ErrorCode = ErrorCode.CONNECTION_LOST
+    error: str = "connection lost"
+
+
+class LoggedOut(_Event):
+    kind: Literal["logged_out"] = "logged_out"
+    reason: str = "unlinked from the phone"
+
+
+class StreamReplaced(_Event):
+    kind: Literal["stream_replaced"] = "stream_replaced"
+
+
+class TemporaryBan(_Event):
+    kind: Literal["temporary_ban"] = "temporary_ban"
+    code: str = ""
+    expires_at: datetime
+
+
+class ClientOutdated(_Event):
+    kind: Literal["client_outdated"] = "client_outdated"
+
+
+class Qr(_Event):
+    kind: Literal["qr"] = "qr"
+    code: str
+
+
+class PairCode(_Event):
+    kind: Literal["pair_code"] = "pair_code"
+    code: str
+
+
+class Paired(_Event):
+    """Linking succeeded; `phone` is the number that scanned, which may differ from the one asked."""
+
+    kind: Literal["paired"] = "paired"
+    phone: str
+    name: str | None = None
+
+
+class MessageReceived(_Event):
+    kind: Literal["message"] = "message"
+    message: IncomingMessage
+
+
+class ReceiptReceived(_Event):
+    kind: Literal["receipt"] = "receipt"
+    receipt: Receipt
+
+
+class SimSent(_Event):
+    """The sim engine handed a message to its simulated WhatsApp (published on `wa/sim/<phone>/sent`)."""
+
+    kind: Literal["sim_sent"] = "sim_sent"
+    payload: dict[str, Any]
+
+
+class Crashed(_Event):
+    """The engine (its child process) died or hung; produced by the process supervisor."""
+
+    kind: Literal["crashed"] = "crashed"
+    error: str
+
+
+EngineEvent = Annotated[
+    Connected | Disconnected | LoggedOut | StreamReplaced | TemporaryBan | ClientOutdated | Qr
+    | PairCode | Paired | MessageReceived | ReceiptReceived | SimSent | Crashed,
+    Field(discriminator="kind"),
+]
+EVENT_ADAPTER: TypeAdapter[EngineEvent] = TypeAdapter(EngineEvent)
+
+EmitFn = Callable[[EngineEvent], None]
+
+
+@runtime_checkable
+class EngineSession(Protocol):
+    """One account's connection to WhatsApp. Methods are serialised by the caller (the supervisor).
+
+    `start` begins restoring the stored session (or pairing when the store holds none) and returns
+    at once; the outcome arrives as events through the `emit` function the session was opened with.
+    """
+
+    async def start(self, pair_method: PairMethod = "qr") -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def logout(self) -> None: ...
+
+    async def send(self, message: OutgoingMessage) -> SendResult: ...
+
+    async def react(self, chat: str, message_id: str, emoji: str, sender: str | None = None) -> str: ...
+
+    async def mark_read(self, chat: str, ids: list[str], sender: str | None = None) -> None: ...
+
+    async def typing(self, chat: str, state: str) -> None: ...
+
+    async def sim_control(self, action: str, payload: bytes) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class Engine(Protocol):
+    """Opens sessions; one per account. `name` is `neonize` or `sim`."""
+
+    name: str
+
+    def has_device(self, store_path: Path) -> bool:
+        """True when the store at `store_path` holds a linked device to restore."""
+        ...
+
+    def open_session(self, phone: str, store_path: Path, emit: EmitFn) -> EngineSession: ...
+
+    async def aclose(self) -> None: ...

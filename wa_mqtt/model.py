@@ -1,0 +1,230 @@
+"""Domain types shared by every part of the bridge: account states, status, messages, receipts, sends.
+
+These are the contract's payloads (shared/spec/mqtt-api.md sections 4, 6, 7) as typed models; the
+JSON on MQTT is `model.model_dump(mode="json")` of them, nothing more.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+PHONE_RE = re.compile(r"^[1-9][0-9]{5,14}$")
+JID_RE = re.compile(r"^[0-9A-Za-z.\-_:]{1,64}@(s\.whatsapp\.net|g\.us|broadcast|newsletter|lid)$")
+
+
+def is_phone(value: str) -> bool:
+    """True for an international number, digits only, no `+` (the account id in topics)."""
+    return bool(PHONE_RE.match(value))
+
+
+def utc_iso(moment: datetime | None) -> str | None:
+    """ISO 8601 UTC with a `Z`, seconds precision, as every timestamp on MQTT."""
+    if moment is None:
+        return None
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class AccountState(StrEnum):
+    """The states of an account (contract section 4), exactly these words."""
+
+    CONNECTING = "connecting"
+    PAIRING = "pairing"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    STOPPED = "stopped"
+    LOGGED_OUT = "logged_out"
+    CONFLICT = "conflict"
+    BANNED = "banned"
+    ERROR = "error"
+
+
+class ErrorCode(StrEnum):
+    """Stable machine words for `status.error_code`."""
+
+    DIAL_FAILED = "dial_failed"
+    CONNECT_FAILURE = "connect_failure"
+    KEEPALIVE_TIMEOUT = "keepalive_timeout"
+    LOGGED_OUT = "logged_out"
+    STREAM_REPLACED = "stream_replaced"
+    TEMPORARY_BAN = "temporary_ban"
+    CLIENT_OUTDATED = "client_outdated"
+    PAIRING_TIMEOUT = "pairing_timeout"
+    ENGINE_CRASHED = "engine_crashed"
+    STORE_CORRUPT = "store_corrupt"
+    CONNECTION_LOST = "connection_lost"
+
+
+class Status(BaseModel):
+    """`wa/<phone>/status`: the single source of truth for an account."""
+
+    phone: str
+    name: str | None = None
+    state: AccountState
+    since: datetime
+    last_connected: datetime | None = None
+    updated_at: datetime
+    reconnect_attempt: int = 0
+    next_retry_at: datetime | None = None
+    error: str | None = None
+    error_code: ErrorCode | None = None
+    engine: str
+    queued_outgoing: int = 0
+
+    def payload(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json")
+        for key in ("since", "last_connected", "updated_at", "next_retry_at"):
+            data[key] = utc_iso(getattr(self, key))
+        return data
+
+
+class Media(BaseModel):
+    mimetype: str | None = None
+    size: int | None = None
+    filename: str | None = None
+    sha256: str | None = None
+    path: str | None = None
+
+
+class Quoted(BaseModel):
+    id: str
+    sender: str | None = None
+    text: str | None = None
+
+
+class Reaction(BaseModel):
+    emoji: str
+    target_id: str
+
+
+class Location(BaseModel):
+    latitude: float
+    longitude: float
+    name: str | None = None
+
+
+MessageType = Literal[
+    "text", "image", "video", "audio", "document", "sticker", "location", "contact",
+    "reaction", "poll", "unknown",
+]
+ChatType = Literal["private", "group", "broadcast", "newsletter"]
+
+
+class IncomingMessage(BaseModel):
+    """`wa/<phone>/message` (contract section 6)."""
+
+    model_config = ConfigDict(extra="allow")  # type-specific extras (poll options, raw_type, contact vcard)
+
+    id: str
+    account: str
+    chat: str
+    chat_type: ChatType = "private"
+    sender: str
+    sender_jid: str
+    sender_name: str | None = None
+    from_me: bool = False
+    timestamp: datetime
+    type: MessageType = "text"
+    text: str | None = None
+    caption: str | None = None
+    media: Media | None = None
+    quoted: Quoted | None = None
+    mentions: list[str] = Field(default_factory=list)
+    reaction: Reaction | None = None
+    location: Location | None = None
+
+    def payload(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json")
+        data["timestamp"] = utc_iso(self.timestamp)
+        return data
+
+
+class Receipt(BaseModel):
+    """`wa/<phone>/receipt`."""
+
+    ids: list[str]
+    chat: str
+    type: Literal["delivered", "read", "played"]
+    timestamp: datetime
+    sender: str | None = None
+
+    def payload(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json")
+        data["timestamp"] = utc_iso(self.timestamp)
+        return data
+
+
+class MediaSource(BaseModel):
+    """Where outgoing media comes from: exactly one of url, path, base64."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = None
+    path: str | None = None
+    base64: str | None = None
+    mimetype: str | None = None
+    filename: str | None = None
+    caption: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MediaSource:
+        given = [k for k in ("url", "path", "base64") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("exactly one of url, path, base64 is required")
+        return self
+
+
+MEDIA_KINDS = ("image", "video", "audio", "document")
+
+
+def to_jid(recipient: str) -> str:
+    """A phone or JID as a JID (`5511999999999` → `5511999999999@s.whatsapp.net`)."""
+    return recipient if "@" in recipient else f"{recipient}@s.whatsapp.net"
+
+
+class OutgoingMessage(BaseModel):
+    """`wa/<phone>/request/send` once validated (contract section 7)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to: str
+    text: str | None = None
+    image: MediaSource | None = None
+    video: MediaSource | None = None
+    audio: MediaSource | None = None
+    document: MediaSource | None = None
+    reply_to: str | None = None
+    id: str | None = Field(default=None, max_length=128)
+
+    @field_validator("to")
+    @classmethod
+    def _recipient(cls, value: str) -> str:
+        if not (is_phone(value) or JID_RE.match(value)):
+            raise ValueError("must be a phone number (digits only) or a WhatsApp JID")
+        return value
+
+    @model_validator(mode="after")
+    def _has_content(self) -> OutgoingMessage:
+        media = [k for k in MEDIA_KINDS if getattr(self, k) is not None]
+        if len(media) > 1:
+            raise ValueError("at most one of image, video, audio, document")
+        if not media and not self.text:
+            raise ValueError("text or one of image, video, audio, document is required")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next((k for k in MEDIA_KINDS if getattr(self, k) is not None), "text")
+
+    @property
+    def jid(self) -> str:
+        return to_jid(self.to)
+
+
+class SendResult(BaseModel):
+    id: str
+    timestamp: datetime | None = None

@@ -1,0 +1,113 @@
+"""Every topic name the bridge uses, built in one place from the base topic, and their parsing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BRIDGE = "bridge"
+SIM = "sim"
+RESERVED_IDS = frozenset({BRIDGE, SIM})
+
+BRIDGE_COMMANDS = frozenset({"pair", "remove", "backup", "restart_account", "reload", "health"})
+ACCOUNT_COMMANDS = frozenset({"connect", "disconnect", "logout", "send", "react", "read", "typing"})
+SIM_ACTIONS = frozenset({"scan", "incoming", "drop", "outage", "logout", "replace", "crash"})
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names under one base topic (`wa` by default)."""
+
+    base: str = "wa"
+
+    # bridge
+    @property
+    def bridge_state(self) -> str:
+        return f"{self.base}/bridge/state"
+
+    @property
+    def bridge_info(self) -> str:
+        return f"{self.base}/bridge/info"
+
+    @property
+    def bridge_accounts(self) -> str:
+        return f"{self.base}/bridge/accounts"
+
+    @property
+    def bridge_event(self) -> str:
+        return f"{self.base}/bridge/event"
+
+    def bridge_response(self, cmd: str) -> str:
+        return f"{self.base}/bridge/response/{cmd}"
+
+    # accounts
+    def status(self, phone: str) -> str:
+        return f"{self.base}/{phone}/status"
+
+    def qr(self, phone: str) -> str:
+        return f"{self.base}/{phone}/qr"
+
+    def qr_image(self, phone: str) -> str:
+        return f"{self.base}/{phone}/qr/image"
+
+    def pair_code(self, phone: str) -> str:
+        return f"{self.base}/{phone}/pair_code"
+
+    def message(self, phone: str) -> str:
+        return f"{self.base}/{phone}/message"
+
+    def receipt(self, phone: str) -> str:
+        return f"{self.base}/{phone}/receipt"
+
+    def response(self, phone: str, cmd: str) -> str:
+        return f"{self.base}/{phone}/response/{cmd}"
+
+    # sim
+    def sim_sent(self, phone: str) -> str:
+        return f"{self.base}/{SIM}/{phone}/sent"
+
+    # subscriptions
+    @property
+    def request_filters(self) -> list[str]:
+        return [f"{self.base}/+/request/+"]
+
+    @property
+    def sim_filter(self) -> str:
+        return f"{self.base}/{SIM}/+/+"
+
+
+@dataclass(frozen=True)
+class RequestTopic:
+    """A parsed `<base>/<target>/request/<cmd>`; target is `bridge` or a phone (unchecked)."""
+
+    target: str
+    command: str
+
+    @property
+    def is_bridge(self) -> bool:
+        return self.target == BRIDGE
+
+
+@dataclass(frozen=True)
+class SimTopic:
+    phone: str
+    action: str
+
+
+def parse_request_topic(topics: Topics, topic: str) -> RequestTopic | None:
+    prefix = topics.base + "/"
+    if not topic.startswith(prefix):
+        return None
+    parts = topic[len(prefix):].split("/")
+    if len(parts) != 3 or parts[1] != "request" or not parts[0] or not parts[2]:
+        return None
+    return RequestTopic(parts[0], parts[2])
+
+
+def parse_sim_topic(topics: Topics, topic: str) -> SimTopic | None:
+    prefix = f"{topics.base}/{SIM}/"
+    if not topic.startswith(prefix):
+        return None
+    parts = topic[len(prefix):].split("/")
+    if len(parts) != 2 or parts[1] == "sent":
+        return None
+    return SimTopic(parts[0], parts[1])
