@@ -1,0 +1,129 @@
+"""The spool: FIFO order, ack semantics, the byte bound, and survival of a SIGKILL."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from wa_mqtt.mqtt.spool import Spool, SpoolEntry
+
+
+@pytest.fixture
+def spool(tmp_path: Path):
+    s = Spool(tmp_path / "spool.db")
+    yield s
+    s.close()
+
+
+def test_fifo_order_and_fields(spool: Spool) -> None:
+    seqs = [spool.append(f"wa/1/message/{i}", f"p{i}".encode(), i % 2, i == 2) for i in range(3)]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 3
+    assert spool.peek(10) == [
+        SpoolEntry(seqs[0], "wa/1/message/0", b"p0", 0, False),
+        SpoolEntry(seqs[1], "wa/1/message/1", b"p1", 1, False),
+        SpoolEntry(seqs[2], "wa/1/message/2", b"p2", 0, True),
+    ]
+    assert [e.seq for e in spool.peek(2)] == seqs[:2]
+    assert len(spool) == 3
+
+
+def test_ack_removes_entry_and_everything_older(spool: Spool) -> None:
+    seqs = [spool.append("t", bytes([i]), 1, False) for i in range(5)]
+    spool.ack(seqs[2])
+    assert [e.seq for e in spool.peek(10)] == seqs[3:]
+    assert len(spool) == 2
+    assert spool.size_bytes == 2 * (1 + 1)
+    spool.ack(seqs[4])
+    assert spool.peek(10) == [] and len(spool) == 0 and spool.size_bytes == 0
+
+
+def test_survives_reopen_and_sequence_never_goes_back(tmp_path: Path) -> None:
+    first = Spool(tmp_path / "spool.db")
+    a = first.append("t", b"a", 1, False)
+    b = first.append("t", b"b", 1, False)
+    first.ack(b)  # spool empty now
+    c = first.append("t", b"c", 1, False)
+    first.close()
+    again = Spool(tmp_path / "spool.db")
+    try:
+        assert [(e.seq, e.payload) for e in again.peek(10)] == [(c, b"c")]
+        assert len(again) == 1 and again.size_bytes == 2
+        again.ack(c)
+        d = again.append("t", b"d", 1, False)
+        assert a < b < c < d
+    finally:
+        again.close()
+
+
+def test_stays_under_max_bytes_by_dropping_oldest_with_one_warning(tmp_path: Path, caplog) -> None:
+    spool = Spool(tmp_path / "spool.db", max_bytes=100)  # each entry: 1 + 19 = 20 bytes
+    try:
+        with caplog.at_level(logging.WARNING, logger="wa_mqtt.mqtt.spool"):
+            seqs = [spool.append("t", b"x" * 19, 1, False) for _ in range(8)]
+        assert [e.seq for e in spool.peek(100)] == seqs[3:]
+        assert spool.size_bytes == 100 and len(spool) == 5
+        assert spool.dropped == 3
+        assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+
+        spool.ack(seqs[3])  # the broker is back: a later overflow is a new episode
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="wa_mqtt.mqtt.spool"):
+            big = spool.append("t", b"y" * 59, 1, False)  # 80 + 60 bytes: the 2 oldest must go
+        assert [e.seq for e in spool.peek(100)] == [seqs[6], seqs[7], big]
+        assert spool.dropped == 5 and spool.size_bytes == 100
+        assert len(caplog.records) == 1
+    finally:
+        spool.close()
+
+
+def test_entry_larger_than_the_bound_is_kept_alone(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db", max_bytes=50)
+    try:
+        spool.append("t", b"small", 1, False)
+        huge = spool.append("t", b"z" * 500, 1, False)
+        assert [e.seq for e in spool.peek(10)] == [huge]
+        assert spool.dropped == 1
+    finally:
+        spool.close()
+
+
+def test_file_is_private(spool: Spool) -> None:
+    spool.append("t", b"secret", 1, False)
+    for suffix in ("", "-wal"):
+        path = Path(str(spool.path) + suffix)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_bad_synchronous_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        Spool(tmp_path / "spool.db", synchronous="OFF")  # type: ignore[arg-type]
+
+
+def test_appends_survive_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    child = textwrap.dedent(f"""
+        import os, signal
+        from pathlib import Path
+        from wa_mqtt.mqtt.spool import Spool
+        spool = Spool(Path({str(path)!r}))
+        seqs = [spool.append("wa/1/message", b"m%d" % i, 1, False) for i in range(200)]
+        spool.ack(seqs[49])
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    result = subprocess.run([sys.executable, "-c", child], timeout=30)
+    assert result.returncode == -9
+    spool = Spool(path)
+    try:
+        entries = spool.peek(1000)
+        assert [e.payload for e in entries] == [b"m%d" % i for i in range(50, 200)]
+        assert len(spool) == 150
+    finally:
+        spool.close()
+    assert os.path.exists(path)
