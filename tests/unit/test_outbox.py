@@ -1,0 +1,161 @@
+"""The outbox: order, duplicates, TTL by the injected clock, idempotency window, and SIGKILL survival."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+import textwrap
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from wa_mqtt.accounts.outbox import Outbox
+
+T0 = datetime(2026, 11, 24, 10, 0, 0, tzinfo=timezone.utc)
+A, B = "557996277210", "5511999999999"
+
+
+class FakeClock:
+    def __init__(self, now: datetime = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def outbox(tmp_path: Path, clock: FakeClock):
+    box = Outbox(tmp_path / "outbox.db", clock)
+    yield box
+    box.close()
+
+
+def request(text: str) -> dict:
+    return {"message": {"to": B, "text": text}, "transaction": {"t": text},
+            "route": {"response_topic": "reply/here", "correlation": "00ff"}}
+
+
+def test_enqueue_keeps_order_per_account(outbox: Outbox, clock: FakeClock) -> None:
+    first, dup = outbox.enqueue(A, request("one"), None)
+    assert dup is False
+    assert first.account == A and first.request == request("one") and first.client_id is None
+    assert first.created_at == T0
+    clock.advance(1)
+    outbox.enqueue(B, request("other"), None)
+    outbox.enqueue(A, request("two"), "k2")
+    assert [e.request["message"]["text"] for e in outbox.pending(A)] == ["one", "two"]
+    assert [e.request["message"]["text"] for e in outbox.pending(B)] == ["other"]
+    assert outbox.depth(A) == 2 and outbox.depth(B) == 1 and outbox.depth("1234567") == 0
+    assert outbox.accounts() == sorted([A, B])
+
+
+def test_duplicate_client_id_returns_the_waiting_entry(outbox: Outbox) -> None:
+    entry, dup = outbox.enqueue(A, request("one"), "key")
+    again, dup2 = outbox.enqueue(A, request("changed"), "key")
+    assert (dup, dup2) == (False, True)
+    assert again == entry
+    assert outbox.depth(A) == 1
+    other, dup3 = outbox.enqueue(B, request("one"), "key")  # same key, another account: not a duplicate
+    assert dup3 is False and other.id != entry.id
+
+
+def test_remove_and_accounts(outbox: Outbox) -> None:
+    entry, _ = outbox.enqueue(A, request("one"), "key")
+    outbox.remove(entry.id)
+    outbox.remove(entry.id)  # already gone: no error
+    assert outbox.pending(A) == [] and outbox.accounts() == []
+    again, dup = outbox.enqueue(A, request("one"), "key")  # the key is free again once removed
+    assert dup is False and again.id > entry.id
+
+
+def test_take_expired_uses_the_clock(outbox: Outbox, clock: FakeClock) -> None:
+    old, _ = outbox.enqueue(A, request("old"), None)
+    clock.advance(50)
+    mid, _ = outbox.enqueue(A, request("mid"), None)
+    other, _ = outbox.enqueue(B, request("other-account"), None)
+    clock.advance(60)  # old is 110 s old, mid 60 s
+    assert outbox.take_expired(A, 100) == [old]
+    assert outbox.take_expired(A, 100) == []
+    assert outbox.pending(A) == [mid]
+    clock.advance(41)
+    assert outbox.take_expired(A, 100) == [mid]
+    assert outbox.pending(B) == [other]
+
+
+def test_clear_account(outbox: Outbox) -> None:
+    outbox.enqueue(A, request("a1"), None)
+    outbox.enqueue(A, request("a2"), None)
+    outbox.enqueue(B, request("b"), None)
+    assert [e.request["message"]["text"] for e in outbox.clear(A)] == ["a1", "a2"]
+    assert outbox.accounts() == [B]
+
+
+def test_sent_ids_are_remembered_for_the_window(outbox: Outbox, clock: FakeClock) -> None:
+    assert outbox.sent_id(A, "k") is None
+    outbox.remember_sent(A, "k", "3EB0AAA")
+    assert outbox.sent_id(A, "k") == "3EB0AAA"
+    assert outbox.sent_id(B, "k") is None
+    clock.advance(24 * 3600 - 1)
+    assert outbox.sent_id(A, "k") == "3EB0AAA"
+    clock.advance(2)
+    assert outbox.sent_id(A, "k") is None
+    outbox.remember_sent(A, "k2", "3EB0BBB")  # prunes the expired record
+    rows = outbox._conn.execute("SELECT client_id FROM sent").fetchall()
+    assert rows == [("k2",)]
+
+
+def test_naive_clock_is_refused(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", lambda: datetime(2026, 1, 1))
+    try:
+        with pytest.raises(ValueError):
+            box.enqueue(A, request("x"), None)
+    finally:
+        box.close()
+
+
+def test_persists_across_reopen_and_is_private(tmp_path: Path, clock: FakeClock) -> None:
+    box = Outbox(tmp_path / "outbox.db", clock)
+    entry, _ = box.enqueue(A, request("one"), "key")
+    box.remember_sent(A, "sent-key", "3EB0CCC")
+    box.close()
+    assert stat.S_IMODE((tmp_path / "outbox.db").stat().st_mode) == 0o600
+    box = Outbox(tmp_path / "outbox.db", clock)
+    try:
+        assert box.pending(A) == [entry]
+        assert box.enqueue(A, request("one"), "key") == (entry, True)
+        assert box.sent_id(A, "sent-key") == "3EB0CCC"
+    finally:
+        box.close()
+
+
+def test_survives_sigkill(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "outbox.db"
+    child = textwrap.dedent(f"""
+        import os, signal
+        from datetime import datetime, timezone
+        from pathlib import Path
+        from wa_mqtt.accounts.outbox import Outbox
+        box = Outbox(Path({str(path)!r}), lambda: datetime(2026, 11, 24, 10, tzinfo=timezone.utc))
+        for i in range(20):
+            box.enqueue({A!r}, {{"message": {{"text": "m%d" % i}}}}, "k%d" % i)
+        box.remember_sent({A!r}, "done", "3EB0DDD")
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    assert subprocess.run([sys.executable, "-c", child], timeout=30).returncode == -9
+    box = Outbox(path, clock)
+    try:
+        assert [e.request["message"]["text"] for e in box.pending(A)] == [f"m{i}" for i in range(20)]
+        assert [e.client_id for e in box.pending(A)] == [f"k{i}" for i in range(20)]
+        assert box.sent_id(A, "done") == "3EB0DDD"
+    finally:
+        box.close()
