@@ -1,0 +1,67 @@
+"""Builders of real neonize protobuf events for the engine tests (proto2 required fields filled in)."""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from neonize.proto import Neonize_pb2 as N
+from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as E
+
+TS_MS = 1_795_000_000_000  # 2026-11-17T...Z in milliseconds, as neonize sends Info.Timestamp
+
+
+def jid(user: str, server: str = "s.whatsapp.net", device: int = 0) -> N.JID:
+    return N.JID(User=user, Server=server, Device=device, RawAgent=0, Integrator=0, IsEmpty=not user)
+
+
+def source(chat: N.JID, sender: N.JID, *, from_me: bool = False,
+           sender_alt: N.JID | None = None, recipient_alt: N.JID | None = None) -> N.MessageSource:
+    empty = jid("", "")
+    return N.MessageSource(
+        Chat=chat, Sender=sender, IsFromMe=from_me, IsGroup=chat.Server == "g.us",
+        SenderAlt=sender_alt or empty, RecipientAlt=recipient_alt or empty, BroadcastListOwner=empty,
+    )
+
+
+def message_event(content: E.Message | None, *, msg_id: str = "3EB0AAAA", chat: N.JID | None = None,
+                  sender: N.JID | None = None, pushname: str = "Ana", from_me: bool = False,
+                  timestamp: int = TS_MS, is_edit: bool = False, **source_kw: Any) -> N.Message:
+    sender = sender or jid("5511999999999", device=3)
+    chat = chat or jid("5511999999999")
+    info = N.MessageInfo(
+        MessageSource=source(chat, sender, from_me=from_me, **source_kw), ID=msg_id, ServerID=0, Type="text",
+        Pushname=pushname, Timestamp=timestamp, Category="", Multicast=False, MediaType="", Edit="",
+    )
+    event = N.Message(
+        Info=info, IsEphemeral=False, IsViewOnce=False, IsViewOnceV2=False, IsViewOnceV2Extension=False,
+        IsDocumentWithCaption=False, IsLottieSticker=False, IsEdit=is_edit, UnavailableRequestID="",
+        RetryCount=0,
+    )
+    if content is not None:
+        event.Message.CopyFrom(content)
+    return event
+
+
+def receipt_event(kind: int, ids: list[str], *, chat: N.JID | None = None, sender: N.JID | None = None,
+                  timestamp: int = 1_795_000_000) -> N.Receipt:
+    chat = chat or jid("5511999999999")
+    return N.Receipt(MessageSource=source(chat, sender or chat), MessageIDs=ids, Timestamp=timestamp, Type=kind)
+
+
+def write_synthetic_device(db_path: Path, phone: str, push_name: str = "Ana") -> str:
+    """Insert a linked-device row (random keys) into a store whose tables exist; returns its JID."""
+    device_jid = f"{phone}:7@s.whatsapp.net"
+    r = secrets.token_bytes
+    with sqlite3.connect(db_path) as db:
+        db.execute(
+            "INSERT INTO whatsmeow_device (jid, lid, registration_id, noise_key, identity_key, signed_pre_key,"
+            " signed_pre_key_id, signed_pre_key_sig, adv_key, adv_details, adv_account_sig,"
+            " adv_account_sig_key, adv_device_sig, platform, business_name, push_name)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (device_jid, f"1{phone}:7@lid", 1234, r(32), r(32), r(32), 1, r(64), r(32), b"", r(64), r(32),
+             r(64), "", "", push_name),
+        )
+    return device_jid
