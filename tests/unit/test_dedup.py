@@ -1,0 +1,75 @@
+"""Seen message ids: once per account, across restarts and a SIGKILL, bounded to the newest `window`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from wa_mqtt.accounts.dedup import SeenIds
+
+A, B = "557996277210", "5511999999999"
+
+
+@pytest.fixture
+def seen(tmp_path: Path):
+    ids = SeenIds(tmp_path / "seen.db", window=5)
+    yield ids
+    ids.close()
+
+
+def test_first_time_only_once_per_account(seen: SeenIds) -> None:
+    assert seen.first_time(A, "3EB0X") is True
+    assert seen.first_time(A, "3EB0X") is False
+    assert seen.first_time(B, "3EB0X") is True
+    assert seen.first_time(A, "3EB0Y") is True
+
+
+def test_keeps_the_newest_window_ids_per_account(seen: SeenIds) -> None:
+    for i in range(8):
+        assert seen.first_time(A, f"m{i}")
+    seen.first_time(B, "b0")
+    # m0..m2 were pushed out (window 5): they count as new again; the newest five do not
+    assert [seen.first_time(A, f"m{i}") for i in range(3, 8)] == [False] * 5
+    assert seen.first_time(A, "m0") is True
+    assert seen.first_time(B, "b0") is False  # another account's ids are not pushed out by A
+    count = seen._conn.execute("SELECT COUNT(*) FROM seen WHERE account = ?", (A,)).fetchone()[0]
+    assert count == 5
+
+
+def test_forget_makes_an_id_new_again(seen: SeenIds) -> None:
+    assert seen.first_time(A, "x")
+    seen.forget(A, "x")
+    seen.forget(A, "never-seen")
+    assert seen.first_time(A, "x") is True
+
+
+def test_survives_restart_and_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "seen.db"
+    child = textwrap.dedent(f"""
+        import os, signal
+        from pathlib import Path
+        from wa_mqtt.accounts.dedup import SeenIds
+        seen = SeenIds(Path({str(path)!r}), window=100)
+        for i in range(150):
+            assert seen.first_time({A!r}, "id%d" % i)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    assert subprocess.run([sys.executable, "-c", child], timeout=30).returncode == -9
+    seen = SeenIds(path, window=100)
+    try:
+        assert not any(seen.first_time(A, f"id{i}") for i in range(50, 150))
+        assert seen.first_time(A, "id49") is True  # out of the window
+        assert seen.first_time(A, "id150") is True
+        count = seen._conn.execute("SELECT COUNT(*) FROM seen").fetchone()[0]
+        assert count == 100  # the count loaded on open keeps the bound exact
+    finally:
+        seen.close()
+
+
+def test_window_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        SeenIds(tmp_path / "seen.db", window=0)
