@@ -103,6 +103,17 @@ class Config(_Section):
     pairing_timeout: float = Field(160, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     auto_reply: list[dict[str, Any]] = Field(default_factory=list)
+    notify: list[str] = Field(default_factory=list)  # default recipients: one HA notify entity each
+
+    @field_validator("notify", mode="before")
+    @classmethod
+    def _notify_recipients(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            value = [str(v).lstrip("+") for v in value]
+            for item in value:
+                if not (is_phone(item) or JID_RE.match(item)):
+                    raise ValueError(f"{item!r} is not a phone number or JID")
+        return value
 
     @field_validator("accounts", mode="before")
     @classmethod

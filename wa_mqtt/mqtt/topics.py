@@ -61,6 +61,13 @@ class Topics:
     def response(self, phone: str, cmd: str) -> str:
         return f"{self.base}/{phone}/response/{cmd}"
 
+    def request(self, phone: str, cmd: str) -> str:
+        return f"{self.base}/{phone}/request/{cmd}"
+
+    def stats(self, phone: str) -> str:
+        """Retained JSON counters `{"messages_in", "messages_out", "reconnects"}` (HA sensors)."""
+        return f"{self.base}/{phone}/stats"
+
     # sim
     def sim_sent(self, phone: str) -> str:
         return f"{self.base}/{SIM}/{phone}/sent"
