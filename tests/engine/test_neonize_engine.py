@@ -1,0 +1,267 @@
+"""NeonizeEngine / NeonizeSession against the real neonize library, offline.
+
+Restore and pairing run the real Go code (which fails to dial: this machine has no route to
+WhatsApp); Go's callbacks are then driven the way Go drives them, from another thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from neonize.aioze.client import ClientFactory
+from neonize.events import EVENT_TO_INT
+from neonize.proto import Neonize_pb2 as N
+from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as E
+from neonize_factories import jid, message_event, receipt_event, write_synthetic_device
+
+from wa_mqtt.engines.base import EngineError, EngineEvent, EngineSession
+from wa_mqtt.engines.neonize_engine import NeonizeEngine, NeonizeSession, store_dsn
+from wa_mqtt.model import ErrorCode, OutgoingMessage
+
+TIMEOUT = 15
+
+
+class Recorder:
+    """The `emit` function of a session, with a way to wait for the next event."""
+
+    def __init__(self) -> None:
+        self.events: asyncio.Queue[EngineEvent] = asyncio.Queue()
+
+    def __call__(self, event: EngineEvent) -> None:
+        self.events.put_nowait(event)
+
+    async def next(self) -> EngineEvent:
+        return await asyncio.wait_for(self.events.get(), TIMEOUT)
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[NeonizeEngine]:
+    engine = NeonizeEngine(stop_timeout=5)
+    yield engine
+    await engine.aclose()
+
+
+def fresh_store(path: Path) -> Path:
+    ClientFactory.get_all_devices_from_db(store_dsn(path))  # creates the tables, as the engine does
+    return path
+
+
+_phones = iter(range(4915100000100, 4915100000200))
+
+
+def next_phone() -> str:
+    return str(next(_phones))  # Go keys clients by JID user: one phone per test
+
+
+async def go_event(session: NeonizeSession, event: object) -> None:
+    """Deliver a protobuf event exactly as Go does: Event.execute(uuid, address, size, code) on a Go thread."""
+    client = session.client
+    assert client is not None
+    data = event.SerializeToString()
+    buffer = ctypes.create_string_buffer(data, len(data))
+    code = EVENT_TO_INT[type(event)]
+    await asyncio.to_thread(client.event.execute, client.uuid, ctypes.addressof(buffer), len(data), code)
+
+
+async def go_string_callback(callback: Callable[[int, int], None], session: NeonizeSession, text: str) -> None:
+    """Call a Go→Python string callback (QR, login status) with C strings, from another thread."""
+    uuid = ctypes.create_string_buffer(session.client.uuid)
+    value = ctypes.create_string_buffer(text.encode())
+    await asyncio.to_thread(callback, ctypes.addressof(uuid), ctypes.addressof(value))
+
+
+def test_has_device(tmp_path: Path, engine: NeonizeEngine) -> None:
+    missing = tmp_path / "none" / "store.db"
+    assert engine.has_device(missing) is False
+    assert not missing.exists()
+    store = fresh_store(tmp_path / "store.db")
+    assert engine.has_device(store) is False
+    write_synthetic_device(store, "4915100000001")
+    assert engine.has_device(store) is True
+
+
+def test_session_satisfies_protocol(tmp_path: Path, engine: NeonizeEngine) -> None:
+    session = engine.open_session("4915100000001", tmp_path / "store.db", Recorder())
+    assert isinstance(session, EngineSession)
+    assert engine.name == "neonize"
+
+
+async def test_restore_offline_emits_dial_failed(tmp_path: Path, engine: NeonizeEngine) -> None:
+    phone = next_phone()
+    store = fresh_store(tmp_path / "store.db")
+    write_synthetic_device(store, phone)
+    events = Recorder()
+    session = engine.open_session(phone, store, events)
+    await session.start()
+    assert session.client.jid.User == f"{phone}:7"  # restored the stored device, not a new one
+    event = await events.next()
+    assert event.kind == "disconnected"
+    assert event.code == ErrorCode.DIAL_FAILED
+    assert "failed to dial" in event.error
+    with pytest.raises(EngineError) as failure:
+        await session.send(OutgoingMessage(to="5511999999999", text="hi"))
+    assert failure.value.code == "not_connected"  # Go: "... websocket not connected"
+    await session.stop()
+    assert session.client is None
+    await session.start()  # a second attempt on the same session (the supervisor's retry)
+    assert (await events.next()).code == ErrorCode.DIAL_FAILED
+    await session.close()
+    assert store.stat().st_mode & 0o777 == 0o600
+
+
+async def test_pairing_emits_qr_and_status_events_in_order(tmp_path: Path, engine: NeonizeEngine) -> None:
+    phone = next_phone()
+    events = Recorder()
+    session = engine.open_session(phone, tmp_path / phone / "store.db", events)
+    await session.start("qr")
+    assert session.client.new_device is True
+    assert (await events.next()).code == ErrorCode.DIAL_FAILED  # offline: Connect() fails before any QR
+
+    await go_string_callback(session.client._NewAClient__onQr, session, "2@abc,def,ghi")
+    assert (await events.next()).model_dump() == {"kind": "qr", "code": "2@abc,def,ghi"}
+
+    scanned = "5511444444444"
+    await go_event(session, N.PairStatus(ID=jid(scanned, device=9), BusinessName="", Platform="android",
+                                         Status=N.PairStatus.SUCCESS))
+    await go_event(session, N.Device(JID=jid(scanned, device=9), Platform="", BussinessName="", PushName="Ana",
+                                     Initialized=True))
+    await go_event(session, N.Connected(status=True))
+    await go_event(session, message_event(E.Message(conversation="one"), msg_id="M1"))
+    await go_event(session, message_event(E.Message(imageMessage=E.ImageMessage(caption="two")), msg_id="M2"))
+    await go_event(session, receipt_event(N.Receipt.READ, ["M0"]))
+    await go_event(session, N.KeepAliveTimeout(ErrorCount=2, LastSuccess=0))
+
+    paired, connected, first, second, receipt, dropped = [await events.next() for _ in range(6)]
+    assert (paired.kind, paired.phone) == ("paired", scanned)
+    assert (connected.kind, connected.name) == ("connected", "Ana")
+    assert (first.kind, first.message.id, first.message.text) == ("message", "M1", "one")
+    assert first.message.account == scanned  # messages belong to the number that scanned
+    assert (second.message.id, second.message.type, second.message.caption) == ("M2", "image", "two")
+    assert (receipt.kind, receipt.receipt.ids, receipt.receipt.type) == ("receipt", ["M0"], "read")
+    assert (dropped.kind, dropped.code) == ("disconnected", ErrorCode.KEEPALIVE_TIMEOUT)
+    assert events.events.empty()
+    await session.close()
+
+
+async def test_pairing_window_end_is_reported(tmp_path: Path, engine: NeonizeEngine) -> None:
+    phone = next_phone()
+    events = Recorder()
+    session = engine.open_session(phone, tmp_path / "store.db", events)
+    await session.start("qr")
+    assert (await events.next()).code == ErrorCode.DIAL_FAILED
+    await go_string_callback(session.client._NewAClient__onLoginStatus, session, "timeout")
+    event = await events.next()
+    assert (event.kind, event.code) == ("disconnected", ErrorCode.PAIRING_TIMEOUT)
+    await session.close()
+
+
+async def test_pair_code_method_asks_once_and_emits_the_code(tmp_path: Path, engine: NeonizeEngine) -> None:
+    phone = next_phone()
+    events = Recorder()
+    session = engine.open_session(phone, tmp_path / "store.db", events)
+    await session.start("code")
+    assert (await events.next()).code == ErrorCode.DIAL_FAILED
+    asked: list[str] = []
+
+    async def pair_phone(number: str, show_push_notification: bool) -> str:  # Go's PairPhone needs WhatsApp
+        asked.append(number)
+        return "ABCD-EFGH"
+
+    session.client.PairPhone = pair_phone
+    for code in ("2@first", "2@second"):
+        await go_string_callback(session.client._NewAClient__onQr, session, code)
+    assert (await events.next()).model_dump() == {"kind": "pair_code", "code": "ABCD-EFGH"}
+    assert asked == [phone]
+    await session.close()
+    assert events.events.empty()
+
+
+async def test_events_from_a_stopped_client_are_ignored(tmp_path: Path, engine: NeonizeEngine) -> None:
+    phone = next_phone()
+    events = Recorder()
+    session = engine.open_session(phone, tmp_path / "store.db", events)
+    await session.start()
+    assert (await events.next()).code == ErrorCode.DIAL_FAILED
+    old = session.client
+    await session.start()  # replaces the client
+    assert (await events.next()).code == ErrorCode.DIAL_FAILED
+    await asyncio.to_thread(old._NewAClient__onQr, 0, ctypes.addressof(ctypes.create_string_buffer(b"2@stale")))
+    await go_string_callback(session.client._NewAClient__onQr, session, "2@fresh")
+    assert (await events.next()).model_dump() == {"kind": "qr", "code": "2@fresh"}
+    await session.close()
+
+
+async def test_calls_without_a_client(tmp_path: Path, engine: NeonizeEngine) -> None:
+    session = engine.open_session("4915100000001", tmp_path / "store.db", Recorder())
+    with pytest.raises(EngineError) as failure:
+        await session.send(OutgoingMessage(to="5511999999999", text="hi"))
+    assert failure.value.code == "not_connected"
+    with pytest.raises(EngineError) as failure:
+        await session.sim_control("scan", b"")
+    assert failure.value.code == "invalid_request"
+    with pytest.raises(EngineError) as failure:
+        await session.typing("5511999999999", "dancing")
+    assert failure.value.code == "invalid_request"
+    await session.close()
+
+
+async def test_replies_reactions_and_reads_on_an_offline_restored_client(tmp_path: Path,
+                                                                         engine: NeonizeEngine) -> None:
+    phone = next_phone()
+    store = fresh_store(tmp_path / "store.db")
+    write_synthetic_device(store, phone)
+    events = Recorder()
+    session = engine.open_session(phone, store, events)
+    await session.start()
+    assert (await events.next()).code == ErrorCode.DIAL_FAILED
+    group = jid("120363012345678901", "g.us")
+    await go_event(session, message_event(E.Message(extendedTextMessage=E.ExtendedTextMessage(
+        text="lunch?", contextInfo=E.ContextInfo(stanzaID="OLDER"))), msg_id="M1", chat=group,
+        sender=jid("5511777777777", device=4)))
+    assert (await events.next()).message.id == "M1"
+
+    sent: list[tuple[object, E.Message]] = []
+
+    async def send_message(to: object, message: E.Message) -> N.SendResponse:  # the network part of a send
+        sent.append((to, message))
+        return N.SendResponse(ID=f"OUT{len(sent)}", Timestamp=1_795_000_000, ServerID=0,
+                              DebugTimings=N.MessageDebugTimings())
+
+    session.client.send_message = send_message
+    result = await session.send(OutgoingMessage(to="120363012345678901@g.us", text="yes", reply_to="M1"))
+    assert result.id == "OUT1" and result.timestamp.year == 2026
+    to, reply = sent[0]
+    assert (to.User, to.Server) == ("120363012345678901", "g.us")
+    ctx = reply.extendedTextMessage.contextInfo
+    assert (reply.extendedTextMessage.text, ctx.stanzaID, ctx.participant) == (
+        "yes", "M1", "5511777777777@s.whatsapp.net")
+    assert ctx.quotedMessage.extendedTextMessage.text == "lunch?"
+    assert not ctx.quotedMessage.extendedTextMessage.HasField("contextInfo")  # the quote's own quote is dropped
+
+    assert await session.react("120363012345678901@g.us", "M1", "👍") == "OUT2"  # Go's BuildReaction, offline
+    reaction = sent[1][1].reactionMessage
+    assert (reaction.text, reaction.key.ID, reaction.key.participant) == (
+        "👍", "M1", "5511777777777@s.whatsapp.net")
+
+    for call in (session.mark_read("120363012345678901@g.us", ["M1"]),
+                 session.typing("5511999999999", "composing")):
+        with pytest.raises(EngineError) as failure:
+            await call
+        assert failure.value.code == "not_connected", str(failure.value)
+    await session.close()
+
+
+async def test_media_sources(tmp_path: Path) -> None:
+    from wa_mqtt.engines.neonize_engine import load_media
+    from wa_mqtt.model import MediaSource
+
+    (tmp_path / "a.bin").write_bytes(b"\x00\x01")
+    assert await load_media(MediaSource(path=str(tmp_path / "a.bin"))) == b"\x00\x01"
+    assert await load_media(MediaSource(base64="aGk=")) == b"hi"
+    with pytest.raises(EngineError) as failure:
+        await load_media(MediaSource(base64="not base64!"))
+    assert failure.value.code == "invalid_request"

@@ -1,0 +1,513 @@
+"""The real WhatsApp engine: one neonize (whatsmeow) client per account, behind the EngineSession protocol.
+
+Owns a session's neonize client: restore from or pairing into its store, event handlers, the
+ordered event pump to `emit`, connect/stop serialisation, and the WhatsApp calls (send, react,
+read, typing). Translation lives in `neonize_convert`. Runs inside an engine child process
+(`engines/process.py`); neonize is imported lazily, because importing it configures logging and
+loads the Go library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ctypes
+import logging
+import os
+import sqlite3
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from uuid import uuid4
+
+from ..model import ErrorCode, MediaSource, OutgoingMessage, SendResult, to_jid
+from . import neonize_convert as conv
+from .base import (
+    Connected,
+    Disconnected,
+    EmitFn,
+    EngineError,
+    EngineEvent,
+    MessageReceived,
+    PairCode,
+    Paired,
+    PairMethod,
+    Qr,
+    ReceiptReceived,
+)
+
+if TYPE_CHECKING:
+    from google.protobuf.message import Message as Proto
+    from neonize.aioze.client import NewAClient
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+MAX_MEDIA_BYTES = 100 * 1024 * 1024
+_TYPING = {"composing": ("CHAT_PRESENCE_COMPOSING", "CHAT_PRESENCE_MEDIA_TEXT"),
+           "paused": ("CHAT_PRESENCE_PAUSED", "CHAT_PRESENCE_MEDIA_TEXT"),
+           "recording": ("CHAT_PRESENCE_COMPOSING", "CHAT_PRESENCE_MEDIA_AUDIO")}
+_STATUS_EVENTS = ("ConnectedEv", "DisconnectedEv", "LoggedOutEv", "StreamReplacedEv", "TemporaryBanEv",
+                  "ConnectFailureEv", "ClientOutdatedEv", "KeepAliveTimeoutEv", "KeepAliveRestoredEv",
+                  "PairStatusEv")
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def store_dsn(store_path: Path) -> str:
+    """The store name neonize passes to Go (`file:<name>?_foreign_keys=on` is built there)."""
+    path = str(Path(store_path).absolute())
+    if "?" in path or "#" in path:
+        raise EngineError(f"store path may not contain '?' or '#': {path}")
+    # Go appends `?_foreign_keys=on`; the trailing `&` turns that into an ignored key.
+    return f"{path}?_busy_timeout=15000&_foreign_keys=on&"
+
+
+def stored_device_jids(store_path: Path) -> list[str]:
+    """The linked devices' JIDs (`4915…:7@s.whatsapp.net`) in a store, read-only; [] when none or no store."""
+    path = Path(store_path)
+    if not path.is_file():
+        return []
+    with sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True) as db:
+        has_table = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='whatsmeow_device'").fetchone()
+        if not has_table:
+            return []
+        return [row[0] for row in db.execute("SELECT jid FROM whatsmeow_device ORDER BY rowid")]
+
+
+def engine_error(exc: BaseException) -> EngineError:
+    """A neonize / Go failure as an EngineError with the response code the contract names."""
+    text = str(exc) or type(exc).__name__
+    code = "not_connected" if "not connected" in text.lower() else "engine_error"
+    return EngineError(text, code=code)
+
+
+async def load_media(source: MediaSource) -> bytes:
+    """The bytes of outgoing media from its url, path or base64 (policy was checked by the caller)."""
+    if source.base64 is not None:
+        try:
+            return base64.b64decode(source.base64, validate=True)
+        except ValueError as exc:
+            raise EngineError(f"invalid base64 media: {exc}", code="invalid_request") from exc
+    if source.path is not None:
+        return await asyncio.to_thread(Path(source.path).read_bytes)
+    import httpx  # a neonize dependency
+
+    async with httpx.AsyncClient(timeout=60, follow_redirects=True) as http:
+        async with http.stream("GET", source.url or "") as response:
+            response.raise_for_status()
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_MEDIA_BYTES:
+                    raise EngineError(f"media larger than {MAX_MEDIA_BYTES} bytes", code="too_large")
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+
+class NeonizeEngine:
+    """Opens neonize sessions, one store per account; sizes the loop's executor for them."""
+
+    name = "neonize"
+
+    def __init__(self, *, clock: Clock = _utcnow, executor_workers: int = 32,
+                 stop_timeout: float = 10.0) -> None:
+        self._clock = clock
+        self._executor_workers = executor_workers
+        self._stop_timeout = stop_timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sessions: set[NeonizeSession] = set()
+
+    def has_device(self, store_path: Path) -> bool:
+        try:
+            return bool(stored_device_jids(store_path))
+        except sqlite3.DatabaseError as exc:
+            log.warning("store %s unreadable: %s", store_path, exc)
+            return False
+
+    def open_session(self, phone: str, store_path: Path, emit: EmitFn) -> NeonizeSession:
+        session = NeonizeSession(phone, Path(store_path), emit, engine=self)
+        self._sessions.add(session)
+        return session
+
+    async def aclose(self) -> None:
+        for session in list(self._sessions):
+            await session.close()
+
+    def _prepare_loop(self) -> None:
+        """Point neonize's event dispatch at the running loop and give the loop enough threads
+        (a running client holds one default-executor thread for its whole life)."""
+        import neonize.aioze.events as neonize_events
+
+        loop = asyncio.get_running_loop()
+        neonize_events.event_global_loop = loop
+        if loop is not self._loop:
+            loop.set_default_executor(
+                ThreadPoolExecutor(self._executor_workers, thread_name_prefix="neonize"))
+            self._loop = loop
+
+    def _forget(self, session: NeonizeSession) -> None:
+        self._sessions.discard(session)
+
+
+class NeonizeSession:
+    """One account's neonize client. `start` returns at once; outcomes arrive through `emit`."""
+
+    def __init__(self, phone: str, store_path: Path, emit: EmitFn, *, engine: NeonizeEngine,
+                 recent_limit: int = 500) -> None:
+        self.phone = phone
+        self.store_path = store_path
+        self._emit = emit
+        self._engine = engine
+        self._clock = engine._clock
+        self._account = phone
+        self._lock = asyncio.Lock()
+        self._client: NewAClient | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._pump_task: asyncio.Task[None] | None = None
+        self._queue: asyncio.Queue[EngineEvent | None] | None = None
+        self._pair_method: PairMethod = "qr"
+        self._pair_code_asked = False
+        self._stopping = False
+        self._closed = False
+        self._recent: OrderedDict[str, tuple[str, str, Proto]] = OrderedDict()
+        self._recent_limit = recent_limit
+
+    @property
+    def client(self) -> NewAClient | None:
+        """The current neonize client (diagnostics and tests)."""
+        return self._client
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self, pair_method: PairMethod = "qr") -> None:
+        if self._closed:
+            raise EngineError("session is closed")
+        async with self._lock:
+            self._engine._prepare_loop()
+            self._ensure_pump()
+            if self._client is not None:
+                await self._stop_locked()
+            client, restoring = await self._new_client()
+            self._register(client)
+            self._client, self._pair_method = client, pair_method
+            self._pair_code_asked, self._stopping = False, False
+            log.info("%s: %s", self.phone, "restoring session" if restoring else f"pairing ({pair_method})")
+            try:
+                task = await client.connect()
+            except Exception as exc:  # NeonizeError raised before the Go call started
+                self._client = None
+                raise engine_error(exc) from exc
+            self._watch = asyncio.get_running_loop().create_task(self._watch_connect(client, task))
+
+    async def stop(self) -> None:
+        async with self._lock:
+            await self._stop_locked()
+
+    async def logout(self) -> None:
+        client = self._require_client()
+        try:
+            await client.logout()
+        except Exception as exc:
+            raise engine_error(exc) from exc
+        log.info("%s: logged out on request", self.phone)
+        await self.stop()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        await self.stop()
+        self._closed = True
+        self._engine._forget(self)
+        if self._queue is not None and self._pump_task is not None:
+            self._queue.put_nowait(None)
+            try:
+                await asyncio.wait_for(self._pump_task, self._engine._stop_timeout)
+            except TimeoutError:
+                log.warning("%s: event pump did not drain on close", self.phone)
+                self._pump_task.cancel()
+
+    async def _new_client(self) -> tuple[NewAClient, bool]:
+        from neonize.aioze.client import ClientFactory, NewAClient
+        from neonize.utils.jid import build_jid
+
+        dsn = store_dsn(self.store_path)
+        self.store_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:  # creates the tables on a fresh store (first connects race on that otherwise)
+            await asyncio.to_thread(ClientFactory.get_all_devices_from_db, dsn)
+        except ValueError as exc:  # neonize cannot parse some push names (commas); the JIDs come below
+            log.warning("%s: neonize device listing failed: %s", self.phone, exc)
+        if self.store_path.exists():
+            os.chmod(self.store_path, 0o600)
+        try:
+            jids = stored_device_jids(self.store_path)
+        except sqlite3.DatabaseError as exc:
+            raise EngineError(f"store unreadable: {exc}") from exc
+        if jids:
+            mine = [j for j in jids if conv.jid_user(j) == self.phone] or jids
+            if len(jids) > 1:
+                log.warning("%s: store holds %d devices; restoring %s", self.phone, len(jids), mine[0])
+            user, _, server = mine[0].partition("@")
+            return NewAClient(dsn, jid=build_jid(user, server)), True
+        return NewAClient(dsn, uuid=f"{self.phone}-{uuid4().hex}", new_device=True), False
+
+    async def _stop_locked(self) -> None:
+        client, watch = self._client, self._watch
+        if client is None:
+            return
+        self._stopping = True
+        try:
+            await client.stop()
+        except Exception as exc:
+            log.warning("%s: stop failed: %s", self.phone, exc)
+        if watch is not None and not watch.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(watch), self._engine._stop_timeout)
+            except TimeoutError:  # neonize issue #201: Go may ignore Stop after a QR expired
+                log.warning("%s: neonize did not return %.0fs after stop; abandoning its thread",
+                            self.phone, self._engine._stop_timeout)
+                watch.cancel()  # cancels neonize's connect task, which calls Go's Stop once more
+        finalizer = getattr(client, "_stop_finalizer", None)
+        if finalizer is not None:  # its Stop(uuid) on GC would stop a later client with the same uuid
+            finalizer.detach()
+        self._client, self._watch = None, None
+        log.info("%s: stopped", self.phone)
+
+    async def _watch_connect(self, client: NewAClient, task: asyncio.Task[Any]) -> None:
+        """Turns the end of neonize's connect task into an event (the bridge's backoff retries)."""
+        try:
+            await task
+        except Exception as exc:  # NeonizeError with Go's text
+            if client is not self._client or self._stopping:
+                return
+            text = str(exc)
+            code = ErrorCode.DIAL_FAILED if "dial" in text else ErrorCode.CONNECT_FAILURE
+            log.warning("%s: connect failed (%s): %s", self.phone, code.value, text)
+            self._put(Disconnected(code=code, error=text))
+            return
+        if client is self._client and not self._stopping:
+            log.warning("%s: neonize event loop ended without a stop", self.phone)
+            self._put(Disconnected(code=ErrorCode.CONNECTION_LOST, error="engine event loop ended"))
+
+    # ------------------------------------------------------------ events
+
+    def _ensure_pump(self) -> None:
+        if self._pump_task is None:
+            self._queue = asyncio.Queue()
+            self._pump_task = asyncio.get_running_loop().create_task(self._pump())
+
+    async def _pump(self) -> None:
+        assert self._queue is not None
+        while (event := await self._queue.get()) is not None:
+            try:
+                self._emit(event)
+            except Exception:
+                log.exception("%s: emit failed for %s", self.phone, event.kind)
+
+    def _put(self, event: EngineEvent) -> None:
+        if self._queue is not None and not self._closed:
+            self._queue.put_nowait(event)
+
+    def _register(self, client: NewAClient) -> None:
+        """Every handler before connect(): Go forwards only event types that had one then.
+        Handlers translate and enqueue without awaiting, so the queue keeps Go's order."""
+        import neonize.aioze.events as ev
+
+        for name in _STATUS_EVENTS:
+            client.event(getattr(ev, name))(self._handler(self._on_status))
+        client.event(ev.MessageEv)(self._handler(self._on_message))
+        client.event(ev.ReceiptEv)(self._handler(self._on_receipt))
+        client.event(ev.StreamErrorEv)(self._handler(self._on_stream_error))
+        client.event.qr(self._on_qr)
+        # neonize ignores the QR channel's end ("success" / "timeout"); take it (called from a Go thread).
+        client._NewAClient__onLoginStatus = self._login_status_callback(client)  # type: ignore[attr-defined]
+
+    def _handler(self, translate: Callable[[Proto], EngineEvent | None]) -> Callable[..., Any]:
+        async def handle(client: NewAClient, event: Proto) -> None:
+            if client is not self._client:
+                log.debug("%s: event from a stopped client ignored", self.phone)
+                return
+            try:
+                out = translate(event)
+            except Exception:
+                log.exception("%s: failed to handle %s", self.phone, event.DESCRIPTOR.name)
+                return
+            if out is not None:
+                self._put(out)
+        return handle
+
+    def _on_status(self, event: Proto) -> EngineEvent | None:
+        me = getattr(self._client, "me", None)
+        out = conv.status_event(event, self._clock(), name=(me.PushName or None) if me is not None else None)
+        if isinstance(out, Paired):
+            self._account = out.phone
+            log.info("%s: paired as %s", self.phone, out.phone)
+        elif out is not None:
+            log.info("%s: %s%s", self.phone, out.kind, f" ({out.code})" if isinstance(out, Disconnected) else "")
+        return out
+
+    def _on_message(self, event: Proto) -> EngineEvent:
+        try:
+            message = conv.message_from_event(event, self._account)
+        except Exception:
+            log.exception("%s: message %s could not be translated", self.phone, event.Info.ID)
+            message = conv.fallback_message(event, self._account, "untranslatable")
+        self._remember(event, message.chat, message.sender_jid)
+        log.debug("%s: message %s (%s)", self.phone, message.id, message.type)
+        return MessageReceived(message=message)
+
+    def _on_receipt(self, event: Proto) -> EngineEvent | None:
+        receipt = conv.receipt_from_event(event)
+        return ReceiptReceived(receipt=receipt) if receipt is not None else None
+
+    def _on_stream_error(self, event: Proto) -> None:
+        log.warning("%s: stream error %s", self.phone, event.Code)
+
+    async def _on_qr(self, client: NewAClient, data: bytes) -> None:
+        if client is not self._client:
+            return
+        if self._pair_method == "qr":
+            log.info("%s: QR code offered", self.phone)
+            self._put(Qr(code=data.decode()))
+            return
+        if self._pair_code_asked:
+            return
+        self._pair_code_asked = True
+        try:
+            code = await client.PairPhone(self.phone, True)
+        except Exception as exc:
+            log.warning("%s: pair code request failed: %s", self.phone, exc)
+            self._put(Disconnected(code=ErrorCode.CONNECT_FAILURE, error=f"pair code request failed: {exc}"))
+            return
+        log.info("%s: pair code offered", self.phone)
+        self._put(PairCode(code=code))
+
+    def _login_status_callback(self, client: NewAClient) -> Callable[[int, int], None]:
+        loop = asyncio.get_running_loop()
+
+        def on_status(_uuid: int, status: int) -> None:
+            text = ctypes.string_at(status).decode(errors="replace") if status else ""
+            loop.call_soon_threadsafe(self._login_status, client, text)
+        return on_status
+
+    def _login_status(self, client: NewAClient, status: str) -> None:
+        if client is not self._client or self._stopping:
+            return
+        log.info("%s: pairing ended: %s", self.phone, status)
+        if status == "timeout":
+            self._put(Disconnected(code=ErrorCode.PAIRING_TIMEOUT, error="no scan within the pairing window"))
+        elif status not in ("success", ""):
+            self._put(Disconnected(code=ErrorCode.CONNECT_FAILURE, error=f"pairing ended: {status}"))
+
+    def _remember(self, event: Proto, chat: str, sender_jid: str) -> None:
+        """Keep recent messages so replies can quote them and reactions/reads know their sender."""
+        content = type(event.Message)()
+        if event.HasField("Message"):
+            content.CopyFrom(conv.unwrap(event.Message))
+            name = conv.content_field(content)
+            sub = getattr(content, name) if name and name != "conversation" else None
+            if sub is not None and "contextInfo" in sub.DESCRIPTOR.fields_by_name:
+                sub.ClearField("contextInfo")
+        self._recent[event.Info.ID] = (chat, sender_jid, content)
+        while len(self._recent) > self._recent_limit:
+            self._recent.popitem(last=False)
+
+    # ------------------------------------------------------------ WhatsApp calls
+
+    def _require_client(self) -> NewAClient:
+        if self._client is None:
+            raise EngineError("not connected", code="not_connected")
+        return self._client
+
+    def _sender_of(self, message_id: str, chat: str, sender: str | None) -> str:
+        if sender:
+            return to_jid(sender)
+        known = self._recent.get(message_id)
+        return known[1] if known else to_jid(chat)
+
+    async def send(self, message: OutgoingMessage) -> SendResult:
+        client = self._require_client()
+        context = None
+        if message.reply_to:
+            known = self._recent.get(message.reply_to)
+            private = conv.chat_type_of(message.jid.partition("@")[2]) == "private"
+            participant = known[1] if known else (message.jid if private else None)
+            context = conv.reply_context(message.reply_to, participant, known[2] if known else None)
+        try:
+            if message.kind == "text":
+                built = conv.text_message(message.text or "", context)
+            else:
+                source: MediaSource = getattr(message, message.kind)
+                built = await self._build_media(client, message.kind, source, source.caption or message.text)
+                if context is not None:
+                    conv.attach_context(built, context)
+            response = await client.send_message(conv.parse_jid(message.jid), built)
+        except EngineError:
+            raise
+        except Exception as exc:
+            log.warning("%s: send failed: %s", self.phone, exc)
+            raise engine_error(exc) from exc
+        stamp = conv.epoch_to_datetime(response.Timestamp) if response.Timestamp else None
+        return SendResult(id=response.ID, timestamp=stamp)
+
+    async def _build_media(self, client: NewAClient, kind: str, source: MediaSource,
+                           caption: str | None) -> Proto:
+        data = await load_media(source)
+        if kind == "image":
+            built = await client.build_image_message(data, caption=caption)
+        elif kind == "video":
+            built = await client.build_video_message(data, caption=caption)
+        elif kind == "audio":
+            built = await client.build_audio_message(data, ptt=False)
+        else:
+            built = await client.build_document_message(
+                data, caption=caption, title=source.filename, filename=source.filename, mimetype=source.mimetype)
+        if source.mimetype:
+            getattr(built, f"{kind}Message").mimetype = source.mimetype
+        return built
+
+    async def react(self, chat: str, message_id: str, emoji: str, sender: str | None = None) -> str:
+        client = self._require_client()
+        chat_jid = to_jid(chat)
+        try:
+            reaction = await client.build_reaction(conv.parse_jid(chat_jid),
+                                                   conv.parse_jid(self._sender_of(message_id, chat_jid, sender)),
+                                                   message_id, emoji)
+            response = await client.send_message(conv.parse_jid(chat_jid), reaction)
+        except Exception as exc:
+            raise engine_error(exc) from exc
+        return str(response.ID)
+
+    async def mark_read(self, chat: str, ids: list[str], sender: str | None = None) -> None:
+        from neonize.utils.enum import ReceiptType
+
+        client = self._require_client()
+        chat_jid = to_jid(chat)
+        sender_jid = self._sender_of(ids[0], chat_jid, sender) if ids else chat_jid
+        try:
+            await client.mark_read(*ids, chat=conv.parse_jid(chat_jid), sender=conv.parse_jid(sender_jid),
+                                   receipt=ReceiptType.READ)
+        except Exception as exc:
+            raise engine_error(exc) from exc
+
+    async def typing(self, chat: str, state: str) -> None:
+        from neonize.utils.enum import ChatPresence, ChatPresenceMedia
+
+        if state not in _TYPING:
+            raise EngineError(f"state must be one of {', '.join(_TYPING)}", code="invalid_request")
+        client = self._require_client()
+        presence, media = _TYPING[state]
+        try:
+            await client.send_chat_presence(conv.parse_jid(to_jid(chat)), ChatPresence[presence],
+                                            ChatPresenceMedia[media])
+        except Exception as exc:
+            raise engine_error(exc) from exc
+
+    async def sim_control(self, action: str, payload: bytes) -> None:
+        raise EngineError("sim controls exist only with engine: sim", code="invalid_request")
