@@ -67,6 +67,16 @@ class SessionStore:
             if entry.is_dir() and is_phone(entry.name) and (entry / STORE_FILE).exists()
         )
 
+    def account_phones(self) -> list[str]:
+        """Phones with an account folder (a store.db or an account.json), sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            entry.name for entry in self.root.iterdir()
+            if entry.is_dir() and is_phone(entry.name)
+            and ((entry / STORE_FILE).exists() or (entry / META_FILE).exists())
+        )
+
     def prepare(self, phone: str) -> AccountPaths:
         """Create the account folder (0700) if needed and return its paths."""
         paths = self.paths(phone)

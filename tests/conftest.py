@@ -1,0 +1,47 @@
+"""Shared fixtures: one private broker per test session (Mosquitto on a free port; amqtt if Mosquitto
+is not installed), a fresh bridge environment per test, and the bridge subprocess."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import Broker, BridgeEnv, BridgeProcess  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    instance = Broker(tmp_path_factory.mktemp("broker"))
+    if instance.kind != "mosquitto":
+        print("\nmosquitto is not installed: tests use the embedded amqtt broker (MQTT 3.1.1 only)", file=sys.stderr)
+    instance.start()
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture
+def restartable_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A broker of the test's own, for tests that stop and start it."""
+    instance = Broker(tmp_path_factory.mktemp("own-broker"))
+    instance.start()
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture
+def env(tmp_path: Path, broker: Broker) -> BridgeEnv:
+    return BridgeEnv(tmp_path, broker)
+
+
+@pytest.fixture
+def bridge(env: BridgeEnv) -> Iterator[BridgeProcess]:
+    process = BridgeProcess(env)
+    yield process
+    process.cleanup()
+    if process.proc is None and "Traceback" in process.log():
+        print(process.log()[-4000:], file=sys.stderr)

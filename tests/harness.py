@@ -1,0 +1,307 @@
+"""Test harness: a private MQTT broker (Mosquitto, or amqtt where Mosquitto is missing), the real bridge
+as a subprocess, and an MQTT probe that waits on topics with timeouts (never sleeps to synchronise).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import yaml
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 10.0, open_: bool = True) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            sock.settimeout(0.2)
+            is_open = sock.connect_ex(("127.0.0.1", port)) == 0
+        if is_open == open_:
+            return
+        time.sleep(0.02)  # polling a socket, not synchronising on the system under test
+    raise TimeoutError(f"port {port} did not {'open' if open_ else 'close'} within {timeout} s")
+
+
+class Broker:
+    """A broker on a free loopback port that a test can stop and start again (same port)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.mosquitto = shutil.which("mosquitto") or (
+            "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+        self.kind = "mosquitto" if self.mosquitto else "amqtt"
+        self.v5 = self.kind == "mosquitto"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = open(self.workdir / f"{self.kind}.log", "ab")
+        if self.mosquitto:
+            conf = self.workdir / "mosquitto.conf"
+            conf.write_text(
+                f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                "max_queued_messages 100000\nmax_inflight_messages 100\nlog_type error\nlog_type warning\n"
+            )
+            cmd = [self.mosquitto, "-c", str(conf)]
+        else:
+            cmd = [sys.executable, "-c",
+                   "import asyncio,sys;from amqtt.broker import Broker\n"
+                   "async def m():\n b=Broker({'listeners':{'default':{'type':'tcp','bind':'127.0.0.1:%d'}},"
+                   "'plugins':{'amqtt.plugins.authentication.AnonymousAuthPlugin':{'allow_anonymous':True}}})\n"
+                   " await b.start(); await asyncio.Event().wait()\nasyncio.run(m())" % self.port]
+        self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+            wait_port(self.port, open_=False)
+
+
+@dataclass
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+    correlation_data: bytes | None = None
+
+    def json(self) -> Any:
+        return json.loads(self.payload)
+
+
+@dataclass
+class BridgeEnv:
+    """One bridge's config: its own base topic, client id, sessions and data folders."""
+
+    root: Path
+    broker: Broker
+    base: str = field(default_factory=lambda: "t" + uuid.uuid4().hex[:8])
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sessions(self) -> Path:
+        return self.root / "sessions"
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.yaml"
+
+    def write_config(self, **changes: Any) -> Path:
+        self.extra.update(changes)
+        config: dict[str, Any] = {
+            "mqtt": {"url": self.broker.url, "base_topic": self.base, "client_id": f"wa_mqtt_{self.base}",
+                     "discovery": False},
+            "engine": "sim",
+            "sessions_dir": str(self.sessions),
+            "data_dir": str(self.root / "data"),
+            "reconnect": {"initial": 0.2, "factor": 2, "max": 2, "jitter": 0.1},
+            "log_level": "debug",
+        }
+        for key, value in self.extra.items():
+            if isinstance(value, dict) and isinstance(config.get(key), dict):
+                config[key] = {**config[key], **value}
+            else:
+                config[key] = value
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(yaml.safe_dump(config))
+        return self.config_path
+
+    def link_sim_account(self, phone: str, name: str | None = None) -> None:
+        """A stored, linked sim session, as a previous run would have left it."""
+        from datetime import datetime, timezone
+
+        from wa_mqtt.engines.sim import write_device
+
+        write_device(self.sessions / phone / "store.db", phone, name or f"Sim {phone[-4:]}",
+                     datetime.now(timezone.utc))
+
+
+class BridgeProcess:
+    """`python -m wa_mqtt` as a child process, with its log in a file."""
+
+    def __init__(self, env: BridgeEnv) -> None:
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = env.root / "bridge.log"
+
+    def start(self, *args: str, extra_env: dict[str, str] | None = None) -> None:
+        if not self.env.config_path.exists():
+            self.env.write_config()
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("WA_MQTT_")}
+        environ.update(extra_env or {})
+        environ["PYTHONUNBUFFERED"] = "1"
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "wa_mqtt", "--config", str(self.env.config_path), *args],
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.env.root, env=environ)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self.proc = None
+        return code
+
+    def kill(self) -> int:
+        return self.stop(signal.SIGKILL)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def cleanup(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Probe:
+    """An MQTT client that records everything under its filters and waits on what it needs."""
+
+    def __init__(self, broker: Broker, base: str, filters: list[str] | None = None,
+                 client_id: str | None = None, clean: bool = True) -> None:
+        self.broker = broker
+        self.base = base
+        self.filters = filters or [f"{base}/#"]
+        self.client_id = client_id or f"probe-{uuid.uuid4().hex[:8]}"
+        self.clean = clean
+        self.received: list[Received] = []
+        self._changed = asyncio.Condition()
+        self._client: aiomqtt.Client | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def __aenter__(self) -> Probe:
+        self._task = asyncio.create_task(self._run())
+        await asyncio.wait_for(self._ready.wait(), 10)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def _make(self) -> aiomqtt.Client:
+        if self.broker.v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 0 if self.clean else 3600
+            return aiomqtt.Client("127.0.0.1", self.broker.port, identifier=self.client_id,
+                                  protocol=aiomqtt.ProtocolVersion.V5, clean_start=self.clean, properties=props)
+        return aiomqtt.Client("127.0.0.1", self.broker.port, identifier=self.client_id,
+                              protocol=aiomqtt.ProtocolVersion.V311, clean_session=self.clean)
+
+    async def _run(self) -> None:
+        while True:  # reconnect when a test restarts the broker
+            try:
+                async with self._make() as client:
+                    self._client = client
+                    for topic_filter in self.filters:
+                        await client.subscribe(topic_filter, qos=1)
+                    self._ready.set()
+                    async for message in client.messages:
+                        payload = message.payload if isinstance(message.payload, bytes) else b""
+                        corr = getattr(message.properties, "CorrelationData", None) if message.properties else None
+                        async with self._changed:
+                            self.received.append(Received(str(message.topic), payload, message.retain, corr))
+                            self._changed.notify_all()
+            except aiomqtt.MqttError:
+                self._client = None
+                await asyncio.sleep(0.1)  # reconnect pacing while the broker is down
+
+    async def wait_for(self, topic: str, predicate: Callable[[Received], bool] = lambda r: True,
+                       timeout: float = 10.0, after: int = 0) -> Received:
+        """The first message on `topic` (index >= `after`) that satisfies `predicate`."""
+        async def find() -> Received:
+            async with self._changed:
+                while True:
+                    for item in self.received[after:]:
+                        if item.topic == topic and predicate(item):
+                            return item
+                    await self._changed.wait()
+        try:
+            return await asyncio.wait_for(find(), timeout)
+        except TimeoutError:
+            seen = [(r.topic, r.payload[:200]) for r in self.received[-15:] if r.topic.startswith(topic.rsplit("/", 1)[0])]
+            raise AssertionError(f"nothing on {topic} matched within {timeout} s; last seen: {seen}") from None
+
+    async def wait_count(self, topic: str, count: int, timeout: float = 30.0) -> list[Received]:
+        async def find() -> list[Received]:
+            async with self._changed:
+                while True:
+                    items = [r for r in self.received if r.topic == topic]
+                    if len(items) >= count:
+                        return items
+                    await self._changed.wait()
+        try:
+            return await asyncio.wait_for(find(), timeout)
+        except TimeoutError:
+            have = len([r for r in self.received if r.topic == topic])
+            raise AssertionError(f"{topic}: {have} of {count} messages within {timeout} s") from None
+
+    async def wait_state(self, phone: str, state: str, timeout: float = 10.0, after: int = 0) -> dict[str, Any]:
+        item = await self.wait_for(f"{self.base}/{phone}/status",
+                                   lambda r: bool(r.payload) and r.json()["state"] == state, timeout, after)
+        return item.json()
+
+    async def wait_online(self, timeout: float = 15.0, after: int = 0) -> None:
+        await self.wait_for(f"{self.base}/bridge/state", lambda r: r.payload == b"online", timeout, after)
+
+    def mark(self) -> int:
+        return len(self.received)
+
+    async def publish(self, topic: str, payload: bytes | str | dict[str, Any] = b"", retain: bool = False,
+                      properties: Properties | None = None) -> None:
+        if isinstance(payload, dict):
+            payload = json.dumps(payload)
+        assert self._client is not None
+        await self._client.publish(topic, payload, qos=1, retain=retain, properties=properties)
+
+    async def request(self, target: str, command: str, payload: bytes | str | dict[str, Any] = b"",
+                      timeout: float = 10.0) -> dict[str, Any]:
+        """Publish a request and return its response (matched by a fresh transaction id when JSON)."""
+        mark = self.mark()
+        tx = uuid.uuid4().hex[:10]
+        if isinstance(payload, dict):
+            payload = {**payload, "transaction": tx}
+            predicate: Callable[[Received], bool] = lambda r: r.json().get("transaction") == tx
+        else:
+            predicate = lambda r: True  # noqa: E731
+        await self.publish(f"{self.base}/{target}/request/{command}", payload)
+        item = await self.wait_for(f"{self.base}/{target}/response/{command}", predicate, timeout, after=mark)
+        return item.json()
+
+    async def sim(self, phone: str, action: str, payload: bytes | str | dict[str, Any] = b"") -> None:
+        await self.publish(f"{self.base}/sim/{phone}/{action}", payload)

@@ -1,0 +1,281 @@
+"""The account state machine, pure: one transition function from (account, input) to (account, effects).
+
+`decide` is the only place an account's state changes. It does no I/O and reads no clock: the
+supervisor passes `now` and a random number in, and carries out the effects it returns. States are the
+contract's (section 4); backoff is exponential with jitter, none after states a person must resolve,
+the ban's own expiry after a temporary ban, and drops soon after connecting count as failures (flaps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+from ..config import ReconnectConfig
+from ..engines.base import (
+    ClientOutdated, Connected, Crashed, Disconnected, LoggedOut, PairCode, PairMethod, Paired, Qr,
+    StreamReplaced, TemporaryBan,
+)
+from ..model import AccountState, ErrorCode, Status, utc_iso
+
+S = AccountState
+# States a person must resolve: engine news is ignored there, and nothing retries.
+PARKED = frozenset({S.STOPPED, S.LOGGED_OUT, S.CONFLICT, S.ERROR})
+ACTIVE = frozenset({S.CONNECTING, S.PAIRING, S.CONNECTED, S.DISCONNECTED})
+
+
+# -- inputs --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Start:
+    """Restore at boot, or a `connect` / `pair` command (`by_user` resets the failure count)."""
+
+    method: PairMethod = "qr"
+    by_user: bool = False
+
+
+@dataclass(frozen=True)
+class Stop:
+    """`disconnect`: stop and stay stopped until `connect`."""
+
+
+@dataclass(frozen=True)
+class LogoutDone:
+    """`logout` finished: unlinked on WhatsApp's side and the store removed."""
+
+
+@dataclass(frozen=True)
+class RetryDue:
+    pass
+
+
+@dataclass(frozen=True)
+class PairingExpired:
+    pass
+
+
+@dataclass(frozen=True)
+class StoreUnusable:
+    error: str
+
+
+EngineInput = (
+    Connected | Disconnected | LoggedOut | StreamReplaced | TemporaryBan | ClientOutdated | Qr | PairCode
+    | Paired | Crashed
+)
+Input = Start | Stop | LogoutDone | RetryDue | PairingExpired | StoreUnusable | EngineInput
+
+
+# -- effects -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StartSession:
+    method: PairMethod
+
+
+@dataclass(frozen=True)
+class StopSession:
+    pass
+
+
+@dataclass(frozen=True)
+class ScheduleRetry:
+    at: datetime
+
+
+@dataclass(frozen=True)
+class CancelRetry:
+    pass
+
+
+@dataclass(frozen=True)
+class SchedulePairingExpiry:
+    at: datetime
+
+
+@dataclass(frozen=True)
+class ShowPairing:
+    """Publish a QR (`kind="qr"`) or pair code (`kind="code"`)."""
+
+    kind: str
+    code: str
+
+
+@dataclass(frozen=True)
+class ClearPairing:
+    pass
+
+
+@dataclass(frozen=True)
+class OnConnected:
+    """Connected: flush the outbox, back the store up, remember the name and time."""
+
+
+@dataclass(frozen=True)
+class BridgeEvent:
+    type: str
+    data: dict[str, object]
+
+
+Effect = (
+    StartSession | StopSession | ScheduleRetry | CancelRetry | SchedulePairingExpiry | ShowPairing
+    | ClearPairing | OnConnected | BridgeEvent
+)
+
+
+# -- the account -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Account:
+    """What the supervisor remembers of one account; `status` is what the world sees."""
+
+    status: Status
+    failures: int = 0  # consecutive failed attempts; a flap counts as one
+    connected_at: datetime | None = None
+    pairing_until: datetime | None = None
+    method: PairMethod = "qr"
+    reconnects: int = 0
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def state(self) -> AccountState:
+        return self.status.state
+
+
+def new_account(phone: str, engine: str, now: datetime, name: str | None = None,
+                last_connected: datetime | None = None, state: AccountState = S.STOPPED,
+                error: str | None = None) -> Account:
+    """An account as first shown: `connecting` for a stored session about to be restored,
+    `logged_out` for a folder without a linked device, `stopped` for a configured, never linked phone."""
+    status = Status(phone=phone, name=name, state=state, since=now, updated_at=now, engine=engine,
+                    last_connected=last_connected, error=error,
+                    error_code=ErrorCode.LOGGED_OUT if state == S.LOGGED_OUT else None)
+    return Account(status=status)
+
+
+def backoff_delay(failures: int, policy: ReconnectConfig, rand: float) -> float:
+    """Seconds before attempt `failures + 1`: initial * factor^(failures-1), capped, ± jitter."""
+    exponent = max(failures - 1, 0)
+    base = min(policy.max, policy.initial * policy.factor ** min(exponent, 64))
+    return max(0.0, base * (1 + policy.jitter * (2 * rand - 1)))
+
+
+def _with(acc: Account, now: datetime, state: AccountState | None = None, **status_changes: object) -> Account:
+    status = acc.status
+    changes = dict(status_changes)
+    if state is not None and state != status.state:
+        changes["since"] = now
+    if state is not None:
+        changes["state"] = state
+    return replace(acc, status=status.model_copy(update=changes))
+
+
+def _park(acc: Account, now: datetime, state: AccountState, code: ErrorCode | None, error: str | None,
+          extra: list[Effect] | None = None) -> tuple[Account, list[Effect]]:
+    acc = _with(acc, now, state, error=error, error_code=code, next_retry_at=None, reconnect_attempt=0)
+    acc = replace(acc, pairing_until=None, connected_at=None)
+    return acc, [StopSession(), CancelRetry(), ClearPairing(), *(extra or [])]
+
+
+def _fail(acc: Account, now: datetime, code: ErrorCode, error: str, policy: ReconnectConfig,
+          rand: float) -> tuple[Account, list[Effect]]:
+    """A failed attempt or a drop: disconnected, retry after the backoff."""
+    stable = (acc.state == S.CONNECTED and acc.connected_at is not None
+              and (now - acc.connected_at).total_seconds() >= policy.flap_window)
+    failures = 1 if stable else acc.failures + 1
+    retry_at = now + timedelta(seconds=backoff_delay(failures, policy, rand))
+    effects: list[Effect] = [ScheduleRetry(retry_at)]
+    if acc.state == S.PAIRING:
+        effects.append(ClearPairing())
+    acc = replace(acc, failures=failures, connected_at=None, pairing_until=None,
+                  reconnects=acc.reconnects + (1 if acc.state == S.CONNECTED else 0))
+    acc = _with(acc, now, S.DISCONNECTED, error=error, error_code=code, reconnect_attempt=failures,
+                next_retry_at=retry_at)
+    return acc, effects
+
+
+def decide(acc: Account, event: Input, now: datetime, policy: ReconnectConfig, rand: float,
+           pairing_timeout: float) -> tuple[Account, list[Effect]]:
+    """The transition function. Returns the account unchanged and no effects for ignored input."""
+    state = acc.state
+    match event:
+        case Start(method=method, by_user=by_user):
+            if state == S.CONNECTED and not by_user:
+                return acc, []
+            if by_user and (state in (S.CONNECTING, S.CONNECTED) or (state == S.PAIRING and method == acc.method)):
+                return acc, []  # already on its way: connect is idempotent
+            failures = 0 if by_user else acc.failures
+            clear = {"error": None, "error_code": None} if by_user else {}
+            acc = replace(acc, failures=failures, method=method, pairing_until=None)
+            acc = _with(acc, now, S.CONNECTING, next_retry_at=None, reconnect_attempt=failures, **clear)
+            return acc, [CancelRetry(), StopSession(), StartSession(method)]
+        case RetryDue():
+            if state not in (S.DISCONNECTED, S.BANNED):
+                return acc, []
+            acc = _with(acc, now, S.CONNECTING, next_retry_at=None)
+            return acc, [StopSession(), StartSession(acc.method)]
+        case Stop():
+            return _park(acc, now, S.STOPPED, None, None)
+        case LogoutDone():
+            acc = replace(acc, failures=0)
+            return _park(acc, now, S.LOGGED_OUT, ErrorCode.LOGGED_OUT, "logged out on request")
+        case StoreUnusable(error=error):
+            return _park(acc, now, S.ERROR, ErrorCode.STORE_CORRUPT, error)
+        case Qr(code=code) | PairCode(code=code):
+            if state not in (S.CONNECTING, S.PAIRING):
+                return acc, []
+            effects: list[Effect] = [ShowPairing("qr" if isinstance(event, Qr) else "code", code)]
+            if acc.pairing_until is None:
+                until = now + timedelta(seconds=pairing_timeout)
+                acc = replace(acc, pairing_until=until)
+                effects.append(SchedulePairingExpiry(until))
+            return _with(acc, now, S.PAIRING, error=None, error_code=None), effects
+        case PairingExpired():
+            if state != S.PAIRING:
+                return acc, []
+            acc, effects = _park(acc, now, S.DISCONNECTED, ErrorCode.PAIRING_TIMEOUT,
+                                 f"pairing timed out: nothing was scanned within {pairing_timeout:g} s; "
+                                 "send connect to try again")
+            return acc, effects
+        case Paired(phone=phone, name=name):
+            acc = _with(acc, now, None, name=name or acc.status.name)
+            return acc, [ClearPairing(), BridgeEvent("paired", {"phone": acc.status.phone, "linked_phone": phone, "name": name})]
+        case Connected(name=name):
+            if state in PARKED or state == S.BANNED:
+                return acc, [StopSession()]  # late news from a session we already stopped
+            if state == S.CONNECTED:
+                return acc, []
+            effects = [CancelRetry(), OnConnected()]
+            if state == S.PAIRING or acc.pairing_until is not None:
+                effects.insert(1, ClearPairing())
+            acc = replace(acc, connected_at=now, pairing_until=None)
+            acc = _with(acc, now, S.CONNECTED, name=name or acc.status.name, last_connected=now,
+                        error=None, error_code=None, next_retry_at=None, reconnect_attempt=0)
+            return acc, effects
+        case Disconnected(code=code, error=error):
+            if state not in ACTIVE:
+                return acc, []
+            return _fail(acc, now, code, error, policy, rand)
+        case Crashed(error=error):
+            crash_event = BridgeEvent("engine_crashed", {"phone": acc.status.phone, "error": error})
+            if state not in ACTIVE and state != S.BANNED:
+                return acc, [crash_event]
+            acc, effects = _fail(acc, now, ErrorCode.ENGINE_CRASHED, f"engine crashed: {error}", policy, rand)
+            return acc, [crash_event, *effects]
+        case LoggedOut(reason=reason):
+            if state in (S.STOPPED, S.LOGGED_OUT):
+                return acc, []
+            acc = replace(acc, failures=0)
+            return _park(acc, now, S.LOGGED_OUT, ErrorCode.LOGGED_OUT, reason,
+                         [BridgeEvent("logged_out", {"phone": acc.status.phone, "reason": reason})])
+        case StreamReplaced():
+            if state in PARKED:
+                return acc, []
+            return _park(acc, now, S.CONFLICT, ErrorCode.STREAM_REPLACED,
+                         "the session was opened elsewhere; not fighting it: send connect to take it back")
+        case TemporaryBan(code=ban_code, expires_at=expires_at):
+            acc = replace(acc, connected_at=None, pairing_until=None)
+            acc = _with(acc, now, S.BANNED, error=f"temporary ban {ban_code} until {utc_iso(expires_at)}",
+                        error_code=ErrorCode.TEMPORARY_BAN, next_retry_at=expires_at)
+            return acc, [StopSession(), ClearPairing(), ScheduleRetry(expires_at)]
+        case ClientOutdated():
+            return _park(acc, now, S.ERROR, ErrorCode.CLIENT_OUTDATED,
+                         "WhatsApp rejected this client version: update wa_mqtt (neonize)")
+    return acc, []

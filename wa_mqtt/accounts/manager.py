@@ -1,0 +1,194 @@
+"""All accounts: restore every stored session at once on start, add and remove accounts, route commands.
+
+Restore is the product's reason to exist: every folder in sessions/ with a linked device gets a
+supervisor and a `Start` in the same loop iteration, with no command and no delay, so each shows
+`connecting` at once and `connected` as soon as its engine is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from ..config import Config
+from ..engines.base import Engine
+from ..model import AccountState, is_phone
+from . import machine as m
+from .outbox import Outbox
+from .store import SessionStore
+from .supervisor import AccountSink, Supervisor
+
+log = logging.getLogger(__name__)
+Clock = Callable[[], datetime]
+
+
+class UnknownAccount(Exception):
+    def __init__(self, phone: str) -> None:
+        super().__init__(f"no account {phone}; link it first with bridge/request/pair {{\"phone\": \"{phone}\"}}")
+        self.phone = phone
+
+
+class AccountManager:
+    """Owns the supervisors and their tasks. `run()` inside the app's TaskGroup; `close()` to stop."""
+
+    def __init__(self, config: Config, engine: Engine, store: SessionStore, sink: AccountSink,
+                 outbox: Outbox, clock: Clock, rng: random.Random | None = None) -> None:
+        self._config = config
+        self._engine = engine
+        self.store = store
+        self._sink = sink
+        self._outbox = outbox
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._accounts: dict[str, Supervisor] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._ready = asyncio.Event()
+        self._stopping = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Restore every stored account, then send heartbeats until cancelled."""
+        self.restore_all()
+        self._ready.set()
+        while True:
+            await asyncio.sleep(self._config.status_interval)
+            for supervisor in list(self._accounts.values()):
+                supervisor.heartbeat()
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    def restore_all(self) -> list[str]:
+        """Create a supervisor for every account folder and configured phone; start the linked ones."""
+        self.store.ensure_root()
+        restored = []
+        for phone in self.store.account_phones():
+            paths = self.store.paths(phone)
+            meta = self.store.read_meta(phone)
+            if self._engine.has_device(paths.store):
+                self._add(phone, meta, AccountState.CONNECTING).apply(m.Start())
+                restored.append(phone)
+            elif meta.get("last_connected"):
+                self._add(phone, meta, AccountState.LOGGED_OUT,
+                          "no linked device in the store; send connect to link it again")
+            else:
+                self._add(phone, meta, AccountState.STOPPED)  # pairing was started, never finished
+        for phone in self._config.accounts:
+            if phone not in self._accounts:
+                self._add(phone, {}, AccountState.STOPPED)
+        log.info("restoring %d stored account(s): %s", len(restored), ", ".join(restored) or "none")
+        return restored
+
+    async def close(self) -> None:
+        """Stop every engine session and supervisor task."""
+        self._stopping = True
+        await asyncio.gather(*(s.close() for s in self._accounts.values()), return_exceptions=True)
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    # -- queries -------------------------------------------------------------------------------
+    def phones(self) -> list[str]:
+        return sorted(self._accounts)
+
+    def get(self, phone: str) -> Supervisor:
+        supervisor = self._accounts.get(phone)
+        if supervisor is None:
+            raise UnknownAccount(phone)
+        return supervisor
+
+    def find(self, phone: str) -> Supervisor | None:
+        return self._accounts.get(phone)
+
+    def summary(self) -> list[dict[str, Any]]:
+        return [{"phone": p, "name": s.status.name, "state": s.state.value}
+                for p, s in sorted(self._accounts.items())]
+
+    def health(self) -> dict[str, Any]:
+        return {
+            phone: {"state": s.state.value, "queued_outgoing": s.status.queued_outgoing,
+                    "messages_in": s.messages_in, "messages_out": s.messages_out,
+                    "reconnects": s.account.reconnects, "reconnect_attempt": s.status.reconnect_attempt,
+                    "error_code": s.status.error_code}
+            for phone, s in sorted(self._accounts.items())
+        }
+
+    # -- commands ------------------------------------------------------------------------------
+    async def pair(self, phone: str, method: str) -> Supervisor:
+        """Link a number: the account's `connect`, creating the account when it is new."""
+        supervisor = self._accounts.get(phone) or self._add(phone, {}, AccountState.STOPPED, announce=True)
+        await supervisor.submit(m.Start(method=method, by_user=True))  # type: ignore[arg-type]
+        return supervisor
+
+    async def connect(self, phone: str, method: str) -> Supervisor:
+        supervisor = self.get(phone)
+        await supervisor.submit(m.Start(method=method, by_user=True))  # type: ignore[arg-type]
+        return supervisor
+
+    async def disconnect(self, phone: str) -> Supervisor:
+        supervisor = self.get(phone)
+        await supervisor.submit(m.Stop())
+        return supervisor
+
+    async def logout(self, phone: str) -> Supervisor:
+        """Unlink on WhatsApp's side, stop, and remove the store (account.json and backups stay)."""
+        supervisor = self.get(phone)
+        await supervisor.logout()
+        store = self.store.paths(phone).store
+        for path in (store, store.with_name(store.name + "-wal"), store.with_name(store.name + "-shm")):
+            path.unlink(missing_ok=True)
+        log.info("%s: logged out, store removed", phone)
+        return supervisor
+
+    async def restart(self, phone: str) -> Supervisor:
+        supervisor = self.get(phone)
+        await supervisor.submit(m.Stop())
+        await supervisor.submit(m.Start(by_user=True))
+        return supervisor
+
+    async def remove(self, phone: str, delete_files: bool = True) -> None:
+        """Forget an account: log out if linked, stop it, delete its folder (unless already gone)."""
+        supervisor = self.get(phone)
+        if delete_files and supervisor.state == AccountState.CONNECTED:
+            await supervisor.logout()
+        await self._drop(phone)
+        if delete_files:
+            self.store.remove(phone)
+        self._sink.on_bridge_event("account_removed", {"phone": phone})
+
+    async def adopt(self, phone: str) -> bool:
+        """A folder appeared in sessions/ (copied in): restore it. False when already known."""
+        if phone in self._accounts or not is_phone(phone):
+            return False
+        paths = self.store.paths(phone)
+        if not self._engine.has_device(paths.store):
+            return False
+        self._add(phone, self.store.read_meta(phone), AccountState.CONNECTING, announce=True).apply(m.Start())
+        return True
+
+    # -- internals -----------------------------------------------------------------------------
+    def _add(self, phone: str, meta: dict[str, Any], state: AccountState, error: str | None = None,
+             announce: bool = False) -> Supervisor:
+        paths = self.store.paths(phone)
+        last = meta.get("last_connected")
+        supervisor = Supervisor(
+            phone, self._engine, paths.store, self._config, self._sink, self._outbox, self._clock, self._rng,
+            name=meta.get("name"), last_connected=datetime.fromisoformat(last.replace("Z", "+00:00")) if last else None,
+            initial=state, error=error)
+        self._accounts[phone] = supervisor
+        self._tasks[phone] = asyncio.create_task(supervisor.run(), name=f"account-{phone}")
+        if announce:
+            self._sink.on_bridge_event("account_added", {"phone": phone, "state": state.value})
+        self._sink.on_accounts_changed()
+        return supervisor
+
+    async def _drop(self, phone: str) -> None:
+        supervisor = self._accounts.pop(phone)
+        await supervisor.close()
+        task = self._tasks.pop(phone, None)
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+        self._sink.on_removed(phone)
+        self._sink.on_accounts_changed()

@@ -1,0 +1,342 @@
+"""One account at run time: feeds inputs through the state machine, carries out its effects, owns the
+engine session, its timers and the account's outgoing queue.
+
+Everything that changes the account goes through one inbox, handled one item at a time, so the state
+machine sees a single ordered stream of engine events, commands and timer expiries. Calls into the
+engine session are serialised by one lock (neonize must never see concurrent connect/stop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from ..config import Config
+from ..engines.base import (
+    Disconnected, Engine, EngineError, EngineEvent, EngineSession, MessageReceived, PairMethod, ReceiptReceived,
+    SimSent,
+)
+from ..model import AccountState, ErrorCode, IncomingMessage, OutgoingMessage, Receipt, Status
+from . import machine as m
+from .outbox import Outbox
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Clock = Callable[[], datetime]
+
+
+class AccountSink(Protocol):
+    """Where a supervisor reports what happened (the bridge implements it)."""
+
+    def on_status(self, status: Status) -> None: ...
+    def on_message(self, phone: str, message: IncomingMessage) -> None: ...
+    def on_receipt(self, phone: str, receipt: Receipt) -> None: ...
+    def on_pairing(self, phone: str, kind: str | None, code: str | None) -> None: ...
+    def on_bridge_event(self, type_: str, data: dict[str, Any]) -> None: ...
+    def on_sim_sent(self, phone: str, payload: dict[str, Any]) -> None: ...
+    def on_deferred_response(self, phone: str, command: str, route: dict[str, Any], response: dict[str, Any]) -> None: ...
+    def on_connected(self, phone: str) -> None: ...
+    def on_removed(self, phone: str) -> None: ...
+    def on_accounts_changed(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Call:
+    """A command that must run in inbox order; `future` gets its result."""
+
+    input: m.Input | None
+    action: Callable[[], Awaitable[Any]] | None
+    future: asyncio.Future[Any]
+
+
+class Supervisor:
+    """Owns one account. Start with `run()` inside a TaskGroup; stop with `close()`."""
+
+    def __init__(self, phone: str, engine: Engine, store_path: Path, config: Config, sink: AccountSink,
+                 outbox: Outbox, clock: Clock, rng: random.Random | None = None,
+                 name: str | None = None, last_connected: datetime | None = None,
+                 initial: AccountState = AccountState.STOPPED, error: str | None = None) -> None:
+        self.phone = phone
+        self._engine = engine
+        self._store_path = store_path
+        self._config = config
+        self._sink = sink
+        self._outbox = outbox
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self.account = m.new_account(phone, engine.name, clock(), name, last_connected, initial, error)
+        self._session: EngineSession | None = None
+        self._session_lock = asyncio.Lock()
+        self._inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._retry: asyncio.TimerHandle | None = None
+        self._pairing_timer: asyncio.TimerHandle | None = None
+        self._flush_task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.messages_in = 0
+        self.messages_out = 0
+        self._publish_status()
+
+    # -- public API (called by the manager) ----------------------------------------------------
+    @property
+    def status(self) -> Status:
+        return self.account.status
+
+    @property
+    def state(self) -> AccountState:
+        return self.account.state
+
+    def apply(self, event: m.Input) -> None:
+        """Queue an input without waiting (boot restore, store problems)."""
+        self._inbox.put_nowait(event)
+
+    async def submit(self, event: m.Input) -> Status:
+        """Queue an input and wait until it has been handled; returns the status after it."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._inbox.put_nowait(_Call(event, None, future))
+        await future
+        return self.status
+
+    async def logout(self) -> None:
+        """Unlink on WhatsApp's side (when connected), stop; the caller then removes the store."""
+        if self._session is not None and self.state == AccountState.CONNECTED:
+            await self._call(lambda s: s.logout())
+        await self.submit(m.LogoutDone())
+
+    async def send(self, message: OutgoingMessage, route: dict[str, Any]) -> dict[str, Any]:
+        """Send now when connected and nothing waits before it; else queue on disk (`queued: true`)."""
+        if message.id and (known := self._outbox.sent_id(self.phone, message.id)):
+            return {"id": known, "queued": False, "duplicate": True}
+        if self.state == AccountState.CONNECTED and self._outbox.depth(self.phone) == 0:
+            try:
+                result = await self._call(lambda s: s.send(message))
+            except EngineError as exc:
+                if exc.code != "not_connected":
+                    raise
+            else:
+                self._sent(message, result.id)
+                return {"id": result.id, "queued": False}
+        entry, duplicate = self._outbox.enqueue(
+            self.phone, {"message": message.model_dump(mode="json", exclude_none=True), "route": route}, message.id)
+        if not duplicate:
+            log.info("%s: send queued (%s), %d waiting", self.phone, self.state, self._outbox.depth(self.phone))
+        self._refresh_queue_depth()
+        return {"id": None, "queued": True, "queue_id": entry.id, "duplicate": duplicate}
+
+    async def engine_call(self, fn: Callable[[EngineSession], Awaitable[T]]) -> T:
+        """react / read / typing: need a connected session, never queued."""
+        if self.state != AccountState.CONNECTED:
+            raise EngineError(f"account is {self.state}, not connected", code="not_connected")
+        return await self._call(fn)
+
+    async def sim_control(self, action: str, payload: bytes) -> None:
+        session = self._ensure_session()
+        async with self._session_lock:
+            await session.sim_control(action, payload)
+
+    def heartbeat(self) -> None:
+        """Republish the status with a fresh `updated_at`; expire queued sends past their TTL."""
+        self._inbox.put_nowait(_Heartbeat())
+
+    async def run(self) -> None:
+        """Handle the inbox until `close()`; never raises for one bad item."""
+        while True:
+            item = await self._inbox.get()
+            if item is None:
+                break
+            try:
+                await self._handle(item)
+            except Exception as exc:  # one bad item must not kill the account
+                log.exception("%s: failed to handle %s", self.phone, type(item).__name__)
+                if isinstance(item, _Call) and not item.future.done():
+                    item.future.set_exception(exc)
+
+    async def close(self) -> None:
+        """Stop timers and the engine session; end `run()`."""
+        self._closed = True
+        self._cancel_timers()
+        if self._flush_task is not None:
+            self._flush_task.cancel()
+            await asyncio.gather(self._flush_task, return_exceptions=True)
+        if self._session is not None:
+            async with self._session_lock:
+                try:
+                    await asyncio.wait_for(self._session.close(), timeout=10)
+                except (EngineError, TimeoutError, OSError) as exc:
+                    log.warning("%s: engine did not close cleanly: %s", self.phone, exc)
+            self._session = None
+        self._inbox.put_nowait(None)
+
+    # -- the loop ------------------------------------------------------------------------------
+    async def _handle(self, item: Any) -> None:
+        if isinstance(item, _Call):
+            try:
+                if item.input is not None:
+                    await self._step(item.input)
+                result = await item.action() if item.action else None
+            except Exception as exc:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+                raise
+            if not item.future.done():
+                item.future.set_result(result)
+        elif isinstance(item, _Heartbeat):
+            self._expire_queued()
+            self.account = replace(self.account, status=self.status.model_copy(update={"updated_at": self._clock()}))
+            self._publish_status()
+        elif isinstance(item, MessageReceived):
+            self.messages_in += 1
+            self._sink.on_message(self.phone, item.message)
+        elif isinstance(item, ReceiptReceived):
+            self._sink.on_receipt(self.phone, item.receipt)
+        elif isinstance(item, SimSent):
+            self._sink.on_sim_sent(self.phone, item.payload)
+        else:
+            await self._step(item)
+
+    async def _step(self, event: m.Input) -> None:
+        before = self.account
+        self.account, effects = m.decide(
+            before, event, self._clock(), self._config.reconnect, self._rng.random(), self._config.pairing_timeout)
+        if self.account.status != before.status:
+            if self.account.state != before.state:
+                log.info("%s: %s -> %s%s", self.phone, before.state, self.account.state,
+                         f" ({self.status.error_code}: {self.status.error})" if self.status.error else "")
+            self._publish_status()
+        for effect in effects:
+            await self._do(effect)
+
+    async def _do(self, effect: m.Effect) -> None:
+        loop = asyncio.get_running_loop()
+        match effect:
+            case m.StartSession(method=method):
+                await self._start_session(method)
+            case m.StopSession():
+                if self._session is not None:
+                    await self._guarded(lambda s: s.stop())
+            case m.ScheduleRetry(at=at):
+                self._cancel(self._retry)
+                self._retry = loop.call_later(self._seconds_until(at), self._inbox.put_nowait, m.RetryDue())
+            case m.CancelRetry():
+                self._cancel(self._retry)
+                self._retry = None
+            case m.SchedulePairingExpiry(at=at):
+                self._cancel(self._pairing_timer)
+                self._pairing_timer = loop.call_later(self._seconds_until(at), self._inbox.put_nowait, m.PairingExpired())
+            case m.ShowPairing(kind=kind, code=code):
+                self._sink.on_pairing(self.phone, kind, code)
+            case m.ClearPairing():
+                self._cancel(self._pairing_timer)
+                self._pairing_timer = None
+                self._sink.on_pairing(self.phone, None, None)
+            case m.OnConnected():
+                self._sink.on_connected(self.phone)
+                self._start_flush()
+            case m.BridgeEvent(type=type_, data=data):
+                self._sink.on_bridge_event(type_, dict(data))
+
+    async def _start_session(self, method: PairMethod) -> None:
+        self._store_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        session = self._ensure_session()
+        async with self._session_lock:
+            try:
+                await session.start(method)
+            except EngineError as exc:
+                log.warning("%s: engine failed to start: %s", self.phone, exc)
+                self._emit(Disconnected(code=ErrorCode.DIAL_FAILED, error=str(exc)))
+
+    def _ensure_session(self) -> EngineSession:
+        if self._session is None:
+            self._session = self._engine.open_session(self.phone, self._store_path, self._emit)
+        return self._session
+
+    def _emit(self, event: EngineEvent) -> None:
+        if not self._closed:
+            self._inbox.put_nowait(event)
+
+    async def _call(self, fn: Callable[[EngineSession], Awaitable[T]]) -> T:
+        session = self._ensure_session()
+        async with self._session_lock:
+            return await fn(session)
+
+    async def _guarded(self, fn: Callable[[EngineSession], Awaitable[Any]]) -> None:
+        try:
+            await self._call(fn)
+        except EngineError as exc:
+            log.warning("%s: engine call failed: %s", self.phone, exc)
+
+    # -- outgoing queue ------------------------------------------------------------------------
+    def _start_flush(self) -> None:
+        if self._outbox.depth(self.phone) and (self._flush_task is None or self._flush_task.done()):
+            self._flush_task = asyncio.create_task(self._flush(), name=f"flush-{self.phone}")
+
+    async def _flush(self) -> None:
+        """Send queued messages oldest first while connected."""
+        self._expire_queued()
+        for entry in self._outbox.pending(self.phone):
+            if self.state != AccountState.CONNECTED:
+                break
+            message = OutgoingMessage.model_validate(entry.request["message"])
+            route = entry.request.get("route", {})
+            try:
+                result = await self._call(lambda s: s.send(message))
+            except EngineError as exc:
+                if exc.code == "not_connected":
+                    break
+                self._outbox.remove(entry.id)
+                self._sink.on_deferred_response(self.phone, "send", route, {
+                    "status": "error", "code": exc.code, "error": f"queued message not sent: {exc}"})
+                continue
+            self._outbox.remove(entry.id)
+            self._sent(message, result.id)
+            self._sink.on_deferred_response(self.phone, "send", route, {
+                "status": "ok", "data": {"id": result.id, "queued": False, "from_queue": True}})
+            self._refresh_queue_depth()
+        self._refresh_queue_depth()
+
+    def _expire_queued(self) -> None:
+        for entry in self._outbox.take_expired(self.phone, self._config.outgoing.ttl):
+            self._sink.on_deferred_response(self.phone, "send", entry.request.get("route", {}), {
+                "status": "error", "code": "expired",
+                "error": f"not sent: still queued after outgoing.ttl ({self._config.outgoing.ttl:g} s)"})
+        self._refresh_queue_depth()
+
+    def _sent(self, message: OutgoingMessage, wa_id: str) -> None:
+        self.messages_out += 1
+        if message.id:
+            self._outbox.remember_sent(self.phone, message.id, wa_id)
+
+    def _refresh_queue_depth(self) -> None:
+        depth = self._outbox.depth(self.phone)
+        if depth != self.status.queued_outgoing:
+            self.account = replace(self.account, status=self.status.model_copy(
+                update={"queued_outgoing": depth, "updated_at": self._clock()}))
+            self._publish_status()
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _publish_status(self) -> None:
+        self._sink.on_status(self.status)
+
+    def _seconds_until(self, at: datetime) -> float:
+        return max(0.0, (at - self._clock()).total_seconds())
+
+    @staticmethod
+    def _cancel(handle: asyncio.TimerHandle | None) -> None:
+        if handle is not None:
+            handle.cancel()
+
+    def _cancel_timers(self) -> None:
+        for handle in (self._retry, self._pairing_timer):
+            self._cancel(handle)
+        self._retry = self._pairing_timer = None
+
+
+@dataclass(frozen=True)
+class _Heartbeat:
+    pass
+

@@ -1,0 +1,256 @@
+"""Domain events → topics and payloads; MQTT requests → account manager calls → responses.
+
+The bridge decides no account state: it shows what the supervisors report and forwards what clients
+ask. Requests for one account are served in arrival order (a per-target lock); different accounts
+are served concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import segno
+
+from . import __version__
+from .accounts.dedup import SeenIds
+from .accounts.manager import AccountManager, UnknownAccount
+from .config import Config
+from .engines.base import EngineError
+from .model import IncomingMessage, OutgoingMessage, Receipt, Status, is_phone, utc_iso
+from .mqtt import api
+from .mqtt.api import ApiError, Route
+from .mqtt.link import Incoming, MqttLink
+from .mqtt.topics import Topics, parse_request_topic, parse_sim_topic
+
+log = logging.getLogger(__name__)
+Clock = Callable[[], datetime]
+
+
+def qr_png(code: str) -> bytes:
+    """The QR as PNG bytes (for the Home Assistant image entity)."""
+    buffer = io.BytesIO()
+    segno.make(code, error="l", micro=False).save(buffer, kind="png", scale=6, border=2)
+    return buffer.getvalue()
+
+
+def _json(data: Any) -> bytes:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class Bridge:
+    """Implements `AccountSink` for the supervisors and serves requests arriving from the link."""
+
+    def __init__(self, config: Config, topics: Topics, link: MqttLink, seen: SeenIds, clock: Clock,
+                 started_at: datetime) -> None:
+        self._config = config
+        self._topics = topics
+        self._link = link
+        self._seen = seen
+        self._clock = clock
+        self._started_at = started_at
+        self._manager: AccountManager | None = None
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._accepting = True
+        self.duplicates_dropped = 0
+
+    def attach(self, manager: AccountManager) -> None:
+        self._manager = manager
+
+    @property
+    def manager(self) -> AccountManager:
+        assert self._manager is not None, "attach() the manager first"
+        return self._manager
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def on_link_connected(self) -> None:
+        """Called by the link on every (re)connect, before it republishes retained topics."""
+        self.publish_info()
+
+    def publish_info(self) -> None:
+        phones = self.manager.phones() if self._manager else []
+        self._link.set_retained(self._topics.bridge_info, _json({
+            "version": __version__, "engine": self._config.engine, "started_at": utc_iso(self._started_at),
+            "base_topic": self._topics.base, "accounts": phones, "config": self._config.masked(),
+        }))
+        self._link.set_retained(self._topics.bridge_accounts, _json(self.manager.summary() if self._manager else []))
+
+    def stop_accepting(self) -> None:
+        self._accepting = False
+
+    async def drain(self) -> None:
+        """Wait for requests being served to finish."""
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # -- AccountSink ---------------------------------------------------------------------------
+    def on_status(self, status: Status) -> None:
+        self._link.set_retained(self._topics.status(status.phone), _json(status.payload()))
+        if self._manager is not None:
+            self._link.set_retained(self._topics.bridge_accounts, _json(self.manager.summary()))
+
+    def on_accounts_changed(self) -> None:
+        self.publish_info()
+
+    def on_message(self, phone: str, message: IncomingMessage) -> None:
+        if not self._seen.first_time(phone, message.id):
+            self.duplicates_dropped += 1
+            log.debug("%s: duplicate message %s dropped", phone, message.id)
+            return
+        self._link.publish(self._topics.message(phone), _json(message.payload()), qos=1, durable=True)
+
+    def on_receipt(self, phone: str, receipt: Receipt) -> None:
+        self._link.publish(self._topics.receipt(phone), _json(receipt.payload()), qos=1, durable=True)
+
+    def on_pairing(self, phone: str, kind: str | None, code: str | None) -> None:
+        if kind == "qr" and code:
+            self._link.set_retained(self._topics.qr(phone), code)
+            self._link.set_retained(self._topics.qr_image(phone), qr_png(code))
+            log.info("%s: QR code on offer on %s", phone, self._topics.qr(phone))
+        elif kind == "code" and code:
+            self._link.set_retained(self._topics.pair_code(phone), code)
+            log.info("%s: pair code on offer on %s", phone, self._topics.pair_code(phone))
+        else:
+            for topic in (self._topics.qr(phone), self._topics.qr_image(phone), self._topics.pair_code(phone)):
+                self._link.set_retained(topic, b"")
+
+    def on_bridge_event(self, type_: str, data: dict[str, Any]) -> None:
+        log.info("event %s %s", type_, data.get("phone", ""))
+        self._link.publish(self._topics.bridge_event, _json({"type": type_, "data": data}), qos=1)
+
+    def on_sim_sent(self, phone: str, payload: dict[str, Any]) -> None:
+        self._link.publish(self._topics.sim_sent(phone), _json(payload), qos=1, durable=True)
+
+    def on_deferred_response(self, phone: str, command: str, route: dict[str, Any], response: dict[str, Any]) -> None:
+        self._respond(phone, command, Route.from_dict(route), api.with_route(Route.from_dict(route), response))
+
+    def on_connected(self, phone: str) -> None:
+        supervisor = self.manager.find(phone)
+        if supervisor is not None:
+            self.manager.store.write_meta(phone, name=supervisor.status.name, engine=self._config.engine,
+                                          last_connected=supervisor.status.last_connected)
+            self.manager.store.secure(phone)
+
+    def on_removed(self, phone: str) -> None:
+        for topic in (self._topics.status(phone), self._topics.qr(phone), self._topics.qr_image(phone),
+                      self._topics.pair_code(phone)):
+            self._link.set_retained(topic, b"")
+
+    # -- requests ------------------------------------------------------------------------------
+    async def handle(self, incoming: Incoming) -> None:
+        """Entry point for every message from the broker."""
+        request = parse_request_topic(self._topics, incoming.topic)
+        if request is not None:
+            if not self._accepting:
+                return
+            task = asyncio.create_task(self._serve(request.target, request.command, request.is_bridge, incoming))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        sim = parse_sim_topic(self._topics, incoming.topic)
+        if sim is not None and self._config.engine == "sim":
+            await self._sim_control(sim.phone, sim.action, incoming.payload)
+
+    async def _serve(self, target: str, command: str, is_bridge: bool, incoming: Incoming) -> None:
+        route = Route(response_topic=incoming.response_topic, correlation_data=incoming.correlation_data)
+        lock = self._locks.setdefault(target, asyncio.Lock())
+        async with lock:
+            try:
+                data, transaction, has_transaction = api.decode_payload(incoming.payload)
+                route = Route(transaction, has_transaction, incoming.response_topic, incoming.correlation_data)
+                if not is_bridge and not is_phone(target):
+                    raise ApiError("unknown_account", f"{target!r} is not an account id (a phone number)")
+                request = api.parse_command(is_bridge, command, data)
+                result = await (self._bridge_command(command, request, route) if is_bridge
+                                else self._account_command(target, command, request, route))
+                body = api.ok(route, result)
+            except ApiError as exc:
+                body = api.error(route, exc.code, exc.message)
+            except UnknownAccount as exc:
+                body = api.error(route, "unknown_account", str(exc))
+            except EngineError as exc:
+                body = api.error(route, exc.code, str(exc))
+            except Exception as exc:  # a bug must still answer the client
+                log.exception("%s/%s failed", target, command)
+                body = api.error(route, "internal_error", f"internal error: {type(exc).__name__}")
+            if body["status"] == "error":
+                log.info("request %s/%s refused: %s", target, command, body["code"])
+        self._respond(target, command, route, body)
+
+    def _respond(self, target: str, command: str, route: Route, body: dict[str, Any]) -> None:
+        payload = _json(body)
+        topic = self._topics.bridge_response(command) if target == "bridge" else self._topics.response(target, command)
+        self._link.publish(topic, payload, qos=1)
+        if route.response_topic:
+            self._link.publish(route.response_topic, payload, qos=1, correlation_data=route.correlation_data)
+
+    async def _account_command(self, phone: str, command: str, request: Any, route: Route) -> dict[str, Any]:
+        manager = self.manager
+        match command:
+            case "connect":
+                return self._state(await manager.connect(phone, request.method))
+            case "disconnect":
+                return self._state(await manager.disconnect(phone))
+            case "logout":
+                return self._state(await manager.logout(phone))
+            case "send":
+                return await self._send(phone, request, route)
+            case "react":
+                sup = manager.get(phone)
+                msg_id = await sup.engine_call(lambda s: s.react(request.chat, request.id, request.emoji, request.sender))
+                return {"id": msg_id}
+            case "read":
+                await manager.get(phone).engine_call(lambda s: s.mark_read(request.chat, request.ids, request.sender))
+                return {}
+            case "typing":
+                await manager.get(phone).engine_call(lambda s: s.typing(request.chat, request.state))
+                return {}
+        raise ApiError("invalid_request", f"unknown command {command!r}")
+
+    async def _send(self, phone: str, message: OutgoingMessage, route: Route) -> dict[str, Any]:
+        supervisor = self.manager.get(phone)
+        allow = self._config.outgoing.allow_to
+        if allow is not None and message.to not in allow and message.jid not in allow:
+            raise ApiError("forbidden", f"to: {message.to} is not in outgoing.allow_to")
+        return await supervisor.send(message, route.to_dict())
+
+    async def _bridge_command(self, command: str, request: Any, route: Route) -> dict[str, Any]:
+        manager = self.manager
+        match command:
+            case "pair":
+                return self._state(await manager.pair(request.phone, request.method))
+            case "remove":
+                await manager.remove(request.phone)
+                return {"phone": request.phone, "removed": True}
+            case "restart_account":
+                return self._state(await manager.restart(request.phone))
+            case "health":
+                now = self._clock()
+                return {
+                    "version": __version__, "uptime": round((now - self._started_at).total_seconds(), 1),
+                    "broker_connected": self._link.is_connected, "spool": self._link.pending(),
+                    "duplicates_dropped": self.duplicates_dropped, "accounts": manager.health(),
+                }
+            case "backup" | "reload":
+                raise ApiError("invalid_request", f"{command} is not available yet in this version")
+        raise ApiError("invalid_request", f"unknown command {command!r}")
+
+    @staticmethod
+    def _state(supervisor: Any) -> dict[str, Any]:
+        return {"phone": supervisor.phone, "state": supervisor.state.value}
+
+    async def _sim_control(self, phone: str, action: str, payload: bytes) -> None:
+        supervisor = self.manager.find(phone)
+        if supervisor is None:
+            log.warning("sim: no account %s for %s", phone, action)
+            return
+        try:
+            await supervisor.sim_control(action, payload)
+        except EngineError as exc:
+            log.warning("sim %s/%s refused: %s", phone, action, exc)

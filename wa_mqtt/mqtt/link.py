@@ -1,0 +1,276 @@
+"""The broker connection: the only module that touches aiomqtt.
+
+It reconnects forever with backoff; on every (re)connect it publishes `bridge/state` = online (with
+`offline` as the will), republishes every retained topic it holds (info, accounts, statuses, ...) and
+resubscribes. Publishes are of three kinds:
+- retained state (`set_retained`): latest value per topic, kept in memory, republished on reconnect;
+- durable (`publish(durable=True)`: messages, receipts): appended to the on-disk spool first and
+  removed only after the broker acknowledged them (QoS 1), so an outage or a crash loses none;
+- transient (responses, events): an in-memory queue, sent when connected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from ..config import MqttConfig, mask_url
+from .spool import Spool
+
+log = logging.getLogger(__name__)
+
+TRANSIENT_LIMIT = 10_000
+RETAINED_HISTORY = 10_000
+BATCH = 256
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+
+def broker_address(url: str) -> BrokerAddress:
+    parts = urlsplit(url)
+    tls = parts.scheme in ("mqtts", "ssl")
+    return BrokerAddress(
+        host=parts.hostname or "localhost",
+        port=parts.port or (8883 if tls else 1883),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        tls=tls,
+    )
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A message from the broker, reduced to what the bridge needs."""
+
+    topic: str
+    payload: bytes
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+
+
+@dataclass(frozen=True)
+class _Transient:
+    topic: str
+    payload: bytes
+    qos: int
+    correlation_data: bytes | None
+
+
+class MqttLink:
+    """Owns the broker connection. `run()` until cancelled; `shutdown()` publishes offline first."""
+
+    def __init__(self, config: MqttConfig, url: str, state_topic: str, spool: Spool,
+                 on_message: Callable[[Incoming], Awaitable[None]],
+                 on_connect: Callable[[], None], v5: bool = True) -> None:
+        self._config = config
+        self._address = broker_address(url)
+        self._url_for_logs = mask_url(url)
+        self._state_topic = state_topic
+        self._spool = spool
+        self._on_message = on_message
+        self._on_connect = on_connect
+        self._v5 = v5
+        self._subscriptions: list[str] = []
+        self._retained: dict[str, bytes] = {}
+        self._retained_queue: deque[tuple[str, bytes]] = deque()  # every change, in order, while connected
+        self._transient: deque[_Transient] = deque()
+        self._wake = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
+        self._connected = asyncio.Event()
+        self.dropped_transient = 0
+        self.connects = 0
+
+    # -- publishing (safe to call at any time, connected or not) --------------------------------
+    def subscribe(self, topic_filter: str) -> None:
+        self._subscriptions.append(topic_filter)
+
+    def set_retained(self, topic: str, payload: bytes | str) -> None:
+        data = payload.encode() if isinstance(payload, str) else payload
+        if self._retained.get(topic) == data:
+            return
+        self._retained[topic] = data
+        if len(self._retained_queue) >= RETAINED_HISTORY:
+            self._retained_queue.popleft()  # the reconnect still republishes the latest of each
+        self._retained_queue.append((topic, data))  # every change in order: connecting, then connected
+        self._wake.set()
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, durable: bool = False,
+                correlation_data: bytes | None = None) -> None:
+        data = payload.encode() if isinstance(payload, str) else payload
+        if durable:
+            self._spool.append(topic, data, qos, False)
+        else:
+            if len(self._transient) >= TRANSIENT_LIMIT:
+                self._transient.popleft()
+                self.dropped_transient += 1
+                if self.dropped_transient in (1, 100, 10_000):
+                    log.warning("broker unreachable: dropped %d transient publishes (responses/events)",
+                                self.dropped_transient)
+            self._transient.append(_Transient(topic, data, qos, correlation_data))
+        self._wake.set()
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def wait_connected(self) -> None:
+        await self._connected.wait()
+
+    def pending(self) -> int:
+        return len(self._retained_queue) + len(self._transient) + len(self._spool)
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until everything queued is published (or the timeout); True when drained."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.pending() and self.is_connected and loop.time() < deadline:
+            self._wake.set()
+            await asyncio.sleep(0.01)
+        return self.pending() == 0
+
+    # -- the connection loop -------------------------------------------------------------------
+    async def run(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self._session()
+                delay = 0.5
+            except aiomqtt.MqttError as exc:
+                self._mark_disconnected()
+                if self.connects == 0 and self._v5 and "protocol" in str(exc).lower():
+                    log.warning("broker refused MQTT v5 (%s); using MQTT 3.1.1", exc)
+                    self._v5 = False
+                    continue
+                log.warning("MQTT broker %s unreachable (%s); retrying in %.1f s", self._url_for_logs, exc, delay)
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, 30.0)
+
+    async def shutdown(self, drain_timeout: float = 5.0) -> None:
+        """Publish what is queued (bounded), then `offline` (retained), then disconnect."""
+        client = self._client
+        if client is None:
+            return
+        await self.drain(drain_timeout)
+        try:
+            await client.publish(self._state_topic, b"offline", qos=1, retain=True, timeout=2)
+        except aiomqtt.MqttError as exc:
+            log.warning("could not publish offline state: %s", exc)
+
+    def _mark_disconnected(self) -> None:
+        self._client = None
+        self._connected.clear()
+
+    def _make_client(self) -> aiomqtt.Client:
+        tls_context = ssl.create_default_context() if self._address.tls else None
+        props = None
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 86400  # requests sent while we restart are still delivered
+        return aiomqtt.Client(
+            self._address.host, self._address.port,
+            username=self._address.username, password=self._address.password,
+            identifier=self._config.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5 if self._v5 else aiomqtt.ProtocolVersion.V311,
+            will=aiomqtt.Will(self._state_topic, b"offline", qos=1, retain=True),
+            clean_session=None if self._v5 else False,
+            clean_start=False if self._v5 else 3,  # 3 = paho's MQTT_CLEAN_START_FIRST_ONLY default
+            keepalive=self._config.keepalive,
+            properties=props,
+            tls_context=tls_context,
+            max_queued_outgoing_messages=None,
+        )
+
+    async def _session(self) -> None:
+        async with self._make_client() as client:
+            self._client = client
+            self.connects += 1
+            for topic_filter in self._subscriptions:  # subscribed before `online`: online means ready
+                await client.subscribe(topic_filter, qos=1)
+            await client.publish(self._state_topic, b"online", qos=1, retain=True)
+            self._on_connect()
+            last_queued = {topic: data for topic, data in self._retained_queue}
+            self._retained_queue.extend(
+                (topic, data) for topic, data in self._retained.items() if last_queued.get(topic) != data)
+            self._connected.set()
+            self._wake.set()
+            log.info("connected to MQTT broker %s (MQTT %s)", self._url_for_logs, "5" if self._v5 else "3.1.1")
+            try:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self._publisher(client))
+                    group.create_task(self._receiver(client))
+            except ExceptionGroup as errors:
+                lost, other = errors.split(aiomqtt.MqttError)
+                if other is not None or lost is None:
+                    raise
+                first = lost.exceptions[0]
+                while isinstance(first, ExceptionGroup):
+                    first = first.exceptions[0]
+                raise first from None
+
+    async def _receiver(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload or "").encode()
+            props = message.properties
+            response_topic = getattr(props, "ResponseTopic", None) if props else None
+            correlation = getattr(props, "CorrelationData", None) if props else None
+            try:
+                await self._on_message(Incoming(str(message.topic), payload, response_topic, correlation))
+            except Exception:  # a bug in one handler must not drop the connection
+                log.exception("failed to handle a message on %s", message.topic)
+
+    async def _publisher(self, client: aiomqtt.Client) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._retained_queue:
+                topic, data = self._retained_queue[0]
+                await client.publish(topic, data, qos=1, retain=True)
+                self._retained_queue.popleft()
+            while self._transient:
+                batch = [self._transient.popleft() for _ in range(min(BATCH, len(self._transient)))]
+                try:
+                    await asyncio.gather(*(self._send_transient(client, item) for item in batch))
+                except aiomqtt.MqttError:
+                    self._transient.extendleft(reversed(batch))
+                    raise
+            while entries := self._spool.peek(BATCH):
+                await asyncio.gather(*(client.publish(e.topic, e.payload, qos=e.qos, retain=e.retain) for e in entries))
+                self._spool.ack(entries[-1].seq)
+
+    @staticmethod
+    async def _send_transient(client: aiomqtt.Client, item: _Transient) -> None:
+        props = None
+        if item.correlation_data is not None:
+            props = Properties(PacketTypes.PUBLISH)
+            props.CorrelationData = item.correlation_data
+        await client.publish(item.topic, item.payload, qos=item.qos, properties=props)
+
+
+async def start_embedded_broker(port: int) -> object:
+    """Start amqtt on 127.0.0.1:`port` (MQTT 3.1.1); returns the broker (call `.shutdown()`)."""
+    from amqtt.broker import Broker
+
+    broker = Broker({
+        "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}", "max_connections": 256}},
+        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+    })
+    await broker.start()
+    log.info("embedded MQTT broker listening on 127.0.0.1:%d (set mqtt.url to use your own broker)", port)
+    return broker
