@@ -105,8 +105,10 @@ async def test_restore_offline_emits_dial_failed(tmp_path: Path, engine: Neonize
     with pytest.raises(EngineError) as failure:
         await session.send(OutgoingMessage(to="5511999999999", text="hi"))
     assert failure.value.code == "not_connected"  # Go: "... websocket not connected"
+    first_client = session.client
     await session.stop()
     assert session.client is None
+    assert not first_client._stop_finalizer.alive  # its GC would otherwise Stop() the next client (same uuid)
     await session.start()  # a second attempt on the same session (the supervisor's retry)
     assert (await events.next()).code == ErrorCode.DIAL_FAILED
     await session.close()
@@ -147,15 +149,20 @@ async def test_pairing_emits_qr_and_status_events_in_order(tmp_path: Path, engin
     await session.close()
 
 
-async def test_pairing_window_end_is_reported(tmp_path: Path, engine: NeonizeEngine) -> None:
+async def test_pairing_window_end_is_reported_only_when_it_failed(tmp_path: Path, engine: NeonizeEngine) -> None:
     phone = next_phone()
     events = Recorder()
     session = engine.open_session(phone, tmp_path / "store.db", events)
     await session.start("qr")
     assert (await events.next()).code == ErrorCode.DIAL_FAILED
-    await go_string_callback(session.client._NewAClient__onLoginStatus, session, "timeout")
-    event = await events.next()
-    assert (event.kind, event.code) == ("disconnected", ErrorCode.PAIRING_TIMEOUT)
+    login_status = session.client._NewAClient__onLoginStatus
+    await go_string_callback(login_status, session, "timeout")  # left to the supervisor's pairing timer
+    await go_string_callback(login_status, session, "err-scanned-without-multidevice")
+    await go_string_callback(login_status, session, "err-client-outdated")
+    failed, outdated = await events.next(), await events.next()
+    assert (failed.kind, failed.code) == ("disconnected", ErrorCode.CONNECT_FAILURE)
+    assert "err-scanned-without-multidevice" in failed.error
+    assert outdated.kind == "client_outdated"
     await session.close()
 
 

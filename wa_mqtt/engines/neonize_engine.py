@@ -26,6 +26,7 @@ from uuid import uuid4
 from ..model import ErrorCode, MediaSource, OutgoingMessage, SendResult, to_jid
 from . import neonize_convert as conv
 from .base import (
+    ClientOutdated,
     Connected,
     Disconnected,
     EmitFn,
@@ -86,6 +87,14 @@ def engine_error(exc: BaseException) -> EngineError:
     text = str(exc) or type(exc).__name__
     code = "not_connected" if "not connected" in text.lower() else "engine_error"
     return EngineError(text, code=code)
+
+
+def _detach_finalizer(client: NewAClient) -> None:
+    """Disarm neonize's GC finalizer: its Stop(uuid) would stop a later client with the same uuid
+    (a restored client's uuid is its JID user, the same on every start)."""
+    finalizer = getattr(client, "_stop_finalizer", None)
+    if finalizer is not None:
+        finalizer.detach()
 
 
 async def load_media(source: MediaSource) -> bytes:
@@ -203,6 +212,7 @@ class NeonizeSession:
                 task = await client.connect()
             except Exception as exc:  # NeonizeError raised before the Go call started
                 self._client = None
+                _detach_finalizer(client)
                 raise engine_error(exc) from exc
             self._watch = asyncio.get_running_loop().create_task(self._watch_connect(client, task))
 
@@ -273,9 +283,7 @@ class NeonizeSession:
                 log.warning("%s: neonize did not return %.0fs after stop; abandoning its thread",
                             self.phone, self._engine._stop_timeout)
                 watch.cancel()  # cancels neonize's connect task, which calls Go's Stop once more
-        finalizer = getattr(client, "_stop_finalizer", None)
-        if finalizer is not None:  # its Stop(uuid) on GC would stop a later client with the same uuid
-            finalizer.detach()
+        _detach_finalizer(client)
         self._client, self._watch = None, None
         log.info("%s: stopped", self.phone)
 
@@ -399,11 +407,12 @@ class NeonizeSession:
     def _login_status(self, client: NewAClient, status: str) -> None:
         if client is not self._client or self._stopping:
             return
-        log.info("%s: pairing ended: %s", self.phone, status)
-        if status == "timeout":
-            self._put(Disconnected(code=ErrorCode.PAIRING_TIMEOUT, error="no scan within the pairing window"))
-        elif status not in ("success", ""):
-            self._put(Disconnected(code=ErrorCode.CONNECT_FAILURE, error=f"pairing ended: {status}"))
+        log.info("%s: pairing window ended: %s", self.phone, status)
+        # "timeout" is left to the supervisor's own pairing timer, which parks the account (no retry).
+        if status == "err-client-outdated":
+            self._put(ClientOutdated())
+        elif status.startswith("err"):
+            self._put(Disconnected(code=ErrorCode.CONNECT_FAILURE, error=f"pairing failed: {status}"))
 
     def _remember(self, event: Proto, chat: str, sender_jid: str) -> None:
         """Keep recent messages so replies can quote them and reactions/reads know their sender."""
