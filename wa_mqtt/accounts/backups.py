@@ -1,0 +1,202 @@
+"""Session store safety: consistent backups (SQLite online backup API), integrity checks, restore.
+
+A store is `sessions/<phone>/store.db` and its backups live in `sessions/<phone>/backups/` (see
+store.AccountPaths). Backups are named `store-<UTC yyyymmddThhmmssZ>[-n].db`, verified with
+`PRAGMA integrity_check` before they count, kept newest `keep`, files 0600 in a 0700 folder, and
+written in rollback-journal mode so a backup is one self-contained file.
+
+Restore never deletes: the broken store (and its -wal) is set aside as `store.db.corrupt-<stamp>`.
+The engine must not hold the store open during a restore. Functions are synchronous and take
+milliseconds for a session store; call them via `asyncio.to_thread` from the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+_BACKUP_NAME = re.compile(r"^(?P<stem>.+)-(?P<stamp>\d{8}T\d{6}Z)(?:-(?P<n>\d+))?\.db$")
+
+
+class BackupError(Exception):
+    """A backup could not be made or did not verify (nothing is left behind)."""
+
+
+def backup_store(store: Path, backups_dir: Path, keep: int, now: datetime) -> Path:
+    """Copy `store` consistently into `backups_dir`, verify it, keep the newest `keep`; the new backup's path."""
+    if keep < 1:
+        raise ValueError("keep must be at least 1")
+    store, backups_dir = Path(store), Path(backups_dir)
+    if not store.is_file():
+        raise BackupError(f"no store at {store}")
+    _private_dir(backups_dir)
+    target = _free_name(backups_dir, f"{store.stem}-{_stamp(now)}", ".db")
+    tmp = backups_dir / f".{target.name}.tmp"
+    try:
+        _copy(store, tmp)
+    except sqlite3.Error as exc:
+        _unlink(tmp)
+        raise BackupError(f"cannot back up {store}: {exc}") from exc
+    if reason := check_store(tmp):
+        _unlink(tmp)
+        raise BackupError(f"backup of {store} did not verify: {reason}")
+    os.replace(tmp, target)
+    _fsync_dir(backups_dir)
+    for old in list_backups(backups_dir)[keep:]:
+        if old != target:  # a clock behind older stamps must not prune the copy just made
+            _unlink(old)
+    log.info("backed up %s to %s", store, target.name)
+    return target
+
+
+def check_store(path: Path) -> str | None:
+    """None when `path` is a readable SQLite database with tables that passes integrity_check, else why not."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if not path.is_file():
+            return "not a regular file"
+        if size == 0:
+            return "empty file"
+        with path.open("rb") as handle:
+            header = handle.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"unreadable: {exc}"
+    if header != SQLITE_HEADER:
+        return "not an SQLite database"
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            problems = [row[0] for row in conn.execute("PRAGMA integrity_check").fetchall()]
+            tables = conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return f"unreadable: {exc}"
+    if problems != ["ok"]:
+        return "integrity check failed: " + "; ".join(str(p) for p in problems[:3])
+    if not tables:
+        return "no tables"
+    return None
+
+
+def list_backups(backups_dir: Path) -> list[Path]:
+    """Backups in `backups_dir`, newest first (by the UTC stamp in the name, then its suffix)."""
+    try:
+        names = os.listdir(backups_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    found = [(m["stamp"], int(m["n"] or 0), name) for name in names if (m := _BACKUP_NAME.match(name))]
+    return [Path(backups_dir) / name for _stamp_, _n, name in sorted(found, reverse=True)]
+
+
+def restore_from_backup(store: Path, backups_dir: Path, name: str | None = None,
+                        *, now: datetime | None = None) -> Path | None:
+    """Put the named backup, or the newest good one, in place of `store`; the backup used, or None.
+
+    The old store (if any) is kept as `store.db.corrupt-<stamp>` (its -wal alongside), its -shm removed.
+    """
+    store, backups_dir = Path(store), Path(backups_dir)
+    if name is not None and Path(name).name != name:
+        log.warning("restore of %s: %r is not a backup file name", store, name)
+        return None
+    candidates = [backups_dir / name] if name is not None else list_backups(backups_dir)
+    tmp = store.with_name(store.name + ".restore-tmp")
+    for candidate in candidates:
+        if reason := check_store(candidate):
+            log.warning("backup %s of %s is unusable: %s", candidate.name, store, reason)
+            continue
+        try:
+            _copy(candidate, tmp)
+        except sqlite3.Error as exc:
+            _unlink(tmp)
+            log.warning("backup %s of %s could not be copied: %s", candidate.name, store, exc)
+            continue
+        if reason := check_store(tmp):
+            _unlink(tmp)
+            log.warning("copy of backup %s did not verify: %s", candidate.name, reason)
+            continue
+        _set_aside(store, now or datetime.now(timezone.utc))
+        os.replace(tmp, store)
+        _fsync_dir(store.parent)
+        log.info("restored %s from backup %s", store, candidate.name)
+        return candidate
+    log.warning("no good backup to restore %s from (%d tried)", store, len(candidates))
+    return None
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def _copy(source: Path, target: Path) -> None:
+    """Consistent copy of an SQLite database into a fresh 0600 file, as a single self-contained file."""
+    _unlink(target)
+    _unlink(Path(f"{target}-journal"))
+    os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    src = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        dst = sqlite3.connect(target)
+        try:
+            src.backup(dst)
+            dst.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    with target.open("rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _set_aside(store: Path, now: datetime) -> None:
+    """Move a broken store and its -wal out of the way (kept for inspection); drop its -shm."""
+    if store.exists():
+        aside = _free_name(store.parent, f"{store.name}.corrupt-{_stamp(now)}", "")
+        os.replace(store, aside)
+        log.warning("kept the replaced store as %s", aside.name)
+        for side in ("-wal", "-journal"):
+            if Path(f"{store}{side}").exists():
+                os.replace(f"{store}{side}", f"{aside}{side}")
+    for side in ("-wal", "-journal", "-shm"):
+        _unlink(Path(f"{store}{side}"))
+
+
+def _free_name(folder: Path, base: str, ext: str) -> Path:
+    candidate = folder / f"{base}{ext}"
+    n = 0
+    while candidate.exists():
+        n += 1
+        candidate = folder / f"{base}-{n}{ext}"
+    return candidate
+
+
+def _stamp(now: datetime) -> str:
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=timezone.utc)
+    return now.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def _private_dir(folder: Path) -> None:
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
