@@ -1,0 +1,122 @@
+"""Config loading (file, environment, flags, errors) and request parsing (codes and field names)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wa_mqtt.config import ConfigError, build_config, load_config, mask_url
+from wa_mqtt.mqtt import api
+from wa_mqtt.mqtt.topics import Topics, parse_request_topic, parse_sim_topic
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_config_yaml_is_valid_and_runs_as_is() -> None:
+    config = load_config(REPO / "config.yaml", environ={})
+    assert config.mqtt.url is None  # the embedded broker
+    assert config.mqtt.base_topic == "wa" and config.backups.keep == 3
+
+
+def test_defaults_without_a_file(tmp_path: Path) -> None:
+    config = load_config(tmp_path / "absent.yaml", environ={})
+    assert config.engine == "neonize" and config.status_interval == 60 and config.outgoing.ttl == 86400
+    assert config.reconnect.initial == 1 and config.reconnect.max == 300
+
+
+@pytest.mark.parametrize(("data", "key"), [
+    ({"mqtt": {"embedded_port": 0}}, "mqtt.embedded_port"),
+    ({"mqtt": {"url": "http://x"}}, "mqtt.url"),
+    ({"mqtt": {"base_topic": "wa/#"}}, "mqtt.base_topic"),
+    ({"engine": "selenium"}, "engine"),
+    ({"accounts": ["12ab"]}, "accounts"),
+    ({"reconnect": {"factor": "fast"}}, "reconnect.factor"),
+    ({"outgoing": {"allow_to": ["not a phone"]}}, "outgoing.allow_to"),
+    ({"typo_key": 1}, "typo_key"),
+    ({"status_interval": -1}, "status_interval"),
+])
+def test_invalid_values_name_their_key(data: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config(data, environ={})
+    assert str(info.value).startswith(key) or f"; {key}" in str(info.value)
+
+
+def test_environment_then_flags_override_the_file() -> None:
+    environ = {"WA_MQTT_MQTT__URL": "mqtt://u:p@broker:1884", "WA_MQTT_STATUS_INTERVAL": "10",
+               "WA_MQTT_ACCOUNTS": "[5511900000001]", "OTHER": "x"}
+    config = build_config({"status_interval": 30, "engine": "neonize"}, environ, {"engine": "sim"})
+    assert config.mqtt.url == "mqtt://u:p@broker:1884" and config.status_interval == 10
+    assert config.accounts == ["5511900000001"] and config.engine == "sim"
+
+
+def test_secrets_are_masked() -> None:
+    assert mask_url("mqtt://user:secret@host:1883") == "mqtt://user:***@host:1883"
+    assert mask_url("mqtt://host") == "mqtt://host"
+    config = build_config({"mqtt": {"url": "mqtts://me:pw@h"}}, environ={})
+    assert "pw" not in str(config.masked())
+
+
+def test_unreadable_yaml_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("mqtt: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path, environ={})
+
+
+@pytest.mark.parametrize(("raw", "code"), [
+    (b"{bad", "invalid_json"), (b"[1, 2]", "invalid_request"), (b'"text"', "invalid_request"),
+    (b"\xff\xfe", "invalid_json"),
+])
+def test_decode_errors(raw: bytes, code: str) -> None:
+    with pytest.raises(api.ApiError) as info:
+        api.decode_payload(raw)
+    assert info.value.code == code
+
+
+def test_decode_keeps_transaction_and_treats_empty_as_object() -> None:
+    assert api.decode_payload(b"") == ({}, None, False)
+    assert api.decode_payload(b'{"transaction": null, "to": "1"}') == ({"to": "1"}, None, True)
+    with pytest.raises(api.ApiError) as info:
+        api.decode_payload(b"x" * 11, max_bytes=10)
+    assert info.value.code == "too_large"
+
+
+@pytest.mark.parametrize(("bridge", "command", "data", "field"), [
+    (False, "send", {"text": "x"}, "to"),
+    (False, "send", {"to": "5511999999999"}, "text or one of"),
+    (False, "send", {"to": "55+11", "text": "x"}, "to"),
+    (False, "send", {"to": "5511999999999", "text": "x", "colour": "red"}, "colour"),
+    (False, "send", {"to": "5511999999999", "image": {"url": "http://x", "path": "/y"}}, "image"),
+    (False, "react", {"chat": "5511999999999", "emoji": "x"}, "id"),
+    (False, "read", {"chat": "5511999999999", "ids": []}, "ids"),
+    (False, "typing", {"chat": "5511999999999", "state": "dancing"}, "state"),
+    (False, "connect", {"method": "carrier pigeon"}, "method"),
+    (True, "pair", {}, "phone"),
+    (True, "pair", {"phone": "../../etc"}, "phone"),
+    (True, "remove", {"phone": 5}, "phone"),
+    (True, "nope", {}, "unknown command"),
+])
+def test_invalid_requests_name_the_field(bridge: bool, command: str, data: dict, field: str) -> None:
+    with pytest.raises(api.ApiError) as info:
+        api.parse_command(bridge, command, data)
+    assert info.value.code == "invalid_request" and field in info.value.message
+
+
+def test_responses_echo_the_transaction_only_when_given() -> None:
+    route = api.Route(transaction={"n": 1}, has_transaction=True)
+    assert api.ok(route, {"id": "X"}) == {"status": "ok", "data": {"id": "X"}, "transaction": {"n": 1}}
+    assert api.error(api.Route(), "unknown_account", "no") == {"status": "error", "error": "no", "code": "unknown_account"}
+    restored = api.Route.from_dict(api.Route("t", True, "reply/me", b"\x00\x01").to_dict())
+    assert restored.correlation_data == b"\x00\x01" and restored.response_topic == "reply/me"
+
+
+def test_topic_parsing() -> None:
+    topics = Topics("home/wa")
+    request = parse_request_topic(topics, "home/wa/5511900000001/request/send")
+    assert request is not None and request.target == "5511900000001" and request.command == "send"
+    assert parse_request_topic(topics, "home/wa/bridge/request/pair").is_bridge  # type: ignore[union-attr]
+    assert parse_request_topic(topics, "home/wa/x/response/send") is None
+    assert parse_request_topic(topics, "other/x/request/send") is None
+    assert parse_sim_topic(topics, "home/wa/sim/5511900000001/scan").action == "scan"  # type: ignore[union-attr]
+    assert parse_sim_topic(topics, "home/wa/sim/5511900000001/sent") is None

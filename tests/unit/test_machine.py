@@ -1,0 +1,190 @@
+"""The account state machine, driven with a fake clock: every state, backoff, flaps, pairing expiry."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from wa_mqtt.accounts import machine as m
+from wa_mqtt.config import ReconnectConfig
+from wa_mqtt.engines.base import (
+    ClientOutdated, Connected, Crashed, Disconnected, LoggedOut, PairCode, Paired, Qr, StreamReplaced,
+    TemporaryBan,
+)
+from wa_mqtt.model import AccountState as S
+from wa_mqtt.model import ErrorCode
+
+T0 = datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc)
+POLICY = ReconnectConfig(initial=1, factor=2, max=300, jitter=0.2, flap_window=60)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def advance(self, seconds: float) -> datetime:
+        self.now += timedelta(seconds=seconds)
+        return self.now
+
+
+def run(acc: m.Account, clock: Clock, *events: m.Input, rand: float = 0.5) -> tuple[m.Account, list[m.Effect]]:
+    effects: list[m.Effect] = []
+    for event in events:
+        acc, step = m.decide(acc, event, clock.now, POLICY, rand, pairing_timeout=160)
+        effects.extend(step)
+    return acc, effects
+
+
+def restored(clock: Clock) -> m.Account:
+    acc = m.new_account("5511900000001", "sim", clock.now, state=S.CONNECTING)
+    acc, effects = run(acc, clock, m.Start())
+    assert m.StartSession("qr") in effects
+    return acc
+
+
+@pytest.mark.parametrize(("failures", "rand", "expected"), [
+    (1, 0.5, 1.0), (2, 0.5, 2.0), (3, 0.5, 4.0), (9, 0.5, 256.0), (10, 0.5, 300.0), (50, 0.5, 300.0),
+    (1, 0.0, 0.8), (1, 1.0, 1.2), (10, 1.0, 360.0),
+])
+def test_backoff_is_exponential_capped_with_jitter(failures: int, rand: float, expected: float) -> None:
+    assert m.backoff_delay(failures, POLICY, rand) == pytest.approx(expected)
+
+
+def test_restore_connects_and_resets_attempts() -> None:
+    clock = Clock()
+    acc = restored(clock)
+    assert acc.state == S.CONNECTING
+    clock.advance(0.3)
+    acc, effects = run(acc, clock, Connected(name="Ana"))
+    assert acc.state == S.CONNECTED and acc.status.name == "Ana"
+    assert acc.status.last_connected == clock.now and acc.status.since == clock.now
+    assert m.OnConnected() in effects and m.CancelRetry() in effects
+
+
+def test_failed_dials_back_off_exponentially_then_connect_clears_error() -> None:
+    clock = Clock()
+    acc = restored(clock)
+    delays = []
+    for attempt in range(1, 5):
+        acc, effects = run(acc, clock, Disconnected(code=ErrorCode.DIAL_FAILED, error="failed to dial"))
+        assert acc.state == S.DISCONNECTED and acc.status.reconnect_attempt == attempt
+        assert acc.status.error_code == ErrorCode.DIAL_FAILED
+        retry = next(e for e in effects if isinstance(e, m.ScheduleRetry))
+        assert acc.status.next_retry_at == retry.at
+        delays.append((retry.at - clock.now).total_seconds())
+        clock.now = retry.at
+        acc, effects = run(acc, clock, m.RetryDue())
+        assert acc.state == S.CONNECTING and m.StartSession("qr") in effects
+        assert acc.status.reconnect_attempt == attempt  # still shown while it tries again
+    assert delays == [1.0, 2.0, 4.0, 8.0]
+    acc, _ = run(acc, clock, Connected())
+    assert acc.status.error is None and acc.status.reconnect_attempt == 0 and acc.status.next_retry_at is None
+
+
+def test_flapping_connection_keeps_backing_off() -> None:
+    clock = Clock()
+    acc = restored(clock)
+    acc, _ = run(acc, clock, Connected())
+    delays = []
+    for _ in range(4):
+        clock.advance(5)  # drops 5 s after each connect: a flap
+        acc, effects = run(acc, clock, Disconnected())
+        retry = next(e for e in effects if isinstance(e, m.ScheduleRetry))
+        delays.append((retry.at - clock.now).total_seconds())
+        clock.now = retry.at
+        acc, _ = run(acc, clock, m.RetryDue(), Connected())
+    assert delays == [1.0, 2.0, 4.0, 8.0]
+    clock.advance(120)  # stable for longer than the flap window: the next drop starts over
+    acc, effects = run(acc, clock, Disconnected())
+    assert acc.status.reconnect_attempt == 1
+    assert acc.reconnects == 5
+
+
+def test_pairing_shows_codes_and_expires() -> None:
+    clock = Clock()
+    acc = m.new_account("5511900000001", "sim", clock.now)
+    acc, effects = run(acc, clock, m.Start(by_user=True), Qr(code="q1"))
+    assert acc.state == S.PAIRING
+    assert m.ShowPairing("qr", "q1") in effects
+    expiry = next(e for e in effects if isinstance(e, m.SchedulePairingExpiry))
+    assert expiry.at == T0 + timedelta(seconds=160)
+    clock.advance(60)
+    acc, effects = run(acc, clock, Qr(code="q2"))
+    assert m.ShowPairing("qr", "q2") in effects
+    assert not any(isinstance(e, m.SchedulePairingExpiry) for e in effects)  # one hard timer
+    clock.now = expiry.at
+    acc, effects = run(acc, clock, m.PairingExpired())
+    assert acc.state == S.DISCONNECTED and acc.status.error_code == ErrorCode.PAIRING_TIMEOUT
+    assert acc.status.next_retry_at is None  # no QR loop without a person: connect starts again
+    assert m.ClearPairing() in effects and m.StopSession() in effects
+
+
+def test_pair_code_then_paired_then_connected_clears_pairing() -> None:
+    clock = Clock()
+    acc = m.new_account("5511900000001", "sim", clock.now)
+    acc, effects = run(acc, clock, m.Start(method="code", by_user=True), PairCode(code="ABCD-EFGH"))
+    assert m.ShowPairing("code", "ABCD-EFGH") in effects
+    acc, effects = run(acc, clock, Paired(phone="5511900000001", name="Ana"), Connected())
+    assert acc.state == S.CONNECTED and acc.status.name == "Ana"
+    assert any(isinstance(e, m.BridgeEvent) and e.type == "paired" for e in effects)
+    assert m.ClearPairing() in effects
+
+
+@pytest.mark.parametrize(("event", "state", "code", "retries"), [
+    (LoggedOut(), S.LOGGED_OUT, ErrorCode.LOGGED_OUT, False),
+    (StreamReplaced(), S.CONFLICT, ErrorCode.STREAM_REPLACED, False),
+    (ClientOutdated(), S.ERROR, ErrorCode.CLIENT_OUTDATED, False),
+    (TemporaryBan(code="101", expires_at=T0 + timedelta(hours=2)), S.BANNED, ErrorCode.TEMPORARY_BAN, True),
+    (Crashed(error="exit 70"), S.DISCONNECTED, ErrorCode.ENGINE_CRASHED, True),
+    (m.StoreUnusable(error="store.db is not a database"), S.ERROR, ErrorCode.STORE_CORRUPT, False),
+])
+def test_terminal_and_retrying_events(event: m.Input, state: S, code: ErrorCode, retries: bool) -> None:
+    clock = Clock()
+    acc = restored(clock)
+    acc, _ = run(acc, clock, Connected())
+    acc, effects = run(acc, clock, event)
+    assert acc.state == state and acc.status.error_code == code and acc.status.error
+    schedules = [e for e in effects if isinstance(e, m.ScheduleRetry)]
+    assert bool(schedules) == retries
+    if isinstance(event, TemporaryBan):
+        assert schedules[0].at == event.expires_at and acc.status.next_retry_at == event.expires_at
+    if not retries:
+        assert m.StopSession() in effects and acc.status.next_retry_at is None
+
+
+def test_parked_states_ignore_engine_news_and_retries() -> None:
+    clock = Clock()
+    acc = restored(clock)
+    acc, _ = run(acc, clock, StreamReplaced())
+    for event in (Disconnected(), m.RetryDue(), Qr(code="x"), StreamReplaced()):
+        after, effects = run(acc, clock, event)
+        assert after.state == S.CONFLICT and not any(isinstance(e, m.StartSession) for e in effects)
+    acc, effects = run(acc, clock, Connected())  # late news from a stopped session
+    assert acc.state == S.CONFLICT and effects == [m.StopSession()]
+    acc, effects = run(acc, clock, m.Start(by_user=True))  # a person said connect
+    assert acc.state == S.CONNECTING and acc.status.error is None and m.StartSession("qr") in effects
+
+
+def test_stop_and_connect_are_idempotent() -> None:
+    clock = Clock()
+    acc = restored(clock)
+    acc, _ = run(acc, clock, Connected())
+    same, effects = run(acc, clock, m.Start(by_user=True))
+    assert same == acc and effects == []
+    acc, effects = run(acc, clock, m.Stop())
+    assert acc.state == S.STOPPED and m.CancelRetry() in effects
+    again, effects = run(acc, clock, m.Stop())
+    assert again.state == S.STOPPED
+    after, effects = run(acc, clock, Disconnected())
+    assert after.state == S.STOPPED and effects == []
+
+
+def test_since_changes_only_with_the_state() -> None:
+    clock = Clock()
+    acc = restored(clock)
+    acc, _ = run(acc, clock, Disconnected())
+    since = acc.status.since
+    clock.advance(3)
+    acc, _ = run(acc, clock, Disconnected(code=ErrorCode.DIAL_FAILED, error="x"))
+    assert acc.status.since == since
