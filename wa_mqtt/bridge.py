@@ -103,7 +103,11 @@ class Bridge:
             self.duplicates_dropped += 1
             log.debug("%s: duplicate message %s dropped", phone, message.id)
             return
-        self._link.publish(self._topics.message(phone), _json(message.payload()), qos=1, durable=True)
+        try:
+            self._link.publish(self._topics.message(phone), _json(message.payload()), qos=1, durable=True)
+        except Exception:
+            self._seen.forget(phone, message.id)  # not handed on: a redelivery must not count as a duplicate
+            raise
 
     def on_receipt(self, phone: str, receipt: Receipt) -> None:
         self._link.publish(self._topics.receipt(phone), _json(receipt.payload()), qos=1, durable=True)
@@ -131,11 +135,7 @@ class Bridge:
         self._respond(phone, command, Route.from_dict(route), api.with_route(Route.from_dict(route), response))
 
     def on_connected(self, phone: str) -> None:
-        supervisor = self.manager.find(phone)
-        if supervisor is not None:
-            self.manager.store.write_meta(phone, name=supervisor.status.name, engine=self._config.engine,
-                                          last_connected=supervisor.status.last_connected)
-            self.manager.store.secure(phone)
+        self.manager.after_connected(phone)
 
     def on_removed(self, phone: str) -> None:
         for topic in (self._topics.status(phone), self._topics.qr(phone), self._topics.qr_image(phone),
@@ -234,11 +234,14 @@ class Bridge:
                 now = self._clock()
                 return {
                     "version": __version__, "uptime": round((now - self._started_at).total_seconds(), 1),
-                    "broker_connected": self._link.is_connected, "spool": self._link.pending(),
-                    "duplicates_dropped": self.duplicates_dropped, "accounts": manager.health(),
+                    "broker_connected": self._link.is_connected, "pending_publishes": self._link.pending(),
+                    "spool_dropped": self._link.spool_dropped, "duplicates_dropped": self.duplicates_dropped,
+                    "accounts": manager.health(),
                 }
-            case "backup" | "reload":
-                raise ApiError("invalid_request", f"{command} is not available yet in this version")
+            case "backup":
+                return {"backups": await manager.backup(request.phone)}
+            case "reload":
+                raise ApiError("invalid_request", "reload is not available yet in this version")
         raise ApiError("invalid_request", f"unknown command {command!r}")
 
     @staticmethod

@@ -58,11 +58,19 @@ class StoreUnusable:
     error: str
 
 
+@dataclass(frozen=True)
+class Settle:
+    """Boot found no linked device to restore: show `stopped` or `logged_out` instead of `connecting`."""
+
+    state: AccountState
+    error: str | None = None
+
+
 EngineInput = (
     Connected | Disconnected | LoggedOut | StreamReplaced | TemporaryBan | ClientOutdated | Qr | PairCode
     | Paired | Crashed
 )
-Input = Start | Stop | LogoutDone | RetryDue | PairingExpired | StoreUnusable | EngineInput
+Input = Start | Stop | LogoutDone | RetryDue | PairingExpired | StoreUnusable | Settle | EngineInput
 
 
 # -- effects -------------------------------------------------------------------------------------
@@ -218,6 +226,11 @@ def decide(acc: Account, event: Input, now: datetime, policy: ReconnectConfig, r
             return _park(acc, now, S.LOGGED_OUT, ErrorCode.LOGGED_OUT, "logged out on request")
         case StoreUnusable(error=error):
             return _park(acc, now, S.ERROR, ErrorCode.STORE_CORRUPT, error)
+        case Settle(state=settled, error=error):
+            if state != S.CONNECTING:
+                return acc, []
+            code = ErrorCode.LOGGED_OUT if settled == S.LOGGED_OUT else None
+            return _with(acc, now, settled, error=error, error_code=code), []
         case Qr(code=code) | PairCode(code=code):
             if state not in (S.CONNECTING, S.PAIRING):
                 return acc, []

@@ -18,6 +18,7 @@ from ..config import Config
 from ..engines.base import Engine
 from ..model import AccountState, is_phone
 from . import machine as m
+from .backups import BackupError, backup_store, check_store, restore_from_backup
 from .outbox import Outbox
 from .store import SessionStore
 from .supervisor import AccountSink, Supervisor
@@ -48,6 +49,7 @@ class AccountManager:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._ready = asyncio.Event()
         self._stopping = False
+        self._checks: set[asyncio.Task[Any]] = set()  # store checks and backups in flight
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -65,12 +67,15 @@ class AccountManager:
     def restore_all(self) -> list[str]:
         """Create a supervisor for every account folder and configured phone; start the linked ones."""
         self.store.ensure_root()
-        restored = []
+        restored: list[str] = []
         for phone in self.store.account_phones():
             paths = self.store.paths(phone)
             meta = self.store.read_meta(phone)
-            if self._engine.has_device(paths.store):
-                self._add(phone, meta, AccountState.CONNECTING).apply(m.Start())
+            if paths.store.exists():
+                # `connecting` is published now; the store is checked (and repaired from a backup)
+                # off the loop, then the engine starts: a hundred checks never delay the first status.
+                self._add(phone, meta, AccountState.CONNECTING)
+                self._spawn_check(phone)
                 restored.append(phone)
             elif meta.get("last_connected"):
                 self._add(phone, meta, AccountState.LOGGED_OUT,
@@ -83,9 +88,74 @@ class AccountManager:
         log.info("restoring %d stored account(s): %s", len(restored), ", ".join(restored) or "none")
         return restored
 
+    def _spawn_check(self, phone: str) -> None:
+        task = asyncio.create_task(self._check_and_start(phone), name=f"check-{phone}")
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+
+    async def _check_and_start(self, phone: str) -> None:
+        """Integrity-check the store; replace a bad one by the newest good backup; then start or `error`."""
+        paths = self.store.paths(phone)
+        reason = await asyncio.to_thread(check_store, paths.store)
+        supervisor = self._accounts.get(phone)
+        if supervisor is None:
+            return
+        if reason is not None:
+            log.warning("%s: store failed its check (%s)", phone, reason)
+            used = await asyncio.to_thread(restore_from_backup, paths.store, paths.backups, None, now=self._clock())
+            if used is None:
+                supervisor.apply(m.StoreUnusable(f"store.db is unusable ({reason}) and no good backup exists"))
+                return
+            log.warning("%s: store restored from backup %s", phone, used.name)
+            self._sink.on_bridge_event("store_restored", {"phone": phone, "backup": used.name, "reason": reason})
+        if self._engine.has_device(paths.store):
+            supervisor.apply(m.Start())
+        else:
+            meta = self.store.read_meta(phone)
+            state = AccountState.LOGGED_OUT if meta.get("last_connected") else AccountState.STOPPED
+            supervisor.apply(m.Settle(state, "no linked device in the store; send connect to link it"
+                                      if state == AccountState.LOGGED_OUT else None))
+
+    def after_connected(self, phone: str) -> None:
+        """Remember the name and time in account.json, tighten permissions, back the store up."""
+        supervisor = self._accounts.get(phone)
+        if supervisor is None:
+            return
+        self.store.write_meta(phone, name=supervisor.status.name, engine=self._engine.name,
+                              last_connected=supervisor.status.last_connected)
+        self.store.secure(phone)
+        task = asyncio.create_task(self.backup(phone), name=f"backup-{phone}")
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+
+    async def backup(self, phone: str | None = None) -> dict[str, str]:
+        """Back up one store (or all) now; {phone: backup file name}. Errors are per account."""
+        phones = [phone] if phone else self.phones()
+        if phone:
+            self.get(phone)
+        results: dict[str, str] = {}
+        for item in phones:
+            paths = self.store.paths(item)
+            if not paths.store.exists():
+                results[item] = "no store"
+                continue
+            try:
+                made = await asyncio.to_thread(backup_store, paths.store, paths.backups,
+                                               self._config.backups.keep, self._clock())
+            except (BackupError, OSError) as exc:
+                log.warning("%s: backup failed: %s", item, exc)
+                results[item] = f"failed: {exc}"
+            else:
+                log.info("%s: store backed up to %s", item, made.name)
+                results[item] = made.name
+        return results
+
     async def close(self) -> None:
         """Stop every engine session and supervisor task."""
         self._stopping = True
+        for task in list(self._checks):
+            task.cancel()
+        await asyncio.gather(*self._checks, return_exceptions=True)
         await asyncio.gather(*(s.close() for s in self._accounts.values()), return_exceptions=True)
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
@@ -152,10 +222,12 @@ class AccountManager:
         """Forget an account: log out if linked, stop it, delete its folder (unless already gone)."""
         supervisor = self.get(phone)
         if delete_files and supervisor.state == AccountState.CONNECTED:
+            await self.backup(phone)  # a final backup, kept until the folder goes
             await supervisor.logout()
         await self._drop(phone)
         if delete_files:
-            self.store.remove(phone)
+            await asyncio.to_thread(self.store.remove, phone)
+        self._outbox.clear(phone)
         self._sink.on_bridge_event("account_removed", {"phone": phone})
 
     async def adopt(self, phone: str) -> bool:
@@ -163,9 +235,10 @@ class AccountManager:
         if phone in self._accounts or not is_phone(phone):
             return False
         paths = self.store.paths(phone)
-        if not self._engine.has_device(paths.store):
+        if not paths.store.exists():
             return False
-        self._add(phone, self.store.read_meta(phone), AccountState.CONNECTING, announce=True).apply(m.Start())
+        self._add(phone, self.store.read_meta(phone), AccountState.CONNECTING, announce=True)
+        self._spawn_check(phone)
         return True
 
     # -- internals -----------------------------------------------------------------------------

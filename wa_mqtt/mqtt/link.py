@@ -127,6 +127,10 @@ class MqttLink:
         self._wake.set()
 
     @property
+    def spool_dropped(self) -> int:
+        return self._spool.dropped
+
+    @property
     def is_connected(self) -> bool:
         return self._connected.is_set()
 
