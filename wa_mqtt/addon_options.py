@@ -1,0 +1,166 @@
+"""Home Assistant add-on start: maps the add-on options and the Supervisor's MQTT service onto the
+bridge's config (`config.yaml` keys), validated by `wa_mqtt.config.build_config`.
+
+`OPTION_PATHS` is the whole mapping, option → config key; `options_to_config` applies it (pure).
+`main` is the add-on's edge: it reads `/data/options.json`, asks the Supervisor for the MQTT
+service (`GET http://supervisor/services/mqtt` with `SUPERVISOR_TOKEN`), merges the optional
+`/config/config.yaml` of the add-on's config folder (for keys the options do not cover, such as
+`auto_reply`), and writes `/data/config.yaml` (0600: it holds the broker password) for the bridge.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import yaml
+
+from .config import ConfigError, build_config, read_yaml
+
+SESSIONS_DIR = "/data/sessions"
+DATA_DIR = "/data/data"
+OPTIONS_PATH = Path("/data/options.json")
+OUTPUT_PATH = Path("/data/config.yaml")
+EXTRA_CONFIG_PATH = Path("/config/config.yaml")
+SERVICE_URL = "http://supervisor/services/mqtt"
+
+# add-on option (dotted for nested options) → bridge config key (dotted)
+OPTION_PATHS: dict[str, str] = {
+    "engine": "engine",
+    "log_level": "log_level",
+    "accounts": "accounts",
+    "notify": "notify",
+    "mqtt_url": "mqtt.url",
+    "base_topic": "mqtt.base_topic",
+    "discovery": "mqtt.discovery",
+    "discovery_prefix": "mqtt.discovery_prefix",
+    "status_interval": "status_interval",
+    "reconnect.initial": "reconnect.initial",
+    "reconnect.factor": "reconnect.factor",
+    "reconnect.max": "reconnect.max",
+    "reconnect.jitter": "reconnect.jitter",
+    "outgoing.ttl": "outgoing.ttl",
+    "outgoing.allow_to": "outgoing.allow_to",
+    "backups.keep": "backups.keep",
+}
+# options where an empty value means "not set": the bridge's default (or the MQTT service) applies
+EMPTY_MEANS_UNSET = frozenset({"mqtt_url", "outgoing.allow_to"})
+
+
+def mqtt_url(service: Mapping[str, Any]) -> str:
+    """`mqtt[s]://user:password@host:port` from the Supervisor's MQTT service data."""
+    host = str(service["host"])
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    scheme = "mqtts" if service.get("ssl") else "mqtt"
+    auth = ""
+    if service.get("username"):
+        auth = quote(str(service["username"]), safe="")
+        if service.get("password"):
+            auth += ":" + quote(str(service["password"]), safe="")
+        auth += "@"
+    return f"{scheme}://{auth}{host}:{int(service['port'])}"
+
+
+def _flatten(options: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in options.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat |= _flatten(value, path + ".")
+        else:
+            flat[path] = value
+    return flat
+
+
+def _deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _set(target: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        target = target.setdefault(key, {})
+    target[leaf] = value
+
+
+def options_to_config(
+    options: Mapping[str, Any],
+    mqtt_service: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The bridge's config data (not yet validated) from the add-on options.
+
+    `extra` (the add-on folder's own config.yaml) is the base; options override it; the sessions
+    and data folders are always under /data. `mqtt_url` wins over the Supervisor's MQTT service.
+    Unknown options raise ConfigError (the manifest and OPTION_PATHS must agree).
+    """
+    data: dict[str, Any] = {}
+    for option, value in _flatten(options).items():
+        if option not in OPTION_PATHS:
+            raise ConfigError(f"add-on option {option!r} has no config key")
+        if option in EMPTY_MEANS_UNSET and value in (None, "", []):
+            continue
+        _set(data, OPTION_PATHS[option], value)
+    if "url" not in data.get("mqtt", {}) and mqtt_service:
+        _set(data, "mqtt.url", mqtt_url(mqtt_service))
+    data["sessions_dir"] = SESSIONS_DIR
+    data["data_dir"] = DATA_DIR
+    return _deep_merge(extra or {}, data)
+
+
+def fetch_mqtt_service(
+    token: str | None, url: str = SERVICE_URL, opener: Callable[..., Any] = urllib.request.urlopen
+) -> dict[str, Any] | None:
+    """The Supervisor's MQTT service data (host, port, ssl, username, password), None if not offered."""
+    if not token:
+        return None
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with opener(request, timeout=10) as response:
+            body = json.loads(response.read().decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+    data = body.get("data") if isinstance(body, dict) else None
+    return data if isinstance(data, dict) and data.get("host") else None
+
+
+def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write the bridge config from the add-on options.")
+    parser.add_argument("--options", type=Path, default=OPTIONS_PATH)
+    parser.add_argument("--extra", type=Path, default=EXTRA_CONFIG_PATH)
+    parser.add_argument("--output", type=Path, default=OUTPUT_PATH)
+    args = parser.parse_args(argv)
+    env = os.environ if environ is None else environ
+    try:
+        options = json.loads(args.options.read_text(encoding="utf-8"))
+        service = fetch_mqtt_service(env.get("SUPERVISOR_TOKEN"))
+        data = options_to_config(options, service, read_yaml(args.extra))
+        if not data.get("mqtt", {}).get("url"):
+            raise ConfigError("no MQTT broker: install the Mosquitto broker add-on or set the mqtt_url option")
+        build_config(data)  # validate now: a clear message in the add-on log, exit code 2
+    except (OSError, ValueError, ConfigError) as exc:
+        print(f"wa_mqtt add-on: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        yaml.safe_dump(data, out, sort_keys=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
