@@ -289,3 +289,13 @@ def test_all_discovery_announces_bridge_first_then_accounts():
         f"homeassistant/device/wa_mqtt_{OTHER}/config",
     ]
     assert "message" in messages[1][1]["cmps"] and "message" not in messages[2][1]["cmps"]
+
+
+def test_entity_ids_in_the_home_assistant_docs_exist():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "home-assistant.md").read_text(encoding="utf-8")
+    mentioned = set(re.findall(r"\b(?:sensor|binary_sensor|image|button|event|notify)\.whatsapp_[a-z0-9_]+", text))
+    created = {c["default_entity_id"] for _, p in (account(True), bridge()) for c in p["cmps"].values()}
+    assert len(mentioned) >= 10
+    assert mentioned <= created, mentioned - created
