@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .automations import AutoReplyLimits, AutoReplyRules
 from .model import JID_RE, is_phone
 
 ENV_PREFIX = "WA_MQTT_"
@@ -102,7 +103,8 @@ class Config(_Section):
     status_interval: float = Field(60, gt=0)
     pairing_timeout: float = Field(160, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    auto_reply: list[dict[str, Any]] = Field(default_factory=list)
+    auto_reply: AutoReplyRules = Field(default_factory=list)  # see automations.py, docs/automations.md
+    auto_reply_limits: AutoReplyLimits = Field(default_factory=AutoReplyLimits)
     notify: list[str] = Field(default_factory=list)  # default recipients: one HA notify entity each
 
     @field_validator("notify", mode="before")
