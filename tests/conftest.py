@@ -27,7 +27,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 @pytest.fixture
 def restartable_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     """A broker of the test's own, for tests that stop and start it."""
-    instance = Broker(tmp_path_factory.mktemp("own-broker"))
+    instance = Broker(tmp_path_factory.mktemp("own-broker"), persistence=True)
     instance.start()
     yield instance
     instance.stop()

@@ -48,9 +48,10 @@ def wait_port(port: int, timeout: float = 10.0, open_: bool = True) -> None:
 class Broker:
     """A broker on a free loopback port that a test can stop and start again (same port)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, persistence: bool = False) -> None:
         self.port = free_port()
         self.workdir = workdir
+        self.persistence = persistence
         self.mosquitto = shutil.which("mosquitto") or (
             "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
         self.kind = "mosquitto" if self.mosquitto else "amqtt"
@@ -65,8 +66,10 @@ class Broker:
         log = open(self.workdir / f"{self.kind}.log", "ab")
         if self.mosquitto:
             conf = self.workdir / "mosquitto.conf"
+            persist = (f"persistence true\npersistence_location {self.workdir}/\n" if self.persistence
+                       else "persistence false\n")
             conf.write_text(
-                f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{persist}"
                 "max_queued_messages 100000\nmax_inflight_messages 100\nlog_type error\nlog_type warning\n"
             )
             cmd = [self.mosquitto, "-c", str(conf)]
@@ -270,6 +273,17 @@ class Probe:
         except TimeoutError:
             have = len([r for r in self.received if r.topic == topic])
             raise AssertionError(f"{topic}: {have} of {count} messages within {timeout} s") from None
+
+    async def wait_until(self, condition: Callable[[list[Received]], bool], timeout: float = 30.0,
+                         what: str = "condition") -> None:
+        async def check() -> None:
+            async with self._changed:
+                while not condition(self.received):
+                    await self._changed.wait()
+        try:
+            await asyncio.wait_for(check(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"{what} not met within {timeout} s") from None
 
     async def wait_state(self, phone: str, state: str, timeout: float = 10.0, after: int = 0) -> dict[str, Any]:
         item = await self.wait_for(f"{self.base}/{phone}/status",

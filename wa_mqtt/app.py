@@ -23,6 +23,7 @@ from .engines.base import Engine
 from .mqtt.link import MqttLink, start_embedded_broker
 from .mqtt.spool import Spool
 from .mqtt.topics import Topics
+from .watch import Watcher
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
@@ -90,11 +91,15 @@ class App:
             log.info("wa_mqtt starting: engine %s, sessions in %s, base topic %s",
                      engine.name, config.sessions_dir, topics.base)
 
+            sessions_watch = Watcher(config.sessions_dir, manager.reconcile)
             async with asyncio.TaskGroup() as group:
                 link_task = group.create_task(link.run(), name="mqtt-link")
                 manager_task = group.create_task(manager.run(), name="accounts")
+                await manager.wait_ready()
+                sessions_watch.start()
                 await stop.wait()
                 log.info("shutting down")
+                await sessions_watch.stop()
                 bridge.stop_accepting()
                 await asyncio.wait_for(bridge.drain(), timeout=10)
                 manager_task.cancel()

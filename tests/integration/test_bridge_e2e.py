@@ -189,7 +189,13 @@ async def test_disconnect_connect_logout(env: BridgeEnv, bridge: BridgeProcess) 
         queued = await probe.request(A, "send", {"to": "5511988887777", "text": "later"})
         assert queued["data"]["queued"] is True
         status = await probe.wait_state(A, "stopped")
+        assert bridge.stop() == 0  # a disconnect outlives a restart: no auto-connect
         mark = probe.mark()
+        bridge.start()
+        await probe.wait_online(after=mark)
+        await probe.wait_for(f"{env.base}/bridge/accounts", lambda r: r.json() and r.json()[0]["state"] == "stopped", after=mark)
+        assert not [r for r in probe.received[mark:] if r.topic == f"{env.base}/{A}/status"
+                    and r.payload and r.json()["state"] != "stopped"]
         assert (await probe.request(A, "connect", {}))["status"] == "ok"
         await probe.wait_state(A, "connected", after=mark)
         flushed = await probe.wait_for(f"{env.base}/sim/{A}/sent", lambda r: r.json().get("text") == "later")

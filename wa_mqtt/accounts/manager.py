@@ -50,6 +50,7 @@ class AccountManager:
         self._ready = asyncio.Event()
         self._stopping = False
         self._checks: set[asyncio.Task[Any]] = set()  # store checks and backups in flight
+        self._had_folder: set[str] = set()  # accounts whose folder was seen: its deletion removes them
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -71,7 +72,9 @@ class AccountManager:
         for phone in self.store.account_phones():
             paths = self.store.paths(phone)
             meta = self.store.read_meta(phone)
-            if paths.store.exists():
+            if paths.store.exists() and meta.get("stopped_by_user"):
+                self._add(phone, meta, AccountState.STOPPED)  # `disconnect` outlives a restart
+            elif paths.store.exists():
                 # `connecting` is published now; the store is checked (and repaired from a backup)
                 # off the loop, then the engine starts: a hundred checks never delay the first status.
                 self._add(phone, meta, AccountState.CONNECTING)
@@ -189,18 +192,26 @@ class AccountManager:
     async def pair(self, phone: str, method: str) -> Supervisor:
         """Link a number: the account's `connect`, creating the account when it is new."""
         supervisor = self._accounts.get(phone) or self._add(phone, {}, AccountState.STOPPED, announce=True)
+        self._remember_stop(phone, False)
         await supervisor.submit(m.Start(method=method, by_user=True))  # type: ignore[arg-type]
         return supervisor
 
     async def connect(self, phone: str, method: str) -> Supervisor:
         supervisor = self.get(phone)
+        self._remember_stop(phone, False)
         await supervisor.submit(m.Start(method=method, by_user=True))  # type: ignore[arg-type]
         return supervisor
 
     async def disconnect(self, phone: str) -> Supervisor:
         supervisor = self.get(phone)
         await supervisor.submit(m.Stop())
+        self._remember_stop(phone, True)
         return supervisor
+
+    def _remember_stop(self, phone: str, stopped: bool) -> None:
+        """A `disconnect` is kept in account.json so a restart does not undo it; `connect` clears it."""
+        if self.store.paths(phone).root.exists() and bool(self.store.read_meta(phone).get("stopped_by_user")) != stopped:
+            self.store.write_meta(phone, stopped_by_user=stopped)
 
     async def logout(self, phone: str) -> Supervisor:
         """Unlink on WhatsApp's side, stop, and remove the store (account.json and backups stay)."""
@@ -241,6 +252,20 @@ class AccountManager:
         self._spawn_check(phone)
         return True
 
+    async def reconcile(self) -> None:
+        """sessions/ changed on disk: forget accounts whose folder was deleted, restore folders copied in."""
+        on_disk = set(self.store.account_phones())
+        for phone in list(self._accounts):
+            if self.store.paths(phone).root.exists():
+                self._had_folder.add(phone)
+            elif phone in self._had_folder:
+                log.info("%s: session folder deleted; removing the account", phone)
+                self._had_folder.discard(phone)
+                await self.remove(phone, delete_files=False)
+        for phone in sorted(on_disk - set(self._accounts)):
+            if await self.adopt(phone):
+                log.info("%s: session folder appeared; restoring it", phone)
+
     # -- internals -----------------------------------------------------------------------------
     def _add(self, phone: str, meta: dict[str, Any], state: AccountState, error: str | None = None,
              announce: bool = False) -> Supervisor:
@@ -251,6 +276,8 @@ class AccountManager:
             name=meta.get("name"), last_connected=datetime.fromisoformat(last.replace("Z", "+00:00")) if last else None,
             initial=state, error=error)
         self._accounts[phone] = supervisor
+        if paths.root.exists():
+            self._had_folder.add(phone)
         self._tasks[phone] = asyncio.create_task(supervisor.run(), name=f"account-{phone}")
         if announce:
             self._sink.on_bridge_event("account_added", {"phone": phone, "state": state.value})
