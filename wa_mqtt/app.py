@@ -20,6 +20,7 @@ from .accounts.store import SessionStore
 from .bridge import Bridge
 from .config import Config
 from .engines.base import Engine
+from .mqtt import discovery
 from .mqtt.link import MqttLink, start_embedded_broker
 from .mqtt.spool import Spool
 from .mqtt.topics import Topics
@@ -87,6 +88,8 @@ class App:
                 link.subscribe(topic_filter)
             if config.engine == "sim":
                 link.subscribe(topics.sim_filter)
+            if config.mqtt.discovery:
+                link.subscribe(discovery.ha_status_topic(config.mqtt.discovery_prefix))
             self.bridge, self.manager, self.link = bridge, manager, link
             log.info("wa_mqtt starting: engine %s, sessions in %s, base topic %s",
                      engine.name, config.sessions_dir, topics.base)

@@ -22,8 +22,9 @@ from .accounts.dedup import SeenIds
 from .accounts.manager import AccountManager, UnknownAccount
 from .config import Config
 from .engines.base import EngineError
-from .model import IncomingMessage, OutgoingMessage, Receipt, Status, is_phone, utc_iso
+from .model import AccountState, IncomingMessage, OutgoingMessage, Receipt, Status, is_phone, utc_iso
 from .mqtt import api
+from .mqtt import discovery
 from .mqtt.api import ApiError, Route
 from .mqtt.link import Incoming, MqttLink
 from .mqtt.topics import Topics, parse_request_topic, parse_sim_topic
@@ -58,6 +59,7 @@ class Bridge:
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepting = True
+        self._announced: dict[str, tuple[bool, str | None]] = {}  # phone -> (linked, name) last announced
         self.duplicates_dropped = 0
 
     def attach(self, manager: AccountManager) -> None:
@@ -72,6 +74,43 @@ class Bridge:
     def on_link_connected(self) -> None:
         """Called by the link on every (re)connect, before it republishes retained topics."""
         self.publish_info()
+        self.announce(force=False)
+
+    # -- Home Assistant discovery ----------------------------------------------------------------
+    def announce(self, force: bool) -> None:
+        """Discovery configs of the bridge and every account (retained); `force` republishes all."""
+        if not self._config.mqtt.discovery or self._manager is None:
+            return
+        prefix, base = self._config.mqtt.discovery_prefix, self._topics.base
+        bridge_topic, bridge_payload = discovery.bridge_discovery(
+            base_topic=base, discovery_prefix=prefix, version=__version__)
+        self._link.set_retained(bridge_topic, discovery.encode(bridge_payload), force=force)
+        for phone in self.manager.phones():
+            supervisor = self.manager.find(phone)
+            if supervisor is not None:
+                self._announce_account(supervisor.status, force)
+
+    def _announce_account(self, status: Status, force: bool = False) -> None:
+        if not self._config.mqtt.discovery:
+            return
+        linked = status.last_connected is not None and status.state not in (
+            AccountState.LOGGED_OUT, AccountState.PAIRING)
+        key = (linked, status.name)
+        if not force and self._announced.get(status.phone) == key:
+            return
+        self._announced[status.phone] = key
+        topic, payload = discovery.account_discovery(
+            base_topic=self._topics.base, discovery_prefix=self._config.mqtt.discovery_prefix,
+            phone=status.phone, name=status.name, version=__version__, linked=linked,
+            recipients=self._config.notify)
+        self._link.set_retained(topic, discovery.encode(payload), force=force)
+
+    def _publish_stats(self, phone: str) -> None:
+        supervisor = self.manager.find(phone) if self._manager else None
+        if supervisor is not None:
+            self._link.set_retained(self._topics.stats(phone), _json({
+                "messages_in": supervisor.messages_in, "messages_out": supervisor.messages_out,
+                "reconnects": supervisor.account.reconnects}))
 
     def publish_info(self) -> None:
         phones = self.manager.phones() if self._manager else []
@@ -92,8 +131,10 @@ class Bridge:
     # -- AccountSink ---------------------------------------------------------------------------
     def on_status(self, status: Status) -> None:
         self._link.set_retained(self._topics.status(status.phone), _json(status.payload()))
-        if self._manager is not None:
+        if self._manager is not None and self.manager.find(status.phone) is not None:
             self._link.set_retained(self._topics.bridge_accounts, _json(self.manager.summary()))
+            self._announce_account(status)
+            self._publish_stats(status.phone)
 
     def on_accounts_changed(self) -> None:
         self.publish_info()
@@ -139,8 +180,13 @@ class Bridge:
 
     def on_removed(self, phone: str) -> None:
         for topic in (self._topics.status(phone), self._topics.qr(phone), self._topics.qr_image(phone),
-                      self._topics.pair_code(phone)):
+                      self._topics.pair_code(phone), self._topics.stats(phone)):
             self._link.set_retained(topic, b"")
+        if self._config.mqtt.discovery:
+            self._announced.pop(phone, None)
+            for topic, payload in discovery.account_removal(
+                    discovery_prefix=self._config.mqtt.discovery_prefix, phone=phone):
+                self._link.set_retained(topic, payload)
 
     # -- requests ------------------------------------------------------------------------------
     async def handle(self, incoming: Incoming) -> None:
@@ -152,6 +198,10 @@ class Bridge:
             task = asyncio.create_task(self._serve(request.target, request.command, request.is_bridge, incoming))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            return
+        if discovery.is_ha_birth(self._config.mqtt.discovery_prefix, incoming.topic, incoming.payload):
+            log.info("Home Assistant came online: announcing discovery again")
+            self.announce(force=True)
             return
         sim = parse_sim_topic(self._topics, incoming.topic)
         if sim is not None and self._config.engine == "sim":

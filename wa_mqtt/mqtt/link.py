@@ -101,9 +101,11 @@ class MqttLink:
     def subscribe(self, topic_filter: str) -> None:
         self._subscriptions.append(topic_filter)
 
-    def set_retained(self, topic: str, payload: bytes | str) -> None:
+    def set_retained(self, topic: str, payload: bytes | str, force: bool = False) -> None:
+        """Publish retained now (in order) and again on every reconnect; unchanged values are skipped
+        unless `force` (Home Assistant's birth message asks for everything again)."""
         data = payload.encode() if isinstance(payload, str) else payload
-        if self._retained.get(topic) == data:
+        if self._retained.get(topic) == data and not force:
             return
         self._retained[topic] = data
         if len(self._retained_queue) >= RETAINED_HISTORY:
