@@ -108,6 +108,8 @@ def _normalise_text(text: str) -> str:
 class Match(_Strict):
     """What a message must be for the rule to reply; every condition given must hold."""
 
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)  # `text: 1` for menu choices
+
     text: str | None = Field(None, min_length=1)
     contains: list[str] | None = None
     regex: str | None = None
@@ -172,7 +174,7 @@ class Match(_Strict):
     def compiled(self) -> re.Pattern[str] | None:
         if self.regex is None:
             return None
-        return _compile(self.regex, 0 if self.case_sensitive else re.IGNORECASE)
+        return re.compile(self.regex, 0 if self.case_sensitive else re.IGNORECASE)  # re caches it
 
     def group_names(self) -> set[str]:
         """The placeholders the regex offers the reply: `0`..`n` and its named groups."""
@@ -180,18 +182,6 @@ class Match(_Strict):
         if pattern is None:
             return set()
         return {str(i) for i in range(pattern.groups + 1)} | set(pattern.groupindex)
-
-
-_PATTERNS: dict[tuple[str, int], re.Pattern[str]] = {}
-
-
-def _compile(regex: str, flags: int) -> re.Pattern[str]:
-    key = (regex, flags)
-    if key not in _PATTERNS:
-        if len(_PATTERNS) > 1000:
-            _PATTERNS.clear()
-        _PATTERNS[key] = re.compile(regex, flags)
-    return _PATTERNS[key]
 
 
 class ReplyTemplate(string.Template):

@@ -52,6 +52,7 @@ def texts(rules: list[AutoReplyRule], message: IncomingMessage, history: ReplyHi
     ({"text": "Hello"}, {"text": "  HELLO "}, True),
     ({"text": "hello"}, {"text": "hello there"}, False),
     ({"text": "Hello", "case_sensitive": True}, {"text": "hello"}, False),
+    ({"text": 1}, {"text": "1"}, True),  # YAML `text: 1`, a menu choice
     ({"contains": ["price", "cost"]}, {"text": "what's the COST?"}, True),
     ({"contains": "price"}, {"text": "hi"}, False),
     ({"regex": r"order (\d+)"}, {"text": "Where is ORDER 42?"}, True),
@@ -239,25 +240,28 @@ def test_template(reply: str, match: dict, extra: dict, fields: dict, expected: 
     assert texts([rule(reply=reply, match=match, **extra)], msg(**fields)) == [expected]
 
 
+R = {"name": "r", "reply": "x"}
+
+
 @pytest.mark.parametrize(("rules", "key", "words"), [
-    ([{"name": "r", "reply": "x", "match": {"regex": "order (\\d+"}}], "auto_reply.0.match.regex", "regular expression"),
+    ([{**R, "match": {"regex": "order (\\d+"}}], "auto_reply.0.match.regex", "regular expression"),
     ([{"name": "r", "reply": "x"}, {"name": "r", "reply": "y"}], "auto_reply", "twice"),
-    ([{"name": "r", "reply": "x", "typo": 1}], "auto_reply.0.typo", "unknown key"),
-    ([{"name": "r", "reply": "x", "match": {"txet": "hi"}}], "auto_reply.0.match.txet", "unknown key"),
+    ([{**R, "typo": 1}], "auto_reply.0.typo", "unknown key"),
+    ([{**R, "match": {"txet": "hi"}}], "auto_reply.0.match.txet", "unknown key"),
     ([{"name": "r"}], "auto_reply.0.reply", "Field required"),
     ([{"name": "r", "reply": "costs $5"}], "auto_reply.0.reply", "$$"),
     ([{"name": "r", "reply": "order $1"}], "auto_reply.0.reply", "unknown placeholder $1"),
     ([{"name": "r", "reply": "$nome"}], "auto_reply.0.reply", "unknown placeholder $nome"),
-    ([{"name": "r", "reply": "x", "match": {"regex": "(?P<name>.)"}}], "auto_reply.0.reply", "rename"),
-    ([{"name": "r", "reply": "x", "timezone": "Mars/Olympus"}], "auto_reply.0.timezone", "IANA"),
-    ([{"name": "r", "reply": "x", "match": {"quiet_for": 60}}], "auto_reply.0.match.quiet_for", "first_message"),
-    ([{"name": "r", "reply": "x", "match": {"chat_type": "group"}}], "auto_reply.0.match", "groups: true"),
-    ([{"name": "r", "reply": "x", "match": {"chat_type": "newsletter"}}], "auto_reply.0.match.chat_type", "private"),
-    ([{"name": "r", "reply": "x", "match": {"sender": ["ana"]}}], "auto_reply.0.match.sender", "phone"),
-    ([{"name": "r", "reply": "x", "accounts": ["12ab"]}], "auto_reply.0.accounts", "phone"),
-    ([{"name": "r", "reply": "x", "cooldown": -1}], "auto_reply.0.cooldown", "greater"),
-    ([{"name": "r", "reply": "x", "match": {"window": {"days": ["xyz"]}}}], "auto_reply.0.match.window.0.days.0", "'mon'"),
-    ([{"name": "r", "reply": "x", "match": {"window": {"from": "25:00"}}}], "auto_reply.0.match.window.0.from", "'22:00'"),
+    ([{**R, "match": {"regex": "(?P<name>.)"}}], "auto_reply.0.reply", "rename"),
+    ([{**R, "timezone": "Mars/Olympus"}], "auto_reply.0.timezone", "IANA"),
+    ([{**R, "match": {"quiet_for": 60}}], "auto_reply.0.match.quiet_for", "first_message"),
+    ([{**R, "match": {"chat_type": "group"}}], "auto_reply.0.match", "groups: true"),
+    ([{**R, "match": {"chat_type": "newsletter"}}], "auto_reply.0.match.chat_type", "private"),
+    ([{**R, "match": {"sender": ["ana"]}}], "auto_reply.0.match.sender", "phone"),
+    ([{**R, "accounts": ["12ab"]}], "auto_reply.0.accounts", "phone"),
+    ([{**R, "cooldown": -1}], "auto_reply.0.cooldown", "greater"),
+    ([{**R, "match": {"window": {"days": ["xyz"]}}}], "auto_reply.0.match.window.0.days.0", "'mon'"),
+    ([{**R, "match": {"window": {"from": "25:00"}}}], "auto_reply.0.match.window.0.from", "'22:00'"),
 ])
 def test_invalid_rules_name_their_key(rules: list, key: str, words: str) -> None:
     with pytest.raises(ConfigError) as info:
