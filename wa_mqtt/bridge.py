@@ -11,7 +11,7 @@ import asyncio
 import io
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +19,7 @@ import segno
 
 from . import __version__
 from .accounts.dedup import SeenIds
+from .automations import ReplyHistory, decide
 from .accounts.manager import AccountManager, UnknownAccount
 from .config import Config
 from .engines.base import EngineError
@@ -60,10 +61,21 @@ class Bridge:
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepting = True
         self._announced: dict[str, tuple[bool, str | None]] = {}  # phone -> (linked, name) last announced
+        self._replies = ReplyHistory()
+        self.reloader: Callable[[], Awaitable[dict[str, Any]]] | None = None
         self.duplicates_dropped = 0
 
     def attach(self, manager: AccountManager) -> None:
         self._manager = manager
+
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config (restart-only settings unchanged): rules, allow_to, notify apply at once."""
+        notify_changed = config.notify != self._config.notify
+        self._config = config
+        self.publish_info()
+        if notify_changed:
+            self._announced.clear()
+            self.announce(force=False)
 
     @property
     def manager(self) -> AccountManager:
@@ -149,6 +161,33 @@ class Bridge:
         except Exception:
             self._seen.forget(phone, message.id)  # not handed on: a redelivery must not count as a duplicate
             raise
+        if self._config.auto_reply:
+            self._auto_reply(phone, message)
+
+    # -- auto-reply --------------------------------------------------------------------------------
+    def _auto_reply(self, phone: str, message: IncomingMessage) -> None:
+        """Plan replies with the rules (pure) and send them through the same path, outbox included."""
+        now = self._clock()
+        planned = decide(self._config.auto_reply, message, self._replies, now, self._config.auto_reply_limits)
+        self._replies.record_incoming(message, now)
+        for reply in planned:
+            self._replies.record_reply(reply, now)
+            outgoing = reply.to_outgoing(key=f"auto:{message.id}:{reply.rule}")
+            task = asyncio.create_task(self._send_auto_reply(phone, reply.rule, outgoing))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send_auto_reply(self, phone: str, rule: str, outgoing: OutgoingMessage) -> None:
+        lock = self._locks.setdefault(phone, asyncio.Lock())
+        async with lock:
+            try:
+                result = await self.manager.get(phone).send(outgoing, {"auto_reply": rule})
+            except (EngineError, UnknownAccount) as exc:
+                log.warning("%s: auto-reply %r not sent: %s", phone, rule, exc)
+                return
+        log.info("%s: auto-reply %r %s", phone, rule, "queued" if result.get("queued") else "sent")
+        self.on_bridge_event("auto_reply", {"phone": phone, "rule": rule, "chat": outgoing.to,
+                                            "id": result.get("id"), "queued": bool(result.get("queued"))})
 
     def on_receipt(self, phone: str, receipt: Receipt) -> None:
         self._link.publish(self._topics.receipt(phone), _json(receipt.payload()), qos=1, durable=True)
@@ -173,6 +212,9 @@ class Bridge:
         self._link.publish(self._topics.sim_sent(phone), _json(payload), qos=1, durable=True)
 
     def on_deferred_response(self, phone: str, command: str, route: dict[str, Any], response: dict[str, Any]) -> None:
+        if "auto_reply" in route:  # nobody asked: report it as an event
+            self.on_bridge_event("auto_reply", {"phone": phone, "rule": route["auto_reply"], **response})
+            return
         self._respond(phone, command, Route.from_dict(route), api.with_route(Route.from_dict(route), response))
 
     def on_connected(self, phone: str) -> None:
@@ -291,7 +333,9 @@ class Bridge:
             case "backup":
                 return {"backups": await manager.backup(request.phone)}
             case "reload":
-                raise ApiError("invalid_request", "reload is not available yet in this version")
+                if self.reloader is None:
+                    raise ApiError("invalid_request", "reload is not available in this bridge")
+                return await self.reloader()
         raise ApiError("invalid_request", f"unknown command {command!r}")
 
     @staticmethod

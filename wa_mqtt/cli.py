@@ -92,10 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         from .pair_cli import run_pair
 
         return asyncio.run(run_pair(config, args.phone, args.method))
-    return asyncio.run(run_bridge(config))
+    return asyncio.run(run_bridge(config, args.config, cli_overrides(args)))
 
 
-async def run_bridge(config: Config) -> int:
+async def run_bridge(config: Config, config_path: Path | None = None,
+                     overrides: dict[str, Any] | None = None) -> int:
     from .app import App
 
     stop = asyncio.Event()
@@ -103,7 +104,7 @@ async def run_bridge(config: Config) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        return await App(config).run(stop)
+        return await App(config, config_path=config_path, cli_overrides=overrides).run(stop)
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1

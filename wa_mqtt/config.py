@@ -139,6 +139,22 @@ class Config(_Section):
         return data
 
 
+# Settings that only take effect at start: a reload reports them instead of half-applying them.
+RESTART_KEYS = ("mqtt", "engine", "sessions_dir", "data_dir")
+
+
+def config_changes(old: Config, new: Config) -> tuple[list[str], list[str]]:
+    """(top-level keys a reload applies, top-level keys that need a restart), each sorted."""
+    before, after = old.model_dump(mode="json"), new.model_dump(mode="json")
+    changed = sorted(key for key in after if before.get(key) != after[key])
+    return ([k for k in changed if k not in RESTART_KEYS], [k for k in changed if k in RESTART_KEYS])
+
+
+def without_restart_changes(old: Config, new: Config) -> Config:
+    """`new`, but with the settings that need a restart kept as they are in `old`."""
+    return new.model_copy(update={key: getattr(old, key) for key in RESTART_KEYS})
+
+
 def mask_url(url: str | None) -> str | None:
     """`mqtt://user:secret@host` → `mqtt://user:***@host`."""
     if not url:

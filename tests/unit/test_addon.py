@@ -315,10 +315,10 @@ def test_every_option_reaches_its_config_key(option):
 
 
 def test_extra_config_file_adds_keys_the_options_lack_and_options_win():
-    extra = {"auto_reply": [{"match": "ping", "reply": "pong"}], "pairing_timeout": 120,
+    extra = {"auto_reply": [{"name": "ping", "match": {"text": "ping"}, "reply": "pong"}], "pairing_timeout": 120,
              "mqtt": {"client_id": "wa_ha", "base_topic": "ignored"}}
     config = build_config(ao.options_to_config(manifest()["options"], SERVICE, extra))
-    assert config.auto_reply == extra["auto_reply"] and config.pairing_timeout == 120
+    assert [rule.name for rule in config.auto_reply] == ["ping"] and config.pairing_timeout == 120
     assert config.mqtt.client_id == "wa_ha" and config.mqtt.base_topic == "wa"
 
 

@@ -91,6 +91,15 @@ class AccountManager:
         log.info("restoring %d stored account(s): %s", len(restored), ", ".join(restored) or "none")
         return restored
 
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config: pass it on; phones newly listed in `accounts` appear as `stopped`."""
+        self._config = config
+        for supervisor in self._accounts.values():
+            supervisor.reconfigure(config)
+        for phone in config.accounts:
+            if phone not in self._accounts:
+                self._add(phone, {}, AccountState.STOPPED, announce=True)
+
     def _spawn_check(self, phone: str) -> None:
         task = asyncio.create_task(self._check_and_start(phone), name=f"check-{phone}")
         self._checks.add(task)

@@ -91,6 +91,10 @@ class Supervisor:
     def state(self) -> AccountState:
         return self.account.state
 
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config: backoff, pairing timeout and TTL apply from the next use on."""
+        self._config = config
+
     def apply(self, event: m.Input) -> None:
         """Queue an input without waiting (boot restore, store problems)."""
         self._inbox.put_nowait(event)
