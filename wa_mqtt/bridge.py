@@ -181,8 +181,8 @@ class Bridge:
         lock = self._locks.setdefault(phone, asyncio.Lock())
         async with lock:
             try:
-                result = await self.manager.get(phone).send(outgoing, {"auto_reply": rule})
-            except (EngineError, UnknownAccount) as exc:
+                result = await self._send(phone, outgoing, {"auto_reply": rule})
+            except (ApiError, EngineError, UnknownAccount) as exc:
                 log.warning("%s: auto-reply %r not sent: %s", phone, rule, exc)
                 return
         log.info("%s: auto-reply %r %s", phone, rule, "queued" if result.get("queued") else "sent")
@@ -292,7 +292,7 @@ class Bridge:
             case "logout":
                 return self._state(await manager.logout(phone))
             case "send":
-                return await self._send(phone, request, route)
+                return await self._send(phone, request, route.to_dict())
             case "react":
                 sup = manager.get(phone)
                 msg_id = await sup.engine_call(lambda s: s.react(request.chat, request.id, request.emoji, request.sender))
@@ -305,12 +305,13 @@ class Bridge:
                 return {}
         raise ApiError("invalid_request", f"unknown command {command!r}")
 
-    async def _send(self, phone: str, message: OutgoingMessage, route: Route) -> dict[str, Any]:
+    async def _send(self, phone: str, message: OutgoingMessage, route: dict[str, Any]) -> dict[str, Any]:
+        """Every send, requested or automatic: policy first, then now or into the outbox."""
         supervisor = self.manager.get(phone)
         allow = self._config.outgoing.allow_to
         if allow is not None and message.to not in allow and message.jid not in allow:
             raise ApiError("forbidden", f"to: {message.to} is not in outgoing.allow_to")
-        return await supervisor.send(message, route.to_dict())
+        return await supervisor.send(message, route)
 
     async def _bridge_command(self, command: str, request: Any, route: Route) -> dict[str, Any]:
         manager = self.manager

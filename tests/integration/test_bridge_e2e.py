@@ -308,3 +308,23 @@ async def test_embedded_broker_by_default(env: BridgeEnv, bridge: BridgeProcess)
         assert state.payload == b"online"
     assert bridge.stop() == 0
     assert "embedded MQTT broker listening on 127.0.0.1:%d" % port in bridge.log()
+
+
+async def test_pair_cli_draws_the_qr_and_exits_when_linked(env: BridgeEnv) -> None:
+    """`python -m wa_mqtt pair <phone>` with no bridge running: it runs one, shows the QR, waits."""
+    env.write_config()
+    async with Probe(env.broker, env.base) as probe:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "wa_mqtt", "--config", str(env.config_path), "pair", "+" + B,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, cwd=env.root)
+        try:
+            await probe.wait_for(f"{env.base}/{B}/qr", lambda r: bool(r.payload), timeout=20)
+            await probe.sim(B, "scan")
+            out, _ = await asyncio.wait_for(proc.communicate(), 30)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+        text = out.decode()
+        assert proc.returncode == 0, text
+        assert "█" in text and "Linked devices" in text and f"linked: +{B}" in text
+    assert (env.sessions / B / "store.db").exists()
