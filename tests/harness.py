@@ -69,7 +69,7 @@ class Broker:
             persist = (f"persistence true\npersistence_location {self.workdir}/\n" if self.persistence
                        else "persistence false\n")
             conf.write_text(
-                f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{persist}"
+                f"user root\nlistener {self.port} 127.0.0.1\nallow_anonymous true\n{persist}"
                 "max_queued_messages 100000\nmax_inflight_messages 100\nlog_type error\nlog_type warning\n"
             )
             cmd = [self.mosquitto, "-c", str(conf)]
@@ -181,6 +181,15 @@ class BridgeProcess:
 
     def kill(self) -> int:
         return self.stop(signal.SIGKILL)
+
+    async def wait_log(self, text: str, timeout: float = 15.0) -> None:
+        """Until the bridge's log contains `text` (polls the file; a deadline, not a fixed sleep)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while text not in self.log():
+            if loop.time() > deadline:
+                raise AssertionError(f"{text!r} not in the bridge log within {timeout} s")
+            await asyncio.sleep(0.05)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -25,6 +25,7 @@ from .config import Config
 from .engines.base import EngineError
 from .model import AccountState, IncomingMessage, OutgoingMessage, Receipt, Status, is_phone, utc_iso
 from .mqtt import api
+from .media import MediaPolicy, MediaRefused, check_message
 from .mqtt import discovery
 from .mqtt.api import ApiError, Route
 from .mqtt.link import Incoming, MqttLink
@@ -254,7 +255,8 @@ class Bridge:
         lock = self._locks.setdefault(target, asyncio.Lock())
         async with lock:
             try:
-                data, transaction, has_transaction = api.decode_payload(incoming.payload)
+                data, transaction, has_transaction = api.decode_payload(
+                    incoming.payload, self._config.mqtt.max_payload_bytes)
                 route = Route(transaction, has_transaction, incoming.response_topic, incoming.correlation_data)
                 if not is_bridge and not is_phone(target):
                     raise ApiError("unknown_account", f"{target!r} is not an account id (a phone number)")
@@ -308,9 +310,19 @@ class Bridge:
     async def _send(self, phone: str, message: OutgoingMessage, route: dict[str, Any]) -> dict[str, Any]:
         """Every send, requested or automatic: policy first, then now or into the outbox."""
         supervisor = self.manager.get(phone)
-        allow = self._config.outgoing.allow_to
-        if allow is not None and message.to not in allow and message.jid not in allow:
+        outgoing = self._config.outgoing
+        if outgoing.allow_to is not None and message.to not in outgoing.allow_to and message.jid not in outgoing.allow_to:
             raise ApiError("forbidden", f"to: {message.to} is not in outgoing.allow_to")
+        texts = {"text": message.text}
+        if message.kind != "text":
+            texts[f"{message.kind}.caption"] = getattr(message, message.kind).caption
+        for field, value in texts.items():
+            if value is not None and len(value) > outgoing.max_text_chars:
+                raise ApiError("too_large", f"{field}: {len(value)} characters; the limit is {outgoing.max_text_chars}")
+        try:
+            check_message(message, MediaPolicy(outgoing.max_media_bytes, outgoing.media_dir, outgoing.block_private_urls))
+        except MediaRefused as exc:
+            raise ApiError(exc.code, str(exc)) from None
         return await supervisor.send(message, route)
 
     async def _bridge_command(self, command: str, request: Any, route: Route) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .automations import AutoReplyLimits, AutoReplyRules
 from .model import JID_RE, is_phone
@@ -39,6 +39,22 @@ class MqttConfig(_Section):
     discovery: bool = True
     discovery_prefix: str = "homeassistant"
     keepalive: int = Field(30, ge=5, le=3600)
+    # TLS for mqtts:// URLs: a CA file to trust (else the system's), a client certificate and key
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    tls_insecure: bool = False  # skip the server hostname check (self-signed test brokers only)
+    max_payload_bytes: int = Field(96 * 1024 * 1024, ge=1024)  # a request larger than this: too_large
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> MqttConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}: no such file {path}")
+        return self
 
     @field_validator("url")
     @classmethod
@@ -80,7 +96,9 @@ class OutgoingConfig(_Section):
     ttl: float = Field(86400, gt=0)
     allow_to: list[str] | None = None
     max_media_bytes: int = Field(64 * 1024 * 1024, gt=0)
-    media_dir: str | None = None
+    media_dir: Path | None = None  # media `path`s must lie inside it; null = paths refused
+    block_private_urls: bool = False  # refuse media URLs that resolve to private/loopback addresses
+    max_text_chars: int = Field(65536, ge=1, le=65536)  # WhatsApp's own limit
 
     @field_validator("allow_to")
     @classmethod

@@ -136,6 +136,8 @@ def decode_payload(raw: bytes, max_bytes: int = MAX_REQUEST_BYTES) -> tuple[dict
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError("invalid_json", f"payload is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError("invalid_json", "payload is nested too deeply") from None
     if not isinstance(data, dict):
         raise ApiError("invalid_request", "payload must be a JSON object")
     has_transaction = "transaction" in data

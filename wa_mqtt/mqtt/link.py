@@ -55,6 +55,16 @@ def broker_address(url: str) -> BrokerAddress:
     )
 
 
+def tls_context_for(config: MqttConfig) -> ssl.SSLContext:
+    """TLS for mqtts://: the configured CA (else the system's), an optional client certificate."""
+    context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
+    if config.cert_file and config.key_file:
+        context.load_cert_chain(str(config.cert_file), str(config.key_file))
+    if config.tls_insecure:
+        context.check_hostname = False
+    return context
+
+
 @dataclass(frozen=True)
 class Incoming:
     """A message from the broker, reduced to what the bridge needs."""
@@ -184,7 +194,7 @@ class MqttLink:
         self._connected.clear()
 
     def _make_client(self) -> aiomqtt.Client:
-        tls_context = ssl.create_default_context() if self._address.tls else None
+        tls_context = tls_context_for(self._config) if self._address.tls else None
         props = None
         if self._v5:
             props = Properties(PacketTypes.CONNECT)
