@@ -69,6 +69,23 @@ def setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, level.upper())))
 
 
+def warn_if_secrets_readable(path: Path, config: Config) -> None:
+    """A config file (or key file) holding secrets should not be readable by other users."""
+    candidates: list[Path] = []
+    if config.mqtt.url and "@" in config.mqtt.url and path.exists():
+        candidates.append(path)
+    if config.mqtt.key_file:
+        candidates.append(Path(config.mqtt.key_file))
+    for candidate in candidates:
+        try:
+            mode = candidate.stat().st_mode
+        except OSError:
+            continue
+        if mode & 0o004:
+            log.warning("%s holds a secret and is readable by every user on this machine: chmod 600 %s",
+                        candidate, candidate)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -78,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wa_mqtt: invalid configuration: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_level)
+    warn_if_secrets_readable(args.config, config)
     command = args.command or "run"
     if command == "check-config":
         import json

@@ -183,3 +183,18 @@ async def test_policy_allow_to_and_media_dir(env: BridgeEnv, bridge: BridgeProce
         assert fine["status"] == "ok", fine
         sent = await probe.wait_for(f"{env.base}/sim/{A}/sent")
         assert sent.json()["type"] == "image" and sent.json()["text"] == "look"
+
+
+def test_world_readable_config_with_a_password_is_warned_about(env: BridgeEnv) -> None:
+    import sys
+
+    env.write_config(mqtt={"url": "mqtt://user:pw-123@127.0.0.1:1"})
+    env.config_path.chmod(0o644)
+    result = subprocess.run([sys.executable, "-m", "wa_mqtt", "--config", str(env.config_path), "check-config"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0
+    assert "readable by every user" in result.stderr and "pw-123" not in result.stderr + result.stdout
+    env.config_path.chmod(0o600)
+    quiet = subprocess.run([sys.executable, "-m", "wa_mqtt", "--config", str(env.config_path), "check-config"],
+                           capture_output=True, text=True, timeout=30)
+    assert "readable by every user" not in quiet.stderr

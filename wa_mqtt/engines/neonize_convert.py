@@ -89,7 +89,10 @@ def chat_type_of(server: str) -> ChatType:
 def epoch_to_datetime(value: int) -> datetime:
     """Seconds or milliseconds since the epoch (neonize sends both) as an aware UTC datetime."""
     seconds = value / 1000 if value > 100_000_000_000 else value
-    return datetime.fromtimestamp(seconds, tz=timezone.utc)
+    try:
+        return datetime.fromtimestamp(seconds, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return datetime.fromtimestamp(0, tz=timezone.utc)  # out of range: unknown, never a crash
 
 
 def _has(jid: Proto, field: str) -> bool:
