@@ -90,6 +90,30 @@ class ReconnectConfig(_Section):
 
 class BackupsConfig(_Section):
     keep: int = Field(3, ge=1, le=100)
+    # Encrypt backups at rest (Fernet). Generate one with:
+    #   python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"
+    # Prefer the environment (WA_MQTT_BACKUPS__ENCRYPTION_KEY) to the file. Lose it and the backups are lost.
+    encryption_key: str | None = None
+
+    @field_validator("encryption_key")
+    @classmethod
+    def _fernet_key(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        import base64
+        import binascii
+
+        try:
+            raw = base64.urlsafe_b64decode(value.encode())
+        except (binascii.Error, ValueError):
+            raw = b""
+        if len(raw) != 32:
+            raise ValueError("must be a Fernet key: 32 bytes, url-safe base64 (44 characters)")
+        return value
+
+    @property
+    def key(self) -> bytes | None:
+        return self.encryption_key.encode() if self.encryption_key else None
 
 
 class OutgoingConfig(_Section):
@@ -154,6 +178,8 @@ class Config(_Section):
         """The effective config as JSON with every secret replaced by `***` (for bridge/info)."""
         data = self.model_dump(mode="json")
         data["mqtt"]["url"] = mask_url(self.mqtt.url)
+        if self.backups.encryption_key:
+            data["backups"]["encryption_key"] = SECRET_MASK
         return data
 
 

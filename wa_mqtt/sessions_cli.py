@@ -50,7 +50,7 @@ def run_sessions_command(config: Config, args: argparse.Namespace) -> int:
         for item in phones:
             paths = store.paths(item)
             try:
-                made = backup_store(paths.store, paths.backups, config.backups.keep, now)
+                made = backup_store(paths.store, paths.backups, config.backups.keep, now, config.backups.key)
             except (BackupError, OSError) as exc:
                 failed += 1
                 _out(f"{item}: backup failed: {exc}")
@@ -59,7 +59,7 @@ def run_sessions_command(config: Config, args: argparse.Namespace) -> int:
         return 1 if failed else 0
     if command == "restore":
         paths = store.paths(phone)
-        used = restore_from_backup(paths.store, paths.backups, args.backup, now=now)
+        used = restore_from_backup(paths.store, paths.backups, args.backup, now=now, key=config.backups.key)
         if used is None:
             _out(f"{phone}: no good backup{' named ' + args.backup if args.backup else ''}; nothing changed")
             return 1

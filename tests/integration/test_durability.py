@@ -21,7 +21,7 @@ async def wait_file(pattern_dir, timeout: float = 10.0) -> list:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:
-        files = sorted(pattern_dir.glob("*.db")) if pattern_dir.exists() else []
+        files = sorted(pattern_dir.glob("*.db*")) if pattern_dir.exists() else []
         if files:
             return files
         await asyncio.sleep(0.05)
@@ -218,3 +218,28 @@ def test_sessions_cli_list_backup_restore(env: BridgeEnv) -> None:
     assert "store=ok" in cli("list").stdout
     assert cli("restore", "../etc").returncode == 2
     assert cli("remove", A).returncode == 0 and not (env.sessions / A).exists()
+
+
+async def test_encrypted_backup_restores_a_corrupt_store(env: BridgeEnv, bridge: BridgeProcess) -> None:
+    from cryptography.fernet import Fernet
+
+    key = Fernet.generate_key().decode()
+    env.link_sim_account(A)
+    secret_env = {"WA_MQTT_BACKUPS__ENCRYPTION_KEY": key}
+    bridge.start(extra_env=secret_env)
+    async with Probe(env.broker, env.base) as probe:
+        await probe.wait_state(A, "connected")
+        await wait_file(env.sessions / A / "backups", timeout=10)
+        info = await probe.wait_for(f"{env.base}/bridge/info")
+        assert info.json()["config"]["backups"]["encryption_key"] == "***" and key not in info.payload.decode()
+        assert bridge.stop() == 0
+        encrypted = list((env.sessions / A / "backups").glob("*.db.enc"))
+        assert encrypted and b"SQLite format 3" not in encrypted[0].read_bytes()
+        (env.sessions / A / "store.db").write_bytes(b"not a database" * 10)
+        mark = probe.mark()
+        bridge.start(extra_env=secret_env)
+        event = await probe.wait_for(f"{env.base}/bridge/event", lambda r: r.json()["type"] == "store_restored",
+                                     after=mark)
+        assert event.json()["data"]["backup"].endswith(".db.enc")
+        await probe.wait_state(A, "connected", after=mark)
+    assert key not in bridge.log()

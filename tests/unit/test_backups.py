@@ -161,3 +161,28 @@ def test_restore_into_a_missing_store(paths) -> None:
     paths.store.unlink()
     assert restore_from_backup(paths.store, paths.backups) == made
     assert tag_of(paths.store) == "kept"
+
+
+def test_encrypted_backups_round_trip_and_need_the_key(tmp_path):
+    from cryptography.fernet import Fernet
+
+    from wa_mqtt.accounts.backups import check_backup
+
+    key, other = Fernet.generate_key(), Fernet.generate_key()
+    store = tmp_path / "store.db"
+    with sqlite3.connect(store) as db:
+        db.execute("CREATE TABLE device (jid TEXT)")
+        db.execute("INSERT INTO device VALUES ('5511900000001:7@s.whatsapp.net')")
+    db.close()
+    made = backup_store(store, tmp_path / "backups", 3, T0, key)
+    assert made.name.endswith(".db.enc") and b"whatsapp" not in made.read_bytes()
+    assert (made.stat().st_mode & 0o777) == 0o600
+    assert check_backup(made, key) is None
+    assert "no backups.encryption_key" in check_backup(made, None)
+    assert "cannot be decrypted" in check_backup(made, other)
+    store.write_bytes(b"garbage")
+    assert restore_from_backup(store, tmp_path / "backups", now=T0, key=other) is None
+    assert restore_from_backup(store, tmp_path / "backups", now=T0, key=key) == made
+    with sqlite3.connect(store) as db:
+        assert db.execute("SELECT jid FROM device").fetchone()[0].startswith("5511900000001")
+    db.close()

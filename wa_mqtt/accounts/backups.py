@@ -22,22 +22,26 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SQLITE_HEADER = b"SQLite format 3\x00"
-_BACKUP_NAME = re.compile(r"^(?P<stem>.+)-(?P<stamp>\d{8}T\d{6}Z)(?:-(?P<n>\d+))?\.db$")
+_BACKUP_NAME = re.compile(r"^(?P<stem>.+)-(?P<stamp>\d{8}T\d{6}Z)(?:-(?P<n>\d+))?\.db(?:\.enc)?$")
+ENCRYPTED_SUFFIX = ".enc"
 
 
 class BackupError(Exception):
     """A backup could not be made or did not verify (nothing is left behind)."""
 
 
-def backup_store(store: Path, backups_dir: Path, keep: int, now: datetime) -> Path:
-    """Copy `store` consistently into `backups_dir`, verify it, keep the newest `keep`; the new backup's path."""
+def backup_store(store: Path, backups_dir: Path, keep: int, now: datetime, key: bytes | None = None) -> Path:
+    """Copy `store` consistently into `backups_dir`, verify it, keep the newest `keep`; the new backup's path.
+
+    With `key` (a Fernet key, `backups.encryption_key`) the verified copy is encrypted at rest as
+    `store-<stamp>.db.enc` and decrypted again to prove it before it counts."""
     if keep < 1:
         raise ValueError("keep must be at least 1")
     store, backups_dir = Path(store), Path(backups_dir)
     if not store.is_file():
         raise BackupError(f"no store at {store}")
     _private_dir(backups_dir)
-    target = _free_name(backups_dir, f"{store.stem}-{_stamp(now)}", ".db")
+    target = _free_name(backups_dir, f"{store.stem}-{_stamp(now)}", ".db.enc" if key else ".db")
     tmp = backups_dir / f".{target.name}.tmp"
     try:
         _copy(store, tmp)
@@ -47,6 +51,12 @@ def backup_store(store: Path, backups_dir: Path, keep: int, now: datetime) -> Pa
     if reason := check_store(tmp):
         _unlink(tmp)
         raise BackupError(f"backup of {store} did not verify: {reason}")
+    if key is not None:
+        plain = tmp.read_bytes()
+        _write_private(tmp, _fernet(key).encrypt(plain))
+        if _fernet(key).decrypt(tmp.read_bytes()) != plain:
+            _unlink(tmp)
+            raise BackupError(f"encrypted backup of {store} did not decrypt to the same bytes")
     os.replace(tmp, target)
     _fsync_dir(backups_dir)
     for old in list_backups(backups_dir)[keep:]:
@@ -100,7 +110,7 @@ def list_backups(backups_dir: Path) -> list[Path]:
 
 
 def restore_from_backup(store: Path, backups_dir: Path, name: str | None = None,
-                        *, now: datetime | None = None) -> Path | None:
+                        *, now: datetime | None = None, key: bytes | None = None) -> Path | None:
     """Put the named backup, or the newest good one, in place of `store`; the backup used, or None.
 
     The old store (if any) is kept as `store.db.corrupt-<stamp>` (its -wal alongside), its -shm removed.
@@ -112,14 +122,9 @@ def restore_from_backup(store: Path, backups_dir: Path, name: str | None = None,
     candidates = [backups_dir / name] if name is not None else list_backups(backups_dir)
     tmp = store.with_name(store.name + ".restore-tmp")
     for candidate in candidates:
-        if reason := check_store(candidate):
-            log.warning("backup %s of %s is unusable: %s", candidate.name, store, reason)
-            continue
-        try:
-            _copy(candidate, tmp)
-        except sqlite3.Error as exc:
+        if reason := _materialise(candidate, tmp, key):
             _unlink(tmp)
-            log.warning("backup %s of %s could not be copied: %s", candidate.name, store, exc)
+            log.warning("backup %s of %s is unusable: %s", candidate.name, store, reason)
             continue
         if reason := check_store(tmp):
             _unlink(tmp)
@@ -134,7 +139,56 @@ def restore_from_backup(store: Path, backups_dir: Path, name: str | None = None,
     return None
 
 
+def check_backup(path: Path, key: bytes | None = None) -> str | None:
+    """Like check_store, for a backup that may be encrypted (decrypted to a temporary file to check)."""
+    if not path.name.endswith(ENCRYPTED_SUFFIX):
+        return check_store(path)
+    tmp = path.with_name(f".{path.name}.check")
+    try:
+        return _materialise(path, tmp, key)
+    finally:
+        _unlink(tmp)
+
+
 # -- helpers -------------------------------------------------------------------------------------
+def _fernet(key: bytes):  # type: ignore[no-untyped-def]
+    from cryptography.fernet import Fernet  # only needed when backups are encrypted
+
+    return Fernet(key)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _materialise(backup: Path, target: Path, key: bytes | None) -> str | None:
+    """Put a usable plain copy of `backup` at `target`; None when it verifies, else the reason."""
+    if backup.name.endswith(ENCRYPTED_SUFFIX):
+        if key is None:
+            return "encrypted, and no backups.encryption_key is configured"
+        from cryptography.fernet import InvalidToken
+
+        try:
+            _write_private(target, _fernet(key).decrypt(backup.read_bytes()))
+        except InvalidToken:
+            return "cannot be decrypted with the configured backups.encryption_key"
+        except OSError as exc:
+            return f"unreadable: {exc}"
+    else:
+        if reason := check_store(backup):
+            return reason
+        try:
+            _copy(backup, target)
+        except sqlite3.Error as exc:
+            return f"could not be copied: {exc}"
+    return check_store(target)
+
+
+
 def _copy(source: Path, target: Path) -> None:
     """Consistent copy of an SQLite database into a fresh 0600 file, as a single self-contained file."""
     _unlink(target)

@@ -114,7 +114,8 @@ class AccountManager:
             return
         if reason is not None:
             log.warning("%s: store failed its check (%s)", phone, reason)
-            used = await asyncio.to_thread(restore_from_backup, paths.store, paths.backups, None, now=self._clock())
+            used = await asyncio.to_thread(restore_from_backup, paths.store, paths.backups, None,
+                                           now=self._clock(), key=self._config.backups.key)
             if used is None:
                 supervisor.apply(m.StoreUnusable(f"store.db is unusable ({reason}) and no good backup exists"))
                 return
@@ -153,7 +154,7 @@ class AccountManager:
                 continue
             try:
                 made = await asyncio.to_thread(backup_store, paths.store, paths.backups,
-                                               self._config.backups.keep, self._clock())
+                                               self._config.backups.keep, self._clock(), self._config.backups.key)
             except (BackupError, OSError) as exc:
                 log.warning("%s: backup failed: %s", item, exc)
                 results[item] = f"failed: {exc}"
