@@ -45,8 +45,11 @@ def make_engine(config: Config) -> Engine:
 
         return SimEngine()
     from .engines.neonize_engine import NeonizeEngine
+    from .media import MediaPolicy
 
-    return NeonizeEngine()
+    outgoing = config.outgoing
+    return NeonizeEngine(media_policy=MediaPolicy(outgoing.max_media_bytes, outgoing.media_dir,
+                                                  outgoing.block_private_urls))
 
 
 class App:

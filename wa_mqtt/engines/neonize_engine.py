@@ -10,7 +10,6 @@ loads the Go library.
 from __future__ import annotations
 
 import asyncio
-import base64
 import ctypes
 import logging
 import os
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
+from .. import media
+from ..media import MediaPolicy
 from ..model import ErrorCode, MediaSource, OutgoingMessage, SendResult, to_jid
 from . import neonize_convert as conv
 from .base import (
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-MAX_MEDIA_BYTES = 100 * 1024 * 1024
 _TYPING = {"composing": ("CHAT_PRESENCE_COMPOSING", "CHAT_PRESENCE_MEDIA_TEXT"),
            "paused": ("CHAT_PRESENCE_PAUSED", "CHAT_PRESENCE_MEDIA_TEXT"),
            "recording": ("CHAT_PRESENCE_COMPOSING", "CHAT_PRESENCE_MEDIA_AUDIO")}
@@ -97,27 +97,14 @@ def _detach_finalizer(client: NewAClient) -> None:
         finalizer.detach()
 
 
-async def load_media(source: MediaSource) -> bytes:
-    """The bytes of outgoing media from its url, path or base64 (policy was checked by the caller)."""
-    if source.base64 is not None:
-        try:
-            return base64.b64decode(source.base64, validate=True)
-        except ValueError as exc:
-            raise EngineError(f"invalid base64 media: {exc}", code="invalid_request") from exc
-    if source.path is not None:
-        return await asyncio.to_thread(Path(source.path).read_bytes)
-    import httpx  # a neonize dependency
-
-    async with httpx.AsyncClient(timeout=60, follow_redirects=True) as http:
-        async with http.stream("GET", source.url or "") as response:
-            response.raise_for_status()
-            chunks, size = [], 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > MAX_MEDIA_BYTES:
-                    raise EngineError(f"media larger than {MAX_MEDIA_BYTES} bytes", code="too_large")
-                chunks.append(chunk)
-            return b"".join(chunks)
+async def load_media(field: str, source: MediaSource, policy: MediaPolicy) -> bytes:
+    """The bytes of outgoing media, read under the media policy (checked again at read time)."""
+    try:
+        return await media.load(field, source, policy)
+    except media.MediaRefused as exc:
+        raise EngineError(str(exc), code=exc.code) from None
+    except OSError as exc:
+        raise EngineError(f"{field}: cannot read the media ({exc})", code="engine_error") from None
 
 
 class NeonizeEngine:
@@ -126,8 +113,9 @@ class NeonizeEngine:
     name = "neonize"
 
     def __init__(self, *, clock: Clock = _utcnow, executor_workers: int = 32,
-                 stop_timeout: float = 10.0) -> None:
+                 stop_timeout: float = 10.0, media_policy: MediaPolicy | None = None) -> None:
         self._clock = clock
+        self.media_policy = media_policy or MediaPolicy(max_bytes=64 * 1024 * 1024)
         self._executor_workers = executor_workers
         self._stop_timeout = stop_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -467,7 +455,7 @@ class NeonizeSession:
 
     async def _build_media(self, client: NewAClient, kind: str, source: MediaSource,
                            caption: str | None) -> Proto:
-        data = await load_media(source)
+        data = await load_media(kind, source, self._engine.media_policy)
         if kind == "image":
             built = await client.build_image_message(data, caption=caption)
         elif kind == "video":
