@@ -262,13 +262,18 @@ async def test_replies_reactions_and_reads_on_an_offline_restored_client(tmp_pat
     await session.close()
 
 
-async def test_media_sources(tmp_path: Path) -> None:
+async def test_media_sources_are_read_under_the_policy(tmp_path: Path) -> None:
     from wa_mqtt.engines.neonize_engine import load_media
+    from wa_mqtt.media import MediaPolicy
     from wa_mqtt.model import MediaSource
 
     (tmp_path / "a.bin").write_bytes(b"\x00\x01")
-    assert await load_media(MediaSource(path=str(tmp_path / "a.bin"))) == b"\x00\x01"
-    assert await load_media(MediaSource(base64="aGk=")) == b"hi"
+    policy = MediaPolicy(max_bytes=1024, media_dir=tmp_path)
+    assert await load_media("image", MediaSource(path="a.bin"), policy) == b"\x00\x01"
+    assert await load_media("image", MediaSource(base64="aGk="), policy) == b"hi"
     with pytest.raises(EngineError) as failure:
-        await load_media(MediaSource(base64="not base64!"))
+        await load_media("image", MediaSource(base64="not base64!"), policy)
     assert failure.value.code == "invalid_request"
+    with pytest.raises(EngineError) as outside:
+        await load_media("document", MediaSource(path="/etc/hostname"), policy)
+    assert outside.value.code == "forbidden" and "document.path" in str(outside.value)
