@@ -11,7 +11,7 @@ import asyncio
 import io
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from typing import Any
 
@@ -174,9 +174,7 @@ class Bridge:
         for reply in planned:
             self._replies.record_reply(reply, now)
             outgoing = reply.to_outgoing(key=f"auto:{message.id}:{reply.rule}")
-            task = asyncio.create_task(self._send_auto_reply(phone, reply.rule, outgoing))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._background(self._send_auto_reply(phone, reply.rule, outgoing), f"auto-reply-{phone}")
 
     async def _send_auto_reply(self, phone: str, rule: str, outgoing: OutgoingMessage) -> None:
         lock = self._locks.setdefault(phone, asyncio.Lock())
@@ -221,6 +219,20 @@ class Bridge:
     def on_connected(self, phone: str) -> None:
         self.manager.after_connected(phone)
 
+    def on_linked_elsewhere(self, asked: str, linked: str) -> None:
+        self._background(self.manager.relink(asked, linked), f"relink-{asked}")
+
+    def _background(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """A task the bridge owns (awaited by `drain`); its failure is logged, never lost."""
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed", task.get_name(), exc_info=task.exception())
+
     def on_removed(self, phone: str) -> None:
         for topic in (self._topics.status(phone), self._topics.qr(phone), self._topics.qr_image(phone),
                       self._topics.pair_code(phone), self._topics.stats(phone)):
@@ -238,9 +250,8 @@ class Bridge:
         if request is not None:
             if not self._accepting:
                 return
-            task = asyncio.create_task(self._serve(request.target, request.command, request.is_bridge, incoming))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._background(self._serve(request.target, request.command, request.is_bridge, incoming),
+                             f"request-{request.target}-{request.command}")
             return
         if discovery.is_ha_birth(self._config.mqtt.discovery_prefix, incoming.topic, incoming.payload):
             log.info("Home Assistant came online: announcing discovery again")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import sys
@@ -328,3 +329,19 @@ async def test_pair_cli_draws_the_qr_and_exits_when_linked(env: BridgeEnv) -> No
         assert proc.returncode == 0, text
         assert "█" in text and "Linked devices" in text and f"linked: +{B}" in text
     assert (env.sessions / B / "store.db").exists()
+
+
+async def test_qr_scanned_by_another_number_is_stored_under_that_number(env: BridgeEnv, bridge: BridgeProcess) -> None:
+    bridge.start()
+    async with Probe(env.broker, env.base) as probe:
+        await probe.wait_online()
+        assert (await probe.request("bridge", "pair", {"phone": A}))["status"] == "ok"
+        await probe.wait_for(f"{env.base}/{A}/qr", lambda r: bool(r.payload))
+        await probe.sim(A, "scan", {"phone": B})
+        event = await probe.wait_for(f"{env.base}/bridge/event", lambda r: r.json()["type"] == "linked_other_number")
+        assert event.json()["data"] == {"asked": A, "phone": B, "moved": True}
+        await probe.wait_state(B, "connected")
+        await probe.wait_for(f"{env.base}/{A}/status", lambda r: r.payload == b"")
+        await probe.wait_for(f"{env.base}/bridge/accounts", lambda r: [a["phone"] for a in r.json()] == [B])
+    assert (env.sessions / B / "store.db").exists() and not (env.sessions / A).exists()
+    assert json.loads((env.sessions / B / "account.json").read_text())["phone"] == B

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Any
 
@@ -101,9 +101,18 @@ class AccountManager:
                 self._add(phone, {}, AccountState.STOPPED, announce=True)
 
     def _spawn_check(self, phone: str) -> None:
-        task = asyncio.create_task(self._check_and_start(phone), name=f"check-{phone}")
+        self._background(self._check_and_start(phone), f"check-{phone}")
+
+    def _background(self, work: Coroutine[Any, Any, Any], name: str) -> None:
+        """Run `work` as a task this manager owns (cancelled on close); its failure is logged, not lost."""
+        task = asyncio.create_task(work, name=name)
         self._checks.add(task)
-        task.add_done_callback(self._checks.discard)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._checks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed", task.get_name(), exc_info=task.exception())
 
     async def _check_and_start(self, phone: str) -> None:
         """Integrity-check the store; replace a bad one by the newest good backup; then start or `error`."""
@@ -137,9 +146,7 @@ class AccountManager:
         self.store.write_meta(phone, name=supervisor.status.name, engine=self._engine.name,
                               last_connected=supervisor.status.last_connected)
         self.store.secure(phone)
-        task = asyncio.create_task(self.backup(phone), name=f"backup-{phone}")
-        self._checks.add(task)
-        task.add_done_callback(self._checks.discard)
+        self._background(self.backup(phone), f"backup-{phone}")
 
     async def backup(self, phone: str | None = None) -> dict[str, str]:
         """Back up one store (or all) now; {phone: backup file name}. Errors are per account."""
@@ -148,6 +155,8 @@ class AccountManager:
             self.get(phone)
         results: dict[str, str] = {}
         for item in phones:
+            if item not in self._accounts:
+                continue  # removed (or moved) since the backup was asked for
             paths = self.store.paths(item)
             if not paths.store.exists():
                 results[item] = "no store"
@@ -261,6 +270,22 @@ class AccountManager:
         self._add(phone, self.store.read_meta(phone), AccountState.CONNECTING, announce=True)
         self._spawn_check(phone)
         return True
+
+    async def relink(self, asked: str, linked: str) -> None:
+        """A QR offered for `asked` was scanned by `linked`: keep the session under the real number."""
+        if not is_phone(linked) or linked in self._accounts:
+            log.warning("%s: linked as %s, which is already an account; keeping it under %s", asked, linked, asked)
+            self._sink.on_bridge_event("linked_other_number", {"asked": asked, "phone": linked, "moved": False})
+            return
+        await self._drop(asked)
+        source, target = self.store.paths(asked).root, self.store.paths(linked).root
+        await asyncio.to_thread(source.rename, target)
+        self._had_folder.discard(asked)
+        self.store.write_meta(linked, phone=linked)
+        log.warning("%s: the QR was scanned by %s; the session is stored under %s", asked, linked, linked)
+        self._sink.on_bridge_event("linked_other_number", {"asked": asked, "phone": linked, "moved": True})
+        self._sink.on_bridge_event("account_removed", {"phone": asked})
+        await self.adopt(linked)
 
     async def reconcile(self) -> None:
         """sessions/ changed on disk: forget accounts whose folder was deleted, restore folders copied in."""

@@ -105,7 +105,7 @@ class SessionStore:
         except (OSError, ValueError):
             return {}
 
-    def write_meta(self, phone: str, **changes: Any) -> dict[str, Any]:
+    def write_meta(self, phone: str, /, **changes: Any) -> dict[str, Any]:
         """Merge `changes` into account.json (atomic replace, 0600)."""
         paths = self.prepare(phone)
         meta = self.read_meta(phone)

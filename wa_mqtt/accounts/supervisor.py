@@ -43,6 +43,7 @@ class AccountSink(Protocol):
     def on_deferred_response(self, phone: str, command: str, route: dict[str, Any], response: dict[str, Any]) -> None: ...
     def on_connected(self, phone: str) -> None: ...
     def on_removed(self, phone: str) -> None: ...
+    def on_linked_elsewhere(self, asked: str, linked: str) -> None: ...
     def on_accounts_changed(self) -> None: ...
 
 
@@ -243,6 +244,8 @@ class Supervisor:
                 self._start_flush()
             case m.BridgeEvent(type=type_, data=data):
                 self._sink.on_bridge_event(type_, dict(data))
+                if type_ == "paired" and data.get("linked_phone") not in (None, self.phone):
+                    self._sink.on_linked_elsewhere(self.phone, str(data["linked_phone"]))
 
     async def _start_session(self, method: PairMethod) -> None:
         self._store_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -201,13 +201,18 @@ class SimSession:
             raise EngineError(f"unknown sim action {action!r}", code="invalid_request")
         await handler(payload)
 
-    async def _scan(self, _payload: bytes) -> None:
+    async def _scan(self, payload: bytes) -> None:
+        """Accept the QR / code on offer; `{"phone": N}` makes another number than asked scan it."""
         if not self._pairing:
             raise EngineError("nothing to scan: the account is not pairing", code="invalid_request")
-        name = f"Sim {self.phone[-4:]}"
-        write_device(self.store_path, self.phone, name, self._clock())
+        try:
+            scanner = str(json.loads(payload).get("phone", self.phone)) if payload.strip() else self.phone
+        except (ValueError, AttributeError):
+            raise EngineError("scan payload must be empty or {\"phone\": ...}", code="invalid_request") from None
+        name = f"Sim {scanner[-4:]}"
+        write_device(self.store_path, scanner, name, self._clock())
         self._pairing = False
-        self._emit(Paired(phone=self.phone, name=name))
+        self._emit(Paired(phone=scanner, name=name))
         self._go_online(name)
 
     async def _incoming(self, payload: bytes) -> None:
