@@ -25,6 +25,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 REPO = Path(__file__).resolve().parent.parent
+NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]  # as the bridge does: no Nagle delay on small packets
 
 
 def free_port() -> int:
@@ -71,6 +72,7 @@ class Broker:
             conf.write_text(
                 f"user root\nlistener {self.port} 127.0.0.1\nallow_anonymous true\n{persist}"
                 "max_queued_messages 100000\nmax_inflight_messages 100\nlog_type error\nlog_type warning\n"
+                "set_tcp_nodelay true\n"  # as docs/security.md recommends: no Nagle delay on small packets
             )
             cmd = [self.mosquitto, "-c", str(conf)]
         else:
@@ -231,9 +233,10 @@ class Probe:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = 0 if self.clean else 3600
             return aiomqtt.Client("127.0.0.1", self.broker.port, identifier=self.client_id,
-                                  protocol=aiomqtt.ProtocolVersion.V5, clean_start=self.clean, properties=props)
+                                  protocol=aiomqtt.ProtocolVersion.V5, clean_start=self.clean, properties=props,
+                                  socket_options=NODELAY)
         return aiomqtt.Client("127.0.0.1", self.broker.port, identifier=self.client_id,
-                              protocol=aiomqtt.ProtocolVersion.V311, clean_session=self.clean)
+                              protocol=aiomqtt.ProtocolVersion.V311, clean_session=self.clean, socket_options=NODELAY)
 
     async def _run(self) -> None:
         while True:  # reconnect when a test restarts the broker

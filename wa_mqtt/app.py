@@ -39,17 +39,24 @@ def utcnow() -> datetime:
 
 
 def make_engine(config: Config) -> Engine:
-    """The engine named by the config."""
+    """The engine named by the config: in supervised child processes unless `engine_process.in_process`."""
+    outgoing = config.outgoing
+    media = {"max_bytes": outgoing.max_media_bytes, "block_private_urls": outgoing.block_private_urls,
+             "media_dir": str(outgoing.media_dir) if outgoing.media_dir else None}
+    settings = config.engine_process
+    if not settings.in_process:
+        from .engines.process import ProcessEngine
+
+        return ProcessEngine(config.engine, {"media": media}, heartbeat_interval=settings.heartbeat_interval,
+                             heartbeat_timeout=settings.heartbeat_timeout, max_rss_mb=settings.max_rss_mb,
+                             recycle_after_failures=settings.recycle_after_failures, log_level=config.log_level)
     if config.engine == "sim":
         from .engines.sim import SimEngine
 
         return SimEngine()
-    from .engines.neonize_engine import NeonizeEngine
-    from .media import MediaPolicy
+    from .engines.child import make_inner_engine
 
-    outgoing = config.outgoing
-    return NeonizeEngine(media_policy=MediaPolicy(outgoing.max_media_bytes, outgoing.media_dir,
-                                                  outgoing.block_private_urls))
+    return make_inner_engine("neonize", {"media": media})  # type: ignore[no-any-return]
 
 
 class App:

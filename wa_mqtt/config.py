@@ -133,9 +133,20 @@ class OutgoingConfig(_Section):
         return [str(v) for v in value] if value is not None else None
 
 
+class EngineProcessConfig(_Section):
+    """How engine sessions run: one child process per account, supervised."""
+
+    in_process: bool = False  # inside the bridge (tests, benchmarks): an engine crash then takes the bridge down
+    heartbeat_interval: float = Field(1.0, gt=0, le=60)
+    heartbeat_timeout: float = Field(15.0, gt=0)  # a child silent this long is hung: killed and restarted
+    max_rss_mb: int = Field(512, ge=64)  # a child above this is killed and restarted
+    recycle_after_failures: int = Field(20, ge=1)  # failed connects before a fresh process (neonize leaks)
+
+
 class Config(_Section):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     engine: Literal["neonize", "sim"] = "neonize"
+    engine_process: EngineProcessConfig = Field(default_factory=EngineProcessConfig)
     sessions_dir: Path = Path("sessions")
     data_dir: Path = Path("data")
     accounts: list[str] = Field(default_factory=list)
@@ -184,7 +195,7 @@ class Config(_Section):
 
 
 # Settings that only take effect at start: a reload reports them instead of half-applying them.
-RESTART_KEYS = ("mqtt", "engine", "sessions_dir", "data_dir")
+RESTART_KEYS = ("mqtt", "engine", "engine_process", "sessions_dir", "data_dir")
 
 
 def config_changes(old: Config, new: Config) -> tuple[list[str], list[str]]:

@@ -21,7 +21,7 @@ async def wait_file(pattern_dir, timeout: float = 10.0) -> list:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:
-        files = sorted(pattern_dir.glob("*.db*")) if pattern_dir.exists() else []
+        files = sorted(pattern_dir.glob("store-*")) if pattern_dir.exists() else []  # not the hidden temp file
         if files:
             return files
         await asyncio.sleep(0.05)

@@ -51,6 +51,8 @@ class AccountManager:
         self._stopping = False
         self._checks: set[asyncio.Task[Any]] = set()  # store checks and backups in flight
         self._had_folder: set[str] = set()  # accounts whose folder was seen: its deletion removes them
+        self._folders = asyncio.Lock()  # folder moves and the reconcile of sessions/ never interleave
+        self._backup_locks: dict[str, asyncio.Lock] = {}  # one backup of a store at a time
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -146,12 +148,12 @@ class AccountManager:
         self.store.write_meta(phone, name=supervisor.status.name, engine=self._engine.name,
                               last_connected=supervisor.status.last_connected)
         self.store.secure(phone)
-        self._background(self.backup(phone), f"backup-{phone}")
+        self._background(self.backup(phone, missing_ok=True), f"backup-{phone}")
 
-    async def backup(self, phone: str | None = None) -> dict[str, str]:
+    async def backup(self, phone: str | None = None, missing_ok: bool = False) -> dict[str, str]:
         """Back up one store (or all) now; {phone: backup file name}. Errors are per account."""
         phones = [phone] if phone else self.phones()
-        if phone:
+        if phone and not missing_ok:
             self.get(phone)
         results: dict[str, str] = {}
         for item in phones:
@@ -162,8 +164,9 @@ class AccountManager:
                 results[item] = "no store"
                 continue
             try:
-                made = await asyncio.to_thread(backup_store, paths.store, paths.backups,
-                                               self._config.backups.keep, self._clock(), self._config.backups.key)
+                async with self._backup_locks.setdefault(item, asyncio.Lock()):
+                    made = await asyncio.to_thread(backup_store, paths.store, paths.backups,
+                                                   self._config.backups.keep, self._clock(), self._config.backups.key)
             except (BackupError, OSError) as exc:
                 log.warning("%s: backup failed: %s", item, exc)
                 results[item] = f"failed: {exc}"
@@ -273,10 +276,15 @@ class AccountManager:
 
     async def relink(self, asked: str, linked: str) -> None:
         """A QR offered for `asked` was scanned by `linked`: keep the session under the real number."""
+        async with self._folders:
+            await self._relink(asked, linked)
+
+    async def _relink(self, asked: str, linked: str) -> None:
         if not is_phone(linked) or linked in self._accounts:
             log.warning("%s: linked as %s, which is already an account; keeping it under %s", asked, linked, asked)
             self._sink.on_bridge_event("linked_other_number", {"asked": asked, "phone": linked, "moved": False})
             return
+        log.info("%s: the QR was scanned by %s; moving the session", asked, linked)
         await self._drop(asked)
         source, target = self.store.paths(asked).root, self.store.paths(linked).root
         await asyncio.to_thread(source.rename, target)
@@ -289,6 +297,10 @@ class AccountManager:
 
     async def reconcile(self) -> None:
         """sessions/ changed on disk: forget accounts whose folder was deleted, restore folders copied in."""
+        async with self._folders:
+            await self._reconcile()
+
+    async def _reconcile(self) -> None:
         on_disk = set(self.store.account_phones())
         for phone in list(self._accounts):
             if self.store.paths(phone).root.exists():

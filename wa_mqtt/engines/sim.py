@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sqlite3
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -196,6 +198,7 @@ class SimSession:
         handler = {
             "scan": self._scan, "incoming": self._incoming, "drop": self._drop, "outage": self._outage,
             "logout": self._remote_logout, "replace": self._replace, "crash": self._do_crash,
+            "hang": self._hang, "balloon": self._balloon,  # test aids for the engine process supervision
         }.get(action)
         if handler is None:
             raise EngineError(f"unknown sim action {action!r}", code="invalid_request")
@@ -271,6 +274,18 @@ class SimSession:
         else:
             self._connected = False
             self._emit(Crashed(error="sim: engine crashed"))
+
+    async def _hang(self, _payload: bytes) -> None:
+        """Test aid: the engine stops answering (blocks its process), as neonize can after a QR expiry."""
+        time.sleep(3600)
+
+    async def _balloon(self, payload: bytes) -> None:
+        """Test aid: the engine grows by `{"mb": N}` megabytes, like a leak."""
+        try:
+            megabytes = int(json.loads(payload or b"{}").get("mb", 100))
+        except (ValueError, AttributeError, TypeError):
+            raise EngineError("balloon payload must be {\"mb\": N}", code="invalid_request") from None
+        self._ballast = bytearray(os.urandom(1024)) * (megabytes * 1024)
 
     # -- helpers -------------------------------------------------------------------------------
     def _go_online(self, name: str | None) -> None:

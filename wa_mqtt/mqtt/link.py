@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -211,6 +212,9 @@ class MqttLink:
             properties=props,
             tls_context=tls_context,
             max_queued_outgoing_messages=None,
+            # MQTT is many small packets (a PUBACK, then a response): with Nagle on, each second write
+            # waits for the peer's delayed ACK, ~40 ms a hop (measured: 88 ms request -> response).
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
 
     async def _session(self) -> None:

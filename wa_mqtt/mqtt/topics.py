@@ -10,7 +10,7 @@ RESERVED_IDS = frozenset({BRIDGE, SIM})
 
 BRIDGE_COMMANDS = frozenset({"pair", "remove", "backup", "restart_account", "reload", "health"})
 ACCOUNT_COMMANDS = frozenset({"connect", "disconnect", "logout", "send", "react", "read", "typing"})
-SIM_ACTIONS = frozenset({"scan", "incoming", "drop", "outage", "logout", "replace", "crash"})
+SIM_ACTIONS = frozenset({"scan", "incoming", "drop", "outage", "logout", "replace", "crash", "hang", "balloon"})
 
 
 @dataclass(frozen=True)

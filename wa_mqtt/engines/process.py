@@ -1,0 +1,300 @@
+"""Engine sessions in supervised child processes: a crash, hang or leak costs one account a restart.
+
+`ProcessEngine` wraps an engine by name (`sim`, `neonize`); each account's session runs in its own
+child (engines/child.py) spoken to with the protocol of protocol.py. The parent watches each child:
+- it dies (exit, signal, `wa/sim/<phone>/crash`)  → `Crashed` event, pending calls fail;
+- no line (heartbeats included) within `heartbeat_timeout` → killed, `Crashed`;
+- RSS above `max_rss_mb` → killed, `Crashed`;
+- many failed connects in one child (neonize leaks a file per connect) → recycled on the next start.
+The supervisor turns `Crashed` into `disconnected` / `engine_crashed` and restarts with backoff by
+calling `start()` again, which spawns a fresh child. Other accounts never notice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..model import ErrorCode, OutgoingMessage, SendResult
+from . import protocol as p
+from .base import Crashed, Disconnected, EmitFn, EngineError, EngineEvent, PairMethod
+from .child import rss_kb
+
+log = logging.getLogger(__name__)
+
+STOP_TIMEOUT = 15.0
+CALL_TIMEOUT = 120.0
+
+
+class ProcessEngine:
+    """Runs each account's session of engine `inner` in a child process."""
+
+    def __init__(self, inner: str, options: dict[str, Any] | None = None, *, heartbeat_interval: float = 1.0,
+                 heartbeat_timeout: float = 15.0, max_rss_mb: int = 512, recycle_after_failures: int = 20,
+                 log_level: str = "info") -> None:
+        self.name = inner
+        self._options = options or {}
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.max_rss_kb = max_rss_mb * 1024
+        self.recycle_after_failures = recycle_after_failures
+        self.log_level = log_level
+        self._sessions: set[ProcessSession] = set()
+
+    def has_device(self, store_path: Path) -> bool:
+        """Read in the parent without loading the engine (neonize's reader needs no Go)."""
+        if self.name == "sim":
+            from .sim import read_device
+
+            return read_device(store_path) is not None
+        from .neonize_engine import stored_device_jids
+
+        try:
+            return bool(stored_device_jids(store_path))
+        except Exception as exc:  # an unreadable store is "no device"; its check reports why
+            log.warning("store %s unreadable: %s", store_path, exc)
+            return False
+
+    def open_session(self, phone: str, store_path: Path, emit: EmitFn) -> ProcessSession:
+        session = ProcessSession(self, phone, store_path, emit)
+        self._sessions.add(session)
+        return session
+
+    def child_command(self, phone: str, store_path: Path) -> list[str]:
+        return [sys.executable, "-m", "wa_mqtt.engines.child", "--engine", self.name, "--phone", phone,
+                "--store", str(store_path), "--options", json.dumps(self._options),
+                "--heartbeat", str(self.heartbeat_interval), "--log-level", self.log_level]
+
+    def forget(self, session: ProcessSession) -> None:
+        self._sessions.discard(session)
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(s.close() for s in list(self._sessions)), return_exceptions=True)
+
+
+class ProcessSession:
+    """One account's session, forwarded to its child process."""
+
+    def __init__(self, engine: ProcessEngine, phone: str, store_path: Path, emit: EmitFn) -> None:
+        self._engine = engine
+        self.phone = phone
+        self._store_path = store_path
+        self._emit = emit
+        self._proc: asyncio.subprocess.Process | None = None
+        self._pending: dict[int, asyncio.Future[p.Reply]] = {}
+        self._ids = itertools.count(1)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_line = 0.0
+        self._expected_exit = False
+        self._failed_connects = 0
+        self._kill_reason: str | None = None
+        self.pid: int | None = None
+        self.last_rss_kb: int | None = None
+
+    # -- EngineSession -------------------------------------------------------------------------
+    async def start(self, pair_method: PairMethod = "qr") -> None:
+        if self._proc is not None and self._failed_connects >= self._engine.recycle_after_failures:
+            log.info("%s: recycling the engine process after %d failed connects", self.phone, self._failed_connects)
+            await self._end_child()
+        if self._proc is None:
+            await self._spawn()
+        await self._call("start", {"method": pair_method})
+
+    async def stop(self) -> None:
+        if self._proc is not None:
+            try:
+                await self._call("stop", {}, timeout=STOP_TIMEOUT)
+            except EngineError as exc:
+                log.warning("%s: engine did not stop in time (%s); ending its process", self.phone, exc)
+                await self._end_child()
+
+    async def logout(self) -> None:
+        await self._call("logout", {})
+
+    async def send(self, message: OutgoingMessage) -> SendResult:
+        result = await self._call("send", {"message": message.model_dump(mode="json", exclude_none=True)})
+        return SendResult.model_validate(result)
+
+    async def react(self, chat: str, message_id: str, emoji: str, sender: str | None = None) -> str:
+        return str(await self._call("react", {"chat": chat, "id": message_id, "emoji": emoji, "sender": sender}))
+
+    async def mark_read(self, chat: str, ids: list[str], sender: str | None = None) -> None:
+        await self._call("mark_read", {"chat": chat, "ids": ids, "sender": sender})
+
+    async def typing(self, chat: str, state: str) -> None:
+        await self._call("typing", {"chat": chat, "state": state})
+
+    async def sim_control(self, action: str, payload: bytes) -> None:
+        if self._proc is None:
+            await self._spawn()
+        await self._call("sim_control", {"action": action, "payload": payload.decode("latin-1")})
+
+    async def close(self) -> None:
+        self._engine.forget(self)
+        await self._end_child()
+
+    # -- the child -----------------------------------------------------------------------------
+    async def _spawn(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._proc = await asyncio.create_subprocess_exec(
+            *self._engine.child_command(self.phone, self._store_path),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            limit=p.MAX_LINE, start_new_session=True)  # its own process group: a Ctrl-C is the bridge's to handle
+        self.pid = self._proc.pid
+        self._last_line = loop.time()
+        self._expected_exit = False
+        self._failed_connects = 0
+        proc = self._proc
+        self._tasks = [asyncio.create_task(self._read(proc), name=f"engine-{self.phone}-out"),
+                       asyncio.create_task(self._relay_logs(proc), name=f"engine-{self.phone}-log"),
+                       asyncio.create_task(self._watch(proc), name=f"engine-{self.phone}-watch")]
+        log.info("%s: %s engine process %d started", self.phone, self._engine.name, proc.pid)
+
+    async def _call(self, op: str, args: dict[str, Any], timeout: float = CALL_TIMEOUT) -> Any:
+        proc = self._proc
+        if proc is None or proc.stdin is None:
+            raise EngineError("the engine process is not running", code="not_connected")
+        request_id = next(self._ids)
+        future: asyncio.Future[p.Reply] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            proc.stdin.write(p.encode_request(p.Request(request_id, op, args)))
+            await proc.stdin.drain()
+            reply = await asyncio.wait_for(future, timeout)
+        except (BrokenPipeError, ConnectionResetError):
+            raise EngineError("the engine process went away", code="engine_error") from None
+        except TimeoutError:
+            raise EngineError(f"the engine did not answer {op} within {timeout:g} s", code="engine_error") from None
+        finally:
+            self._pending.pop(request_id, None)
+        if not reply.ok:
+            raise EngineError(reply.error, code=reply.code)
+        return reply.result
+
+    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        loop = asyncio.get_running_loop()
+        error: str | None = None
+        while True:
+            try:
+                line = await proc.stdout.readline()
+            except (ValueError, asyncio.LimitOverrunError) as exc:
+                error = f"unreadable output: {exc}"
+                break
+            if not line:
+                break
+            self._last_line = loop.time()
+            try:
+                item = p.decode_child_line(line)
+            except p.ProtocolError as exc:
+                error = f"protocol error: {exc}"
+                break
+            self._dispatch(item)
+        if error is not None:
+            await self._kill(proc, error)
+        code = await proc.wait()
+        self._child_gone(proc, error or _describe_exit(code))
+
+    def _dispatch(self, item: p.ChildLine) -> None:
+        if isinstance(item, p.Reply):
+            future = self._pending.get(item.id)
+            if future is not None and not future.done():
+                future.set_result(item)
+        elif isinstance(item, p.Event):
+            self._note(item.event)
+            self._emit(item.event)
+        elif isinstance(item, p.Heartbeat):
+            self.last_rss_kb = item.rss_kb
+
+    def _note(self, event: EngineEvent) -> None:
+        if isinstance(event, Disconnected) and event.code == ErrorCode.DIAL_FAILED:
+            self._failed_connects += 1
+
+    async def _relay_logs(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stderr is not None
+        while line := await proc.stderr.readline():
+            text = line.decode(errors="replace").rstrip()
+            level = logging.WARNING if (" ERROR " in text or "Traceback" in text or "panic" in text) else logging.DEBUG
+            log.log(level, "%s", text)
+
+    async def _watch(self, proc: asyncio.subprocess.Process) -> None:
+        """Kill a child that stops answering or grows past its memory budget."""
+        loop = asyncio.get_running_loop()
+        engine = self._engine
+        while proc.returncode is None:
+            await asyncio.sleep(engine.heartbeat_interval)
+            silent = loop.time() - self._last_line
+            if silent > engine.heartbeat_timeout:
+                await self._kill(proc, f"no heartbeat for {silent:.0f} s (hung)")
+                return
+            rss = rss_kb(proc.pid)
+            if rss is not None and rss > engine.max_rss_kb:
+                await self._kill(proc, f"memory budget exceeded ({rss // 1024} MB > {engine.max_rss_kb // 1024} MB)")
+                return
+
+    async def _kill(self, proc: asyncio.subprocess.Process, reason: str) -> None:
+        if proc.returncode is None:
+            log.warning("%s: killing engine process %d: %s", self.phone, proc.pid, reason)
+            self._kill_reason = reason
+            proc.kill()
+
+    def _child_gone(self, proc: asyncio.subprocess.Process, how: str) -> None:
+        if proc is not self._proc:
+            return
+        self._proc = None
+        reason = self._kill_reason or how
+        self._kill_reason = None
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(EngineError(f"the engine process ended ({reason})", code="engine_error"))
+        if not self._expected_exit:
+            log.warning("%s: engine process %d ended unexpectedly: %s", self.phone, proc.pid, reason)
+            self._emit(Crashed(error=reason))
+
+    async def _end_child(self) -> None:
+        """Ask the child to close, then terminate, then kill; reap it and its helper tasks."""
+        proc = self._proc
+        if proc is None:
+            return
+        self._expected_exit = True
+        if proc.returncode is None:
+            with contextlib.suppress(EngineError):  # a child that cannot answer is ended below
+                await self._call("close", {}, timeout=5)
+            if proc.stdin is not None:
+                proc.stdin.close()
+            try:
+                await asyncio.wait_for(proc.wait(), 5)
+            except TimeoutError:
+                self._signal(proc, signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(proc.wait(), 3)
+                except TimeoutError:
+                    self._signal(proc, signal.SIGKILL)
+                    await proc.wait()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        self._proc = None
+
+    @staticmethod
+    def _signal(proc: asyncio.subprocess.Process, sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig)  # the child and anything it started
+        except ProcessLookupError:
+            return
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"

@@ -1,0 +1,128 @@
+"""The protocol between the bridge and an engine child process: versioned JSON lines over pipes. Pure.
+
+parent → child (stdin):   {"v": 1, "id": 7, "op": "send", "args": {...}}
+child → parent (stdout):  {"v": 1, "id": 7, "ok": true, "result": ...}
+                          {"v": 1, "id": 7, "ok": false, "error": "...", "code": "not_connected"}
+                          {"v": 1, "event": {...an engine event, engines/base.py...}}
+                          {"v": 1, "hb": 12, "rss_kb": 30512}           (heartbeat)
+                          {"v": 1, "hello": {"pid": 123, "engine": "sim"}}
+A line with another `v` is a protocol error: the two sides come from different versions.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from .base import EVENT_ADAPTER, EngineEvent
+
+VERSION = 1
+MAX_LINE = 256 * 1024 * 1024  # a 64 MB media file in base64, with room to spare
+OPS = frozenset({"start", "stop", "logout", "send", "react", "mark_read", "typing", "sim_control", "close"})
+
+
+class ProtocolError(Exception):
+    """A line that is not this protocol (wrong version, not JSON, unknown shape)."""
+
+
+@dataclass(frozen=True)
+class Request:
+    id: int
+    op: str
+    args: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Reply:
+    id: int
+    ok: bool
+    result: Any = None
+    error: str = ""
+    code: str = "engine_error"
+
+
+@dataclass(frozen=True)
+class Event:
+    event: EngineEvent
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    seq: int
+    rss_kb: int | None = None
+
+
+@dataclass(frozen=True)
+class Hello:
+    pid: int
+    engine: str
+
+
+ChildLine = Reply | Event | Heartbeat | Hello
+
+
+def _line(data: dict[str, Any]) -> bytes:
+    return json.dumps({"v": VERSION, **data}, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def encode_request(request: Request) -> bytes:
+    return _line({"id": request.id, "op": request.op, "args": request.args})
+
+
+def encode_reply(reply: Reply) -> bytes:
+    if reply.ok:
+        return _line({"id": reply.id, "ok": True, "result": reply.result})
+    return _line({"id": reply.id, "ok": False, "error": reply.error, "code": reply.code})
+
+
+def encode_event(event: EngineEvent) -> bytes:
+    return _line({"event": EVENT_ADAPTER.dump_python(event, mode="json")})
+
+
+def encode_heartbeat(seq: int, rss_kb: int | None) -> bytes:
+    return _line({"hb": seq, "rss_kb": rss_kb})
+
+
+def encode_hello(pid: int, engine: str) -> bytes:
+    return _line({"hello": {"pid": pid, "engine": engine}})
+
+
+def _load(line: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"not JSON: {line[:80]!r} ({exc})") from None
+    if not isinstance(data, dict):
+        raise ProtocolError(f"not an object: {line[:80]!r}")
+    if data.get("v") != VERSION:
+        raise ProtocolError(f"protocol version {data.get('v')!r}, expected {VERSION}")
+    return data
+
+
+def decode_request(line: bytes) -> Request:
+    data = _load(line)
+    op, args, req_id = data.get("op"), data.get("args", {}), data.get("id")
+    if op not in OPS or not isinstance(args, dict) or not isinstance(req_id, int):
+        raise ProtocolError(f"bad request: {line[:80]!r}")
+    return Request(req_id, op, args)
+
+
+def decode_child_line(line: bytes) -> ChildLine:
+    data = _load(line)
+    if "event" in data:
+        try:
+            return Event(EVENT_ADAPTER.validate_python(data["event"]))
+        except ValidationError as exc:
+            raise ProtocolError(f"bad event: {exc.errors()[0]['msg']}") from None
+    if "hb" in data:
+        return Heartbeat(int(data["hb"]), data.get("rss_kb"))
+    if "hello" in data:
+        return Hello(int(data["hello"]["pid"]), str(data["hello"]["engine"]))
+    if isinstance(data.get("id"), int) and isinstance(data.get("ok"), bool):
+        if data["ok"]:
+            return Reply(data["id"], True, data.get("result"))
+        return Reply(data["id"], False, error=str(data.get("error", "")), code=str(data.get("code", "engine_error")))
+    raise ProtocolError(f"unknown line: {line[:80]!r}")
