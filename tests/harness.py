@@ -64,6 +64,7 @@ class Broker:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.workdir / f"{self.kind}.log", "ab")
         if self.mosquitto:
             conf = self.workdir / "mosquitto.conf"
@@ -102,6 +103,7 @@ class Received:
     payload: bytes
     retain: bool
     correlation_data: bytes | None = None
+    at: float = field(default_factory=time.monotonic)  # when the probe received it (benchmarks)
 
     def json(self) -> Any:
         return json.loads(self.payload)
@@ -160,7 +162,7 @@ class BridgeProcess:
     def __init__(self, env: BridgeEnv) -> None:
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = env.root / "bridge.log"
+        self.log_path = env.root / "logs" / "bridge.log"  # not beside config.yaml: its watcher would see every line
 
     def start(self, *args: str, extra_env: dict[str, str] | None = None) -> None:
         if not self.env.config_path.exists():
@@ -168,6 +170,7 @@ class BridgeProcess:
         environ = {k: v for k, v in os.environ.items() if not k.startswith("WA_MQTT_")}
         environ.update(extra_env or {})
         environ["PYTHONUNBUFFERED"] = "1"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "wa_mqtt", "--config", str(self.env.config_path), *args],

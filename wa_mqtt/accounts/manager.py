@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Any
@@ -295,13 +296,15 @@ class AccountManager:
         self._sink.on_bridge_event("account_removed", {"phone": asked})
         await self.adopt(linked)
 
-    async def reconcile(self) -> None:
-        """sessions/ changed on disk: forget accounts whose folder was deleted, restore folders copied in."""
+    async def reconcile(self) -> bool:
+        """sessions/ changed on disk: forget accounts whose folder was deleted, restore folders copied in.
+        False while a new folder is still being written (the watcher asks again when it is quiet)."""
         async with self._folders:
-            await self._reconcile()
+            return await self._reconcile()
 
-    async def _reconcile(self) -> None:
+    async def _reconcile(self) -> bool:
         on_disk = set(self.store.account_phones())
+        settling = {phone for phone in on_disk - set(self._accounts) if self._recently_written(phone)}
         for phone in list(self._accounts):
             if self.store.paths(phone).root.exists():
                 self._had_folder.add(phone)
@@ -309,9 +312,15 @@ class AccountManager:
                 log.info("%s: session folder deleted; removing the account", phone)
                 self._had_folder.discard(phone)
                 await self.remove(phone, delete_files=False)
-        for phone in sorted(on_disk - set(self._accounts)):
+        for phone in sorted(on_disk - set(self._accounts) - settling):
             if await self.adopt(phone):
                 log.info("%s: session folder appeared; restoring it", phone)
+        return not settling
+
+    def _recently_written(self, phone: str, quiet: float = 1.0) -> bool:
+        """A folder being copied in: some file in it changed less than `quiet` seconds ago."""
+        newest = max((entry.stat().st_mtime for entry in self.store.paths(phone).root.rglob("*")), default=0.0)
+        return time.time() - newest < quiet
 
     # -- internals -----------------------------------------------------------------------------
     def _add(self, phone: str, meta: dict[str, Any], state: AccountState, error: str | None = None,
