@@ -281,7 +281,7 @@ class Bench:
         finally:
             bridge.stop()
             own.stop()
-        self.rows.append(Row(f"inbound with a broker restart mid-burst (msg/s)", n / durable, "msg/s", n / elapsed,
+        self.rows.append(Row("inbound with a broker restart mid-burst (msg/s)", n / durable, "msg/s", n / elapsed,
                              "bridge, broker up", "no loss (every id arrives)"))
 
     async def latency(self) -> None:

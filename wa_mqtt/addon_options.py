@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 import yaml
 
-from .config import ConfigError, build_config, read_yaml
+from .config import ConfigError, build_config, deep_merge, read_yaml
 
 SESSIONS_DIR = "/data/sessions"
 DATA_DIR = "/data/data"
@@ -80,16 +80,6 @@ def _flatten(options: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def _set(target: dict[str, Any], dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     for key in parents:
@@ -119,7 +109,7 @@ def options_to_config(
         _set(data, "mqtt.url", mqtt_url(mqtt_service))
     data["sessions_dir"] = SESSIONS_DIR
     data["data_dir"] = DATA_DIR
-    return _deep_merge(extra or {}, data)
+    return deep_merge(extra or {}, data)
 
 
 def fetch_mqtt_service(

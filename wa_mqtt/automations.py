@@ -33,7 +33,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from .model import JID_RE, ChatType, IncomingMessage, OutgoingMessage, is_phone, to_jid
+from .model import ChatType, IncomingMessage, OutgoingMessage, phone_list, to_jid
 
 logger = logging.getLogger(__name__)
 
@@ -146,15 +146,7 @@ class Match(_Strict):
     @field_validator("chat", "sender", mode="before")
     @classmethod
     def _recipients(cls, value: Any) -> Any:
-        if not isinstance(value, list):
-            return value
-        out = []
-        for item in value:
-            item = str(item).lstrip("+")
-            if not (is_phone(item) or JID_RE.match(item)):
-                raise ValueError(f"{item!r} is not a phone number or JID")
-            out.append(item)
-        return out
+        return phone_list(value, jids=True)
 
     @field_validator("chat_type")
     @classmethod
@@ -206,13 +198,7 @@ class AutoReplyRule(_Strict):
     @field_validator("accounts", mode="before")
     @classmethod
     def _phones(cls, value: Any) -> Any:
-        value = _as_list(value)
-        if isinstance(value, list):
-            value = [str(v).lstrip("+") for v in value]
-            for phone in value:
-                if not is_phone(phone):
-                    raise ValueError(f"{phone!r} is not a phone number (international, digits only)")
-        return value
+        return phone_list(_as_list(value))
 
     @field_validator("timezone")
     @classmethod

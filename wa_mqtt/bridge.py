@@ -11,7 +11,7 @@ import asyncio
 import io
 import json
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -30,6 +30,7 @@ from .mqtt import discovery
 from .mqtt.api import ApiError, Route
 from .mqtt.link import Incoming, MqttLink
 from .mqtt.topics import Topics, parse_request_topic, parse_sim_topic
+from .tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
@@ -59,7 +60,7 @@ class Bridge:
         self._started_at = started_at
         self._manager: AccountManager | None = None
         self._locks: dict[str, asyncio.Lock] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = BackgroundTasks(log)  # requests being served, auto-replies, relinks
         self._accepting = True
         self._announced: dict[str, tuple[bool, str | None]] = {}  # phone -> (linked, name) last announced
         self._replies = ReplyHistory()
@@ -138,8 +139,7 @@ class Bridge:
 
     async def drain(self) -> None:
         """Wait for requests being served to finish."""
-        if self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self._tasks.wait()
 
     # -- AccountSink ---------------------------------------------------------------------------
     def on_status(self, status: Status) -> None:
@@ -174,7 +174,7 @@ class Bridge:
         for reply in planned:
             self._replies.record_reply(reply, now)
             outgoing = reply.to_outgoing(key=f"auto:{message.id}:{reply.rule}")
-            self._background(self._send_auto_reply(phone, reply.rule, outgoing), f"auto-reply-{phone}")
+            self._tasks.spawn(self._send_auto_reply(phone, reply.rule, outgoing), f"auto-reply-{phone}")
 
     async def _send_auto_reply(self, phone: str, rule: str, outgoing: OutgoingMessage) -> None:
         lock = self._locks.setdefault(phone, asyncio.Lock())
@@ -220,18 +220,8 @@ class Bridge:
         self.manager.after_connected(phone)
 
     def on_linked_elsewhere(self, asked: str, linked: str) -> None:
-        self._background(self.manager.relink(asked, linked), f"relink-{asked}")
+        self._tasks.spawn(self.manager.relink(asked, linked), f"relink-{asked}")
 
-    def _background(self, work: Coroutine[Any, Any, None], name: str) -> None:
-        """A task the bridge owns (awaited by `drain`); its failure is logged, never lost."""
-        task = asyncio.create_task(work, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("%s failed", task.get_name(), exc_info=task.exception())
 
     def on_removed(self, phone: str) -> None:
         for topic in (self._topics.status(phone), self._topics.qr(phone), self._topics.qr_image(phone),
@@ -250,7 +240,7 @@ class Bridge:
         if request is not None:
             if not self._accepting:
                 return
-            self._background(self._serve(request.target, request.command, request.is_bridge, incoming),
+            self._tasks.spawn(self._serve(request.target, request.command, request.is_bridge, incoming),
                              f"request-{request.target}-{request.command}")
             return
         if discovery.is_ha_birth(self._config.mqtt.discovery_prefix, incoming.topic, incoming.payload):

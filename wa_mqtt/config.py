@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .automations import AutoReplyLimits, AutoReplyRules
-from .model import JID_RE, is_phone
+from .model import phone_list
 
 ENV_PREFIX = "WA_MQTT_"
 SECRET_MASK = "***"
@@ -124,13 +124,10 @@ class OutgoingConfig(_Section):
     block_private_urls: bool = False  # refuse media URLs that resolve to private/loopback addresses
     max_text_chars: int = Field(65536, ge=1, le=65536)  # WhatsApp's own limit
 
-    @field_validator("allow_to")
+    @field_validator("allow_to", mode="before")
     @classmethod
-    def _recipients(cls, value: list[str] | None) -> list[str] | None:
-        for item in value or []:
-            if not (is_phone(str(item)) or JID_RE.match(str(item))):
-                raise ValueError(f"{item!r} is not a phone number or JID")
-        return [str(v) for v in value] if value is not None else None
+    def _recipients(cls, value: Any) -> Any:
+        return phone_list(value, jids=True)
 
 
 class EngineProcessConfig(_Section):
@@ -163,22 +160,12 @@ class Config(_Section):
     @field_validator("notify", mode="before")
     @classmethod
     def _notify_recipients(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            value = [str(v).lstrip("+") for v in value]
-            for item in value:
-                if not (is_phone(item) or JID_RE.match(item)):
-                    raise ValueError(f"{item!r} is not a phone number or JID")
-        return value
+        return phone_list(value, jids=True)
 
     @field_validator("accounts", mode="before")
     @classmethod
     def _phones(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            value = [str(v).lstrip("+") for v in value]
-            for phone in value:
-                if not is_phone(phone):
-                    raise ValueError(f"{phone!r} is not a phone number (international, digits only)")
-        return value
+        return phone_list(value)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -245,11 +232,12 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     return overrides
 
 
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+def deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """`extra` over `base`, mappings merged key by key."""
     merged = dict(base)
     for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -290,8 +278,8 @@ def build_config(
     cli_overrides: Mapping[str, Any] | None = None,
 ) -> Config:
     """File data, then environment, then command-line flags; validated. Raises ConfigError."""
-    merged = _merge(dict(data), _env_overrides(environ or {}))
-    merged = _merge(merged, cli_overrides or {})
+    merged = deep_merge(dict(data), _env_overrides(environ or {}))
+    merged = deep_merge(merged, cli_overrides or {})
     try:
         return Config.model_validate(merged)
     except ValidationError as exc:

@@ -22,6 +22,19 @@ def is_phone(value: str) -> bool:
     return bool(PHONE_RE.match(value))
 
 
+def phone_list(value: Any, jids: bool = False) -> Any:
+    """A config list of phones (a leading `+` dropped), or phones and JIDs; ValueError names the bad item.
+    Anything but a list is returned unchanged for pydantic to reject with its own message."""
+    if not isinstance(value, list):
+        return value
+    items = [str(v).lstrip("+") for v in value]
+    for item in items:
+        if not (is_phone(item) or (jids and JID_RE.match(item))):
+            kind = "a phone number or JID" if jids else "a phone number (international, digits only)"
+            raise ValueError(f"{item!r} is not {kind}")
+    return items
+
+
 def utc_iso(moment: datetime | None) -> str | None:
     """ISO 8601 UTC with a `Z`, seconds precision, as every timestamp on MQTT."""
     if moment is None:

@@ -4,11 +4,9 @@ Nothing the bridge accepted may be lost."""
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import signal
 
-import pytest
 
 from harness import Broker, BridgeEnv, BridgeProcess, Probe
 

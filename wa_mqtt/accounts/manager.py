@@ -11,13 +11,14 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from ..config import Config
 from ..engines.base import Engine
 from ..model import AccountState, is_phone
+from ..tasks import BackgroundTasks
 from . import machine as m
 from .backups import BackupError, backup_store, check_store, restore_from_backup
 from .outbox import Outbox
@@ -50,7 +51,7 @@ class AccountManager:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._ready = asyncio.Event()
         self._stopping = False
-        self._checks: set[asyncio.Task[Any]] = set()  # store checks and backups in flight
+        self._background = BackgroundTasks(log)  # store checks and backups in flight
         self._had_folder: set[str] = set()  # accounts whose folder was seen: its deletion removes them
         self._folders = asyncio.Lock()  # folder moves and the reconcile of sessions/ never interleave
         self._backup_locks: dict[str, asyncio.Lock] = {}  # one backup of a store at a time
@@ -104,18 +105,8 @@ class AccountManager:
                 self._add(phone, {}, AccountState.STOPPED, announce=True)
 
     def _spawn_check(self, phone: str) -> None:
-        self._background(self._check_and_start(phone), f"check-{phone}")
+        self._background.spawn(self._check_and_start(phone), f"check-{phone}")
 
-    def _background(self, work: Coroutine[Any, Any, Any], name: str) -> None:
-        """Run `work` as a task this manager owns (cancelled on close); its failure is logged, not lost."""
-        task = asyncio.create_task(work, name=name)
-        self._checks.add(task)
-        task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[Any]) -> None:
-        self._checks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("%s failed", task.get_name(), exc_info=task.exception())
 
     async def _check_and_start(self, phone: str) -> None:
         """Integrity-check the store; replace a bad one by the newest good backup; then start or `error`."""
@@ -149,7 +140,7 @@ class AccountManager:
         self.store.write_meta(phone, name=supervisor.status.name, engine=self._engine.name,
                               last_connected=supervisor.status.last_connected)
         self.store.secure(phone)
-        self._background(self.backup(phone, missing_ok=True), f"backup-{phone}")
+        self._background.spawn(self.backup(phone, missing_ok=True), f"backup-{phone}")
 
     async def backup(self, phone: str | None = None, missing_ok: bool = False) -> dict[str, str]:
         """Back up one store (or all) now; {phone: backup file name}. Errors are per account."""
@@ -179,9 +170,7 @@ class AccountManager:
     async def close(self) -> None:
         """Stop every engine session and supervisor task."""
         self._stopping = True
-        for task in list(self._checks):
-            task.cancel()
-        await asyncio.gather(*self._checks, return_exceptions=True)
+        await self._background.cancel()
         await asyncio.gather(*(s.close() for s in self._accounts.values()), return_exceptions=True)
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 

@@ -28,7 +28,6 @@ from ..model import ErrorCode, MediaSource, OutgoingMessage, SendResult, to_jid
 from . import neonize_convert as conv
 from .base import (
     ClientOutdated,
-    Connected,
     Disconnected,
     EmitFn,
     EngineError,
