@@ -34,6 +34,8 @@ sys.path.insert(0, str(ROOT / "tests" / "engine"))
 from harness import NODELAY, Broker, BridgeEnv, BridgeProcess, Probe  # noqa: E402
 
 A = "5511900000001"
+QUIET = logging.getLogger("bench.mqtt")  # aiomqtt notes every burst's "pending publish calls"
+QUIET.setLevel(logging.ERROR)
 PAYLOAD = json.dumps({  # the size and shape of a bridge message payload
     "id": "3EB0C767D26A1B2C0000", "account": A, "chat": "5511988887777@s.whatsapp.net", "chat_type": "private",
     "sender": "5511988887777", "sender_jid": "5511988887777@s.whatsapp.net", "sender_name": "Ana",
@@ -59,7 +61,7 @@ class Row:
 
 def client(broker: Broker, name: str) -> aiomqtt.Client:
     return aiomqtt.Client("127.0.0.1", broker.port, identifier=name, protocol=aiomqtt.ProtocolVersion.V5,
-                          socket_options=NODELAY, max_queued_outgoing_messages=None)
+                          socket_options=NODELAY, max_queued_outgoing_messages=None, logger=QUIET)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -346,12 +348,15 @@ class Bench:
             bridge.start()
             try:
                 states: dict[str, set[str]] = {p: set() for p in phones}
+                read = 0
 
-                def seen(state: str) -> bool:
-                    for item in probe.received:
+                def seen(state: str) -> bool:  # incremental: each status is parsed once
+                    nonlocal read
+                    for item in probe.received[read:]:
                         if item.payload:
                             data = json.loads(item.payload)
                             states.setdefault(data["phone"], set()).add(data["state"])
+                    read = len(probe.received)
                     return all(state in states[p] for p in phones)
 
                 await probe.wait_until(lambda _: seen("connecting"), timeout=120, what="all connecting")
@@ -461,7 +466,6 @@ async def main() -> int:
         broker.start()
         bench = Bench(broker, work, args.quick)
         bench.in_process = args.in_process
-        logging.getLogger("mqtt").setLevel(logging.ERROR)  # aiomqtt's "pending publish calls" notes
         started = time.monotonic()
         try:
             for name in args.only or ["inbound", "latency", "sends", "restore", "memory"]:

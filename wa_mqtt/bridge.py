@@ -64,6 +64,7 @@ class Bridge:
         self._accepting = True
         self._announced: dict[str, tuple[bool, str | None]] = {}  # phone -> (linked, name) last announced
         self._replies = ReplyHistory()
+        self._scheduled: set[str] = set()
         self.reloader: Callable[[], Awaitable[dict[str, Any]]] | None = None
         self.duplicates_dropped = 0
 
@@ -132,7 +133,7 @@ class Bridge:
             "version": __version__, "engine": self._config.engine, "started_at": utc_iso(self._started_at),
             "base_topic": self._topics.base, "accounts": phones, "config": self._config.masked(),
         }))
-        self._link.set_retained(self._topics.bridge_accounts, _json(self.manager.summary() if self._manager else []))
+        self._publish_accounts()
 
     def stop_accepting(self) -> None:
         self._accepting = False
@@ -145,12 +146,26 @@ class Bridge:
     def on_status(self, status: Status) -> None:
         self._link.set_retained(self._topics.status(status.phone), _json(status.payload()))
         if self._manager is not None and self.manager.find(status.phone) is not None:
-            self._link.set_retained(self._topics.bridge_accounts, _json(self.manager.summary()))
+            self._soon("accounts", self._publish_accounts)
             self._announce_account(status)
             self._publish_stats(status.phone)
 
     def on_accounts_changed(self) -> None:
-        self.publish_info()
+        self._soon("info", self.publish_info)
+
+    def _soon(self, what: str, publish: Callable[[], None]) -> None:
+        """Publish a bridge-wide summary once per loop iteration however many accounts changed in it
+        (a restore of 500 accounts would otherwise publish the 500-entry list 1,000 times)."""
+        if what not in self._scheduled:
+            self._scheduled.add(what)
+            asyncio.get_running_loop().call_soon(self._run_scheduled, what, publish)
+
+    def _run_scheduled(self, what: str, publish: Callable[[], None]) -> None:
+        self._scheduled.discard(what)
+        publish()
+
+    def _publish_accounts(self) -> None:
+        self._link.set_retained(self._topics.bridge_accounts, _json(self.manager.summary() if self._manager else []))
 
     def on_message(self, phone: str, message: IncomingMessage) -> None:
         if not self._seen.first_time(phone, message.id):

@@ -186,3 +186,13 @@ def test_encrypted_backups_round_trip_and_need_the_key(tmp_path):
     with sqlite3.connect(store) as db:
         assert db.execute("SELECT jid FROM device").fetchone()[0].startswith("5511900000001")
     db.close()
+
+
+def test_many_backups_in_one_second_keep_the_newest(tmp_path):
+    store = tmp_path / "store.db"
+    with sqlite3.connect(store) as db:
+        db.execute("CREATE TABLE t (x)")
+    db.close()
+    made = [backup_store(store, tmp_path / "backups", 3, T0) for _ in range(6)]
+    assert len({p.name for p in made}) == 6  # no name is ever reused
+    assert list_backups(tmp_path / "backups") == made[:-4:-1]  # the three made last, newest first

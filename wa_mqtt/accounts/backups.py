@@ -41,7 +41,7 @@ def backup_store(store: Path, backups_dir: Path, keep: int, now: datetime, key: 
     if not store.is_file():
         raise BackupError(f"no store at {store}")
     _private_dir(backups_dir)
-    target = _free_name(backups_dir, f"{store.stem}-{_stamp(now)}", ".db.enc" if key else ".db")
+    target = _next_name(backups_dir, store.stem, _stamp(now), ".db.enc" if key else ".db")
     tmp = backups_dir / f".{target.name}.tmp"
     try:
         _copy(store, tmp)
@@ -219,6 +219,16 @@ def _set_aside(store: Path, now: datetime) -> None:
                 os.replace(f"{store}{side}", f"{aside}{side}")
     for side in ("-wal", "-journal", "-shm"):
         _unlink(Path(f"{store}{side}"))
+
+
+def _next_name(folder: Path, stem: str, stamp: str, ext: str) -> Path:
+    """A backup name that sorts after every existing one of the same second (never a reused name:
+    a freed `-n` would sort as the oldest and be pruned next)."""
+    used = [int(m["n"] or 0) for name in os.listdir(folder)
+            if (m := _BACKUP_NAME.match(name)) and m["stem"] == stem and m["stamp"] == stamp]
+    if not used:
+        return folder / f"{stem}-{stamp}{ext}"
+    return folder / f"{stem}-{stamp}-{max(used) + 1}{ext}"
 
 
 def _free_name(folder: Path, base: str, ext: str) -> Path:

@@ -20,7 +20,7 @@ from ..engines.base import Engine
 from ..model import AccountState, is_phone
 from ..tasks import BackgroundTasks
 from . import machine as m
-from .backups import BackupError, backup_store, check_store, restore_from_backup
+from .backups import BackupError, backup_store, check_store, list_backups, restore_from_backup
 from .outbox import Outbox
 from .store import SessionStore
 from .supervisor import AccountSink, Supervisor
@@ -133,14 +133,30 @@ class AccountManager:
                                       if state == AccountState.LOGGED_OUT else None))
 
     def after_connected(self, phone: str) -> None:
-        """Remember the name and time in account.json, tighten permissions, back the store up."""
+        """Remember the name and time in account.json, tighten permissions, back the store up (off the loop)."""
         supervisor = self._accounts.get(phone)
-        if supervisor is None:
-            return
-        self.store.write_meta(phone, name=supervisor.status.name, engine=self._engine.name,
-                              last_connected=supervisor.status.last_connected)
-        self.store.secure(phone)
-        self._background.spawn(self.backup(phone, missing_ok=True), f"backup-{phone}")
+        if supervisor is not None:
+            self._background.spawn(self._after_connected(phone, supervisor.status.name,
+                                                         supervisor.status.last_connected), f"connected-{phone}")
+
+    async def _after_connected(self, phone: str, name: str | None, last_connected: datetime | None) -> None:
+        def record() -> bool:
+            self.store.write_meta(phone, name=name, engine=self._engine.name, last_connected=last_connected)
+            self.store.secure(phone)
+            return self._changed_since_backup(phone)
+
+        if await asyncio.to_thread(record):
+            await self.backup(phone, missing_ok=True)
+
+    def _changed_since_backup(self, phone: str) -> bool:
+        """False when the newest backup is younger than the store (and its WAL): nothing new to keep."""
+        paths = self.store.paths(phone)
+        backups = list_backups(paths.backups)
+        if not backups:
+            return True
+        newest = backups[0].stat().st_mtime
+        written = [f.stat().st_mtime for f in (paths.store, paths.store.with_name(paths.store.name + "-wal")) if f.exists()]
+        return not written or max(written) >= newest
 
     async def backup(self, phone: str | None = None, missing_ok: bool = False) -> dict[str, str]:
         """Back up one store (or all) now; {phone: backup file name}. Errors are per account."""
