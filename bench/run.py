@@ -373,7 +373,7 @@ class Bench:
 
     async def _baseline_start(self, count: int) -> float:
         """A bare Python process that connects and publishes `count` retained statuses."""
-        code = ("import aiomqtt,asyncio,sys\n"
+        code = ("import aiomqtt,asyncio,logging\nlogging.getLogger('mqtt').setLevel(logging.ERROR)\n"
                 "async def m():\n"
                 f"  async with aiomqtt.Client('127.0.0.1',{self.broker.port}) as c:\n"
                 f"    await asyncio.gather(*(c.publish('base{time.monotonic_ns()}/'+str(i)+'/status',b'x',qos=1) for i in range({count})))\n"
