@@ -307,6 +307,9 @@ async def test_embedded_broker_by_default(env: BridgeEnv, bridge: BridgeProcess)
         await probe.wait_state(A, "connected", timeout=15)
         state = await probe.wait_for(f"{env.base}/bridge/state")
         assert state.payload == b"online"
+        sent = await probe.request(A, "send", {"to": "5511988887777", "text": "via the embedded broker"})
+        assert sent["status"] == "ok" and sent["data"]["queued"] is False
+        await probe.wait_for(f"{env.base}/sim/{A}/sent", lambda r: r.json()["text"] == "via the embedded broker")
     assert bridge.stop() == 0
     assert "embedded MQTT broker listening on 127.0.0.1:%d" % port in bridge.log()
 
