@@ -10,7 +10,9 @@ import argparse
 import sys
 from datetime import datetime, timezone
 
-from .accounts.backups import BackupError, backup_store, check_store, list_backups, restore_from_backup
+from .accounts.backups import (
+    BackupError, backup_store, check_backup, check_store, list_backups, restore_from_backup,
+)
 from .accounts.store import SessionStore
 from .config import Config
 from .model import is_phone
@@ -40,9 +42,10 @@ def run_sessions_command(config: Config, args: argparse.Namespace) -> int:
             meta = store.read_meta(item)
             problem = check_store(paths.store)
             backups = list_backups(paths.backups)
+            good = [b for b in backups if check_backup(b, config.backups.key) is None]
             _out(f"{item}  name={meta.get('name') or '-'}  last_connected={meta.get('last_connected') or '-'}  "
-                 f"store={'ok' if problem is None else problem}  backups={len(backups)}"
-                 + (f" (newest {backups[0].name})" if backups else ""))
+                 f"store={'ok' if problem is None else problem}  backups={len(backups)} ({len(good)} good)"
+                 + (f" newest good {good[0].name}" if good else ""))
         return 0
     if command == "backup":
         phones = [phone] if phone else store.account_phones()

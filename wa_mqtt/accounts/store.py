@@ -58,15 +58,6 @@ class SessionStore:
             raise ValueError(f"not a phone number: {phone!r}")
         return AccountPaths(self.root / phone)
 
-    def stored_phones(self) -> list[str]:
-        """Phones with a folder holding a store.db, sorted."""
-        if not self.root.is_dir():
-            return []
-        return sorted(
-            entry.name for entry in self.root.iterdir()
-            if entry.is_dir() and is_phone(entry.name) and (entry / STORE_FILE).exists()
-        )
-
     def account_phones(self) -> list[str]:
         """Phones with an account folder (a store.db or an account.json), sorted."""
         if not self.root.is_dir():
