@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import stat
+import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -196,3 +197,26 @@ def test_many_backups_in_one_second_keep_the_newest(tmp_path):
     made = [backup_store(store, tmp_path / "backups", 3, T0) for _ in range(6)]
     assert len({p.name for p in made}) == 6  # no name is ever reused
     assert list_backups(tmp_path / "backups") == made[:-4:-1]  # the three made last, newest first
+
+
+def test_account_json_writes_from_many_threads_neither_collide_nor_lose_keys(tmp_path: Path) -> None:
+    """account.json is written from the loop and from worker threads at once (found as a CI flake:
+    a shared temporary name made one writer's rename fail)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = SessionStore(tmp_path / "sessions")
+    barrier = threading.Barrier(8)
+
+    def write(index: int) -> None:
+        barrier.wait(timeout=10)
+        for round_ in range(25):
+            store.write_meta(PHONE, **{f"key{index}": round_})
+
+    with ThreadPoolExecutor(8) as pool:
+        for future in [pool.submit(write, i) for i in range(8)]:
+            future.result()
+    meta = store.read_meta(PHONE)
+    assert {f"key{i}": 24 for i in range(8)}.items() <= meta.items()
+    root = store.paths(PHONE).root
+    assert sorted(p.name for p in root.iterdir() if p.name.endswith(".tmp")) == []
+    assert stat.S_IMODE((root / "account.json").stat().st_mode) == 0o600

@@ -13,6 +13,8 @@ import json
 import logging
 import os
 import shutil
+import tempfile
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,6 +51,7 @@ class SessionStore:
 
     def __init__(self, sessions_dir: Path) -> None:
         self.root = Path(sessions_dir)
+        self._meta_lock = threading.Lock()  # account.json is written from the loop and from worker threads
 
     def ensure_root(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -97,20 +100,29 @@ class SessionStore:
             return {}
 
     def write_meta(self, phone: str, /, **changes: Any) -> dict[str, Any]:
-        """Merge `changes` into account.json (atomic replace, 0600)."""
+        """Merge `changes` into account.json (atomic replace, 0600).
+
+        Thread-safe: the read-merge-write is one step under a lock, and each write goes through its own
+        temporary file, so a write from a worker thread and one from the loop can neither collide nor
+        lose each other's keys.
+        """
         paths = self.prepare(phone)
-        meta = self.read_meta(phone)
-        meta.setdefault("phone", phone)
-        meta.setdefault("created_at", utc_iso(datetime.now(timezone.utc)))
-        for key, value in changes.items():
-            meta[key] = utc_iso(value) if isinstance(value, datetime) else value
-        tmp = paths.meta.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(meta, handle, indent=2, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, paths.meta)
+        with self._meta_lock:
+            meta = self.read_meta(phone)
+            meta.setdefault("phone", phone)
+            meta.setdefault("created_at", utc_iso(datetime.now(timezone.utc)))
+            for key, value in changes.items():
+                meta[key] = utc_iso(value) if isinstance(value, datetime) else value
+            fd, tmp = tempfile.mkstemp(prefix=".account-", suffix=".tmp", dir=paths.root)  # mode 0600
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                    json.dump(meta, handle, indent=2, sort_keys=True)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, paths.meta)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
         return meta
 
     def remove(self, phone: str) -> None:
