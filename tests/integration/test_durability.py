@@ -179,7 +179,8 @@ async def test_sessions_folder_removed_and_copied_in(env: BridgeEnv, bridge: Bri
         await probe.wait_state(A, "connected")
         await probe.wait_state(B, "connected")
         saved = env.root / "saved-B"
-        shutil.copytree(env.sessions / B, saved)
+        await wait_file(env.sessions / B / "backups")  # the post-connect backup is done: a quiet folder to copy
+        shutil.copytree(env.sessions / B, saved, ignore=shutil.ignore_patterns(".*"))
         mark = probe.mark()
         shutil.rmtree(env.sessions / B)
         event = await probe.wait_for(f"{env.base}/bridge/event",
