@@ -4,22 +4,96 @@ These files hold message bodies and recipients, so they are created 0600 (SQLite
 -shm files the database file's permissions). `synchronous=NORMAL` in WAL mode makes every committed
 transaction survive a process crash or kill (the WAL is in the OS before COMMIT returns); only a
 power loss or kernel crash can lose the last commits. `FULL` also fsyncs the WAL on every commit.
+
+Checkpoints (copying the WAL into the database, with an fsync) run on a thread of their own: left to
+SQLite, every ~1,000th commit does one inline and stalls the event loop for ~10 ms (measured: the
+whole p99 of inbound latency).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
+log = logging.getLogger(__name__)
+
 Synchronous = Literal["NORMAL", "FULL"]
+CHECKPOINT_EVERY = 0.5  # seconds between background checkpoints (when the WAL was written to)
+CHECKPOINT_WAL_CAP = 8 << 20  # WAL frames left over this size: the next checkpoint holds writers back
+WAL_SIZE_LIMIT = 4 << 20  # the WAL file is cut back to this size when it rewinds
+
+
+class WalCheckpointer:
+    """Checkpoints one WAL database from its own thread and connection while the owner keeps writing.
+
+    A PASSIVE checkpoint never blocks writers, and the first commit after a complete one rewinds the
+    WAL. Under writes that never pause a PASSIVE one cannot complete, so when more than `cap` bytes of
+    frames were left over, the next one is a RESTART that makes writers wait for it (the stall SQLite
+    would have caused inline, but only under sustained overload)."""
+
+    def __init__(self, path: Path, every: float = CHECKPOINT_EVERY, cap: int = CHECKPOINT_WAL_CAP) -> None:
+        self._wal = Path(f"{path}-wal")
+        self._every = every
+        self._cap = cap
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA busy_timeout=5000")
+        self._page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
+        self._restart_next = False
+        self._seen: tuple[int, int] | None = None  # the WAL's (mtime, size) when last found fully checkpointed
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"checkpoint-{Path(path).name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            self.checkpoint()
+
+    def checkpoint(self) -> tuple[int, int] | None:
+        """One checkpoint if the WAL changed: (frames in the WAL, frames copied), or None when skipped."""
+        try:
+            stat = self._wal.stat()
+            if (stat.st_mtime_ns, stat.st_size) == self._seen:
+                return None
+            mode = "RESTART" if self._restart_next else "PASSIVE"
+            _busy, frames, copied = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        except FileNotFoundError:
+            return None
+        except sqlite3.Error as exc:  # busy or closing: the next round tries again
+            log.debug("checkpoint of %s skipped: %s", self._wal, exc)
+            return None
+        self._restart_next = (frames - copied) * self._page_size > self._cap or frames * self._page_size > 4 * self._cap
+        if frames == copied:
+            self._seen = (stat.st_mtime_ns, stat.st_size)
+        return frames, copied
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+        self._conn.close()
+
+
+class WalConnection(sqlite3.Connection):
+    """An SQLite connection whose WAL is checkpointed in the background; `close()` stops that too."""
+
+    checkpointer: WalCheckpointer | None = None
+
+    def close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.close()
+            self.checkpointer = None
+        super().close()
 
 
 def open_wal(path: Path, synchronous: Synchronous = "NORMAL") -> sqlite3.Connection:
-    """Open (creating 0600 if missing) an SQLite file in WAL mode, autocommit, usable from any thread.
+    """Open (creating 0600 if missing) an SQLite file in WAL mode, autocommit, usable from any thread,
+    checkpointed in the background (see the module's docstring).
 
     The caller serialises access (one connection, one owner); transactions go through `transaction()`.
     """
@@ -29,13 +103,16 @@ def open_wal(path: Path, synchronous: Synchronous = "NORMAL") -> sqlite3.Connect
     path.parent.mkdir(parents=True, exist_ok=True)
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
     os.chmod(path, 0o600)
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, factory=WalConnection)
     try:
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise sqlite3.OperationalError(f"{path}: cannot switch to WAL (journal_mode={mode})")
         conn.execute(f"PRAGMA synchronous={synchronous}")
         conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+        conn.checkpointer = WalCheckpointer(path)
     except BaseException:
         conn.close()
         raise

@@ -127,3 +127,28 @@ def test_appends_survive_sigkill(tmp_path: Path) -> None:
     finally:
         spool.close()
     assert os.path.exists(path)
+
+
+def test_wal_checkpoints_run_off_the_writer_and_rewind_the_wal(tmp_path: Path) -> None:
+    """SQLite's inline checkpoints stalled the event loop ~10 ms every ~1,000 commits; ours run on a
+    thread with their own connection, and a complete one lets the next commit rewind the WAL."""
+    import threading
+
+    from wa_mqtt.durable import WalConnection, open_wal
+
+    conn = open_wal(tmp_path / "x.db")
+    assert isinstance(conn, WalConnection) and conn.checkpointer is not None
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0  # never inline
+    conn.execute("CREATE TABLE t (v BLOB)")
+    for _ in range(500):
+        conn.execute("INSERT INTO t VALUES (?)", (b"x" * 600,))
+    frames, copied = conn.checkpointer.checkpoint()
+    assert frames > 100 and copied == frames
+    assert conn.checkpointer.checkpoint() is None  # nothing new: skipped
+    conn.execute("INSERT INTO t VALUES (?)", (b"y",))
+    frames, copied = conn.checkpointer.checkpoint()
+    assert frames == copied == 1  # the WAL started over
+    names = {t.name for t in threading.enumerate()}
+    assert "checkpoint-x.db" in names
+    conn.close()
+    assert "checkpoint-x.db" not in {t.name for t in threading.enumerate()}
