@@ -49,7 +49,8 @@ def make_engine(config: Config) -> Engine:
 
         return ProcessEngine(config.engine, {"media": media}, heartbeat_interval=settings.heartbeat_interval,
                              heartbeat_timeout=settings.heartbeat_timeout, max_rss_mb=settings.max_rss_mb,
-                             recycle_after_failures=settings.recycle_after_failures, log_level=config.log_level)
+                             recycle_after_failures=settings.recycle_after_failures, log_level=config.log_level,
+                             fork_server=settings.fork_server)
     if config.engine == "sim":
         from .engines.sim import SimEngine
 

@@ -22,10 +22,10 @@ def engine_children(sessions: Path) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            cmdline = (entry / "cmdline").read_bytes()  # exec'd: its argv; forked: the title it set
         except OSError:
             continue
-        if b"wa_mqtt.engines.child" in cmdline and any(str(sessions).encode() in part for part in cmdline):
+        if b"wa_mqtt.engines.child" in cmdline and str(sessions).encode() in cmdline:
             found.append(int(entry.name))
     return found
 

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from ..model import ErrorCode, OutgoingMessage, SendResult
 from . import protocol as p
 from .base import Crashed, Disconnected, EmitFn, EngineError, EngineEvent, PairMethod
 from .child import rss_kb
+from .launch import ChildProcess, ForkServer, exec_child, fork_server_available
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class ProcessEngine:
 
     def __init__(self, inner: str, options: dict[str, Any] | None = None, *, heartbeat_interval: float = 1.0,
                  heartbeat_timeout: float = 15.0, max_rss_mb: int = 512, recycle_after_failures: int = 20,
-                 log_level: str = "info") -> None:
+                 log_level: str = "info", fork_server: bool = True) -> None:
         self.name = inner
         self._options = options or {}
         self.heartbeat_interval = heartbeat_interval
@@ -48,9 +48,12 @@ class ProcessEngine:
         self.recycle_after_failures = recycle_after_failures
         self.log_level = log_level
         self._sessions: set[ProcessSession] = set()
-        # Children boot one interpreter each (~0.15 s CPU for sim, ~0.5 s for neonize): started all at
-        # once, a hundred of them starve the bridge (measured: 14 s before 100 statuses were out).
-        self.spawn_slots = asyncio.Semaphore(max(2, os.cpu_count() or 2))
+        self._fork_server = ForkServer(inner) if fork_server and fork_server_available() else None
+        # An exec'd child boots an interpreter (~0.15 s CPU for sim, ~0.5 s for neonize): started all at
+        # once, a hundred of them starve the bridge (measured: 14 s before 100 statuses were out). A fork
+        # costs milliseconds, but the child still sets up its engine: a few more at once, not all.
+        cpus = os.cpu_count() or 2
+        self.spawn_slots = asyncio.Semaphore(max(2, cpus * (4 if self._fork_server else 1)))
 
     def has_device(self, store_path: Path) -> bool:
         """Read in the parent without loading the engine (neonize's reader needs no Go)."""
@@ -71,16 +74,24 @@ class ProcessEngine:
         self._sessions.add(session)
         return session
 
-    def child_command(self, phone: str, store_path: Path) -> list[str]:
-        return [sys.executable, "-m", "wa_mqtt.engines.child", "--engine", self.name, "--phone", phone,
-                "--store", str(store_path), "--options", json.dumps(self._options),
-                "--heartbeat", str(self.heartbeat_interval), "--log-level", self.log_level]
+    def child_args(self, phone: str, store_path: Path) -> list[str]:
+        return ["--engine", self.name, "--phone", phone, "--store", str(store_path),
+                "--options", json.dumps(self._options), "--heartbeat", str(self.heartbeat_interval),
+                "--log-level", self.log_level]
+
+    async def launch(self, phone: str, store_path: Path) -> ChildProcess:
+        args = self.child_args(phone, store_path)
+        if self._fork_server is not None:
+            return await self._fork_server.launch(args)
+        return await exec_child(args)
 
     def forget(self, session: ProcessSession) -> None:
         self._sessions.discard(session)
 
     async def aclose(self) -> None:
         await asyncio.gather(*(s.close() for s in list(self._sessions)), return_exceptions=True)
+        if self._fork_server is not None:
+            self._fork_server.close()
 
 
 class ProcessSession:
@@ -91,7 +102,7 @@ class ProcessSession:
         self.phone = phone
         self._store_path = store_path
         self._emit = emit
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: ChildProcess | None = None
         self._pending: dict[int, asyncio.Future[p.Reply]] = {}
         self._ids = itertools.count(1)
         self._tasks: list[asyncio.Task[None]] = []
@@ -158,10 +169,7 @@ class ProcessSession:
     async def _spawn_now(self) -> None:
         loop = asyncio.get_running_loop()
         self._hello.clear()
-        self._proc = await asyncio.create_subprocess_exec(
-            *self._engine.child_command(self.phone, self._store_path),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            limit=p.MAX_LINE, start_new_session=True)  # its own process group: a Ctrl-C is the bridge's to handle
+        self._proc = await self._engine.launch(self.phone, self._store_path)
         self.pid = self._proc.pid
         self._last_line = loop.time()
         self._expected_exit = False
@@ -193,7 +201,7 @@ class ProcessSession:
             raise EngineError(reply.error, code=reply.code)
         return reply.result
 
-    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+    async def _read(self, proc: ChildProcess) -> None:
         assert proc.stdout is not None
         loop = asyncio.get_running_loop()
         error: str | None = None
@@ -234,14 +242,14 @@ class ProcessSession:
         if isinstance(event, Disconnected) and event.code == ErrorCode.DIAL_FAILED:
             self._failed_connects += 1
 
-    async def _relay_logs(self, proc: asyncio.subprocess.Process) -> None:
+    async def _relay_logs(self, proc: ChildProcess) -> None:
         assert proc.stderr is not None
         while line := await proc.stderr.readline():
             text = line.decode(errors="replace").rstrip()
             level = logging.WARNING if (" ERROR " in text or "Traceback" in text or "panic" in text) else logging.DEBUG
             log.log(level, "%s", text)
 
-    async def _watch(self, proc: asyncio.subprocess.Process) -> None:
+    async def _watch(self, proc: ChildProcess) -> None:
         """Kill a child that stops answering or grows past its memory budget."""
         loop = asyncio.get_running_loop()
         engine = self._engine
@@ -256,13 +264,13 @@ class ProcessSession:
                 await self._kill(proc, f"memory budget exceeded ({rss // 1024} MB > {engine.max_rss_kb // 1024} MB)")
                 return
 
-    async def _kill(self, proc: asyncio.subprocess.Process, reason: str) -> None:
+    async def _kill(self, proc: ChildProcess, reason: str) -> None:
         if proc.returncode is None:
             log.warning("%s: killing engine process %d: %s", self.phone, proc.pid, reason)
             self._kill_reason = reason
             proc.kill()
 
-    def _child_gone(self, proc: asyncio.subprocess.Process, how: str) -> None:
+    def _child_gone(self, proc: ChildProcess, how: str) -> None:
         if proc is not self._proc:
             return
         self._proc = None
@@ -301,7 +309,7 @@ class ProcessSession:
         self._proc = None
 
     @staticmethod
-    def _signal(proc: asyncio.subprocess.Process, sig: int) -> None:
+    def _signal(proc: ChildProcess, sig: int) -> None:
         try:
             os.killpg(proc.pid, sig)  # the child and anything it started
         except ProcessLookupError:

@@ -85,6 +85,7 @@ class SimIncoming(BaseModel):
     media: dict[str, Any] | None = None
     from_me: bool = False
     repeat: int = Field(1, ge=1, le=1_000_000)
+    stamp: bool = False  # add `sim_emitted_at` (CLOCK_MONOTONIC seconds at delivery) to each message: benchmarks
     interval: float = Field(0.0, ge=0, le=3600)
 
 
@@ -240,7 +241,10 @@ class SimSession:
                 await asyncio.sleep(due - loop.time())
             elif i % 200 == 199:
                 await asyncio.sleep(0)  # let the bridge breathe during a tight burst
-            self._deliver(self._build_message(spec, i))
+            message = self._build_message(spec, i)
+            if spec.stamp:
+                message = message.model_copy(update={"sim_emitted_at": time.monotonic()})
+            self._deliver(message)
 
     async def _drop(self, _payload: bytes) -> None:
         if not self._connected:
