@@ -263,7 +263,7 @@ async def test_replies_reactions_and_reads_on_an_offline_restored_client(tmp_pat
 
 
 async def test_media_sources_are_read_under_the_policy(tmp_path: Path) -> None:
-    from wa_mqtt.engines.neonize_engine import load_media
+    from wa_mqtt.engines.neonize_calls import load_media
     from wa_mqtt.media import MediaPolicy
     from wa_mqtt.model import MediaSource
 

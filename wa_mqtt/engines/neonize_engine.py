@@ -1,8 +1,8 @@
 """The real WhatsApp engine: one neonize (whatsmeow) client per account, behind the EngineSession protocol.
 
 Owns a session's neonize client: restore from or pairing into its store, event handlers, the
-ordered event pump to `emit`, connect/stop serialisation, and the WhatsApp calls (send, react,
-read, typing). Translation lives in `neonize_convert`. Runs inside an engine child process
+ordered event pump to `emit`, connect/stop serialisation. The WhatsApp calls (send, react, read,
+typing) live in `neonize_calls`, translation in `neonize_convert`. Runs inside an engine child process
 (`engines/process.py`); neonize is imported lazily, because importing it configures logging and
 loads the Go library.
 """
@@ -14,7 +14,6 @@ import ctypes
 import logging
 import os
 import sqlite3
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -22,9 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
-from .. import media
 from ..media import MediaPolicy
-from ..model import ErrorCode, MediaSource, OutgoingMessage, SendResult, to_jid
+from ..model import ErrorCode, OutgoingMessage, SendResult
+from . import neonize_calls as calls
 from . import neonize_convert as conv
 from .base import (
     ClientOutdated,
@@ -39,6 +38,7 @@ from .base import (
     Qr,
     ReceiptReceived,
 )
+from .neonize_calls import engine_error
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message as Proto
@@ -47,9 +47,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-_TYPING = {"composing": ("CHAT_PRESENCE_COMPOSING", "CHAT_PRESENCE_MEDIA_TEXT"),
-           "paused": ("CHAT_PRESENCE_PAUSED", "CHAT_PRESENCE_MEDIA_TEXT"),
-           "recording": ("CHAT_PRESENCE_COMPOSING", "CHAT_PRESENCE_MEDIA_AUDIO")}
 _STATUS_EVENTS = ("ConnectedEv", "DisconnectedEv", "LoggedOutEv", "StreamReplacedEv", "TemporaryBanEv",
                   "ConnectFailureEv", "ClientOutdatedEv", "KeepAliveTimeoutEv", "KeepAliveRestoredEv",
                   "PairStatusEv")
@@ -81,29 +78,12 @@ def stored_device_jids(store_path: Path) -> list[str]:
         return [row[0] for row in db.execute("SELECT jid FROM whatsmeow_device ORDER BY rowid")]
 
 
-def engine_error(exc: BaseException) -> EngineError:
-    """A neonize / Go failure as an EngineError with the response code the contract names."""
-    text = str(exc) or type(exc).__name__
-    code = "not_connected" if "not connected" in text.lower() else "engine_error"
-    return EngineError(text, code=code)
-
-
 def _detach_finalizer(client: NewAClient) -> None:
     """Disarm neonize's GC finalizer: its Stop(uuid) would stop a later client with the same uuid
     (a restored client's uuid is its JID user, the same on every start)."""
     finalizer = getattr(client, "_stop_finalizer", None)
     if finalizer is not None:
         finalizer.detach()
-
-
-async def load_media(field: str, source: MediaSource, policy: MediaPolicy) -> bytes:
-    """The bytes of outgoing media, read under the media policy (checked again at read time)."""
-    try:
-        return await media.load(field, source, policy)
-    except media.MediaRefused as exc:
-        raise EngineError(str(exc), code=exc.code) from None
-    except OSError as exc:
-        raise EngineError(f"{field}: cannot read the media ({exc})", code="engine_error") from None
 
 
 class NeonizeEngine:
@@ -172,8 +152,7 @@ class NeonizeSession:
         self._pair_code_asked = False
         self._stopping = False
         self._closed = False
-        self._recent: OrderedDict[str, tuple[str, str, Proto]] = OrderedDict()
-        self._recent_limit = recent_limit
+        self._recent = calls.RecentMessages(recent_limit)
 
     @property
     def client(self) -> NewAClient | None:
@@ -353,7 +332,7 @@ class NeonizeSession:
         except Exception:
             log.exception("%s: message %s could not be translated", self.phone, event.Info.ID)
             message = conv.fallback_message(event, self._account, "untranslatable")
-        self._remember(event, message.chat, message.sender_jid)
+        self._recent.remember(event, message.chat, message.sender_jid)
         log.debug("%s: message %s (%s)", self.phone, message.id, message.type)
         return MessageReceived(message=message)
 
@@ -401,19 +380,6 @@ class NeonizeSession:
         elif status.startswith("err"):
             self._put(Disconnected(code=ErrorCode.CONNECT_FAILURE, error=f"pairing failed: {status}"))
 
-    def _remember(self, event: Proto, chat: str, sender_jid: str) -> None:
-        """Keep recent messages so replies can quote them and reactions/reads know their sender."""
-        content = type(event.Message)()
-        if event.HasField("Message"):
-            content.CopyFrom(conv.unwrap(event.Message))
-            name = conv.content_field(content)
-            sub = getattr(content, name) if name and name != "conversation" else None
-            if sub is not None and "contextInfo" in sub.DESCRIPTOR.fields_by_name:
-                sub.ClearField("contextInfo")
-        self._recent[event.Info.ID] = (chat, sender_jid, content)
-        while len(self._recent) > self._recent_limit:
-            self._recent.popitem(last=False)
-
     # ------------------------------------------------------------ WhatsApp calls
 
     def _require_client(self) -> NewAClient:
@@ -421,89 +387,19 @@ class NeonizeSession:
             raise EngineError("not connected", code="not_connected")
         return self._client
 
-    def _sender_of(self, message_id: str, chat: str, sender: str | None) -> str:
-        if sender:
-            return to_jid(sender)
-        known = self._recent.get(message_id)
-        return known[1] if known else to_jid(chat)
-
     async def send(self, message: OutgoingMessage) -> SendResult:
-        client = self._require_client()
-        context = None
-        if message.reply_to:
-            known = self._recent.get(message.reply_to)
-            private = conv.chat_type_of(message.jid.partition("@")[2]) == "private"
-            participant = known[1] if known else (message.jid if private else None)
-            context = conv.reply_context(message.reply_to, participant, known[2] if known else None)
-        try:
-            if message.kind == "text":
-                built = conv.text_message(message.text or "", context)
-            else:
-                source: MediaSource = getattr(message, message.kind)
-                built = await self._build_media(client, message.kind, source, source.caption or message.text)
-                if context is not None:
-                    conv.attach_context(built, context)
-            response = await client.send_message(conv.parse_jid(message.jid), built)
-        except EngineError:
-            raise
-        except Exception as exc:
-            log.warning("%s: send failed: %s", self.phone, exc)
-            raise engine_error(exc) from exc
-        stamp = conv.epoch_to_datetime(response.Timestamp) if response.Timestamp else None
-        return SendResult(id=response.ID, timestamp=stamp)
-
-    async def _build_media(self, client: NewAClient, kind: str, source: MediaSource,
-                           caption: str | None) -> Proto:
-        data = await load_media(kind, source, self._engine.media_policy)
-        if kind == "image":
-            built = await client.build_image_message(data, caption=caption)
-        elif kind == "video":
-            built = await client.build_video_message(data, caption=caption)
-        elif kind == "audio":
-            built = await client.build_audio_message(data, ptt=False)
-        else:
-            built = await client.build_document_message(
-                data, caption=caption, title=source.filename, filename=source.filename, mimetype=source.mimetype)
-        if source.mimetype:
-            getattr(built, f"{kind}Message").mimetype = source.mimetype
-        return built
+        return await calls.send(self._require_client(), message, self._recent, self._engine.media_policy, self.phone)
 
     async def react(self, chat: str, message_id: str, emoji: str, sender: str | None = None) -> str:
-        client = self._require_client()
-        chat_jid = to_jid(chat)
-        try:
-            reaction = await client.build_reaction(conv.parse_jid(chat_jid),
-                                                   conv.parse_jid(self._sender_of(message_id, chat_jid, sender)),
-                                                   message_id, emoji)
-            response = await client.send_message(conv.parse_jid(chat_jid), reaction)
-        except Exception as exc:
-            raise engine_error(exc) from exc
-        return str(response.ID)
+        return await calls.react(self._require_client(), self._recent, chat, message_id, emoji, sender)
 
     async def mark_read(self, chat: str, ids: list[str], sender: str | None = None) -> None:
-        from neonize.utils.enum import ReceiptType
-
-        client = self._require_client()
-        chat_jid = to_jid(chat)
-        sender_jid = self._sender_of(ids[0], chat_jid, sender) if ids else chat_jid
-        try:
-            await client.mark_read(*ids, chat=conv.parse_jid(chat_jid), sender=conv.parse_jid(sender_jid),
-                                   receipt=ReceiptType.READ)
-        except Exception as exc:
-            raise engine_error(exc) from exc
+        await calls.mark_read(self._require_client(), self._recent, chat, ids, sender)
 
     async def typing(self, chat: str, state: str) -> None:
-        from neonize.utils.enum import ChatPresence, ChatPresenceMedia
-
-        if state not in _TYPING:
-            raise EngineError(f"state must be one of {', '.join(_TYPING)}", code="invalid_request")
-        client = self._require_client()
-        presence, media = _TYPING[state]
-        try:
-            await client.send_chat_presence(conv.parse_jid(to_jid(chat)), ChatPresence[presence],
-                                            ChatPresenceMedia[media])
-        except Exception as exc:
-            raise engine_error(exc) from exc
+        if state not in calls.TYPING_STATES:
+            raise EngineError(f"state must be one of {', '.join(calls.TYPING_STATES)}", code="invalid_request")
+        await calls.typing(self._require_client(), chat, state)
 
     async def sim_control(self, action: str, payload: bytes) -> None:
         raise EngineError("sim controls exist only with engine: sim", code="invalid_request")
