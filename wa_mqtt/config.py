@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .automations import AutoReplyLimits, AutoReplyRules
+from .auto_reply_rules import AutoReplyLimits, AutoReplyRules
 from .model import phone_list
 
 ENV_PREFIX = "WA_MQTT_"
@@ -154,7 +154,7 @@ class Config(_Section):
     status_interval: float = Field(60, gt=0)
     pairing_timeout: float = Field(160, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    auto_reply: AutoReplyRules = Field(default_factory=list)  # see automations.py, docs/automations.md
+    auto_reply: AutoReplyRules = Field(default_factory=list)  # see auto_reply_rules.py, docs/automations.md
     auto_reply_limits: AutoReplyLimits = Field(default_factory=AutoReplyLimits)
     notify: list[str] = Field(default_factory=list)  # default recipients: one HA notify entity each
 

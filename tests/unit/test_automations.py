@@ -8,9 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from wa_mqtt.automations import (
-    AutoReplyLimits, AutoReplyRule, PlannedReply, ReplyHistory, Window, decide,
-)
+from wa_mqtt.auto_reply_rules import AutoReplyLimits, AutoReplyRule, Window
+from wa_mqtt.automations import PlannedReply, ReplyHistory, decide
 from wa_mqtt.config import ConfigError, build_config
 from wa_mqtt.model import IncomingMessage
 
