@@ -33,6 +33,7 @@ from .mqtt.topics import Topics, parse_request_topic, parse_sim_topic
 from .tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
+SUMMARY_INTERVAL = 0.25  # seconds between two publishes of bridge/accounts (or bridge/info) at most
 Clock = Callable[[], datetime]
 
 
@@ -65,6 +66,7 @@ class Bridge:
         self._announced: dict[str, tuple[bool, str | None]] = {}  # phone -> (linked, name) last announced
         self._replies = ReplyHistory()
         self._scheduled: set[str] = set()
+        self._last_summary: dict[str, float] = {}  # loop time of the last publish of each summary
         self.reloader: Callable[[], Awaitable[dict[str, Any]]] | None = None
         self.duplicates_dropped = 0
 
@@ -154,14 +156,20 @@ class Bridge:
         self._soon("info", self.publish_info)
 
     def _soon(self, what: str, publish: Callable[[], None]) -> None:
-        """Publish a bridge-wide summary once per loop iteration however many accounts changed in it
-        (a restore of 500 accounts would otherwise publish the 500-entry list 1,000 times)."""
-        if what not in self._scheduled:
-            self._scheduled.add(what)
-            asyncio.get_running_loop().call_soon(self._run_scheduled, what, publish)
+        """Publish a bridge-wide summary soon: at the next loop iteration, but at most once per
+        SUMMARY_INTERVAL, however many accounts changed (a restore of 500 accounts would otherwise
+        rebuild and publish the 500-entry list hundreds of times: 4 s of the loop, measured)."""
+        if what in self._scheduled:
+            return
+        self._scheduled.add(what)
+        loop = asyncio.get_running_loop()
+        last = self._last_summary.get(what)
+        delay = 0.0 if last is None else max(0.0, last + SUMMARY_INTERVAL - loop.time())
+        loop.call_later(delay, self._run_scheduled, what, publish)
 
     def _run_scheduled(self, what: str, publish: Callable[[], None]) -> None:
         self._scheduled.discard(what)
+        self._last_summary[what] = asyncio.get_running_loop().time()
         publish()
 
     def _publish_accounts(self) -> None:

@@ -92,7 +92,8 @@ class AccountManager:
         for phone in self._config.accounts:
             if phone not in self._accounts:
                 self._add(phone, {}, AccountState.STOPPED)
-        log.info("restoring %d stored account(s): %s", len(restored), ", ".join(restored) or "none")
+        shown = ", ".join(restored[:10]) + (f" and {len(restored) - 10} more" if len(restored) > 10 else "")
+        log.info("restoring %d stored account(s): %s", len(restored), shown or "none")
         return restored
 
     def reconfigure(self, config: Config) -> None:

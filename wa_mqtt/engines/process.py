@@ -4,7 +4,7 @@
 child (engines/child.py) spoken to with the protocol of protocol.py. The parent watches each child:
 - it dies (exit, signal, `wa/sim/<phone>/crash`)  → `Crashed` event, pending calls fail;
 - no line (heartbeats included) within `heartbeat_timeout` → killed, `Crashed`;
-- RSS above `max_rss_mb` → killed, `Crashed`;
+- RSS above `max_rss_mb` (as its heartbeats report it) → killed, `Crashed`;
 - many failed connects in one child (neonize leaks a file per connect) → recycled on the next start.
 The supervisor turns `Crashed` into `disconnected` / `engine_crashed` and restarts with backoff by
 calling `start()` again, which spawns a fresh child. Other accounts never notice.
@@ -25,7 +25,6 @@ from typing import Any
 from ..model import ErrorCode, OutgoingMessage, SendResult
 from . import protocol as p
 from .base import Crashed, Disconnected, EmitFn, EngineError, EngineEvent, PairMethod
-from .child import rss_kb
 from .launch import ChildProcess, ForkServer, exec_child, fork_server_available
 
 log = logging.getLogger(__name__)
@@ -174,6 +173,7 @@ class ProcessSession:
         self._last_line = loop.time()
         self._expected_exit = False
         self._failed_connects = 0
+        self.last_rss_kb = None  # the new child reports its own
         proc = self._proc
         self._tasks = [asyncio.create_task(self._read(proc), name=f"engine-{self.phone}-out"),
                        asyncio.create_task(self._relay_logs(proc), name=f"engine-{self.phone}-log"),
@@ -259,7 +259,7 @@ class ProcessSession:
             if silent > engine.heartbeat_timeout:
                 await self._kill(proc, f"no heartbeat for {silent:.0f} s (hung)")
                 return
-            rss = rss_kb(proc.pid)
+            rss = self.last_rss_kb  # from its heartbeats: reading /proc for 500 children each second cost the loop 10 %
             if rss is not None and rss > engine.max_rss_kb:
                 await self._kill(proc, f"memory budget exceeded ({rss // 1024} MB > {engine.max_rss_kb // 1024} MB)")
                 return
