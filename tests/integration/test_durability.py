@@ -61,6 +61,38 @@ async def test_burst_survives_a_broker_restart(tmp_path, restartable_broker: Bro
         bridge.cleanup()
 
 
+
+async def test_responses_do_not_wait_for_the_spool_backlog(tmp_path, restartable_broker: Broker) -> None:
+    """After an outage the spool holds a backlog; a request answered meanwhile is published at once,
+    not after the whole backlog (that wait was the send path's p99)."""
+    env = BridgeEnv(tmp_path, restartable_broker)
+    env.link_sim_account(A)
+    bridge = BridgeProcess(env)
+    bridge.start()
+    count = 3000
+    topic = f"{env.base}/{A}/message"
+    try:
+        async with Probe(restartable_broker, env.base, [f"{env.base}/#"], client_id=f"backlog-{env.base}",
+                         clean=False) as probe:
+            await probe.wait_state(A, "connected", timeout=15)
+            await probe.sim(A, "incoming", {"sender": "5511988887777", "text": "b", "id": "Q", "repeat": count})
+            await probe.wait_count(topic, 1)
+            restartable_broker.stop()  # the rest of the burst goes to the spool
+            await bridge.wait_log("unreachable", timeout=15)  # it noticed the outage
+            mark = probe.mark()
+            restartable_broker.start()
+            await probe.wait_online(timeout=30, after=mark)
+            await probe.wait_count(topic, 200, timeout=30)  # the backlog is draining
+            response = await probe.request("bridge", "health", {}, timeout=30)
+            assert response["status"] == "ok"
+            delivered = len([r for r in probe.received if r.topic == topic])
+            assert delivered < count, "the response waited for the whole spool backlog"
+            await probe.wait_count(topic, count, timeout=60)  # and the backlog still arrives in full
+        assert bridge.stop() == 0
+    finally:
+        if bridge.proc is not None and bridge.proc.poll() is None:
+            bridge.kill()
+
 async def test_sends_queued_survive_sigkill_and_are_delivered_after_restart(env: BridgeEnv, bridge: BridgeProcess) -> None:
     env.link_sim_account(A)
     bridge.start()

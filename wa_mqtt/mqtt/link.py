@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 TRANSIENT_LIMIT = 10_000
 RETAINED_HISTORY = 10_000
 BATCH = 256
+# Durable publishes go out in batches that stay under the broker's receive maximum (Mosquitto: 20 in
+# flight per client), so a response never queues behind hundreds of spooled messages in the client
+# (measured: a 256-entry batch held responses back ~100 ms, the whole send-path p99).
+SPOOL_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,8 @@ class MqttLink:
         self._retained: dict[str, bytes] = {}
         self._retained_queue: deque[tuple[str, bytes]] = deque()  # every change, in order, while connected
         self._transient: deque[_Transient] = deque()
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # retained and transient publishes waiting
+        self._spool_wake = asyncio.Event()  # durable publishes waiting
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self.dropped_transient = 0
@@ -129,14 +134,15 @@ class MqttLink:
         data = payload.encode() if isinstance(payload, str) else payload
         if durable:
             self._spool.append(topic, data, qos, False)
-        else:
-            if len(self._transient) >= TRANSIENT_LIMIT:
-                self._transient.popleft()
-                self.dropped_transient += 1
-                if self.dropped_transient in (1, 100, 10_000):
-                    log.warning("broker unreachable: dropped %d transient publishes (responses/events)",
-                                self.dropped_transient)
-            self._transient.append(_Transient(topic, data, qos, correlation_data))
+            self._spool_wake.set()
+            return
+        if len(self._transient) >= TRANSIENT_LIMIT:
+            self._transient.popleft()
+            self.dropped_transient += 1
+            if self.dropped_transient in (1, 100, 10_000):
+                log.warning("broker unreachable: dropped %d transient publishes (responses/events)",
+                            self.dropped_transient)
+        self._transient.append(_Transient(topic, data, qos, correlation_data))
         self._wake.set()
 
     @property
@@ -159,6 +165,7 @@ class MqttLink:
         deadline = loop.time() + timeout
         while self.pending() and self.is_connected and loop.time() < deadline:
             self._wake.set()
+            self._spool_wake.set()
             await asyncio.sleep(0.01)
         return self.pending() == 0
 
@@ -230,10 +237,12 @@ class MqttLink:
                 (topic, data) for topic, data in self._retained.items() if last_queued.get(topic) != data)
             self._connected.set()
             self._wake.set()
+            self._spool_wake.set()
             log.info("connected to MQTT broker %s (MQTT %s)", self._url_for_logs, "5" if self._v5 else "3.1.1")
             try:
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._publisher(client))
+                    group.create_task(self._spool_publisher(client))
                     group.create_task(self._receiver(client))
             except ExceptionGroup as errors:
                 lost, other = errors.split(aiomqtt.MqttError)
@@ -256,6 +265,7 @@ class MqttLink:
                 log.exception("failed to handle a message on %s", message.topic)
 
     async def _publisher(self, client: aiomqtt.Client) -> None:
+        """Retained state (in order, each change) then transient publishes (responses, events)."""
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -270,7 +280,13 @@ class MqttLink:
                 except aiomqtt.MqttError:
                     self._transient.extendleft(reversed(batch))
                     raise
-            while entries := self._spool.peek(BATCH):
+
+    async def _spool_publisher(self, client: aiomqtt.Client) -> None:
+        """The spool, oldest first; an entry leaves it only after the broker's PUBACK."""
+        while True:
+            await self._spool_wake.wait()
+            self._spool_wake.clear()
+            while entries := self._spool.peek(SPOOL_BATCH):
                 await asyncio.gather(*(client.publish(e.topic, e.payload, qos=e.qos, retain=e.retain) for e in entries))
                 self._spool.ack(entries[-1].seq)
 
