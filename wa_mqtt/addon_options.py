@@ -38,6 +38,7 @@ OPTION_PATHS: dict[str, str] = {
     "accounts": "accounts",
     "notify": "notify",
     "mqtt_url": "mqtt.url",
+    "proxy": "proxy",
     "base_topic": "mqtt.base_topic",
     "discovery": "mqtt.discovery",
     "discovery_prefix": "mqtt.discovery_prefix",
@@ -51,7 +52,7 @@ OPTION_PATHS: dict[str, str] = {
     "backups.keep": "backups.keep",
 }
 # options where an empty value means "not set": the bridge's default (or the MQTT service) applies
-EMPTY_MEANS_UNSET = frozenset({"mqtt_url", "outgoing.allow_to"})
+EMPTY_MEANS_UNSET = frozenset({"mqtt_url", "proxy", "outgoing.allow_to"})
 
 
 def mqtt_url(service: Mapping[str, Any]) -> str:

@@ -43,11 +43,12 @@ def make_engine(config: Config) -> Engine:
     outgoing = config.outgoing
     media = {"max_bytes": outgoing.max_media_bytes, "block_private_urls": outgoing.block_private_urls,
              "media_dir": str(outgoing.media_dir) if outgoing.media_dir else None}
+    options = {"media": media, "proxy": config.proxy}
     settings = config.engine_process
     if not settings.in_process:
         from .engines.process import ProcessEngine
 
-        return ProcessEngine(config.engine, {"media": media}, heartbeat_interval=settings.heartbeat_interval,
+        return ProcessEngine(config.engine, options, heartbeat_interval=settings.heartbeat_interval,
                              heartbeat_timeout=settings.heartbeat_timeout, max_rss_mb=settings.max_rss_mb,
                              recycle_after_failures=settings.recycle_after_failures, log_level=config.log_level,
                              fork_server=settings.fork_server)
@@ -57,7 +58,7 @@ def make_engine(config: Config) -> Engine:
         return SimEngine()
     from .engines.child import make_inner_engine
 
-    return make_inner_engine("neonize", {"media": media})  # type: ignore[no-any-return]
+    return make_inner_engine("neonize", options)  # type: ignore[no-any-return]
 
 
 class App:

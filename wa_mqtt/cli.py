@@ -72,7 +72,7 @@ def setup_logging(level: str) -> None:
 def warn_if_secrets_readable(path: Path, config: Config) -> None:
     """A config file (or key file) holding secrets should not be readable by other users."""
     candidates: list[Path] = []
-    if config.mqtt.url and "@" in config.mqtt.url and path.exists():
+    if any(url and "@" in url for url in (config.mqtt.url, config.proxy)) and path.exists():
         candidates.append(path)
     if config.mqtt.key_file:
         candidates.append(Path(config.mqtt.key_file))

@@ -21,6 +21,7 @@ from .model import phone_list
 
 ENV_PREFIX = "WA_MQTT_"
 SECRET_MASK = "***"
+PROXY_SCHEMES = ("http", "https", "socks5")
 
 
 class ConfigError(Exception):
@@ -145,6 +146,7 @@ class Config(_Section):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     engine: Literal["neonize", "sim"] = "neonize"
     engine_process: EngineProcessConfig = Field(default_factory=EngineProcessConfig)
+    proxy: str | None = None  # WhatsApp traffic (neonize) through http://, https:// or socks5://[user:pass@]host:port
     sessions_dir: Path = Path("sessions")
     data_dir: Path = Path("data")
     accounts: list[str] = Field(default_factory=list)
@@ -157,6 +159,22 @@ class Config(_Section):
     auto_reply: AutoReplyRules = Field(default_factory=list)  # see auto_reply_rules.py, docs/automations.md
     auto_reply_limits: AutoReplyLimits = Field(default_factory=AutoReplyLimits)
     notify: list[str] = Field(default_factory=list)  # default recipients: one HA notify entity each
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in PROXY_SCHEMES:
+            raise ValueError(f"proxy must start with {', '.join(s + '://' for s in PROXY_SCHEMES)}")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError("proxy has an invalid port") from None
+        if not parts.hostname or port is None:
+            raise ValueError("proxy needs a host and a port, e.g. socks5://127.0.0.1:1080")
+        return value
 
     @field_validator("notify", mode="before")
     @classmethod
@@ -177,13 +195,14 @@ class Config(_Section):
         """The effective config as JSON with every secret replaced by `***` (for bridge/info)."""
         data = self.model_dump(mode="json")
         data["mqtt"]["url"] = mask_url(self.mqtt.url)
+        data["proxy"] = mask_url(self.proxy)
         if self.backups.encryption_key:
             data["backups"]["encryption_key"] = SECRET_MASK
         return data
 
 
 # Settings that only take effect at start: a reload reports them instead of half-applying them.
-RESTART_KEYS = ("mqtt", "engine", "engine_process", "sessions_dir", "data_dir")
+RESTART_KEYS = ("mqtt", "engine", "engine_process", "proxy", "sessions_dir", "data_dir")
 
 
 def config_changes(old: Config, new: Config) -> tuple[list[str], list[str]]:
@@ -224,7 +243,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError:
             value = raw
-        if path[-1] in ("url", "client_id", "base_topic") and value is not None:
+        if path[-1] in ("url", "proxy", "client_id", "base_topic") and value is not None:
             value = raw  # never reinterpret strings that only look like YAML
         node = overrides
         for key in path[:-1]:

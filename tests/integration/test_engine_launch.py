@@ -1,9 +1,11 @@
 """Both ways of starting an engine child (fork server, exec) give a child that speaks the protocol,
-lives in its own session, says what it serves in `ps`, dies by SIGKILL and exits when its stdin closes."""
+lives in its own session, says what it serves in `ps` (and no secret), dies by SIGKILL and exits when
+its stdin closes."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from pathlib import Path
@@ -16,8 +18,13 @@ from wa_mqtt.engines.launch import ChildProcess, ForkServer, exec_child, fork_se
 PHONE = "5511900000001"
 
 
+SECRET = "pr0xy-secret"
+
+
 def child_args(store: Path) -> list[str]:
-    return ["--engine", "sim", "--phone", PHONE, "--store", str(store), "--heartbeat", "0.2"]
+    options = {"proxy": f"http://me:{SECRET}@127.0.0.1:3128", "media": {}}
+    return ["--engine", "sim", "--phone", PHONE, "--store", str(store), "--options", json.dumps(options),
+            "--heartbeat", "0.2"]
 
 
 async def next_line(child: ChildProcess) -> p.ChildLine:
@@ -55,6 +62,7 @@ async def test_child_speaks_the_protocol_and_exits_when_stdin_closes(tmp_path: P
     assert os.getsid(child.pid) == child.pid  # its own session: a Ctrl-C of the bridge is not its business
     assert b"wa_mqtt.engines.child" in Path(f"/proc/{child.pid}/cmdline").read_bytes()
     assert PHONE.encode() in Path(f"/proc/{child.pid}/cmdline").read_bytes()
+    assert SECRET.encode() not in Path(f"/proc/{child.pid}/cmdline").read_bytes()  # `ps` shows no proxy password
     assert isinstance(await next_line(child), p.Heartbeat)
     reply = await call(child, p.Request(1, "start", {"method": "qr"}))  # a store without a device: it pairs
     assert reply.ok, reply

@@ -35,6 +35,9 @@ def test_defaults_without_a_file(tmp_path: Path) -> None:
     ({"outgoing": {"allow_to": ["not a phone"]}}, "outgoing.allow_to"),
     ({"typo_key": 1}, "typo_key"),
     ({"status_interval": -1}, "status_interval"),
+    ({"proxy": "ftp://proxy:21"}, "proxy"),
+    ({"proxy": "socks5://proxy"}, "proxy"),
+    ({"proxy": "http://proxy:99999"}, "proxy"),
 ])
 def test_invalid_values_name_their_key(data: dict, key: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -55,6 +58,10 @@ def test_secrets_are_masked() -> None:
     assert mask_url("mqtt://host") == "mqtt://host"
     config = build_config({"mqtt": {"url": "mqtts://me:pw@h"}}, environ={})
     assert "pw" not in str(config.masked())
+    config = build_config({}, environ={"WA_MQTT_PROXY": "socks5://me:hunter2@10.0.0.2:1080"})
+    assert config.proxy == "socks5://me:hunter2@10.0.0.2:1080"
+    assert config.masked()["proxy"] == "socks5://me:***@10.0.0.2:1080"
+    assert build_config({}, environ={}).masked()["proxy"] is None
 
 
 def test_unreadable_yaml_is_a_config_error(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from . import protocol as p
 
 log = logging.getLogger("wa_mqtt.engine_child")
 CRASH_EXIT = 70
+OPTIONS_ENV = "WAMQTT_ENGINE_OPTIONS"  # an exec'd child's options: a proxy password stays off `ps` (WA_MQTT_* is config)
 
 
 def rss_kb(pid: int | str = "self") -> int | None:
@@ -48,7 +49,7 @@ def make_inner_engine(name: str, options: dict[str, Any]) -> Any:
     policy = MediaPolicy(int(media.get("max_bytes", 64 * 1024 * 1024)),
                          Path(media["media_dir"]) if media.get("media_dir") else None,
                          bool(media.get("block_private_urls", False)))
-    return NeonizeEngine(media_policy=policy)
+    return NeonizeEngine(media_policy=policy, proxy=options.get("proxy"))
 
 
 class ChildServer:
@@ -133,14 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", choices=["sim", "neonize"], required=True)
     parser.add_argument("--phone", required=True)
     parser.add_argument("--store", type=Path, required=True)
-    parser.add_argument("--options", default="{}")
+    parser.add_argument("--options", default=None, help="JSON; default: $WAMQTT_ENGINE_OPTIONS or {}")
     parser.add_argument("--heartbeat", type=float, default=1.0)
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, force=True,
                         format=f"%(asctime)s %(levelname)-7s engine[{args.phone}] %(name)s: %(message)s")
     logging.getLogger("whatsmeow").setLevel(logging.WARNING)
-    server = ChildServer(args.engine, args.phone, args.store, json.loads(args.options), args.heartbeat)
+    options = json.loads(args.options or os.environ.pop(OPTIONS_ENV, "") or "{}")
+    server = ChildServer(args.engine, args.phone, args.store, options, args.heartbeat)
     code = asyncio.run(server.run())
     sys.stdout.flush()
     os._exit(code)  # neonize's Go threads must not hold the exit (shared/notes/neonize.md)

@@ -30,6 +30,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 from . import protocol as p
+from .child import OPTIONS_ENV
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,17 @@ class ChildProcess(Protocol):
 
 
 async def exec_child(args: Sequence[str]) -> ChildProcess:
-    """A fresh interpreter running the child module (slower to start; needs nothing preloaded)."""
+    """A fresh interpreter running the child module (slower to start; needs nothing preloaded).
+
+    `--options` (which may hold a proxy password) goes through the environment, not the command line
+    every user can read with `ps`."""
+    args, environ = list(args), dict(os.environ)
+    if "--options" in args:
+        at = args.index("--options")
+        environ[OPTIONS_ENV] = args[at + 1]
+        del args[at:at + 2]
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", CHILD_MODULE, *args,
+        sys.executable, "-m", CHILD_MODULE, *args, env=environ,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         limit=p.MAX_LINE, start_new_session=True)
 
@@ -175,7 +184,8 @@ def run_forked_child(args: list[str], stdin: Connection, stdout: Connection, std
     import setproctitle
 
     os.setsid()
-    setproctitle.setproctitle(" ".join([CHILD_MODULE, *args[:6]]))  # engine, phone, store: no secrets
+    title = args[:args.index("--options")] if "--options" in args else args  # options may hold a proxy password
+    setproctitle.setproctitle(" ".join([CHILD_MODULE, *title]))
     for target, end in ((0, stdin), (1, stdout), (2, stderr)):
         if end.fileno() != target:
             os.dup2(end.fileno(), target)

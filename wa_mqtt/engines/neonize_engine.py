@@ -92,8 +92,10 @@ class NeonizeEngine:
     name = "neonize"
 
     def __init__(self, *, clock: Clock = _utcnow, executor_workers: int = 32,
-                 stop_timeout: float = 10.0, media_policy: MediaPolicy | None = None) -> None:
+                 stop_timeout: float = 10.0, media_policy: MediaPolicy | None = None,
+                 proxy: str | None = None) -> None:
         self._clock = clock
+        self.proxy = proxy  # config `proxy`: WhatsApp's websocket and media go through it
         self.media_policy = media_policy or MediaPolicy(max_bytes=64 * 1024 * 1024)
         self._executor_workers = executor_workers
         self._stop_timeout = stop_timeout
@@ -111,6 +113,10 @@ class NeonizeEngine:
         session = NeonizeSession(phone, Path(store_path), emit, engine=self)
         self._sessions.add(session)
         return session
+
+    def session(self, phone: str) -> NeonizeSession | None:
+        """The open session of an account (diagnostics and tests)."""
+        return next((s for s in self._sessions if s.phone == phone), None)
 
     async def aclose(self) -> None:
         for session in list(self._sessions):
@@ -175,12 +181,19 @@ class NeonizeSession:
             self._pair_code_asked, self._stopping = False, False
             log.info("%s: %s", self.phone, "restoring session" if restoring else f"pairing ({pair_method})")
             try:
-                task = await client.connect()
+                task = await client.connect(self._proxy_settings())
             except Exception as exc:  # NeonizeError raised before the Go call started
                 self._client = None
                 _detach_finalizer(client)
                 raise engine_error(exc) from exc
             self._watch = asyncio.get_running_loop().create_task(self._watch_connect(client, task))
+
+    def _proxy_settings(self) -> Any:
+        if not self._engine.proxy:
+            return None
+        from neonize._binder import ProxySettings  # neonize's own type for connect(); not re-exported
+
+        return ProxySettings(proxy_address=self._engine.proxy)
 
     async def stop(self) -> None:
         async with self._lock:
