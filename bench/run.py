@@ -69,31 +69,28 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
+def proc_kb(path: str, field: str) -> int:
+    """A `Field:   1234 kB` line of a /proc file, in kB (0 when absent)."""
+    for line in Path(path).read_text(encoding="ascii").splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    return 0
+
+
 def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    return proc_kb(f"/proc/{pid}/status", "VmRSS") / 1024
+
+
+def pss_mb(pid: int) -> float:
+    """Proportional set size: pages shared with other processes (a fork server's) count in part."""
+    return proc_kb(f"/proc/{pid}/smaps_rollup", "Pss") / 1024
 
 
 CHILD_BUDGET_MB = 20  # a forked sim child's own memory is ~14 MB (PSS); with room to spare
 
 
 def available_mb() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) // 1024
-    return 0
-
-
-def pss_mb(pid: int) -> float:
-    """Proportional set size: pages shared with other processes (a fork server's) count in part."""
-    with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    return proc_kb("/proc/meminfo", "MemAvailable") // 1024
 
 
 def descendants_of(pid: int) -> dict[int, bytes]:

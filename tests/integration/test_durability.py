@@ -4,9 +4,12 @@ Nothing the bridge accepted may be lost."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import signal
-
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 from harness import Broker, BridgeEnv, BridgeProcess, Probe
 
@@ -26,72 +29,68 @@ async def wait_file(pattern_dir, timeout: float = 10.0) -> list:
     raise AssertionError(f"no file in {pattern_dir} within {timeout} s")
 
 
-async def test_burst_survives_a_broker_restart(tmp_path, restartable_broker: Broker) -> None:
-    """The sim keeps producing while the broker is down; a persistent subscriber gets every id."""
-    env = BridgeEnv(tmp_path, restartable_broker)
+@contextlib.asynccontextmanager
+async def burst_through_outage(tmp_path: Path, broker: Broker, count: int,
+                               **incoming: Any) -> AsyncIterator[tuple[BridgeProcess, Probe, str]]:
+    """A bridge with one connected sim account and a persistent subscriber; the sim starts a burst of
+    `count` messages and the first one has arrived. Yields (bridge, probe, message topic); the bridge
+    must then stop cleanly."""
+    env = BridgeEnv(tmp_path, broker)
     env.link_sim_account(A)
     bridge = BridgeProcess(env)
     bridge.start()
-    count = 400
-    topic = f"{env.base}/{A}/message"
     try:
-        async with Probe(restartable_broker, env.base, [f"{env.base}/#"], client_id=f"keeper-{env.base}",
-                         clean=False) as probe:
+        async with Probe(broker, env.base, [f"{env.base}/#"], client_id=f"keeper-{env.base}", clean=False) as probe:
             await probe.wait_state(A, "connected", timeout=15)
-            await probe.sim(A, "incoming", {"sender": "5511988887777", "text": "burst", "id": "B",
-                                            "repeat": count, "interval": 0.005})
-            await probe.wait_count(topic, 20)
-            restartable_broker.stop()  # mid-burst: the bridge keeps receiving and spools
-            restartable_broker.start()
-            expected = {f"B-{i}" for i in range(count)}
-
-            def ids() -> list[str]:
-                return [r.json()["id"] for r in probe.received if r.topic == topic]
-
-            try:
-                await probe.wait_until(lambda _: set(ids()) == expected, timeout=30, what="every burst id")
-            except AssertionError:
-                missing = sorted(expected - set(ids()), key=lambda i: int(i[2:]))
-                raise AssertionError(f"missing {len(missing)}: {missing[:20]}; got {len(ids())}") from None
-            assert set(ids()) == expected
-            # at-least-once: an unacknowledged publish may be repeated across the outage, never lost
-            assert len(ids()) - count <= 100
+            await probe.sim(A, "incoming", {"sender": "5511988887777", "repeat": count, **incoming})
+            topic = f"{env.base}/{A}/message"
+            await probe.wait_count(topic, 1)
+            yield bridge, probe, topic
         assert bridge.stop() == 0
     finally:
         bridge.cleanup()
 
 
+async def test_burst_survives_a_broker_restart(tmp_path, restartable_broker: Broker) -> None:
+    """The sim keeps producing while the broker is down; a persistent subscriber gets every id."""
+    count = 400
+    async with burst_through_outage(tmp_path, restartable_broker, count, text="burst", id="B",
+                                    interval=0.005) as (_bridge, probe, topic):
+        await probe.wait_count(topic, 20)
+        restartable_broker.stop()  # mid-burst: the bridge keeps receiving and spools
+        restartable_broker.start()
+        expected = {f"B-{i}" for i in range(count)}
+
+        def ids() -> list[str]:
+            return [r.json()["id"] for r in probe.received if r.topic == topic]
+
+        try:
+            await probe.wait_until(lambda _: set(ids()) == expected, timeout=30, what="every burst id")
+        except AssertionError:
+            missing = sorted(expected - set(ids()), key=lambda i: int(i[2:]))
+            raise AssertionError(f"missing {len(missing)}: {missing[:20]}; got {len(ids())}") from None
+        assert set(ids()) == expected
+        # at-least-once: an unacknowledged publish may be repeated across the outage, never lost
+        assert len(ids()) - count <= 100
+
 
 async def test_responses_do_not_wait_for_the_spool_backlog(tmp_path, restartable_broker: Broker) -> None:
     """After an outage the spool holds a backlog; a request answered meanwhile is published at once,
     not after the whole backlog (that wait was the send path's p99)."""
-    env = BridgeEnv(tmp_path, restartable_broker)
-    env.link_sim_account(A)
-    bridge = BridgeProcess(env)
-    bridge.start()
     count = 3000
-    topic = f"{env.base}/{A}/message"
-    try:
-        async with Probe(restartable_broker, env.base, [f"{env.base}/#"], client_id=f"backlog-{env.base}",
-                         clean=False) as probe:
-            await probe.wait_state(A, "connected", timeout=15)
-            await probe.sim(A, "incoming", {"sender": "5511988887777", "text": "b", "id": "Q", "repeat": count})
-            await probe.wait_count(topic, 1)
-            restartable_broker.stop()  # the rest of the burst goes to the spool
-            await bridge.wait_log("unreachable", timeout=15)  # it noticed the outage
-            mark = probe.mark()
-            restartable_broker.start()
-            await probe.wait_online(timeout=30, after=mark)
-            await probe.wait_count(topic, 200, timeout=30)  # the backlog is draining
-            response = await probe.request("bridge", "health", {}, timeout=30)
-            assert response["status"] == "ok"
-            delivered = len([r for r in probe.received if r.topic == topic])
-            assert delivered < count, "the response waited for the whole spool backlog"
-            await probe.wait_count(topic, count, timeout=60)  # and the backlog still arrives in full
-        assert bridge.stop() == 0
-    finally:
-        if bridge.proc is not None and bridge.proc.poll() is None:
-            bridge.kill()
+    async with burst_through_outage(tmp_path, restartable_broker, count, text="b", id="Q") as (bridge, probe, topic):
+        restartable_broker.stop()  # the rest of the burst goes to the spool
+        await bridge.wait_log("unreachable", timeout=15)  # it noticed the outage
+        mark = probe.mark()
+        restartable_broker.start()
+        await probe.wait_online(timeout=30, after=mark)
+        await probe.wait_count(topic, 200, timeout=30)  # the backlog is draining
+        response = await probe.request("bridge", "health", {}, timeout=30)
+        assert response["status"] == "ok"
+        delivered = len([r for r in probe.received if r.topic == topic])
+        assert delivered < count, "the response waited for the whole spool backlog"
+        await probe.wait_count(topic, count, timeout=60)  # and the backlog still arrives in full
+
 
 async def test_sends_queued_survive_sigkill_and_are_delivered_after_restart(env: BridgeEnv, bridge: BridgeProcess) -> None:
     env.link_sim_account(A)
