@@ -125,3 +125,47 @@ async def test_engine_logs_reach_the_bridge_log(env: BridgeEnv, bridge: BridgePr
     assert bridge.stop() == 0
     assert f"{A}: sim engine process" in bridge.log()
     assert os.path.exists(env.sessions / A / "store.db")
+
+
+def fork_servers_below(pid: int) -> list[int]:
+    """The multiprocessing fork server(s) the bridge started (its direct children)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                cmdline = (entry / "cmdline").read_bytes()
+            except (OSError, ValueError, IndexError):
+                continue
+            if parent == pid and b"forkserver" in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+async def test_a_killed_fork_server_costs_a_restart_and_leaves_no_orphan(env: BridgeEnv, bridge: BridgeProcess) -> None:
+    env.link_sim_account(A)
+    env.link_sim_account(B)
+    bridge.start()
+    async with Probe(env.broker, env.base) as probe:
+        await probe.wait_state(A, "connected", timeout=15)
+        await probe.wait_state(B, "connected", timeout=15)
+        old = set(engine_children(env.sessions))
+        assert bridge.proc is not None and len(old) == 2
+        servers = fork_servers_below(bridge.proc.pid)
+        assert len(servers) == 1
+        mark = probe.mark()
+        os.kill(servers[0], signal.SIGKILL)
+        for phone in (A, B):  # no exit status can come any more: each account's child is ended and replaced
+            crashed = await probe.wait_state(phone, "disconnected", timeout=15, after=mark)
+            assert crashed["error_code"] == "engine_crashed"
+            await probe.wait_state(phone, "connected", timeout=20, after=mark)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while set(engine_children(env.sessions)) & old:  # the orphans are gone, not left holding the stores
+            assert loop.time() < deadline, f"orphaned engine processes: {set(engine_children(env.sessions)) & old}"
+            await asyncio.sleep(0.05)
+        assert len(engine_children(env.sessions)) == 2
+        assert len(fork_servers_below(bridge.proc.pid)) == 1  # started again on the next spawn
+        assert (await probe.request(A, "send", {"to": ANA, "text": "after"}))["data"]["queued"] is False
+    assert bridge.stop() == 0
+    assert bridge.log().count("lost its fork server; ending it") == 2  # ended at once, not left to notice

@@ -39,6 +39,7 @@ CHILD_MODULE = "wa_mqtt.engines.child"
 PRELOAD_COMMON = ["asyncio", "pydantic", "wa_mqtt.model", "wa_mqtt.engines.base", "wa_mqtt.engines.protocol",
                   CHILD_MODULE]
 PRELOAD_BY_ENGINE = {"sim": ["sqlite3", "wa_mqtt.engines.sim"], "neonize": ["wa_mqtt.media"]}
+LOST_STATUS = 255  # what multiprocessing reports when the fork server closed a child's sentinel without a status
 
 
 class ChildProcess(Protocol):
@@ -145,6 +146,13 @@ class ForkedChild:
             self._process.join()
             code = self._process.exitcode
             self._process.close()
+            if code == LOST_STATUS and _alive(self.pid):
+                # The fork server died, so no status came: the child is an orphan that still holds its
+                # account's store. End it now, before its replacement opens the same store.
+                log.warning("engine process %d lost its fork server; ending it", self.pid)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.pid, signal.SIGKILL)
+                return -signal.SIGKILL
             return -1 if code is None else code
 
         future = loop.run_in_executor(self._executor, reap)
@@ -169,6 +177,21 @@ class ForkedChild:
         if self.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs and is not a zombie (Linux /proc; elsewhere: whether it exists)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
 
 
 async def _reader(loop: asyncio.AbstractEventLoop, fd: int) -> asyncio.StreamReader:
