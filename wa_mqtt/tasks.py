@@ -34,3 +34,9 @@ class BackgroundTasks:
         for task in list(self._tasks):
             task.cancel()
         await self.wait()
+
+    async def finish(self, timeout: float) -> None:
+        """Let the running tasks end by themselves for up to `timeout` seconds, then cancel the rest."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+        await self.cancel()

@@ -26,6 +26,7 @@ from .store import SessionStore
 from .supervisor import AccountSink, Supervisor
 
 log = logging.getLogger(__name__)
+CLOSE_GRACE = 5.0  # seconds a shutdown waits for post-connect records and backups before cancelling them
 Clock = Callable[[], datetime]
 
 
@@ -187,7 +188,7 @@ class AccountManager:
     async def close(self) -> None:
         """Stop every engine session and supervisor task."""
         self._stopping = True
-        await self._background.cancel()
+        await self._background.finish(CLOSE_GRACE)  # a just-connected account's account.json and backup
         await asyncio.gather(*(s.close() for s in self._accounts.values()), return_exceptions=True)
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
