@@ -241,3 +241,4 @@ class OutgoingMessage(BaseModel):
 class SendResult(BaseModel):
     id: str
     timestamp: datetime | None = None
+    already_sent: bool = False  # a retry of a message WhatsApp already had: nothing went out again
