@@ -70,6 +70,7 @@ class ErrorCode(StrEnum):
     ENGINE_CRASHED = "engine_crashed"
     STORE_CORRUPT = "store_corrupt"
     CONNECTION_LOST = "connection_lost"
+    STORAGE_ERROR = "storage_error"
 
 
 class Status(BaseModel):

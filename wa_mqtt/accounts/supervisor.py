@@ -256,7 +256,13 @@ class Supervisor:
                     self._sink.on_linked_elsewhere(self.phone, str(data["linked_phone"]))
 
     async def _start_session(self, method: PairMethod) -> None:
-        self._store_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            self._store_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:  # retried with backoff: it recovers when the folder can be written again
+            log.warning("%s: cannot create the session folder %s: %s", self.phone, self._store_path.parent, exc)
+            self._emit(Disconnected(code=ErrorCode.STORAGE_ERROR,
+                                    error=f"cannot create the session folder {self._store_path.parent}: {exc.strerror or exc}"))
+            return
         session = self._ensure_session()
         async with self._session_lock:
             try:
