@@ -355,7 +355,8 @@ class Supervisor:
         for entry in self._outbox.take_expired(self.phone, self._config.outgoing.ttl):
             self._sink.on_deferred_response(self.phone, "send", entry.request.get("route", {}), {
                 "status": "error", "code": "expired",
-                "error": f"not sent: still queued after outgoing.ttl ({self._config.outgoing.ttl:g} s)"})
+                "error": f"not sent: still queued after outgoing.ttl ({self._config.outgoing.ttl:g} s)"
+                         + (f"; a try before a crash may have reached WhatsApp as {entry.wa_id}" if entry.tries else "")})
         self._refresh_queue_depth()
 
     def _refresh_queue_depth(self) -> None:
