@@ -19,7 +19,7 @@ CONFIGURED = "5511900000072"
 
 
 def _run(*cmd: str) -> bool:
-    return subprocess.run(cmd, capture_output=True).returncode == 0
+    return subprocess.run(cmd, capture_output=True, check=False).returncode == 0
 
 
 @contextlib.contextmanager
