@@ -21,6 +21,7 @@ from . import __version__
 from .accounts.dedup import SeenIds
 from .automations import ReplyHistory, decide
 from .accounts.manager import AccountManager, UnknownAccount
+from .accounts.store import StorageError
 from .config import Config
 from .engines.base import EngineError
 from .model import AccountState, IncomingMessage, OutgoingMessage, Receipt, Status, is_phone, utc_iso
@@ -292,6 +293,8 @@ class Bridge:
                 body = api.error(route, exc.code, exc.message)
             except UnknownAccount as exc:
                 body = api.error(route, "unknown_account", str(exc))
+            except StorageError as exc:
+                body = api.error(route, "storage_error", str(exc))
             except EngineError as exc:
                 body = api.error(route, exc.code, str(exc))
             except Exception as exc:  # a bug must still answer the client

@@ -70,6 +70,7 @@ class ErrorCode(StrEnum):
     ENGINE_CRASHED = "engine_crashed"
     STORE_CORRUPT = "store_corrupt"
     CONNECTION_LOST = "connection_lost"
+    STORAGE_ERROR = "storage_error"
 
 
 class Status(BaseModel):
@@ -241,3 +242,4 @@ class OutgoingMessage(BaseModel):
 class SendResult(BaseModel):
     id: str
     timestamp: datetime | None = None
+    already_sent: bool = False  # a retry of a message WhatsApp already had: nothing went out again

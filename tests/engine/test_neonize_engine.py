@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -277,3 +278,52 @@ async def test_media_sources_are_read_under_the_policy(tmp_path: Path) -> None:
     with pytest.raises(EngineError) as outside:
         await load_media("document", MediaSource(path="/etc/hostname"), policy)
     assert outside.value.code == "forbidden" and "document.path" in str(outside.value)
+
+
+async def test_a_retried_send_is_recognised_by_the_secret_whatsmeow_stored(tmp_path: Path,
+                                                                           engine: NeonizeEngine) -> None:
+    """neonize 0.5.2 cannot send under our id; whatsmeow stores the message's secret before sending.
+    Offline, the real Go send gets that far (the recipient's LID is known) and then fails."""
+    from wa_mqtt.engines import neonize_calls as calls
+
+    phone = next_phone()
+    store = fresh_store(tmp_path / "store.db")
+    write_synthetic_device(store, phone)
+    with sqlite3.connect(store) as db:  # no usync query for the recipient's LID
+        db.execute("INSERT INTO whatsmeow_lid_map (lid, pn) VALUES ('123456789012345', '5511999999999')")
+    events = Recorder()
+    session = engine.open_session(phone, store, events)
+    await session.start()
+    assert (await events.next()).code == ErrorCode.DIAL_FAILED
+    message = OutgoingMessage(to="5511999999999", text="once")
+    key = calls.device_key(store, phone)
+    first, second = calls.message_secret(key, "3EB0FIRST"), calls.message_secret(key, "3EB0SECOND")
+    assert len(first) == 32 and first != second and first == calls.message_secret(key, "3EB0FIRST")
+
+    # whatsmeow keeps the secret under its own id before the network part (which fails here)
+    with pytest.raises(EngineError):
+        await calls.send(session.client, message, calls.RecentMessages(), engine.media_policy, phone, first)
+    whatsmeow_id = calls.sent_with_secret(store, first)
+    assert whatsmeow_id is not None and whatsmeow_id.startswith("3EB0")
+
+    # a retry finds it and sends nothing (offline, a real send would fail)
+    result = await session.send(message, "3EB0FIRST", retry=True)
+    assert (result.id, result.already_sent) == (whatsmeow_id, True)
+
+    # a send that fails drops its record: its retry is sent, not taken for delivered
+    with pytest.raises(EngineError) as failure:
+        await session.send(message, "3EB0SECOND")
+    assert failure.value.code == "not_connected"
+    assert calls.sent_with_secret(store, second) is None
+
+    sent: list[E.Message] = []
+
+    async def send_message(to: object, built: E.Message) -> N.SendResponse:  # the network part of a send
+        sent.append(built)
+        return N.SendResponse(ID="OUT1", Timestamp=1_795_000_000, ServerID=0, DebugTimings=N.MessageDebugTimings())
+
+    session.client.send_message = send_message
+    result = await session.send(message, "3EB0SECOND", retry=True)
+    assert (result.id, result.already_sent) == ("OUT1", False)
+    assert sent[0].messageContextInfo.messageSecret == second and sent[0].conversation == "once"
+    await session.close()

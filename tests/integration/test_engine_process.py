@@ -67,6 +67,28 @@ async def test_a_crashed_engine_restarts_and_the_other_account_never_notices(env
         assert len(engine_children(env.sessions)) == 2 and set(engine_children(env.sessions)) != set(children)
 
 
+async def test_a_send_whose_engine_dies_after_the_handover_is_retried_under_its_id(
+        env: BridgeEnv, bridge: BridgeProcess) -> None:
+    """The engine went away before answering: the send may have gone out. It stays queued and is sent
+    again under the same WhatsApp id when the engine is back, so it is delivered and answered once."""
+    env.link_sim_account(A)
+    bridge.start()
+    async with Probe(env.broker, env.base) as probe:
+        await probe.wait_state(A, "connected", timeout=15)
+        [child] = engine_children(env.sessions)
+        await probe.sim(A, "stall", {"seconds": 30})  # the answer to the next send is held back
+        mark = probe.mark()
+        await probe.publish(f"{env.base}/{A}/request/send", {"to": ANA, "text": "once", "transaction": "t1"})
+        delivered = await probe.wait_for(f"{env.base}/sim/{A}/sent", after=mark)
+        os.kill(child, signal.SIGKILL)
+        answers = [r.json() for r in await probe.wait_count(f"{env.base}/{A}/response/send", 2)]
+        assert [a["transaction"] for a in answers] == ["t1", "t1"]
+        assert answers[0]["data"]["queued"] is True, answers[0]  # not "not sent": it may well have been
+        assert answers[1]["data"] == {"id": delivered.json()["id"], "queued": False, "from_queue": True}
+        await probe.wait_for(f"{env.base}/{A}/status", lambda r: r.json()["queued_outgoing"] == 0, after=mark)
+    assert len([r for r in probe.received if r.topic == f"{env.base}/sim/{A}/sent"]) == 1
+
+
 async def test_a_hung_engine_is_killed_and_restarted(env: BridgeEnv, bridge: BridgeProcess) -> None:
     env.write_config(engine_process={"heartbeat_interval": 0.2, "heartbeat_timeout": 1.5})
     env.link_sim_account(A)

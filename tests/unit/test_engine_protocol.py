@@ -13,7 +13,8 @@ from wa_mqtt.model import ErrorCode, IncomingMessage
 
 
 def test_request_round_trip() -> None:
-    request = p.Request(7, "send", {"message": {"to": "5511999999999", "text": "hé"}})
+    request = p.Request(7, "send", {"message": {"to": "5511999999999", "text": "hé"},
+                                    "message_id": "3EB0A1B2C3D4E5F6A7B8C9", "retry": True})
     assert p.decode_request(p.encode_request(request)) == request
     assert p.encode_request(request).endswith(b"\n") and p.encode_request(request).count(b"\n") == 1
 
@@ -44,9 +45,12 @@ def test_events_cross_unchanged(event: object) -> None:
     assert isinstance(decoded, p.Event) and decoded.event == event
 
 
+V = p.VERSION
+
+
 @pytest.mark.parametrize("line", [
-    b'{"v": 2, "hb": 1}\n', b'{"hb": 1}\n', b"not json\n", b"[1]\n", b'{"v": 1, "what": 1}\n',
-    b'{"v": 1, "event": {"kind": "nonsense"}}\n',
+    b'{"v": %d, "hb": 1}\n' % (V - 1), b'{"v": %d, "hb": 1}\n' % (V + 1), b'{"hb": 1}\n', b"not json\n", b"[1]\n",
+    b'{"v": %d, "what": 1}\n' % V, b'{"v": %d, "event": {"kind": "nonsense"}}\n' % V,
 ])
 def test_child_lines_of_another_version_or_shape_are_refused(line: bytes) -> None:
     with pytest.raises(p.ProtocolError):
@@ -54,10 +58,11 @@ def test_child_lines_of_another_version_or_shape_are_refused(line: bytes) -> Non
 
 
 @pytest.mark.parametrize("line", [
-    json.dumps({"v": 2, "id": 1, "op": "start", "args": {}}).encode(),
-    json.dumps({"v": 1, "id": 1, "op": "format_disk", "args": {}}).encode(),
-    json.dumps({"v": 1, "id": "1", "op": "stop", "args": {}}).encode(),
-    json.dumps({"v": 1, "id": 1, "op": "stop", "args": []}).encode(),
+    json.dumps({"v": V - 1, "id": 1, "op": "send", "args": {"message": {"to": "5511999999999", "text": "x"}}}).encode(),
+    json.dumps({"v": V + 1, "id": 1, "op": "start", "args": {}}).encode(),
+    json.dumps({"v": V, "id": 1, "op": "format_disk", "args": {}}).encode(),
+    json.dumps({"v": V, "id": "1", "op": "stop", "args": {}}).encode(),
+    json.dumps({"v": V, "id": 1, "op": "stop", "args": []}).encode(),
 ])
 def test_bad_requests_are_refused(line: bytes) -> None:
     with pytest.raises(p.ProtocolError):

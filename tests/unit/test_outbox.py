@@ -159,3 +159,45 @@ def test_survives_sigkill(tmp_path: Path, clock: FakeClock) -> None:
         assert box.sent_id(A, "done") == "3EB0DDD"
     finally:
         box.close()
+
+
+def test_the_whatsapp_id_is_chosen_once_and_kept_for_every_try(outbox: Outbox) -> None:
+    entry, _ = outbox.enqueue(A, request("one"), "key")
+    assert (entry.wa_id, entry.tries) == (None, 0)
+    first = outbox.begin_attempt(entry.id, "3EB0FIRST")
+    assert first is not None and (first.wa_id, first.tries) == ("3EB0FIRST", 1)
+    again = outbox.begin_attempt(entry.id, "3EB0OTHER")  # a retry: the stored id wins
+    assert again is not None and (again.wa_id, again.tries) == ("3EB0FIRST", 2)
+    outbox.end_attempt(entry.id)  # the engine refused that try: it did not reach WhatsApp
+    assert outbox.pending(A)[0].tries == 1
+    outbox.complete(again, "3EB0FIRST")
+    assert outbox.pending(A) == [] and outbox.sent_id(A, "key") == "3EB0FIRST"
+    assert outbox.begin_attempt(entry.id, "3EB0NEW") is None  # gone
+
+
+def test_next_pending_sees_entries_queued_meanwhile(outbox: Outbox) -> None:
+    one, _ = outbox.enqueue(A, request("one"), None)
+    outbox.enqueue(B, request("other"), None)
+    assert outbox.next_pending(A) == one
+    two, _ = outbox.enqueue(A, request("two"), None)
+    assert outbox.next_pending(A, one.id) == two
+    assert outbox.next_pending(A, two.id) is None
+
+
+def test_an_outbox_of_the_previous_version_is_upgraded(tmp_path: Path, clock: FakeClock) -> None:
+    import sqlite3
+
+    path = tmp_path / "outbox.db"
+    with sqlite3.connect(path) as db:  # the schema before `wa_id` and `tries`
+        db.execute("CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, account TEXT NOT NULL,"
+                   " request TEXT NOT NULL, client_id TEXT, created_at REAL NOT NULL)")
+        db.execute("INSERT INTO outbox (account, request, client_id, created_at) VALUES (?, ?, 'k', ?)",
+                   (A, '{"message": {"text": "old"}}', T0.timestamp()))
+    box = Outbox(path, clock)
+    try:
+        [entry] = box.pending(A)
+        assert (entry.request["message"]["text"], entry.wa_id, entry.tries) == ("old", None, 0)
+        started = box.begin_attempt(entry.id, "3EB0NEW")
+        assert started is not None and started.wa_id == "3EB0NEW"
+    finally:
+        box.close()

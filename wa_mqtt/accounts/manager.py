@@ -22,7 +22,7 @@ from ..tasks import BackgroundTasks
 from . import machine as m
 from .backups import BackupError, backup_store, check_store, list_backups, restore_from_backup
 from .outbox import Outbox
-from .store import SessionStore
+from .store import SessionStore, StorageError
 from .supervisor import AccountSink, Supervisor
 
 log = logging.getLogger(__name__)
@@ -220,7 +220,15 @@ class AccountManager:
 
     # -- commands ------------------------------------------------------------------------------
     async def pair(self, phone: str, method: str) -> Supervisor:
-        """Link a number: the account's `connect`, creating the account when it is new."""
+        """Link a number: the account's `connect`, creating the account when it is new.
+
+        The account's folder is made (and proved writable) first: when the sessions folder cannot be
+        written this raises `StorageError` and no account, retained topic or folder is left behind."""
+        try:
+            await asyncio.to_thread(self.store.ensure_writable, phone)
+        except StorageError as exc:
+            log.warning("%s: cannot pair: %s", phone, exc)
+            raise
         supervisor = self._accounts.get(phone) or self._add(phone, {}, AccountState.STOPPED, announce=True)
         self._remember_stop(phone, False)
         await supervisor.submit(m.Start(method=method, by_user=True))  # type: ignore[arg-type]

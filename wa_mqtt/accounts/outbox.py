@@ -1,5 +1,6 @@
-"""The outbox: a durable queue (SQLite, WAL) of sends waiting for their account to connect, and the
-record of client ids already sent (idempotency).
+"""The outbox: a durable queue (SQLite, WAL) of sends, and the record of client ids already sent
+(idempotency). Every send is written here before it is handed to WhatsApp and leaves once WhatsApp
+took it: a connected account's only for the call, a disconnected one's until it connects.
 
 Each entry holds the validated send request as an opaque JSON-able dict (the message, its
 `transaction`, the MQTT v5 response topic / correlation data) so the response can be sent when the
@@ -7,6 +8,13 @@ message is finally delivered or expires. Order is per account, oldest first. A c
 already waiting is not queued twice (`enqueue` returns the waiting entry); a client id sent within
 `idempotency_window` seconds (24 h) is remembered with its WhatsApp id (`sent_id`), so it is never
 sent twice. Times come from the injected clock (timezone-aware datetimes).
+
+Retries are idempotent end to end: before each engine call `begin_attempt` stores (durably) the
+WhatsApp message id the send goes out with (`wa_id`, chosen once and then kept) and counts the try
+(`end_attempt` uncounts one the engine refused). A bridge killed after handing a message to WhatsApp
+finds the entry again on restart and sends it with the same `wa_id`, which WhatsApp deduplicates;
+`tries > 1` tells the engine an earlier try may have gone out.
+`complete` removes the entry and records its client id in one transaction.
 
 Durability: every call commits before it returns; `synchronous=FULL` by default (an fsync per
 change: sends are human-rate and a queued send was promised to the user), so entries survive a
@@ -36,7 +44,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     account    TEXT NOT NULL,
     request    TEXT NOT NULL,
     client_id  TEXT,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    wa_id      TEXT,
+    tries      INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_by_account ON outbox (account, id);
 CREATE UNIQUE INDEX IF NOT EXISTS outbox_by_client ON outbox (account, client_id) WHERE client_id IS NOT NULL;
@@ -50,7 +60,8 @@ CREATE TABLE IF NOT EXISTS sent (
 CREATE INDEX IF NOT EXISTS sent_by_time ON sent (sent_at);
 """
 
-_COLUMNS = "id, account, request, client_id, created_at"
+_COLUMNS = "id, account, request, client_id, created_at, wa_id, tries"
+_ADDED_COLUMNS = {"wa_id": "TEXT", "tries": "INTEGER NOT NULL DEFAULT 0"}  # outbox.db files of older versions
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,8 @@ class OutboxEntry:
     request: dict[str, Any] = field(hash=False)
     client_id: str | None
     created_at: datetime
+    wa_id: str | None = None  # the WhatsApp message id it goes out with, stored before the first try
+    tries: int = 0  # tries that may have reached WhatsApp (begun, and not refused by the engine)
 
 
 class Outbox:
@@ -73,6 +86,7 @@ class Outbox:
         self._lock = threading.Lock()
         self._conn = open_wal(self.path, synchronous)
         self._conn.executescript(_SCHEMA)
+        self._migrate()
         waiting = self._conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
         if waiting:
             log.info("outbox %s: %d sends waiting from before", self.path, waiting)
@@ -95,12 +109,48 @@ class Outbox:
         assert entry_id is not None
         return OutboxEntry(entry_id, account, json.loads(data), client_id, _datetime(created)), False
 
+    def _migrate(self) -> None:
+        have = {row[1] for row in self._conn.execute("PRAGMA table_info(outbox)")}
+        for name, kind in _ADDED_COLUMNS.items():
+            if name not in have:
+                self._conn.execute(f"ALTER TABLE outbox ADD COLUMN {name} {kind}")
+
     def pending(self, account: str) -> list[OutboxEntry]:
         """The account's waiting sends, oldest first."""
         with self._lock:
             rows = self._conn.execute(f"SELECT {_COLUMNS} FROM outbox WHERE account = ? ORDER BY id",
                                       (account,)).fetchall()
         return [_entry(row) for row in rows]
+
+    def next_pending(self, account: str, after: int = 0) -> OutboxEntry | None:
+        """The account's oldest waiting send with an id above `after` (entries queued meanwhile included)."""
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM outbox WHERE account = ? AND id > ? ORDER BY id LIMIT 1",
+                (account, after)).fetchone()
+        return _entry(row) if row else None
+
+    def begin_attempt(self, entry_id: int, wa_id: str) -> OutboxEntry | None:
+        """Before an engine call: keep the entry's WhatsApp id (`wa_id` if it has none yet) and count the
+        try, durably. Returns the updated entry (its `wa_id` is the one to send with), None if it is gone."""
+        with self._lock:
+            row = self._conn.execute(
+                f"UPDATE outbox SET wa_id = COALESCE(wa_id, ?), tries = tries + 1 WHERE id = ? RETURNING {_COLUMNS}",
+                (wa_id, entry_id)).fetchone()
+        return _entry(row) if row else None
+
+    def end_attempt(self, entry_id: int) -> None:
+        """The engine answered that the try failed: it did not reach WhatsApp, so it does not count."""
+        with self._lock:
+            self._conn.execute("UPDATE outbox SET tries = MAX(tries - 1, 0) WHERE id = ?", (entry_id,))
+
+    def complete(self, entry: OutboxEntry, wa_id: str) -> None:
+        """The entry went out as WhatsApp message `wa_id`: remove it and remember its client id, atomically."""
+        now = self._now()
+        with self._lock, transaction(self._conn):
+            self._conn.execute("DELETE FROM outbox WHERE id = ?", (entry.id,))
+            if entry.client_id is not None:
+                self._record_sent(entry.account, entry.client_id, wa_id, now)
 
     def remove(self, entry_id: int) -> None:
         """Forget one entry (sent, or answered with an error). Unknown ids are ignored."""
@@ -139,9 +189,12 @@ class Outbox:
         """Record that `client_id` went out as WhatsApp message `wa_id`; prune records past the window."""
         now = self._now()
         with self._lock, transaction(self._conn):
-            self._conn.execute("INSERT OR REPLACE INTO sent (account, client_id, wa_id, sent_at) VALUES (?, ?, ?, ?)",
-                               (account, client_id, wa_id, now))
-            self._conn.execute("DELETE FROM sent WHERE sent_at < ?", (now - self._window,))
+            self._record_sent(account, client_id, wa_id, now)
+
+    def _record_sent(self, account: str, client_id: str, wa_id: str, now: float) -> None:
+        self._conn.execute("INSERT OR REPLACE INTO sent (account, client_id, wa_id, sent_at) VALUES (?, ?, ?, ?)",
+                           (account, client_id, wa_id, now))
+        self._conn.execute("DELETE FROM sent WHERE sent_at < ?", (now - self._window,))
 
     def sent_id(self, account: str, client_id: str) -> str | None:
         """The WhatsApp id `client_id` was sent as within the window, else None."""
@@ -167,5 +220,5 @@ def _datetime(timestamp: float) -> datetime:
 
 
 def _entry(row: tuple[Any, ...]) -> OutboxEntry:
-    entry_id, account, request, client_id, created_at = row
-    return OutboxEntry(entry_id, account, json.loads(request), client_id, _datetime(created_at))
+    entry_id, account, request, client_id, created_at, wa_id, tries = row
+    return OutboxEntry(entry_id, account, json.loads(request), client_id, _datetime(created_at), wa_id, tries)

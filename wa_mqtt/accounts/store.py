@@ -9,6 +9,7 @@ Folders are 0700 and files 0600: a store is a key to someone's WhatsApp.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -27,6 +28,10 @@ log = logging.getLogger(__name__)
 STORE_FILE = "store.db"
 META_FILE = "account.json"
 BACKUP_DIR = "backups"
+
+
+class StorageError(OSError):
+    """The sessions folder cannot be written (read-only, permissions, disk full): response `storage_error`."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,27 @@ class SessionStore:
         os.chmod(paths.root, 0o700)
         return paths
 
+    def ensure_writable(self, phone: str) -> AccountPaths:
+        """Make sure the account's folder exists and can be written (a test file is written and removed);
+        raise `StorageError` naming the folder and the cause otherwise. A folder made here is removed
+        again on failure, so a failed account creation leaves nothing behind."""
+        paths = self.paths(phone)
+        existed = paths.root.exists()
+        try:
+            self.prepare(phone)
+            fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=paths.root)
+            try:
+                os.write(fd, b"ok")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                os.unlink(probe)
+        except OSError as exc:
+            if not existed and paths.root.exists():
+                shutil.rmtree(paths.root, ignore_errors=True)
+            raise StorageError(_describe_failure(paths.root, exc)) from exc
+        return paths
+
     def secure(self, phone: str) -> None:
         """Re-apply 0700 on folders and 0600 on files of an account (after an engine wrote them)."""
         paths = self.paths(phone)
@@ -106,6 +132,14 @@ class SessionStore:
         temporary file, so a write from a worker thread and one from the loop can neither collide nor
         lose each other's keys.
         """
+        try:
+            return self._write_meta(phone, changes)
+        except StorageError:
+            raise
+        except OSError as exc:
+            raise StorageError(_describe_failure(self.paths(phone).root, exc)) from exc
+
+    def _write_meta(self, phone: str, changes: dict[str, Any]) -> dict[str, Any]:
         paths = self.prepare(phone)
         with self._meta_lock:
             meta = self.read_meta(phone)
@@ -131,3 +165,20 @@ class SessionStore:
         if paths.root.exists():
             shutil.rmtree(paths.root)
             log.info("removed session folder of %s", phone)
+
+
+def _describe_failure(folder: Path, exc: OSError) -> str:
+    """`cannot write the session folder <folder>: <cause>`, with what to check for that cause."""
+    cause = exc.strerror or str(exc)
+    if exc.errno == errno.EROFS:
+        return f"cannot write the session folder {folder}: {cause} (its file system is mounted read-only)"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        where = next((p for p in (folder, *folder.parents) if p.exists()), folder)
+        try:
+            info = where.stat()
+            owner = f"{where} has mode {info.st_mode & 0o7777:04o} and owner uid {info.st_uid}; "
+        except OSError:
+            owner = ""
+        return (f"cannot write the session folder {folder}: {cause} ({owner}the bridge runs as uid {os.geteuid()}; "
+                "an immutable attribute (chattr +i) stops root too)")
+    return f"cannot write the session folder {folder}: {cause}"

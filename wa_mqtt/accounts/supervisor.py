@@ -20,11 +20,11 @@ from typing import Any, Protocol, TypeVar
 from ..config import Config
 from ..engines.base import (
     Disconnected, Engine, EngineError, EngineEvent, EngineSession, MessageReceived, PairMethod, ReceiptReceived,
-    SimSent,
+    SimSent, new_message_id,
 )
-from ..model import AccountState, ErrorCode, IncomingMessage, OutgoingMessage, Receipt, Status
+from ..model import AccountState, ErrorCode, IncomingMessage, OutgoingMessage, Receipt, SendResult, Status
 from . import machine as m
-from .outbox import Outbox
+from .outbox import Outbox, OutboxEntry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -78,6 +78,7 @@ class Supervisor:
         self._retry: asyncio.TimerHandle | None = None
         self._pairing_timer: asyncio.TimerHandle | None = None
         self._flush_task: asyncio.Task[None] | None = None
+        self._in_flight: set[int] = set()  # outbox entries handed to the engine right now
         self._closed = False
         self.messages_in = 0
         self.messages_out = 0
@@ -114,24 +115,31 @@ class Supervisor:
         await self.submit(m.LogoutDone())
 
     async def send(self, message: OutgoingMessage, route: dict[str, Any]) -> dict[str, Any]:
-        """Send now when connected and nothing waits before it; else queue on disk (`queued: true`)."""
+        """Send now when connected and nothing waits before it; else queue on disk (`queued: true`).
+
+        Every send is written to the outbox first and leaves it only once WhatsApp took it, so a bridge
+        killed in between sends it again after a restart, with the same WhatsApp id (see `_deliver`)."""
         if message.id and (known := self._outbox.sent_id(self.phone, message.id)):
             return {"id": known, "queued": False, "duplicate": True}
-        if self.state == AccountState.CONNECTED and self._outbox.depth(self.phone) == 0:
-            try:
-                result = await self._call(lambda s: s.send(message))
-            except EngineError as exc:
-                if exc.code != "not_connected":
-                    raise
-            else:
-                self._sent(message, result.id)
-                return {"id": result.id, "queued": False}
         entry, duplicate = self._outbox.enqueue(
             self.phone, {"message": message.model_dump(mode="json", exclude_none=True), "route": route}, message.id)
-        if not duplicate:
-            log.info("%s: send queued (%s), %d waiting", self.phone, self.state, self._outbox.depth(self.phone))
+        if duplicate:
+            return {"id": None, "queued": True, "queue_id": entry.id, "duplicate": True}
+        if self.state == AccountState.CONNECTED and not self._flushing() and self._outbox.depth(self.phone) == 1:
+            try:
+                result = await self._deliver(entry, message)
+            except EngineError as exc:
+                if not _retry_later(exc):  # refused: nothing to retry
+                    self._outbox.remove(entry.id)
+                    self._refresh_queue_depth()
+                    raise
+            else:
+                self._refresh_queue_depth()  # a heartbeat during the call may have shown it waiting
+                if result is not None:
+                    return {"id": result.id, "queued": False}
+        log.info("%s: send queued (%s), %d waiting", self.phone, self.state, self._outbox.depth(self.phone))
         self._refresh_queue_depth()
-        return {"id": None, "queued": True, "queue_id": entry.id, "duplicate": duplicate}
+        return {"id": None, "queued": True, "queue_id": entry.id, "duplicate": False}
 
     async def engine_call(self, fn: Callable[[EngineSession], Awaitable[T]]) -> T:
         """react / read / typing: need a connected session, never queued."""
@@ -248,7 +256,13 @@ class Supervisor:
                     self._sink.on_linked_elsewhere(self.phone, str(data["linked_phone"]))
 
     async def _start_session(self, method: PairMethod) -> None:
-        self._store_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            self._store_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:  # retried with backoff: it recovers when the folder can be written again
+            log.warning("%s: cannot create the session folder %s: %s", self.phone, self._store_path.parent, exc)
+            self._emit(Disconnected(code=ErrorCode.STORAGE_ERROR,
+                                    error=f"cannot create the session folder {self._store_path.parent}: {exc.strerror or exc}"))
+            return
         session = self._ensure_session()
         async with self._session_lock:
             try:
@@ -278,45 +292,72 @@ class Supervisor:
             log.warning("%s: engine call failed: %s", self.phone, exc)
 
     # -- outgoing queue ------------------------------------------------------------------------
+    def _flushing(self) -> bool:
+        return self._flush_task is not None and not self._flush_task.done()
+
     def _start_flush(self) -> None:
-        if self._outbox.depth(self.phone) and (self._flush_task is None or self._flush_task.done()):
+        if self._outbox.depth(self.phone) and not self._flushing():
             self._flush_task = asyncio.create_task(self._flush(), name=f"flush-{self.phone}")
 
     async def _flush(self) -> None:
-        """Send queued messages oldest first while connected."""
+        """Send queued messages oldest first while connected, including those queued meanwhile."""
         self._expire_queued()
-        for entry in self._outbox.pending(self.phone):
-            if self.state != AccountState.CONNECTED:
-                break
+        last = 0
+        while self.state == AccountState.CONNECTED and (entry := self._outbox.next_pending(self.phone, last)):
+            last = entry.id
+            if entry.id in self._in_flight:
+                continue  # a direct send of it is under way
             message = OutgoingMessage.model_validate(entry.request["message"])
             route = entry.request.get("route", {})
             try:
-                result = await self._call(lambda s: s.send(message))
+                result = await self._deliver(entry, message)
             except EngineError as exc:
-                if exc.code == "not_connected":
+                if _retry_later(exc):
                     break
                 self._outbox.remove(entry.id)
                 self._sink.on_deferred_response(self.phone, "send", route, {
                     "status": "error", "code": exc.code, "error": f"queued message not sent: {exc}"})
                 continue
-            self._outbox.remove(entry.id)
-            self._sent(message, result.id)
-            self._sink.on_deferred_response(self.phone, "send", route, {
-                "status": "ok", "data": {"id": result.id, "queued": False, "from_queue": True}})
+            if result is not None:
+                self._sink.on_deferred_response(self.phone, "send", route, {
+                    "status": "ok", "data": {"id": result.id, "queued": False, "from_queue": True}})
             self._refresh_queue_depth()
         self._refresh_queue_depth()
+
+    async def _deliver(self, entry: OutboxEntry, message: OutgoingMessage) -> SendResult | None:
+        """Hand one outbox entry to the engine under its WhatsApp id, stored before the call; on success
+        the entry leaves the outbox. None when the entry was gone (expired or removed meanwhile)."""
+        started = self._outbox.begin_attempt(entry.id, new_message_id())
+        if started is None:
+            return None
+        retry = started.tries > 1  # an earlier try may have reached WhatsApp
+        if retry:
+            log.info("%s: sending queued message %d again as %s (try %d): WhatsApp drops it if it got it before",
+                     self.phone, entry.id, started.wa_id, started.tries)
+        self._in_flight.add(entry.id)
+        try:
+            result = await self._call(lambda s: s.send(message, started.wa_id, retry))
+        except EngineError as exc:
+            if not exc.maybe_done:
+                self._outbox.end_attempt(entry.id)  # the engine answered: this try did not reach WhatsApp
+            raise
+        finally:
+            self._in_flight.discard(entry.id)
+        self._outbox.complete(started, result.id)
+        if result.already_sent:
+            log.info("%s: queued message %d had already reached WhatsApp as %s; not sent again",
+                     self.phone, entry.id, result.id)
+        else:
+            self.messages_out += 1
+        return result
 
     def _expire_queued(self) -> None:
         for entry in self._outbox.take_expired(self.phone, self._config.outgoing.ttl):
             self._sink.on_deferred_response(self.phone, "send", entry.request.get("route", {}), {
                 "status": "error", "code": "expired",
-                "error": f"not sent: still queued after outgoing.ttl ({self._config.outgoing.ttl:g} s)"})
+                "error": f"not sent: still queued after outgoing.ttl ({self._config.outgoing.ttl:g} s)"
+                         + (f"; a try before a crash may have reached WhatsApp as {entry.wa_id}" if entry.tries else "")})
         self._refresh_queue_depth()
-
-    def _sent(self, message: OutgoingMessage, wa_id: str) -> None:
-        self.messages_out += 1
-        if message.id:
-            self._outbox.remember_sent(self.phone, message.id, wa_id)
 
     def _refresh_queue_depth(self) -> None:
         depth = self._outbox.depth(self.phone)
@@ -346,4 +387,10 @@ class Supervisor:
 @dataclass(frozen=True)
 class _Heartbeat:
     pass
+
+
+def _retry_later(exc: EngineError) -> bool:
+    """A send that failed this way stays queued: the account is not connected, or the engine went away
+    mid-call (it may have gone out; the retry carries the same WhatsApp id, so it cannot go out twice)."""
+    return exc.code == "not_connected" or exc.maybe_done
 

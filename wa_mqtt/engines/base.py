@@ -7,6 +7,7 @@ cross the pipe between the bridge and an engine child process as JSON lines unch
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -19,12 +20,24 @@ from ..model import ErrorCode, IncomingMessage, OutgoingMessage, Receipt, SendRe
 PairMethod = Literal["qr", "code"]
 
 
-class EngineError(Exception):
-    """An engine operation failed; `code` is a response error code (`engine_error`, `not_connected`)."""
+def new_message_id() -> str:
+    """A fresh WhatsApp message id, shaped like whatsmeow's own (`3EB0` + 18 upper-case hex digits).
 
-    def __init__(self, message: str, code: str = "engine_error") -> None:
+    The bridge chooses a send's id before handing it to the engine and keeps it for every retry, so a
+    message that reached WhatsApp before a crash is recognised, not delivered twice."""
+    return "3EB0" + secrets.token_hex(9).upper()
+
+
+class EngineError(Exception):
+    """An engine operation failed; `code` is a response error code (`engine_error`, `not_connected`).
+
+    `maybe_done`: the engine went away during the call (its process died, or no answer came), so the
+    operation may have taken effect; otherwise the engine answered and it did not."""
+
+    def __init__(self, message: str, code: str = "engine_error", *, maybe_done: bool = False) -> None:
         super().__init__(message)
         self.code = code
+        self.maybe_done = maybe_done
 
 
 class _Event(BaseModel):
@@ -121,6 +134,10 @@ class EngineSession(Protocol):
 
     `start` begins restoring the stored session (or pairing when the store holds none) and returns
     at once; the outcome arrives as events through the `emit` function the session was opened with.
+
+    `send` goes out as WhatsApp message `message_id` (chosen by the bridge, the same on every retry of
+    one message); `retry` says an earlier try with that id may have reached WhatsApp. A message that did
+    is not delivered again: the result carries its id and `already_sent`.
     """
 
     async def start(self, pair_method: PairMethod = "qr") -> None: ...
@@ -129,7 +146,7 @@ class EngineSession(Protocol):
 
     async def logout(self) -> None: ...
 
-    async def send(self, message: OutgoingMessage) -> SendResult: ...
+    async def send(self, message: OutgoingMessage, message_id: str | None = None, retry: bool = False) -> SendResult: ...
 
     async def react(self, chat: str, message_id: str, emoji: str, sender: str | None = None) -> str: ...
 

@@ -3,12 +3,24 @@ incoming messages they need (replies quote them; reactions and reads name their 
 
 Functions of a live neonize client; `neonize_engine.NeonizeSession` owns the client and calls these.
 Protobuf building lives in `neonize_convert`; media bytes are read under the media policy here.
+
+Idempotent sends. neonize 0.5.2 cannot send under an id of our choosing: its Go `SendMessage` takes
+no `SendRequestExtra`, so whatsmeow always picks the id (goneonize main.go:474-503). What whatsmeow
+does record, in the store and before the message goes out (send.go:390-396), is the message's
+`messageContextInfo.messageSecret`. So a send carries a secret derived from the id the bridge chose
+(`message_secret`), and a retry first looks that secret up (`sent_with_secret`): found, the message
+reached WhatsApp before under whatsmeow's id, and is not sent again. A send that fails drops its
+record (`forget_secret`), so only a message whatsmeow may have sent keeps one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import sqlite3
 from collections import OrderedDict
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import media
@@ -74,8 +86,42 @@ async def load_media(field: str, source: MediaSource, policy: MediaPolicy) -> by
         raise EngineError(f"{field}: cannot read the media ({exc})", code="engine_error") from None
 
 
+def device_key(store_path: Path, phone: str) -> bytes | None:
+    """A private key of the account's linked device (its noise key), to key `message_secret`; None when
+    the store holds no device."""
+    path = Path(store_path)
+    if not path.is_file():
+        return None
+    with sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True) as db:
+        rows = db.execute("SELECT jid, noise_key FROM whatsmeow_device ORDER BY rowid").fetchall()
+    mine = [key for jid, key in rows if conv.jid_user(jid) == phone] or [key for _jid, key in rows]
+    return bytes(mine[0]) if mine else None
+
+
+def message_secret(key: bytes, message_id: str) -> bytes:
+    """The 32-byte `messageSecret` of the send the bridge calls `message_id`: the same on every retry,
+    unguessable without the device's key (recipients get it; WhatsApp's servers never see it)."""
+    return hmac.new(key, b"wa_mqtt message secret\0" + message_id.encode(), hashlib.sha256).digest()
+
+
+def sent_with_secret(store_path: Path, secret: bytes) -> str | None:
+    """whatsmeow's id of an outgoing message that carried `secret`, if it was handed to WhatsApp."""
+    path = Path(store_path)
+    with sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True) as db:
+        row = db.execute("SELECT message_id FROM whatsmeow_message_secrets WHERE key = ? ORDER BY rowid DESC LIMIT 1",
+                         (secret,)).fetchone()  # the newest: an earlier try may have failed after the secret was kept
+    return str(row[0]) if row else None
+
+
+def forget_secret(store_path: Path, secret: bytes) -> None:
+    """A send failed after whatsmeow kept its secret (seen offline: the secret is stored, then the
+    device list cannot be fetched): drop that record, so a retry does not take it for a message sent."""
+    with sqlite3.connect(Path(store_path).absolute(), timeout=15) as db:
+        db.execute("DELETE FROM whatsmeow_message_secrets WHERE key = ?", (secret,))
+
+
 async def send(client: NewAClient, message: OutgoingMessage, recent: RecentMessages, policy: MediaPolicy,
-               phone: str) -> SendResult:
+               phone: str, secret: bytes | None = None) -> SendResult:
     context = None
     if message.reply_to:
         known = recent.get(message.reply_to)
@@ -90,6 +136,8 @@ async def send(client: NewAClient, message: OutgoingMessage, recent: RecentMessa
             built = await build_media(client, message.kind, source, source.caption or message.text, policy)
             if context is not None:
                 conv.attach_context(built, context)
+        if secret is not None:
+            built.messageContextInfo.messageSecret = secret
         response = await client.send_message(conv.parse_jid(message.jid), built)
     except EngineError:
         raise

@@ -159,6 +159,7 @@ class NeonizeSession:
         self._stopping = False
         self._closed = False
         self._recent = calls.RecentMessages(recent_limit)
+        self._device_key: bytes | None = None  # keys the messageSecret of idempotent sends (read once)
 
     @property
     def client(self) -> NewAClient | None:
@@ -176,6 +177,7 @@ class NeonizeSession:
             if self._client is not None:
                 await self._stop_locked()
             client, restoring = await self._new_client()
+            self._device_key = None  # a new pairing brings a new device
             self._register(client)
             self._client, self._pair_method = client, pair_method
             self._pair_code_asked, self._stopping = False, False
@@ -400,8 +402,40 @@ class NeonizeSession:
             raise EngineError("not connected", code="not_connected")
         return self._client
 
-    async def send(self, message: OutgoingMessage) -> SendResult:
-        return await calls.send(self._require_client(), message, self._recent, self._engine.media_policy, self.phone)
+    async def send(self, message: OutgoingMessage, message_id: str | None = None, retry: bool = False) -> SendResult:
+        """Send; with `message_id`, idempotently (see neonize_calls): a retry of a message whatsmeow
+        already handed to WhatsApp returns its id and sends nothing."""
+        client = self._require_client()
+        secret = await self._message_secret(message_id) if message_id is not None else None
+        if retry and secret is not None:
+            try:
+                known = await asyncio.to_thread(calls.sent_with_secret, self.store_path, secret)
+            except sqlite3.Error as exc:
+                log.warning("%s: cannot tell whether %s went out before (%s); sending it", self.phone, message_id, exc)
+                known = None
+            if known is not None:
+                log.info("%s: message %s already went out as %s; not sent again", self.phone, message_id, known)
+                return SendResult(id=known, already_sent=True)
+        try:
+            return await calls.send(client, message, self._recent, self._engine.media_policy, self.phone, secret)
+        except EngineError:
+            if secret is not None:
+                try:
+                    await asyncio.to_thread(calls.forget_secret, self.store_path, secret)
+                except sqlite3.Error as exc:
+                    log.warning("%s: could not drop the record of failed send %s: %s", self.phone, message_id, exc)
+            raise
+
+    async def _message_secret(self, message_id: str) -> bytes | None:
+        if self._device_key is None:
+            try:
+                self._device_key = await asyncio.to_thread(calls.device_key, self.store_path, self.phone)
+            except sqlite3.Error as exc:
+                log.warning("%s: store unreadable (%s)", self.phone, exc)
+        if self._device_key is None:
+            log.debug("%s: no device key in the store; %s is sent without a retry marker", self.phone, message_id)
+            return None
+        return calls.message_secret(self._device_key, message_id)
 
     async def react(self, chat: str, message_id: str, emoji: str, sender: str | None = None) -> str:
         return await calls.react(self._require_client(), self._recent, chat, message_id, emoji, sender)

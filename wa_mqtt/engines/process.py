@@ -133,8 +133,9 @@ class ProcessSession:
     async def logout(self) -> None:
         await self._call("logout", {})
 
-    async def send(self, message: OutgoingMessage) -> SendResult:
-        result = await self._call("send", {"message": message.model_dump(mode="json", exclude_none=True)})
+    async def send(self, message: OutgoingMessage, message_id: str | None = None, retry: bool = False) -> SendResult:
+        result = await self._call("send", {"message": message.model_dump(mode="json", exclude_none=True),
+                                           "message_id": message_id, "retry": retry})
         return SendResult.model_validate(result)
 
     async def react(self, chat: str, message_id: str, emoji: str, sender: str | None = None) -> str:
@@ -191,10 +192,11 @@ class ProcessSession:
             proc.stdin.write(p.encode_request(p.Request(request_id, op, args)))
             await proc.stdin.drain()
             reply = await asyncio.wait_for(future, timeout)
-        except (BrokenPipeError, ConnectionResetError):
-            raise EngineError("the engine process went away", code="engine_error") from None
+        except (BrokenPipeError, ConnectionResetError):  # not connected any more; a send is retried later
+            raise EngineError("the engine process went away", code="not_connected", maybe_done=True) from None
         except TimeoutError:
-            raise EngineError(f"the engine did not answer {op} within {timeout:g} s", code="engine_error") from None
+            raise EngineError(f"the engine did not answer {op} within {timeout:g} s", code="engine_error",
+                              maybe_done=True) from None
         finally:
             self._pending.pop(request_id, None)
         if not reply.ok:
@@ -277,9 +279,10 @@ class ProcessSession:
         self._hello.set()  # a child that died before reporting in frees its start slot
         reason = self._kill_reason or how
         self._kill_reason = None
-        for future in self._pending.values():
+        for future in self._pending.values():  # `not_connected`: a send in flight stays queued, retried with its id
             if not future.done():
-                future.set_exception(EngineError(f"the engine process ended ({reason})", code="engine_error"))
+                future.set_exception(EngineError(f"the engine process ended ({reason})", code="not_connected",
+                                                 maybe_done=True))
         if not self._expected_exit:
             log.warning("%s: engine process %d ended unexpectedly: %s", self.phone, proc.pid, reason)
             self._emit(Crashed(error=reason))

@@ -1,12 +1,15 @@
 """The protocol between the bridge and an engine child process: versioned JSON lines over pipes. Pure.
 
-parent → child (stdin):   {"v": 1, "id": 7, "op": "send", "args": {...}}
-child → parent (stdout):  {"v": 1, "id": 7, "ok": true, "result": ...}
-                          {"v": 1, "id": 7, "ok": false, "error": "...", "code": "not_connected"}
-                          {"v": 1, "event": {...an engine event, engines/base.py...}}
-                          {"v": 1, "hb": 12, "rss_kb": 30512}           (heartbeat)
-                          {"v": 1, "hello": {"pid": 123, "engine": "sim"}}
+parent → child (stdin):   {"v": 2, "id": 7, "op": "send", "args": {"message": {...}, "message_id": "3EB0...", "retry": false}}
+child → parent (stdout):  {"v": 2, "id": 7, "ok": true, "result": ...}
+                          {"v": 2, "id": 7, "ok": false, "error": "...", "code": "not_connected"}
+                          {"v": 2, "event": {...an engine event, engines/base.py...}}
+                          {"v": 2, "hb": 12, "rss_kb": 30512}           (heartbeat)
+                          {"v": 2, "hello": {"pid": 123, "engine": "sim"}}
 A line with another `v` is a protocol error: the two sides come from different versions.
+
+Versions: 1, the first; 2, `send` carries the WhatsApp `message_id` the bridge chose and `retry`, and its
+result `already_sent` (a version-1 child would ignore the id, and a retried message could go out twice).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pydantic import ValidationError
 
 from .base import EVENT_ADAPTER, EngineEvent
 
-VERSION = 1
+VERSION = 2
 MAX_LINE = 256 * 1024 * 1024  # a 64 MB media file in base64, with room to spare
 OPS = frozenset({"start", "stop", "logout", "send", "react", "mark_read", "typing", "sim_control", "close"})
 

@@ -31,6 +31,7 @@ from .base import (
 log = logging.getLogger(__name__)
 
 RECONNECT_AFTER_DROP = 0.2  # seconds; whatsmeow's own reconnect after a dropped connection
+SENT_IDS_KEPT = timedelta(days=2)  # how long a delivered message id is remembered (a repeat is dropped)
 Clock = Callable[[], datetime]
 
 
@@ -43,6 +44,15 @@ def _connect(store_path: Path) -> sqlite3.Connection:
     db.execute(
         "CREATE TABLE IF NOT EXISTS sim_device (phone TEXT PRIMARY KEY, name TEXT, linked_at TEXT)"
     )
+    return db
+
+
+def _sent_db(store_path: Path) -> sqlite3.Connection:
+    """The ids the simulated WhatsApp already took from this device (it drops a repeated one, as
+    WhatsApp does). Written without fsync: it must outlive a killed process, not a power cut."""
+    db = sqlite3.connect(store_path)
+    db.execute("PRAGMA synchronous=OFF")
+    db.execute("CREATE TABLE IF NOT EXISTS sim_sent (id TEXT PRIMARY KEY, sent_at TEXT NOT NULL)")
     return db
 
 
@@ -126,6 +136,7 @@ class SimSession:
         self._outage_until: datetime | None = None
         self._offline_inbox: list[IncomingMessage] = []
         self._sent_count = 0
+        self._stall = 0.0  # seconds the next send's answer is held (`wa/sim/<phone>/stall`)
         self._tasks: set[asyncio.Task[None]] = set()
         self._reconnect: asyncio.TimerHandle | None = None
 
@@ -155,11 +166,15 @@ class SimSession:
         await self.stop()
         self._unlink()
 
-    async def send(self, message: OutgoingMessage) -> SendResult:
+    async def send(self, message: OutgoingMessage, message_id: str | None = None, retry: bool = False) -> SendResult:
         self._require_connected()
+        if message_id is not None and (first := self._delivered_at(message_id)) is not None:
+            log.info("%s: message %s was delivered before; dropped as WhatsApp does", self.phone, message_id)
+            return SendResult(id=message_id, timestamp=first, already_sent=True)
         self._sent_count += 1
-        msg_id = f"SIM{self.phone[-4:]}{self._sent_count:08X}"
+        msg_id = message_id or f"SIM{self.phone[-4:]}{self._sent_count:08X}"
         now = self._clock()
+        self._record_delivery(msg_id, now)
         payload: dict[str, Any] = {"to": message.jid, "id": msg_id, "type": message.kind, "text": message.text}
         if message.reply_to:
             payload["reply_to"] = message.reply_to
@@ -171,7 +186,27 @@ class SimSession:
             payload["client_id"] = message.id
         self._emit(SimSent(payload=payload))
         self._emit(ReceiptReceived(receipt=Receipt(ids=[msg_id], chat=message.jid, type="delivered", timestamp=now)))
+        if self._stall:
+            seconds, self._stall = self._stall, 0.0
+            await asyncio.sleep(seconds)  # WhatsApp has it; the bridge hears of it only now
         return SendResult(id=msg_id, timestamp=now)
+
+    def _delivered_at(self, message_id: str) -> datetime | None:
+        db = _sent_db(self.store_path)
+        try:
+            row = db.execute("SELECT sent_at FROM sim_sent WHERE id = ?", (message_id,)).fetchone()
+        finally:
+            db.close()
+        return datetime.fromisoformat(row[0]) if row else None
+
+    def _record_delivery(self, message_id: str, now: datetime) -> None:
+        db = _sent_db(self.store_path)
+        try:
+            with db:
+                db.execute("INSERT OR REPLACE INTO sim_sent VALUES (?, ?)", (message_id, now.isoformat()))
+                db.execute("DELETE FROM sim_sent WHERE sent_at < ?", ((now - SENT_IDS_KEPT).isoformat(),))
+        finally:
+            db.close()
 
     async def react(self, chat: str, message_id: str, emoji: str, sender: str | None = None) -> str:
         self._require_connected()
@@ -200,6 +235,7 @@ class SimSession:
             "scan": self._scan, "incoming": self._incoming, "drop": self._drop, "outage": self._outage,
             "logout": self._remote_logout, "replace": self._replace, "crash": self._do_crash,
             "hang": self._hang, "balloon": self._balloon,  # test aids for the engine process supervision
+            "stall": self._stall_next_send,  # test aid: a bridge killed between handing over and hearing back
         }.get(action)
         if handler is None:
             raise EngineError(f"unknown sim action {action!r}", code="invalid_request")
@@ -282,6 +318,16 @@ class SimSession:
     async def _hang(self, _payload: bytes) -> None:
         """Test aid: the engine stops answering (blocks its process), as neonize can after a QR expiry."""
         time.sleep(3600)
+
+    async def _stall_next_send(self, payload: bytes) -> None:
+        """Test aid: the next send reaches WhatsApp at once, its answer comes `{"seconds": N}` later."""
+        try:
+            seconds = float(json.loads(payload or b"{}").get("seconds", 10))
+        except (ValueError, AttributeError, TypeError):
+            seconds = -1.0
+        if not 0 <= seconds <= 600:
+            raise EngineError("stall payload must be {\"seconds\": N}, 0 to 600", code="invalid_request")
+        self._stall = seconds
 
     async def _balloon(self, payload: bytes) -> None:
         """Test aid: the engine grows by `{"mb": N}` megabytes, like a leak."""
