@@ -1,6 +1,7 @@
 """Command line: `python -m wa_mqtt [flags]` runs the bridge; subcommands check config and manage sessions.
 
-Exit codes: 0 clean stop, 2 invalid configuration or usage, 1 anything else.
+Exit codes: 0 clean stop, 2 invalid configuration or usage or a data file newer than this version, 1
+anything else.
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 async def run_bridge(config: Config, config_path: Path | None = None,
                      overrides: dict[str, Any] | None = None) -> int:
     from .app import App
+    from .schema import SchemaError, SchemaTooNewError
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -126,3 +128,6 @@ async def run_bridge(config: Config, config_path: Path | None = None,
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1
+    except SchemaError as exc:  # one of the data files: too new (like an invalid config: 2) or its upgrade failed
+        log.error("cannot start: %s", exc)
+        return 2 if isinstance(exc, SchemaTooNewError) else 1

@@ -24,7 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..durable import Synchronous, open_wal, transaction
+from ..durable import Synchronous, transaction
+from ..schema import Schema, Upgrade, open_versioned
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,10 @@ CREATE TABLE IF NOT EXISTS sent (
 );
 CREATE INDEX IF NOT EXISTS sent_by_time ON sent (sent_at);
 """
+# Append-only (see schema.py): a change to the tables is a new Upgrade at the end, never an edit above.
+SCHEMA = Schema("outbox", "queued sends", [
+    Upgrade(1, "the outbox and sent tables", _SCHEMA),
+])
 
 _COLUMNS = "id, account, request, client_id, created_at"
 
@@ -71,8 +76,7 @@ class Outbox:
         self._clock = clock
         self._window = idempotency_window
         self._lock = threading.Lock()
-        self._conn = open_wal(self.path, synchronous)
-        self._conn.executescript(_SCHEMA)
+        self._conn = open_versioned(self.path, SCHEMA, synchronous)
         waiting = self._conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
         if waiting:
             log.info("outbox %s: %d sends waiting from before", self.path, waiting)
