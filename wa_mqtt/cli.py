@@ -16,6 +16,7 @@ from typing import Any
 
 from . import __version__
 from .config import Config, ConfigError, load_config
+from .config_migrations import describe
 
 log = logging.getLogger("wa_mqtt")
 
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wa_mqtt: invalid configuration: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_level)
+    if config.migrations_applied:  # logged here: logging is set up only once the config is read
+        log.info("%s", describe(str(args.config), config.migrations_applied))
     warn_if_secrets_readable(args.config, config)
     command = args.command or "run"
     if command == "check-config":
