@@ -5,7 +5,8 @@ bridge's config (`config.yaml` keys), validated by `wa_mqtt.config.build_config`
 `main` is the add-on's edge: it reads `/data/options.json`, asks the Supervisor for the MQTT
 service (`GET http://supervisor/services/mqtt` with `SUPERVISOR_TOKEN`), merges the optional
 `/config/config.yaml` of the add-on's config folder (for keys the options do not cover, such as
-`auto_reply`), and writes `/data/config.yaml` (0600: it holds the broker password) for the bridge.
+`auto_reply`, brought to the current config `version` first), and writes `/data/config.yaml` (0600:
+it holds the broker password, and the current `version`) for the bridge.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from urllib.parse import quote
 import yaml
 
 from .config import ConfigError, build_config, deep_merge, read_yaml
+from .config_migrations import VERSION_KEY, ConfigVersionError, Migration, current_version, describe, migrate
 
 SESSIONS_DIR = "/data/sessions"
 DATA_DIR = "/data/data"
@@ -95,11 +97,13 @@ def options_to_config(
 ) -> dict[str, Any]:
     """The bridge's config data (not yet validated) from the add-on options.
 
-    `extra` (the add-on folder's own config.yaml) is the base; options override it; the sessions
-    and data folders are always under /data. `mqtt_url` wins over the Supervisor's MQTT service.
-    Unknown options raise ConfigError (the manifest and OPTION_PATHS must agree).
+    `extra` (the add-on folder's own config.yaml, migrated to the current version) is the base;
+    options override it; the sessions and data folders are always under /data. `mqtt_url` wins over
+    the Supervisor's MQTT service. The result has the current `version`. Unknown options raise
+    ConfigError (the manifest and OPTION_PATHS must agree), and so does an `extra` newer than the code.
     """
-    data: dict[str, Any] = {}
+    base = _current_layout(extra or {}, "the add-on folder's config.yaml")[0]
+    data: dict[str, Any] = {VERSION_KEY: current_version()}
     for option, value in _flatten(options).items():
         if option not in OPTION_PATHS:
             raise ConfigError(f"add-on option {option!r} has no config key")
@@ -110,7 +114,23 @@ def options_to_config(
         _set(data, "mqtt.url", mqtt_url(mqtt_service))
     data["sessions_dir"] = SESSIONS_DIR
     data["data_dir"] = DATA_DIR
-    return deep_merge(extra or {}, data)
+    return deep_merge(base, data)
+
+
+def read_extra(path: Path) -> dict[str, Any]:
+    """The add-on folder's config.yaml (absent: empty) in the current layout; says on stderr which
+    migrations it needed (the file itself is not rewritten: see config_migrations.py)."""
+    data, applied = _current_layout(read_yaml(path), str(path))
+    if applied:
+        print(f"wa_mqtt add-on: {describe(str(path), applied)}", file=sys.stderr)
+    return data
+
+
+def _current_layout(data: Mapping[str, Any], source: str) -> tuple[dict[str, Any], list[Migration]]:
+    try:
+        return migrate(data)
+    except ConfigVersionError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def fetch_mqtt_service(
@@ -139,7 +159,7 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     try:
         options = json.loads(args.options.read_text(encoding="utf-8"))
         service = fetch_mqtt_service(env.get("SUPERVISOR_TOKEN"))
-        data = options_to_config(options, service, read_yaml(args.extra))
+        data = options_to_config(options, service, read_extra(args.extra))
         if not data.get("mqtt", {}).get("url"):
             raise ConfigError("no MQTT broker: install the Mosquitto broker add-on or set the mqtt_url option")
         build_config(data)  # validate now: a clear message in the add-on log, exit code 2

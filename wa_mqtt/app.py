@@ -81,9 +81,11 @@ class App:
     async def run(self, stop: asyncio.Event) -> int:
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        spool = Spool(config.data_dir / "spool.db")
-        outbox = Outbox(config.data_dir / "outbox.db", self._clock)
-        seen = SeenIds(config.data_dir / "seen.db")
+        with contextlib.ExitStack() as opened:  # a file refused (schema.SchemaError) closes those opened before it
+            spool = opened.enter_context(contextlib.closing(Spool(config.data_dir / "spool.db")))
+            outbox = opened.enter_context(contextlib.closing(Outbox(config.data_dir / "outbox.db", self._clock)))
+            seen = opened.enter_context(contextlib.closing(SeenIds(config.data_dir / "seen.db")))
+            opened.pop_all()
         broker = None
         try:
             url = config.mqtt.url

@@ -1,6 +1,7 @@
 """Command line: `python -m wa_mqtt [flags]` runs the bridge; subcommands check config and manage sessions.
 
-Exit codes: 0 clean stop, 2 invalid configuration or usage, 1 anything else.
+Exit codes: 0 clean stop, 2 invalid configuration or usage or a data file newer than this version, 1
+anything else.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from . import __version__
 from .config import Config, ConfigError, load_config
+from .config_migrations import describe
 
 log = logging.getLogger("wa_mqtt")
 
@@ -95,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wa_mqtt: invalid configuration: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_level)
+    if config.migrations_applied:  # logged here: logging is set up only once the config is read
+        log.info("%s", describe(str(args.config), config.migrations_applied))
     warn_if_secrets_readable(args.config, config)
     command = args.command or "run"
     if command == "check-config":
@@ -116,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 async def run_bridge(config: Config, config_path: Path | None = None,
                      overrides: dict[str, Any] | None = None) -> int:
     from .app import App
+    from .schema import SchemaError, SchemaTooNewError
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -126,3 +131,6 @@ async def run_bridge(config: Config, config_path: Path | None = None,
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1
+    except SchemaError as exc:  # one of the data files: too new (like an invalid config: 2) or its upgrade failed
+        log.error("cannot start: %s", exc)
+        return 2 if isinstance(exc, SchemaTooNewError) else 1

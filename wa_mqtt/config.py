@@ -2,7 +2,8 @@
 
 One validated `Config` object is built here and passed down; no other module reads the environment
 or config files. Environment variables `WA_MQTT_<SECTION>__<KEY>` (or `WA_MQTT_<KEY>` for top-level
-keys) override the file; their values are parsed as YAML scalars (`true`, `5`, `[a, b]`).
+keys) override the file; their values are parsed as YAML scalars (`true`, `5`, `[a, b]`). The file's
+own data is first brought to the current `version` (config_migrations.py).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .auto_reply_rules import AutoReplyLimits, AutoReplyRules
+from .config_migrations import CONFIG_VERSION, ConfigVersionError, Migration, current_version, migrate
 from .model import phone_list
 
 ENV_PREFIX = "WA_MQTT_"
@@ -143,6 +145,7 @@ class EngineProcessConfig(_Section):
 
 
 class Config(_Section):
+    version: int = CONFIG_VERSION  # the layout of the file; older files are migrated (config_migrations.py)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     engine: Literal["neonize", "sim"] = "neonize"
     engine_process: EngineProcessConfig = Field(default_factory=EngineProcessConfig)
@@ -159,6 +162,19 @@ class Config(_Section):
     auto_reply: AutoReplyRules = Field(default_factory=list)  # see auto_reply_rules.py, docs/automations.md
     auto_reply_limits: AutoReplyLimits = Field(default_factory=AutoReplyLimits)
     notify: list[str] = Field(default_factory=list)  # default recipients: one HA notify entity each
+    _migrations: tuple[Migration, ...] = PrivateAttr(default=())
+
+    @property
+    def migrations_applied(self) -> tuple[Migration, ...]:
+        """The migrations the file's data went through at load (empty when it was current)."""
+        return self._migrations
+
+    @field_validator("version")
+    @classmethod
+    def _current_version(cls, value: int) -> int:
+        if value != current_version():  # a file's version was migrated: only an override can get here
+            raise ValueError(f"must be {current_version()} (the config version this wa_mqtt reads)")
+        return value
 
     @field_validator("proxy")
     @classmethod
@@ -297,13 +313,20 @@ def build_config(
     environ: Mapping[str, str] | None = None,
     cli_overrides: Mapping[str, Any] | None = None,
 ) -> Config:
-    """File data, then environment, then command-line flags; validated. Raises ConfigError."""
-    merged = deep_merge(dict(data), _env_overrides(environ or {}))
+    """File data (migrated to the current `version`), then environment, then command-line flags;
+    validated. Raises ConfigError."""
+    try:
+        current, applied = migrate(data)
+    except ConfigVersionError as exc:
+        raise ConfigError(str(exc)) from None
+    merged = deep_merge(current, _env_overrides(environ or {}))
     merged = deep_merge(merged, cli_overrides or {})
     try:
-        return Config.model_validate(merged)
+        config = Config.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
+    config._migrations = tuple(applied)
+    return config
 
 
 def load_config(

@@ -11,7 +11,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from ..durable import Synchronous, open_wal, transaction
+from ..durable import Synchronous, transaction
+from ..schema import Schema, Upgrade, open_versioned
 
 DEFAULT_WINDOW = 20000
 
@@ -24,6 +25,10 @@ CREATE TABLE IF NOT EXISTS seen (
 );
 CREATE INDEX IF NOT EXISTS seen_by_age ON seen (account, n);
 """
+# Append-only (see schema.py): a change to the table is a new Upgrade at the end, never an edit above.
+SCHEMA = Schema("dedup", "message ids already handled", [
+    Upgrade(1, "the seen table", _SCHEMA),
+])
 
 
 class SeenIds:
@@ -35,8 +40,7 @@ class SeenIds:
         self.path = Path(path)
         self.window = window
         self._lock = threading.Lock()
-        self._conn = open_wal(self.path, synchronous)
-        self._conn.executescript(_SCHEMA)
+        self._conn = open_versioned(self.path, SCHEMA, synchronous)
         self._counts: dict[str, int] = dict(
             self._conn.execute("SELECT account, COUNT(*) FROM seen GROUP BY account").fetchall())
 

@@ -32,7 +32,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..durable import Synchronous, open_wal, transaction
+from ..durable import Synchronous, transaction
+from ..schema import Schema, Upgrade, open_versioned
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     account    TEXT NOT NULL,
     request    TEXT NOT NULL,
     client_id  TEXT,
-    created_at REAL NOT NULL,
-    wa_id      TEXT,
-    tries      INTEGER NOT NULL DEFAULT 0
+    created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outbox_by_account ON outbox (account, id);
 CREATE UNIQUE INDEX IF NOT EXISTS outbox_by_client ON outbox (account, client_id) WHERE client_id IS NOT NULL;
@@ -59,9 +58,14 @@ CREATE TABLE IF NOT EXISTS sent (
 );
 CREATE INDEX IF NOT EXISTS sent_by_time ON sent (sent_at);
 """
+# Append-only (see schema.py): a change to the tables is a new Upgrade at the end, never an edit above.
+SCHEMA = Schema("outbox", "queued sends", [
+    Upgrade(1, "the outbox and sent tables", _SCHEMA),
+    Upgrade(2, "the WhatsApp id chosen before a send, and the tries made",
+            "ALTER TABLE outbox ADD COLUMN wa_id TEXT; ALTER TABLE outbox ADD COLUMN tries INTEGER NOT NULL DEFAULT 0;"),
+])
 
 _COLUMNS = "id, account, request, client_id, created_at, wa_id, tries"
-_ADDED_COLUMNS = {"wa_id": "TEXT", "tries": "INTEGER NOT NULL DEFAULT 0"}  # outbox.db files of older versions
 
 
 @dataclass(frozen=True)
@@ -84,9 +88,7 @@ class Outbox:
         self._clock = clock
         self._window = idempotency_window
         self._lock = threading.Lock()
-        self._conn = open_wal(self.path, synchronous)
-        self._conn.executescript(_SCHEMA)
-        self._migrate()
+        self._conn = open_versioned(self.path, SCHEMA, synchronous)
         waiting = self._conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
         if waiting:
             log.info("outbox %s: %d sends waiting from before", self.path, waiting)
@@ -108,12 +110,6 @@ class Outbox:
             entry_id = cursor.lastrowid
         assert entry_id is not None
         return OutboxEntry(entry_id, account, json.loads(data), client_id, _datetime(created)), False
-
-    def _migrate(self) -> None:
-        have = {row[1] for row in self._conn.execute("PRAGMA table_info(outbox)")}
-        for name, kind in _ADDED_COLUMNS.items():
-            if name not in have:
-                self._conn.execute(f"ALTER TABLE outbox ADD COLUMN {name} {kind}")
 
     def pending(self, account: str) -> list[OutboxEntry]:
         """The account's waiting sends, oldest first."""

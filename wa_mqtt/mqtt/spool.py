@@ -19,7 +19,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..durable import Synchronous, open_wal, transaction
+from ..durable import Synchronous, transaction
+from ..schema import Schema, Upgrade, open_versioned
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,10 @@ CREATE TABLE IF NOT EXISTS spool (
     size    INTEGER NOT NULL
 )
 """
+# Append-only (see schema.py): a change to the table is a new Upgrade at the end, never an edit above.
+SCHEMA = Schema("spool", "MQTT messages not yet published", [
+    Upgrade(1, "the spool table", _SCHEMA),
+])
 
 
 @dataclass(frozen=True)
@@ -58,8 +63,7 @@ class Spool:
         self.dropped = 0
         self._overflowing = False
         self._lock = threading.Lock()
-        self._conn = open_wal(self.path, synchronous)
-        self._conn.execute(_SCHEMA)
+        self._conn = open_versioned(self.path, SCHEMA, synchronous)
         count, total = self._conn.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM spool").fetchone()
         self._count: int = count
         self._bytes: int = total
