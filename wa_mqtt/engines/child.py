@@ -116,19 +116,24 @@ class ChildServer:
                 await engine.aclose()
             except Exception:  # closing must never keep the process alive
                 log.exception("session did not close cleanly")
-            store_lock.release()  # only now may another engine process open this store
+            if store_lock is not None:
+                store_lock.release()  # only now may another engine process open this store
         return 0
 
-    async def _lock_store(self) -> FolderLock:
+    async def _lock_store(self) -> FolderLock | None:
         """Hold the account's folder while this process has its store open. An engine process of a
-        bridge that was just killed may still be closing the same store: wait for it to let go."""
+        bridge that was just killed may still be closing the same store: wait for it to let go. A
+        folder that cannot carry a lock file (read-only) is left to the engine, which reports it."""
         folder = self._store.parent
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             return lock_folder(folder)
         except FolderBusy as exc:
             log.warning("the store folder %s is in use by %s; waiting up to %g s for it", folder,
                         f"process {exc.pid}" if exc.pid else "another process", STORE_WAIT)
+        except OSError as exc:
+            log.warning("cannot lock the store folder %s (%s)", folder, exc.strerror or exc)
+            return None
         return await lock_folder_waiting(folder, STORE_WAIT)
 
     @staticmethod
