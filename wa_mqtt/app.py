@@ -1,6 +1,8 @@
 """Wires the parts together and owns the top TaskGroup, the startup order and the shutdown order.
 
-Startup: durable files → (embedded broker) → link, bridge, manager → restore every account at once.
+Startup: the sessions folder's lock (one bridge per folder) and, for the embedded broker, a free port
+(either failing is a StartupError: exit 2) → durable files → (embedded broker) → link, bridge, manager
+→ restore every account at once.
 Shutdown (SIGTERM/SIGINT): stop accepting requests, finish the ones being served, close the engine
 sessions, publish what is queued and then `offline` (retained), disconnect, close files.
 """
@@ -21,13 +23,14 @@ from .accounts.manager import AccountManager
 from .accounts.outbox import Outbox
 from .accounts.store import SessionStore
 from .bridge import Bridge
-from .config import Config, ConfigError, config_changes, load_config, without_restart_changes
+from .config import Config, ConfigError, config_changes, config_file_complete, load_config, without_restart_changes
 from .engines.base import Engine
 from .mqtt.api import ApiError
 from .mqtt import discovery
 from .mqtt.link import MqttLink, start_embedded_broker
 from .mqtt.spool import Spool
 from .mqtt.topics import Topics
+from .startup import ensure_port_free, lock_sessions_folder, port_error
 from .watch import Watcher
 
 log = logging.getLogger(__name__)
@@ -77,8 +80,21 @@ class App:
         self.bridge: Bridge | None = None
         self.manager: AccountManager | None = None
         self.link: MqttLink | None = None
+        self._seen_half_written = False  # the config file seemed half-written once already
 
     async def run(self, stop: asyncio.Event) -> int:
+        """Run until `stop` is set; the exit code. Raises StartupError when the bridge cannot start:
+        another bridge holds the sessions folder, or the embedded broker's port is taken."""
+        sessions_lock = lock_sessions_folder(self.config.sessions_dir)
+        try:
+            if self.config.mqtt.url is None:
+                ensure_port_free(self.config.mqtt.embedded_port)
+            return await self._run(stop)
+        finally:
+            if sessions_lock is not None:
+                sessions_lock.release()
+
+    async def _run(self, stop: asyncio.Event) -> int:
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True)
         with contextlib.ExitStack() as opened:  # a file refused (schema.SchemaError) closes those opened before it
@@ -90,7 +106,12 @@ class App:
         try:
             url = config.mqtt.url
             if url is None:
-                broker = await start_embedded_broker(config.mqtt.embedded_port)
+                try:
+                    broker = await start_embedded_broker(config.mqtt.embedded_port)
+                except Exception as exc:  # taken since ensure_port_free looked: amqtt wraps the OSError
+                    if isinstance(exc.__cause__, OSError):
+                        raise port_error(config.mqtt.embedded_port, exc.__cause__) from None
+                    raise
                 url = f"mqtt://127.0.0.1:{config.mqtt.embedded_port}"
             engine = self._engine or make_engine(config)
             topics = Topics(config.mqtt.base_topic)
@@ -151,11 +172,13 @@ class App:
 
     async def reload(self) -> dict[str, Any]:
         """Re-read config.yaml: apply what can change while running, report what needs a restart.
-        An invalid file keeps the running config and is reported as `config_invalid`."""
+        An invalid file keeps the running config and is reported as `config_invalid`; so is a missing
+        or empty one (deleted, or truncated mid-write): it must not reset settings such as allow_to."""
         if self._config_path is None or self.bridge is None or self.manager is None:
             raise ApiError("invalid_request", "this bridge was not started from a config file")
         try:
-            new = await asyncio.to_thread(load_config, self._config_path, self._environ, self._cli_overrides)
+            new = await asyncio.to_thread(load_config, self._config_path, self._environ, self._cli_overrides,
+                                          missing_ok=False, empty_ok=False)
         except ConfigError as exc:
             log.warning("config reload rejected, the running config stays in force: %s", exc)
             self.bridge.on_bridge_event("config_invalid", {"error": str(exc)})
@@ -176,6 +199,16 @@ class App:
         self.bridge.on_bridge_event("config_reloaded", result)
         return result
 
-    async def _reload_on_edit(self) -> None:
+    async def _reload_on_edit(self) -> bool:
+        """config.yaml changed. A file written in place is first truncated: seen empty, missing or
+        unparsable, it is looked at once more after another quiet period before it counts as invalid."""
+        assert self._config_path is not None
+        if not self._seen_half_written and not await asyncio.to_thread(config_file_complete, self._config_path):
+            log.debug("%s looks half-written (missing, empty or unparsable); looking again once it is quiet",
+                      self._config_path)
+            self._seen_half_written = True
+            return False  # the watcher calls again once the file has been quiet once more
+        self._seen_half_written = False
         with contextlib.suppress(ApiError):  # already reported as config_invalid; the old config stays
             await self.reload()
+        return True

@@ -1,7 +1,8 @@
 """Command line: `python -m wa_mqtt [flags]` runs the bridge; subcommands check config and manage sessions.
 
-Exit codes: 0 clean stop, 2 invalid configuration or usage or a data file newer than this version, 1
-anything else.
+Exit codes: 0 clean stop, 2 a setup problem (invalid configuration or usage, a missing `--config`
+file, config.yaml or a data file from a newer release, the sessions folder in use by another bridge,
+the embedded broker's port taken), 1 anything else.
 """
 
 from __future__ import annotations
@@ -15,16 +16,41 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import Config, ConfigError, load_config
+from .config import ENV_PREFIX, Config, ConfigError, file_secrets, load_config, read_yaml
 from .config_migrations import describe
 
 log = logging.getLogger("wa_mqtt")
 
+DEFAULT_CONFIG = Path("config.yaml")
+EPILOG = f"""\
+environment:
+  Every config key can be set in the environment: {ENV_PREFIX}<KEY> for a
+  top-level key, {ENV_PREFIX}<SECTION>__<KEY> (two underscores) for a key in a
+  section. Values are read as YAML (true, 5, [a, b]). The environment
+  overrides config.yaml; the flags above override both. For example:
+    {ENV_PREFIX}ENGINE=sim  {ENV_PREFIX}LOG_LEVEL=debug
+    {ENV_PREFIX}MQTT__URL=mqtt://user:pass@host:1883
+    {ENV_PREFIX}OUTGOING__ALLOW_TO='[5511999999999]'
+    {ENV_PREFIX}BACKUPS__ENCRYPTION_KEY=<a Fernet key>
+  Every key, its default, its variable and whether a change needs a
+  restart: docs/configuration.md
+
+exit codes:
+  0  clean stop (SIGTERM, Ctrl-C), or the command succeeded
+  1  the command failed (pairing failed or timed out, a backup or restore
+     failed), or the bridge stopped on an unexpected error
+  2  a setup problem: invalid configuration or usage, a --config file that
+     does not exist, the sessions folder in use by another bridge, the
+     embedded broker's port already taken
+"""
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m wa_mqtt", description="WhatsApp <-> MQTT bridge")
+    parser = argparse.ArgumentParser(prog="python -m wa_mqtt", description="WhatsApp <-> MQTT bridge",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"wa_mqtt {__version__}")
-    parser.add_argument("--config", type=Path, default=Path("config.yaml"), help="config file (default ./config.yaml)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="config file (default ./config.yaml, optional; a file named here must exist)")
     parser.add_argument("--engine", choices=["neonize", "sim"], help="override `engine`")
     parser.add_argument("--mqtt-url", help="override `mqtt.url` (mqtt://user:pass@host:1883)")
     parser.add_argument("--sessions-dir", type=Path, help="override `sessions_dir`")
@@ -42,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("backup", nargs="?")
     remove = sessions_sub.add_parser("remove", help="delete an account's folder (store, metadata, backups)")
     remove.add_argument("phone")
+    for command in (restore, remove):
+        command.add_argument("--force", action="store_true",
+                             help="even while a bridge runs on this sessions folder (it is refused otherwise)")
     pair = sub.add_parser("pair", help="link a number: shows the QR code in this terminal")
     pair.add_argument("phone")
     pair.add_argument("--method", choices=["qr", "code"], default="qr")
@@ -72,34 +101,44 @@ def setup_logging(level: str) -> None:
 
 
 def warn_if_secrets_readable(path: Path, config: Config) -> None:
-    """A config file (or key file) holding secrets should not be readable by other users."""
-    candidates: list[Path] = []
-    if any(url and "@" in url for url in (config.mqtt.url, config.proxy)) and path.exists():
-        candidates.append(path)
+    """A config file holding a secret itself (not one given by the environment or a flag), or the key
+    file, should not be readable by other users."""
+    candidates: list[tuple[Path, str]] = []
+    try:
+        in_file = file_secrets(read_yaml(path))
+    except ConfigError:
+        in_file = []
+    if in_file:
+        candidates.append((path, f"holds a secret ({', '.join(in_file)})"))
     if config.mqtt.key_file:
-        candidates.append(Path(config.mqtt.key_file))
-    for candidate in candidates:
+        candidates.append((Path(config.mqtt.key_file), "is a private key"))
+    for candidate, what in candidates:
         try:
             mode = candidate.stat().st_mode
         except OSError:
             continue
         if mode & 0o004:
-            log.warning("%s holds a secret and is readable by every user on this machine: chmod 600 %s",
-                        candidate, candidate)
+            log.warning("%s %s and is readable by every user on this machine: chmod 600 %s",
+                        candidate, what, candidate)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    config_path = args.config or DEFAULT_CONFIG
+    if args.config is not None and not config_path.exists():
+        print(f"wa_mqtt: the config file {config_path} does not exist (--config names a file that must exist; "
+              f"without --config, ./{DEFAULT_CONFIG} is optional)", file=sys.stderr)
+        return 2
     try:
-        config = load_config(args.config, cli_overrides=cli_overrides(args))
+        config = load_config(config_path, cli_overrides=cli_overrides(args))
     except ConfigError as exc:
         print(f"wa_mqtt: invalid configuration: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_level)
     if config.migrations_applied:  # logged here: logging is set up only once the config is read
-        log.info("%s", describe(str(args.config), config.migrations_applied))
-    warn_if_secrets_readable(args.config, config)
+        log.info("%s", describe(str(config_path), config.migrations_applied))
+    warn_if_secrets_readable(config_path, config)
     command = args.command or "run"
     if command == "check-config":
         import json
@@ -113,14 +152,19 @@ def main(argv: list[str] | None = None) -> int:
     if command == "pair":
         from .pair_cli import run_pair
 
-        return asyncio.run(run_pair(config, args.phone, args.method))
-    return asyncio.run(run_bridge(config, args.config, cli_overrides(args)))
+        try:
+            return asyncio.run(run_pair(config, args.phone, args.method))
+        except KeyboardInterrupt:
+            print("pairing cancelled", file=sys.stderr)
+            return 130
+    return asyncio.run(run_bridge(config, config_path, cli_overrides(args)))
 
 
 async def run_bridge(config: Config, config_path: Path | None = None,
                      overrides: dict[str, Any] | None = None) -> int:
     from .app import App
     from .schema import SchemaError, SchemaTooNewError
+    from .startup import StartupError
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -128,6 +172,9 @@ async def run_bridge(config: Config, config_path: Path | None = None,
         loop.add_signal_handler(sig, stop.set)
     try:
         return await App(config, config_path=config_path, cli_overrides=overrides).run(stop)
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1

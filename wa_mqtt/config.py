@@ -217,20 +217,35 @@ class Config(_Section):
         return data
 
 
-# Settings that only take effect at start: a reload reports them instead of half-applying them.
-RESTART_KEYS = ("mqtt", "engine", "engine_process", "proxy", "sessions_dir", "data_dir")
+# Settings that only take effect at start: a reload reports them instead of half-applying them. The
+# media limits are also enforced by the engine processes, which keep the values they started with.
+RESTART_KEYS = ("mqtt", "engine", "engine_process", "proxy", "sessions_dir", "data_dir",
+                "outgoing.max_media_bytes", "outgoing.media_dir", "outgoing.block_private_urls")
+
+
+def _at(data: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        data = data.get(part) if isinstance(data, Mapping) else None
+    return data
 
 
 def config_changes(old: Config, new: Config) -> tuple[list[str], list[str]]:
-    """(top-level keys a reload applies, top-level keys that need a restart), each sorted."""
+    """(top-level keys a reload applies, keys that need a restart: top-level or dotted), each sorted."""
     before, after = old.model_dump(mode="json"), new.model_dump(mode="json")
-    changed = sorted(key for key in after if before.get(key) != after[key])
-    return ([k for k in changed if k not in RESTART_KEYS], [k for k in changed if k in RESTART_KEYS])
+    restart = sorted(key for key in RESTART_KEYS if _at(before, key) != _at(after, key))
+    applied = without_restart_changes(old, new).model_dump(mode="json")
+    return sorted(key for key in applied if before.get(key) != applied[key]), restart
 
 
 def without_restart_changes(old: Config, new: Config) -> Config:
     """`new`, but with the settings that need a restart kept as they are in `old`."""
-    return new.model_copy(update={key: getattr(old, key) for key in RESTART_KEYS})
+    update: dict[str, Any] = {key: getattr(old, key) for key in RESTART_KEYS if "." not in key}
+    for key in RESTART_KEYS:
+        if "." in key:
+            section, name = key.split(".", 1)
+            kept = update.get(section) or getattr(new, section)
+            update[section] = kept.model_copy(update={name: getattr(getattr(old, section), name)})
+    return new.model_copy(update=update)
 
 
 def mask_url(url: str | None) -> str | None:
@@ -247,8 +262,10 @@ def mask_url(url: str | None) -> str | None:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    """The overrides from `WA_MQTT_*` variables, and which variable set each key path (for errors)."""
     overrides: dict[str, Any] = {}
+    sources: dict[tuple[str, ...], str] = {}
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX):
             continue
@@ -265,7 +282,8 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         for key in path[:-1]:
             node = node.setdefault(key, {})
         node[path[-1]] = value
-    return overrides
+        sources[tuple(path)] = name
+    return overrides, sources
 
 
 def deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -279,33 +297,89 @@ def deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, A
     return merged
 
 
-def describe_validation_error(exc: ValidationError) -> str:
-    """One line per problem: `mqtt.embedded_port: Input should be less than or equal to 65535`."""
+def describe_validation_error(exc: ValidationError, env_sources: Mapping[tuple[str, ...], str] | None = None) -> str:
+    """One line per problem: `mqtt.embedded_port: Input should be less than or equal to 65535`; a value
+    that came from the environment names its variable."""
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = tuple(str(p) for p in err["loc"])
+        key = ".".join(loc) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
+        variable = next((name for path, name in (env_sources or {}).items() if loc[:len(path)] == path), None)
+        if variable is not None:
+            msg += f" (from the environment variable {variable}{_section_hint(loc)})"
         lines.append(f"{key}: {msg}")
     return "; ".join(lines)
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
-    """The mapping in a YAML file; a missing file is an empty config."""
+def _section_hint(loc: tuple[str, ...]) -> str:
+    """`WA_MQTT_MQTT_URL` meant `WA_MQTT_MQTT__URL`: say so when an unknown top-level key starts with a
+    section's name."""
+    if len(loc) != 1:
+        return ""
+    sections = [name for name, field in Config.model_fields.items()
+                if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)]
+    section = max((name for name in sections if loc[0].startswith(name + "_")), key=len, default=None)
+    if section is None:
+        return ""
+    inner = loc[0][len(section) + 1:].upper()
+    return f"; a key inside a section takes two underscores: {ENV_PREFIX}{section.upper()}__{inner}"
+
+
+def read_yaml(path: Path, *, missing_ok: bool = True, empty_ok: bool = True) -> dict[str, Any]:
+    """The mapping in a YAML file. A missing file, or one with no settings at all (empty, only
+    comments), is an empty config unless `missing_ok` / `empty_ok` say it is an error."""
     if not path.exists():
-        return {}
+        if missing_ok:
+            return {}
+        raise ConfigError(f"{path}: no such file")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if data is None:
-        return {}
+        if empty_ok:
+            return {}
+        raise ConfigError(f"{path}: the file is empty (no settings); a half-written file is not applied")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys")
     return data
+
+
+def config_file_complete(path: Path) -> bool:
+    """Whether `path` holds a readable mapping of settings (not missing, empty or broken YAML), as a
+    file half-way through being rewritten in place would not."""
+    try:
+        read_yaml(path, missing_ok=False, empty_ok=False)
+    except ConfigError:
+        return False
+    return True
+
+
+def file_secrets(data: Mapping[str, Any]) -> list[str]:
+    """The keys of a config file's own data that hold a secret (a password in a URL, the backup key)."""
+    mqtt = data.get("mqtt")
+    backups = data.get("backups")
+    candidates = {
+        "mqtt.url": mqtt.get("url") if isinstance(mqtt, Mapping) else None,
+        "proxy": data.get("proxy"),
+    }
+    found = []
+    for key, url in candidates.items():
+        try:
+            if isinstance(url, str) and urlsplit(url).password:
+                found.append(key)
+        except ValueError:
+            continue
+    if isinstance(backups, Mapping) and backups.get("encryption_key"):
+        found.append("backups.encryption_key")
+    return found
 
 
 def build_config(
@@ -319,12 +393,13 @@ def build_config(
         current, applied = migrate(data)
     except ConfigVersionError as exc:
         raise ConfigError(str(exc)) from None
-    merged = deep_merge(current, _env_overrides(environ or {}))
+    env, env_sources = _env_overrides(environ or {})
+    merged = deep_merge(current, env)
     merged = deep_merge(merged, cli_overrides or {})
     try:
         config = Config.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc)) from None
+        raise ConfigError(describe_validation_error(exc, env_sources)) from None
     config._migrations = tuple(applied)
     return config
 
@@ -333,6 +408,10 @@ def load_config(
     path: Path,
     environ: Mapping[str, str] | None = None,
     cli_overrides: Mapping[str, Any] | None = None,
+    *,
+    missing_ok: bool = True,
+    empty_ok: bool = True,
 ) -> Config:
-    """Load and validate `path` (may be absent) with environment and flag overrides."""
-    return build_config(read_yaml(path), os.environ if environ is None else environ, cli_overrides)
+    """Load and validate `path` with environment and flag overrides (see `read_yaml` for the flags)."""
+    data = read_yaml(path, missing_ok=missing_ok, empty_ok=empty_ok)
+    return build_config(data, os.environ if environ is None else environ, cli_overrides)

@@ -20,6 +20,7 @@ from .config import Config
 from .model import is_phone
 from .mqtt.link import broker_address
 from .mqtt.topics import Topics
+from .startup import StartupError
 
 ONLINE_WAIT = 30.0
 
@@ -66,6 +67,7 @@ async def _pair_over_mqtt(config: Config, topics: Topics, phone: str, method: st
             await client.subscribe(topic, qos=1)
         await client.publish(f"{topics.base}/bridge/request/pair",
                              json.dumps({"phone": phone, "method": method}), qos=1)
+        problem: str | None = None
         async with asyncio.timeout(config.pairing_timeout + 30):
             async for message in client.messages:
                 topic, payload = str(message.topic), bytes(message.payload or b"")
@@ -84,11 +86,20 @@ async def _pair_over_mqtt(config: Config, topics: Topics, phone: str, method: st
                     if status["state"] == "connected":
                         _say(f"linked: +{phone} ({status.get('name') or 'no name'}); the bridge restores it on every start")
                         return 0
+                    error = for_terminal(status.get("error"), phone)
                     if status["state"] in ("disconnected", "error", "logged_out") and status.get("error_code") in (
                             "pairing_timeout", "client_outdated", "store_corrupt"):
-                        _say(f"pairing failed: {status.get('error')}")
+                        _say(f"pairing failed: {error}")
                         return 1
+                    if status["state"] == "disconnected" and error and error != problem:
+                        problem = error  # said once, not on every retry
+                        _say(f"{error}; trying again (Ctrl-C to stop)")
     return 1
+
+
+def for_terminal(error: str | None, phone: str) -> str | None:
+    """A status error as a terminal user should read it: the MQTT command it suggests becomes this one."""
+    return error.replace("send connect", f"run `python -m wa_mqtt pair {phone}`") if error else error
 
 
 async def run_pair(config: Config, phone: str, method: str) -> int:
@@ -99,7 +110,7 @@ async def run_pair(config: Config, phone: str, method: str) -> int:
     topics = Topics(config.mqtt.base_topic)
     if await _bridge_online(config, topics, timeout=2.0):
         _say("asking the running bridge to pair")
-        return await _pair_over_mqtt(config, topics, phone, method)
+        return await _pair_reporting_failures(config, topics, phone, method)
 
     from .app import App
 
@@ -110,13 +121,23 @@ async def run_pair(config: Config, phone: str, method: str) -> int:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ONLINE_WAIT
         while not await _bridge_online(config, topics, timeout=1.0):
+            if app_task.done() and not app_task.cancelled() and isinstance(app_task.exception(), StartupError):
+                print(f"wa_mqtt: cannot start: {app_task.exception()}", file=sys.stderr)
+                return 2
             if app_task.done() or loop.time() > deadline:
                 _say("the bridge could not start; see the log above")
                 return 1
-        return await _pair_over_mqtt(config, topics, phone, method)
-    except (aiomqtt.MqttError, TimeoutError) as exc:
-        _say(f"pairing failed: {exc}")
-        return 1
+        return await _pair_reporting_failures(config, topics, phone, method)
     finally:
         stop.set()
         await asyncio.gather(app_task, return_exceptions=True)
+
+
+async def _pair_reporting_failures(config: Config, topics: Topics, phone: str, method: str) -> int:
+    try:
+        return await _pair_over_mqtt(config, topics, phone, method)
+    except TimeoutError:
+        _say(f"pairing failed: not linked within {config.pairing_timeout + 30:g} s")
+    except aiomqtt.MqttError as exc:
+        _say(f"pairing failed: the MQTT connection to the bridge failed ({exc})")
+    return 1

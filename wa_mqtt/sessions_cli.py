@@ -1,12 +1,15 @@
 """`python -m wa_mqtt sessions list|backup|restore|remove`: the sessions folder from the command line.
 
 These act on files directly. `backup` and `list` are safe while the bridge runs (online backup API,
-read-only checks); stop the bridge before `restore` or `remove`, or use the MQTT commands instead.
+read-only checks). `restore` and `remove` hold the sessions folder's lock and the account's while they
+work: they refuse (exit 2) while a bridge runs on the folder or an engine process has the store open,
+unless `--force`, and a bridge started meanwhile refuses to start.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from datetime import datetime, timezone
 
@@ -15,6 +18,7 @@ from .accounts.backups import (
 )
 from .accounts.store import SessionStore
 from .config import Config
+from .folder_lock import FolderBusy, lock_folder
 from .model import is_phone
 
 
@@ -60,16 +64,50 @@ def run_sessions_command(config: Config, args: argparse.Namespace) -> int:
             else:
                 _out(f"{item}: {made}")
         return 1 if failed else 0
-    if command == "restore":
-        paths = store.paths(phone)
-        used = restore_from_backup(paths.store, paths.backups, args.backup, now=now, key=config.backups.key)
-        if used is None:
-            _out(f"{phone}: no good backup{' named ' + args.backup if args.backup else ''}; nothing changed")
-            return 1
-        _out(f"{phone}: store restored from {used.name} (the previous store was kept aside)")
-        return 0
-    if command == "remove":
-        store.remove(phone)
-        _out(f"{phone}: removed")
-        return 0
+    if command in ("restore", "remove") and phone is not None:
+        with contextlib.ExitStack() as held:
+            if not args.force:
+                refusal = _hold(held, config, store, phone, command)
+                if refusal is not None:
+                    print(f"wa_mqtt: {refusal}", file=sys.stderr)
+                    return 2
+            return _restore(config, store, phone, args.backup, now) if command == "restore" else _remove(store, phone)
     return 2
+
+
+def _hold(held: contextlib.ExitStack, config: Config, store: SessionStore, phone: str, command: str) -> str | None:
+    """Take the sessions folder's lock, then the account's, into `held`; why not, when one is in use."""
+    try:
+        held.enter_context(lock_folder(config.sessions_dir))
+    except FolderBusy as exc:
+        who = f"a wa_mqtt bridge (PID {exc.pid})" if exc.pid else "a wa_mqtt bridge"
+        how = (f"remove the account through it ({config.mqtt.base_topic}/bridge/request/remove "
+               f'{{"phone": "{phone}"}}) or stop it first' if command == "remove" else "stop it first")
+        return f"{who} is running on {exc.folder}: {how}; --force acts anyway"
+    except OSError:
+        pass  # a folder that cannot carry a lock (read-only) has no bridge holding it either
+    try:
+        held.enter_context(lock_folder(store.paths(phone).root))
+    except FolderBusy as exc:
+        who = f"process {exc.pid}" if exc.pid else "another process"
+        return (f"the store of {phone} is open in {who} (an engine process still closing?): "
+                "try again in a moment; --force acts anyway")
+    except OSError:
+        pass
+    return None
+
+
+def _restore(config: Config, store: SessionStore, phone: str, backup: str | None, now: datetime) -> int:
+    paths = store.paths(phone)
+    used = restore_from_backup(paths.store, paths.backups, backup, now=now, key=config.backups.key)
+    if used is None:
+        _out(f"{phone}: no good backup{' named ' + backup if backup else ''}; nothing changed")
+        return 1
+    _out(f"{phone}: store restored from {used.name} (the previous store was kept aside)")
+    return 0
+
+
+def _remove(store: SessionStore, phone: str) -> int:
+    store.remove(phone)
+    _out(f"{phone}: removed")
+    return 0

@@ -30,7 +30,8 @@ async def test_restored_device_shows_the_dial_error_and_backs_off(env: BridgeEnv
         connecting = await probe.wait_state(PHONE, "connecting", timeout=15)
         assert connecting["engine"] == "neonize"
         first = await probe.wait_state(PHONE, "disconnected", timeout=30)
-        assert first["error_code"] == "dial_failed" and "dial" in first["error"]
+        assert first["error_code"] == "dial_failed" and first["error"].startswith("cannot reach WhatsApp")
+        assert "`proxy`" in first["error"] and len(first["error"]) < 160  # what to check, not Go's wrappers
         assert first["next_retry_at"] is not None
         later = await probe.wait_for(f"{env.base}/{PHONE}/status",
                                      lambda r: r.json()["state"] == "disconnected" and r.json()["reconnect_attempt"] >= 3,
@@ -40,3 +41,7 @@ async def test_restored_device_shows_the_dial_error_and_backs_off(env: BridgeEnv
         assert health["data"]["accounts"][PHONE]["state"] in ("disconnected", "connecting")
     assert bridge.stop() == 0
     assert f"{PHONE}: neonize engine process" in bridge.log()
+    retries = [line for line in bridge.log().splitlines() if f"{PHONE}: connecting -> disconnected" in line]
+    assert len(retries) >= 3 and all(len(line) < 200 for line in retries[1:])  # one short line per attempt
+    assert not [line for line in bridge.log().splitlines() if f"{PHONE}: disconnected -> connecting" in line
+                and " INFO " in line]  # the retry itself is debug

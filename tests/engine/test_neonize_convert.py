@@ -242,3 +242,23 @@ def test_outbound_builders() -> None:
     image = E.Message(imageMessage=E.ImageMessage(caption="c"))
     conv.attach_context(image, ctx)
     assert image.imageMessage.contextInfo.participant == "5511777777777@s.whatsapp.net"
+
+
+GO_PREFIX = ('failed to dial whatsapp web websocket: failed to WebSocket dial: failed to send handshake request: '
+             'Get "https://web.whatsapp.com/ws/chat": ')
+
+
+@pytest.mark.parametrize(("tail", "proxy", "expected"), [
+    ("dial tcp: lookup web.whatsapp.com on 10.255.255.53:53: no such host", False,
+     "cannot reach WhatsApp: DNS lookup of web.whatsapp.com failed (no such host); check DNS, or set `proxy`"),
+    ("dial tcp: lookup web.whatsapp.com: i/o timeout", True,
+     "cannot reach WhatsApp: DNS lookup of web.whatsapp.com failed (i/o timeout); check DNS and `proxy`"),
+    ("dial tcp 157.240.0.53:443: connect: connection refused", False,
+     "cannot reach WhatsApp (connection refused); check the network, or set `proxy`"),
+    ("proxyconnect tcp: dial tcp 127.0.0.1:3128: connect: connection refused", True,
+     "cannot reach WhatsApp through the proxy (connection refused); check `proxy`"),
+    ("socks connect tcp 127.0.0.1:1080->web.whatsapp.com:443: dial tcp 127.0.0.1:1080: connect: connection refused",
+     True, "cannot reach WhatsApp through the proxy (connection refused); check `proxy`"),
+])
+def test_dial_errors_are_one_short_line_saying_what_to_check(tail: str, proxy: bool, expected: str) -> None:
+    assert conv.explain_dial_error(GO_PREFIX + tail, proxy) == expected

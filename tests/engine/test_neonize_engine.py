@@ -102,7 +102,7 @@ async def test_restore_offline_emits_dial_failed(tmp_path: Path, engine: Neonize
     event = await events.next()
     assert event.kind == "disconnected"
     assert event.code == ErrorCode.DIAL_FAILED
-    assert "failed to dial" in event.error
+    assert event.error.startswith("cannot reach WhatsApp") and "`proxy`" in event.error  # not Go's 300 characters
     with pytest.raises(EngineError) as failure:
         await session.send(OutgoingMessage(to="5511999999999", text="hi"))
     assert failure.value.code == "not_connected"  # Go: "... websocket not connected"

@@ -87,7 +87,9 @@ async def test_wrong_password_is_refused_and_never_logged(tmp_path: Path, secure
     try:
         bridge.start()
         async with Probe(secure_broker, env.base) as probe:
-            await bridge.wait_log("Not authorized")
+            await bridge.wait_log("refused the login (")  # a credentials problem, not "unreachable"
+            assert "check the user name and password in mqtt.url" in bridge.log()
+            assert "unreachable" not in bridge.log()
             assert not [r for r in probe.received if r.topic == f"{env.base}/bridge/state"]
         assert bridge.stop() == 0
         assert "wrong-pw" not in bridge.log()

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from wa_mqtt.config import ConfigError, build_config, load_config, mask_url
+from wa_mqtt.config import (
+    ConfigError, build_config, config_changes, file_secrets, load_config, mask_url, read_yaml, without_restart_changes,
+)
 from wa_mqtt.mqtt import api
 from wa_mqtt.mqtt.topics import Topics, parse_request_topic, parse_sim_topic
 
@@ -71,6 +73,56 @@ def test_unreadable_yaml_is_a_config_error(tmp_path: Path) -> None:
         load_config(path, environ={})
 
 
+@pytest.mark.parametrize("text", ["", "\n", "# only a comment\n"])
+def test_an_empty_file_is_no_settings_at_start_but_an_error_when_required(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    assert read_yaml(path) == {}
+    with pytest.raises(ConfigError, match="empty"):
+        load_config(path, environ={}, missing_ok=False, empty_ok=False)
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "absent.yaml", environ={}, missing_ok=False)
+
+
+@pytest.mark.parametrize(("environ", "expected"), [
+    ({"WA_MQTT_FOO": "1"}, "foo: unknown key (from the environment variable WA_MQTT_FOO)"),
+    ({"WA_MQTT_MQTT__PORTX": "1"}, "mqtt.portx: unknown key (from the environment variable WA_MQTT_MQTT__PORTX)"),
+    ({"WA_MQTT_STATUS_INTERVAL": "soon"}, "(from the environment variable WA_MQTT_STATUS_INTERVAL)"),
+    ({"WA_MQTT_MQTT_URL": "mqtt://h"}, "two underscores: WA_MQTT_MQTT__URL"),
+    ({"WA_MQTT_ENGINE_PROCESS_IN_PROCESS": "true"}, "two underscores: WA_MQTT_ENGINE_PROCESS__IN_PROCESS"),
+])
+def test_a_bad_environment_variable_is_named(environ: dict[str, str], expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config({}, environ)
+    assert expected in str(info.value)
+
+
+def test_file_errors_do_not_name_variables() -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config({"foo": 1}, {"WA_MQTT_BAR": "1"})
+    assert "foo: unknown key;" in str(info.value) or str(info.value).startswith("foo: unknown key")
+    assert "WA_MQTT_FOO" not in str(info.value)
+
+
+def test_file_secrets_are_only_those_written_in_the_file() -> None:
+    assert file_secrets({"mqtt": {"url": "mqtt://user@host"}, "proxy": "socks5://h:1"}) == []
+    assert file_secrets({"mqtt": {"url": "mqtt://u:p@host"}, "proxy": "http://u:p@h:3128",
+                         "backups": {"encryption_key": "k"}}) == ["mqtt.url", "proxy", "backups.encryption_key"]
+    assert file_secrets({"mqtt": None, "proxy": 5}) == []
+
+
+def test_media_limits_need_a_restart_and_are_kept_until_then() -> None:
+    """The engine processes enforce them too, with the values they started with: a reload that
+    tightened them in the bridge alone would claim a protection the fetches do not have."""
+    old = build_config({"outgoing": {"allow_to": ["5511988887777"]}}, environ={})
+    new = build_config({"outgoing": {"allow_to": ["5511977776666"], "block_private_urls": True}}, environ={})
+    assert config_changes(old, new) == (["outgoing"], ["outgoing.block_private_urls"])
+    effective = without_restart_changes(old, new)
+    assert effective.outgoing.allow_to == ["5511977776666"] and effective.outgoing.block_private_urls is False
+    only_media = build_config({"outgoing": {"allow_to": ["5511988887777"], "max_media_bytes": 1000}}, environ={})
+    assert config_changes(old, only_media) == ([], ["outgoing.max_media_bytes"])
+
+
 @pytest.mark.parametrize(("raw", "code"), [
     (b"{bad", "invalid_json"), (b"[1, 2]", "invalid_request"), (b'"text"', "invalid_request"),
     (b"\xff\xfe", "invalid_json"),
@@ -127,3 +179,39 @@ def test_topic_parsing() -> None:
     assert parse_request_topic(topics, "other/x/request/send") is None
     assert parse_sim_topic(topics, "home/wa/sim/5511900000001/scan").action == "scan"  # type: ignore[union-attr]
     assert parse_sim_topic(topics, "home/wa/sim/5511900000001/sent") is None
+
+
+def _leaf_keys(model: type, prefix: str = "") -> list[str]:
+    from pydantic import BaseModel
+
+    found = []
+    for name, field in model.model_fields.items():  # type: ignore[attr-defined]
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            found += _leaf_keys(annotation, f"{prefix}{name}.")
+        else:
+            found.append(prefix + name)
+    return found
+
+
+def test_docs_configuration_lists_every_key_with_its_default_variable_and_restart() -> None:
+    """docs/configuration.md is the reference a user reads: it must not drift from config.py."""
+    import re
+
+    import yaml
+
+    from wa_mqtt.config import RESTART_KEYS, Config
+
+    rows = {}
+    for line in (REPO / "docs" / "configuration.md").read_text().splitlines():
+        if row := re.match(r"\| `([a-z_.]+)` \| `([^`]*)`[^|]* \| `(WA_MQTT_\w+)` \| (.*) \|$", line):
+            rows[row[1]] = row.groups()[1:]
+    defaults = build_config({}, environ={}).model_dump(mode="json")
+    assert set(rows) == set(_leaf_keys(Config))
+    for key, (default, variable, on_reload) in rows.items():
+        value: object = defaults
+        for part in key.split("."):
+            value = value[part]  # type: ignore[index]
+        assert yaml.safe_load(default) == value, key
+        assert variable == "WA_MQTT_" + "__".join(key.split(".")).upper(), key
+        assert (on_reload == "restart") == (key in RESTART_KEYS or key.split(".")[0] in RESTART_KEYS), key

@@ -218,8 +218,7 @@ class Supervisor:
             before, event, self._clock(), self._config.reconnect, self._rng.random(), self._config.pairing_timeout)
         if self.account.status != before.status:
             if self.account.state != before.state:
-                log.info("%s: %s -> %s%s", self.phone, before.state, self.account.state,
-                         f" ({self.status.error_code}: {self.status.error})" if self.status.error else "")
+                self._log_transition(before.status, isinstance(event, m.RetryDue))
             self._publish_status()
         for effect in effects:
             await self._do(effect)
@@ -369,6 +368,21 @@ class Supervisor:
     # -- helpers -------------------------------------------------------------------------------
     def _publish_status(self) -> None:
         self._sink.on_status(self.status)
+
+    def _log_transition(self, before: Status, retrying: bool) -> None:
+        """One line per state change; an error already said is not repeated, and a scheduled retry
+        (disconnected -> connecting) is debug: a failing connect logs one short line per attempt."""
+        now = self.status
+        if now.error is None:
+            detail = ""
+        elif now.error != before.error or now.error_code != before.error_code:
+            detail = f" ({now.error_code}: {now.error})"
+        else:
+            detail = f" ({now.error_code}, as before)"
+        if now.next_retry_at is not None and now.state == AccountState.DISCONNECTED:
+            detail += f"; retrying in {self._seconds_until(now.next_retry_at):.1f} s (failure {now.reconnect_attempt})"
+        log.log(logging.DEBUG if retrying else logging.INFO, "%s: %s -> %s%s", self.phone, before.state,
+                now.state, detail)
 
     def _seconds_until(self, at: datetime) -> float:
         return max(0.0, (at - self._clock()).total_seconds())

@@ -4,6 +4,8 @@ Runs one account's real session (sim or neonize) and speaks the protocol of prot
 stdin/stdout; logs go to stderr. Requests are handled one at a time, in order. A heartbeat with the
 child's RSS goes out every `--heartbeat` seconds. When stdin closes (the bridge went away, even by
 SIGKILL) the session is closed and the process exits: no orphan keeps a WhatsApp session open.
+While it has the store open it holds the account folder's lock (folder_lock.py): a second engine
+process for the same store (one of a killed bridge, still closing) is waited for, never run beside.
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..folder_lock import FolderBusy, FolderLock, lock_folder, lock_folder_waiting
 from . import protocol as p
 
 log = logging.getLogger("wa_mqtt.engine_child")
 CRASH_EXIT = 70
+STORE_BUSY_EXIT = 75  # EX_TEMPFAIL: another process still held the store after STORE_WAIT seconds
+STORE_WAIT = 30.0  # longer than an engine process takes to close its session (at most ~15 s)
 OPTIONS_ENV = "WAMQTT_ENGINE_OPTIONS"  # an exec'd child's options: a proxy password stays off `ps` (WA_MQTT_* is config)
 
 
@@ -71,11 +76,18 @@ class ChildServer:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=p.MAX_LINE)
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        beat = asyncio.create_task(self._beat())  # also while waiting for the store: a wait is not a hang
+        try:
+            store_lock = await self._lock_store()
+        except FolderBusy as exc:
+            log.error("giving up: the store folder %s is still in use by %s", exc.folder,
+                      f"process {exc.pid}" if exc.pid else "another process")
+            beat.cancel()
+            return STORE_BUSY_EXIT
         engine = make_inner_engine(self._engine_name, self._options)
         session = engine.open_session(self._phone, self._store, lambda event: self._write(p.encode_event(event)))
         gc.freeze()  # what is loaded now lives as long as the process: full collections skip it (no 10 ms pauses)
         self._write(p.encode_hello(os.getpid(), self._engine_name))
-        beat = asyncio.create_task(self._beat())
         handlers = {
             "start": lambda a: session.start(a.get("method", "qr")),
             "stop": lambda a: session.stop(),
@@ -105,7 +117,25 @@ class ChildServer:
                 await engine.aclose()
             except Exception:  # closing must never keep the process alive
                 log.exception("session did not close cleanly")
+            if store_lock is not None:
+                store_lock.release()  # only now may another engine process open this store
         return 0
+
+    async def _lock_store(self) -> FolderLock | None:
+        """Hold the account's folder while this process has its store open. An engine process of a
+        bridge that was just killed may still be closing the same store: wait for it to let go. A
+        folder that cannot carry a lock file (read-only) is left to the engine, which reports it."""
+        folder = self._store.parent
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            return lock_folder(folder)
+        except FolderBusy as exc:
+            log.warning("the store folder %s is in use by %s; waiting up to %g s for it", folder,
+                        f"process {exc.pid}" if exc.pid else "another process", STORE_WAIT)
+        except OSError as exc:
+            log.warning("cannot lock the store folder %s (%s)", folder, exc.strerror or exc)
+            return None
+        return await lock_folder_waiting(folder, STORE_WAIT)
 
     @staticmethod
     async def _call(handler: Any, request: p.Request) -> p.Reply:

@@ -11,6 +11,7 @@ classes inside the function.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -347,6 +348,21 @@ def pair_status_event(event: Proto) -> Paired | Disconnected:
     if _enum_name(event, "Status") == "SUCCESS":
         return Paired(phone=jid_user(event.ID.User), name=event.BusinessName or None)
     return Disconnected(code=ErrorCode.CONNECT_FAILURE, error=f"pairing failed: {event.Error or 'unknown error'}")
+
+
+_DNS_LOOKUP = re.compile(r"lookup (?P<host>[^\s:]+)(?: on \S+)?: (?P<reason>[^:]+)$")
+
+
+def explain_dial_error(text: str, proxy: bool) -> str:
+    """Go's dial error (300 characters of nested wrappers) as one short line saying what to check."""
+    reason = text.rsplit(": ", 1)[-1].strip() or text
+    if "proxyconnect" in text or "socks connect" in text:
+        return f"cannot reach WhatsApp through the proxy ({reason}); check `proxy`"
+    hint = "check the network and `proxy`" if proxy else "check the network, or set `proxy`"
+    if lookup := _DNS_LOOKUP.search(text):
+        hint = "check DNS and `proxy`" if proxy else "check DNS, or set `proxy`"
+        return f"cannot reach WhatsApp: DNS lookup of {lookup['host']} failed ({lookup['reason']}); {hint}"
+    return f"cannot reach WhatsApp ({reason}); {hint}"
 
 
 # ---------------------------------------------------------------- outbound

@@ -277,8 +277,10 @@ class NeonizeSession:
                 return
             text = str(exc)
             code = ErrorCode.DIAL_FAILED if "dial" in text else ErrorCode.CONNECT_FAILURE
-            log.warning("%s: connect failed (%s): %s", self.phone, code.value, text)
-            self._put(Disconnected(code=code, error=text))
+            error = conv.explain_dial_error(text, bool(self._engine.proxy)) if code == ErrorCode.DIAL_FAILED else text
+            log.warning("%s: connect failed (%s): %s", self.phone, code.value, error)
+            log.debug("%s: neonize said: %s", self.phone, text)
+            self._put(Disconnected(code=code, error=error))
             return
         if client is self._client and not self._stopping:
             log.warning("%s: neonize event loop ended without a stop", self.phone)

@@ -25,6 +25,7 @@ from typing import Any
 from ..model import ErrorCode, OutgoingMessage, SendResult
 from . import protocol as p
 from .base import Crashed, Disconnected, EmitFn, EngineError, EngineEvent, PairMethod
+from .child import STORE_BUSY_EXIT, STORE_WAIT
 from .launch import ChildProcess, ForkServer, exec_child, fork_server_available
 
 log = logging.getLogger(__name__)
@@ -325,4 +326,6 @@ def _describe_exit(code: int) -> str:
             return f"killed by {signal.Signals(-code).name}"
         except ValueError:
             return f"killed by signal {-code}"
+    if code == STORE_BUSY_EXIT:
+        return f"its store stayed in use by another process for {STORE_WAIT:g} s"
     return f"exit code {code}"

@@ -144,7 +144,8 @@ class SimSession:
     async def start(self, pair_method: PairMethod = "qr") -> None:
         self._cancel_reconnect()
         if self._in_outage():
-            self._emit(Disconnected(code=ErrorCode.DIAL_FAILED, error="sim: failed to dial WhatsApp (outage)"))
+            self._emit(Disconnected(code=ErrorCode.DIAL_FAILED,  # worded like the real engine's dial errors
+                                    error="sim: cannot reach WhatsApp (simulated outage); check the network, or set `proxy`"))
             return
         device = read_device(self.store_path)
         if device is None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -37,6 +38,13 @@ BATCH = 256
 # flight per client), so a response never queues behind hundreds of spooled messages in the client
 # (measured: a 256-entry batch held responses back ~100 ms, the whole send-path p99).
 SPOOL_BATCH = 16
+
+
+def login_refused(exc: aiomqtt.MqttError) -> bool:
+    """A CONNACK saying "bad user name or password" or "not authorized" (MQTT 3.1.1 codes 4, 5; MQTT 5:
+    134, 135): a credentials problem, not an unreachable broker."""
+    rc = getattr(exc, "rc", None)
+    return isinstance(exc, MqttConnectError) and getattr(rc, "value", rc) in (4, 5, 134, 135)
 
 
 @dataclass(frozen=True)
@@ -182,7 +190,11 @@ class MqttLink:
                     log.warning("broker refused MQTT v5 (%s); using MQTT 3.1.1", exc)
                     self._v5 = False
                     continue
-                log.warning("MQTT broker %s unreachable (%s); retrying in %.1f s", self._url_for_logs, exc, delay)
+                if login_refused(exc):
+                    log.error("MQTT broker %s refused the login (%s): check the user name and password in mqtt.url "
+                              "and the broker's access rules; retrying in %.1f s", self._url_for_logs, exc, delay)
+                else:
+                    log.warning("MQTT broker %s unreachable (%s); retrying in %.1f s", self._url_for_logs, exc, delay)
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, 30.0)
 
