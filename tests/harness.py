@@ -77,11 +77,10 @@ class Broker:
             )
             cmd = [self.mosquitto, "-c", str(conf)]
         else:
-            cmd = [sys.executable, "-c",
-                   "import asyncio,sys;from amqtt.broker import Broker\n"
-                   "async def m():\n b=Broker({'listeners':{'default':{'type':'tcp','bind':'127.0.0.1:%d'}},"
-                   "'plugins':{'amqtt.plugins.authentication.AnonymousAuthPlugin':{'allow_anonymous':True}}})\n"
-                   " await b.start(); await asyncio.Event().wait()\nasyncio.run(m())" % self.port]
+            cmd = [sys.executable, "-c",  # the bridge's own embedded broker (amqtt, corrected)
+                   "import asyncio;from wa_mqtt.mqtt.embedded_broker import start_embedded_broker\n"
+                   "async def m():\n await start_embedded_broker(%d); await asyncio.Event().wait()\n"
+                   "asyncio.run(m())" % self.port]
         self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         wait_port(self.port)
 

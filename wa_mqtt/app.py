@@ -25,7 +25,8 @@ from .config import Config, ConfigError, config_changes, load_config, without_re
 from .engines.base import Engine
 from .mqtt.api import ApiError
 from .mqtt import discovery
-from .mqtt.link import MqttLink, start_embedded_broker
+from .mqtt.embedded_broker import start_embedded_broker
+from .mqtt.link import MqttLink
 from .mqtt.spool import Spool
 from .mqtt.topics import Topics
 from .watch import Watcher
