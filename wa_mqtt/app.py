@@ -55,8 +55,9 @@ def make_engine(config: Config) -> Engine:
                              fork_server=settings.fork_server)
     if config.engine == "sim":
         from .engines.sim import SimEngine
+        from .media import MediaPolicy
 
-        return SimEngine()
+        return SimEngine(media_policy=MediaPolicy.from_options(media))
     from .engines.child import make_inner_engine
 
     return make_inner_engine("neonize", options)  # type: ignore[no-any-return]

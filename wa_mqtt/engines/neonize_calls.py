@@ -2,7 +2,7 @@
 incoming messages they need (replies quote them; reactions and reads name their sender).
 
 Functions of a live neonize client; `neonize_engine.NeonizeSession` owns the client and calls these.
-Protobuf building lives in `neonize_convert`; media bytes are read under the media policy here.
+Protobuf building lives in `neonize_convert`; media bytes are read by `outgoing_media`, as the sim reads them.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import logging
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
-from .. import media
 from ..media import MediaPolicy
 from ..model import MediaSource, OutgoingMessage, SendResult, to_jid
 from . import neonize_convert as conv
 from .base import EngineError
+from .outgoing_media import load_media
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message as Proto
@@ -62,16 +62,6 @@ class RecentMessages:
             return to_jid(sender)
         known = self._items.get(message_id)
         return known[1] if known else to_jid(chat)
-
-
-async def load_media(field: str, source: MediaSource, policy: MediaPolicy) -> bytes:
-    """The bytes of outgoing media, read under the media policy (checked again at read time)."""
-    try:
-        return await media.load(field, source, policy)
-    except media.MediaRefused as exc:
-        raise EngineError(str(exc), code=exc.code) from None
-    except OSError as exc:
-        raise EngineError(f"{field}: cannot read the media ({exc})", code="engine_error") from None
 
 
 async def send(client: NewAClient, message: OutgoingMessage, recent: RecentMessages, policy: MediaPolicy,
