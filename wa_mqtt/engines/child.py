@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     server = ChildServer(args.engine, args.phone, args.store, options, args.heartbeat)
     code = asyncio.run(server.run())
     sys.stdout.flush()
-    os._exit(code)  # neonize's Go threads must not hold the exit (shared/notes/neonize.md)
+    os._exit(code)  # neonize's Go threads must not hold the exit (docs/neonize.md)
 
 
 if __name__ == "__main__":
