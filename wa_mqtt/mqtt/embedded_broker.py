@@ -1,7 +1,7 @@
 """The embedded MQTT broker (amqtt, MQTT 3.1.1) started when `mqtt.url` is unset, corrected where amqtt
 breaks MQTT.
 
-amqtt 0.11.x-0.12.x, on every CONNECT, sends the connecting client the retained messages matching *every*
+amqtt 0.11.2-0.12.1, on every CONNECT, sends the connecting client the retained messages matching *every*
 topic filter any client has subscribed to (`Broker._handle_client_session` loops over the broker-wide
 `_subscriptions`), before and besides the ones its own SUBSCRIBE asks for. A Home Assistant subscribed to
 `homeassistant/#` then receives `wa/<phone>/stats`, and a message matched by two clients' filters
