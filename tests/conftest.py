@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Broker, BridgeEnv, BridgeProcess  # noqa: E402
+from harness import Broker, BridgeEnv, BridgeProcess, media_server as serve_media  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +45,10 @@ def bridge(env: BridgeEnv) -> Iterator[BridgeProcess]:
     process.cleanup()
     if process.proc is None and "Traceback" in process.log():
         print(process.log()[-4000:], file=sys.stderr)
+
+
+@pytest.fixture
+def media_server() -> Iterator[str]:
+    """Base URL of a local HTTP server with media routes (`/small`, `/big`, redirects; see harness)."""
+    with serve_media() as url:
+        yield url

@@ -5,6 +5,7 @@ as a subprocess, and an MQTT probe that waits on topics with timeouts (never sle
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import os
 import shutil
@@ -12,9 +13,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,41 @@ def wait_port(port: int, timeout: float = 10.0, open_: bool = True) -> None:
             return
         time.sleep(0.02)  # polling a socket, not synchronising on the system under test
     raise TimeoutError(f"port {port} did not {'open' if open_ else 'close'} within {timeout} s")
+
+
+class _MediaHandler(http.server.BaseHTTPRequestHandler):
+    """Media URLs for fetch tests: `/small` (b"hello"), `/big` (5,000 bytes), redirects, 404 elsewhere."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        routes = {"/small": (200, b"hello"), "/big": (200, b"x" * 5000)}
+        redirects = {"/to-file": (302, "file:///etc/passwd"), "/to-small": (301, "/small"), "/loop": (302, "/loop")}
+        if self.path in redirects:
+            status, location = redirects[self.path]
+            self.send_response(status)
+            self.send_header("Location", location)
+            self.end_headers()
+            return
+        status, body = routes.get(self.path, (404, b"no"))
+        self.send_response(status)
+        self.end_headers()  # no content-length: the cap must hold while streaming
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+
+@contextmanager
+def media_server() -> Iterator[str]:
+    """A local HTTP server on a free port serving `_MediaHandler`'s routes; yields its base URL."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _MediaHandler)
+    httpd.protocol_version = "HTTP/1.0"
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 class Broker:
@@ -77,11 +115,10 @@ class Broker:
             )
             cmd = [self.mosquitto, "-c", str(conf)]
         else:
-            cmd = [sys.executable, "-c",
-                   "import asyncio,sys;from amqtt.broker import Broker\n"
-                   "async def m():\n b=Broker({'listeners':{'default':{'type':'tcp','bind':'127.0.0.1:%d'}},"
-                   "'plugins':{'amqtt.plugins.authentication.AnonymousAuthPlugin':{'allow_anonymous':True}}})\n"
-                   " await b.start(); await asyncio.Event().wait()\nasyncio.run(m())" % self.port]
+            cmd = [sys.executable, "-c",  # the bridge's own embedded broker (amqtt, corrected)
+                   "import asyncio;from wa_mqtt.mqtt.embedded_broker import start_embedded_broker\n"
+                   "async def m():\n await start_embedded_broker(%d); await asyncio.Event().wait()\n"
+                   "asyncio.run(m())" % self.port]
         self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         wait_port(self.port)
 

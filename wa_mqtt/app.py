@@ -27,7 +27,8 @@ from .config import Config, ConfigError, config_changes, config_file_complete, l
 from .engines.base import Engine
 from .mqtt.api import ApiError
 from .mqtt import discovery
-from .mqtt.link import MqttLink, start_embedded_broker
+from .mqtt.embedded_broker import start_embedded_broker
+from .mqtt.link import MqttLink
 from .mqtt.spool import Spool
 from .mqtt.topics import Topics
 from .startup import ensure_port_free, lock_sessions_folder, port_error
@@ -57,8 +58,9 @@ def make_engine(config: Config) -> Engine:
                              fork_server=settings.fork_server)
     if config.engine == "sim":
         from .engines.sim import SimEngine
+        from .media import MediaPolicy
 
-        return SimEngine()
+        return SimEngine(media_policy=MediaPolicy.from_options(media))
     from .engines.child import make_inner_engine
 
     return make_inner_engine("neonize", options)  # type: ignore[no-any-return]

@@ -1,6 +1,6 @@
 """Domain types shared by every part of the bridge: account states, status, messages, receipts, sends.
 
-These are the contract's payloads (shared/spec/mqtt-api.md sections 4, 6, 7) as typed models; the
+These are the contract's payloads (docs/mqtt-api.md: Status, Sending, Incoming message) as typed models; the
 JSON on MQTT is `model.model_dump(mode="json")` of them, nothing more.
 """
 

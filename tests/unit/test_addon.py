@@ -8,13 +8,18 @@ options schema element types, and how option values are checked against them.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
 import re
+import shutil
 import stat
 import struct
+import subprocess
+import sys
 import tomllib
+import zipfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -210,7 +215,78 @@ def test_dockerfile_is_debian_with_libmagic_and_runs_the_start_script():
     for package in ("python3", "python3-venv", "libmagic1"):
         assert re.search(rf"\b{re.escape(package)}\b", text), package
     assert 'CMD ["/run.sh"]' in text
-    assert "wa_mqtt==${BUILD_VERSION}" in text  # installs the add-on's own version
+
+
+# --- the build context: this repository's own source ------------------------------------------
+
+def _pack_source() -> Any:
+    spec = importlib.util.spec_from_file_location("pack_source", ADDON / "pack_source.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _install_step(dockerfile: str) -> tuple[dict[str, str], list[str]]:
+    """The Dockerfile's COPY sources by destination file, and every `pip install` argument."""
+    text = dockerfile.replace("\\\n", " ")
+    copies: dict[str, str] = {}
+    for line in re.findall(r"^COPY (.+)$", text, re.M):
+        *sources, dest = line.split()
+        for source in sources:
+            copies[dest.rstrip("/") + "/" + Path(source).name if dest.endswith("/") else dest] = source
+    installs = [arg for command in re.findall(r"pip install ([^&;\n]+)", text) for arg in command.split()
+                if not arg.startswith("-")]
+    return copies, installs
+
+
+def test_the_build_context_holds_this_repository_source():
+    """addon/ is all the Supervisor builds from: the archive in it must be the package as it is here."""
+    pack_source = _pack_source()
+    assert (ADDON / "wa_mqtt-source.tar").read_bytes() == pack_source.pack(ROOT), (
+        "addon/wa_mqtt-source.tar is stale: run python addon/pack_source.py")
+    assert pack_source.pack(ROOT) == pack_source.pack(ROOT)  # reproducible: content decides the bytes
+
+
+def test_the_dockerfile_installs_the_archive_of_its_build_context_and_nothing_else_of_wa_mqtt():
+    copies, installs = _install_step((ADDON / "Dockerfile").read_text(encoding="utf-8"))
+    assert installs == ["/tmp/addon/wa_mqtt-source.tar"]
+    assert copies[installs[0]] == "wa_mqtt-source.tar" and (ADDON / copies[installs[0]]).is_file()
+    assert not re.search(r"wa_mqtt\s*[=<>~]=|git\+|https?://", (ADDON / "Dockerfile").read_text())
+
+
+def test_the_package_builds_from_the_build_context_alone(tmp_path):
+    """What the Supervisor does, less Docker: copy the add-on folder alone, build the wheel the
+    Dockerfile's install step names, offline; it is this version, with every module of the package."""
+    context = tmp_path / "context"
+    shutil.copytree(ADDON, context)
+    copies, installs = _install_step((context / "Dockerfile").read_text(encoding="utf-8"))
+    archive = context / copies[installs[0]]
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "--quiet",
+         "--wheel-dir", str(tmp_path / "dist"), str(archive)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    [wheel] = (tmp_path / "dist").glob("*.whl")
+    with zipfile.ZipFile(wheel) as built:
+        names = set(built.namelist())
+        [metadata] = [n for n in names if n.endswith(".dist-info/METADATA")]
+        version = re.search(r"^Version: (.+)$", built.read(metadata).decode(), re.M)
+    assert version and version[1] == manifest()["version"] == wa_mqtt.__version__
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "wa_mqtt").rglob("*.py")
+               if "__pycache__" not in p.parts}
+    assert modules <= names, modules - names
+
+
+def test_repository_yaml_is_a_valid_add_on_repository():
+    """The Supervisor's repository schema (supervisor/store/validate.py): a name, optional url and maintainer."""
+    data = yaml.safe_load((ROOT / "repository.yaml").read_text(encoding="utf-8"))
+    assert isinstance(data.get("name"), str) and data["name"]
+    assert set(data) <= {"name", "url", "maintainer"}
+    if "url" in data:
+        assert re.match(r"^https?://", data["url"])
+    # the Supervisor finds add-ons as config.* files outside dot folders; ours is addon/
+    assert (ADDON / "config.yaml").is_file() and manifest()["slug"] == "wa_mqtt"
 
 
 def test_start_script():

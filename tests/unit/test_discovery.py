@@ -102,6 +102,8 @@ def test_every_component_has_the_keys_home_assistant_needs():
             assert component["platform"] in PLATFORMS
             assert component["default_entity_id"].startswith(component["platform"] + ".")
             assert re.fullmatch(r"[a-z_]+\.[a-z0-9_]+", component["default_entity_id"])
+            # Home Assistant before 2025.10 reads object_id: the same id there
+            assert component["default_entity_id"] == f"{component['platform']}.{component['object_id']}"
             assert re.fullmatch(r"[a-zA-Z0-9_-]+", key)
 
 

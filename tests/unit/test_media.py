@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import http.server
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -91,53 +88,16 @@ def test_private_ranges(address: str, public: bool) -> None:
     assert is_public_address(address) is public
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        routes = {"/small": (200, b"hello"), "/big": (200, b"x" * 5000)}
-        if self.path == "/to-file":
-            self.send_response(302)
-            self.send_header("Location", "file:///etc/passwd")
-            self.end_headers()
-            return
-        if self.path == "/to-small":
-            self.send_response(301)
-            self.send_header("Location", "/small")
-            self.end_headers()
-            return
-        if self.path == "/loop":
-            self.send_response(302)
-            self.send_header("Location", "/loop")
-            self.end_headers()
-            return
-        status, body = routes.get(self.path, (404, b"no"))
-        self.send_response(status)
-        self.end_headers()  # no content-length: the cap must hold while streaming
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        return None
-
-
-@pytest.fixture
-def server() -> Iterator[str]:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.protocol_version = "HTTP/1.0"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-
-
 @pytest.mark.parametrize(("path", "block", "code"), [
     ("/small", False, None), ("/to-small", False, None), ("/big", False, "too_large"),
     ("/to-file", False, "forbidden"), ("/loop", False, "invalid_request"), ("/missing", False, "invalid_request"),
     ("/small", True, "forbidden"),
 ])
-async def test_fetch(server: str, path: str, block: bool, code: str | None) -> None:
+async def test_fetch(media_server: str, path: str, block: bool, code: str | None) -> None:
     policy = MediaPolicy(max_bytes=1000, block_private_urls=block)
     if code is None:
-        assert await fetch_url(server + path, policy) == b"hello"
+        assert await fetch_url(media_server + path, policy) == b"hello"
     else:
         with pytest.raises(MediaRefused) as info:
-            await fetch_url(server + path, policy)
+            await fetch_url(media_server + path, policy)
         assert info.value.code == code

@@ -43,17 +43,16 @@ def rss_kb(pid: int | str = "self") -> int | None:
 
 
 def make_inner_engine(name: str, options: dict[str, Any]) -> Any:
+    from ..media import MediaPolicy
+
+    policy = MediaPolicy.from_options(options.get("media", {}))
     if name == "sim":
         from .sim import SimEngine
 
-        return SimEngine(crash=lambda: os._exit(CRASH_EXIT))  # `wa/sim/<phone>/crash`: die abruptly
-    from ..media import MediaPolicy
+        # `wa/sim/<phone>/crash`: die abruptly
+        return SimEngine(crash=lambda: os._exit(CRASH_EXIT), media_policy=policy)
     from .neonize_engine import NeonizeEngine
 
-    media = options.get("media", {})
-    policy = MediaPolicy(int(media.get("max_bytes", 64 * 1024 * 1024)),
-                         Path(media["media_dir"]) if media.get("media_dir") else None,
-                         bool(media.get("block_private_urls", False)))
     return NeonizeEngine(media_policy=policy, proxy=options.get("proxy"))
 
 
@@ -176,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     server = ChildServer(args.engine, args.phone, args.store, options, args.heartbeat)
     code = asyncio.run(server.run())
     sys.stdout.flush()
-    os._exit(code)  # neonize's Go threads must not hold the exit (shared/notes/neonize.md)
+    os._exit(code)  # neonize's Go threads must not hold the exit (docs/neonize.md)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,7 @@
 incoming messages they need (replies quote them; reactions and reads name their sender).
 
 Functions of a live neonize client; `neonize_engine.NeonizeSession` owns the client and calls these.
-Protobuf building lives in `neonize_convert`; media bytes are read under the media policy here.
-
+Protobuf building lives in `neonize_convert`; media bytes are read by `outgoing_media`, as the sim reads them.
 Idempotent sends. neonize 0.5.2 cannot send under an id of our choosing: its Go `SendMessage` takes
 no `SendRequestExtra`, so whatsmeow always picks the id (goneonize main.go:474-503). What whatsmeow
 does record, in the store and before the message goes out (send.go:390-396), is the message's
@@ -23,11 +22,11 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import media
 from ..media import MediaPolicy
 from ..model import MediaSource, OutgoingMessage, SendResult, to_jid
 from . import neonize_convert as conv
 from .base import EngineError
+from .outgoing_media import load_media
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message as Proto
@@ -74,16 +73,6 @@ class RecentMessages:
             return to_jid(sender)
         known = self._items.get(message_id)
         return known[1] if known else to_jid(chat)
-
-
-async def load_media(field: str, source: MediaSource, policy: MediaPolicy) -> bytes:
-    """The bytes of outgoing media, read under the media policy (checked again at read time)."""
-    try:
-        return await media.load(field, source, policy)
-    except media.MediaRefused as exc:
-        raise EngineError(str(exc), code=exc.code) from None
-    except OSError as exc:
-        raise EngineError(f"{field}: cannot read the media ({exc})", code="engine_error") from None
 
 
 def device_key(store_path: Path, phone: str) -> bytes | None:

@@ -5,11 +5,17 @@ so restore, backups and removal run the same code paths. It is driven by the `wa
 control topics, which the bridge forwards to `SimSession.sim_control`. Behaviour follows whatsmeow:
 a dropped connection reconnects by itself shortly after; a failed dial is reported, not retried;
 messages that arrive while the account is offline are delivered when it connects again.
+
+Message ids it hands out (`SIM<last 4 digits><8 hex>`) are numbered from a counter kept in the store,
+reserved in blocks, so they never repeat, across engine restarts too. Outgoing media is read as the
+real engine reads it (`outgoing_media.load_media`: the same policy, fetch and errors); `wa/sim/<phone>/sent`
+shows its `size` and `sha256`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -22,16 +28,19 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..media import MediaPolicy
 from ..model import ErrorCode, IncomingMessage, OutgoingMessage, Receipt, SendResult, to_jid
 from .base import (
     Connected, Crashed, Disconnected, EmitFn, EngineError, LoggedOut, MessageReceived, PairCode,
     PairMethod, Paired, Qr, ReceiptReceived, SimSent, StreamReplaced,
 )
+from .outgoing_media import load_media
 
 log = logging.getLogger(__name__)
 
 RECONNECT_AFTER_DROP = 0.2  # seconds; whatsmeow's own reconnect after a dropped connection
 SENT_IDS_KEPT = timedelta(days=2)  # how long a delivered message id is remembered (a repeat is dropped)
+ID_BLOCK = 1024  # message numbers reserved per store write: one write per 1,024 sends; a crash skips the rest
 Clock = Callable[[], datetime]
 
 
@@ -44,6 +53,7 @@ def _connect(store_path: Path) -> sqlite3.Connection:
     db.execute(
         "CREATE TABLE IF NOT EXISTS sim_device (phone TEXT PRIMARY KEY, name TEXT, linked_at TEXT)"
     )
+    db.execute("CREATE TABLE IF NOT EXISTS sim_ids (next INTEGER NOT NULL)")
     return db
 
 
@@ -80,6 +90,20 @@ def write_device(store_path: Path, phone: str, name: str | None, now: datetime) 
         db.close()
 
 
+def reserve_ids(store_path: Path, count: int) -> int:
+    """Reserve `count` message numbers in a sim store and return the first; none is handed out twice."""
+    db = _connect(store_path)
+    try:
+        with db:
+            row = db.execute("SELECT next FROM sim_ids").fetchone()
+            first = row[0] if row else 1
+            db.execute("DELETE FROM sim_ids")
+            db.execute("INSERT INTO sim_ids VALUES (?)", (first + count,))
+    finally:
+        db.close()
+    return first
+
+
 class SimIncoming(BaseModel):
     """Payload of `wa/sim/<phone>/incoming`."""
 
@@ -104,15 +128,17 @@ class SimEngine:
 
     name = "sim"
 
-    def __init__(self, clock: Clock = _utcnow, crash: Callable[[], None] | None = None) -> None:
+    def __init__(self, clock: Clock = _utcnow, crash: Callable[[], None] | None = None,
+                 media_policy: MediaPolicy | None = None) -> None:
         self._clock = clock
         self._crash = crash
+        self._media_policy = media_policy or MediaPolicy.from_options({})
 
     def has_device(self, store_path: Path) -> bool:
         return read_device(store_path) is not None
 
     def open_session(self, phone: str, store_path: Path, emit: EmitFn) -> SimSession:
-        return SimSession(phone, store_path, emit, self._clock, self._crash)
+        return SimSession(phone, store_path, emit, self._clock, self._crash, self._media_policy)
 
     async def aclose(self) -> None:
         return None
@@ -123,20 +149,22 @@ class SimSession:
 
     def __init__(
         self, phone: str, store_path: Path, emit: EmitFn, clock: Clock,
-        crash: Callable[[], None] | None,
+        crash: Callable[[], None] | None, media_policy: MediaPolicy,
     ) -> None:
         self.phone = phone
         self.store_path = store_path
         self._emit = emit
         self._clock = clock
         self._crash = crash
+        self._media_policy = media_policy
         self._connected = False
         self._pairing = False
         self._pair_count = 0
         self._outage_until: datetime | None = None
         self._offline_inbox: list[IncomingMessage] = []
-        self._sent_count = 0
         self._stall = 0.0  # seconds the next send's answer is held (`wa/sim/<phone>/stall`)
+        self._next_number = 0
+        self._numbers_end = 0  # the reserved block is [_next_number, _numbers_end)
         self._tasks: set[asyncio.Task[None]] = set()
         self._reconnect: asyncio.TimerHandle | None = None
 
@@ -172,16 +200,17 @@ class SimSession:
         if message_id is not None and (first := self._delivered_at(message_id)) is not None:
             log.info("%s: message %s was delivered before; dropped as WhatsApp does", self.phone, message_id)
             return SendResult(id=message_id, timestamp=first, already_sent=True)
-        self._sent_count += 1
-        msg_id = message_id or f"SIM{self.phone[-4:]}{self._sent_count:08X}"
+        media = getattr(message, message.kind) if message.kind != "text" else None
+        loaded = await load_media(message.kind, media, self._media_policy) if media is not None else None
+        msg_id = message_id or self._new_id()
         now = self._clock()
         self._record_delivery(msg_id, now)
         payload: dict[str, Any] = {"to": message.jid, "id": msg_id, "type": message.kind, "text": message.text}
         if message.reply_to:
             payload["reply_to"] = message.reply_to
-        if message.kind != "text":
-            media = getattr(message, message.kind)
+        if media is not None and loaded is not None:
             payload["media"] = {k: v for k, v in media.model_dump().items() if v is not None and k != "base64"}
+            payload["media"].update(size=len(loaded), sha256=hashlib.sha256(loaded).hexdigest())
             payload["text"] = media.caption or message.text
         if message.id:
             payload["client_id"] = message.id
@@ -211,8 +240,7 @@ class SimSession:
 
     async def react(self, chat: str, message_id: str, emoji: str, sender: str | None = None) -> str:
         self._require_connected()
-        self._sent_count += 1
-        msg_id = f"SIM{self.phone[-4:]}{self._sent_count:08X}"
+        msg_id = self._new_id()
         self._emit(SimSent(payload={"to": to_jid(chat), "id": msg_id, "type": "reaction", "emoji": emoji, "target_id": message_id}))
         return msg_id
 
@@ -339,6 +367,14 @@ class SimSession:
         self._ballast = bytearray(os.urandom(1024)) * (megabytes * 1024)
 
     # -- helpers -------------------------------------------------------------------------------
+    def _new_id(self) -> str:
+        """The next message id; numbers come from blocks reserved in the store, so none repeats."""
+        if self._next_number >= self._numbers_end:
+            self._next_number = reserve_ids(self.store_path, ID_BLOCK)
+            self._numbers_end = self._next_number + ID_BLOCK
+        number, self._next_number = self._next_number, self._next_number + 1
+        return f"SIM{self.phone[-4:]}{number:08X}"
+
     def _go_online(self, name: str | None) -> None:
         self._connected = True
         self._emit(Connected(name=name))

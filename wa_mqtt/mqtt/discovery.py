@@ -12,9 +12,13 @@ and an entity left out of a later announcement is removed by Home Assistant itse
 `linked` or `notify` never leaves stale entities behind. Older Home Assistant releases ignore the
 `device` discovery topic; they are not supported.
 
-Entity ids: every entity carries `default_entity_id` (`sensor.whatsapp_<phone>_state`, ...), the
-option that replaced `object_id` (deprecated in Home Assistant 2025.10, removed in 2026.4), so the
-ids in the docs are the ids users get whatever the device is named. `unique_id`s are
+Entity ids: every entity carries `default_entity_id` (`sensor.whatsapp_<phone>_state`, ...) and the
+same id's object part as `object_id` (`whatsapp_<phone>_state`), as zigbee2mqtt does. Home Assistant
+2025.10+ reads `default_entity_id`; older releases ignore it and read `object_id`, and without it they
+derive the id from the device name at each entity's first discovery: the pairing entities, announced
+while the device is still *WhatsApp +<phone>*, and the session entities, announced once the push name
+renamed it, would get ids of two shapes. With both, the ids in the docs are the ids users get on
+every release, whatever the device is named. `unique_id`s are
 `wa_mqtt_<phone>_<key>` for accounts (a phone is globally unique, like a Zigbee IEEE address) and
 `wa_mqtt_bridge_<base>_<key>` for the bridge (one per base topic).
 
@@ -109,6 +113,13 @@ def _account_linked(topics: Topics, phone: str) -> dict[str, str]:
     return {"topic": topics.status(phone), "value_template": LINKED_AVAILABILITY_TEMPLATE}
 
 
+def _identify(component: dict[str, Any], unique_id: str, object_id: str) -> None:
+    """Ids of one entity: `unique_id`, and its entity id for every Home Assistant release (module doc)."""
+    component["unique_id"] = unique_id
+    component["default_entity_id"] = f"{component['platform']}.{object_id}"
+    component["object_id"] = object_id  # read by Home Assistant before 2025.10
+
+
 def bridge_discovery(*, base_topic: str, discovery_prefix: str, version: str) -> Discovery:
     """The bridge device: connectivity, number of accounts, version."""
     topics = Topics(base_topic)
@@ -135,8 +146,7 @@ def bridge_discovery(*, base_topic: str, discovery_prefix: str, version: str) ->
         },
     }
     for key, component in components.items():
-        component["unique_id"] = f"{device_id}_{key}"
-        component["default_entity_id"] = f"{component['platform']}.{ENTITY_PREFIX}_bridge_{key}"
+        _identify(component, f"{device_id}_{key}", f"{ENTITY_PREFIX}_bridge_{key}")
     payload = {
         "device": {
             "identifiers": [device_id], "name": name, "manufacturer": MANUFACTURER,
@@ -248,8 +258,7 @@ def account_discovery(
     device_id = account_device_id(phone)
     components = _account_components(topics, phone, linked=linked, recipients=recipients)
     for key, component in components.items():
-        component["unique_id"] = f"{device_id}_{key}"
-        component["default_entity_id"] = f"{component['platform']}.{ENTITY_PREFIX}_{phone}_{key}"
+        _identify(component, f"{device_id}_{key}", f"{ENTITY_PREFIX}_{phone}_{key}")
     payload = {
         "device": {
             "identifiers": [device_id],

@@ -310,15 +310,3 @@ class MqttLink:
             props.CorrelationData = item.correlation_data
         await client.publish(item.topic, item.payload, qos=item.qos, properties=props)
 
-
-async def start_embedded_broker(port: int) -> object:
-    """Start amqtt on 127.0.0.1:`port` (MQTT 3.1.1); returns the broker (call `.shutdown()`)."""
-    from amqtt.broker import Broker
-
-    broker = Broker({
-        "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}", "max_connections": 256}},
-        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
-    })
-    await broker.start()
-    log.info("embedded MQTT broker listening on 127.0.0.1:%d (set mqtt.url to use your own broker)", port)
-    return broker
