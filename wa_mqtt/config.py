@@ -149,6 +149,7 @@ class Config(_Section):
     proxy: str | None = None  # WhatsApp traffic (neonize) through http://, https:// or socks5://[user:pass@]host:port
     sessions_dir: Path = Path("sessions")
     data_dir: Path = Path("data")
+    disk_full_hold_mb: int = Field(64, ge=1)  # held in memory while data_dir is full; beyond it the engines wait
     accounts: list[str] = Field(default_factory=list)
     reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)
     backups: BackupsConfig = Field(default_factory=BackupsConfig)

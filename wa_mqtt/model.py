@@ -70,6 +70,7 @@ class ErrorCode(StrEnum):
     ENGINE_CRASHED = "engine_crashed"
     STORE_CORRUPT = "store_corrupt"
     CONNECTION_LOST = "connection_lost"
+    DISK_FULL = "disk_full"  # the bridge's data disk is full: incoming messages are held in memory
 
 
 class Status(BaseModel):

@@ -36,6 +36,7 @@ class AccountSink(Protocol):
 
     def on_status(self, status: Status) -> None: ...
     def on_message(self, phone: str, message: IncomingMessage) -> None: ...
+    def on_stats(self, phone: str) -> None: ...
     def on_receipt(self, phone: str, receipt: Receipt) -> None: ...
     def on_pairing(self, phone: str, kind: str | None, code: str | None) -> None: ...
     def on_bridge_event(self, type_: str, data: dict[str, Any]) -> None: ...
@@ -149,7 +150,8 @@ class Supervisor:
         self._inbox.put_nowait(_Heartbeat())
 
     async def run(self) -> None:
-        """Handle the inbox until `close()`; never raises for one bad item."""
+        """Handle the inbox until `close()`, then show the account `stopped` if it was running;
+        never raises for one bad item."""
         while True:
             item = await self._inbox.get()
             if item is None:
@@ -160,6 +162,10 @@ class Supervisor:
                 log.exception("%s: failed to handle %s", self.phone, type(item).__name__)
                 if isinstance(item, _Call) and not item.future.done():
                     item.future.set_exception(exc)
+        try:
+            await self._step(m.Shutdown())  # the retained status must not say `connected` after a stop
+        except Exception:
+            log.exception("%s: final status not published", self.phone)
 
     async def close(self) -> None:
         """Stop timers and the engine session; end `run()`."""
@@ -197,6 +203,7 @@ class Supervisor:
         elif isinstance(item, MessageReceived):
             self.messages_in += 1
             self._sink.on_message(self.phone, item.message)
+            self._sink.on_stats(self.phone)
         elif isinstance(item, ReceiptReceived):
             self._sink.on_receipt(self.phone, item.receipt)
         elif isinstance(item, SimSent):
@@ -210,8 +217,9 @@ class Supervisor:
             before, event, self._clock(), self._config.reconnect, self._rng.random(), self._config.pairing_timeout)
         if self.account.status != before.status:
             if self.account.state != before.state:
-                log.info("%s: %s -> %s%s", self.phone, before.state, self.account.state,
-                         f" ({self.status.error_code}: {self.status.error})" if self.status.error else "")
+                level = logging.DEBUG if isinstance(event, m.Shutdown) else logging.INFO  # a stop: one line in app.py
+                log.log(level, "%s: %s -> %s%s", self.phone, before.state, self.account.state,
+                        f" ({self.status.error_code}: {self.status.error})" if self.status.error else "")
             self._publish_status()
         for effect in effects:
             await self._do(effect)
@@ -248,6 +256,8 @@ class Supervisor:
                     self._sink.on_linked_elsewhere(self.phone, str(data["linked_phone"]))
 
     async def _start_session(self, method: PairMethod) -> None:
+        if self._closed:
+            return  # a retry that was due as the bridge stopped: no new engine
         self._store_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         session = self._ensure_session()
         async with self._session_lock:
@@ -317,6 +327,7 @@ class Supervisor:
         self.messages_out += 1
         if message.id:
             self._outbox.remember_sent(self.phone, message.id, wa_id)
+        self._sink.on_stats(self.phone)
 
     def _refresh_queue_depth(self) -> None:
         depth = self._outbox.depth(self.phone)
