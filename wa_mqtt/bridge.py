@@ -190,10 +190,10 @@ class Bridge:
             self.duplicates_dropped += 1
             log.debug("%s: duplicate message %s dropped", phone, message.id)
             return
-        # spooled (or held in memory while the disk is full), then its id remembered: a crash in
-        # between repeats the message rather than losing it
+        # spooled (or held in memory while the disk is full), then its id remembered, never on disk
+        # before the message: a crash in between repeats the message rather than losing it
         self._link.publish(self._topics.message(phone), _json(message.payload()), qos=1, durable=True)
-        self._seen.remember(phone, message.id)
+        self._seen.remember(phone, message.id, hold=self._disk is not None and self._disk.error is not None)
         if self._config.auto_reply:
             self._auto_reply(phone, message)
 
@@ -213,7 +213,7 @@ class Bridge:
         async with lock:
             try:
                 result = await self._send(phone, outgoing, {"auto_reply": rule})
-            except (ApiError, EngineError, UnknownAccount) as exc:
+            except (ApiError, EngineError, UnknownAccount, DiskFull) as exc:
                 log.warning("%s: auto-reply %r not sent: %s", phone, rule, exc)
                 return
         log.info("%s: auto-reply %r %s", phone, rule, "queued" if result.get("queued") else "sent")

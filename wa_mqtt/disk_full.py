@@ -5,8 +5,10 @@ for lack of space (ENOSPC, EDQUOT, SQLite's SQLITE_FULL) the store keeps what it
 memory (it is a `Holder`) and reports it to the `DiskFullWatch`, which:
 - logs one line when the condition starts and one when it clears;
 - tells the accounts (`on_change`): their status shows `error_code: disk_full` meanwhile;
-- asks every holder to write what it holds every `retry_every` seconds until all of them can
-  (a holder that holds nothing proves the disk writable with a write of its own);
+- asks the holders, in the order they were added, to write what they hold every `retry_every`
+  seconds until all of them can (a holder that holds nothing proves the disk writable with a write
+  of its own); the spool comes before the dedup ids, so an id never reaches the disk before its
+  message does;
 - pauses the engines (`Intake`, back-pressure) while more than `hold_max_bytes` are held, and lets
   them go on once the held bytes are below half of that.
 Nothing held is dropped; only a process kill while the disk is still full loses what memory held.
@@ -132,18 +134,23 @@ class DiskFullWatch:
             while True:
                 before = self.held
                 try:
-                    done = [h.write_held(self._batch) for h in self._holders]  # every holder, in order
+                    done = self._write_in_order()
                 except Exception:  # not a full disk: a bug or a broken file; keep the condition, try again
                     log.exception("writing what is held in memory failed")
                     break
                 self._written += max(0, before - self.held)
                 self._maybe_resume()
-                if all(done):
+                if done:
                     self._clear()
                     return
                 if self.held >= before:
                     break  # no progress: wait for the next round
                 await asyncio.sleep(0)  # progress: write the next batch soon, without starving the loop
+
+    def _write_in_order(self) -> bool:
+        """Each holder in the order they were added (the spool before the dedup ids of the messages it
+        holds), stopping at the first that cannot finish: True when all are written."""
+        return all(holder.write_held(self._batch) for holder in self._holders)
 
     def _maybe_resume(self) -> None:
         if not self.intake.is_open and self.held_bytes < self.hold_max_bytes // 2:

@@ -57,13 +57,15 @@ class SeenIds:
         with self._lock:
             return self._seen(account, message_id)
 
-    def remember(self, account: str, message_id: str) -> None:
-        """Record `message_id` for `account` (committed, or held in memory while the disk is full)."""
+    def remember(self, account: str, message_id: str, hold: bool = False) -> None:
+        """Record `message_id` for `account` (committed, or held in memory while the disk is full).
+        `hold`: keep it in memory anyway (its message is only in memory: its id must not reach the
+        disk first)."""
         error: BaseException | None = None
         with self._lock:
             if (account, message_id) in self._held:
                 return
-            if not self._held:
+            if not self._held and not hold:
                 try:
                     self._write([(account, message_id)])
                     return
