@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from .durable import transaction
 from .engines.base import Intake
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,25 @@ def is_disk_full(exc: BaseException, path: Path | None = None) -> bool:
             return _free_bytes(path) < _LOW_SPACE
         return False
     return isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS
+
+
+def written(path: Path, write: Callable[[], None]) -> bool:
+    """Run `write` (on the SQLite file at `path`); False when it failed for lack of space, which leaves
+    nothing changed. Other errors are raised."""
+    try:
+        write()
+    except sqlite3.Error as exc:
+        if not is_disk_full(exc, path):
+            raise
+        return False
+    return True
+
+
+def prove_writable(conn: sqlite3.Connection) -> None:
+    """A committed transaction that leaves nothing behind; it fails as a real write would on a full disk."""
+    with transaction(conn):
+        conn.execute("CREATE TABLE space_probe (x)")
+        conn.execute("DROP TABLE space_probe")
 
 
 def _free_bytes(path: Path) -> int:

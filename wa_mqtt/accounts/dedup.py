@@ -17,7 +17,7 @@ from contextlib import nullcontext
 from itertools import islice
 from pathlib import Path
 
-from ..disk_full import Report, is_disk_full
+from ..disk_full import Report, is_disk_full, prove_writable, written
 from ..durable import Synchronous, open_wal, transaction
 
 DEFAULT_WINDOW = 20000
@@ -104,24 +104,10 @@ class SeenIds:
         return sum(len(account) + len(message_id) for account, message_id in self._held)
 
     def write_held(self, limit: int) -> bool:
-        """Write up to `limit` held ids (one transaction); holding none, prove the disk writable with a
-        transaction of its own. True when nothing is held any more; False while the disk is still full."""
+        """Write up to `limit` held ids (one transaction); holding none, prove the disk writable. True when
+        nothing is held any more; False while the disk is still full."""
         with self._lock:
-            batch = list(islice(self._held, limit))
-            try:
-                if batch:
-                    self._write(batch)
-                else:
-                    with transaction(self._conn):
-                        self._conn.execute("INSERT INTO seen (account, message_id) VALUES ('', '')")
-                        self._conn.execute("DELETE FROM seen WHERE account = '' AND message_id = ''")
-            except sqlite3.Error as exc:
-                if not is_disk_full(exc, self.path):
-                    raise
-                return False
-            for key in batch:
-                del self._held[key]
-            return not self._held
+            return written(self.path, lambda: self._write_held(limit)) and not self._held
 
     def close(self) -> None:
         if self._held:
@@ -130,6 +116,15 @@ class SeenIds:
             self._conn.close()
 
     # -- internals (called with the lock held) --------------------------------------------------
+    def _write_held(self, limit: int) -> None:
+        batch = list(islice(self._held, limit))
+        if not batch:
+            prove_writable(self._conn)
+            return
+        self._write(batch)
+        for key in batch:
+            del self._held[key]
+
     def _seen(self, account: str, message_id: str) -> bool:
         return (account, message_id) in self._held or self._conn.execute(
             "SELECT 1 FROM seen WHERE account = ? AND message_id = ?", (account, message_id)).fetchone() is not None

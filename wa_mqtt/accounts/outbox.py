@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..disk_full import DiskFull, Report, is_disk_full
+from ..disk_full import DiskFull, Report, is_disk_full, prove_writable, written
 from ..durable import Synchronous, open_wal, transaction
 
 log = logging.getLogger(__name__)
@@ -203,28 +203,10 @@ class Outbox:
         return sum(64 + len(a) + len(c) + len(w) for (a, c), (w, _) in self._sent.items()) + 64 * len(self._removed)
 
     def write_held(self, limit: int) -> bool:
-        """Write what is held (one transaction); holding nothing, prove the disk writable with a
-        transaction of its own. True when nothing is held any more; False while the disk is still full."""
+        """Write what is held (one transaction); holding nothing, prove the disk writable. True when
+        nothing is held any more; False while the disk is still full."""
         with self._lock:
-            removed = list(self._removed)[:limit]
-            sent = list(self._sent.items())[:limit]
-            try:
-                with transaction(self._conn):
-                    self._conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in removed])
-                    if sent:
-                        self._write_sent([(a, c, w, at) for (a, c), (w, at) in sent], self._now())
-                    if not removed and not sent:  # a probe: a committed change that leaves nothing behind
-                        self._conn.execute("INSERT INTO sent VALUES ('', '', '', 0)")
-                        self._conn.execute("DELETE FROM sent WHERE account = '' AND client_id = ''")
-            except sqlite3.Error as exc:
-                if not is_disk_full(exc, self.path):
-                    raise
-                return False
-            for entry_id in removed:
-                del self._removed[entry_id]
-            for key, _ in sent:
-                del self._sent[key]
-            return not self.held
+            return written(self.path, lambda: self._write_held(limit)) and not self.held
 
     def close(self) -> None:
         if self.held:
@@ -234,6 +216,21 @@ class Outbox:
                 log.error("outbox %s: the disk is still full; %d records held in memory are lost (a queued send "
                           "may go out again, a sent id may be accepted again)", self.path, self.held)
             self._conn.close()
+
+    def _write_held(self, limit: int) -> None:
+        if not self.held:
+            prove_writable(self._conn)
+            return
+        removed = list(self._removed)[:limit]
+        sent = list(self._sent.items())[:limit]
+        with transaction(self._conn):
+            self._conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in removed])
+            if sent:
+                self._write_sent([(a, c, w, at) for (a, c), (w, at) in sent], self._now())
+        for entry_id in removed:
+            del self._removed[entry_id]
+        for key, _ in sent:
+            del self._sent[key]
 
     def _take(self, where: str, args: tuple[Any, ...]) -> list[OutboxEntry]:
         """Delete and return the entries matching `where`, oldest first; the delete is held if the disk is full."""

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
-from ..disk_full import Report, is_disk_full
+from ..disk_full import Report, is_disk_full, prove_writable, written
 from ..durable import Synchronous, open_wal, transaction
 
 log = logging.getLogger(__name__)
@@ -163,26 +163,10 @@ class Spool:
 
     def write_held(self, limit: int) -> bool:
         """Write up to `limit` held entries (oldest first, one transaction) and any pending delete; holding
-        nothing, prove the disk writable with a transaction of its own. True when nothing is held any
-        more and every write succeeded; False while the disk is still full."""
+        nothing, prove the disk writable. True when nothing is held any more and every write succeeded;
+        False while the disk is still full."""
         with self._lock:
-            try:
-                if self._delete_pending:
-                    self._conn.execute("DELETE FROM spool WHERE seq <= ?", (self._acked,))
-                    self._delete_pending = False
-                if self._held:
-                    batch = list(islice(self._held, limit))
-                    self._store(batch)
-                    for entry in batch:
-                        self._held.popleft()
-                        self._held_bytes -= _size(entry)
-                else:
-                    self._probe()
-            except sqlite3.Error as exc:
-                if not is_disk_full(exc, self.path):
-                    raise
-                return False
-            return not self._held
+            return written(self.path, lambda: self._write_held(limit)) and not self._held
 
     def close(self) -> None:
         """Close the file; what is still held (the disk full to the end) is written now or reported lost."""
@@ -221,13 +205,18 @@ class Spool:
             "INSERT INTO spool (seq, topic, payload, qos, retain, size) VALUES (?, ?, ?, ?, ?, ?)",
             (entry.seq, entry.topic, entry.payload, entry.qos, int(entry.retain), _size(entry)))
 
-    def _probe(self) -> None:
-        """A committed transaction that changes nothing in the end (it consumes one sequence number)."""
-        self._last_seq += 1
-        with transaction(self._conn):
-            self._conn.execute("INSERT INTO spool (seq, topic, payload, qos, retain, size) VALUES (?, '', x'', 0, 0, 0)",
-                               (self._last_seq,))
-            self._conn.execute("DELETE FROM spool WHERE seq = ?", (self._last_seq,))
+    def _write_held(self, limit: int) -> None:
+        if self._delete_pending:
+            self._conn.execute("DELETE FROM spool WHERE seq <= ?", (self._acked,))
+            self._delete_pending = False
+        if not self._held:
+            prove_writable(self._conn)
+            return
+        batch = list(islice(self._held, limit))
+        self._store(batch)
+        for entry in batch:
+            self._held.popleft()
+            self._held_bytes -= _size(entry)
 
     def _drop_oldest(self, need: int) -> tuple[int, int]:
         """Delete the fewest oldest entries freeing at least `need` bytes (or all); (bytes, count)."""
