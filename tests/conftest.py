@@ -3,6 +3,8 @@ is not installed), a fresh bridge environment per test, and the bridge subproces
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Broker, BridgeEnv, BridgeProcess, media_server as serve_media  # noqa: E402
+from harness import Broker, BridgeEnv, BridgeProcess, SmallDisk, media_server as serve_media  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +54,20 @@ def media_server() -> Iterator[str]:
     """Base URL of a local HTTP server with media routes (`/small`, `/big`, redirects; see harness)."""
     with serve_media() as url:
         yield url
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    """A 32 MB filesystem of the test's own that it can fill up; skipped where mounting is impossible."""
+    if os.geteuid() != 0:
+        pytest.skip("a full disk is simulated with a small tmpfs, and mounting one needs root")
+    disk = SmallDisk(tmp_path / "data-disk", 32)
+    try:
+        disk.mount()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", "") or exc
+        pytest.skip(f"cannot mount a tmpfs here ({str(detail).strip()}): the full-disk tests need one")
+    try:
+        yield disk
+    finally:
+        disk.unmount()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import contextlib
+import errno
 import json
 import os
 import shutil
@@ -371,3 +373,44 @@ class Probe:
 
     async def sim(self, phone: str, action: str, payload: bytes | str | dict[str, Any] = b"") -> None:
         await self.publish(f"{self.base}/sim/{phone}/{action}", payload)
+
+
+class SmallDisk:
+    """A real full disk: a tmpfs of `size_mb` mounted at `path` (needs root), and a ballast file that
+    fills it to the last byte (`fill`) until it is deleted (`free`)."""
+
+    def __init__(self, path: Path, size_mb: int) -> None:
+        self.path = path
+        self.size_mb = size_mb
+        self.ballast = path / "ballast"
+
+    def mount(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.size_mb}m,mode=0700", "tmpfs", str(self.path)],
+                       check=True, capture_output=True, text=True)
+
+    def unmount(self) -> None:
+        if subprocess.run(["umount", str(self.path)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(self.path)], capture_output=True)  # still busy: detach it
+
+    def fill(self) -> int:
+        """Write the ballast until the filesystem refuses even one more byte; its size."""
+        fd = os.open(self.ballast, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            for chunk in (1 << 20, 1 << 16, 1 << 12, 1):
+                block = b"\0" * chunk
+                with contextlib.suppress(OSError):
+                    while True:
+                        os.write(fd, block)
+            try:
+                os.write(fd, b"\0")
+            except OSError as refused:
+                assert refused.errno == errno.ENOSPC, refused
+            else:
+                raise AssertionError(f"{self.path}: still room after the ballast")
+        finally:
+            os.close(fd)
+        return self.ballast.stat().st_size
+
+    def free(self) -> None:
+        self.ballast.unlink()

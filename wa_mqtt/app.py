@@ -4,7 +4,8 @@ Startup: the sessions folder's lock (one bridge per folder) and, for the embedde
 (either failing is a StartupError: exit 2) → durable files → (embedded broker) → link, bridge, manager
 → restore every account at once.
 Shutdown (SIGTERM/SIGINT): stop accepting requests, finish the ones being served, close the engine
-sessions, publish what is queued and then `offline` (retained), disconnect, close files.
+sessions (each running account then shows `stopped`), publish what is queued and then `offline`
+(retained), disconnect, close files.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from .accounts.outbox import Outbox
 from .accounts.store import SessionStore
 from .bridge import Bridge
 from .config import Config, ConfigError, config_changes, config_file_complete, load_config, without_restart_changes
-from .engines.base import Engine
+from .disk_full import DiskFullWatch
+from .engines.base import Engine, Intake
 from .mqtt.api import ApiError
 from .mqtt import discovery
 from .mqtt.embedded_broker import start_embedded_broker
@@ -42,8 +44,9 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def make_engine(config: Config) -> Engine:
-    """The engine named by the config: in supervised child processes unless `engine_process.in_process`."""
+def make_engine(config: Config, intake: Intake | None = None) -> Engine:
+    """The engine named by the config: in supervised child processes unless `engine_process.in_process`
+    (only child processes can be paused by `intake`)."""
     outgoing = config.outgoing
     media = {"max_bytes": outgoing.max_media_bytes, "block_private_urls": outgoing.block_private_urls,
              "media_dir": str(outgoing.media_dir) if outgoing.media_dir else None}
@@ -55,7 +58,7 @@ def make_engine(config: Config) -> Engine:
         return ProcessEngine(config.engine, options, heartbeat_interval=settings.heartbeat_interval,
                              heartbeat_timeout=settings.heartbeat_timeout, max_rss_mb=settings.max_rss_mb,
                              recycle_after_failures=settings.recycle_after_failures, log_level=config.log_level,
-                             fork_server=settings.fork_server)
+                             fork_server=settings.fork_server, intake=intake)
     if config.engine == "sim":
         from .engines.sim import SimEngine
         from .media import MediaPolicy
@@ -83,6 +86,7 @@ class App:
         self.manager: AccountManager | None = None
         self.link: MqttLink | None = None
         self._seen_half_written = False  # the config file seemed half-written once already
+        self.disk: DiskFullWatch | None = None
 
     async def run(self, stop: asyncio.Event) -> int:
         """Run until `stop` is set; the exit code. Raises StartupError when the bridge cannot start:
@@ -99,11 +103,16 @@ class App:
     async def _run(self, stop: asyncio.Event) -> int:
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        intake = Intake()
+        disk = self.disk = DiskFullWatch(intake, config.disk_full_hold_mb << 20)
         with contextlib.ExitStack() as opened:  # a file refused (schema.SchemaError) closes those opened before it
-            spool = opened.enter_context(contextlib.closing(Spool(config.data_dir / "spool.db")))
-            outbox = opened.enter_context(contextlib.closing(Outbox(config.data_dir / "outbox.db", self._clock)))
-            seen = opened.enter_context(contextlib.closing(SeenIds(config.data_dir / "seen.db")))
+            spool = opened.enter_context(contextlib.closing(Spool(config.data_dir / "spool.db", report=disk.report)))
+            outbox = opened.enter_context(contextlib.closing(
+                Outbox(config.data_dir / "outbox.db", self._clock, report=disk.report)))
+            seen = opened.enter_context(contextlib.closing(SeenIds(config.data_dir / "seen.db", report=disk.report)))
             opened.pop_all()
+        for holder in (spool, seen, outbox):
+            disk.add(holder)
         broker = None
         try:
             url = config.mqtt.url
@@ -115,7 +124,7 @@ class App:
                         raise port_error(config.mqtt.embedded_port, exc.__cause__) from None
                     raise
                 url = f"mqtt://127.0.0.1:{config.mqtt.embedded_port}"
-            engine = self._engine or make_engine(config)
+            engine = self._engine or make_engine(config, intake)
             topics = Topics(config.mqtt.base_topic)
             started_at = self._clock()
             # the link calls back into the bridge, the bridge publishes through the link
@@ -124,12 +133,13 @@ class App:
                             on_message=lambda msg: bridge_ref[0].handle(msg),
                             on_connect=lambda: bridge_ref[0].on_link_connected(),
                             v5=config.mqtt.url is not None)
-            bridge = Bridge(config, topics, link, seen, self._clock, started_at)
+            bridge = Bridge(config, topics, link, seen, self._clock, started_at, disk)
             bridge_ref.append(bridge)
             manager = AccountManager(config, engine, SessionStore(config.sessions_dir), bridge, outbox,
                                      self._clock, self._rng)
             bridge.attach(manager)
             bridge.reloader = self.reload
+            disk.on_change = manager.set_disk_full
             for topic_filter in topics.request_filters:
                 link.subscribe(topic_filter)
             if config.engine == "sim":
@@ -158,13 +168,16 @@ class App:
                 bridge.stop_accepting()
                 await asyncio.wait_for(bridge.drain(), timeout=10)
                 manager_task.cancel()
+                intake.resume()  # engines paused by a full disk: what their pipes hold is read, not lost
                 await manager.close()
                 await engine.aclose()
+                bridge.publish_summaries()
                 await link.shutdown()
                 link_task.cancel()
             return 0
         finally:
             self.bridge = None
+            await disk.close()
             spool.close()
             outbox.close()
             seen.close()
@@ -194,6 +207,8 @@ class App:
         effective = without_restart_changes(self.config, new)
         if effective.log_level != self.config.log_level:
             logging.getLogger().setLevel(effective.log_level.upper())
+        if self.disk is not None:
+            self.disk.hold_max_bytes = effective.disk_full_hold_mb << 20
         self.config = effective
         self.bridge.reconfigure(effective)
         self.manager.reconfigure(effective)

@@ -23,6 +23,7 @@ from .automations import ReplyHistory, decide
 from .accounts.manager import AccountManager, UnknownAccount
 from .accounts.store import StorageError
 from .config import Config
+from .disk_full import DiskFull, DiskFullWatch
 from .engines.base import EngineError
 from .model import AccountState, IncomingMessage, OutgoingMessage, Receipt, Status, is_phone, utc_iso
 from .mqtt import api
@@ -53,8 +54,9 @@ class Bridge:
     """Implements `AccountSink` for the supervisors and serves requests arriving from the link."""
 
     def __init__(self, config: Config, topics: Topics, link: MqttLink, seen: SeenIds, clock: Clock,
-                 started_at: datetime) -> None:
+                 started_at: datetime, disk: DiskFullWatch | None = None) -> None:
         self._config = config
+        self._disk = disk
         self._topics = topics
         self._link = link
         self._seen = seen
@@ -141,6 +143,10 @@ class Bridge:
     def stop_accepting(self) -> None:
         self._accepting = False
 
+    def publish_summaries(self) -> None:
+        """Publish the account list now (at shutdown: before `offline`, not after a summary delay)."""
+        self._publish_accounts()
+
     async def drain(self) -> None:
         """Wait for requests being served to finish."""
         await self._tasks.wait()
@@ -176,16 +182,19 @@ class Bridge:
     def _publish_accounts(self) -> None:
         self._link.set_retained(self._topics.bridge_accounts, _json(self.manager.summary() if self._manager else []))
 
+    def on_stats(self, phone: str) -> None:
+        """A message came in or went out: refresh `stats` soon (at most every SUMMARY_INTERVAL per account)."""
+        self._soon(f"stats-{phone}", lambda: self._publish_stats(phone))
+
     def on_message(self, phone: str, message: IncomingMessage) -> None:
-        if not self._seen.first_time(phone, message.id):
+        if self._seen.seen(phone, message.id):
             self.duplicates_dropped += 1
             log.debug("%s: duplicate message %s dropped", phone, message.id)
             return
-        try:
-            self._link.publish(self._topics.message(phone), _json(message.payload()), qos=1, durable=True)
-        except Exception:
-            self._seen.forget(phone, message.id)  # not handed on: a redelivery must not count as a duplicate
-            raise
+        # spooled (or held in memory while the disk is full), then its id remembered, never on disk
+        # before the message: a crash in between repeats the message rather than losing it
+        self._link.publish(self._topics.message(phone), _json(message.payload()), qos=1, durable=True)
+        self._seen.remember(phone, message.id, hold=self._disk is not None and self._disk.error is not None)
         if self._config.auto_reply:
             self._auto_reply(phone, message)
 
@@ -205,7 +214,7 @@ class Bridge:
         async with lock:
             try:
                 result = await self._send(phone, outgoing, {"auto_reply": rule})
-            except (ApiError, EngineError, UnknownAccount) as exc:
+            except (ApiError, EngineError, UnknownAccount, DiskFull) as exc:
                 log.warning("%s: auto-reply %r not sent: %s", phone, rule, exc)
                 return
         log.info("%s: auto-reply %r %s", phone, rule, "queued" if result.get("queued") else "sent")
@@ -251,6 +260,7 @@ class Bridge:
         for topic in (self._topics.status(phone), self._topics.qr(phone), self._topics.qr_image(phone),
                       self._topics.pair_code(phone), self._topics.stats(phone)):
             self._link.set_retained(topic, b"")
+        self._last_summary.pop(f"stats-{phone}", None)
         if self._config.mqtt.discovery:
             self._announced.pop(phone, None)
             for topic, payload in discovery.account_removal(
@@ -296,6 +306,8 @@ class Bridge:
             except StorageError as exc:
                 body = api.error(route, "storage_error", str(exc))
             except EngineError as exc:
+                body = api.error(route, exc.code, str(exc))
+            except DiskFull as exc:
                 body = api.error(route, exc.code, str(exc))
             except Exception as exc:  # a bug must still answer the client
                 log.exception("%s/%s failed", target, command)
@@ -368,6 +380,8 @@ class Bridge:
                     "version": __version__, "uptime": round((now - self._started_at).total_seconds(), 1),
                     "broker_connected": self._link.is_connected, "pending_publishes": self._link.pending(),
                     "spool_dropped": self._link.spool_dropped, "duplicates_dropped": self.duplicates_dropped,
+                    "disk_full": self._disk is not None and self._disk.error is not None,
+                    "held_in_memory": self._disk.held if self._disk is not None else 0,
                     "accounts": manager.health(),
                 }
             case "backup":

@@ -152,6 +152,7 @@ class Config(_Section):
     proxy: str | None = None  # WhatsApp traffic (neonize) through http://, https:// or socks5://[user:pass@]host:port
     sessions_dir: Path = Path("sessions")
     data_dir: Path = Path("data")
+    disk_full_hold_mb: int = Field(64, ge=1)  # held in memory while data_dir is full; beyond it the engines wait
     accounts: list[str] = Field(default_factory=list)
     reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)
     backups: BackupsConfig = Field(default_factory=BackupsConfig)
@@ -219,7 +220,7 @@ class Config(_Section):
 
 # Settings that only take effect at start: a reload reports them instead of half-applying them. The
 # media limits are also enforced by the engine processes, which keep the values they started with.
-RESTART_KEYS = ("mqtt", "engine", "engine_process", "proxy", "sessions_dir", "data_dir",
+RESTART_KEYS = ("mqtt", "engine", "engine_process", "proxy", "sessions_dir", "data_dir", "disk_full_hold_mb",
                 "outgoing.max_media_bytes", "outgoing.media_dir", "outgoing.block_private_urls")
 
 

@@ -121,11 +121,13 @@ def open_wal(path: Path, synchronous: Synchronous = "NORMAL") -> sqlite3.Connect
 
 @contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (which is re-raised)."""
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (which is re-raised), a failed COMMIT
+    included (SQLITE_FULL there can leave the transaction open: SQLite asks for an explicit ROLLBACK)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")

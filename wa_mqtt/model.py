@@ -71,6 +71,7 @@ class ErrorCode(StrEnum):
     STORE_CORRUPT = "store_corrupt"
     CONNECTION_LOST = "connection_lost"
     STORAGE_ERROR = "storage_error"
+    DISK_FULL = "disk_full"  # the bridge's data disk is full: incoming messages are held in memory
 
 
 class Status(BaseModel):

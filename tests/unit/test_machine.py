@@ -188,3 +188,61 @@ def test_since_changes_only_with_the_state() -> None:
     clock.advance(3)
     acc, _ = run(acc, clock, Disconnected(code=ErrorCode.DIAL_FAILED, error="x"))
     assert acc.status.since == since
+
+
+def test_every_change_is_stamped_with_one_clock_reading() -> None:
+    """`updated_at` is the transition's own `now`, never older than `since`."""
+    clock = Clock()
+    acc = restored(clock)
+    for event in (Connected(name="Ana"), Disconnected(), m.RetryDue(), Connected(), m.Stop()):
+        clock.advance(1.5)
+        before = acc.status
+        acc, _ = run(acc, clock, event)
+        assert acc.status != before
+        assert acc.status.updated_at == clock.now and acc.status.updated_at >= acc.status.since
+
+
+def test_a_full_disk_shows_in_the_status_without_changing_the_state() -> None:
+    clock = Clock()
+    acc, _ = run(restored(clock), clock, Connected())
+    clock.advance(1)
+    acc, effects = run(acc, clock, m.DiskFull("the data disk is full"))
+    assert effects == [] and acc.state == S.CONNECTED and acc.status.since == T0
+    assert acc.status.error_code == ErrorCode.DISK_FULL and acc.status.error == "the data disk is full"
+    assert acc.status.updated_at == clock.now
+    # a connection error takes precedence; once it is over the disk shows again
+    acc, _ = run(acc, clock, Disconnected(code=ErrorCode.CONNECTION_LOST, error="gone"))
+    assert acc.status.error_code == ErrorCode.CONNECTION_LOST
+    acc, _ = run(acc, clock, m.RetryDue(), Connected())
+    assert acc.state == S.CONNECTED and acc.status.error_code == ErrorCode.DISK_FULL
+    acc, _ = run(acc, clock, m.DiskSpaceBack())
+    assert acc.state == S.CONNECTED and acc.status.error_code is None and acc.status.error is None
+
+
+def test_space_back_leaves_an_error_of_the_account_alone() -> None:
+    clock = Clock()
+    acc, _ = run(restored(clock), clock, m.DiskFull("full"), StreamReplaced())
+    assert acc.state == S.CONFLICT and acc.status.error_code == ErrorCode.STREAM_REPLACED
+    acc, _ = run(acc, clock, m.DiskSpaceBack())
+    assert acc.status.error_code == ErrorCode.STREAM_REPLACED
+
+
+@pytest.mark.parametrize("events", [
+    [Connected()], [Qr(code="q")], [Disconnected()], [], [TemporaryBan(code="403", expires_at=T0 + timedelta(hours=1))],
+])
+def test_shutdown_stops_a_running_account(events: list[m.Input]) -> None:
+    clock = Clock()
+    acc, _ = run(restored(clock), clock, *events)
+    clock.advance(2)
+    acc, effects = run(acc, clock, m.Shutdown())
+    assert acc.state == S.STOPPED and acc.status.since == clock.now and acc.status.error_code is None
+    assert acc.status.next_retry_at is None
+    assert m.CancelRetry() in effects and m.ClearPairing() in effects
+
+
+@pytest.mark.parametrize("event", [LoggedOut(reason="unlinked"), StreamReplaced(), ClientOutdated(), m.Stop()])
+def test_shutdown_keeps_a_state_that_waits_for_a_person(event: m.Input) -> None:
+    clock = Clock()
+    acc, _ = run(restored(clock), clock, Connected(), event)
+    after, effects = run(acc, clock, m.Shutdown())
+    assert after == acc and effects == []

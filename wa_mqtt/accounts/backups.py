@@ -45,24 +45,25 @@ def backup_store(store: Path, backups_dir: Path, keep: int, now: datetime, key: 
     tmp = backups_dir / f".{target.name}.tmp"
     try:
         _copy(store, tmp)
-    except sqlite3.Error as exc:
-        _unlink(tmp)
-        raise BackupError(f"cannot back up {store}: {exc}") from exc
-    if reason := check_store(tmp):
-        _unlink(tmp)
-        raise BackupError(f"backup of {store} did not verify: {reason}")
-    if key is not None:
-        plain = tmp.read_bytes()
-        _write_private(tmp, _fernet(key).encrypt(plain))
-        if _fernet(key).decrypt(tmp.read_bytes()) != plain:
-            _unlink(tmp)
-            raise BackupError(f"encrypted backup of {store} did not decrypt to the same bytes")
-    os.replace(tmp, target)
+        if reason := check_store(tmp):
+            raise BackupError(f"backup of {store} did not verify: {reason}")
+        if key is not None:
+            plain = tmp.read_bytes()
+            _write_private(tmp, _fernet(key).encrypt(plain))
+            if _fernet(key).decrypt(tmp.read_bytes()) != plain:
+                raise BackupError(f"encrypted backup of {store} did not decrypt to the same bytes")
+        os.replace(tmp, target)
+    except BaseException as exc:  # a full disk among others: nothing half-written stays behind
+        for leftover in (tmp, Path(f"{tmp}-journal")):
+            _unlink(leftover)
+        if isinstance(exc, (sqlite3.Error, OSError)):
+            raise BackupError(f"cannot back up {store}: {exc}") from exc
+        raise
     _fsync_dir(backups_dir)
     for old in list_backups(backups_dir)[keep:]:
         if old != target:  # a clock behind older stamps must not prune the copy just made
             _unlink(old)
-    log.info("backed up %s to %s", store, target.name)
+    log.debug("backed up %s to %s", store, target.name)  # the caller says it, with the account
     return target
 
 

@@ -1,16 +1,23 @@
 """Incoming message ids already handled, per account, across restarts (SQLite, WAL): each id is published once.
 
 Bounded: keeps the newest `window` ids per account (the engine only re-delivers recent messages).
-`first_time` records the id in the same call, committed before it returns (a process kill
-afterwards keeps it). Call it once the message is safe elsewhere (e.g. after the spool append), or
-`forget` the id when handing the message on failed, so a crash in between cannot lose a message.
+`remember` records an id, committed before it returns (a process kill afterwards keeps it): ask
+`seen` first, hand the message on, then `remember` it, so a crash in between repeats a message
+rather than losing it. `first_time` does both steps at once (`forget` undoes it).
+
+A full disk: an id that cannot be written is held in memory (still counted as seen) and reported to
+`report`; `write_held` writes the held ids once there is space (disk_full.DiskFullWatch calls it).
 """
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+from contextlib import nullcontext
+from itertools import islice
 from pathlib import Path
 
+from ..disk_full import Report, is_disk_full, prove_writable, written
 from ..durable import Synchronous, transaction
 from ..schema import Schema, Upgrade, open_versioned
 
@@ -34,46 +41,113 @@ SCHEMA = Schema("dedup", "message ids already handled", [
 class SeenIds:
     """Which message ids each account has already seen. Sync and fast: call it from asyncio code."""
 
-    def __init__(self, path: Path, window: int = DEFAULT_WINDOW, *, synchronous: Synchronous = "NORMAL") -> None:
+    name = "dedup ids"
+
+    def __init__(self, path: Path, window: int = DEFAULT_WINDOW, *, synchronous: Synchronous = "NORMAL",
+                 report: Report | None = None) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
         self.path = Path(path)
         self.window = window
+        self._report = report
         self._lock = threading.Lock()
         self._conn = open_versioned(self.path, SCHEMA, synchronous)
         self._counts: dict[str, int] = dict(
             self._conn.execute("SELECT account, COUNT(*) FROM seen GROUP BY account").fetchall())
+        self._held: dict[tuple[str, str], None] = {}  # (account, id) not written yet (disk full), oldest first
+
+    def seen(self, account: str, message_id: str) -> bool:
+        """True when `message_id` was already remembered for `account`."""
+        with self._lock:
+            return self._seen(account, message_id)
+
+    def remember(self, account: str, message_id: str, hold: bool = False) -> None:
+        """Record `message_id` for `account` (committed, or held in memory while the disk is full).
+        `hold`: keep it in memory anyway (its message is only in memory: its id must not reach the
+        disk first)."""
+        error: BaseException | None = None
+        with self._lock:
+            if (account, message_id) in self._held:
+                return
+            if not self._held and not hold:
+                try:
+                    self._write([(account, message_id)])
+                    return
+                except sqlite3.Error as exc:
+                    if not is_disk_full(exc, self.path):
+                        raise
+                    error = exc
+            self._held[(account, message_id)] = None
+        if self._report is not None:
+            self._report(self.name, error)
 
     def first_time(self, account: str, message_id: str) -> bool:
         """True the first time `message_id` is seen for `account` (and remember it), else False."""
-        with self._lock:
-            if self._conn.execute("SELECT 1 FROM seen WHERE account = ? AND message_id = ?",
-                                  (account, message_id)).fetchone():
-                return False
-            count = self._counts.get(account, 0) + 1
-            if count <= self.window:
-                self._insert(account, message_id)
-            else:
-                with transaction(self._conn):
-                    self._insert(account, message_id)
-                    self._conn.execute(
-                        "DELETE FROM seen WHERE n IN (SELECT n FROM seen WHERE account = ? ORDER BY n LIMIT ?)",
-                        (account, count - self.window))
-                count = self.window
-            self._counts[account] = count
-            return True
+        if self.seen(account, message_id):
+            return False
+        self.remember(account, message_id)
+        return True
 
     def forget(self, account: str, message_id: str) -> None:
         """Un-see an id (handing the message on failed), so its redelivery is handled."""
         with self._lock:
+            if self._held.pop((account, message_id), 0) is None:
+                return
             removed = self._conn.execute("DELETE FROM seen WHERE account = ? AND message_id = ?",
                                          (account, message_id)).rowcount
             if removed:
                 self._counts[account] -= removed
 
+    @property
+    def held(self) -> int:
+        """Ids held in memory because the disk was full."""
+        return len(self._held)
+
+    @property
+    def held_bytes(self) -> int:
+        return sum(len(account) + len(message_id) for account, message_id in self._held)
+
+    def write_held(self, limit: int) -> bool:
+        """Write up to `limit` held ids (one transaction); holding none, prove the disk writable. True when
+        nothing is held any more; False while the disk is still full."""
+        with self._lock:
+            return written(self.path, lambda: self._write_held(limit)) and not self._held
+
     def close(self) -> None:
+        if self._held:
+            self.write_held(len(self._held))
         with self._lock:
             self._conn.close()
 
-    def _insert(self, account: str, message_id: str) -> None:
-        self._conn.execute("INSERT INTO seen (account, message_id) VALUES (?, ?)", (account, message_id))
+    # -- internals (called with the lock held) --------------------------------------------------
+    def _write_held(self, limit: int) -> None:
+        batch = list(islice(self._held, limit))
+        if not batch:
+            prove_writable(self._conn)
+            return
+        self._write(batch)
+        for key in batch:
+            del self._held[key]
+
+    def _seen(self, account: str, message_id: str) -> bool:
+        return (account, message_id) in self._held or self._conn.execute(
+            "SELECT 1 FROM seen WHERE account = ? AND message_id = ?", (account, message_id)).fetchone() is not None
+
+    def _write(self, ids: list[tuple[str, str]]) -> None:
+        """Insert ids (known ones are skipped) and trim each account to the window, in one commit;
+        raises with nothing changed."""
+        single = len(ids) == 1 and self._counts.get(ids[0][0], 0) < self.window  # the common case: one commit
+        added: dict[str, int] = {}
+        with nullcontext() if single else transaction(self._conn):
+            for account, message_id in ids:
+                if self._conn.execute("INSERT OR IGNORE INTO seen (account, message_id) VALUES (?, ?)",
+                                      (account, message_id)).rowcount:
+                    added[account] = added.get(account, 0) + 1
+            for account, n in added.items():
+                excess = self._counts.get(account, 0) + n - self.window
+                if excess > 0:
+                    self._conn.execute(
+                        "DELETE FROM seen WHERE n IN (SELECT n FROM seen WHERE account = ? ORDER BY n LIMIT ?)",
+                        (account, excess))
+        for account, n in added.items():
+            self._counts[account] = min(self.window, self._counts.get(account, 0) + n)

@@ -4,6 +4,10 @@
 supervisor passes `now` and a random number in, and carries out the effects it returns. States are the
 contract's (section 4); backoff is exponential with jitter, none after states a person must resolve,
 the ban's own expiry after a temporary ban, and drops soon after connecting count as failures (flaps).
+
+A full data disk is not a state: it does not change what the account does. While it lasts, a status
+without an error of its own shows `error_code: disk_full`; a connection error takes precedence.
+Every transition reads the clock once: `since` (on a state change) and `updated_at` are that reading.
 """
 
 from __future__ import annotations
@@ -66,11 +70,31 @@ class Settle:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class DiskFull:
+    """The bridge's data disk is full (`error`: what the status says); not a state of the account."""
+
+    error: str
+
+
+@dataclass(frozen=True)
+class DiskSpaceBack:
+    """The data disk is writable again."""
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """The bridge stops cleanly: an account it was running is `stopped` (until the next start)."""
+
+
 EngineInput = (
     Connected | Disconnected | LoggedOut | StreamReplaced | TemporaryBan | ClientOutdated | Qr | PairCode
     | Paired | Crashed
 )
-Input = Start | Stop | LogoutDone | RetryDue | PairingExpired | StoreUnusable | Settle | EngineInput
+Input = (
+    Start | Stop | LogoutDone | RetryDue | PairingExpired | StoreUnusable | Settle | DiskFull | DiskSpaceBack
+    | Shutdown | EngineInput
+)
 
 
 # -- effects -------------------------------------------------------------------------------------
@@ -140,6 +164,7 @@ class Account:
     pairing_until: datetime | None = None
     method: PairMethod = "qr"
     reconnects: int = 0
+    disk_full: str | None = None  # while the data disk is full: the status text
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -167,7 +192,7 @@ def backoff_delay(failures: int, policy: ReconnectConfig, rand: float) -> float:
 
 def _with(acc: Account, now: datetime, state: AccountState | None = None, **status_changes: object) -> Account:
     status = acc.status
-    changes = dict(status_changes)
+    changes = dict(status_changes, updated_at=now)
     if state is not None and state != status.state:
         changes["since"] = now
     if state is not None:
@@ -202,8 +227,27 @@ def _fail(acc: Account, now: datetime, code: ErrorCode, error: str, policy: Reco
 def decide(acc: Account, event: Input, now: datetime, policy: ReconnectConfig, rand: float,
            pairing_timeout: float) -> tuple[Account, list[Effect]]:
     """The transition function. Returns the account unchanged and no effects for ignored input."""
+    after, effects = _decide(acc, event, now, policy, rand, pairing_timeout)
+    status = after.status
+    if after.disk_full is not None and status.error_code is None:
+        after = _with(after, now, error=after.disk_full, error_code=ErrorCode.DISK_FULL)
+    elif after.disk_full is None and status.error_code == ErrorCode.DISK_FULL:
+        after = _with(after, now, error=None, error_code=None)
+    return after, effects
+
+
+def _decide(acc: Account, event: Input, now: datetime, policy: ReconnectConfig, rand: float,
+            pairing_timeout: float) -> tuple[Account, list[Effect]]:
     state = acc.state
     match event:
+        case DiskFull(error=error):
+            return replace(acc, disk_full=error), []
+        case DiskSpaceBack():
+            return replace(acc, disk_full=None), []
+        case Shutdown():
+            if state in PARKED:
+                return acc, []
+            return _park(acc, now, S.STOPPED, None, None)
         case Start(method=method, by_user=by_user):
             if state == S.CONNECTED and not by_user:
                 return acc, []

@@ -56,6 +56,7 @@ class AccountManager:
         self._had_folder: set[str] = set()  # accounts whose folder was seen: its deletion removes them
         self._folders = asyncio.Lock()  # folder moves and the reconcile of sessions/ never interleave
         self._backup_locks: dict[str, asyncio.Lock] = {}  # one backup of a store at a time
+        self._disk_full: str | None = None  # the data disk's condition, for accounts added meanwhile
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -143,7 +144,11 @@ class AccountManager:
 
     async def _after_connected(self, phone: str, name: str | None, last_connected: datetime | None) -> None:
         def record() -> bool:
-            self.store.write_meta(phone, name=name, engine=self._engine.name, last_connected=last_connected)
+            try:
+                self.store.write_meta(phone, name=name, engine=self._engine.name, last_connected=last_connected)
+            except OSError as exc:  # a full disk: the next connect records it again
+                log.warning("%s: name and last_connected not recorded in account.json: %s", phone, exc)
+                return False
             self.store.secure(phone)
             return self._changed_since_backup(phone)
 
@@ -186,11 +191,18 @@ class AccountManager:
         return results
 
     async def close(self) -> None:
-        """Stop every engine session and supervisor task."""
+        """Stop every engine session and supervisor task; each running account then shows `stopped`."""
         self._stopping = True
         await self._background.finish(CLOSE_GRACE)  # a just-connected account's account.json and backup
         await asyncio.gather(*(s.close() for s in self._accounts.values()), return_exceptions=True)
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        log.info("%d account(s) stopped", len(self._accounts))
+
+    def set_disk_full(self, error: str | None) -> None:
+        """The data disk filled up (`error`: the status text) or is writable again (None): every account shows it."""
+        self._disk_full = error
+        for supervisor in self._accounts.values():
+            supervisor.apply(m.DiskFull(error) if error is not None else m.DiskSpaceBack())
 
     # -- queries -------------------------------------------------------------------------------
     def phones(self) -> list[str]:
@@ -249,7 +261,11 @@ class AccountManager:
     def _remember_stop(self, phone: str, stopped: bool) -> None:
         """A `disconnect` is kept in account.json so a restart does not undo it; `connect` clears it."""
         if self.store.paths(phone).root.exists() and bool(self.store.read_meta(phone).get("stopped_by_user")) != stopped:
-            self.store.write_meta(phone, stopped_by_user=stopped)
+            try:
+                self.store.write_meta(phone, stopped_by_user=stopped)
+            except OSError as exc:  # the command itself was carried out; only its memory across restarts is missing
+                log.warning("%s: %s not recorded in account.json, a restart will not remember it: %s", phone,
+                            "disconnect" if stopped else "connect", exc)
 
     async def logout(self, phone: str) -> Supervisor:
         """Unlink on WhatsApp's side, stop, and remove the store (account.json and backups stay)."""
@@ -350,6 +366,8 @@ class AccountManager:
         if paths.root.exists():
             self._had_folder.add(phone)
         self._tasks[phone] = asyncio.create_task(supervisor.run(), name=f"account-{phone}")
+        if self._disk_full is not None:
+            supervisor.apply(m.DiskFull(self._disk_full))
         if announce:
             self._sink.on_bridge_event("account_added", {"phone": phone, "state": state.value})
         self._sink.on_accounts_changed()

@@ -19,12 +19,23 @@ finds the entry again on restart and sends it with the same `wa_id`, which Whats
 Durability: every call commits before it returns; `synchronous=FULL` by default (an fsync per
 change: sends are human-rate and a queued send was promised to the user), so entries survive a
 process kill and a power loss.
+
+A full disk: a send that cannot be queued is refused (`DiskFull`, nothing was sent). What records a
+send already made (`remove`, `remember_sent`, expiry) cannot be refused: it is held in memory, honoured
+by every read (a removed entry is never sent again, a sent id stays known), reported to `report`, and
+written by `write_held` once there is space (disk_full.DiskFullWatch calls it).
+
+A full disk: a send that cannot be queued is refused (`DiskFull`, nothing was sent). What records a
+send already made (`remove`, `remember_sent`, expiry) cannot be refused: it is held in memory, honoured
+by every read (a removed entry is never sent again, a sent id stays known), reported to `report`, and
+written by `write_held` once there is space (disk_full.DiskFullWatch calls it).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +43,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..disk_full import DiskFull, Report, is_disk_full, prove_writable, written
 from ..durable import Synchronous, transaction
 from ..schema import Schema, Upgrade, open_versioned
 
@@ -82,11 +94,17 @@ class OutboxEntry:
 class Outbox:
     """Durable per-account send queue plus sent client ids. Sync and fast: call it from asyncio code."""
 
+    name = "outbox"
+
     def __init__(self, path: Path, clock: Callable[[], datetime], *,
-                 idempotency_window: float = IDEMPOTENCY_WINDOW, synchronous: Synchronous = "FULL") -> None:
+                 idempotency_window: float = IDEMPOTENCY_WINDOW, synchronous: Synchronous = "FULL",
+                 report: Report | None = None) -> None:
         self.path = Path(path)
         self._clock = clock
         self._window = idempotency_window
+        self._report = report
+        self._removed: dict[int, str] = {}  # entry id -> account: removed, its delete held (disk full)
+        self._sent: dict[tuple[str, str], tuple[str, float]] = {}  # held sent records: (account, client_id) -> (wa_id, at)
         self._lock = threading.Lock()
         self._conn = open_versioned(self.path, SCHEMA, synchronous)
         waiting = self._conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
@@ -98,16 +116,26 @@ class Outbox:
         """Queue a send; (entry, False). If `client_id` is already waiting: (that entry, True), nothing added."""
         data = json.dumps(request, separators=(",", ":"))
         created = self._now()
-        with self._lock, transaction(self._conn):
-            if client_id is not None:
-                row = self._conn.execute(f"SELECT {_COLUMNS} FROM outbox WHERE account = ? AND client_id = ?",
-                                         (account, client_id)).fetchone()
-                if row is not None:
-                    return _entry(row), True
-            cursor = self._conn.execute(
-                "INSERT INTO outbox (account, request, client_id, created_at) VALUES (?, ?, ?, ?)",
-                (account, data, client_id, created))
-            entry_id = cursor.lastrowid
+        try:
+            with self._lock, transaction(self._conn):
+                if client_id is not None:
+                    row = self._conn.execute(f"SELECT {_COLUMNS} FROM outbox WHERE account = ? AND client_id = ?",
+                                             (account, client_id)).fetchone()
+                    if row is not None and row[0] not in self._removed:
+                        return _entry(row), True
+                    if row is not None:  # removed, its delete still held: that delete goes first
+                        self._conn.execute("DELETE FROM outbox WHERE id = ?", (row[0],))
+                        self._removed.pop(row[0])
+                cursor = self._conn.execute(
+                    "INSERT INTO outbox (account, request, client_id, created_at) VALUES (?, ?, ?, ?)",
+                    (account, data, client_id, created))
+                entry_id = cursor.lastrowid
+        except sqlite3.Error as exc:
+            if not is_disk_full(exc, self.path):
+                raise
+            if self._report is not None:
+                self._report(self.name, exc)
+            raise DiskFull("the data disk is full: the send could not be queued, and nothing was sent") from None
         assert entry_id is not None
         return OutboxEntry(entry_id, account, json.loads(data), client_id, _datetime(created)), False
 
@@ -116,93 +144,204 @@ class Outbox:
         with self._lock:
             rows = self._conn.execute(f"SELECT {_COLUMNS} FROM outbox WHERE account = ? ORDER BY id",
                                       (account,)).fetchall()
-        return [_entry(row) for row in rows]
+        return [_entry(row) for row in rows if row[0] not in self._removed]
 
     def next_pending(self, account: str, after: int = 0) -> OutboxEntry | None:
         """The account's oldest waiting send with an id above `after` (entries queued meanwhile included)."""
         with self._lock:
-            row = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM outbox WHERE account = ? AND id > ? ORDER BY id LIMIT 1",
-                (account, after)).fetchone()
+            rows = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM outbox WHERE account = ? AND id > ? ORDER BY id",
+                (account, after))
+            row = next((row for row in rows if row[0] not in self._removed), None)
         return _entry(row) if row else None
 
     def begin_attempt(self, entry_id: int, wa_id: str) -> OutboxEntry | None:
         """Before an engine call: keep the entry's WhatsApp id (`wa_id` if it has none yet) and count the
-        try, durably. Returns the updated entry (its `wa_id` is the one to send with), None if it is gone."""
-        with self._lock:
-            row = self._conn.execute(
-                f"UPDATE outbox SET wa_id = COALESCE(wa_id, ?), tries = tries + 1 WHERE id = ? RETURNING {_COLUMNS}",
-                (wa_id, entry_id)).fetchone()
+        try, durably. Returns the updated entry (its `wa_id` is the one to send with), None if it is gone.
+        Raises DiskFull when that cannot be written: the try must not begin unrecorded."""
+        try:
+            with self._lock:
+                if entry_id in self._removed:
+                    return None
+                row = self._conn.execute(
+                    f"UPDATE outbox SET wa_id = COALESCE(wa_id, ?), tries = tries + 1 WHERE id = ? RETURNING {_COLUMNS}",
+                    (wa_id, entry_id)).fetchone()
+        except sqlite3.Error as exc:
+            if not is_disk_full(exc, self.path):
+                raise
+            self._held_one(exc)
+            raise DiskFull("the data disk is full: the send stays queued until there is space") from None
         return _entry(row) if row else None
 
     def end_attempt(self, entry_id: int) -> None:
-        """The engine answered that the try failed: it did not reach WhatsApp, so it does not count."""
-        with self._lock:
-            self._conn.execute("UPDATE outbox SET tries = MAX(tries - 1, 0) WHERE id = ?", (entry_id,))
+        """The engine answered that the try failed: it did not reach WhatsApp, so it does not count.
+        On a full disk the count stays (a later retry is then flagged as one, which is harmless)."""
+        try:
+            with self._lock:
+                self._conn.execute("UPDATE outbox SET tries = MAX(tries - 1, 0) WHERE id = ?", (entry_id,))
+        except sqlite3.Error as exc:
+            if not is_disk_full(exc, self.path):
+                raise
+            log.debug("outbox: try count of entry %d kept (disk full)", entry_id)
 
     def complete(self, entry: OutboxEntry, wa_id: str) -> None:
-        """The entry went out as WhatsApp message `wa_id`: remove it and remember its client id, atomically."""
+        """The entry went out as WhatsApp message `wa_id`: remove it and remember its client id, atomically.
+        On a full disk both are held in memory (honoured by every read) and written once there is space."""
         now = self._now()
-        with self._lock, transaction(self._conn):
-            self._conn.execute("DELETE FROM outbox WHERE id = ?", (entry.id,))
-            if entry.client_id is not None:
-                self._record_sent(entry.account, entry.client_id, wa_id, now)
+        with self._lock:
+            try:
+                with transaction(self._conn):
+                    self._conn.execute("DELETE FROM outbox WHERE id = ?", (entry.id,))
+                    if entry.client_id is not None:
+                        self._write_sent([(entry.account, entry.client_id, wa_id, now)], now)
+                self._removed.pop(entry.id, None)
+                return
+            except sqlite3.Error as exc:
+                if not is_disk_full(exc, self.path):
+                    raise
+                error = exc
+                self._removed[entry.id] = entry.account
+                if entry.client_id is not None:
+                    self._sent[(entry.account, entry.client_id)] = (wa_id, now)
+        self._held_one(error)
 
     def remove(self, entry_id: int) -> None:
         """Forget one entry (sent, or answered with an error). Unknown ids are ignored."""
         with self._lock:
-            self._conn.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
+            try:
+                self._conn.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
+                return
+            except sqlite3.Error as exc:
+                if not is_disk_full(exc, self.path):
+                    raise
+                error = exc
+                row = self._conn.execute("SELECT account FROM outbox WHERE id = ?", (entry_id,)).fetchone()
+                if row is None:
+                    return
+                self._removed[entry_id] = row[0]
+        self._held_one(error)
 
     def take_expired(self, account: str, ttl_seconds: float) -> list[OutboxEntry]:
         """Remove and return the account's entries older than `ttl_seconds`, oldest first."""
         cutoff = self._now() - ttl_seconds
-        with self._lock:
-            rows = self._conn.execute(f"DELETE FROM outbox WHERE account = ? AND created_at < ? RETURNING {_COLUMNS}",
-                                      (account, cutoff)).fetchall()
+        rows = self._take("account = ? AND created_at < ?", (account, cutoff))
         if rows:
             log.info("outbox: %d queued sends of %s expired (older than %g s)", len(rows), account, ttl_seconds)
-        return sorted((_entry(row) for row in rows), key=lambda e: e.id)
+        return rows
 
     def clear(self, account: str) -> list[OutboxEntry]:
         """Remove and return every waiting entry of an account (it was removed), oldest first."""
-        with self._lock:
-            rows = self._conn.execute(f"DELETE FROM outbox WHERE account = ? RETURNING {_COLUMNS}",
-                                      (account,)).fetchall()
-        return sorted((_entry(row) for row in rows), key=lambda e: e.id)
+        return self._take("account = ?", (account,))
 
     def depth(self, account: str) -> int:
         with self._lock:
-            return self._conn.execute("SELECT COUNT(*) FROM outbox WHERE account = ?", (account,)).fetchone()[0]
+            count: int = self._conn.execute("SELECT COUNT(*) FROM outbox WHERE account = ?", (account,)).fetchone()[0]
+        return count - sum(1 for owner in self._removed.values() if owner == account)
 
     def accounts(self) -> list[str]:
         """Accounts with waiting entries, sorted."""
         with self._lock:
-            rows = self._conn.execute("SELECT DISTINCT account FROM outbox ORDER BY account").fetchall()
-        return [account for (account,) in rows]
+            rows = self._conn.execute("SELECT account, COUNT(*) FROM outbox GROUP BY account ORDER BY account").fetchall()
+        return [account for account, count in rows
+                if count > sum(1 for owner in self._removed.values() if owner == account)]
 
     # -- idempotency -----------------------------------------------------------------------------
     def remember_sent(self, account: str, client_id: str, wa_id: str) -> None:
         """Record that `client_id` went out as WhatsApp message `wa_id`; prune records past the window."""
         now = self._now()
-        with self._lock, transaction(self._conn):
-            self._record_sent(account, client_id, wa_id, now)
-
-    def _record_sent(self, account: str, client_id: str, wa_id: str, now: float) -> None:
-        self._conn.execute("INSERT OR REPLACE INTO sent (account, client_id, wa_id, sent_at) VALUES (?, ?, ?, ?)",
-                           (account, client_id, wa_id, now))
-        self._conn.execute("DELETE FROM sent WHERE sent_at < ?", (now - self._window,))
+        with self._lock:
+            try:
+                with transaction(self._conn):
+                    self._write_sent([(account, client_id, wa_id, now)], now)
+                return
+            except sqlite3.Error as exc:
+                if not is_disk_full(exc, self.path):
+                    raise
+                error = exc
+                self._sent[(account, client_id)] = (wa_id, now)
+        self._held_one(error)
 
     def sent_id(self, account: str, client_id: str) -> str | None:
         """The WhatsApp id `client_id` was sent as within the window, else None."""
         cutoff = self._now() - self._window
+        held = self._sent.get((account, client_id))
+        if held is not None and held[1] >= cutoff:
+            return held[0]
         with self._lock:
             row = self._conn.execute("SELECT wa_id FROM sent WHERE account = ? AND client_id = ? AND sent_at >= ?",
                                      (account, client_id, cutoff)).fetchone()
         return row[0] if row else None
 
-    def close(self) -> None:
+    # -- a full disk -----------------------------------------------------------------------------
+    @property
+    def held(self) -> int:
+        """Removals and sent records held in memory because the disk was full."""
+        return len(self._removed) + len(self._sent)
+
+    @property
+    def held_bytes(self) -> int:
+        return sum(64 + len(a) + len(c) + len(w) for (a, c), (w, _) in self._sent.items()) + 64 * len(self._removed)
+
+    def write_held(self, limit: int) -> bool:
+        """Write what is held (one transaction); holding nothing, prove the disk writable. True when
+        nothing is held any more; False while the disk is still full."""
         with self._lock:
+            return written(self.path, lambda: self._write_held(limit)) and not self.held
+
+    def close(self) -> None:
+        if self.held:
+            self.write_held(self.held)
+        with self._lock:
+            if self.held:
+                log.error("outbox %s: the disk is still full; %d records held in memory are lost (a queued send "
+                          "may go out again, a sent id may be accepted again)", self.path, self.held)
             self._conn.close()
+
+    def _write_held(self, limit: int) -> None:
+        if not self.held:
+            prove_writable(self._conn)
+            return
+        removed = list(self._removed)[:limit]
+        sent = list(self._sent.items())[:limit]
+        with transaction(self._conn):
+            self._conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in removed])
+            if sent:
+                self._write_sent([(a, c, w, at) for (a, c), (w, at) in sent], self._now())
+        for entry_id in removed:
+            del self._removed[entry_id]
+        for key, _ in sent:
+            del self._sent[key]
+
+    def _take(self, where: str, args: tuple[Any, ...]) -> list[OutboxEntry]:
+        """Delete and return the entries matching `where`, oldest first; the delete is held if the disk is full."""
+        error: BaseException | None = None
+        with self._lock:
+            try:
+                rows = self._conn.execute(f"DELETE FROM outbox WHERE {where} RETURNING {_COLUMNS}", args).fetchall()
+            except sqlite3.Error as exc:
+                if not is_disk_full(exc, self.path):
+                    raise
+                rows = self._conn.execute(f"SELECT {_COLUMNS} FROM outbox WHERE {where}", args).fetchall()
+                error = exc
+            taken = [row for row in rows if row[0] not in self._removed]  # not those removed before
+            if error is None:
+                for row in rows:
+                    self._removed.pop(row[0], None)
+            else:
+                self._removed.update((row[0], row[1]) for row in taken)
+        if error is not None and taken:
+            self._held_one(error)
+        return sorted((_entry(row) for row in taken), key=lambda e: e.id)
+
+    def _write_sent(self, records: list[tuple[str, str, str, float]], now: float) -> None:
+        """Within a transaction: record sends and prune records past the window."""
+        self._conn.executemany(
+            "INSERT OR REPLACE INTO sent (account, client_id, wa_id, sent_at) VALUES (?, ?, ?, ?)", records)
+        self._conn.execute("DELETE FROM sent WHERE sent_at < ?", (now - self._window,))
+
+    def _held_one(self, exc: BaseException) -> None:
+        if self._report is not None:
+            self._report(self.name, exc)
 
     def _now(self) -> float:
         moment = self._clock()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from ..config import Config
+from ..disk_full import DiskFull
 from ..engines.base import (
     Disconnected, Engine, EngineError, EngineEvent, EngineSession, MessageReceived, PairMethod, ReceiptReceived,
     SimSent, new_message_id,
@@ -36,6 +37,7 @@ class AccountSink(Protocol):
 
     def on_status(self, status: Status) -> None: ...
     def on_message(self, phone: str, message: IncomingMessage) -> None: ...
+    def on_stats(self, phone: str) -> None: ...
     def on_receipt(self, phone: str, receipt: Receipt) -> None: ...
     def on_pairing(self, phone: str, kind: str | None, code: str | None) -> None: ...
     def on_bridge_event(self, type_: str, data: dict[str, Any]) -> None: ...
@@ -128,6 +130,8 @@ class Supervisor:
         if self.state == AccountState.CONNECTED and not self._flushing() and self._outbox.depth(self.phone) == 1:
             try:
                 result = await self._deliver(entry, message)
+            except DiskFull:
+                log.debug("%s: send stays queued: its try cannot be recorded on a full disk", self.phone)
             except EngineError as exc:
                 if not _retry_later(exc):  # refused: nothing to retry
                     self._outbox.remove(entry.id)
@@ -157,7 +161,8 @@ class Supervisor:
         self._inbox.put_nowait(_Heartbeat())
 
     async def run(self) -> None:
-        """Handle the inbox until `close()`; never raises for one bad item."""
+        """Handle the inbox until `close()`, then show the account `stopped` if it was running;
+        never raises for one bad item."""
         while True:
             item = await self._inbox.get()
             if item is None:
@@ -168,6 +173,10 @@ class Supervisor:
                 log.exception("%s: failed to handle %s", self.phone, type(item).__name__)
                 if isinstance(item, _Call) and not item.future.done():
                     item.future.set_exception(exc)
+        try:
+            await self._step(m.Shutdown())  # the retained status must not say `connected` after a stop
+        except Exception:
+            log.exception("%s: final status not published", self.phone)
 
     async def close(self) -> None:
         """Stop timers and the engine session; end `run()`."""
@@ -202,9 +211,12 @@ class Supervisor:
             self._expire_queued()
             self.account = replace(self.account, status=self.status.model_copy(update={"updated_at": self._clock()}))
             self._publish_status()
+            if self.state == AccountState.CONNECTED:
+                self._start_flush()  # what a full disk held back (begin_attempt could not be recorded)
         elif isinstance(item, MessageReceived):
             self.messages_in += 1
             self._sink.on_message(self.phone, item.message)
+            self._sink.on_stats(self.phone)
         elif isinstance(item, ReceiptReceived):
             self._sink.on_receipt(self.phone, item.receipt)
         elif isinstance(item, SimSent):
@@ -218,7 +230,7 @@ class Supervisor:
             before, event, self._clock(), self._config.reconnect, self._rng.random(), self._config.pairing_timeout)
         if self.account.status != before.status:
             if self.account.state != before.state:
-                self._log_transition(before.status, isinstance(event, m.RetryDue))
+                self._log_transition(before.status, isinstance(event, m.RetryDue | m.Shutdown))  # a stop: one line in app.py
             self._publish_status()
         for effect in effects:
             await self._do(effect)
@@ -255,6 +267,8 @@ class Supervisor:
                     self._sink.on_linked_elsewhere(self.phone, str(data["linked_phone"]))
 
     async def _start_session(self, method: PairMethod) -> None:
+        if self._closed:
+            return  # a retry that was due as the bridge stopped: no new engine
         try:
             self._store_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:  # retried with backoff: it recovers when the folder can be written again
@@ -310,6 +324,8 @@ class Supervisor:
             route = entry.request.get("route", {})
             try:
                 result = await self._deliver(entry, message)
+            except DiskFull:
+                break  # retried by the next heartbeat once the disk has space
             except EngineError as exc:
                 if _retry_later(exc):
                     break
@@ -348,6 +364,7 @@ class Supervisor:
                      self.phone, entry.id, result.id)
         else:
             self.messages_out += 1
+            self._sink.on_stats(self.phone)
         return result
 
     def _expire_queued(self) -> None:

@@ -7,6 +7,7 @@ cross the pipe between the bridge and an engine child process as JSON lines unch
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Callable
 from datetime import datetime
@@ -126,6 +127,30 @@ EngineEvent = Annotated[
 EVENT_ADAPTER: TypeAdapter[EngineEvent] = TypeAdapter(EngineEvent)
 
 EmitFn = Callable[[EngineEvent], None]
+
+
+class Intake:
+    """Back-pressure from the bridge to its engines: while paused, the bridge stops reading what the
+    engines hand over (they block on their pipe) instead of holding more than it can keep.
+
+    Engines in child processes honour it (engines/process.py); an in-process engine is never paused."""
+
+    def __init__(self) -> None:
+        self._open = asyncio.Event()
+        self._open.set()
+
+    @property
+    def is_open(self) -> bool:
+        return self._open.is_set()
+
+    def pause(self) -> None:
+        self._open.clear()
+
+    def resume(self) -> None:
+        self._open.set()
+
+    async def wait_open(self) -> None:
+        await self._open.wait()
 
 
 @runtime_checkable

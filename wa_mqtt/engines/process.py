@@ -6,6 +6,8 @@ child (engines/child.py) spoken to with the protocol of protocol.py. The parent 
 - no line (heartbeats included) within `heartbeat_timeout` → killed, `Crashed`;
 - RSS above `max_rss_mb` (as its heartbeats report it) → killed, `Crashed`;
 - many failed connects in one child (neonize leaks a file per connect) → recycled on the next start.
+While the bridge's `Intake` is paused (a full data disk holding too much in memory) no child is read:
+each blocks on its full stdout pipe, and its silence then is not a hang.
 The supervisor turns `Crashed` into `disconnected` / `engine_crashed` and restarts with backoff by
 calling `start()` again, which spawns a fresh child. Other accounts never notice.
 """
@@ -24,7 +26,7 @@ from typing import Any
 
 from ..model import ErrorCode, OutgoingMessage, SendResult
 from . import protocol as p
-from .base import Crashed, Disconnected, EmitFn, EngineError, EngineEvent, PairMethod
+from .base import Crashed, Disconnected, EmitFn, EngineError, EngineEvent, Intake, PairMethod
 from .child import STORE_BUSY_EXIT, STORE_WAIT
 from .launch import ChildProcess, ForkServer, exec_child, fork_server_available
 
@@ -39,8 +41,9 @@ class ProcessEngine:
 
     def __init__(self, inner: str, options: dict[str, Any] | None = None, *, heartbeat_interval: float = 1.0,
                  heartbeat_timeout: float = 15.0, max_rss_mb: int = 512, recycle_after_failures: int = 20,
-                 log_level: str = "info", fork_server: bool = True) -> None:
+                 log_level: str = "info", fork_server: bool = True, intake: Intake | None = None) -> None:
         self.name = inner
+        self.intake = intake or Intake()
         self._options = options or {}
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
@@ -209,6 +212,8 @@ class ProcessSession:
         loop = asyncio.get_running_loop()
         error: str | None = None
         while True:
+            if not self._engine.intake.is_open:
+                await self._paused(proc)
             try:
                 line = await proc.stdout.readline()
             except (ValueError, asyncio.LimitOverrunError) as exc:
@@ -227,6 +232,24 @@ class ProcessSession:
             await self._kill(proc, error)
         code = await proc.wait()
         self._child_gone(proc, error or _describe_exit(code))
+
+    async def _paused(self, proc: ChildProcess) -> None:
+        """Read nothing more from the child until the intake opens: its pipe fills and its writes block.
+        The reader's own buffer would otherwise take in up to 2 x MAX_LINE, so its pipe is paused too.
+        A child that ends meanwhile (stopped, killed) is read to the end at once: what its pipe holds
+        is a pipe's worth at most, and nothing else would ever read it."""
+        transport = getattr(proc.stdout, "_transport", None)  # asyncio's StreamReader has no public handle on it
+        if transport is not None:
+            transport.pause_reading()
+        waits = [asyncio.ensure_future(self._engine.intake.wait_open()), asyncio.ensure_future(proc.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+            if transport is not None and not transport.is_closing():
+                transport.resume_reading()
+            self._last_line = asyncio.get_running_loop().time()
 
     def _dispatch(self, item: p.ChildLine) -> None:
         if isinstance(item, p.Reply):
@@ -258,6 +281,9 @@ class ProcessSession:
         engine = self._engine
         while proc.returncode is None:
             await asyncio.sleep(engine.heartbeat_interval)
+            if not engine.intake.is_open:  # not read, so not heard: silence is no hang
+                self._last_line = loop.time()
+                continue
             silent = loop.time() - self._last_line
             if silent > engine.heartbeat_timeout:
                 await self._kill(proc, f"no heartbeat for {silent:.0f} s (hung)")

@@ -6,6 +6,12 @@ broker has acknowledged them. The spool stays under `max_bytes` (topic + payload
 its oldest entries, counted in `dropped` and reported by one warning per overflow episode (an
 episode ends at the next `ack`). An entry larger than `max_bytes` on its own is still kept (alone).
 
+A full disk loses nothing: an entry that cannot be written is held in memory with its sequence number
+(and every later one behind it, so the order stays), reported to `report` (disk_full.DiskFullWatch),
+returned by `peek` after the entries on disk (so it is published from memory when the broker is
+reachable) and written by `write_held` once there is space. An `ack` that cannot delete is kept in
+memory and its rows are skipped until the delete succeeds.
+
 Durability: WAL with `synchronous=NORMAL` by default. A committed append survives a process crash
 or SIGKILL (the requirement); only a power loss can lose the last appends. `synchronous="FULL"`
 fsyncs every append and is about 4x slower. Measured (2 vCPU VM, SQLite 3.40, 366-byte payloads):
@@ -15,10 +21,14 @@ NORMAL 25,000 appends/s, FULL 6,000/s; draining with peek(100)+ack ~160,000 entr
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
+from collections import deque
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
+from ..disk_full import Report, is_disk_full, prove_writable, written
 from ..durable import Synchronous, transaction
 from ..schema import Schema, Upgrade, open_versioned
 
@@ -54,79 +64,168 @@ class SpoolEntry:
 class Spool:
     """Durable FIFO of unacknowledged publishes. Sync and fast: call it straight from asyncio code."""
 
+    name = "spool"
+
     def __init__(self, path: Path, max_bytes: int = DEFAULT_MAX_BYTES,
-                 *, synchronous: Synchronous = "NORMAL") -> None:
+                 *, synchronous: Synchronous = "NORMAL", report: Report | None = None) -> None:
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive")
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.dropped = 0
+        self._report = report
         self._overflowing = False
         self._lock = threading.Lock()
         self._conn = open_versioned(self.path, SCHEMA, synchronous)
-        count, total = self._conn.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM spool").fetchone()
+        count, total, last = self._conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(MAX(seq), 0) FROM spool").fetchone()
+        issued = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'spool'").fetchone()
         self._count: int = count
         self._bytes: int = total
+        self._last_seq: int = max(last, issued[0] if issued else 0)  # numbers are never reused
+        self._held: deque[SpoolEntry] = deque()  # could not be written (disk full), oldest first
+        self._held_bytes = 0
+        self._acked = 0  # everything up to here is acknowledged (its delete may still be pending)
+        self._delete_pending = False
         if count:
             log.info("spool %s: %d publishes (%d bytes) waiting from before", self.path, count, total)
 
     def append(self, topic: str, payload: bytes, qos: int, retain: bool) -> int:
-        """Store one publish (committed when this returns); returns its sequence number."""
-        size = len(topic.encode()) + len(payload)
+        """Store one publish (committed when this returns, or held in memory while the disk is full);
+        returns its sequence number."""
         with self._lock:
-            if self._count and self._bytes + size > self.max_bytes:
-                with transaction(self._conn):
-                    freed, removed = self._drop_oldest(self._bytes + size - self.max_bytes)
-                    seq = self._insert(topic, payload, qos, retain, size)
-                self._note_dropped(removed)
-                self._bytes -= freed
-                self._count -= removed
-            else:
-                seq = self._insert(topic, payload, qos, retain, size)
-            self._bytes += size
-            self._count += 1
-            return seq
+            self._last_seq += 1
+            entry = SpoolEntry(self._last_seq, topic, payload, qos, retain)
+            error: BaseException | None = None
+            if not self._held:
+                try:
+                    self._store([entry])
+                    return entry.seq
+                except sqlite3.Error as exc:
+                    if not is_disk_full(exc, self.path):
+                        raise
+                    error = exc
+            self._held.append(entry)  # behind the ones held already: the order stays
+            self._held_bytes += _size(entry)
+        if self._report is not None:
+            self._report(self.name, error)
+        return entry.seq
 
     def peek(self, limit: int) -> list[SpoolEntry]:
-        """The oldest `limit` entries, oldest first (nothing is removed)."""
+        """The oldest `limit` entries, oldest first: on disk, then held in memory (nothing is removed)."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT seq, topic, payload, qos, retain FROM spool ORDER BY seq LIMIT ?", (limit,)).fetchall()
-        return [SpoolEntry(seq, topic, bytes(payload), qos, bool(retain)) for seq, topic, payload, qos, retain in rows]
+                "SELECT seq, topic, payload, qos, retain FROM spool WHERE seq > ? ORDER BY seq LIMIT ?",
+                (self._acked, limit)).fetchall()
+            entries = [SpoolEntry(seq, topic, bytes(payload), qos, bool(retain))
+                       for seq, topic, payload, qos, retain in rows]
+            if len(entries) < limit:
+                entries.extend(islice(self._held, limit - len(entries)))
+        return entries
 
     def ack(self, seq: int) -> None:
         """Remove the entry `seq` and every older one (the broker has them)."""
+        error: BaseException | None = None
         with self._lock:
-            sizes = self._conn.execute("DELETE FROM spool WHERE seq <= ? RETURNING size", (seq,)).fetchall()
+            while self._held and self._held[0].seq <= seq:
+                self._held_bytes -= _size(self._held.popleft())
+            self._overflowing = False
+            if seq <= self._acked:
+                return
+            try:
+                sizes = self._conn.execute("DELETE FROM spool WHERE seq <= ? RETURNING size", (seq,)).fetchall()
+            except sqlite3.Error as exc:
+                if not is_disk_full(exc, self.path):
+                    raise
+                # a delete needs space too: remember the acknowledgement, skip its rows, delete them later
+                sizes = self._conn.execute("SELECT size FROM spool WHERE seq > ? AND seq <= ?",
+                                           (self._acked, seq)).fetchall()
+                self._delete_pending = True
+                error = exc
+            self._acked = seq
             self._count -= len(sizes)
             self._bytes -= sum(size for (size,) in sizes)
-            self._overflowing = False
+        if error is not None and self._report is not None:
+            self._report(self.name, error)
 
     def __len__(self) -> int:
-        return self._count
+        return self._count + len(self._held)
 
     @property
     def size_bytes(self) -> int:
-        """Topic + payload bytes waiting (what `max_bytes` bounds)."""
-        return self._bytes
+        """Topic + payload bytes waiting, on disk (what `max_bytes` bounds) and held in memory."""
+        return self._bytes + self._held_bytes
+
+    @property
+    def held(self) -> int:
+        """Entries held in memory because the disk was full (see the module's docstring)."""
+        return len(self._held)
+
+    @property
+    def held_bytes(self) -> int:
+        return self._held_bytes
+
+    def write_held(self, limit: int) -> bool:
+        """Write up to `limit` held entries (oldest first, one transaction) and any pending delete; holding
+        nothing, prove the disk writable. True when nothing is held any more and every write succeeded;
+        False while the disk is still full."""
+        with self._lock:
+            return written(self.path, lambda: self._write_held(limit)) and not self._held
 
     def close(self) -> None:
+        """Close the file; what is still held (the disk full to the end) is written now or reported lost."""
+        if self._held or self._delete_pending:
+            self.write_held(len(self._held) or 1)
         with self._lock:
+            if self._held:
+                log.error("spool %s: the disk is still full; %d publishes held in memory are lost", self.path,
+                          len(self._held))
             self._conn.close()
 
     # -- internals (called with the lock held) --------------------------------------------------
-    def _insert(self, topic: str, payload: bytes, qos: int, retain: bool, size: int) -> int:
-        cursor = self._conn.execute(
-            "INSERT INTO spool (topic, payload, qos, retain, size) VALUES (?, ?, ?, ?, ?)",
-            (topic, payload, qos, int(retain), size))
-        seq = cursor.lastrowid
-        assert seq is not None
-        return seq
+    def _store(self, entries: list[SpoolEntry]) -> None:
+        """Insert entries with their numbers (committed), dropping the oldest if over `max_bytes`.
+        Raises the write's error with nothing changed."""
+        size = sum(_size(e) for e in entries)
+        if self._count and self._bytes + size > self.max_bytes:
+            with transaction(self._conn):
+                freed, removed = self._drop_oldest(self._bytes + size - self.max_bytes)
+                for entry in entries:
+                    self._insert(entry)
+            self._note_dropped(removed)
+            self._bytes -= freed
+            self._count -= removed
+        elif len(entries) == 1:
+            self._insert(entries[0])  # autocommit: the common case, one commit
+        else:
+            with transaction(self._conn):
+                for entry in entries:
+                    self._insert(entry)
+        self._bytes += size
+        self._count += len(entries)
+
+    def _insert(self, entry: SpoolEntry) -> None:
+        self._conn.execute(
+            "INSERT INTO spool (seq, topic, payload, qos, retain, size) VALUES (?, ?, ?, ?, ?, ?)",
+            (entry.seq, entry.topic, entry.payload, entry.qos, int(entry.retain), _size(entry)))
+
+    def _write_held(self, limit: int) -> None:
+        if self._delete_pending:
+            self._conn.execute("DELETE FROM spool WHERE seq <= ?", (self._acked,))
+            self._delete_pending = False
+        if not self._held:
+            prove_writable(self._conn)
+            return
+        batch = list(islice(self._held, limit))
+        self._store(batch)
+        for entry in batch:
+            self._held.popleft()
+            self._held_bytes -= _size(entry)
 
     def _drop_oldest(self, need: int) -> tuple[int, int]:
         """Delete the fewest oldest entries freeing at least `need` bytes (or all); (bytes, count)."""
         freed = removed = 0
-        last = 0
+        last = self._acked
         while freed < need:
             rows = self._conn.execute(
                 "SELECT seq, size FROM spool WHERE seq > ? ORDER BY seq LIMIT 256", (last,)).fetchall()
@@ -148,3 +247,7 @@ class Spool:
             self._overflowing = True
             log.warning("spool %s is full (%d bytes): dropping the oldest unpublished messages (%d so far)",
                         self.path, self.max_bytes, self.dropped)
+
+
+def _size(entry: SpoolEntry) -> int:
+    return len(entry.topic.encode()) + len(entry.payload)

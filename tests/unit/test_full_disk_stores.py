@@ -1,0 +1,207 @@
+"""A full disk under the stores (spool, dedup ids, outbox) and the watch that retries them.
+
+"Full" is real either way: SQLite's own `max_page_count` (SQLITE_FULL when the file would grow), or
+a filled tmpfs (`small_disk`, root only) where a delete needs space too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import sqlite3
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from harness import SmallDisk
+from wa_mqtt.accounts.dedup import SeenIds
+from wa_mqtt.accounts.outbox import Outbox
+from wa_mqtt.disk_full import DiskFull, DiskFullWatch, is_disk_full
+from wa_mqtt.engines.base import Intake
+from wa_mqtt.mqtt.spool import Spool
+
+A = "5511900000001"
+BIG = b"m" * 5000  # more than a page: every append needs a new one
+
+
+class Reports(list[tuple[str, BaseException | None]]):
+    def __call__(self, where: str, exc: BaseException | None) -> None:
+        self.append((where, exc))
+
+
+def fill(conn: sqlite3.Connection) -> None:
+    """The file may not grow any more (SQLite answers SQLITE_FULL, as on a full disk)."""
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages}")
+
+
+def make_room(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA max_page_count = 1073741823")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 25, 10, tzinfo=timezone.utc)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def test_disk_full_errors_are_recognised(tmp_path: Path) -> None:
+    assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not is_disk_full(sqlite3.OperationalError("no such table: x"))
+    conn = sqlite3.connect(tmp_path / "x.db")
+    conn.execute("CREATE TABLE t (x BLOB)")
+    fill(conn)
+    with pytest.raises(sqlite3.OperationalError) as full:
+        conn.execute("INSERT INTO t VALUES (?)", (BIG,))
+    assert is_disk_full(full.value)
+    conn.close()
+
+
+def test_spool_holds_what_it_cannot_write_in_order_and_writes_it_later(tmp_path: Path) -> None:
+    reports = Reports()
+    spool = Spool(tmp_path / "spool.db", report=reports)
+    first = spool.append("t", BIG, 1, False)
+    fill(spool._conn)
+    held = [spool.append("t", bytes([i]) * 5000, 1, False) for i in range(3)]
+    assert first < held[0] < held[1] < held[2]
+    assert spool.held == 3 and len(spool) == 4 and spool.held_bytes == 3 * 5001
+    assert [where for where, _ in reports] == ["spool"] * 3
+    assert is_disk_full(reports[0][1]) and reports[1][1] is None  # the first failed, the others queued behind
+    assert [e.seq for e in spool.peek(10)] == [first, *held]  # disk first, then memory: the broker gets them
+    assert spool.peek(10)[1].payload == b"\0" * 5000
+    spool.ack(held[0])  # published from memory: gone without ever being written
+    assert spool.held == 2 and len(spool) == 2
+    assert spool.write_held(10) is False  # still full
+    make_room(spool._conn)
+    assert spool.write_held(1) is False and spool.held == 1  # one per call here
+    assert spool.write_held(10) is True and spool.held == 0
+    assert spool.append("t", b"after", 1, False) > held[2]
+    spool.close()
+    again = Spool(tmp_path / "spool.db")
+    try:
+        assert [e.seq for e in again.peek(10)][:2] == held[1:]
+        assert len(again) == 3
+    finally:
+        again.close()
+
+
+def test_spool_ack_on_a_full_disk_is_kept_and_done_later(small_disk: SmallDisk) -> None:
+    reports = Reports()
+    spool = Spool(small_disk.path / "spool.db", report=reports)
+    seqs = [spool.append("t", bytes([i]) * 2000, 1, False) for i in range(5)]
+    spool._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # no WAL space left to reuse: a delete must grow it
+    small_disk.fill()
+    spool.ack(seqs[2])
+    assert reports and is_disk_full(reports[0][1])
+    assert [e.seq for e in spool.peek(10)] == seqs[3:] and len(spool) == 2
+    assert spool.write_held(10) is False
+    small_disk.free()
+    assert spool.write_held(10) is True
+    spool._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    small_disk.fill()
+    assert spool.write_held(10) is False  # holding nothing: its probe write fails like any other
+    small_disk.free()
+    assert spool.write_held(10) is True
+    spool.close()
+    again = Spool(small_disk.path / "spool.db")
+    try:
+        assert [e.seq for e in again.peek(10)] == seqs[3:]
+    finally:
+        again.close()
+
+
+def test_dedup_ids_are_held_and_still_seen(tmp_path: Path) -> None:
+    reports = Reports()
+    seen = SeenIds(tmp_path / "seen.db", window=3, report=reports)
+    seen.remember(A, "a")
+    fill(seen._conn)
+    long_ids = [f"{i}-" + "x" * 3000 for i in range(4)]  # big enough to need new pages
+    for message_id in long_ids:
+        assert seen.first_time(A, message_id) is True
+    assert seen.held == 4 and is_disk_full(reports[0][1])
+    assert seen.seen(A, long_ids[0]) and not seen.first_time(A, long_ids[1])
+    seen.forget(A, long_ids[3])  # a held id can be forgotten too
+    assert not seen.seen(A, long_ids[3])
+    assert seen.write_held(10) is False
+    make_room(seen._conn)
+    assert seen.write_held(10) is True and seen.held == 0
+    count = seen._conn.execute("SELECT COUNT(*) FROM seen WHERE account = ?", (A,)).fetchone()[0]
+    assert count == 3  # the window still holds
+    assert [seen.seen(A, i) for i in ("a", *long_ids[:3])] == [False, True, True, True]
+    seen.close()
+
+
+def test_outbox_refuses_a_new_send_but_keeps_what_records_a_sent_one(tmp_path: Path) -> None:
+    reports, clock = Reports(), Clock()
+    box = Outbox(tmp_path / "outbox.db", clock, report=reports)
+    entry, _ = box.enqueue(A, {"message": {"text": "waiting"}}, "c1")
+    old, _ = box.enqueue(A, {"message": {"text": "old"}}, None)
+    fill(box._conn)
+    with pytest.raises(DiskFull):
+        box.enqueue(A, {"message": {"text": "x" * 5000}}, "c2")
+    box.remember_sent(A, "c9", "WAID9" + "w" * 5000)
+    assert box.sent_id(A, "c9") == "WAID9" + "w" * 5000
+    assert box.held == 1 and [where for where, _ in reports] == ["outbox", "outbox"]
+    make_room(box._conn)
+    assert box.write_held(10) is True and box.held == 0
+    assert box.sent_id(A, "c9") is not None
+    assert [e.id for e in box.pending(A)] == [entry.id, old.id]
+    box.close()
+
+
+def test_outbox_removals_on_a_full_disk_are_honoured_until_written(small_disk: SmallDisk) -> None:
+    clock = Clock()
+    box = Outbox(small_disk.path / "outbox.db", clock)
+    sent, _ = box.enqueue(A, {"message": {"text": "sent"}}, "c1")
+    late, _ = box.enqueue(A, {"message": {"text": "late"}}, None)
+    kept, _ = box.enqueue(A, {"message": {"text": "kept"}}, None)
+    box._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    small_disk.fill()
+    box.remove(sent.id)  # sent: must never be sent again, even before its delete is written
+    clock.now += timedelta(seconds=10)
+    assert [e.id for e in box.take_expired(A, 5)] == [late.id, kept.id]
+    assert box.pending(A) == [] and box.depth(A) == 0 and box.accounts() == []
+    assert box.held == 3 and box.write_held(10) is False
+    small_disk.free()
+    assert box.write_held(10) is True and box.held == 0
+    entry, duplicate = box.enqueue(A, {"message": {"text": "again"}}, "c1")  # its client id is free again
+    assert not duplicate and [e.id for e in box.pending(A)] == [entry.id]
+    box.close()
+
+
+async def test_watch_shows_the_condition_pushes_back_and_recovers(tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="wa_mqtt.disk_full")
+    intake = Intake()
+    watch = DiskFullWatch(intake, hold_max_bytes=12_000, retry_every=0.05)
+    changes: list[str | None] = []
+    watch.on_change = changes.append
+    spool = Spool(tmp_path / "spool.db", report=watch.report)
+    seen = SeenIds(tmp_path / "seen.db", report=watch.report)
+    watch.add(spool)
+    watch.add(seen)
+    fill(spool._conn)
+    spool.append("t", BIG, 1, False)
+    assert watch.error is not None and changes == [watch.error] and intake.is_open
+    spool.append("t", BIG, 1, False)
+    spool.append("t", BIG, 1, False)  # 15,003 bytes held: over the bound
+    assert not intake.is_open and watch.held == 3
+    await asyncio.sleep(0.2)  # several retries while still full: nothing changes, nothing is logged again
+    assert watch.error is not None and changes == [watch.error] and not intake.is_open
+    make_room(spool._conn)
+    await asyncio.wait_for(intake.wait_open(), 5)
+    while watch.error is not None:
+        await asyncio.sleep(0.01)
+    assert changes[-1] is None and watch.held == 0 and len(spool) == 3
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("data disk full" in m for m in messages) == 1
+    assert sum("data disk writable again" in m for m in messages) == 1
+    assert sum("engines paused" in m for m in messages) == 1 and sum("engines resumed" in m for m in messages) == 1
+    await watch.close()
+    spool.close()
+    seen.close()
