@@ -23,6 +23,7 @@ from .accounts.store import SessionStore
 from .bridge import Bridge
 from .config import Config, ConfigError, config_changes, load_config, without_restart_changes
 from .engines.base import Engine
+from .engines.options import EngineOptions
 from .mqtt.api import ApiError
 from .mqtt import discovery
 from .mqtt.link import MqttLink, start_embedded_broker
@@ -40,25 +41,14 @@ def utcnow() -> datetime:
 
 def make_engine(config: Config) -> Engine:
     """The engine named by the config: in supervised child processes unless `engine_process.in_process`."""
-    outgoing = config.outgoing
-    media = {"max_bytes": outgoing.max_media_bytes, "block_private_urls": outgoing.block_private_urls,
-             "media_dir": str(outgoing.media_dir) if outgoing.media_dir else None}
-    options = {"media": media, "proxy": config.proxy}
-    settings = config.engine_process
-    if not settings.in_process:
+    options = EngineOptions.from_config(config)
+    if not config.engine_process.in_process:
         from .engines.process import ProcessEngine
 
-        return ProcessEngine(config.engine, options, heartbeat_interval=settings.heartbeat_interval,
-                             heartbeat_timeout=settings.heartbeat_timeout, max_rss_mb=settings.max_rss_mb,
-                             recycle_after_failures=settings.recycle_after_failures, log_level=config.log_level,
-                             fork_server=settings.fork_server)
-    if config.engine == "sim":
-        from .engines.sim import SimEngine
-
-        return SimEngine()
+        return ProcessEngine(config.engine, options, config.engine_process, log_level=config.log_level)
     from .engines.child import make_inner_engine
 
-    return make_inner_engine("neonize", options)  # type: ignore[no-any-return]
+    return make_inner_engine(config.engine, options)
 
 
 class App:
