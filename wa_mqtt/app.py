@@ -27,6 +27,7 @@ from .bridge import Bridge
 from .config import Config, ConfigError, config_changes, config_file_complete, load_config, without_restart_changes
 from .disk_full import DiskFullWatch
 from .engines.base import Engine, Intake
+from .engines.options import EngineOptions
 from .mqtt.api import ApiError
 from .mqtt import discovery
 from .mqtt.embedded_broker import start_embedded_broker
@@ -47,26 +48,15 @@ def utcnow() -> datetime:
 def make_engine(config: Config, intake: Intake | None = None) -> Engine:
     """The engine named by the config: in supervised child processes unless `engine_process.in_process`
     (only child processes can be paused by `intake`)."""
-    outgoing = config.outgoing
-    media = {"max_bytes": outgoing.max_media_bytes, "block_private_urls": outgoing.block_private_urls,
-             "media_dir": str(outgoing.media_dir) if outgoing.media_dir else None}
-    options = {"media": media, "proxy": config.proxy}
-    settings = config.engine_process
-    if not settings.in_process:
+    options = EngineOptions.from_config(config)
+    if not config.engine_process.in_process:
         from .engines.process import ProcessEngine
 
-        return ProcessEngine(config.engine, options, heartbeat_interval=settings.heartbeat_interval,
-                             heartbeat_timeout=settings.heartbeat_timeout, max_rss_mb=settings.max_rss_mb,
-                             recycle_after_failures=settings.recycle_after_failures, log_level=config.log_level,
-                             fork_server=settings.fork_server, intake=intake)
-    if config.engine == "sim":
-        from .engines.sim import SimEngine
-        from .media import MediaPolicy
-
-        return SimEngine(media_policy=MediaPolicy.from_options(media))
+        return ProcessEngine(config.engine, options, config.engine_process, log_level=config.log_level,
+                             intake=intake)
     from .engines.child import make_inner_engine
 
-    return make_inner_engine("neonize", options)  # type: ignore[no-any-return]
+    return make_inner_engine(config.engine, options)
 
 
 class App:

@@ -18,10 +18,8 @@ import binascii
 import ipaddress
 import os
 import socket
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from .model import MEDIA_KINDS, MediaSource, OutgoingMessage
@@ -38,21 +36,11 @@ class MediaRefused(Exception):
         self.code = code
 
 
-DEFAULT_MAX_BYTES = 64 * 1024 * 1024  # outgoing.max_media_bytes' default
-
-
 @dataclass(frozen=True)
 class MediaPolicy:
     max_bytes: int
     media_dir: Path | None = None
     block_private_urls: bool = False
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> MediaPolicy:
-        """The policy an engine receives as options (`max_bytes`, `media_dir`, `block_private_urls`)."""
-        return cls(int(options.get("max_bytes", DEFAULT_MAX_BYTES)),
-                   Path(options["media_dir"]) if options.get("media_dir") else None,
-                   bool(options.get("block_private_urls", False)))
 
 
 def check_message(message: OutgoingMessage, policy: MediaPolicy) -> None:

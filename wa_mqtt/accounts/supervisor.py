@@ -21,7 +21,7 @@ from ..config import Config
 from ..disk_full import DiskFull
 from ..engines.base import (
     Disconnected, Engine, EngineError, EngineEvent, EngineSession, MessageReceived, PairMethod, ReceiptReceived,
-    SimSent, new_message_id,
+    SimControllable, SimSent, new_message_id,
 )
 from ..model import AccountState, ErrorCode, IncomingMessage, OutgoingMessage, Receipt, SendResult, Status
 from . import machine as m
@@ -41,7 +41,7 @@ class AccountSink(Protocol):
     def on_receipt(self, phone: str, receipt: Receipt) -> None: ...
     def on_pairing(self, phone: str, kind: str | None, code: str | None) -> None: ...
     def on_bridge_event(self, type_: str, data: dict[str, Any]) -> None: ...
-    def on_sim_sent(self, phone: str, payload: dict[str, Any]) -> None: ...
+    def on_sim_sent(self, phone: str, payload: dict[str, Any]) -> None: ...  # sim only: a `SimSent` event
     def on_deferred_response(self, phone: str, command: str, route: dict[str, Any], response: dict[str, Any]) -> None: ...
     def on_connected(self, phone: str) -> None: ...
     def on_removed(self, phone: str) -> None: ...
@@ -152,7 +152,11 @@ class Supervisor:
         return await self._call(fn)
 
     async def sim_control(self, action: str, payload: bytes) -> None:
+        """A `wa/sim/<phone>/<action>` control; only a sim session takes one (`SimControllable`)."""
         session = self._ensure_session()
+        if not isinstance(session, SimControllable):
+            raise EngineError(f"sim controls exist only with engine: sim; this account runs {self._engine.name} "
+                              f"({action!r} refused)", code="invalid_request")
         async with self._session_lock:
             await session.sim_control(action, payload)
 

@@ -3,6 +3,9 @@
 An engine turns WhatsApp into these events and nothing else; the account supervisor decides what
 they mean for the account's state. Events are pydantic models with a `kind` tag, so the same types
 cross the pipe between the bridge and an engine child process as JSON lines unchanged.
+
+The simulator's extras stay outside the production protocol: only a sim session is `SimControllable`
+(driven by the `wa/sim/<phone>/...` control topics), and only the sim emits `SimSent`.
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ import secrets
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, Protocol, runtime_checkable
+from typing import Annotated, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, Field, JsonValue, TypeAdapter
 
 from ..model import ErrorCode, IncomingMessage, OutgoingMessage, Receipt, SendResult
 
@@ -106,10 +109,11 @@ class ReceiptReceived(_Event):
 
 
 class SimSent(_Event):
-    """The sim engine handed a message to its simulated WhatsApp (published on `wa/sim/<phone>/sent`)."""
+    """Sim only: the sim engine handed a message to its simulated WhatsApp (published on
+    `wa/sim/<phone>/sent`). No production engine emits it."""
 
     kind: Literal["sim_sent"] = "sim_sent"
-    payload: dict[str, Any]
+    payload: dict[str, JsonValue]
 
 
 class Crashed(_Event):
@@ -179,9 +183,17 @@ class EngineSession(Protocol):
 
     async def typing(self, chat: str, state: str) -> None: ...
 
-    async def sim_control(self, action: str, payload: bytes) -> None: ...
-
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class SimControllable(Protocol):
+    """A session the `wa/sim/<phone>/<action>` control topics drive: the sim's, in or out of process.
+
+    Not part of `EngineSession`: a production session has no such method, and asking one is refused
+    (`invalid_request`) by the supervisor and by a non-sim engine child."""
+
+    async def sim_control(self, action: str, payload: bytes) -> None: ...
 
 
 class Engine(Protocol):

@@ -6,6 +6,10 @@ child's RSS goes out every `--heartbeat` seconds. When stdin closes (the bridge 
 SIGKILL) the session is closed and the process exits: no orphan keeps a WhatsApp session open.
 While it has the store open it holds the account folder's lock (folder_lock.py): a second engine
 process for the same store (one of a killed bridge, still closing) is waited for, never run beside.
+
+Its `EngineOptions` (engines/options.py) come as `--options` JSON or, from an exec'd child's launcher,
+in the environment (`WAMQTT_ENGINE_OPTIONS`); they are validated before anything starts (exit 2 when
+they do not fit). Only a sim child answers `sim_control`.
 """
 
 from __future__ import annotations
@@ -13,15 +17,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+
+from pydantic import JsonValue
 
 from ..folder_lock import FolderBusy, FolderLock, lock_folder, lock_folder_waiting
 from . import protocol as p
+from .base import Engine, EngineError, EngineSession, SimControllable
+from .options import EngineName, EngineOptions, EngineOptionsError
 
 log = logging.getLogger("wa_mqtt.engine_child")
 CRASH_EXIT = 70
@@ -42,22 +49,22 @@ def rss_kb(pid: int | str = "self") -> int | None:
     return None
 
 
-def make_inner_engine(name: str, options: dict[str, Any]) -> Any:
-    from ..media import MediaPolicy
-
-    policy = MediaPolicy.from_options(options.get("media", {}))
+def make_inner_engine(name: EngineName, options: EngineOptions, *, crash: Callable[[], None] | None = None) -> Engine:
+    """The engine itself (in this process): what a child runs, or the bridge with `engine_process.in_process`.
+    `crash` is what the sim's `wa/sim/<phone>/crash` does (default: a `Crashed` event)."""
+    policy = options.media.policy()
     if name == "sim":
         from .sim import SimEngine
 
-        # `wa/sim/<phone>/crash`: die abruptly
-        return SimEngine(crash=lambda: os._exit(CRASH_EXIT), media_policy=policy)
+        return SimEngine(crash=crash, media_policy=policy)
     from .neonize_engine import NeonizeEngine
 
-    return NeonizeEngine(media_policy=policy, proxy=options.get("proxy"))
+    return NeonizeEngine(media_policy=policy, proxy=options.proxy_url)
 
 
 class ChildServer:
-    def __init__(self, engine_name: str, phone: str, store: Path, options: dict[str, Any], heartbeat: float) -> None:
+    def __init__(self, engine_name: EngineName, phone: str, store: Path, options: EngineOptions,
+                 heartbeat: float) -> None:
         self._engine_name = engine_name
         self._phone = phone
         self._store = store
@@ -70,8 +77,6 @@ class ChildServer:
         self._out.flush()
 
     async def run(self) -> int:
-        from ..model import OutgoingMessage
-
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=p.MAX_LINE)
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -83,21 +88,11 @@ class ChildServer:
                       f"process {exc.pid}" if exc.pid else "another process")
             beat.cancel()
             return STORE_BUSY_EXIT
-        engine = make_inner_engine(self._engine_name, self._options)
+        engine = make_inner_engine(self._engine_name, self._options,
+                                   crash=lambda: os._exit(CRASH_EXIT))  # `wa/sim/<phone>/crash`: die abruptly
         session = engine.open_session(self._phone, self._store, lambda event: self._write(p.encode_event(event)))
         gc.freeze()  # what is loaded now lives as long as the process: full collections skip it (no 10 ms pauses)
         self._write(p.encode_hello(os.getpid(), self._engine_name))
-        handlers = {
-            "start": lambda a: session.start(a.get("method", "qr")),
-            "stop": lambda a: session.stop(),
-            "logout": lambda a: session.logout(),
-            "send": lambda a: session.send(OutgoingMessage.model_validate(a["message"]), a.get("message_id"),
-                                           bool(a.get("retry"))),
-            "react": lambda a: session.react(a["chat"], a["id"], a["emoji"], a.get("sender")),
-            "mark_read": lambda a: session.mark_read(a["chat"], a["ids"], a.get("sender")),
-            "typing": lambda a: session.typing(a["chat"], a["state"]),
-            "sim_control": lambda a: session.sim_control(a["action"], a.get("payload", "").encode("latin-1")),
-        }
         try:
             while line := await reader.readline():
                 try:
@@ -108,7 +103,7 @@ class ChildServer:
                 if request.op == "close":
                     self._write(p.encode_reply(p.Reply(request.id, True)))
                     break
-                self._write(p.encode_reply(await self._call(handlers[request.op], request)))
+                self._write(p.encode_reply(await self._call(session, request)))
         finally:
             beat.cancel()
             try:
@@ -137,18 +132,16 @@ class ChildServer:
         return await lock_folder_waiting(folder, STORE_WAIT)
 
     @staticmethod
-    async def _call(handler: Any, request: p.Request) -> p.Reply:
-        from .base import EngineError
-
+    async def _call(session: EngineSession, request: p.Request) -> p.Reply:
         try:
-            result = await handler(request.args)
+            result = await _perform(session, request.op, request.parsed_args())
+        except p.ProtocolError as exc:  # arguments that do not fit the op: a bridge bug, answered
+            return p.Reply(request.id, False, error=str(exc), code="engine_error")
         except EngineError as exc:
             return p.Reply(request.id, False, error=str(exc), code=exc.code)
         except Exception as exc:  # a bug in the engine is an answer, not a dead child
             log.exception("%s failed", request.op)
             return p.Reply(request.id, False, error=f"{type(exc).__name__}: {exc}", code="engine_error")
-        if hasattr(result, "model_dump"):
-            result = result.model_dump(mode="json")
         return p.Reply(request.id, True, result)
 
     async def _beat(self) -> None:
@@ -159,19 +152,52 @@ class ChildServer:
             await asyncio.sleep(self._heartbeat)
 
 
+async def _perform(session: EngineSession, op: str, args: p.Args) -> JsonValue:
+    """Carry out one request on the session; its result as JSON."""
+    if isinstance(args, p.StartArgs):
+        await session.start(args.method)
+    elif isinstance(args, p.SendArgs):
+        return (await session.send(args.message, args.message_id, args.retry)).model_dump(mode="json")
+    elif isinstance(args, p.ReactArgs):
+        return await session.react(args.chat, args.id, args.emoji, args.sender)
+    elif isinstance(args, p.MarkReadArgs):
+        await session.mark_read(args.chat, args.ids, args.sender)
+    elif isinstance(args, p.TypingArgs):
+        await session.typing(args.chat, args.state)
+    elif isinstance(args, p.SimControlArgs):
+        if not isinstance(session, SimControllable):
+            raise EngineError(f"sim controls exist only with engine: sim ({args.action!r} refused)",
+                              code="invalid_request")
+        await session.sim_control(args.action, args.payload.encode("latin-1"))
+    elif op == "stop":
+        await session.stop()
+    elif op == "logout":
+        await session.logout()
+    else:
+        raise EngineError(f"unknown operation {op!r}")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m wa_mqtt.engines.child")
     parser.add_argument("--engine", choices=["sim", "neonize"], required=True)
     parser.add_argument("--phone", required=True)
     parser.add_argument("--store", type=Path, required=True)
-    parser.add_argument("--options", default=None, help="JSON; default: $WAMQTT_ENGINE_OPTIONS or {}")
+    parser.add_argument("--options", default=None,
+                        help=f"EngineOptions as JSON; default: ${OPTIONS_ENV}, else the defaults")
     parser.add_argument("--heartbeat", type=float, default=1.0)
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, force=True,
                         format=f"%(asctime)s %(levelname)-7s engine[{args.phone}] %(name)s: %(message)s")
     logging.getLogger("whatsmeow").setLevel(logging.WARNING)
-    options = json.loads(args.options or os.environ.pop(OPTIONS_ENV, "") or "{}")
+    try:
+        options = EngineOptions.from_wire(args.options or os.environ.pop(OPTIONS_ENV, ""))
+    except EngineOptionsError as exc:
+        log.error("%s", exc)
+        sys.stderr.flush()
+        os._exit(2)
+    log.debug("engine options: %r", options)
     server = ChildServer(args.engine, args.phone, args.store, options, args.heartbeat)
     code = asyncio.run(server.run())
     sys.stdout.flush()

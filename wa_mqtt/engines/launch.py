@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 CHILD_MODULE = "wa_mqtt.engines.child"
 # Imported once by the fork server. Nothing here may start a thread at import (see above).
 PRELOAD_COMMON = ["asyncio", "pydantic", "wa_mqtt.model", "wa_mqtt.engines.base", "wa_mqtt.engines.protocol",
-                  CHILD_MODULE]
+                  "wa_mqtt.engines.options", CHILD_MODULE]
 PRELOAD_BY_ENGINE = {"sim": ["sqlite3", "wa_mqtt.engines.sim"], "neonize": ["wa_mqtt.media"]}
 LOST_STATUS = 255  # what multiprocessing reports when the fork server closed a child's sentinel without a status
 

@@ -39,6 +39,7 @@ from .base import (
     ReceiptReceived,
 )
 from .neonize_calls import engine_error
+from .options import EngineOptions
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message as Proto
@@ -96,7 +97,7 @@ class NeonizeEngine:
                  proxy: str | None = None) -> None:
         self._clock = clock
         self.proxy = proxy  # config `proxy`: WhatsApp's websocket and media go through it
-        self.media_policy = media_policy or MediaPolicy(max_bytes=64 * 1024 * 1024)
+        self.media_policy = media_policy or EngineOptions().media.policy()  # the config's defaults
         self._executor_workers = executor_workers
         self._stop_timeout = stop_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -449,6 +450,3 @@ class NeonizeSession:
         if state not in calls.TYPING_STATES:
             raise EngineError(f"state must be one of {', '.join(calls.TYPING_STATES)}", code="invalid_request")
         await calls.typing(self._require_client(), chat, state)
-
-    async def sim_control(self, action: str, payload: bytes) -> None:
-        raise EngineError("sim controls exist only with engine: sim", code="invalid_request")

@@ -10,6 +10,10 @@ While the bridge's `Intake` is paused (a full data disk holding too much in memo
 each blocks on its full stdout pipe, and its silence then is not a hang.
 The supervisor turns `Crashed` into `disconnected` / `engine_crashed` and restarts with backoff by
 calling `start()` again, which spawns a fresh child. Other accounts never notice.
+
+Configured by two typed values: the `engine_process` config section (`EngineProcessConfig`: heartbeat,
+memory budget, recycling, fork server) and the `EngineOptions` every child receives. Sim sessions are
+`SimProcessSession`s, the only ones here that forward sim controls (`SimControllable`).
 """
 
 from __future__ import annotations
@@ -17,18 +21,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import os
 import signal
 from pathlib import Path
-from typing import Any
 
+from pydantic import JsonValue
+
+from ..config import EngineProcessConfig
 from ..model import ErrorCode, OutgoingMessage, SendResult
 from . import protocol as p
 from .base import Crashed, Disconnected, EmitFn, EngineError, EngineEvent, Intake, PairMethod
 from .child import STORE_BUSY_EXIT, STORE_WAIT
 from .launch import ChildProcess, ForkServer, exec_child, fork_server_available
+from .options import EngineName, EngineOptions
 
 log = logging.getLogger(__name__)
 
@@ -39,19 +45,16 @@ CALL_TIMEOUT = 120.0
 class ProcessEngine:
     """Runs each account's session of engine `inner` in a child process."""
 
-    def __init__(self, inner: str, options: dict[str, Any] | None = None, *, heartbeat_interval: float = 1.0,
-                 heartbeat_timeout: float = 15.0, max_rss_mb: int = 512, recycle_after_failures: int = 20,
-                 log_level: str = "info", fork_server: bool = True, intake: Intake | None = None) -> None:
-        self.name = inner
+    def __init__(self, inner: EngineName, options: EngineOptions, settings: EngineProcessConfig, *,
+                 log_level: str = "info", intake: Intake | None = None) -> None:
+        self.name: str = inner
+        self.settings = settings
         self.intake = intake or Intake()
-        self._options = options or {}
-        self.heartbeat_interval = heartbeat_interval
-        self.heartbeat_timeout = heartbeat_timeout
-        self.max_rss_kb = max_rss_mb * 1024
-        self.recycle_after_failures = recycle_after_failures
+        self.max_rss_kb = settings.max_rss_mb * 1024
         self.log_level = log_level
+        self._options_wire = options.to_wire()  # serialised once; launch.py keeps it off `ps`
         self._sessions: set[ProcessSession] = set()
-        self._fork_server = ForkServer(inner) if fork_server and fork_server_available() else None
+        self._fork_server = ForkServer(inner) if settings.fork_server and fork_server_available() else None
         # An exec'd child boots an interpreter (~0.15 s CPU for sim, ~0.5 s for neonize): started all at
         # once, a hundred of them starve the bridge (measured: 14 s before 100 statuses were out). A fork
         # costs milliseconds, but the child still sets up its engine: a few more at once, not all.
@@ -73,13 +76,14 @@ class ProcessEngine:
             return False
 
     def open_session(self, phone: str, store_path: Path, emit: EmitFn) -> ProcessSession:
-        session = ProcessSession(self, phone, store_path, emit)
+        kind = SimProcessSession if self.name == "sim" else ProcessSession
+        session = kind(self, phone, store_path, emit)
         self._sessions.add(session)
         return session
 
     def child_args(self, phone: str, store_path: Path) -> list[str]:
         return ["--engine", self.name, "--phone", phone, "--store", str(store_path),
-                "--options", json.dumps(self._options), "--heartbeat", str(self.heartbeat_interval),
+                "--options", self._options_wire, "--heartbeat", str(self.settings.heartbeat_interval),
                 "--log-level", self.log_level]
 
     async def launch(self, phone: str, store_path: Path) -> ChildProcess:
@@ -119,42 +123,36 @@ class ProcessSession:
 
     # -- EngineSession -------------------------------------------------------------------------
     async def start(self, pair_method: PairMethod = "qr") -> None:
-        if self._proc is not None and self._failed_connects >= self._engine.recycle_after_failures:
+        if self._proc is not None and self._failed_connects >= self._engine.settings.recycle_after_failures:
             log.info("%s: recycling the engine process after %d failed connects", self.phone, self._failed_connects)
             await self._end_child()
         if self._proc is None:
             await self._spawn()
-        await self._call("start", {"method": pair_method})
+        await self._call("start", p.StartArgs(method=pair_method))
 
     async def stop(self) -> None:
         if self._proc is not None:
             try:
-                await self._call("stop", {}, timeout=STOP_TIMEOUT)
+                await self._call("stop", p.Args(), timeout=STOP_TIMEOUT)
             except EngineError as exc:
                 log.warning("%s: engine did not stop in time (%s); ending its process", self.phone, exc)
                 await self._end_child()
 
     async def logout(self) -> None:
-        await self._call("logout", {})
+        await self._call("logout", p.Args())
 
     async def send(self, message: OutgoingMessage, message_id: str | None = None, retry: bool = False) -> SendResult:
-        result = await self._call("send", {"message": message.model_dump(mode="json", exclude_none=True),
-                                           "message_id": message_id, "retry": retry})
+        result = await self._call("send", p.SendArgs(message=message, message_id=message_id, retry=retry))
         return SendResult.model_validate(result)
 
     async def react(self, chat: str, message_id: str, emoji: str, sender: str | None = None) -> str:
-        return str(await self._call("react", {"chat": chat, "id": message_id, "emoji": emoji, "sender": sender}))
+        return str(await self._call("react", p.ReactArgs(chat=chat, id=message_id, emoji=emoji, sender=sender)))
 
     async def mark_read(self, chat: str, ids: list[str], sender: str | None = None) -> None:
-        await self._call("mark_read", {"chat": chat, "ids": ids, "sender": sender})
+        await self._call("mark_read", p.MarkReadArgs(chat=chat, ids=ids, sender=sender))
 
     async def typing(self, chat: str, state: str) -> None:
-        await self._call("typing", {"chat": chat, "state": state})
-
-    async def sim_control(self, action: str, payload: bytes) -> None:
-        if self._proc is None:
-            await self._spawn()
-        await self._call("sim_control", {"action": action, "payload": payload.decode("latin-1")})
+        await self._call("typing", p.TypingArgs(chat=chat, state=state))
 
     async def close(self) -> None:
         self._engine.forget(self)
@@ -165,10 +163,10 @@ class ProcessSession:
         async with self._engine.spawn_slots:
             await self._spawn_now()
             try:  # hold the slot until the child is up (or clearly is not)
-                await asyncio.wait_for(self._hello.wait(), self._engine.heartbeat_timeout)
+                await asyncio.wait_for(self._hello.wait(), self._engine.settings.heartbeat_timeout)
             except TimeoutError:
                 log.warning("%s: engine process did not report in within %g s", self.phone,
-                            self._engine.heartbeat_timeout)
+                            self._engine.settings.heartbeat_timeout)
 
     async def _spawn_now(self) -> None:
         loop = asyncio.get_running_loop()
@@ -185,7 +183,7 @@ class ProcessSession:
                        asyncio.create_task(self._watch(proc), name=f"engine-{self.phone}-watch")]
         log.info("%s: %s engine process %d started", self.phone, self._engine.name, proc.pid)
 
-    async def _call(self, op: str, args: dict[str, Any], timeout: float = CALL_TIMEOUT) -> Any:
+    async def _call(self, op: str, args: p.Args, timeout: float = CALL_TIMEOUT) -> JsonValue:
         proc = self._proc
         if proc is None or proc.stdin is None:
             raise EngineError("the engine process is not running", code="not_connected")
@@ -193,7 +191,7 @@ class ProcessSession:
         future: asyncio.Future[p.Reply] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
-            proc.stdin.write(p.encode_request(p.Request(request_id, op, args)))
+            proc.stdin.write(p.encode_request(p.Request(request_id, op, args.to_json())))
             await proc.stdin.drain()
             reply = await asyncio.wait_for(future, timeout)
         except (BrokenPipeError, ConnectionResetError):  # not connected any more; a send is retried later
@@ -279,13 +277,14 @@ class ProcessSession:
         """Kill a child that stops answering or grows past its memory budget."""
         loop = asyncio.get_running_loop()
         engine = self._engine
+        settings = engine.settings
         while proc.returncode is None:
-            await asyncio.sleep(engine.heartbeat_interval)
+            await asyncio.sleep(settings.heartbeat_interval)
             if not engine.intake.is_open:  # not read, so not heard: silence is no hang
                 self._last_line = loop.time()
                 continue
             silent = loop.time() - self._last_line
-            if silent > engine.heartbeat_timeout:
+            if silent > settings.heartbeat_timeout:
                 await self._kill(proc, f"no heartbeat for {silent:.0f} s (hung)")
                 return
             rss = self.last_rss_kb  # from its heartbeats: reading /proc for 500 children each second cost the loop 10 %
@@ -322,7 +321,7 @@ class ProcessSession:
         self._expected_exit = True
         if proc.returncode is None:
             with contextlib.suppress(EngineError):  # a child that cannot answer is ended below
-                await self._call("close", {}, timeout=5)
+                await self._call("close", p.Args(), timeout=5)
             if proc.stdin is not None:
                 proc.stdin.close()
             try:
@@ -344,6 +343,15 @@ class ProcessSession:
             os.killpg(proc.pid, sig)  # the child and anything it started
         except ProcessLookupError:
             return
+
+
+class SimProcessSession(ProcessSession):
+    """A sim session in its child process; it also forwards the `wa/sim/<phone>/...` controls."""
+
+    async def sim_control(self, action: str, payload: bytes) -> None:
+        if self._proc is None:
+            await self._spawn()
+        await self._call("sim_control", p.SimControlArgs(action=action, payload=payload.decode("latin-1")))
 
 
 def _describe_exit(code: int) -> str:

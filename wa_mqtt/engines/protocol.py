@@ -8,6 +8,11 @@ child → parent (stdout):  {"v": 2, "id": 7, "ok": true, "result": ...}
                           {"v": 2, "hello": {"pid": 123, "engine": "sim"}}
 A line with another `v` is a protocol error: the two sides come from different versions.
 
+Each op's `args` is a model below (`ARGS`): the bridge builds it, the child validates it, so nothing
+untyped crosses. `sim_control` is answered only by a sim child (engines/child.py); any other child
+refuses it with `invalid_request`. A child's options (`EngineOptions`, engines/options.py) are not
+sent here: they come with its launch.
+
 Versions: 1, the first; 2, `send` carries the WhatsApp `message_id` the bridge chose and `retry`, and its
 result `already_sent` (a version-1 child would ignore the id, and a retried message could go out twice).
 """
@@ -18,13 +23,64 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
 
-from .base import EVENT_ADAPTER, EngineEvent
+from ..model import OutgoingMessage
+from .base import EVENT_ADAPTER, EngineEvent, PairMethod
 
 VERSION = 2
 MAX_LINE = 256 * 1024 * 1024  # a 64 MB media file in base64, with room to spare
-OPS = frozenset({"start", "stop", "logout", "send", "react", "mark_read", "typing", "sim_control", "close"})
+
+
+class Args(BaseModel):
+    """The arguments of one op; `stop`, `logout` and `close` take none."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def to_json(self) -> dict[str, JsonValue]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+class StartArgs(Args):
+    method: PairMethod = "qr"
+
+
+class SendArgs(Args):
+    message: OutgoingMessage
+    message_id: str | None = None  # the WhatsApp id the bridge chose, the same on every retry
+    retry: bool = False
+
+
+class ReactArgs(Args):
+    chat: str
+    id: str
+    emoji: str
+    sender: str | None = None
+
+
+class MarkReadArgs(Args):
+    chat: str
+    ids: list[str]
+    sender: str | None = None
+
+
+class TypingArgs(Args):
+    chat: str
+    state: str
+
+
+class SimControlArgs(Args):
+    """A `wa/sim/<phone>/<action>` control (sim children only); the MQTT payload's bytes as latin-1 text."""
+
+    action: str
+    payload: str = ""
+
+
+ARGS: dict[str, type[Args]] = {
+    "start": StartArgs, "stop": Args, "logout": Args, "send": SendArgs, "react": ReactArgs,
+    "mark_read": MarkReadArgs, "typing": TypingArgs, "sim_control": SimControlArgs, "close": Args,
+}
+OPS = frozenset(ARGS)
 
 
 class ProtocolError(Exception):
@@ -35,14 +91,23 @@ class ProtocolError(Exception):
 class Request:
     id: int
     op: str
-    args: dict[str, Any]
+    args: dict[str, JsonValue]
+
+    def parsed_args(self) -> Args:
+        """`args` as the op's model; raises ProtocolError when they do not fit it."""
+        try:
+            return ARGS[self.op].model_validate(self.args)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in error["loc"])
+            raise ProtocolError(f"bad arguments for {self.op}: {where}: {error['msg']}") from None
 
 
 @dataclass(frozen=True)
 class Reply:
     id: int
     ok: bool
-    result: Any = None
+    result: JsonValue = None
     error: str = ""
     code: str = "engine_error"
 

@@ -34,6 +34,7 @@ from .base import (
     Connected, Crashed, Disconnected, EmitFn, EngineError, LoggedOut, MessageReceived, PairCode,
     PairMethod, Paired, Qr, ReceiptReceived, SimSent, StreamReplaced,
 )
+from .options import EngineOptions
 from .outgoing_media import load_media
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ class SimEngine:
                  media_policy: MediaPolicy | None = None) -> None:
         self._clock = clock
         self._crash = crash
-        self._media_policy = media_policy or MediaPolicy.from_options({})
+        self._media_policy = media_policy or EngineOptions().media.policy()
 
     def has_device(self, store_path: Path) -> bool:
         return read_device(store_path) is not None
