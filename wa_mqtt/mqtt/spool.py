@@ -1,8 +1,15 @@
 """The spool: a durable FIFO (SQLite, WAL) of MQTT publishes the broker has not acknowledged yet.
 
 `append` commits before it returns, so an entry survives a kill of the process at any point after
-it; `peek` reads the oldest entries and `ack(seq)` removes that entry and everything older, once the
-broker has acknowledged them. The spool stays under `max_bytes` (topic + payload bytes) by dropping
+it; `peek` reads the oldest entries (after a given one) and `remove(seqs)` removes each entry once the
+broker has acknowledged it, whatever became of the entries before it (`ack(seq)` removes an entry and
+everything older).
+
+Redelivery: an entry that may have reached the broker already is returned with `redelivered` set.
+The publisher calls `publishing(seq)` before each publish; `connection_lost()` then marks what was in
+flight (published, not yet removed). Across a crash, the spool keeps a mark ahead of the newest entry
+published (`PUBLISHED_LEASE` entries ahead, rewritten when passed), so after a kill every entry up to
+it is marked: at most that many of them were never published. The spool stays under `max_bytes` (topic + payload bytes) by dropping
 its oldest entries, counted in `dropped` and reported by one warning per overflow episode (an
 episode ends at the next `ack`). An entry larger than `max_bytes` on its own is still kept (alone).
 
@@ -15,6 +22,7 @@ NORMAL 25,000 appends/s, FULL 6,000/s; draining with peek(100)+ack ~160,000 entr
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +32,7 @@ from ..durable import Synchronous, open_wal, transaction
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+PUBLISHED_LEASE = 64  # entries the persisted "published up to" mark runs ahead: one write per 64 publishes
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (
@@ -33,7 +42,11 @@ CREATE TABLE IF NOT EXISTS spool (
     qos     INTEGER NOT NULL,
     retain  INTEGER NOT NULL,
     size    INTEGER NOT NULL
-)
+);
+CREATE TABLE IF NOT EXISTS spool_state (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 """
 
 
@@ -44,6 +57,7 @@ class SpoolEntry:
     payload: bytes
     qos: int
     retain: bool
+    redelivered: bool = False  # it may have reached the broker before (a lost connection, a crash)
 
 
 class Spool:
@@ -59,10 +73,15 @@ class Spool:
         self._overflowing = False
         self._lock = threading.Lock()
         self._conn = open_wal(self.path, synchronous)
-        self._conn.execute(_SCHEMA)
+        self._conn.executescript(_SCHEMA)
         count, total = self._conn.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM spool").fetchone()
         self._count: int = count
         self._bytes: int = total
+        row = self._conn.execute("SELECT value FROM spool_state WHERE key = 'published_upto'").fetchone()
+        self._lease: int = row[0] if row else 0  # persisted: no entry above it was published
+        self._redeliver_upto = self._lease  # entries up to it may have reached the broker
+        self._published_upto = 0  # the newest entry published in this process
+        self._lease_failed = False
         if count:
             log.info("spool %s: %d publishes (%d bytes) waiting from before", self.path, count, total)
 
@@ -83,12 +102,39 @@ class Spool:
             self._count += 1
             return seq
 
-    def peek(self, limit: int) -> list[SpoolEntry]:
-        """The oldest `limit` entries, oldest first (nothing is removed)."""
+    def peek(self, limit: int, after: int = 0) -> list[SpoolEntry]:
+        """The oldest `limit` entries newer than `after`, oldest first (nothing is removed)."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT seq, topic, payload, qos, retain FROM spool ORDER BY seq LIMIT ?", (limit,)).fetchall()
-        return [SpoolEntry(seq, topic, bytes(payload), qos, bool(retain)) for seq, topic, payload, qos, retain in rows]
+                "SELECT seq, topic, payload, qos, retain FROM spool WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, limit)).fetchall()
+            upto = self._redeliver_upto
+        return [SpoolEntry(seq, topic, bytes(payload), qos, bool(retain), seq <= upto)
+                for seq, topic, payload, qos, retain in rows]
+
+    def publishing(self, seq: int) -> None:
+        """Entry `seq` is about to be published: after a crash it counts as maybe delivered."""
+        with self._lock:
+            self._published_upto = max(self._published_upto, seq)
+            if seq > self._lease:
+                self._write_mark(seq + PUBLISHED_LEASE)
+
+    def connection_lost(self) -> None:
+        """The connection is gone: entries published on it and not removed may have reached the broker."""
+        with self._lock:
+            self._redeliver_upto = max(self._redeliver_upto, self._published_upto)
+
+    def remove(self, seqs: list[int]) -> None:
+        """Remove these entries (each acknowledged by the broker), whatever became of the others."""
+        with self._lock:
+            sizes = []
+            for start in range(0, len(seqs), 500):  # under SQLite's limit of bound parameters
+                chunk = seqs[start:start + 500]
+                sizes += self._conn.execute(
+                    f"DELETE FROM spool WHERE seq IN ({','.join('?' * len(chunk))}) RETURNING size", chunk).fetchall()
+            self._count -= len(sizes)
+            self._bytes -= sum(size for (size,) in sizes)
+            self._overflowing = False
 
     def ack(self, seq: int) -> None:
         """Remove the entry `seq` and every older one (the broker has them)."""
@@ -107,7 +153,11 @@ class Spool:
         return self._bytes
 
     def close(self) -> None:
+        """Close; the "maybe delivered" mark is written exact (what was published and is still here)."""
         with self._lock:
+            exact = max(self._redeliver_upto, self._published_upto)
+            if exact != self._lease:
+                self._write_mark(exact)
             self._conn.close()
 
     # -- internals (called with the lock held) --------------------------------------------------
@@ -118,6 +168,21 @@ class Spool:
         seq = cursor.lastrowid
         assert seq is not None
         return seq
+
+    def _write_mark(self, value: int) -> None:
+        """Persist "no entry above `value` was published"; a failure (a full disk) is logged once and
+        the mark kept in memory: entries published past it would not be marked after a crash."""
+        try:
+            self._conn.execute("INSERT OR REPLACE INTO spool_state (key, value) VALUES ('published_upto', ?)",
+                               (value,))
+        except sqlite3.Error as exc:
+            if not self._lease_failed:
+                log.warning("spool %s: cannot record what was published (%s): after a crash, copies "
+                            "published again may lack \"redelivered\"", self.path, exc)
+            self._lease_failed = True
+        else:
+            self._lease_failed = False
+        self._lease = value
 
     def _drop_oldest(self, need: int) -> tuple[int, int]:
         """Delete the fewest oldest entries freeing at least `need` bytes (or all); (bytes, count)."""
