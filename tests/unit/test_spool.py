@@ -44,6 +44,54 @@ def test_ack_removes_entry_and_everything_older(spool: Spool) -> None:
     assert spool.peek(10) == [] and len(spool) == 0 and spool.size_bytes == 0
 
 
+def test_remove_takes_each_acknowledged_entry_whatever_came_before(spool: Spool) -> None:
+    """PUBACKs of a window of publishes: an entry acknowledged before an older one leaves at once,
+    the older one stays until its own PUBACK."""
+    seqs = [spool.append("t", bytes([i]), 1, False) for i in range(5)]
+    spool.remove([seqs[1], seqs[3]])
+    assert [e.seq for e in spool.peek(10)] == [seqs[0], seqs[2], seqs[4]]
+    assert len(spool) == 3 and spool.size_bytes == 3 * 2
+    assert [e.seq for e in spool.peek(10, after=seqs[2])] == [seqs[4]]
+    spool.remove([seqs[1]])  # already gone: nothing changes
+    assert len(spool) == 3
+
+
+def test_entries_in_flight_when_the_connection_is_lost_come_back_marked(spool: Spool) -> None:
+    seqs = [spool.append("t", bytes([i]), 1, False) for i in range(4)]
+    for seq in seqs[:3]:
+        spool.publishing(seq)
+    spool.remove([seqs[1]])  # its PUBACK came back; those of seqs[0] and seqs[2] did not
+    assert not any(e.redelivered for e in spool.peek(10))
+    spool.connection_lost()
+    assert [(e.seq, e.redelivered) for e in spool.peek(10)] == [
+        (seqs[0], True), (seqs[2], True), (seqs[3], False)]  # seqs[3] was never published
+
+
+def test_after_a_kill_what_may_have_been_published_comes_back_marked(tmp_path: Path) -> None:
+    """The "published up to" mark is on disk before a publish goes out (ahead by PUBLISHED_LEASE), so
+    a process killed mid-publish marks every entry that may have gone out; a clean close writes the
+    exact mark."""
+    from wa_mqtt.mqtt.spool import PUBLISHED_LEASE
+
+    path = tmp_path / "spool.db"
+    running = Spool(path)
+    seqs = [running.append("t", bytes([i % 256]), 1, False) for i in range(PUBLISHED_LEASE + 10)]
+    running.publishing(seqs[0])
+    running.publishing(seqs[1])
+    after_kill = Spool(path)  # what a new process finds when `running` was killed here
+    try:
+        marked = [e.redelivered for e in after_kill.peek(1000)]
+        assert marked == [True] * (PUBLISHED_LEASE + 1) + [False] * 9  # up to seqs[0] + the lease
+    finally:
+        after_kill.close()
+    running.close()
+    reopened = Spool(path)
+    try:
+        assert [e.seq for e in reopened.peek(1000) if e.redelivered] == seqs[:2]
+    finally:
+        reopened.close()
+
+
 def test_survives_reopen_and_sequence_never_goes_back(tmp_path: Path) -> None:
     first = Spool(tmp_path / "spool.db")
     a = first.append("t", b"a", 1, False)
