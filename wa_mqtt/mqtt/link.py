@@ -34,6 +34,7 @@ from urllib.parse import unquote, urlsplit
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..config import MqttConfig, mask_url
 from .spool import Spool, SpoolEntry
@@ -311,7 +312,10 @@ class MqttLink:
             window = PublishWindow(window_size(client.connack))
             client.pending_calls_threshold = window.size + len(self._subscriptions) + 1  # + `offline`
             for topic_filter in self._subscriptions:  # subscribed before `online`: online means ready
-                await client.subscribe(topic_filter, qos=1)
+                if self._v5:  # never our own publishes back (the sim's `sent`: a third of a send's reads)
+                    await client.subscribe(topic_filter, options=SubscribeOptions(qos=1, noLocal=True))
+                else:
+                    await client.subscribe(topic_filter, qos=1)
             await client.publish(self._state_topic, b"online", qos=1, retain=True)
             self._on_connect()
             last_queued = {topic: data for topic, data in self._retained_queue}
