@@ -214,7 +214,7 @@ class _Client(aiomqtt.Client):
     """aiomqtt's client, keeping MQTT's DUP flag of each message (aiomqtt drops it)."""
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        item = aiomqtt.Message._from_paho_message(message)  # noqa: SLF001
+        item = aiomqtt.Message._from_paho_message(message)
         item.dup = bool(message.dup)  # type: ignore[attr-defined]
         self._queue.put_nowait(item)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from harness import Broker, BridgeEnv, BridgeProcess, Probe
+from harness import BridgeEnv, BridgeProcess, Broker, Probe
 
 A = "5511900000001"
 

@@ -55,3 +55,24 @@ def test_a_redelivered_copy_says_so() -> None:
     assert redelivered_copy(b'{"id":"X","text":"\xc3\xa9"}') == '{"id":"X","text":"é","redelivered":true}'.encode()
     assert redelivered_copy(b"not json") == b"not json"
     assert redelivered_copy(b"[1]") == b"[1]"
+
+
+def test_pending_publish_warnings_are_folded_into_one_line_a_minute(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from wa_mqtt.mqtt import link
+
+    now = [1000.0]
+    monkeypatch.setattr(link.time, "monotonic", lambda: now[0])
+    note = link._PendingCallsNote()
+
+    def record() -> logging.LogRecord:
+        return logging.LogRecord("x", logging.WARNING, __file__, 1, "There are %d pending publish calls.", (11,), None)
+
+    assert note.filter(record())
+    assert [note.filter(record()) for _ in range(5)] == [False] * 5
+    now[0] += link.WARNING_EVERY
+    shown = record()
+    assert note.filter(shown) and "5 such warnings" in shown.getMessage()
+    other = logging.LogRecord("x", logging.WARNING, __file__, 1, "something else", (), None)
+    assert note.filter(other)
