@@ -61,6 +61,7 @@ def relay(port: int, prefix: str, respond: bool) -> None:
     client.on_subscribe = lambda *_args: subscribed.set()
     client.subscribe(f"{prefix}/in/#", qos=1)
     subscribed.wait(10)
+    time.sleep(0.25)  # until our delayed ACK of the SUBACK went out (else Nagle holds the first message)
     print("ready", flush=True)
     sys.stdin.read()  # until the benchmark closes our stdin
     client.disconnect()

@@ -42,6 +42,10 @@ from harness import NODELAY, Broker, BridgeEnv, BridgeProcess, Probe  # noqa: E4
 BROKERS = {"default": "", "nodelay": "set_tcp_nodelay true\n"}
 
 A = "5511900000001"
+# A subscriber waits this long after its SUBACK before a measurement starts: until then its delayed
+# ACK of the SUBACK is pending, and a broker with Nagle on holds the first message to it (~40 ms, seen
+# as the first messages of a burst arriving together 40 ms late). Warm-up, not synchronisation.
+SETTLE = 0.25
 QUIET = logging.getLogger("bench.mqtt")  # aiomqtt notes every burst's "pending publish calls"
 QUIET.setLevel(logging.ERROR)
 
@@ -177,6 +181,7 @@ async def subscriber(broker: Broker, topic_filter: str, ready: asyncio.Event,
     """Subscribes (QoS 1, as the bridge's benchmarks do) until `on_message` returns True."""
     async with client(broker, f"sink-{time.monotonic_ns()}") as sub:
         await sub.subscribe(topic_filter, qos=1)
+        await asyncio.sleep(SETTLE)
         ready.set()
         async for message in sub.messages:
             if on_message(message):
@@ -250,6 +255,7 @@ async def drive_requests(broker: Broker, n: int, window: int, request_prefix: st
     async def responses(sub_ready: asyncio.Event) -> None:
         async with client(broker, f"rr-sub-{time.monotonic_ns()}") as sub:
             await sub.subscribe(f"{response_prefix}/#", qos=1)
+            await asyncio.sleep(SETTLE)
             sub_ready.set()
             async for message in sub.messages:
                 tx = json.loads(message.payload).get("transaction")
