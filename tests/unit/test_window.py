@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from wa_mqtt.mqtt.link import redelivered_copy, window_size
+from wa_mqtt.mqtt.link import SpoolAcks, redelivered_copy, window_size
 from wa_mqtt.mqtt.window import Lane, PublishWindow, reserved_for_control
 
 
@@ -76,3 +76,16 @@ def test_pending_publish_warnings_are_folded_into_one_line_a_minute(monkeypatch:
     assert note.filter(shown) and "5 such warnings" in shown.getMessage()
     other = logging.LogRecord("x", logging.WARNING, __file__, 1, "something else", (), None)
     assert note.filter(other)
+
+
+def test_the_spool_is_acknowledged_by_prefix_and_nothing_acknowledged_goes_out_twice() -> None:
+    acks = SpoolAcks()
+    assert all(acks.read(seq) for seq in (1, 2, 3, 4))
+    assert acks.acked(2) is None  # 1 is still out: nothing may be removed
+    assert acks.acked(4) is None
+    assert acks.acked(1) == 2  # 1 and 2 may go; 3 is still out
+    acks.new_connection()  # the connection is lost; 3 and 4 are read again from the spool
+    assert acks.read(3) is True  # never acknowledged: published again
+    assert acks.read(4) is False  # acknowledged before: not published again ...
+    assert acks.acked(4) is None  # ... and reported again, which waits for 3
+    assert acks.acked(3) == 4

@@ -5,9 +5,10 @@ It reconnects forever with backoff; on every (re)connect it publishes `bridge/st
 resubscribes. Publishes are of three kinds:
 - retained state (`set_retained`): latest value per topic, kept in memory, republished on reconnect;
 - durable (`publish(durable=True)`: messages, receipts): appended to the on-disk spool first and
-  each removed only after the broker acknowledged it (QoS 1), so an outage or a crash loses none; a
-  copy that may have reached the broker before (in flight when the connection or the process was
-  lost) is published with `"redelivered": true` added to its JSON object;
+  removed only after the broker acknowledged them (QoS 1), so an outage or a crash loses none; one
+  acknowledged is not published again, and a copy that may have reached the broker before (in
+  flight when the connection or the process was lost) goes out with `"redelivered": true` added to
+  its JSON object;
 - transient (responses, events): an in-memory queue, sent when connected.
 All of them go out through one publish window (`window.py`): as many in flight as the broker's
 receive maximum, a new one as soon as a PUBACK comes back, the spool never holding the slots kept for
@@ -118,6 +119,35 @@ def redelivered_copy(payload: bytes) -> bytes:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+class SpoolAcks:
+    """Which prefix of the spool the broker has acknowledged. PUBACKs come back in any order, but the
+    spool removes a prefix (`ack(seq)`: that entry and every older one), so an entry leaves only once
+    all older ones are acknowledged too; the ones acknowledged past the prefix are remembered, and
+    not published again after a reconnect, until the prefix reaches them."""
+
+    def __init__(self) -> None:
+        self._order: deque[int] = deque()  # entries read on this connection, oldest first, not yet acked
+        self._done: set[int] = set()  # acknowledged, past the prefix
+
+    def new_connection(self) -> None:
+        self._order.clear()
+
+    def read(self, seq: int) -> bool:
+        """The publisher reads entry `seq` (in spool order): True to publish it, False when the broker
+        acknowledged it on an earlier connection (then report it `acked` again to move the prefix)."""
+        self._order.append(seq)
+        return seq not in self._done
+
+    def acked(self, seq: int) -> int | None:
+        """The broker acknowledged `seq`: the newest entry the spool may now remove up to, or None."""
+        self._done.add(seq)
+        upto = None
+        while self._order and self._order[0] in self._done:
+            upto = self._order.popleft()
+            self._done.discard(upto)
+        return upto
+
+
 def window_size(connack: Any) -> int:
     """Publishes in flight at most: the broker's receive maximum (CONNACK, MQTT v5), else 20."""
     announced = getattr(connack, "ReceiveMaximum", None) if connack is not None else None
@@ -185,7 +215,9 @@ class MqttLink:
         self._spool_wake = asyncio.Event()  # durable publishes waiting
         self._in_flight: dict[int, _Retained | _Transient] = {}  # published, PUBACK not yet back
         self._dispatch_ids = itertools.count()
-        self._acked: list[int] = []  # spool entries acknowledged, to be removed (in one statement)
+        self._spool_acks = SpoolAcks()
+        self._ack_upto = 0  # the spool may remove up to here (one DELETE per loop iteration)
+        self._acked_upto = 0  # ... and has
         self._removal_due = False
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
@@ -392,8 +424,9 @@ class MqttLink:
     async def _spool_publisher(self, client: aiomqtt.Client, window: PublishWindow,
                                group: asyncio.TaskGroup) -> None:
         """The spool, oldest first, each entry as soon as the window has a slot for it; an entry
-        leaves the spool only after its own PUBACK."""
-        after = 0  # the newest entry published on this connection
+        leaves the spool only after its PUBACK and those of all older entries."""
+        self._spool_acks.new_connection()
+        after = 0  # the newest entry read on this connection
         while True:
             self._spool_wake.clear()
             entries = self._spool.peek(SPOOL_READ, after=after)
@@ -401,10 +434,13 @@ class MqttLink:
                 await self._spool_wake.wait()
                 continue
             for entry in entries:
+                after = entry.seq
+                if not self._spool_acks.read(entry.seq):  # acknowledged on an earlier connection
+                    self._spool_acked(entry.seq)
+                    continue
                 await window.acquire(Lane.SPOOL)
                 self._spool.publishing(entry.seq)
                 group.create_task(self._send_spooled(client, window, entry))
-                after = entry.seq
 
     async def _send_spooled(self, client: aiomqtt.Client, window: PublishWindow, entry: SpoolEntry) -> None:
         payload = redelivered_copy(entry.payload) if entry.redelivered else entry.payload
@@ -412,21 +448,27 @@ class MqttLink:
             await client.publish(entry.topic, payload, qos=entry.qos, retain=entry.retain)
         finally:
             window.release(Lane.SPOOL)
-        self._acked.append(entry.seq)
+        self._spool_acked(entry.seq)
+
+    def _spool_acked(self, seq: int) -> None:
+        upto = self._spool_acks.acked(seq)
+        if upto is None:
+            return
+        self._ack_upto = max(self._ack_upto, upto)
         if not self._removal_due:  # one DELETE for every PUBACK handled in this loop iteration
             self._removal_due = True
             asyncio.get_running_loop().call_soon(self._remove_acked)
 
     def _remove_acked(self) -> None:
         self._removal_due = False
-        if not self._acked:
+        if self._ack_upto <= self._acked_upto:
             return
-        seqs, self._acked = self._acked, []
         try:
-            self._spool.remove(seqs)
-        except sqlite3.Error as exc:  # a full disk: kept, tried again with the next PUBACK
-            log.warning("spool: could not remove %d acknowledged publishes (%s)", len(seqs), exc)
-            self._acked = seqs + self._acked
+            self._spool.ack(self._ack_upto)
+        except sqlite3.Error as exc:  # a full disk: tried again with the next PUBACK
+            log.warning("spool: could not remove acknowledged publishes (%s)", exc)
+            return
+        self._acked_upto = self._ack_upto
 
     def _session_ended(self) -> None:
         """Whatever was in flight and not acknowledged goes out again on the next connection, first;

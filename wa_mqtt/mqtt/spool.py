@@ -1,9 +1,8 @@
 """The spool: a durable FIFO (SQLite, WAL) of MQTT publishes the broker has not acknowledged yet.
 
 `append` commits before it returns, so an entry survives a kill of the process at any point after
-it; `peek` reads the oldest entries (after a given one) and `remove(seqs)` removes each entry once the
-broker has acknowledged it, whatever became of the entries before it (`ack(seq)` removes an entry and
-everything older).
+it; `peek` reads the oldest entries (after a given one) and `ack(seq)` removes that entry and
+everything older, once the broker has acknowledged them.
 
 Redelivery: an entry that may have reached the broker already is returned with `redelivered` set.
 The publisher calls `publishing(seq)` before each publish; `connection_lost()` then marks what was in
@@ -123,18 +122,6 @@ class Spool:
         """The connection is gone: entries published on it and not removed may have reached the broker."""
         with self._lock:
             self._redeliver_upto = max(self._redeliver_upto, self._published_upto)
-
-    def remove(self, seqs: list[int]) -> None:
-        """Remove these entries (each acknowledged by the broker), whatever became of the others."""
-        with self._lock:
-            sizes = []
-            for start in range(0, len(seqs), 500):  # under SQLite's limit of bound parameters
-                chunk = seqs[start:start + 500]
-                sizes += self._conn.execute(
-                    f"DELETE FROM spool WHERE seq IN ({','.join('?' * len(chunk))}) RETURNING size", chunk).fetchall()
-            self._count -= len(sizes)
-            self._bytes -= sum(size for (size,) in sizes)
-            self._overflowing = False
 
     def ack(self, seq: int) -> None:
         """Remove the entry `seq` and every older one (the broker has them)."""
