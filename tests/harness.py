@@ -31,6 +31,10 @@ from paho.mqtt.properties import Properties
 
 REPO = Path(__file__).resolve().parent.parent
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]  # as the bridge does: no Nagle delay on small packets
+# The tests' Mosquitto options. Their clients await each request's response, and without
+# set_tcp_nodelay Nagle on the broker's side holds each reply to such a client ~40 ms; the bridge is
+# fast either way. bench/run.py measures on Mosquitto's defaults (options "") and with this.
+TEST_BROKER_OPTIONS = "max_inflight_messages 100\nset_tcp_nodelay true\n"
 
 
 def free_port() -> int:
@@ -89,10 +93,11 @@ def media_server() -> Iterator[str]:
 class Broker:
     """A broker on a free loopback port that a test can stop and start again (same port)."""
 
-    def __init__(self, workdir: Path, persistence: bool = False) -> None:
+    def __init__(self, workdir: Path, persistence: bool = False, options: str = TEST_BROKER_OPTIONS) -> None:
         self.port = free_port()
         self.workdir = workdir
         self.persistence = persistence
+        self.options = options  # mosquitto.conf lines beyond the listener, persistence and queue size
         self.mosquitto = shutil.which("mosquitto") or (
             "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
         self.kind = "mosquitto" if self.mosquitto else "amqtt"
@@ -112,8 +117,7 @@ class Broker:
                        else "persistence false\n")
             conf.write_text(
                 f"user root\nlistener {self.port} 127.0.0.1\nallow_anonymous true\n{persist}"
-                "max_queued_messages 100000\nmax_inflight_messages 100\nlog_type error\nlog_type warning\n"
-                "set_tcp_nodelay true\n"  # as docs/security.md recommends: no Nagle delay on small packets
+                "max_queued_messages 100000\nlog_type error\nlog_type warning\n" + self.options
             )
             cmd = [self.mosquitto, "-c", str(conf)]
         else:
@@ -143,6 +147,7 @@ class Received:
     retain: bool
     correlation_data: bytes | None = None
     at: float = field(default_factory=time.monotonic)  # when the probe received it (benchmarks)
+    dup: bool = False  # MQTT's DUP flag: the broker delivers it again (its own at-least-once, not the bridge's)
 
     def json(self) -> Any:
         return json.loads(self.payload)
@@ -244,6 +249,15 @@ class BridgeProcess:
             self.proc.wait()
 
 
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, keeping MQTT's DUP flag of each message (aiomqtt drops it)."""
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        item = aiomqtt.Message._from_paho_message(message)
+        item.dup = bool(message.dup)  # type: ignore[attr-defined]
+        self._queue.put_nowait(item)
+
+
 class Probe:
     """An MQTT client that records everything under its filters and waits on what it needs."""
 
@@ -274,11 +288,11 @@ class Probe:
         if self.broker.v5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = 0 if self.clean else 3600
-            return aiomqtt.Client("127.0.0.1", self.broker.port, identifier=self.client_id,
-                                  protocol=aiomqtt.ProtocolVersion.V5, clean_start=self.clean, properties=props,
-                                  socket_options=NODELAY)
-        return aiomqtt.Client("127.0.0.1", self.broker.port, identifier=self.client_id,
-                              protocol=aiomqtt.ProtocolVersion.V311, clean_session=self.clean, socket_options=NODELAY)
+            return _Client("127.0.0.1", self.broker.port, identifier=self.client_id,
+                           protocol=aiomqtt.ProtocolVersion.V5, clean_start=self.clean, properties=props,
+                           socket_options=NODELAY)
+        return _Client("127.0.0.1", self.broker.port, identifier=self.client_id,
+                       protocol=aiomqtt.ProtocolVersion.V311, clean_session=self.clean, socket_options=NODELAY)
 
     async def _run(self) -> None:
         while True:  # reconnect when a test restarts the broker
@@ -292,7 +306,8 @@ class Probe:
                         payload = message.payload if isinstance(message.payload, bytes) else b""
                         corr = getattr(message.properties, "CorrelationData", None) if message.properties else None
                         async with self._changed:
-                            self.received.append(Received(str(message.topic), payload, message.retain, corr))
+                            self.received.append(Received(str(message.topic), payload, message.retain, corr,
+                                                          dup=getattr(message, "dup", False)))
                             self._changed.notify_all()
             except aiomqtt.MqttError:
                 self._client = None

@@ -222,7 +222,7 @@ def v0_file(path: Path, script: str, rows: Callable[[sqlite3.Connection], None])
     return path
 
 
-def test_an_unversioned_spool_is_taken_as_version_1_with_its_entries(tmp_path: Path,
+def test_an_unversioned_spool_is_upgraded_with_its_entries(tmp_path: Path,
                                                                      caplog: pytest.LogCaptureFixture) -> None:
     path = v0_file(tmp_path / "spool.db", V0_SPOOL, lambda c: c.executemany(
         "INSERT INTO spool (topic, payload, qos, retain, size) VALUES (?, ?, ?, ?, ?)",
@@ -236,8 +236,8 @@ def test_an_unversioned_spool_is_taken_as_version_1_with_its_entries(tmp_path: P
         assert spool.append("wa/1/message", b"three", 1, False) == 3
     finally:
         spool.close()
-    assert version_of(path) == 1
-    assert f"{path}: spool schema upgraded from unversioned (written before schema versions) to version 1" \
+    assert version_of(path) == spool_module.SCHEMA.version
+    assert f"{path}: spool schema upgraded from unversioned (written before schema versions) to version {spool_module.SCHEMA.version}" \
         in caplog.text
 
 

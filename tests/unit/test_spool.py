@@ -44,6 +44,48 @@ def test_ack_removes_entry_and_everything_older(spool: Spool) -> None:
     assert spool.peek(10) == [] and len(spool) == 0 and spool.size_bytes == 0
 
 
+def test_peek_after_an_entry(spool: Spool) -> None:
+    seqs = [spool.append("t", bytes([i]), 1, False) for i in range(5)]
+    assert [e.seq for e in spool.peek(2, after=seqs[1])] == seqs[2:4]
+    assert spool.peek(10, after=seqs[4]) == []
+
+
+def test_entries_in_flight_when_the_connection_is_lost_come_back_marked(spool: Spool) -> None:
+    seqs = [spool.append("t", bytes([i]), 1, False) for i in range(4)]
+    for seq in seqs[:3]:
+        spool.publishing(seq)
+    spool.ack(seqs[0])  # its PUBACK came back; those of seqs[1] and seqs[2] did not
+    assert not any(e.redelivered for e in spool.peek(10))
+    spool.connection_lost()
+    assert [(e.seq, e.redelivered) for e in spool.peek(10)] == [
+        (seqs[1], True), (seqs[2], True), (seqs[3], False)]  # seqs[3] was never published
+
+
+def test_after_a_kill_what_may_have_been_published_comes_back_marked(tmp_path: Path) -> None:
+    """The "published up to" mark is on disk before a publish goes out (ahead by PUBLISHED_LEASE), so
+    a process killed mid-publish marks every entry that may have gone out; a clean close writes the
+    exact mark."""
+    from wa_mqtt.mqtt.spool import PUBLISHED_LEASE
+
+    path = tmp_path / "spool.db"
+    running = Spool(path)
+    seqs = [running.append("t", bytes([i % 256]), 1, False) for i in range(PUBLISHED_LEASE + 10)]
+    running.publishing(seqs[0])
+    running.publishing(seqs[1])
+    after_kill = Spool(path)  # what a new process finds when `running` was killed here
+    try:
+        marked = [e.redelivered for e in after_kill.peek(1000)]
+        assert marked == [True] * (PUBLISHED_LEASE + 1) + [False] * 9  # up to seqs[0] + the lease
+    finally:
+        after_kill.close()
+    running.close()
+    reopened = Spool(path)
+    try:
+        assert [e.seq for e in reopened.peek(1000) if e.redelivered] == seqs[:2]
+    finally:
+        reopened.close()
+
+
 def test_survives_reopen_and_sequence_never_goes_back(tmp_path: Path) -> None:
     first = Spool(tmp_path / "spool.db")
     a = first.append("t", b"a", 1, False)

@@ -5,39 +5,51 @@ It reconnects forever with backoff; on every (re)connect it publishes `bridge/st
 resubscribes. Publishes are of three kinds:
 - retained state (`set_retained`): latest value per topic, kept in memory, republished on reconnect;
 - durable (`publish(durable=True)`: messages, receipts): appended to the on-disk spool first and
-  removed only after the broker acknowledged them (QoS 1), so an outage or a crash loses none;
+  removed only after the broker acknowledged them (QoS 1), so an outage or a crash loses none; one
+  acknowledged is not published again, and a copy that may have reached the broker before (in
+  flight when the connection or the process was lost) goes out with `"redelivered": true` added to
+  its JSON object;
 - transient (responses, events): an in-memory queue, sent when connected.
+All of them go out through one publish window (`window.py`): as many in flight as the broker's
+receive maximum, a new one as soon as a PUBACK comes back, the spool never holding the slots kept for
+the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import logging
 import random
 import socket
+import sqlite3
 import ssl
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..config import MqttConfig, mask_url
-from .spool import Spool
+from .spool import Spool, SpoolEntry
+from .window import Lane, PublishWindow
 
 log = logging.getLogger(__name__)
 
 TRANSIENT_LIMIT = 10_000
 RETAINED_HISTORY = 10_000
-BATCH = 256
-# Durable publishes go out in batches that stay under the broker's receive maximum (Mosquitto: 20 in
-# flight per client), so a response never queues behind hundreds of spooled messages in the client
-# (measured: a 256-entry batch held responses back ~100 ms, the whole send-path p99).
-SPOOL_BATCH = 16
+DEFAULT_WINDOW = 20  # publishes in flight when the broker announces no receive maximum (MQTT 3.1.1)
+MAX_WINDOW = 100  # and never more, whatever it announces (MQTT v5 allows up to 65,535)
+SPOOL_READ = 64  # spool entries read per query
+WARNING_EVERY = 60.0  # seconds: aiomqtt's "pending publish calls" warning at most once per this
 
 
 def login_refused(exc: aiomqtt.MqttError) -> bool:
@@ -96,6 +108,99 @@ class _Transient:
     correlation_data: bytes | None
 
 
+@dataclass(frozen=True)
+class _Retained:
+    topic: str
+    payload: bytes
+
+
+def redelivered_copy(payload: bytes) -> bytes:
+    """A spooled payload that may have reached the broker before: a JSON object gets `"redelivered":
+    true` (compact, as the bridge writes it); anything else goes out unchanged."""
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return payload
+    if not isinstance(data, dict):
+        return payload
+    data["redelivered"] = True
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class SpoolAcks:
+    """Which prefix of the spool the broker has acknowledged. PUBACKs come back in any order, but the
+    spool removes a prefix (`ack(seq)`: that entry and every older one), so an entry leaves only once
+    all older ones are acknowledged too; the ones acknowledged past the prefix are remembered, and
+    not published again after a reconnect, until the prefix reaches them."""
+
+    def __init__(self) -> None:
+        self._order: deque[int] = deque()  # entries read on this connection, oldest first, not yet acked
+        self._done: set[int] = set()  # acknowledged, past the prefix
+
+    def new_connection(self) -> None:
+        self._order.clear()
+
+    def read(self, seq: int) -> bool:
+        """The publisher reads entry `seq` (in spool order): True to publish it, False when the broker
+        acknowledged it on an earlier connection (then report it `acked` again to move the prefix)."""
+        self._order.append(seq)
+        return seq not in self._done
+
+    def acked(self, seq: int) -> int | None:
+        """The broker acknowledged `seq`: the newest entry the spool may now remove up to, or None."""
+        self._done.add(seq)
+        upto = None
+        while self._order and self._order[0] in self._done:
+            upto = self._order.popleft()
+            self._done.discard(upto)
+        return upto
+
+
+def window_size(connack: Any) -> int:
+    """Publishes in flight at most: the broker's receive maximum (CONNACK, MQTT v5), else 20."""
+    announced = getattr(connack, "ReceiveMaximum", None) if connack is not None else None
+    return max(1, min(MAX_WINDOW, announced or DEFAULT_WINDOW))
+
+
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, keeping the CONNACK properties (the broker's receive maximum), which aiomqtt
+    does not expose."""
+
+    connack: Any = None
+
+    def _on_connect(self, *args: Any, **kwargs: Any) -> None:
+        properties = args[4] if len(args) > 4 else kwargs.get("properties")
+        self.connack = properties
+        super()._on_connect(*args, **kwargs)
+
+
+class _PendingCallsNote(logging.Filter):
+    """aiomqtt warns "There are N pending publish calls." for every publish over its threshold (a
+    backlog of 2,000 wrote ~570 lines). The window keeps us under it; should it happen anyway, one
+    line per minute says how many were folded into it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last = float("-inf")
+        self._folded = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "pending publish calls" not in str(record.msg):
+            return True
+        now = time.monotonic()
+        if now - self._last < WARNING_EVERY:
+            self._folded += 1
+            return False
+        if self._folded:
+            record.msg = f"{record.msg} ({self._folded} such warnings in the last minute not shown)"
+        self._last, self._folded = now, 0
+        return True
+
+
+_CLIENT_LOG = log.getChild("client")  # aiomqtt's and paho's own lines
+_CLIENT_LOG.addFilter(_PendingCallsNote())
+
+
 class MqttLink:
     """Owns the broker connection. `run()` until cancelled; `shutdown()` publishes offline first."""
 
@@ -116,6 +221,12 @@ class MqttLink:
         self._transient: deque[_Transient] = deque()
         self._wake = asyncio.Event()  # retained and transient publishes waiting
         self._spool_wake = asyncio.Event()  # durable publishes waiting
+        self._in_flight: dict[int, _Retained | _Transient] = {}  # published, PUBACK not yet back
+        self._dispatch_ids = itertools.count()
+        self._spool_acks = SpoolAcks()
+        self._ack_upto = 0  # the spool may remove up to here (one DELETE per loop iteration)
+        self._acked_upto = 0  # ... and has
+        self._removal_due = False
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self.dropped_transient = 0
@@ -165,7 +276,7 @@ class MqttLink:
         await self._connected.wait()
 
     def pending(self) -> int:
-        return len(self._retained_queue) + len(self._transient) + len(self._spool)
+        return len(self._retained_queue) + len(self._transient) + len(self._in_flight) + len(self._spool)
 
     async def drain(self, timeout: float) -> bool:
         """Wait until everything queued is published (or the timeout); True when drained."""
@@ -213,13 +324,13 @@ class MqttLink:
         self._client = None
         self._connected.clear()
 
-    def _make_client(self) -> aiomqtt.Client:
+    def _make_client(self) -> _Client:
         tls_context = tls_context_for(self._config) if self._address.tls else None
         props = None
         if self._v5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = 86400  # requests sent while we restart are still delivered
-        return aiomqtt.Client(
+        return _Client(
             self._address.host, self._address.port,
             username=self._address.username, password=self._address.password,
             identifier=self._config.client_id,
@@ -231,6 +342,8 @@ class MqttLink:
             properties=props,
             tls_context=tls_context,
             max_queued_outgoing_messages=None,
+            max_inflight_messages=MAX_WINDOW,  # the window (window_size) is the limit that counts
+            logger=_CLIENT_LOG,
             # MQTT is many small packets (a PUBACK, then a response): with Nagle on, each second write
             # waits for the peer's delayed ACK, ~40 ms a hop (measured: 88 ms request -> response).
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
@@ -240,8 +353,13 @@ class MqttLink:
         async with self._make_client() as client:
             self._client = client
             self.connects += 1
+            window = PublishWindow(window_size(client.connack))
+            client.pending_calls_threshold = window.size + len(self._subscriptions) + 1  # + `offline`
             for topic_filter in self._subscriptions:  # subscribed before `online`: online means ready
-                await client.subscribe(topic_filter, qos=1)
+                if self._v5:  # never our own publishes back (the sim's `sent`: a third of a send's reads)
+                    await client.subscribe(topic_filter, options=SubscribeOptions(qos=1, noLocal=True))
+                else:
+                    await client.subscribe(topic_filter, qos=1)
             await client.publish(self._state_topic, b"online", qos=1, retain=True)
             self._on_connect()
             last_queued = {topic: data for topic, data in self._retained_queue}
@@ -250,11 +368,12 @@ class MqttLink:
             self._connected.set()
             self._wake.set()
             self._spool_wake.set()
-            log.info("connected to MQTT broker %s (MQTT %s)", self._url_for_logs, "5" if self._v5 else "3.1.1")
+            log.info("connected to MQTT broker %s (MQTT %s, up to %d publishes in flight)",
+                     self._url_for_logs, "5" if self._v5 else "3.1.1", window.size)
             try:
                 async with asyncio.TaskGroup() as group:
-                    group.create_task(self._publisher(client))
-                    group.create_task(self._spool_publisher(client))
+                    group.create_task(self._publisher(client, window, group))
+                    group.create_task(self._spool_publisher(client, window, group))
                     group.create_task(self._receiver(client))
             except ExceptionGroup as errors:
                 lost, other = errors.split(aiomqtt.MqttError)
@@ -264,6 +383,8 @@ class MqttLink:
                 while isinstance(first, ExceptionGroup):
                     first = first.exceptions[0]
                 raise first from None
+            finally:
+                self._session_ended()
 
     async def _receiver(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -276,37 +397,99 @@ class MqttLink:
             except Exception:  # a bug in one handler must not drop the connection
                 log.exception("failed to handle a message on %s", message.topic)
 
-    async def _publisher(self, client: aiomqtt.Client) -> None:
-        """Retained state (in order, each change) then transient publishes (responses, events)."""
+    async def _publisher(self, client: aiomqtt.Client, window: PublishWindow, group: asyncio.TaskGroup) -> None:
+        """Retained state (each change, in order) before responses and events (in order), each
+        published as soon as the window has a slot for it."""
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._retained_queue:
-                topic, data = self._retained_queue[0]
-                await client.publish(topic, data, qos=1, retain=True)
-                self._retained_queue.popleft()
-            while self._transient:
-                batch = [self._transient.popleft() for _ in range(min(BATCH, len(self._transient)))]
-                try:
-                    await asyncio.gather(*(self._send_transient(client, item) for item in batch))
-                except aiomqtt.MqttError:
-                    self._transient.extendleft(reversed(batch))
-                    raise
+            while not (self._retained_queue or self._transient):
+                self._wake.clear()
+                await self._wake.wait()
+            await window.acquire(Lane.CONTROL)
+            item: _Retained | _Transient
+            if self._retained_queue:
+                item = _Retained(*self._retained_queue.popleft())
+            else:
+                item = self._transient.popleft()
+            key = next(self._dispatch_ids)
+            self._in_flight[key] = item
+            group.create_task(self._send_control(client, window, key, item))
 
-    async def _spool_publisher(self, client: aiomqtt.Client) -> None:
-        """The spool, oldest first; an entry leaves it only after the broker's PUBACK."""
+    async def _send_control(self, client: aiomqtt.Client, window: PublishWindow, key: int,
+                            item: _Retained | _Transient) -> None:
+        try:
+            if isinstance(item, _Retained):
+                await client.publish(item.topic, item.payload, qos=1, retain=True)
+            else:
+                props = None
+                if item.correlation_data is not None:
+                    props = Properties(PacketTypes.PUBLISH)
+                    props.CorrelationData = item.correlation_data
+                await client.publish(item.topic, item.payload, qos=item.qos, properties=props)
+        except aiomqtt.MqttError:
+            raise  # the connection is lost: the item is published again after the reconnect
+        except Exception:  # a publish paho refuses (a malformed topic) must not take the link down
+            log.exception("publish to %r refused; dropped", item.topic)
+        finally:
+            window.release(Lane.CONTROL)
+        del self._in_flight[key]
+
+    async def _spool_publisher(self, client: aiomqtt.Client, window: PublishWindow,
+                               group: asyncio.TaskGroup) -> None:
+        """The spool, oldest first, each entry as soon as the window has a slot for it; an entry
+        leaves the spool only after its PUBACK and those of all older entries."""
+        self._spool_acks.new_connection()
+        after = 0  # the newest entry read on this connection
         while True:
-            await self._spool_wake.wait()
             self._spool_wake.clear()
-            while entries := self._spool.peek(SPOOL_BATCH):
-                await asyncio.gather(*(client.publish(e.topic, e.payload, qos=e.qos, retain=e.retain) for e in entries))
-                self._spool.ack(entries[-1].seq)
+            entries = self._spool.peek(SPOOL_READ, after=after)
+            if not entries:
+                await self._spool_wake.wait()
+                continue
+            for entry in entries:
+                after = entry.seq
+                if not self._spool_acks.read(entry.seq):  # acknowledged on an earlier connection
+                    self._spool_acked(entry.seq)
+                    continue
+                await window.acquire(Lane.SPOOL)
+                self._spool.publishing(entry.seq)
+                group.create_task(self._send_spooled(client, window, entry))
 
-    @staticmethod
-    async def _send_transient(client: aiomqtt.Client, item: _Transient) -> None:
-        props = None
-        if item.correlation_data is not None:
-            props = Properties(PacketTypes.PUBLISH)
-            props.CorrelationData = item.correlation_data
-        await client.publish(item.topic, item.payload, qos=item.qos, properties=props)
+    async def _send_spooled(self, client: aiomqtt.Client, window: PublishWindow, entry: SpoolEntry) -> None:
+        payload = redelivered_copy(entry.payload) if entry.redelivered else entry.payload
+        try:
+            await client.publish(entry.topic, payload, qos=entry.qos, retain=entry.retain)
+        finally:
+            window.release(Lane.SPOOL)
+        self._spool_acked(entry.seq)
+
+    def _spool_acked(self, seq: int) -> None:
+        upto = self._spool_acks.acked(seq)
+        if upto is None:
+            return
+        self._ack_upto = max(self._ack_upto, upto)
+        if not self._removal_due:  # one DELETE for every PUBACK handled in this loop iteration
+            self._removal_due = True
+            asyncio.get_running_loop().call_soon(self._remove_acked)
+
+    def _remove_acked(self) -> None:
+        self._removal_due = False
+        if self._ack_upto <= self._acked_upto:
+            return
+        try:
+            self._spool.ack(self._ack_upto)
+        except sqlite3.Error as exc:  # a full disk: tried again with the next PUBACK
+            log.warning("spool: could not remove acknowledged publishes (%s)", exc)
+            return
+        self._acked_upto = self._ack_upto
+
+    def _session_ended(self) -> None:
+        """Whatever was in flight and not acknowledged goes out again on the next connection, first;
+        spool entries among it are marked as possibly delivered."""
+        self._remove_acked()
+        self._spool.connection_lost()
+        retained = [(i.topic, i.payload) for i in self._in_flight.values() if isinstance(i, _Retained)]
+        transient = [i for i in self._in_flight.values() if isinstance(i, _Transient)]
+        self._in_flight.clear()
+        self._retained_queue.extendleft(reversed(retained))
+        self._transient.extendleft(reversed(transient))
 

@@ -1,8 +1,14 @@
 """The spool: a durable FIFO (SQLite, WAL) of MQTT publishes the broker has not acknowledged yet.
 
 `append` commits before it returns, so an entry survives a kill of the process at any point after
-it; `peek` reads the oldest entries and `ack(seq)` removes that entry and everything older, once the
-broker has acknowledged them. The spool stays under `max_bytes` (topic + payload bytes) by dropping
+it; `peek` reads the oldest entries (after a given one) and `ack(seq)` removes that entry and
+everything older, once the broker has acknowledged them.
+
+Redelivery: an entry that may have reached the broker already is returned with `redelivered` set.
+The publisher calls `publishing(seq)` before each publish; `connection_lost()` then marks what was in
+flight (published, not yet removed). Across a crash, the spool keeps a mark ahead of the newest entry
+published (`PUBLISHED_LEASE` entries ahead, rewritten when passed), so after a kill every entry up to
+it is marked: at most that many of them were never published. The spool stays under `max_bytes` (topic + payload bytes) by dropping
 its oldest entries, counted in `dropped` and reported by one warning per overflow episode (an
 episode ends at the next `ack`). An entry larger than `max_bytes` on its own is still kept (alone).
 
@@ -24,7 +30,7 @@ import logging
 import sqlite3
 import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
 
@@ -35,6 +41,7 @@ from ..schema import Schema, Upgrade, open_versioned
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+PUBLISHED_LEASE = 64  # entries the persisted "published up to" mark runs ahead: one write per 64 publishes
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (
@@ -49,6 +56,8 @@ CREATE TABLE IF NOT EXISTS spool (
 # Append-only (see schema.py): a change to the table is a new Upgrade at the end, never an edit above.
 SCHEMA = Schema("spool", "MQTT messages not yet published", [
     Upgrade(1, "the spool table", _SCHEMA),
+    Upgrade(2, "what was published, for redelivery marks after a crash",
+            "CREATE TABLE spool_state (key TEXT PRIMARY KEY, value INTEGER NOT NULL)"),
 ])
 
 
@@ -59,6 +68,7 @@ class SpoolEntry:
     payload: bytes
     qos: int
     retain: bool
+    redelivered: bool = False  # it may have reached the broker before (a lost connection, a crash)
 
 
 class Spool:
@@ -87,6 +97,11 @@ class Spool:
         self._held_bytes = 0
         self._acked = 0  # everything up to here is acknowledged (its delete may still be pending)
         self._delete_pending = False
+        row = self._conn.execute("SELECT value FROM spool_state WHERE key = 'published_upto'").fetchone()
+        self._lease: int = row[0] if row else 0  # persisted: no entry above it was published
+        self._redeliver_upto = self._lease  # entries up to it may have reached the broker
+        self._published_upto = 0  # the newest entry published in this process
+        self._lease_failed = False
         if count:
             log.info("spool %s: %d publishes (%d bytes) waiting from before", self.path, count, total)
 
@@ -111,17 +126,32 @@ class Spool:
             self._report(self.name, error)
         return entry.seq
 
-    def peek(self, limit: int) -> list[SpoolEntry]:
-        """The oldest `limit` entries, oldest first: on disk, then held in memory (nothing is removed)."""
+    def peek(self, limit: int, after: int = 0) -> list[SpoolEntry]:
+        """The oldest `limit` entries newer than `after`, oldest first: on disk, then held in memory
+        (nothing is removed)."""
         with self._lock:
             rows = self._conn.execute(
                 "SELECT seq, topic, payload, qos, retain FROM spool WHERE seq > ? ORDER BY seq LIMIT ?",
-                (self._acked, limit)).fetchall()
-            entries = [SpoolEntry(seq, topic, bytes(payload), qos, bool(retain))
+                (max(self._acked, after), limit)).fetchall()
+            upto = self._redeliver_upto
+            entries = [SpoolEntry(seq, topic, bytes(payload), qos, bool(retain), seq <= upto)
                        for seq, topic, payload, qos, retain in rows]
             if len(entries) < limit:
-                entries.extend(islice(self._held, limit - len(entries)))
+                held = (replace(e, redelivered=e.seq <= upto) for e in self._held if e.seq > after)
+                entries.extend(islice(held, limit - len(entries)))
         return entries
+
+    def publishing(self, seq: int) -> None:
+        """Entry `seq` is about to be published: after a crash it counts as maybe delivered."""
+        with self._lock:
+            self._published_upto = max(self._published_upto, seq)
+            if seq > self._lease:
+                self._write_mark(seq + PUBLISHED_LEASE)
+
+    def connection_lost(self) -> None:
+        """The connection is gone: entries published on it and not removed may have reached the broker."""
+        with self._lock:
+            self._redeliver_upto = max(self._redeliver_upto, self._published_upto)
 
     def ack(self, seq: int) -> None:
         """Remove the entry `seq` and every older one (the broker has them)."""
@@ -173,13 +203,17 @@ class Spool:
             return written(self.path, lambda: self._write_held(limit)) and not self._held
 
     def close(self) -> None:
-        """Close the file; what is still held (the disk full to the end) is written now or reported lost."""
+        """Close the file; what is still held (the disk full to the end) is written now or reported lost;
+        the "maybe delivered" mark is written exact (what was published and is still here)."""
         if self._held or self._delete_pending:
             self.write_held(len(self._held) or 1)
         with self._lock:
             if self._held:
                 log.error("spool %s: the disk is still full; %d publishes held in memory are lost", self.path,
                           len(self._held))
+            exact = max(self._redeliver_upto, self._published_upto)
+            if exact != self._lease:
+                self._write_mark(exact)
             self._conn.close()
 
     # -- internals (called with the lock held) --------------------------------------------------
@@ -221,6 +255,21 @@ class Spool:
         for entry in batch:
             self._held.popleft()
             self._held_bytes -= _size(entry)
+
+    def _write_mark(self, value: int) -> None:
+        """Persist "no entry above `value` was published"; a failure (a full disk) is logged once and
+        the mark kept in memory: entries published past it would not be marked after a crash."""
+        try:
+            self._conn.execute("INSERT OR REPLACE INTO spool_state (key, value) VALUES ('published_upto', ?)",
+                               (value,))
+        except sqlite3.Error as exc:
+            if not self._lease_failed:
+                log.warning("spool %s: cannot record what was published (%s): after a crash, copies "
+                            "published again may lack \"redelivered\"", self.path, exc)
+            self._lease_failed = True
+        else:
+            self._lease_failed = False
+        self._lease = value
 
     def _drop_oldest(self, need: int) -> tuple[int, int]:
         """Delete the fewest oldest entries freeing at least `need` bytes (or all); (bytes, count)."""

@@ -1,0 +1,91 @@
+"""The publish window: its size bounds what is in flight, and the spool never takes the slots kept for
+responses and state."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from wa_mqtt.mqtt.link import SpoolAcks, redelivered_copy, window_size
+from wa_mqtt.mqtt.window import Lane, PublishWindow, reserved_for_control
+
+
+async def test_the_spool_leaves_slots_for_responses() -> None:
+    window = PublishWindow(4)
+    assert window.reserved == 1
+    for _ in range(3):
+        await window.acquire(Lane.SPOOL)
+    fourth = asyncio.create_task(window.acquire(Lane.SPOOL))
+    await asyncio.sleep(0)
+    assert not fourth.done()  # the spool holds all it may
+    await asyncio.wait_for(window.acquire(Lane.CONTROL), 1)  # a response still goes out at once
+    assert window.in_flight == {Lane.CONTROL: 1, Lane.SPOOL: 3}
+    window.release(Lane.SPOOL)
+    await asyncio.wait_for(fourth, 1)
+    assert window.in_flight == {Lane.CONTROL: 1, Lane.SPOOL: 3}
+
+
+async def test_control_waits_only_when_the_whole_window_is_in_flight() -> None:
+    window = PublishWindow(2)
+    await window.acquire(Lane.CONTROL)
+    await window.acquire(Lane.CONTROL)
+    third = asyncio.create_task(window.acquire(Lane.CONTROL))
+    await asyncio.sleep(0)
+    assert not third.done()
+    window.release(Lane.CONTROL)
+    await asyncio.wait_for(third, 1)
+
+
+def test_sizes() -> None:
+    assert [reserved_for_control(n) for n in (1, 2, 4, 20, 100)] == [0, 1, 1, 5, 25]
+    with pytest.raises(ValueError):
+        PublishWindow(0)
+
+    class Connack:
+        ReceiveMaximum = 7
+
+    assert window_size(Connack()) == 7
+    assert window_size(None) == 20  # MQTT 3.1.1: no receive maximum announced
+    Connack.ReceiveMaximum = 65535
+    assert window_size(Connack()) == 100
+
+
+def test_a_redelivered_copy_says_so() -> None:
+    assert redelivered_copy(b'{"id":"X","text":"\xc3\xa9"}') == '{"id":"X","text":"é","redelivered":true}'.encode()
+    assert redelivered_copy(b"not json") == b"not json"
+    assert redelivered_copy(b"[1]") == b"[1]"
+
+
+def test_pending_publish_warnings_are_folded_into_one_line_a_minute(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from wa_mqtt.mqtt import link
+
+    now = [1000.0]
+    monkeypatch.setattr(link.time, "monotonic", lambda: now[0])
+    note = link._PendingCallsNote()
+
+    def record() -> logging.LogRecord:
+        return logging.LogRecord("x", logging.WARNING, __file__, 1, "There are %d pending publish calls.", (11,), None)
+
+    assert note.filter(record())
+    assert [note.filter(record()) for _ in range(5)] == [False] * 5
+    now[0] += link.WARNING_EVERY
+    shown = record()
+    assert note.filter(shown) and "5 such warnings" in shown.getMessage()
+    other = logging.LogRecord("x", logging.WARNING, __file__, 1, "something else", (), None)
+    assert note.filter(other)
+
+
+def test_the_spool_is_acknowledged_by_prefix_and_nothing_acknowledged_goes_out_twice() -> None:
+    acks = SpoolAcks()
+    assert all(acks.read(seq) for seq in (1, 2, 3, 4))
+    assert acks.acked(2) is None  # 1 is still out: nothing may be removed
+    assert acks.acked(4) is None
+    assert acks.acked(1) == 2  # 1 and 2 may go; 3 is still out
+    acks.new_connection()  # the connection is lost; 3 and 4 are read again from the spool
+    assert acks.read(3) is True  # never acknowledged: published again
+    assert acks.read(4) is False  # acknowledged before: not published again ...
+    assert acks.acked(4) is None  # ... and reported again, which waits for 3
+    assert acks.acked(3) == 4
