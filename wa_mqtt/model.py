@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .errors import ErrorCode  # also imported from here (it used to live here)
+
 PHONE_RE = re.compile(r"^[1-9][0-9]{5,14}$")
 JID_RE = re.compile(r"^[0-9A-Za-z.\-_:]{1,64}@(s\.whatsapp\.net|g\.us|broadcast|newsletter|lid)$")
 
@@ -54,24 +56,6 @@ class AccountState(StrEnum):
     CONFLICT = "conflict"
     BANNED = "banned"
     ERROR = "error"
-
-
-class ErrorCode(StrEnum):
-    """Stable machine words for `status.error_code`."""
-
-    DIAL_FAILED = "dial_failed"
-    CONNECT_FAILURE = "connect_failure"
-    KEEPALIVE_TIMEOUT = "keepalive_timeout"
-    LOGGED_OUT = "logged_out"
-    STREAM_REPLACED = "stream_replaced"
-    TEMPORARY_BAN = "temporary_ban"
-    CLIENT_OUTDATED = "client_outdated"
-    PAIRING_TIMEOUT = "pairing_timeout"
-    ENGINE_CRASHED = "engine_crashed"
-    STORE_CORRUPT = "store_corrupt"
-    CONNECTION_LOST = "connection_lost"
-    STORAGE_ERROR = "storage_error"
-    DISK_FULL = "disk_full"  # the bridge's data disk is full: incoming messages are held in memory
 
 
 class Status(BaseModel):

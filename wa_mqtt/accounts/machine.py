@@ -20,7 +20,8 @@ from ..engines.base import (
     ClientOutdated, Connected, Crashed, Disconnected, LoggedOut, PairCode, PairMethod, Paired, Qr,
     StreamReplaced, TemporaryBan,
 )
-from ..model import AccountState, ErrorCode, Status, utc_iso
+from ..errors import ErrorCode
+from ..model import AccountState, Status, utc_iso
 
 S = AccountState
 # States a person must resolve: engine news is ignored there, and nothing retries.

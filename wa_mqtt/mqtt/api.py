@@ -1,6 +1,6 @@
 """Requests and responses (contract section 5): payload → typed command, result → response JSON. No I/O.
 
-Every failure is an `ApiError` with a response code; the message names the offending field.
+Every failure is an `ApiError` with a response code (`errors.ErrorCode`); the message names the offending field.
 """
 
 from __future__ import annotations
@@ -11,17 +11,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..errors import BridgeError
 from ..model import JID_RE, OutgoingMessage, is_phone
 from .topics import ACCOUNT_COMMANDS, BRIDGE_COMMANDS
 
 MAX_REQUEST_BYTES = 96 * 1024 * 1024  # a 64 MB media file in base64 plus the envelope
 
 
-class ApiError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class ApiError(BridgeError):
+    """A request refused at the edge (bad payload, unknown command, policy): `ApiError(code, message)`."""
 
 
 @dataclass(frozen=True)
