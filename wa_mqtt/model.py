@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .errors import ErrorCode  # also imported from here (it used to live here)
+from .errors import ErrorCode, describe  # ErrorCode is also imported from here (it used to live here)
 
 PHONE_RE = re.compile(r"^[1-9][0-9]{5,14}$")
 JID_RE = re.compile(r"^[0-9A-Za-z.\-_:]{1,64}@(s\.whatsapp\.net|g\.us|broadcast|newsletter|lid)$")
@@ -69,13 +69,23 @@ class Status(BaseModel):
     updated_at: datetime
     reconnect_attempt: int = 0
     next_retry_at: datetime | None = None
-    error: str | None = None
     error_code: ErrorCode | None = None
+    # what the code alone does not say (the engine's own words, a crash's cause); not published as such
+    error_detail: tuple[str, ...] = Field(default=(), exclude=True)
     engine: str
     queued_outgoing: int = 0
 
+    @property
+    def error(self) -> str | None:
+        """The human text of `error_code`, looked up here, where the status is shown."""
+        return None if self.error_code is None else describe(self.error_code, self.error_detail)
+
     def payload(self) -> dict[str, Any]:
-        data = self.model_dump(mode="json")
+        data: dict[str, Any] = {}
+        for key, value in self.model_dump(mode="json").items():
+            if key == "error_code":
+                data["error"] = self.error
+            data[key] = value
         for key in ("since", "last_connected", "updated_at", "next_retry_at"):
             data[key] = utc_iso(getattr(self, key))
         return data

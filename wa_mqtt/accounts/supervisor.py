@@ -115,7 +115,7 @@ class Supervisor:
         """Unlink on WhatsApp's side (when connected), stop; the caller then removes the store."""
         if self._session is not None and self.state == AccountState.CONNECTED:
             await self._call(lambda s: s.logout())
-        await self.submit(m.LogoutDone())
+        await self.submit(m.LogoutDone(reason="logged out on request"))
 
     async def send(self, message: OutgoingMessage, route: dict[str, Any]) -> dict[str, Any]:
         """Send now when connected and nothing waits before it; else queue on disk (`queued: true`).
