@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .errors import ErrorCode, describe  # ErrorCode is also imported from here (it used to live here)
+# ErrorCode lives in errors.py; it is also imported from here, where it used to live
+from .errors import ErrorCode, describe
 
 PHONE_RE = re.compile(r"^[1-9][0-9]{5,14}$")
 JID_RE = re.compile(r"^[0-9A-Za-z.\-_:]{1,64}@(s\.whatsapp\.net|g\.us|broadcast|newsletter|lid)$")

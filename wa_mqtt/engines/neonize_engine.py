@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
-from ..media import MediaPolicy
 from ..errors import ErrorCode
+from ..media import MediaPolicy
 from ..model import OutgoingMessage, SendResult
 from . import neonize_calls as calls
 from . import neonize_convert as conv
