@@ -27,6 +27,7 @@ from typing import Protocol
 
 from .durable import transaction
 from .engines.base import Intake
+from .errors import MESSAGES, BridgeError, ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,11 @@ _LOW_SPACE = 1 << 20  # an SQLite I/O error with less free space than this count
 Report = Callable[[str, BaseException | None], None]
 
 
-class DiskFull(Exception):
-    """A write that cannot be held (e.g. a new queued send) was refused for lack of space."""
+class DiskFull(BridgeError):
+    """A write that cannot be held (e.g. a new queued send) was refused for lack of space (`disk_full`)."""
 
-    code = "disk_full"
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(ErrorCode.DISK_FULL, message)
 
 
 def is_disk_full(exc: BaseException, path: Path | None = None) -> bool:
@@ -134,8 +136,7 @@ class DiskFullWatch:
     def report(self, where: str, exc: BaseException | None) -> None:
         """A store holds something: start the condition if it is new, and push back when over the bound."""
         if self.error is None:
-            self.error = ("the data disk is full: incoming messages are held in memory and written "
-                          "as soon as there is space")
+            self.error = MESSAGES[ErrorCode.DISK_FULL]
             log.warning("data disk full (%s: %s): holding what cannot be written in memory, retrying every %g s",
                         where, exc, self._retry_every)
             self._written = 0

@@ -22,18 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
+from .errors import BridgeError, ErrorCode
 from .model import MEDIA_KINDS, MediaSource, OutgoingMessage
 
 MAX_REDIRECTS = 3
 FETCH_TIMEOUT = 60.0
 
 
-class MediaRefused(Exception):
-    """A media source the policy refuses; `code` is the response code, the message names the field."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+class MediaRefused(BridgeError):
+    """A media source the policy refuses: `MediaRefused(code, message)`; the message names the field."""
 
 
 @dataclass(frozen=True)
@@ -63,42 +60,42 @@ def check_source(field: str, source: MediaSource, policy: MediaPolicy) -> None:
 def decoded_size(field: str, data: str, max_bytes: int) -> int:
     """The decoded size of base64 `data`; too big or not base64 is refused without decoding twice."""
     if len(data) * 3 // 4 > max_bytes + 3:
-        raise MediaRefused("too_large", f"{field}.base64: more than outgoing.max_media_bytes ({max_bytes} bytes)")
+        raise MediaRefused(ErrorCode.TOO_LARGE, f"{field}.base64: more than outgoing.max_media_bytes ({max_bytes} bytes)")
     try:
         size = len(base64.b64decode(data, validate=True))
     except (binascii.Error, ValueError):
-        raise MediaRefused("invalid_request", f"{field}.base64: not valid base64") from None
+        raise MediaRefused(ErrorCode.INVALID_REQUEST, f"{field}.base64: not valid base64") from None
     if size > max_bytes:
-        raise MediaRefused("too_large", f"{field}.base64: {size} bytes; the limit is {max_bytes}")
+        raise MediaRefused(ErrorCode.TOO_LARGE, f"{field}.base64: {size} bytes; the limit is {max_bytes}")
     return size
 
 
 def resolve_path(field: str, path: str, policy: MediaPolicy) -> Path:
     """The real file a media `path` names, if it lies inside `media_dir`; else MediaRefused."""
     if policy.media_dir is None:
-        raise MediaRefused("forbidden", f"{field}.path: media paths are disabled (set outgoing.media_dir)")
+        raise MediaRefused(ErrorCode.FORBIDDEN, f"{field}.path: media paths are disabled (set outgoing.media_dir)")
     if "\x00" in path:
-        raise MediaRefused("invalid_request", f"{field}.path: contains a NUL byte")
+        raise MediaRefused(ErrorCode.INVALID_REQUEST, f"{field}.path: contains a NUL byte")
     root = Path(os.path.realpath(policy.media_dir))
     target = Path(os.path.realpath(root / path))  # an absolute `path` replaces root, then must be inside it
     if target != root and root not in target.parents:
-        raise MediaRefused("forbidden", f"{field}.path: outside outgoing.media_dir")
+        raise MediaRefused(ErrorCode.FORBIDDEN, f"{field}.path: outside outgoing.media_dir")
     if not target.is_file():
-        raise MediaRefused("invalid_request", f"{field}.path: no such file in outgoing.media_dir")
+        raise MediaRefused(ErrorCode.INVALID_REQUEST, f"{field}.path: no such file in outgoing.media_dir")
     size = target.stat().st_size
     if size > policy.max_bytes:
-        raise MediaRefused("too_large", f"{field}.path: {size} bytes; the limit is {policy.max_bytes}")
+        raise MediaRefused(ErrorCode.TOO_LARGE, f"{field}.path: {size} bytes; the limit is {policy.max_bytes}")
     return target
 
 
 def check_url(field: str, url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
-        raise MediaRefused("forbidden", f"{field}: only http and https URLs are allowed")
+        raise MediaRefused(ErrorCode.FORBIDDEN, f"{field}: only http and https URLs are allowed")
     if not parts.hostname:
-        raise MediaRefused("invalid_request", f"{field}: has no host")
+        raise MediaRefused(ErrorCode.INVALID_REQUEST, f"{field}: has no host")
     if parts.username or parts.password:
-        raise MediaRefused("forbidden", f"{field}: credentials in URLs are not allowed")
+        raise MediaRefused(ErrorCode.FORBIDDEN, f"{field}: credentials in URLs are not allowed")
 
 
 def is_public_address(address: str) -> bool:
@@ -113,10 +110,10 @@ async def _refuse_private(field: str, host: str, port: int) -> None:
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise MediaRefused("invalid_request", f"{field}: cannot resolve {host} ({exc.strerror})") from None
+        raise MediaRefused(ErrorCode.INVALID_REQUEST, f"{field}: cannot resolve {host} ({exc.strerror})") from None
     for info in infos:
         if not is_public_address(str(info[4][0])):
-            raise MediaRefused("forbidden", f"{field}: {host} is a private address (outgoing.block_private_urls)")
+            raise MediaRefused(ErrorCode.FORBIDDEN, f"{field}: {host} is a private address (outgoing.block_private_urls)")
 
 
 async def fetch_url(url: str, policy: MediaPolicy, field: str = "url", timeout: float = FETCH_TIMEOUT) -> bytes:
@@ -134,18 +131,18 @@ async def fetch_url(url: str, policy: MediaPolicy, field: str = "url", timeout: 
                     url = urljoin(url, response.headers.get("location", ""))
                     continue
                 if response.status_code >= 400:
-                    raise MediaRefused("invalid_request", f"{field}: HTTP {response.status_code}")
+                    raise MediaRefused(ErrorCode.INVALID_REQUEST, f"{field}: HTTP {response.status_code}")
                 declared = response.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > policy.max_bytes:
-                    raise MediaRefused("too_large", f"{field}: {declared} bytes; the limit is {policy.max_bytes}")
+                    raise MediaRefused(ErrorCode.TOO_LARGE, f"{field}: {declared} bytes; the limit is {policy.max_bytes}")
                 chunks, size = [], 0
                 async for chunk in response.aiter_bytes():
                     size += len(chunk)
                     if size > policy.max_bytes:
-                        raise MediaRefused("too_large", f"{field}: more than {policy.max_bytes} bytes")
+                        raise MediaRefused(ErrorCode.TOO_LARGE, f"{field}: more than {policy.max_bytes} bytes")
                     chunks.append(chunk)
                 return b"".join(chunks)
-        raise MediaRefused("invalid_request", f"{field}: more than {MAX_REDIRECTS} redirects")
+        raise MediaRefused(ErrorCode.INVALID_REQUEST, f"{field}: more than {MAX_REDIRECTS} redirects")
 
 
 async def load(field: str, source: MediaSource, policy: MediaPolicy) -> bytes:

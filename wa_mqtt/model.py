@@ -13,6 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+# ErrorCode lives in errors.py; it is also imported from here, where it used to live
+from .errors import ErrorCode, describe
+
 PHONE_RE = re.compile(r"^[1-9][0-9]{5,14}$")
 JID_RE = re.compile(r"^[0-9A-Za-z.\-_:]{1,64}@(s\.whatsapp\.net|g\.us|broadcast|newsletter|lid)$")
 
@@ -56,24 +59,6 @@ class AccountState(StrEnum):
     ERROR = "error"
 
 
-class ErrorCode(StrEnum):
-    """Stable machine words for `status.error_code`."""
-
-    DIAL_FAILED = "dial_failed"
-    CONNECT_FAILURE = "connect_failure"
-    KEEPALIVE_TIMEOUT = "keepalive_timeout"
-    LOGGED_OUT = "logged_out"
-    STREAM_REPLACED = "stream_replaced"
-    TEMPORARY_BAN = "temporary_ban"
-    CLIENT_OUTDATED = "client_outdated"
-    PAIRING_TIMEOUT = "pairing_timeout"
-    ENGINE_CRASHED = "engine_crashed"
-    STORE_CORRUPT = "store_corrupt"
-    CONNECTION_LOST = "connection_lost"
-    STORAGE_ERROR = "storage_error"
-    DISK_FULL = "disk_full"  # the bridge's data disk is full: incoming messages are held in memory
-
-
 class Status(BaseModel):
     """`wa/<phone>/status`: the single source of truth for an account."""
 
@@ -85,13 +70,23 @@ class Status(BaseModel):
     updated_at: datetime
     reconnect_attempt: int = 0
     next_retry_at: datetime | None = None
-    error: str | None = None
     error_code: ErrorCode | None = None
+    # what the code alone does not say (the engine's own words, a crash's cause); not published as such
+    error_detail: tuple[str, ...] = Field(default=(), exclude=True)
     engine: str
     queued_outgoing: int = 0
 
+    @property
+    def error(self) -> str | None:
+        """The human text of `error_code`, looked up here, where the status is shown."""
+        return None if self.error_code is None else describe(self.error_code, self.error_detail)
+
     def payload(self) -> dict[str, Any]:
-        data = self.model_dump(mode="json")
+        data: dict[str, Any] = {}
+        for key, value in self.model_dump(mode="json").items():
+            if key == "error_code":
+                data["error"] = self.error
+            data[key] = value
         for key in ("since", "last_connected", "updated_at", "next_retry_at"):
             data[key] = utc_iso(getattr(self, key))
         return data

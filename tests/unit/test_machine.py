@@ -12,6 +12,7 @@ from wa_mqtt.engines.base import (
     ClientOutdated, Connected, Crashed, Disconnected, LoggedOut, PairCode, Paired, Qr, StreamReplaced,
     TemporaryBan,
 )
+from wa_mqtt.errors import MESSAGES
 from wa_mqtt.model import AccountState as S
 from wa_mqtt.model import ErrorCode
 
@@ -246,3 +247,51 @@ def test_shutdown_keeps_a_state_that_waits_for_a_person(event: m.Input) -> None:
     acc, _ = run(restored(clock), clock, Connected(), event)
     after, effects = run(acc, clock, m.Shutdown())
     assert after == acc and effects == []
+
+
+@pytest.mark.parametrize(("events", "code", "text"), [
+    ([Disconnected(code=ErrorCode.DIAL_FAILED, error="failed to dial")], ErrorCode.DIAL_FAILED, "failed to dial"),
+    ([Disconnected()], ErrorCode.CONNECTION_LOST, "connection lost"),
+    ([Connected(), LoggedOut()], ErrorCode.LOGGED_OUT, "unlinked from the phone"),
+    ([Connected(), m.LogoutDone(reason="logged out on request")], ErrorCode.LOGGED_OUT, "logged out on request"),
+    ([StreamReplaced()], ErrorCode.STREAM_REPLACED,
+     "the session was opened elsewhere; not fighting it: send connect to take it back"),
+    ([ClientOutdated()], ErrorCode.CLIENT_OUTDATED, "WhatsApp rejected this client version: update wa_mqtt (neonize)"),
+    ([TemporaryBan(code="101", expires_at=T0 + timedelta(hours=2))], ErrorCode.TEMPORARY_BAN,
+     "temporary ban 101 until 2026-11-24T12:00:00Z"),
+    ([Crashed(error="exit code 70")], ErrorCode.ENGINE_CRASHED, "engine crashed: exit code 70"),
+    ([m.StoreUnusable(error="store.db is unusable (x) and no good backup exists")], ErrorCode.STORE_CORRUPT,
+     "store.db is unusable (x) and no good backup exists"),
+    ([Qr(code="q"), m.PairingExpired()], ErrorCode.PAIRING_TIMEOUT,
+     "pairing timed out: nothing was scanned within 160 s; send connect to try again"),
+    ([Connected(), m.DiskFull("the data disk is full: held in memory")], ErrorCode.DISK_FULL,
+     "the data disk is full: held in memory"),
+])
+def test_the_published_error_text_of_each_code(events: list[m.Input], code: ErrorCode, text: str) -> None:
+    """The machine gives the code (and the engine's words); the published status says this text."""
+    clock = Clock()
+    acc, _ = run(restored(clock), clock, *events)
+    payload = acc.status.payload()
+    assert (payload["error_code"], payload["error"]) == (code, text)
+    assert list(payload).index("error") + 1 == list(payload).index("error_code")  # the payload's shape is unchanged
+
+
+def test_a_restored_account_without_a_device_says_why() -> None:
+    clock = Clock()
+    acc = m.new_account("5511900000001", "sim", clock.now, state=S.LOGGED_OUT, error="no linked device")
+    assert (acc.status.error_code, acc.status.error) == (ErrorCode.LOGGED_OUT, "no linked device")
+    acc = m.new_account("5511900000001", "sim", clock.now, state=S.CONNECTING)
+    acc, _ = run(acc, clock, m.Settle(S.LOGGED_OUT, "send connect to link it"))
+    assert acc.status.payload()["error"] == "send connect to link it"
+
+
+def test_the_machine_returns_codes_and_details_not_text() -> None:
+    """Text is looked up where the status is shown (`errors.describe`), from the code and its detail."""
+    clock = Clock()
+    acc, _ = run(restored(clock), clock, StreamReplaced())
+    assert (acc.status.error_code, acc.status.error_detail) == (ErrorCode.STREAM_REPLACED, ())
+    assert acc.status.error == MESSAGES[ErrorCode.STREAM_REPLACED]
+    acc, _ = run(restored(clock), clock, Crashed(error="exit code 70"))
+    assert (acc.status.error_code, acc.status.error_detail) == (ErrorCode.ENGINE_CRASHED, ("exit code 70",))
+    acc, _ = run(restored(clock), clock, m.DiskFull())
+    assert (acc.status.error_code, acc.status.error) == (ErrorCode.DISK_FULL, MESSAGES[ErrorCode.DISK_FULL])

@@ -8,6 +8,10 @@ the ban's own expiry after a temporary ban, and drops soon after connecting coun
 A full data disk is not a state: it does not change what the account does. While it lasts, a status
 without an error of its own shows `error_code: disk_full`; a connection error takes precedence.
 Every transition reads the clock once: `since` (on a state change) and `updated_at` are that reading.
+
+The machine writes no text: a status gets an `error_code` and, where the code alone does not say it, a
+detail (the engine's own words, a crash's cause, a ban's code and end); `Status.error` looks the text up
+in `errors` where the status is shown.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from ..engines.base import (
     ClientOutdated, Connected, Crashed, Disconnected, LoggedOut, PairCode, PairMethod, Paired, Qr,
     StreamReplaced, TemporaryBan,
 )
-from ..model import AccountState, ErrorCode, Status, utc_iso
+from ..errors import ErrorCode
+from ..model import AccountState, Status, utc_iso
 
 S = AccountState
 # States a person must resolve: engine news is ignored there, and nothing retries.
@@ -44,7 +49,9 @@ class Stop:
 
 @dataclass(frozen=True)
 class LogoutDone:
-    """`logout` finished: unlinked on WhatsApp's side and the store removed."""
+    """`logout` finished: unlinked on WhatsApp's side and the store removed (`reason`: the status detail)."""
+
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,9 +79,10 @@ class Settle:
 
 @dataclass(frozen=True)
 class DiskFull:
-    """The bridge's data disk is full (`error`: what the status says); not a state of the account."""
+    """The bridge's data disk is full (`detail`: what the status says, else the code's message); not a
+    state of the account."""
 
-    error: str
+    detail: str | None = None
 
 
 @dataclass(frozen=True)
@@ -164,7 +172,7 @@ class Account:
     pairing_until: datetime | None = None
     method: PairMethod = "qr"
     reconnects: int = 0
-    disk_full: str | None = None  # while the data disk is full: the status text
+    disk_full: DiskFull | None = None  # while the data disk is full: the condition as reported
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -178,9 +186,14 @@ def new_account(phone: str, engine: str, now: datetime, name: str | None = None,
     """An account as first shown: `connecting` for a stored session about to be restored,
     `logged_out` for a folder without a linked device, `stopped` for a configured, never linked phone."""
     status = Status(phone=phone, name=name, state=state, since=now, updated_at=now, engine=engine,
-                    last_connected=last_connected, error=error,
+                    last_connected=last_connected, error_detail=_detail(error),
                     error_code=ErrorCode.LOGGED_OUT if state == S.LOGGED_OUT else None)
     return Account(status=status)
+
+
+def _detail(text: str | None) -> tuple[str, ...]:
+    """A status detail from words that may be missing."""
+    return (text,) if text else ()
 
 
 def backoff_delay(failures: int, policy: ReconnectConfig, rand: float) -> float:
@@ -200,14 +213,14 @@ def _with(acc: Account, now: datetime, state: AccountState | None = None, **stat
     return replace(acc, status=status.model_copy(update=changes))
 
 
-def _park(acc: Account, now: datetime, state: AccountState, code: ErrorCode | None, error: str | None,
+def _park(acc: Account, now: datetime, state: AccountState, code: ErrorCode | None, detail: tuple[str, ...] = (),
           extra: list[Effect] | None = None) -> tuple[Account, list[Effect]]:
-    acc = _with(acc, now, state, error=error, error_code=code, next_retry_at=None, reconnect_attempt=0)
+    acc = _with(acc, now, state, error_code=code, error_detail=detail, next_retry_at=None, reconnect_attempt=0)
     acc = replace(acc, pairing_until=None, connected_at=None)
     return acc, [StopSession(), CancelRetry(), ClearPairing(), *(extra or [])]
 
 
-def _fail(acc: Account, now: datetime, code: ErrorCode, error: str, policy: ReconnectConfig,
+def _fail(acc: Account, now: datetime, code: ErrorCode, detail: tuple[str, ...], policy: ReconnectConfig,
           rand: float) -> tuple[Account, list[Effect]]:
     """A failed attempt or a drop: disconnected, retry after the backoff."""
     stable = (acc.state == S.CONNECTED and acc.connected_at is not None
@@ -219,7 +232,7 @@ def _fail(acc: Account, now: datetime, code: ErrorCode, error: str, policy: Reco
         effects.append(ClearPairing())
     acc = replace(acc, failures=failures, connected_at=None, pairing_until=None,
                   reconnects=acc.reconnects + (1 if acc.state == S.CONNECTED else 0))
-    acc = _with(acc, now, S.DISCONNECTED, error=error, error_code=code, reconnect_attempt=failures,
+    acc = _with(acc, now, S.DISCONNECTED, error_code=code, error_detail=detail, reconnect_attempt=failures,
                 next_retry_at=retry_at)
     return acc, effects
 
@@ -230,9 +243,9 @@ def decide(acc: Account, event: Input, now: datetime, policy: ReconnectConfig, r
     after, effects = _decide(acc, event, now, policy, rand, pairing_timeout)
     status = after.status
     if after.disk_full is not None and status.error_code is None:
-        after = _with(after, now, error=after.disk_full, error_code=ErrorCode.DISK_FULL)
+        after = _with(after, now, error_code=ErrorCode.DISK_FULL, error_detail=_detail(after.disk_full.detail))
     elif after.disk_full is None and status.error_code == ErrorCode.DISK_FULL:
-        after = _with(after, now, error=None, error_code=None)
+        after = _with(after, now, error_code=None, error_detail=())
     return after, effects
 
 
@@ -240,21 +253,21 @@ def _decide(acc: Account, event: Input, now: datetime, policy: ReconnectConfig, 
             pairing_timeout: float) -> tuple[Account, list[Effect]]:
     state = acc.state
     match event:
-        case DiskFull(error=error):
-            return replace(acc, disk_full=error), []
+        case DiskFull():
+            return replace(acc, disk_full=event), []
         case DiskSpaceBack():
             return replace(acc, disk_full=None), []
         case Shutdown():
             if state in PARKED:
                 return acc, []
-            return _park(acc, now, S.STOPPED, None, None)
+            return _park(acc, now, S.STOPPED, None)
         case Start(method=method, by_user=by_user):
             if state == S.CONNECTED and not by_user:
                 return acc, []
             if by_user and (state in (S.CONNECTING, S.CONNECTED) or (state == S.PAIRING and method == acc.method)):
                 return acc, []  # already on its way: connect is idempotent
             failures = 0 if by_user else acc.failures
-            clear = {"error": None, "error_code": None} if by_user else {}
+            clear = {"error_code": None, "error_detail": ()} if by_user else {}
             acc = replace(acc, failures=failures, method=method, pairing_until=None)
             acc = _with(acc, now, S.CONNECTING, next_retry_at=None, reconnect_attempt=failures, **clear)
             return acc, [CancelRetry(), StopSession(), StartSession(method)]
@@ -264,17 +277,17 @@ def _decide(acc: Account, event: Input, now: datetime, policy: ReconnectConfig, 
             acc = _with(acc, now, S.CONNECTING, next_retry_at=None)
             return acc, [StopSession(), StartSession(acc.method)]
         case Stop():
-            return _park(acc, now, S.STOPPED, None, None)
-        case LogoutDone():
+            return _park(acc, now, S.STOPPED, None)
+        case LogoutDone(reason=reason):
             acc = replace(acc, failures=0)
-            return _park(acc, now, S.LOGGED_OUT, ErrorCode.LOGGED_OUT, "logged out on request")
+            return _park(acc, now, S.LOGGED_OUT, ErrorCode.LOGGED_OUT, _detail(reason))
         case StoreUnusable(error=error):
-            return _park(acc, now, S.ERROR, ErrorCode.STORE_CORRUPT, error)
+            return _park(acc, now, S.ERROR, ErrorCode.STORE_CORRUPT, _detail(error))
         case Settle(state=settled, error=error):
             if state != S.CONNECTING:
                 return acc, []
             code = ErrorCode.LOGGED_OUT if settled == S.LOGGED_OUT else None
-            return _with(acc, now, settled, error=error, error_code=code), []
+            return _with(acc, now, settled, error_code=code, error_detail=_detail(error) if code else ()), []
         case Qr(code=code) | PairCode(code=code):
             if state not in (S.CONNECTING, S.PAIRING):
                 return acc, []
@@ -283,14 +296,11 @@ def _decide(acc: Account, event: Input, now: datetime, policy: ReconnectConfig, 
                 until = now + timedelta(seconds=pairing_timeout)
                 acc = replace(acc, pairing_until=until)
                 effects.append(SchedulePairingExpiry(until))
-            return _with(acc, now, S.PAIRING, error=None, error_code=None), effects
+            return _with(acc, now, S.PAIRING, error_code=None, error_detail=()), effects
         case PairingExpired():
             if state != S.PAIRING:
                 return acc, []
-            acc, effects = _park(acc, now, S.DISCONNECTED, ErrorCode.PAIRING_TIMEOUT,
-                                 f"pairing timed out: nothing was scanned within {pairing_timeout:g} s; "
-                                 "send connect to try again")
-            return acc, effects
+            return _park(acc, now, S.DISCONNECTED, ErrorCode.PAIRING_TIMEOUT, (f"{pairing_timeout:g}",))
         case Paired(phone=phone, name=name):
             acc = _with(acc, now, None, name=name or acc.status.name)
             return acc, [ClearPairing(), BridgeEvent("paired", {"phone": acc.status.phone, "linked_phone": phone, "name": name})]
@@ -304,35 +314,33 @@ def _decide(acc: Account, event: Input, now: datetime, policy: ReconnectConfig, 
                 effects.insert(1, ClearPairing())
             acc = replace(acc, connected_at=now, pairing_until=None)
             acc = _with(acc, now, S.CONNECTED, name=name or acc.status.name, last_connected=now,
-                        error=None, error_code=None, next_retry_at=None, reconnect_attempt=0)
+                        error_code=None, error_detail=(), next_retry_at=None, reconnect_attempt=0)
             return acc, effects
         case Disconnected(code=code, error=error):
             if state not in ACTIVE:
                 return acc, []
-            return _fail(acc, now, code, error, policy, rand)
+            return _fail(acc, now, code, _detail(error), policy, rand)
         case Crashed(error=error):
             crash_event = BridgeEvent("engine_crashed", {"phone": acc.status.phone, "error": error})
             if state not in ACTIVE and state != S.BANNED:
                 return acc, [crash_event]
-            acc, effects = _fail(acc, now, ErrorCode.ENGINE_CRASHED, f"engine crashed: {error}", policy, rand)
+            acc, effects = _fail(acc, now, ErrorCode.ENGINE_CRASHED, _detail(error), policy, rand)
             return acc, [crash_event, *effects]
         case LoggedOut(reason=reason):
             if state in (S.STOPPED, S.LOGGED_OUT):
                 return acc, []
             acc = replace(acc, failures=0)
-            return _park(acc, now, S.LOGGED_OUT, ErrorCode.LOGGED_OUT, reason,
+            return _park(acc, now, S.LOGGED_OUT, ErrorCode.LOGGED_OUT, _detail(reason),
                          [BridgeEvent("logged_out", {"phone": acc.status.phone, "reason": reason})])
         case StreamReplaced():
             if state in PARKED:
                 return acc, []
-            return _park(acc, now, S.CONFLICT, ErrorCode.STREAM_REPLACED,
-                         "the session was opened elsewhere; not fighting it: send connect to take it back")
+            return _park(acc, now, S.CONFLICT, ErrorCode.STREAM_REPLACED)
         case TemporaryBan(code=ban_code, expires_at=expires_at):
             acc = replace(acc, connected_at=None, pairing_until=None)
-            acc = _with(acc, now, S.BANNED, error=f"temporary ban {ban_code} until {utc_iso(expires_at)}",
-                        error_code=ErrorCode.TEMPORARY_BAN, next_retry_at=expires_at)
+            acc = _with(acc, now, S.BANNED, error_code=ErrorCode.TEMPORARY_BAN,
+                        error_detail=(ban_code, utc_iso(expires_at) or ""), next_retry_at=expires_at)
             return acc, [StopSession(), ClearPairing(), ScheduleRetry(expires_at)]
         case ClientOutdated():
-            return _park(acc, now, S.ERROR, ErrorCode.CLIENT_OUTDATED,
-                         "WhatsApp rejected this client version: update wa_mqtt (neonize)")
+            return _park(acc, now, S.ERROR, ErrorCode.CLIENT_OUTDATED)
     return acc, []

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..config import Config
 from ..engines.base import Engine
+from ..errors import BridgeError, ErrorCode
 from ..model import AccountState, is_phone
 from ..tasks import BackgroundTasks
 from . import machine as m
@@ -30,9 +31,12 @@ CLOSE_GRACE = 5.0  # seconds a shutdown waits for post-connect records and backu
 Clock = Callable[[], datetime]
 
 
-class UnknownAccount(Exception):
+class UnknownAccount(BridgeError):
+    """A command for a phone that is not an account (`unknown_account`)."""
+
     def __init__(self, phone: str) -> None:
-        super().__init__(f"no account {phone}; link it first with bridge/request/pair {{\"phone\": \"{phone}\"}}")
+        super().__init__(ErrorCode.UNKNOWN_ACCOUNT,
+                         f"no account {phone}; link it first with bridge/request/pair {{\"phone\": \"{phone}\"}}")
         self.phone = phone
 
 

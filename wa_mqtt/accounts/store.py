@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..errors import BridgeError, ErrorCode
 from ..model import is_phone, utc_iso
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,12 @@ META_FILE = "account.json"
 BACKUP_DIR = "backups"
 
 
-class StorageError(OSError):
-    """The sessions folder cannot be written (read-only, permissions, disk full): response `storage_error`."""
+class StorageError(BridgeError, OSError):
+    """The sessions folder cannot be written (read-only, permissions, disk full): response `storage_error`.
+    Also an OSError: callers that catch failed writes catch it too."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(ErrorCode.STORAGE_ERROR, message)
 
 
 @dataclass(frozen=True)

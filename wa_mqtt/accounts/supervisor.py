@@ -23,7 +23,8 @@ from ..engines.base import (
     Disconnected, Engine, EngineError, EngineEvent, EngineSession, MessageReceived, PairMethod, ReceiptReceived,
     SimControllable, SimSent, new_message_id,
 )
-from ..model import AccountState, ErrorCode, IncomingMessage, OutgoingMessage, Receipt, SendResult, Status
+from ..errors import ErrorCode
+from ..model import AccountState, IncomingMessage, OutgoingMessage, Receipt, SendResult, Status
 from . import machine as m
 from .outbox import Outbox, OutboxEntry
 
@@ -114,7 +115,7 @@ class Supervisor:
         """Unlink on WhatsApp's side (when connected), stop; the caller then removes the store."""
         if self._session is not None and self.state == AccountState.CONNECTED:
             await self._call(lambda s: s.logout())
-        await self.submit(m.LogoutDone())
+        await self.submit(m.LogoutDone(reason="logged out on request"))
 
     async def send(self, message: OutgoingMessage, route: dict[str, Any]) -> dict[str, Any]:
         """Send now when connected and nothing waits before it; else queue on disk (`queued: true`).
@@ -148,7 +149,7 @@ class Supervisor:
     async def engine_call(self, fn: Callable[[EngineSession], Awaitable[T]]) -> T:
         """react / read / typing: need a connected session, never queued."""
         if self.state != AccountState.CONNECTED:
-            raise EngineError(f"account is {self.state}, not connected", code="not_connected")
+            raise EngineError(f"account is {self.state}, not connected", code=ErrorCode.NOT_CONNECTED)
         return await self._call(fn)
 
     async def sim_control(self, action: str, payload: bytes) -> None:
@@ -156,7 +157,7 @@ class Supervisor:
         session = self._ensure_session()
         if not isinstance(session, SimControllable):
             raise EngineError(f"sim controls exist only with engine: sim; this account runs {self._engine.name} "
-                              f"({action!r} refused)", code="invalid_request")
+                              f"({action!r} refused)", code=ErrorCode.INVALID_REQUEST)
         async with self._session_lock:
             await session.sim_control(action, payload)
 
@@ -374,7 +375,7 @@ class Supervisor:
     def _expire_queued(self) -> None:
         for entry in self._outbox.take_expired(self.phone, self._config.outgoing.ttl):
             self._sink.on_deferred_response(self.phone, "send", entry.request.get("route", {}), {
-                "status": "error", "code": "expired",
+                "status": "error", "code": ErrorCode.EXPIRED,
                 "error": f"not sent: still queued after outgoing.ttl ({self._config.outgoing.ttl:g} s)"
                          + (f"; a try before a crash may have reached WhatsApp as {entry.wa_id}" if entry.tries else "")})
         self._refresh_queue_depth()
@@ -427,5 +428,5 @@ class _Heartbeat:
 def _retry_later(exc: EngineError) -> bool:
     """A send that failed this way stays queued: the account is not connected, or the engine went away
     mid-call (it may have gone out; the retry carries the same WhatsApp id, so it cannot go out twice)."""
-    return exc.code == "not_connected" or exc.maybe_done
+    return exc.code == ErrorCode.NOT_CONNECTED or exc.maybe_done
 

@@ -19,7 +19,8 @@ from typing import Annotated, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field, JsonValue, TypeAdapter
 
-from ..model import ErrorCode, IncomingMessage, OutgoingMessage, Receipt, SendResult
+from ..errors import BridgeError, ErrorCode
+from ..model import IncomingMessage, OutgoingMessage, Receipt, SendResult
 
 PairMethod = Literal["qr", "code"]
 
@@ -32,15 +33,15 @@ def new_message_id() -> str:
     return "3EB0" + secrets.token_hex(9).upper()
 
 
-class EngineError(Exception):
+class EngineError(BridgeError):
     """An engine operation failed; `code` is a response error code (`engine_error`, `not_connected`).
 
     `maybe_done`: the engine went away during the call (its process died, or no answer came), so the
     operation may have taken effect; otherwise the engine answered and it did not."""
 
-    def __init__(self, message: str, code: str = "engine_error", *, maybe_done: bool = False) -> None:
-        super().__init__(message)
-        self.code = code
+    def __init__(self, message: str, code: ErrorCode | str = ErrorCode.ENGINE_ERROR, *,
+                 maybe_done: bool = False) -> None:
+        super().__init__(code, message)
         self.maybe_done = maybe_done
 
 

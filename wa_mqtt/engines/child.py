@@ -25,6 +25,7 @@ from pathlib import Path
 
 from pydantic import JsonValue
 
+from ..errors import ErrorCode
 from ..folder_lock import FolderBusy, FolderLock, lock_folder, lock_folder_waiting
 from . import protocol as p
 from .base import Engine, EngineError, EngineSession, SimControllable
@@ -136,12 +137,12 @@ class ChildServer:
         try:
             result = await _perform(session, request.op, request.parsed_args())
         except p.ProtocolError as exc:  # arguments that do not fit the op: a bridge bug, answered
-            return p.Reply(request.id, False, error=str(exc), code="engine_error")
+            return p.Reply(request.id, False, error=str(exc), code=ErrorCode.ENGINE_ERROR)
         except EngineError as exc:
             return p.Reply(request.id, False, error=str(exc), code=exc.code)
         except Exception as exc:  # a bug in the engine is an answer, not a dead child
             log.exception("%s failed", request.op)
-            return p.Reply(request.id, False, error=f"{type(exc).__name__}: {exc}", code="engine_error")
+            return p.Reply(request.id, False, error=f"{type(exc).__name__}: {exc}", code=ErrorCode.ENGINE_ERROR)
         return p.Reply(request.id, True, result)
 
     async def _beat(self) -> None:
@@ -167,7 +168,7 @@ async def _perform(session: EngineSession, op: str, args: p.Args) -> JsonValue:
     elif isinstance(args, p.SimControlArgs):
         if not isinstance(session, SimControllable):
             raise EngineError(f"sim controls exist only with engine: sim ({args.action!r} refused)",
-                              code="invalid_request")
+                              code=ErrorCode.INVALID_REQUEST)
         await session.sim_control(args.action, args.payload.encode("latin-1"))
     elif op == "stop":
         await session.stop()

@@ -22,6 +22,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import ErrorCode
 from ..media import MediaPolicy
 from ..model import MediaSource, OutgoingMessage, SendResult, to_jid
 from . import neonize_convert as conv
@@ -42,7 +43,7 @@ TYPING_STATES = {"composing": ("CHAT_PRESENCE_COMPOSING", "CHAT_PRESENCE_MEDIA_T
 def engine_error(exc: BaseException) -> EngineError:
     """A neonize / Go failure as an EngineError with the response code the contract names."""
     text = str(exc) or type(exc).__name__
-    code = "not_connected" if "not connected" in text.lower() else "engine_error"
+    code = ErrorCode.NOT_CONNECTED if "not connected" in text.lower() else ErrorCode.ENGINE_ERROR
     return EngineError(text, code=code)
 
 

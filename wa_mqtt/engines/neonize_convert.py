@@ -15,9 +15,9 @@ import re
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ErrorCode
 from ..model import (
     ChatType,
-    ErrorCode,
     IncomingMessage,
     Location,
     Media,

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
+from ..errors import ErrorCode
 from ..media import MediaPolicy
-from ..model import ErrorCode, OutgoingMessage, SendResult
+from ..model import OutgoingMessage, SendResult
 from . import neonize_calls as calls
 from . import neonize_convert as conv
 from .base import (
@@ -402,7 +403,7 @@ class NeonizeSession:
 
     def _require_client(self) -> NewAClient:
         if self._client is None:
-            raise EngineError("not connected", code="not_connected")
+            raise EngineError("not connected", code=ErrorCode.NOT_CONNECTED)
         return self._client
 
     async def send(self, message: OutgoingMessage, message_id: str | None = None, retry: bool = False) -> SendResult:
@@ -448,5 +449,5 @@ class NeonizeSession:
 
     async def typing(self, chat: str, state: str) -> None:
         if state not in calls.TYPING_STATES:
-            raise EngineError(f"state must be one of {', '.join(calls.TYPING_STATES)}", code="invalid_request")
+            raise EngineError(f"state must be one of {', '.join(calls.TYPING_STATES)}", code=ErrorCode.INVALID_REQUEST)
         await calls.typing(self._require_client(), chat, state)

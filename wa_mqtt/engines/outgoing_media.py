@@ -6,6 +6,7 @@ One code path, so a send answers the same on the sim as on WhatsApp."""
 from __future__ import annotations
 
 from .. import media
+from ..errors import ErrorCode
 from ..media import MediaPolicy
 from ..model import MediaSource
 from .base import EngineError
@@ -18,4 +19,4 @@ async def load_media(field: str, source: MediaSource, policy: MediaPolicy) -> by
     except media.MediaRefused as exc:
         raise EngineError(str(exc), code=exc.code) from None
     except OSError as exc:
-        raise EngineError(f"{field}: cannot read the media ({exc})", code="engine_error") from None
+        raise EngineError(f"{field}: cannot read the media ({exc})", code=ErrorCode.ENGINE_ERROR) from None

@@ -29,7 +29,8 @@ from pathlib import Path
 from pydantic import JsonValue
 
 from ..config import EngineProcessConfig
-from ..model import ErrorCode, OutgoingMessage, SendResult
+from ..errors import ErrorCode
+from ..model import OutgoingMessage, SendResult
 from . import protocol as p
 from .base import Crashed, Disconnected, EmitFn, EngineError, EngineEvent, Intake, PairMethod
 from .child import STORE_BUSY_EXIT, STORE_WAIT
@@ -186,7 +187,7 @@ class ProcessSession:
     async def _call(self, op: str, args: p.Args, timeout: float = CALL_TIMEOUT) -> JsonValue:
         proc = self._proc
         if proc is None or proc.stdin is None:
-            raise EngineError("the engine process is not running", code="not_connected")
+            raise EngineError("the engine process is not running", code=ErrorCode.NOT_CONNECTED)
         request_id = next(self._ids)
         future: asyncio.Future[p.Reply] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
@@ -195,9 +196,9 @@ class ProcessSession:
             await proc.stdin.drain()
             reply = await asyncio.wait_for(future, timeout)
         except (BrokenPipeError, ConnectionResetError):  # not connected any more; a send is retried later
-            raise EngineError("the engine process went away", code="not_connected", maybe_done=True) from None
+            raise EngineError("the engine process went away", code=ErrorCode.NOT_CONNECTED, maybe_done=True) from None
         except TimeoutError:
-            raise EngineError(f"the engine did not answer {op} within {timeout:g} s", code="engine_error",
+            raise EngineError(f"the engine did not answer {op} within {timeout:g} s", code=ErrorCode.ENGINE_ERROR,
                               maybe_done=True) from None
         finally:
             self._pending.pop(request_id, None)
@@ -307,7 +308,7 @@ class ProcessSession:
         self._kill_reason = None
         for future in self._pending.values():  # `not_connected`: a send in flight stays queued, retried with its id
             if not future.done():
-                future.set_exception(EngineError(f"the engine process ended ({reason})", code="not_connected",
+                future.set_exception(EngineError(f"the engine process ended ({reason})", code=ErrorCode.NOT_CONNECTED,
                                                  maybe_done=True))
         if not self._expected_exit:
             log.warning("%s: engine process %d ended unexpectedly: %s", self.phone, proc.pid, reason)

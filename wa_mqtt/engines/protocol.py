@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
 
+from ..errors import ErrorCode
 from ..model import OutgoingMessage
 from .base import EVENT_ADAPTER, EngineEvent, PairMethod
 
@@ -109,7 +110,7 @@ class Reply:
     ok: bool
     result: JsonValue = None
     error: str = ""
-    code: str = "engine_error"
+    code: ErrorCode = ErrorCode.ENGINE_ERROR  # the response code the failure is answered with
 
 
 @dataclass(frozen=True)
@@ -192,5 +193,9 @@ def decode_child_line(line: bytes) -> ChildLine:
     if isinstance(data.get("id"), int) and isinstance(data.get("ok"), bool):
         if data["ok"]:
             return Reply(data["id"], True, data.get("result"))
-        return Reply(data["id"], False, error=str(data.get("error", "")), code=str(data.get("code", "engine_error")))
+        try:
+            code = ErrorCode(data.get("code", ErrorCode.ENGINE_ERROR))
+        except ValueError:
+            raise ProtocolError(f"unknown error code {data.get('code')!r}") from None
+        return Reply(data["id"], False, error=str(data.get("error", "")), code=code)
     raise ProtocolError(f"unknown line: {line[:80]!r}")

@@ -29,7 +29,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..media import MediaPolicy
-from ..model import ErrorCode, IncomingMessage, OutgoingMessage, Receipt, SendResult, to_jid
+from ..errors import ErrorCode
+from ..model import IncomingMessage, OutgoingMessage, Receipt, SendResult, to_jid
 from .base import (
     Connected, Crashed, Disconnected, EmitFn, EngineError, LoggedOut, MessageReceived, PairCode,
     PairMethod, Paired, Qr, ReceiptReceived, SimSent, StreamReplaced,
@@ -268,17 +269,17 @@ class SimSession:
             "stall": self._stall_next_send,  # test aid: a bridge killed between handing over and hearing back
         }.get(action)
         if handler is None:
-            raise EngineError(f"unknown sim action {action!r}", code="invalid_request")
+            raise EngineError(f"unknown sim action {action!r}", code=ErrorCode.INVALID_REQUEST)
         await handler(payload)
 
     async def _scan(self, payload: bytes) -> None:
         """Accept the QR / code on offer; `{"phone": N}` makes another number than asked scan it."""
         if not self._pairing:
-            raise EngineError("nothing to scan: the account is not pairing", code="invalid_request")
+            raise EngineError("nothing to scan: the account is not pairing", code=ErrorCode.INVALID_REQUEST)
         try:
             scanner = str(json.loads(payload).get("phone", self.phone)) if payload.strip() else self.phone
         except (ValueError, AttributeError):
-            raise EngineError("scan payload must be empty or {\"phone\": ...}", code="invalid_request") from None
+            raise EngineError("scan payload must be empty or {\"phone\": ...}", code=ErrorCode.INVALID_REQUEST) from None
         name = f"Sim {scanner[-4:]}"
         write_device(self.store_path, scanner, name, self._clock())
         self._pairing = False
@@ -289,7 +290,7 @@ class SimSession:
         try:
             spec = SimIncoming.model_validate_json(payload or b"{}")
         except ValidationError as exc:
-            raise EngineError(f"bad incoming payload: {exc.errors()[0]['msg']}", code="invalid_request") from None
+            raise EngineError(f"bad incoming payload: {exc.errors()[0]['msg']}", code=ErrorCode.INVALID_REQUEST) from None
         if spec.repeat == 1 and spec.interval == 0:
             self._deliver(self._build_message(spec, None))
             return
@@ -323,7 +324,7 @@ class SimSession:
         try:
             seconds = float(json.loads(payload or b"{}").get("seconds", 30))
         except (ValueError, AttributeError, TypeError):
-            raise EngineError("outage payload must be {\"seconds\": N}", code="invalid_request") from None
+            raise EngineError("outage payload must be {\"seconds\": N}", code=ErrorCode.INVALID_REQUEST) from None
         self._outage_until = self._clock() + timedelta(seconds=seconds)
         if self._connected:
             self._connected = False
@@ -356,7 +357,7 @@ class SimSession:
         except (ValueError, AttributeError, TypeError):
             seconds = -1.0
         if not 0 <= seconds <= 600:
-            raise EngineError("stall payload must be {\"seconds\": N}, 0 to 600", code="invalid_request")
+            raise EngineError("stall payload must be {\"seconds\": N}, 0 to 600", code=ErrorCode.INVALID_REQUEST)
         self._stall = seconds
 
     async def _balloon(self, payload: bytes) -> None:
@@ -364,7 +365,7 @@ class SimSession:
         try:
             megabytes = int(json.loads(payload or b"{}").get("mb", 100))
         except (ValueError, AttributeError, TypeError):
-            raise EngineError("balloon payload must be {\"mb\": N}", code="invalid_request") from None
+            raise EngineError("balloon payload must be {\"mb\": N}", code=ErrorCode.INVALID_REQUEST) from None
         self._ballast = bytearray(os.urandom(1024)) * (megabytes * 1024)
 
     # -- helpers -------------------------------------------------------------------------------
@@ -428,14 +429,14 @@ class SimSession:
         try:
             return IncomingMessage.model_validate(data)
         except ValidationError as exc:
-            raise EngineError(f"bad incoming payload: {exc.errors()[0]['msg']}", code="invalid_request") from None
+            raise EngineError(f"bad incoming payload: {exc.errors()[0]['msg']}", code=ErrorCode.INVALID_REQUEST) from None
 
     def _in_outage(self) -> bool:
         return self._outage_until is not None and self._clock() < self._outage_until
 
     def _require_connected(self) -> None:
         if not self._connected:
-            raise EngineError("websocket not connected", code="not_connected")
+            raise EngineError("websocket not connected", code=ErrorCode.NOT_CONNECTED)
 
     def _unlink(self) -> None:
         if self.store_path.exists():

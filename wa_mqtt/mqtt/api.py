@@ -1,6 +1,6 @@
 """Requests and responses (contract section 5): payload → typed command, result → response JSON. No I/O.
 
-Every failure is an `ApiError` with a response code; the message names the offending field.
+Every failure is an `ApiError` with a response code (`errors.ErrorCode`); the message names the offending field.
 """
 
 from __future__ import annotations
@@ -11,17 +11,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..errors import BridgeError, ErrorCode
 from ..model import JID_RE, OutgoingMessage, is_phone
 from .topics import ACCOUNT_COMMANDS, BRIDGE_COMMANDS
 
 MAX_REQUEST_BYTES = 96 * 1024 * 1024  # a 64 MB media file in base64 plus the envelope
 
 
-class ApiError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class ApiError(BridgeError):
+    """A request refused at the edge (bad payload, unknown command, policy): `ApiError(code, message)`."""
 
 
 @dataclass(frozen=True)
@@ -129,17 +127,17 @@ assert set(ACCOUNT_SCHEMAS) == ACCOUNT_COMMANDS and set(BRIDGE_SCHEMAS) == BRIDG
 def decode_payload(raw: bytes, max_bytes: int = MAX_REQUEST_BYTES) -> tuple[dict[str, Any], Any, bool]:
     """The request object, its `transaction` and whether it had one. Empty payload = `{}`."""
     if len(raw) > max_bytes:
-        raise ApiError("too_large", f"request is {len(raw)} bytes; the limit is {max_bytes}")
+        raise ApiError(ErrorCode.TOO_LARGE, f"request is {len(raw)} bytes; the limit is {max_bytes}")
     if not raw.strip():
         return {}, None, False
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError("invalid_json", f"payload is not valid JSON: {exc}") from None
+        raise ApiError(ErrorCode.INVALID_JSON, f"payload is not valid JSON: {exc}") from None
     except RecursionError:
-        raise ApiError("invalid_json", "payload is nested too deeply") from None
+        raise ApiError(ErrorCode.INVALID_JSON, "payload is nested too deeply") from None
     if not isinstance(data, dict):
-        raise ApiError("invalid_request", "payload must be a JSON object")
+        raise ApiError(ErrorCode.INVALID_REQUEST, "payload must be a JSON object")
     has_transaction = "transaction" in data
     transaction = data.pop("transaction", None)
     return data, transaction, has_transaction
@@ -151,11 +149,11 @@ def parse_command(is_bridge: bool, command: str, data: dict[str, Any]) -> BaseMo
     schema = schemas.get(command)
     if schema is None:
         known = ", ".join(sorted(schemas))
-        raise ApiError("invalid_request", f"unknown command {command!r}; known: {known}")
+        raise ApiError(ErrorCode.INVALID_REQUEST, f"unknown command {command!r}; known: {known}")
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
-        raise ApiError("invalid_request", describe(exc)) from None
+        raise ApiError(ErrorCode.INVALID_REQUEST, describe(exc)) from None
 
 
 def describe(exc: ValidationError) -> str:
