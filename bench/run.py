@@ -25,7 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "engine"))
 
-from harness import NODELAY, Broker, BridgeEnv, BridgeProcess, Probe  # noqa: E402
+from harness import NODELAY, BridgeEnv, BridgeProcess, Broker, Probe  # noqa: E402
 
 # Mosquitto's defaults, but for the queue it keeps per subscriber (default 1,000 messages, dropped
 # beyond): the benchmark's subscribers must not lose a message of a 5,000-message burst.
@@ -92,7 +92,7 @@ class Pipeline:
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def proc_kb(path: str, field: str) -> int:
@@ -468,7 +468,8 @@ class Bench:
         code = ("import aiomqtt,asyncio,logging\nlogging.getLogger('mqtt').setLevel(logging.ERROR)\n"
                 "async def m():\n"
                 f"  async with aiomqtt.Client('127.0.0.1',{self.broker.port}) as c:\n"
-                f"    await asyncio.gather(*(c.publish('base{time.monotonic_ns()}/'+str(i)+'/status',b'x',qos=1) for i in range({count})))\n"
+                f"    await asyncio.gather(*(c.publish('base{time.monotonic_ns()}/'+str(i)+'/status',b'x',qos=1)\n"
+                f"                           for i in range({count})))\n"
                 "asyncio.run(m())")
         start = time.monotonic()
         await asyncio.to_thread(subprocess.run, [sys.executable, "-c", code], check=True)
@@ -498,7 +499,7 @@ class Bench:
                         want = "connected" if engine == "sim" else "disconnected"
                         await probe.wait_until(
                             lambda rec: len({json.loads(r.payload)["phone"] for r in rec if r.topic.endswith("/status")
-                                             and r.payload and json.loads(r.payload)["state"] == want}) >= accounts,
+                                             and r.payload and json.loads(r.payload)["state"] == want}) >= accounts,  # noqa: B023
                             timeout=60, what=f"{accounts} {want}")
                     assert bridge.proc is not None
                     own = rss_mb(bridge.proc.pid)
@@ -524,9 +525,10 @@ class Bench:
 
 def link_neonize_account(sessions: Path, phone: str) -> None:
     from neonize.aioze.client import ClientFactory
-    from neonize_factories import write_synthetic_device
 
     from wa_mqtt.engines.neonize_engine import store_dsn
+
+    from neonize_factories import write_synthetic_device
 
     store = sessions / phone / "store.db"
     store.parent.mkdir(parents=True, exist_ok=True)
@@ -584,7 +586,7 @@ async def main() -> int:
                 broker.stop()
             rows += bench.rows
     print(table(rows))
-    result = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "quick": args.quick,
+    result = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "quick": args.quick,
               "seconds": round(time.monotonic() - started, 1), "machine": machine(),
               "load_average": {"start": load_at_start, "end": os.getloadavg()},  # 1, 5, 15 min: others' load
               "brokers": {name: "Mosquitto defaults + max_queued_messages 100000" + (

@@ -13,7 +13,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Broker, BridgeEnv, BridgeProcess, SmallDisk, media_server as serve_media  # noqa: E402
+from harness import BridgeEnv, BridgeProcess, Broker, SmallDisk
+from harness import media_server as serve_media
 
 
 @pytest.fixture(scope="session")

@@ -5,9 +5,9 @@ as a subprocess, and an MQTT probe that waits on topics with timeouts (never sle
 from __future__ import annotations
 
 import asyncio
-import http.server
 import contextlib
 import errno
+import http.server
 import json
 import os
 import shutil
@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ def wait_port(port: int, timeout: float = 10.0, open_: bool = True) -> None:
 class _MediaHandler(http.server.BaseHTTPRequestHandler):
     """Media URLs for fetch tests: `/small` (b"hello"), `/big` (5,000 bytes), redirects, 404 elsewhere."""
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         routes = {"/small": (200, b"hello"), "/big": (200, b"x" * 5000)}
         redirects = {"/to-file": (302, "file:///etc/passwd"), "/to-small": (301, "/small"), "/loop": (302, "/loop")}
         if self.path in redirects:
@@ -123,8 +124,8 @@ class Broker:
         else:
             cmd = [sys.executable, "-c",  # the bridge's own embedded broker (amqtt, corrected)
                    "import asyncio;from wa_mqtt.mqtt.embedded_broker import start_embedded_broker\n"
-                   "async def m():\n await start_embedded_broker(%d); await asyncio.Event().wait()\n"
-                   "asyncio.run(m())" % self.port]
+                   f"async def m():\n await start_embedded_broker({self.port}); await asyncio.Event().wait()\n"
+                   "asyncio.run(m())"]
         self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         wait_port(self.port)
 
@@ -192,12 +193,12 @@ class BridgeEnv:
 
     def link_sim_account(self, phone: str, name: str | None = None) -> None:
         """A stored, linked sim session, as a previous run would have left it."""
-        from datetime import datetime, timezone
+        from datetime import datetime
 
         from wa_mqtt.engines.sim import write_device
 
         write_device(self.sessions / phone / "store.db", phone, name or f"Sim {phone[-4:]}",
-                     datetime.now(timezone.utc))
+                     datetime.now(UTC))
 
 
 class BridgeProcess:
@@ -379,7 +380,7 @@ class Probe:
         tx = uuid.uuid4().hex[:10]
         if isinstance(payload, dict):
             payload = {**payload, "transaction": tx}
-            predicate: Callable[[Received], bool] = lambda r: r.json().get("transaction") == tx
+            predicate: Callable[[Received], bool] = lambda r: r.json().get("transaction") == tx  # noqa: E731
         else:
             predicate = lambda r: True  # noqa: E731
         await self.publish(f"{self.base}/{target}/request/{command}", payload)

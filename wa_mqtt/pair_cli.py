@@ -41,7 +41,7 @@ def draw_qr(code: str) -> str:
     qr = segno.make(code, error="l", micro=False)
     lines = []
     matrix = [list(row) for row in qr.matrix_iter(scale=1, border=2)]
-    for top, bottom in zip(matrix[::2], matrix[1::2] + [[0] * len(matrix[0])], strict=False):
+    for top, bottom in zip(matrix[::2], [*matrix[1::2], [0] * len(matrix[0])], strict=False):
         lines.append("".join(
             "█" if t and b else "▀" if t else "▄" if b else " " for t, b in zip(top, bottom, strict=True)))
     return "\n".join(lines)

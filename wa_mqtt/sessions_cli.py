@@ -11,10 +11,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .accounts.backups import (
-    BackupError, backup_store, check_backup, check_store, list_backups, restore_from_backup,
+    BackupError,
+    backup_store,
+    check_backup,
+    check_store,
+    list_backups,
+    restore_from_backup,
 )
 from .accounts.store import SessionStore
 from .config import Config
@@ -36,7 +41,7 @@ def run_sessions_command(config: Config, args: argparse.Namespace) -> int:
     if phone is not None and command != "backup" and phone not in store.account_phones():
         print(f"wa_mqtt: no account {phone} in {config.sessions_dir}", file=sys.stderr)
         return 1
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if command == "list":
         phones = store.account_phones()
         if not phones:

@@ -13,8 +13,8 @@ from wa_mqtt.engines.neonize_engine import store_dsn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import BridgeEnv, BridgeProcess, Probe  # noqa: E402
-from neonize_factories import write_synthetic_device  # noqa: E402
+from harness import BridgeEnv, BridgeProcess, Probe
+from neonize_factories import write_synthetic_device
 
 PHONE = "4915100000001"
 

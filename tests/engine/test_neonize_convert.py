@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from neonize.proto import Neonize_pb2 as N
 from neonize.proto.waCommon.WACommon_pb2 import MessageKey
 from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as E
-from neonize_factories import TS_MS, jid, message_event, receipt_event
 
 from wa_mqtt.engines import neonize_convert as conv
 from wa_mqtt.engines.base import (
@@ -21,6 +20,8 @@ from wa_mqtt.engines.base import (
     TemporaryBan,
 )
 from wa_mqtt.model import ErrorCode
+
+from neonize_factories import TS_MS, jid, message_event, receipt_event
 
 ACCOUNT = "4915100000001"
 SHA = bytes(range(32))
@@ -170,7 +171,7 @@ def test_from_me_and_edit_flags() -> None:
 
 def test_timestamp_seconds_and_milliseconds() -> None:
     assert conv.epoch_to_datetime(TS_MS) == conv.epoch_to_datetime(TS_MS // 1000)
-    assert conv.epoch_to_datetime(TS_MS).tzinfo is timezone.utc
+    assert conv.epoch_to_datetime(TS_MS).tzinfo is UTC
 
 
 RECEIPT_CASES = [
@@ -194,7 +195,7 @@ def test_receipt_payload_in_group() -> None:
         "sender": "5511999999999"}
 
 
-NOW = datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 _EMPTY_NODE = N.Node(Tag="failure")
 
 STATUS_CASES = [

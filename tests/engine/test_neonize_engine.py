@@ -17,11 +17,12 @@ from neonize.aioze.client import ClientFactory
 from neonize.events import EVENT_TO_INT
 from neonize.proto import Neonize_pb2 as N
 from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as E
-from neonize_factories import jid, message_event, receipt_event, write_synthetic_device
 
 from wa_mqtt.engines.base import EngineError, EngineEvent, EngineSession, SimControllable
 from wa_mqtt.engines.neonize_engine import NeonizeEngine, NeonizeSession, store_dsn
 from wa_mqtt.model import ErrorCode, OutgoingMessage
+
+from neonize_factories import jid, message_event, receipt_event, write_synthetic_device
 
 TIMEOUT = 15
 

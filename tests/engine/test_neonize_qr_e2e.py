@@ -10,6 +10,7 @@ test can reach that callback; everything else is the product: App, bridge, super
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import socket
 import struct
@@ -21,10 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import Broker, Probe
 from wa_mqtt.app import App, make_engine
 from wa_mqtt.config import build_config
 from wa_mqtt.engines.neonize_engine import NeonizeEngine
+
+from harness import Broker, Probe
 
 PHONE = "4915100000077"
 
@@ -48,10 +50,8 @@ class SilentProxy:
                 return
             self._connections.append(connection)
             connection.settimeout(10)
-            try:
+            with contextlib.suppress(OSError):
                 self.received += connection.recv(4096)
-            except OSError:
-                pass
             self._got_request.set()
 
     def wait_request(self, timeout: float) -> bool:

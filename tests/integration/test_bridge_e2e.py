@@ -313,7 +313,7 @@ async def test_embedded_broker_by_default(env: BridgeEnv, bridge: BridgeProcess)
         assert sent["status"] == "ok" and sent["data"]["queued"] is False
         await probe.wait_for(f"{env.base}/sim/{A}/sent", lambda r: r.json()["text"] == "via the embedded broker")
     assert bridge.stop() == 0
-    assert "embedded MQTT broker listening on 127.0.0.1:%d" % port in bridge.log()
+    assert f"embedded MQTT broker listening on 127.0.0.1:{port}" in bridge.log()
 
 
 async def test_pair_cli_draws_the_qr_and_exits_when_linked(env: BridgeEnv) -> None:

@@ -13,8 +13,9 @@ import uuid
 from typing import Any
 
 import wa_mqtt
-from harness import BridgeEnv, BridgeProcess, Probe
 from wa_mqtt.mqtt import discovery
+
+from harness import BridgeEnv, BridgeProcess, Probe
 
 A = "5511900000001"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from harness import Broker, BridgeEnv, BridgeProcess, Probe, SmallDisk
+from harness import BridgeEnv, BridgeProcess, Broker, Probe, SmallDisk
 
 A = "5511900000001"
 SENDER = "5511988887777"

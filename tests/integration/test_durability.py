@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from harness import Broker, BridgeEnv, BridgeProcess, Probe
+from harness import BridgeEnv, BridgeProcess, Broker, Probe
 
 A = "5511900000001"
 B = "5511900000002"

@@ -15,8 +15,9 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import aiomqtt
 import pytest
 
-from harness import NODELAY, free_port
 from wa_mqtt.mqtt.embedded_broker import EmbeddedBroker, start_embedded_broker
+
+from harness import NODELAY, free_port
 
 RETAINED = ["wa/bridge/state", "wa/5511900000051/stats", "wa/5511900000051/status", "wa/5511900000051/qr/image",
             "wa/5511900000052/qr/image", "homeassistant/button/wa_5511900000051/connect/config",

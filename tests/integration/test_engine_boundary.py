@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -134,7 +134,7 @@ def engine_children(store: Path) -> list[int]:
 @pytest.mark.parametrize("name", ["sim", "neonize"])
 async def test_the_supervisor_passes_sim_controls_to_sim_sessions_only(tmp_path: Path, name: EngineName) -> None:
     def now() -> datetime:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
     store = tmp_path / PHONE / "store.db"
     outbox = Outbox(tmp_path / "outbox.db", now)

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import Broker, BridgeEnv, BridgeProcess, Probe, free_port, wait_port
-from tls_certs import make_certs
 from wa_mqtt.mqtt.topics import ACCOUNT_COMMANDS, BRIDGE_COMMANDS
+
+from harness import BridgeEnv, BridgeProcess, Broker, Probe, free_port, wait_port
+from tls_certs import make_certs
 
 A = "5511900000001"
 ANA = "5511988887777"

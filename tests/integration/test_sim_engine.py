@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
-from harness import BridgeEnv, BridgeProcess, Probe
 from wa_mqtt.engines.base import EngineError
 from wa_mqtt.engines.neonize_calls import load_media as neonize_load_media
 from wa_mqtt.media import MediaPolicy
 from wa_mqtt.model import MediaSource
+
+from harness import BridgeEnv, BridgeProcess, Probe
 
 A = "5511900000001"
 ANA = "5511988887777"

@@ -12,10 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness import BridgeEnv, BridgeProcess, Probe
 from test_engine_process import engine_children
 
 from wa_mqtt.folder_lock import LOCK_FILE, lock_folder
+
+from harness import BridgeEnv, BridgeProcess, Probe
 
 A = "5511900000001"
 B = "5511900000002"
@@ -149,16 +150,15 @@ async def test_an_emptied_deleted_or_broken_config_keeps_the_running_one(env: Br
     async with Probe(env.broker, env.base) as probe:
         await probe.wait_state(A, "connected", timeout=15)
         await still_enforced()
-        looks = 0
-        for damage, expected in ((lambda: env.config_path.write_text(""), "empty"),
-                                 (lambda: env.config_path.write_text("outgoing: [allow_to\n"), "not valid YAML"),
-                                 (lambda: env.config_path.unlink(), "no such file")):
+        for looks, (damage, expected) in enumerate((
+                (lambda: env.config_path.write_text(""), "empty"),
+                (lambda: env.config_path.write_text("outgoing: [allow_to\n"), "not valid YAML"),
+                (lambda: env.config_path.unlink(), "no such file"))):
             mark = probe.mark()
             damage()
             invalid = await probe.wait_for(event_topic, lambda r: r.json()["type"] == "config_invalid", after=mark)
             assert expected in invalid.json()["data"]["error"]
             assert bridge.log().count("looks half-written") == looks + 1  # looked twice before calling it invalid
-            looks += 1
             assert not [r for r in probe.received[mark:] if r.topic == event_topic
                         and r.json()["type"] == "config_reloaded"]
             await still_enforced()

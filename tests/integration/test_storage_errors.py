@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from harness import BridgeEnv, BridgeProcess, Probe
 
 NEW = "5511900000071"

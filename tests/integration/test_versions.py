@@ -7,9 +7,9 @@ import sqlite3
 import subprocess
 import sys
 
-from harness import BridgeEnv, BridgeProcess
-
 from wa_mqtt.accounts.outbox import SCHEMA
+
+from harness import BridgeEnv, BridgeProcess
 
 OUTBOX_VERSION = SCHEMA.version
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -19,13 +19,13 @@ ANA_JID = f"{ANA}@s.whatsapp.net"
 BOB = "5511988888888"
 BOB_JID = f"{BOB}@s.whatsapp.net"
 GROUP = "120363012345678901@g.us"
-MON_10 = datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)  # a Monday
+MON_10 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)  # a Monday
 NOW = MON_10
 
 
 def at(day: int, hour: int, minute: int = 0) -> datetime:
     """UTC, November 2026: 23 is a Monday, 27 a Friday, 28 a Saturday."""
-    return datetime(2026, 11, day, hour, minute, tzinfo=timezone.utc)
+    return datetime(2026, 11, day, hour, minute, tzinfo=UTC)
 
 
 def msg(now: datetime = NOW, **fields: Any) -> IncomingMessage:

@@ -6,7 +6,7 @@ import re
 import sqlite3
 import stat
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,7 @@ import pytest
 from wa_mqtt.accounts.backups import BackupError, backup_store, check_store, list_backups, restore_from_backup
 from wa_mqtt.accounts.store import SessionStore
 
-T0 = datetime(2026, 11, 24, 10, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 24, 10, 0, 0, tzinfo=UTC)
 PHONE = "557996277210"
 
 

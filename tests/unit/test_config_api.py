@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from wa_mqtt.config import (
-    ConfigError, build_config, config_changes, file_secrets, load_config, mask_url, read_yaml, without_restart_changes,
+    ConfigError,
+    build_config,
+    config_changes,
+    file_secrets,
+    load_config,
+    mask_url,
+    read_yaml,
+    without_restart_changes,
 )
 from wa_mqtt.mqtt import api
 from wa_mqtt.mqtt.topics import Topics, parse_request_topic, parse_sim_topic

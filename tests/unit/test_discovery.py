@@ -98,7 +98,7 @@ def test_unlinked_account_offers_only_state_and_pairing():
 def test_every_component_has_the_keys_home_assistant_needs():
     for _, payload in (account(True), account(False), bridge()):
         for key, component in payload["cmps"].items():
-            assert COMMON_KEYS <= set(component), key
+            assert set(component) >= COMMON_KEYS, key
             assert component["platform"] in PLATFORMS
             assert component["default_entity_id"].startswith(component["platform"] + ".")
             assert re.fullmatch(r"[a-z_]+\.[a-z0-9_]+", component["default_entity_id"])
@@ -161,7 +161,7 @@ def test_linked_availability_template_maps_every_state():
 
 
 def test_bridge_device():
-    topic, payload = bridge()
+    _topic, payload = bridge()
     cmps = payload["cmps"]
     assert payload["device"]["identifiers"] == ["wa_mqtt_bridge_wa"]
     assert "via_device" not in payload["device"]

@@ -124,4 +124,4 @@ def test_request_args_are_typed_and_cross_unchanged() -> None:
         p.Request(4, "react", {"chat": "x", "id": "M1"}).parsed_args()
     with pytest.raises(p.ProtocolError, match="bad arguments for stop"):
         p.Request(5, "stop", {"force": True}).parsed_args()
-    assert p.OPS == frozenset(p.ARGS)
+    assert frozenset(p.ARGS) == p.OPS

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -37,7 +37,7 @@ def test_child_lines_round_trip(line: bytes) -> None:
     Disconnected(code=ErrorCode.DIAL_FAILED, error="failed to dial"),
     MessageReceived(message=IncomingMessage(
         id="M1", account="5511900000001", chat="5511988887777@s.whatsapp.net", sender="5511988887777",
-        sender_jid="5511988887777@s.whatsapp.net", timestamp=datetime(2026, 11, 24, tzinfo=timezone.utc),
+        sender_jid="5511988887777@s.whatsapp.net", timestamp=datetime(2026, 11, 24, tzinfo=UTC),
         text="olá", poll_options=["a", "b"])),
 ])
 def test_events_cross_unchanged(event: object) -> None:

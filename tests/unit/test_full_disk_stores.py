@@ -10,17 +10,18 @@ import asyncio
 import errno
 import logging
 import sqlite3
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from harness import SmallDisk
 from wa_mqtt.accounts.dedup import SeenIds
 from wa_mqtt.accounts.outbox import Outbox
 from wa_mqtt.disk_full import DiskFull, DiskFullWatch, is_disk_full
 from wa_mqtt.engines.base import Intake
 from wa_mqtt.mqtt.spool import Spool
+
+from harness import SmallDisk
 
 A = "5511900000001"
 BIG = b"m" * 5000  # more than a page: every append needs a new one
@@ -43,7 +44,7 @@ def make_room(conn: sqlite3.Connection) -> None:
 
 class Clock:
     def __init__(self) -> None:
-        self.now = datetime(2026, 11, 25, 10, tzinfo=timezone.utc)
+        self.now = datetime(2026, 11, 25, 10, tzinfo=UTC)
 
     def __call__(self) -> datetime:
         return self.now

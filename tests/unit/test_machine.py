@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from wa_mqtt.accounts import machine as m
 from wa_mqtt.config import ReconnectConfig
 from wa_mqtt.engines.base import (
-    ClientOutdated, Connected, Crashed, Disconnected, LoggedOut, PairCode, Paired, Qr, StreamReplaced,
+    ClientOutdated,
+    Connected,
+    Crashed,
+    Disconnected,
+    LoggedOut,
+    PairCode,
+    Paired,
+    Qr,
+    StreamReplaced,
     TemporaryBan,
 )
 from wa_mqtt.errors import MESSAGES
 from wa_mqtt.model import AccountState as S
 from wa_mqtt.model import ErrorCode
 
-T0 = datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 POLICY = ReconnectConfig(initial=1, factor=2, max=300, jitter=0.2, flap_window=60)
 
 

@@ -6,14 +6,14 @@ import stat
 import subprocess
 import sys
 import textwrap
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from wa_mqtt.accounts.outbox import Outbox
 
-T0 = datetime(2026, 11, 24, 10, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 24, 10, 0, 0, tzinfo=UTC)
 A, B = "557996277210", "5511999999999"
 
 

@@ -51,7 +51,7 @@ def test_any_bytes_parse_or_fail_with_a_code(raw: bytes, command: tuple[bool, st
 def test_any_json_object_parses_or_names_what_is_wrong(obj: dict, command: tuple[bool, str]) -> None:
     result = parse(*command, json.dumps(obj).encode())
     if isinstance(result, api.ApiError):
-        assert result.code == "invalid_request" and ":" in result.message or "unknown command" in result.message
+        assert (result.code == "invalid_request" and ":" in result.message) or "unknown command" in result.message
     else:
         assert command[1] in ACCOUNT_COMMANDS | BRIDGE_COMMANDS
 
@@ -85,9 +85,10 @@ def test_topic_parsers_never_raise(topic: str) -> None:
 def test_message_translation_never_raises(text: str, caption: str, msg_id: str, user: str, server: str,
                                           pushname: str, timestamp: int, kind: str) -> None:
     from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as E
-    from neonize_factories import jid, message_event
 
     from wa_mqtt.engines.neonize_convert import message_from_event
+
+    from neonize_factories import jid, message_event
 
     content = {
         "conversation": lambda: E.Message(conversation=text),

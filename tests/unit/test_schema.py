@@ -8,16 +8,17 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from wa_mqtt.accounts import dedup
+from wa_mqtt.accounts import outbox as outbox_module
 from wa_mqtt.accounts.dedup import SeenIds
-from wa_mqtt.accounts import dedup, outbox as outbox_module
 from wa_mqtt.accounts.outbox import Outbox
-from wa_mqtt.mqtt import spool as spool_module
 from wa_mqtt.durable import open_wal
+from wa_mqtt.mqtt import spool as spool_module
 from wa_mqtt.mqtt.spool import Spool, SpoolEntry
 from wa_mqtt.schema import (
     Schema,
@@ -29,7 +30,7 @@ from wa_mqtt.schema import (
 )
 
 A = "557996277210"
-T0 = datetime(2026, 11, 24, 10, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 24, 10, 0, 0, tzinfo=UTC)
 
 
 def version_of(path: Path) -> int:

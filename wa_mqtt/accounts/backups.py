@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import sqlite3
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def restore_from_backup(store: Path, backups_dir: Path, name: str | None = None,
             _unlink(tmp)
             log.warning("copy of backup %s did not verify: %s", candidate.name, reason)
             continue
-        _set_aside(store, now or datetime.now(timezone.utc))
+        _set_aside(store, now or datetime.now(UTC))
         os.replace(tmp, store)
         _fsync_dir(store.parent)
         log.info("restored %s from backup %s", store, candidate.name)
@@ -243,8 +243,8 @@ def _free_name(folder: Path, base: str, ext: str) -> Path:
 
 def _stamp(now: datetime) -> str:
     if now.tzinfo is None:
-        now = now.replace(tzinfo=timezone.utc)
-    return now.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        now = now.replace(tzinfo=UTC)
+    return now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 def _private_dir(folder: Path) -> None:

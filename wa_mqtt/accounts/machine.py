@@ -18,11 +18,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import assert_never
 
 from ..config import ReconnectConfig
 from ..engines.base import (
-    ClientOutdated, Connected, Crashed, Disconnected, LoggedOut, PairCode, PairMethod, Paired, Qr,
-    StreamReplaced, TemporaryBan,
+    ClientOutdated,
+    Connected,
+    Crashed,
+    Disconnected,
+    LoggedOut,
+    PairCode,
+    Paired,
+    PairMethod,
+    Qr,
+    StreamReplaced,
+    TemporaryBan,
 )
 from ..errors import ErrorCode
 from ..model import AccountState, Status, utc_iso
@@ -343,4 +353,5 @@ def _decide(acc: Account, event: Input, now: datetime, policy: ReconnectConfig, 
             return acc, [StopSession(), ClearPairing(), ScheduleRetry(expires_at)]
         case ClientOutdated():
             return _park(acc, now, S.ERROR, ErrorCode.CLIENT_OUTDATED)
-    return acc, []
+        case _:
+            assert_never(event)

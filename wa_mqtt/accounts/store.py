@@ -9,6 +9,7 @@ Folders are 0700 and files 0600: a store is a key to someone's WhatsApp.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -17,7 +18,7 @@ import shutil
 import tempfile
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -118,10 +119,8 @@ class SessionStore:
         for folder, _dirs, files in os.walk(paths.root):
             os.chmod(folder, 0o700)
             for name in files:
-                try:
+                with contextlib.suppress(FileNotFoundError):  # an SQLite -journal/-wal file that just went away
                     os.chmod(os.path.join(folder, name), 0o600)
-                except FileNotFoundError:
-                    pass  # an SQLite -journal/-wal file that just went away
 
     def read_meta(self, phone: str) -> dict[str, Any]:
         try:
@@ -149,7 +148,7 @@ class SessionStore:
         with self._meta_lock:
             meta = self.read_meta(phone)
             meta.setdefault("phone", phone)
-            meta.setdefault("created_at", utc_iso(datetime.now(timezone.utc)))
+            meta.setdefault("created_at", utc_iso(datetime.now(UTC)))
             for key, value in changes.items():
                 meta[key] = utc_iso(value) if isinstance(value, datetime) else value
             fd, tmp = tempfile.mkstemp(prefix=".account-", suffix=".tmp", dir=paths.root)  # mode 0600

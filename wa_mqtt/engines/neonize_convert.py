@@ -12,7 +12,7 @@ classes inside the function.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ErrorCode
@@ -91,9 +91,9 @@ def epoch_to_datetime(value: int) -> datetime:
     """Seconds or milliseconds since the epoch (neonize sends both) as an aware UTC datetime."""
     seconds = value / 1000 if value > 100_000_000_000 else value
     try:
-        return datetime.fromtimestamp(seconds, tz=timezone.utc)
+        return datetime.fromtimestamp(seconds, tz=UTC)
     except (OverflowError, OSError, ValueError):
-        return datetime.fromtimestamp(0, tz=timezone.utc)  # out of range: unknown, never a crash
+        return datetime.fromtimestamp(0, tz=UTC)  # out of range: unknown, never a crash
 
 
 def _has(jid: Proto, field: str) -> bool:
@@ -136,7 +136,7 @@ def content_field(message: Proto) -> str | None:
     """The name of the field of a waE2E.Message that holds its content (None when there is none)."""
     for descriptor, _ in message.ListFields():
         if descriptor.name not in _META_FIELDS:
-            return descriptor.name
+            return str(descriptor.name)
     return None
 
 
@@ -160,7 +160,7 @@ def message_text(message: Proto) -> str | None:
     if name is None:
         return None
     if name == "conversation":
-        return message.conversation
+        return str(message.conversation)
     sub = getattr(message, name)
     for field in ("text", "caption", "name", "displayName"):
         if field in sub.DESCRIPTOR.fields_by_name and getattr(sub, field):

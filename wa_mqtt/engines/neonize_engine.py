@@ -16,7 +16,7 @@ import os
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import uuid4
@@ -55,7 +55,7 @@ _STATUS_EVENTS = ("ConnectedEv", "DisconnectedEv", "LoggedOutEv", "StreamReplace
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def store_dsn(store_path: Path) -> str:
@@ -257,7 +257,7 @@ class NeonizeSession:
         self._stopping = True
         try:
             await client.stop()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (neonize raises bare Exceptions from Go; a stop must go on)
             log.warning("%s: stop failed: %s", self.phone, exc)
         if watch is not None and not watch.done():
             try:
@@ -274,7 +274,7 @@ class NeonizeSession:
         """Turns the end of neonize's connect task into an event (the bridge's backoff retries)."""
         try:
             await task
-        except Exception as exc:  # NeonizeError with Go's text
+        except Exception as exc:  # noqa: BLE001 (NeonizeError with Go's text, or whatever the Go side raised)
             if client is not self._client or self._stopping:
                 return
             text = str(exc)
@@ -319,7 +319,7 @@ class NeonizeSession:
         client.event(ev.StreamErrorEv)(self._handler(self._on_stream_error))
         client.event.qr(self._on_qr)
         # neonize ignores the QR channel's end ("success" / "timeout"); take it (called from a Go thread).
-        client._NewAClient__onLoginStatus = self._login_status_callback(client)  # type: ignore[attr-defined]
+        client._NewAClient__onLoginStatus = self._login_status_callback(client)
 
     def _handler(self, translate: Callable[[Proto], EngineEvent | None]) -> Callable[..., Any]:
         async def handle(client: NewAClient, event: Proto) -> None:
@@ -363,7 +363,7 @@ class NeonizeSession:
         log.warning("%s: stream error %s", self.phone, event.Code)
 
     async def _on_qr(self, client: NewAClient, data: bytes) -> None:
-        if client is not self._client:
+        if client is not self._client or client is None:  # a stale client's QR (None: narrows the type)
             return
         if self._pair_method == "qr":
             log.info("%s: QR code offered", self.phone)
@@ -374,7 +374,7 @@ class NeonizeSession:
         self._pair_code_asked = True
         try:
             code = await client.PairPhone(self.phone, True)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (any failure of Go's PairPhone is reported as a status)
             log.warning("%s: pair code request failed: %s", self.phone, exc)
             self._put(Disconnected(code=ErrorCode.CONNECT_FAILURE, error=f"pair code request failed: {exc}"))
             return

@@ -22,18 +22,30 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..media import MediaPolicy
 from ..errors import ErrorCode
+from ..media import MediaPolicy
 from ..model import IncomingMessage, OutgoingMessage, Receipt, SendResult, to_jid
 from .base import (
-    Connected, Crashed, Disconnected, EmitFn, EngineError, LoggedOut, MessageReceived, PairCode,
-    PairMethod, Paired, Qr, ReceiptReceived, SimSent, StreamReplaced,
+    Connected,
+    Crashed,
+    Disconnected,
+    EmitFn,
+    EngineError,
+    LoggedOut,
+    MessageReceived,
+    PairCode,
+    Paired,
+    PairMethod,
+    Qr,
+    ReceiptReceived,
+    SimSent,
+    StreamReplaced,
 )
 from .options import EngineOptions
 from .outgoing_media import load_media
@@ -47,7 +59,7 @@ Clock = Callable[[], datetime]
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _connect(store_path: Path) -> sqlite3.Connection:
@@ -348,7 +360,7 @@ class SimSession:
 
     async def _hang(self, _payload: bytes) -> None:
         """Test aid: the engine stops answering (blocks its process), as neonize can after a QR expiry."""
-        time.sleep(3600)
+        time.sleep(3600)  # noqa: ASYNC251 (the point: block the loop, as a wedged neonize does)
 
     async def _stall_next_send(self, payload: bytes) -> None:
         """Test aid: the next send reaches WhatsApp at once, its answer comes `{"seconds": N}` later."""

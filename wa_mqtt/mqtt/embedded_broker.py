@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 _handling_subscribe: ContextVar[bool] = ContextVar("handling_subscribe", default=False)
 
 
-class EmbeddedBroker(Broker):
+class EmbeddedBroker(Broker):  # type: ignore[misc]  # amqtt ships no type information
     """amqtt's broker, sending retained messages only in answer to a SUBSCRIBE."""
 
     async def _handle_subscription(self, *args: Any, **kwargs: Any) -> None:
