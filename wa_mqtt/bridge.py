@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -23,7 +23,7 @@ from .automations import ReplyHistory, decide
 from .accounts.manager import AccountManager, UnknownAccount
 from .config import Config
 from .engines.base import EngineError
-from .model import AccountState, IncomingMessage, OutgoingMessage, Receipt, Status, is_phone, utc_iso
+from .model import AccountState, IncomingMessage, OutgoingMessage, Receipt, Status, identity, is_phone, utc_iso
 from .mqtt import api
 from .media import MediaPolicy, MediaRefused, check_message
 from .mqtt import discovery
@@ -45,7 +45,7 @@ def qr_png(code: str) -> bytes:
 
 
 def _json(data: Any) -> bytes:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+    return api.encode(data)
 
 
 class Bridge:
@@ -274,14 +274,26 @@ class Bridge:
         if sim is not None and self._config.engine == "sim":
             await self._sim_control(sim.phone, sim.action, incoming.payload)
 
+    def _route(self, incoming: Incoming) -> tuple[Route, ApiError | None]:
+        """Where to answer: the MQTT v5 response topic only when the rule allows it (docs/security.md);
+        a refused one is left out of the route (the answer goes to `.../response/<cmd>` alone)."""
+        try:
+            api.check_response_topic(incoming.response_topic,
+                                     (self._topics.base, self._config.mqtt.discovery_prefix))
+        except ApiError as exc:
+            return Route(), exc
+        return Route(response_topic=incoming.response_topic, correlation_data=incoming.correlation_data), None
+
     async def _serve(self, target: str, command: str, is_bridge: bool, incoming: Incoming) -> None:
-        route = Route(response_topic=incoming.response_topic, correlation_data=incoming.correlation_data)
+        route, refused = self._route(incoming)
         lock = self._locks.setdefault(target, asyncio.Lock())
         async with lock:
             try:
                 data, transaction, has_transaction = api.decode_payload(
                     incoming.payload, self._config.mqtt.max_payload_bytes)
-                route = Route(transaction, has_transaction, incoming.response_topic, incoming.correlation_data)
+                route = replace(route, transaction=transaction, has_transaction=has_transaction)
+                if refused is not None:
+                    raise refused
                 if not is_bridge and not is_phone(target):
                     raise ApiError("unknown_account", f"{target!r} is not an account id (a phone number)")
                 request = api.parse_command(is_bridge, command, data)
@@ -335,7 +347,7 @@ class Bridge:
         """Every send, requested or automatic: policy first, then now or into the outbox."""
         supervisor = self.manager.get(phone)
         outgoing = self._config.outgoing
-        if outgoing.allow_to is not None and message.to not in outgoing.allow_to and message.jid not in outgoing.allow_to:
+        if outgoing.allow_to is not None and identity(message.to) not in {identity(a) for a in outgoing.allow_to}:
             raise ApiError("forbidden", f"to: {message.to} is not in outgoing.allow_to")
         texts = {"text": message.text}
         if message.kind != "text":

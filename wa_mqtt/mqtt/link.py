@@ -27,6 +27,7 @@ from paho.mqtt.properties import Properties
 
 from ..config import MqttConfig, mask_url
 from .spool import Spool
+from .topics import is_topic_name
 
 log = logging.getLogger(__name__)
 
@@ -292,11 +293,19 @@ class MqttLink:
 
     @staticmethod
     async def _send_transient(client: aiomqtt.Client, item: _Transient) -> None:
+        """Publish one response or event; one the client refuses (an invalid topic, too large) is logged and
+        dropped, never raised: it must not end the connection, nor come back after the reconnect."""
         props = None
         if item.correlation_data is not None:
             props = Properties(PacketTypes.PUBLISH)
             props.CorrelationData = item.correlation_data
-        await client.publish(item.topic, item.payload, qos=item.qos, properties=props)
+        if not is_topic_name(item.topic):  # paho would send an empty one, and the broker hang up on us
+            log.error("dropped a publish to %r: not a valid topic name", item.topic[:200])
+            return
+        try:
+            await client.publish(item.topic, item.payload, qos=item.qos, properties=props)
+        except ValueError as exc:
+            log.error("dropped a publish to %r: %s", item.topic[:200], exc)
 
 
 async def start_embedded_broker(port: int) -> object:
