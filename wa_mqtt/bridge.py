@@ -2,12 +2,13 @@
 
 The bridge decides no account state: it shows what the supervisors report and forwards what clients
 ask. Requests for one account are served in arrival order (a per-target lock); different accounts
-are served concurrently.
+are served concurrently; how many wait is bounded (`RequestQueue`), beyond that they are answered `busy`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 from collections.abc import Awaitable, Callable
@@ -29,7 +30,8 @@ from .media import MediaPolicy, MediaRefused, check_message
 from .mqtt import discovery
 from .mqtt.api import ApiError, Route
 from .mqtt.link import Incoming, MqttLink
-from .mqtt.topics import Topics, parse_request_topic, parse_sim_topic
+from .mqtt.request_queue import RequestQueue
+from .mqtt.topics import BRIDGE, RequestTopic, Topics, parse_request_topic, parse_sim_topic
 from .tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,8 @@ class Bridge:
         self._manager: AccountManager | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks = BackgroundTasks(log)  # requests being served, auto-replies, relinks
+        self._requests: RequestQueue[tuple[RequestTopic, Incoming]] = RequestQueue(
+            lambda _target, item: self._serve(*item), self._tasks.spawn)
         self._accepting = True
         self._announced: dict[str, tuple[bool, str | None]] = {}  # phone -> (linked, name) last announced
         self._replies = ReplyHistory()
@@ -263,8 +267,9 @@ class Bridge:
         if request is not None:
             if not self._accepting:
                 return
-            self._tasks.spawn(self._serve(request.target, request.command, request.is_bridge, incoming),
-                             f"request-{request.target}-{request.command}")
+            busy = self._requests.offer(request.target, (request, incoming), len(incoming.payload))
+            if busy is not None:
+                self._answer_busy(request, incoming, busy)
             return
         if discovery.is_ha_birth(self._config.mqtt.discovery_prefix, incoming.topic, incoming.payload):
             log.info("Home Assistant came online: announcing discovery again")
@@ -273,6 +278,13 @@ class Bridge:
         sim = parse_sim_topic(self._topics, incoming.topic)
         if sim is not None and self._config.engine == "sim":
             await self._sim_control(sim.phone, sim.action, incoming.payload)
+
+    def _lock(self, target: str) -> asyncio.Lock | contextlib.nullcontext[None]:
+        """The target's lock (its requests and auto-replies one at a time), for the bridge and existing
+        accounts only: a flood of made-up targets must not leave a lock behind for each."""
+        if target == BRIDGE or (self._manager is not None and self.manager.find(target) is not None):
+            return self._locks.setdefault(target, asyncio.Lock())
+        return contextlib.nullcontext()
 
     def _route(self, incoming: Incoming) -> tuple[Route, ApiError | None]:
         """Where to answer: the MQTT v5 response topic only when the rule allows it (docs/security.md);
@@ -284,10 +296,20 @@ class Bridge:
             return Route(), exc
         return Route(response_topic=incoming.response_topic, correlation_data=incoming.correlation_data), None
 
-    async def _serve(self, target: str, command: str, is_bridge: bool, incoming: Incoming) -> None:
+    def _answer_busy(self, request: RequestTopic, incoming: Incoming, why: str) -> None:
+        route, _ = self._route(incoming)
+        try:
+            _, transaction, has_transaction = api.decode_payload(incoming.payload, self._config.mqtt.max_payload_bytes)
+            route = replace(route, transaction=transaction, has_transaction=has_transaction)
+        except ApiError:
+            pass  # answered busy all the same, without a transaction to echo
+        self._respond(request.target, request.command, route,
+                      api.error(route, "busy", f"not done: {why}; send it again later"))
+
+    async def _serve(self, topic: RequestTopic, incoming: Incoming) -> None:
+        target, command, is_bridge = topic.target, topic.command, topic.is_bridge
         route, refused = self._route(incoming)
-        lock = self._locks.setdefault(target, asyncio.Lock())
-        async with lock:
+        async with self._lock(target):
             try:
                 data, transaction, has_transaction = api.decode_payload(
                     incoming.payload, self._config.mqtt.max_payload_bytes)
@@ -377,6 +399,7 @@ class Bridge:
                     "version": __version__, "uptime": round((now - self._started_at).total_seconds(), 1),
                     "broker_connected": self._link.is_connected, "pending_publishes": self._link.pending(),
                     "spool_dropped": self._link.spool_dropped, "duplicates_dropped": self.duplicates_dropped,
+                    "requests_waiting": self._requests.held, "requests_busy": self._requests.busy,
                     "accounts": manager.health(),
                 }
             case "backup":
