@@ -15,7 +15,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,8 @@ from .config import Config, ConfigError, config_changes, config_file_complete, l
 from .disk_full import DiskFullWatch
 from .engines.base import Engine, Intake
 from .engines.options import EngineOptions
-from .mqtt.api import ApiError
 from .mqtt import discovery
+from .mqtt.api import ApiError
 from .mqtt.embedded_broker import start_embedded_broker
 from .mqtt.link import MqttLink
 from .mqtt.spool import Spool
@@ -42,7 +42,7 @@ Clock = Callable[[], datetime]
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def make_engine(config: Config, intake: Intake | None = None) -> Engine:

@@ -27,7 +27,7 @@ import re
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .auto_reply_rules import (
@@ -195,7 +195,7 @@ def decide(rules: Iterable[AutoReplyRule], message: IncomingMessage, history: Re
     limits = limits or AutoReplyLimits()
     if message.from_me or message.type == "reaction" or message.chat_type not in REPLIABLE_CHAT_TYPES:
         return []
-    sent_at = message.timestamp if message.timestamp.tzinfo else message.timestamp.replace(tzinfo=timezone.utc)
+    sent_at = message.timestamp if message.timestamp.tzinfo else message.timestamp.replace(tzinfo=UTC)
     if now - sent_at > timedelta(seconds=limits.stale_after):
         return []
     for rule in rules:

@@ -2,16 +2,17 @@
 
 The bridge decides no account state: it shows what the supervisors report and forwards what clients
 ask. Requests for one account are served in arrival order (a per-target lock); different accounts
-are served concurrently.
+are served concurrently; how many wait is bounded (`RequestQueue`), beyond that they are answered `busy`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
-import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -19,19 +20,20 @@ import segno
 
 from . import __version__
 from .accounts.dedup import SeenIds
-from .automations import ReplyHistory, decide
 from .accounts.manager import AccountManager, UnknownAccount
 from .accounts.store import StorageError
+from .automations import ReplyHistory, decide
 from .config import Config
 from .disk_full import DiskFull, DiskFullWatch
 from .engines.base import EngineError
-from .model import AccountState, IncomingMessage, OutgoingMessage, Receipt, Status, is_phone, utc_iso
-from .mqtt import api
+from .errors import ErrorCode
 from .media import MediaPolicy, MediaRefused, check_message
-from .mqtt import discovery
+from .model import AccountState, IncomingMessage, OutgoingMessage, Receipt, Status, identity, is_phone, utc_iso
+from .mqtt import api, discovery
 from .mqtt.api import ApiError, Route
 from .mqtt.link import Incoming, MqttLink
-from .mqtt.topics import Topics, parse_request_topic, parse_sim_topic
+from .mqtt.request_queue import RequestQueue
+from .mqtt.topics import BRIDGE, RequestTopic, Topics, parse_request_topic, parse_sim_topic
 from .tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,7 @@ def qr_png(code: str) -> bytes:
 
 
 def _json(data: Any) -> bytes:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+    return api.encode(data)
 
 
 class Bridge:
@@ -65,6 +67,8 @@ class Bridge:
         self._manager: AccountManager | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks = BackgroundTasks(log)  # requests being served, auto-replies, relinks
+        self._requests: RequestQueue[tuple[RequestTopic, Incoming]] = RequestQueue(
+            lambda _target, item: self._serve(*item), self._tasks.spawn)
         self._accepting = True
         self._announced: dict[str, tuple[bool, str | None]] = {}  # phone -> (linked, name) last announced
         self._replies = ReplyHistory()
@@ -274,8 +278,9 @@ class Bridge:
         if request is not None:
             if not self._accepting:
                 return
-            self._tasks.spawn(self._serve(request.target, request.command, request.is_bridge, incoming),
-                             f"request-{request.target}-{request.command}")
+            busy = self._requests.offer(request.target, (request, incoming), len(incoming.payload))
+            if busy is not None:
+                self._answer_busy(request, incoming, busy)
             return
         if discovery.is_ha_birth(self._config.mqtt.discovery_prefix, incoming.topic, incoming.payload):
             log.info("Home Assistant came online: announcing discovery again")
@@ -285,16 +290,45 @@ class Bridge:
         if sim is not None and self._config.engine == "sim":
             await self._sim_control(sim.phone, sim.action, incoming.payload)
 
-    async def _serve(self, target: str, command: str, is_bridge: bool, incoming: Incoming) -> None:
-        route = Route(response_topic=incoming.response_topic, correlation_data=incoming.correlation_data)
-        lock = self._locks.setdefault(target, asyncio.Lock())
-        async with lock:
+    def _lock(self, target: str) -> asyncio.Lock | contextlib.nullcontext[None]:
+        """The target's lock (its requests and auto-replies one at a time), for the bridge and existing
+        accounts only: a flood of made-up targets must not leave a lock behind for each."""
+        if target == BRIDGE or (self._manager is not None and self.manager.find(target) is not None):
+            return self._locks.setdefault(target, asyncio.Lock())
+        return contextlib.nullcontext()
+
+    def _route(self, incoming: Incoming) -> tuple[Route, ApiError | None]:
+        """Where to answer: the MQTT v5 response topic only when the rule allows it (docs/security.md);
+        a refused one is left out of the route (the answer goes to `.../response/<cmd>` alone)."""
+        try:
+            api.check_response_topic(incoming.response_topic,
+                                     (self._topics.base, self._config.mqtt.discovery_prefix))
+        except ApiError as exc:
+            return Route(), exc
+        return Route(response_topic=incoming.response_topic, correlation_data=incoming.correlation_data), None
+
+    def _answer_busy(self, request: RequestTopic, incoming: Incoming, why: str) -> None:
+        route, _ = self._route(incoming)
+        try:
+            _, transaction, has_transaction = api.decode_payload(incoming.payload, self._config.mqtt.max_payload_bytes)
+            route = replace(route, transaction=transaction, has_transaction=has_transaction)
+        except ApiError:
+            pass  # answered busy all the same, without a transaction to echo
+        self._respond(request.target, request.command, route,
+                      api.error(route, ErrorCode.BUSY, f"not done: {why}; send it again later"))
+
+    async def _serve(self, topic: RequestTopic, incoming: Incoming) -> None:
+        target, command, is_bridge = topic.target, topic.command, topic.is_bridge
+        route, refused = self._route(incoming)
+        async with self._lock(target):
             try:
                 data, transaction, has_transaction = api.decode_payload(
                     incoming.payload, self._config.mqtt.max_payload_bytes)
-                route = Route(transaction, has_transaction, incoming.response_topic, incoming.correlation_data)
+                route = replace(route, transaction=transaction, has_transaction=has_transaction)
+                if refused is not None:
+                    raise refused
                 if not is_bridge and not is_phone(target):
-                    raise ApiError("unknown_account", f"{target!r} is not an account id (a phone number)")
+                    raise ApiError(ErrorCode.UNKNOWN_ACCOUNT, f"{target!r} is not an account id (a phone number)")
                 request = api.parse_command(is_bridge, command, data)
                 result = await (self._bridge_command(command, request, route) if is_bridge
                                 else self._account_command(target, command, request, route))
@@ -344,20 +378,20 @@ class Bridge:
             case "typing":
                 await manager.get(phone).engine_call(lambda s: s.typing(request.chat, request.state))
                 return {}
-        raise ApiError("invalid_request", f"unknown command {command!r}")
+        raise ApiError(ErrorCode.INVALID_REQUEST, f"unknown command {command!r}")
 
     async def _send(self, phone: str, message: OutgoingMessage, route: dict[str, Any]) -> dict[str, Any]:
         """Every send, requested or automatic: policy first, then now or into the outbox."""
         supervisor = self.manager.get(phone)
         outgoing = self._config.outgoing
-        if outgoing.allow_to is not None and message.to not in outgoing.allow_to and message.jid not in outgoing.allow_to:
-            raise ApiError("forbidden", f"to: {message.to} is not in outgoing.allow_to")
+        if outgoing.allow_to is not None and identity(message.to) not in {identity(a) for a in outgoing.allow_to}:
+            raise ApiError(ErrorCode.FORBIDDEN, f"to: {message.to} is not in outgoing.allow_to")
         texts = {"text": message.text}
         if message.kind != "text":
             texts[f"{message.kind}.caption"] = getattr(message, message.kind).caption
         for field, value in texts.items():
             if value is not None and len(value) > outgoing.max_text_chars:
-                raise ApiError("too_large", f"{field}: {len(value)} characters; the limit is {outgoing.max_text_chars}")
+                raise ApiError(ErrorCode.TOO_LARGE, f"{field}: {len(value)} characters; the limit is {outgoing.max_text_chars}")
         try:
             check_message(message, MediaPolicy(outgoing.max_media_bytes, outgoing.media_dir, outgoing.block_private_urls))
         except MediaRefused as exc:
@@ -382,15 +416,16 @@ class Bridge:
                     "spool_dropped": self._link.spool_dropped, "duplicates_dropped": self.duplicates_dropped,
                     "disk_full": self._disk is not None and self._disk.error is not None,
                     "held_in_memory": self._disk.held if self._disk is not None else 0,
+                    "requests_waiting": self._requests.held, "requests_busy": self._requests.busy,
                     "accounts": manager.health(),
                 }
             case "backup":
                 return {"backups": await manager.backup(request.phone)}
             case "reload":
                 if self.reloader is None:
-                    raise ApiError("invalid_request", "reload is not available in this bridge")
+                    raise ApiError(ErrorCode.INVALID_REQUEST, "reload is not available in this bridge")
                 return await self.reloader()
-        raise ApiError("invalid_request", f"unknown command {command!r}")
+        raise ApiError(ErrorCode.INVALID_REQUEST, f"unknown command {command!r}")
 
     @staticmethod
     def _state(supervisor: Any) -> dict[str, Any]:

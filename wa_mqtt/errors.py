@@ -31,6 +31,7 @@ class ErrorCode(StrEnum):
     EXPIRED = "expired"
     CONFIG_INVALID = "config_invalid"
     INTERNAL_ERROR = "internal_error"
+    BUSY = "busy"
     # both: a response code and a status error_code
     STORAGE_ERROR = "storage_error"
     DISK_FULL = "disk_full"  # the bridge's data disk is full: incoming messages are held in memory
@@ -52,7 +53,7 @@ E = ErrorCode
 
 RESPONSE_CODES = frozenset({
     E.INVALID_JSON, E.INVALID_REQUEST, E.UNKNOWN_ACCOUNT, E.NOT_CONNECTED, E.ENGINE_ERROR, E.FORBIDDEN,
-    E.TOO_LARGE, E.DISK_FULL, E.EXPIRED, E.CONFIG_INVALID, E.STORAGE_ERROR, E.INTERNAL_ERROR,
+    E.TOO_LARGE, E.DISK_FULL, E.EXPIRED, E.CONFIG_INVALID, E.STORAGE_ERROR, E.INTERNAL_ERROR, E.BUSY,
 })
 """The codes a response can carry (`{"status": "error", "code": ...}`)."""
 
@@ -74,6 +75,7 @@ MESSAGES: Mapping[ErrorCode, str] = MappingProxyType({
                   "outgoing.max_text_chars"),
     E.EXPIRED: "not sent: still queued after outgoing.ttl",
     E.CONFIG_INVALID: "config.yaml is invalid, empty or missing; the running config stays: fix the file",
+    E.BUSY: "not done: too many requests are waiting; send it again later",
     E.INTERNAL_ERROR: "internal error (a bug, see the log): the request had no effect beyond what the response says",
     E.STORAGE_ERROR: ("the sessions folder cannot be written (read-only, permissions, disk full): make it "
                       "writable and try again"),

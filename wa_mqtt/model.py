@@ -7,7 +7,7 @@ JSON on MQTT is `model.model_dump(mode="json")` of them, nothing more.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -42,7 +42,7 @@ def utc_iso(moment: datetime | None) -> str | None:
     """ISO 8601 UTC with a `Z`, seconds precision, as every timestamp on MQTT."""
     if moment is None:
         return None
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class AccountState(StrEnum):
@@ -194,6 +194,18 @@ MEDIA_KINDS = ("image", "video", "audio", "document")
 def to_jid(recipient: str) -> str:
     """A phone or JID as a JID (`5511999999999` → `5511999999999@s.whatsapp.net`)."""
     return recipient if "@" in recipient else f"{recipient}@s.whatsapp.net"
+
+
+def identity(recipient: str) -> str:
+    """Whom a phone or JID names, for comparing them (`outgoing.allow_to`): `5511999999999`,
+    `+5511999999999`, `5511999999999@s.whatsapp.net` and one of its devices
+    (`5511999999999:12@s.whatsapp.net`) are all `5511999999999@s.whatsapp.net`; groups are themselves."""
+    user, at, server = recipient.lstrip("+").partition("@")
+    if not at:
+        server = "s.whatsapp.net"
+    if server in ("s.whatsapp.net", "lid"):
+        user = user.split(":", 1)[0].split(".", 1)[0]  # `user.agent:device`: the person, not the device
+    return f"{user}@{server}"
 
 
 class OutgoingMessage(BaseModel):

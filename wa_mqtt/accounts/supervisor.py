@@ -20,8 +20,17 @@ from typing import Any, Protocol, TypeVar
 from ..config import Config
 from ..disk_full import DiskFull
 from ..engines.base import (
-    Disconnected, Engine, EngineError, EngineEvent, EngineSession, MessageReceived, PairMethod, ReceiptReceived,
-    SimControllable, SimSent, new_message_id,
+    Disconnected,
+    Engine,
+    EngineError,
+    EngineEvent,
+    EngineSession,
+    MessageReceived,
+    PairMethod,
+    ReceiptReceived,
+    SimControllable,
+    SimSent,
+    new_message_id,
 )
 from ..errors import ErrorCode
 from ..model import AccountState, IncomingMessage, OutgoingMessage, Receipt, SendResult, Status
