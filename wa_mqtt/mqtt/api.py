@@ -6,8 +6,9 @@ Every failure is an `ApiError` with a response code; the message names the offen
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -28,12 +29,13 @@ class ApiError(Exception):
 class Route:
     """Where and how to answer: the echoed `transaction` and the MQTT v5 response topic."""
 
-    transaction: Any = None
+    transaction: object = None  # any JSON value, echoed as given
     has_transaction: bool = False
     response_topic: str | None = None
     correlation_data: bytes | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
+        """As JSON: the reply reference stored with a queued send (the outbox never reads it)."""
         return {
             "transaction": self.transaction, "has_transaction": self.has_transaction,
             "response_topic": self.response_topic,
@@ -41,10 +43,16 @@ class Route:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Route:
-        corr = data.get("correlation_data")
-        return cls(data.get("transaction"), bool(data.get("has_transaction")), data.get("response_topic"),
-                   bytes.fromhex(corr) if corr else None)
+    def from_dict(cls, data: Mapping[str, object]) -> Route:
+        corr, topic = data.get("correlation_data"), data.get("response_topic")
+        return cls(data.get("transaction"), bool(data.get("has_transaction")), topic if isinstance(topic, str) else None,
+                   bytes.fromhex(corr) if isinstance(corr, str) and corr else None)
+
+    @staticmethod
+    def is_route(data: Mapping[str, object]) -> bool:
+        """True for a reply reference made by `to_dict`, or none at all (answered on the response topic
+        without a transaction); False for one of another kind (an auto-reply's)."""
+        return "has_transaction" in data or not data
 
 
 class _Req(BaseModel):
@@ -126,7 +134,7 @@ BRIDGE_SCHEMAS: dict[str, type[BaseModel]] = {
 assert set(ACCOUNT_SCHEMAS) == ACCOUNT_COMMANDS and set(BRIDGE_SCHEMAS) == BRIDGE_COMMANDS
 
 
-def decode_payload(raw: bytes, max_bytes: int = MAX_REQUEST_BYTES) -> tuple[dict[str, Any], Any, bool]:
+def decode_payload(raw: bytes, max_bytes: int = MAX_REQUEST_BYTES) -> tuple[dict[str, object], object, bool]:
     """The request object, its `transaction` and whether it had one. Empty payload = `{}`."""
     if len(raw) > max_bytes:
         raise ApiError("too_large", f"request is {len(raw)} bytes; the limit is {max_bytes}")
@@ -145,7 +153,7 @@ def decode_payload(raw: bytes, max_bytes: int = MAX_REQUEST_BYTES) -> tuple[dict
     return data, transaction, has_transaction
 
 
-def parse_command(is_bridge: bool, command: str, data: dict[str, Any]) -> BaseModel:
+def parse_command(is_bridge: bool, command: str, data: Mapping[str, object]) -> BaseModel:
     """Validate `data` against the command's schema; unknown commands are `invalid_request`."""
     schemas = BRIDGE_SCHEMAS if is_bridge else ACCOUNT_SCHEMAS
     schema = schemas.get(command)
@@ -170,22 +178,17 @@ def describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def ok(route: Route, data: dict[str, Any] | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"status": "ok", "data": data or {}}
+def ok(route: Route, data: Mapping[str, object] | None = None) -> dict[str, object]:
+    """The response body of a request carried out (`data`: its result); see `error` for a refused one."""
+    body: dict[str, object] = {"status": "ok", "data": data or {}}
     if route.has_transaction:
         body["transaction"] = route.transaction
     return body
 
 
-def error(route: Route, code: str, message: str) -> dict[str, Any]:
-    body: dict[str, Any] = {"status": "error", "error": message, "code": code}
+def error(route: Route, code: str, message: str) -> dict[str, object]:
+    """The response body of a request refused or failed."""
+    body: dict[str, object] = {"status": "error", "error": message, "code": code}
     if route.has_transaction:
         body["transaction"] = route.transaction
-    return body
-
-
-def with_route(route: Route, body: dict[str, Any]) -> dict[str, Any]:
-    """A response body built elsewhere (deferred send results) with the route's transaction."""
-    if route.has_transaction:
-        return {**body, "transaction": route.transaction}
     return body
