@@ -103,7 +103,9 @@ class App:
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True)
         intake = Intake()
-        disk = self.disk = DiskFullWatch(intake, config.disk_full_hold_mb << 20)
+        bus = EventBus()
+        disk = self.disk = DiskFullWatch(intake, config.disk_full_hold_mb << 20,
+                                         on_change=lambda error: bus.emit(ev.DiskFullChanged(error)))
         with contextlib.ExitStack() as opened:  # a file refused (schema.SchemaError) closes those opened before it
             spool = opened.enter_context(contextlib.closing(Spool(config.data_dir / "spool.db", report=disk.report)))
             outbox = opened.enter_context(contextlib.closing(
@@ -126,7 +128,6 @@ class App:
             engine = self._engine or make_engine(config, intake)
             topics = Topics(config.mqtt.base_topic)
             started_at = self._clock()
-            bus = EventBus()
 
             async def on_message(incoming: Incoming) -> None:
                 event = ev.MqttMessageReceived(incoming)
@@ -139,7 +140,6 @@ class App:
             manager = AccountManager(config, engine, SessionStore(config.sessions_dir), bus, outbox,
                                      self._clock, self._rng)
             sending = SendService(manager, config)
-            disk.on_change = manager.set_disk_full
             extensions: list[Extension] = [
                 StatePublisher(bus, config, topics, link, manager, seen, started_at, disk),
                 RequestServer(bus, config, topics, link, manager, sending, seen, self._clock, started_at,

@@ -6,7 +6,7 @@ Who emits what:
   `EngineCrashed`, `SendCompleted`, `SendFailed`, `SimSent`;
 - the manager (all accounts): `AccountAdded`, `AccountDropped`, `AccountRemoved`, `AccountsChanged`,
   `StoreRestored`, `LinkedOtherNumber`;
-- the app: `ConfigReloaded`, `ConfigInvalid`, and from the MQTT link `LinkConnected`, `MqttMessageReceived`;
+- the app: `ConfigReloaded`, `ConfigInvalid`, `DiskFullChanged` (from `DiskFullWatch`), and from the MQTT link `LinkConnected`, `MqttMessageReceived`;
 - features: `MessagePublished` (state publisher), `AutoReplySent` / `AutoReplyDelivered` /
   `AutoReplyFailed` (auto-reply).
 
@@ -198,6 +198,13 @@ class ConfigInvalid:
 
 
 @dataclass(frozen=True, slots=True)
+class DiskFullChanged:
+    """The data disk filled up (`error`: the status text every account shows) or has space again (None)."""
+
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class LinkConnected:
     """The MQTT link (re)connected; its retained topics are republished right after."""
 
@@ -257,6 +264,6 @@ Event = (
     StatusChanged | StatsChanged | MessageReceived | ReceiptReceived | PairingOffered | PairingCleared
     | AccountConnected | Paired | LinkedElsewhere | LoggedOut | EngineCrashed | SendCompleted | SendFailed
     | SimSent | AccountAdded | AccountDropped | AccountRemoved | AccountsChanged | StoreRestored
-    | LinkedOtherNumber | ConfigReloaded | ConfigInvalid | LinkConnected | MqttMessageReceived
+    | LinkedOtherNumber | ConfigReloaded | ConfigInvalid | DiskFullChanged | LinkConnected | MqttMessageReceived
     | MessagePublished | AutoReplySent | AutoReplyDelivered | AutoReplyFailed
 )

@@ -89,3 +89,20 @@ def test_events_are_frozen_and_slotted() -> None:
     for event_type in typing.get_args(ev.Event):
         assert dataclasses.is_dataclass(event_type) and event_type.__dataclass_params__.frozen  # type: ignore[attr-defined]  # set on every dataclass
         assert "__slots__" in vars(event_type)
+
+
+def test_no_feature_imports_another_nor_the_accounts_layer_a_feature() -> None:
+    """Features meet on the bus: none imports another, and nothing below them imports a feature."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[2] / "wa_mqtt"
+    features = {path.stem for path in (package / "features").glob("*.py")} - {"__init__"}
+    for path in package.rglob("*.py"):
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module.split(".")[-1])
+                imported.update(alias.name for alias in node.names)
+        if path.parent.name == "features" or path.name != "app.py":
+            assert not (imported & features), f"{path.relative_to(package)} imports {imported & features}"

@@ -62,6 +62,7 @@ class AccountManager:
         self._disk_full: str | None = None  # the data disk's condition, for accounts added meanwhile
         bus.subscribe(ev.AccountConnected, lambda event: self.after_connected(event.phone), OWNER)
         bus.subscribe(ev.LinkedElsewhere, self._on_linked_elsewhere, OWNER)
+        bus.subscribe(ev.DiskFullChanged, lambda event: self.set_disk_full(event.error), OWNER)
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def run(self) -> None:

@@ -26,13 +26,12 @@ from ..disk_full import DiskFull, DiskFullWatch
 from ..engines.base import EngineError
 from ..model import is_phone
 from ..mqtt import api
-from ..mqtt.api import ApiError, Route
+from ..mqtt.api import ApiError, Route, encode
 from ..mqtt.link import Incoming, MqttLink
 from ..mqtt.requests import ACCOUNT_REQUESTS, BRIDGE_REQUESTS, Call, Result, Services
 from ..mqtt.topics import BRIDGE, RequestTopic, Topics, parse_request_topic
 from ..sending import SendService
 from ..tasks import BackgroundTasks
-from .state_publisher import encode
 
 if TYPE_CHECKING:
     from ..accounts.manager import AccountManager

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 from .. import events as ev
 from ..bus import EventBus
 from ..engines.base import EngineError
+from ..mqtt.api import encode
 from ..mqtt.link import MqttLink
 from ..mqtt.topics import Topics, parse_sim_topic
-from .state_publisher import encode
 
 if TYPE_CHECKING:
     from ..accounts.manager import AccountManager

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -27,6 +26,7 @@ from ..bus import EventBus
 from ..config import Config
 from ..disk_full import DiskFullWatch
 from ..model import utc_iso
+from ..mqtt.api import encode
 from ..mqtt.link import MqttLink
 from ..mqtt.topics import Topics
 
@@ -43,10 +43,6 @@ def qr_png(code: str) -> bytes:
     buffer = io.BytesIO()
     segno.make(code, error="l", micro=False).save(buffer, kind="png", scale=6, border=2)
     return buffer.getvalue()
-
-
-def encode(data: object) -> bytes:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def bridge_event(event: ev.Event) -> tuple[str, dict[str, object]]:

@@ -192,3 +192,8 @@ def error(route: Route, code: str, message: str) -> dict[str, object]:
     if route.has_transaction:
         body["transaction"] = route.transaction
     return body
+
+
+def encode(data: object) -> bytes:
+    """JSON bytes for anything the bridge publishes: UTF-8, compact."""
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
