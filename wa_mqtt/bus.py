@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
 
 log = logging.getLogger(__name__)
 E = TypeVar("E")
@@ -31,7 +31,9 @@ class EventBus:
 
     def subscribe(self, event_type: type[E], handler: Callable[[E], None], owner: str) -> None:
         """Call `handler` with every event of exactly `event_type`, after the handlers subscribed before."""
-        self._listeners.setdefault(event_type, []).append(_Listener(owner, handler))  # type: ignore[arg-type]  # keyed by the event's own type, so each handler only ever gets its E
+        # listeners are keyed by the event's exact type, so each handler is only ever called with its E
+        listener = _Listener(owner, cast("Callable[[object], None]", handler))
+        self._listeners.setdefault(event_type, []).append(listener)
 
     def unsubscribe(self, owner: str) -> None:
         for event_type, listeners in list(self._listeners.items()):

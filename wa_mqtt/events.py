@@ -6,7 +6,8 @@ Who emits what:
   `EngineCrashed`, `SendCompleted`, `SendFailed`, `SimSent`;
 - the manager (all accounts): `AccountAdded`, `AccountDropped`, `AccountRemoved`, `AccountsChanged`,
   `StoreRestored`, `LinkedOtherNumber`;
-- the app: `ConfigReloaded`, `ConfigInvalid`, `DiskFullChanged` (from `DiskFullWatch`), and from the MQTT link `LinkConnected`, `MqttMessageReceived`;
+- the app: `ConfigReloaded`, `ConfigInvalid`, `DiskFullChanged` (from `DiskFullWatch`), and from the
+  MQTT link `LinkConnected`, `MqttMessageReceived`;
 - features: `MessagePublished` (state publisher), `AutoReplySent` / `AutoReplyDelivered` /
   `AutoReplyFailed` (auto-reply).
 

@@ -5,13 +5,14 @@ answered after the upgrade."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from harness import BridgeEnv, BridgeProcess, Probe
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from wa_mqtt.accounts.outbox import Outbox
+
+from harness import BridgeEnv, BridgeProcess, Probe
 
 A = "5511900000071"
 ANA = "5511988887777"
@@ -49,7 +50,7 @@ async def test_a_send_queued_by_an_earlier_version_is_answered_after_the_upgrade
     env.write_config()
     env.link_sim_account(A)
     (env.root / "data").mkdir(parents=True)
-    outbox = Outbox(env.root / "data" / "outbox.db", lambda: datetime.now(timezone.utc))
+    outbox = Outbox(env.root / "data" / "outbox.db", lambda: datetime.now(UTC))
     route = {"transaction": "old", "has_transaction": True, "response_topic": None, "correlation_data": None}
     outbox.enqueue(A, {"message": {"to": ANA, "text": "from before"}, "route": route}, None)
     outbox.close()

@@ -100,7 +100,7 @@ class RequestServer:
                 parsed = api.parse_command(request.is_bridge, command, data)
                 row = (BRIDGE_REQUESTS if request.is_bridge else ACCOUNT_REQUESTS)[command]
                 body = api.ok(route, await row.run(Call(self._services, target, route.to_dict()), parsed))
-            except Exception as exc:  # every failure is answered; a bug too (logged with its trace)
+            except Exception as exc:  # noqa: BLE001 - every failure is answered; a bug too (`_refusal` logs its trace)
                 refusal = _refusal(exc, f"{target}/{command}")
                 body = api.error(route, refusal.code, refusal.message)
                 log.info("request %s/%s refused: %s", target, command, refusal.code)

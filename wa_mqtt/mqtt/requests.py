@@ -21,8 +21,14 @@ from ..events import Reply
 from ..model import OutgoingMessage
 from . import api
 from .api import (
-    ConnectRequest, EmptyRequest, OptionalPhoneRequest, PairRequest, PhoneRequest, ReactRequest,
-    ReadRequest, TypingRequest,
+    ConnectRequest,
+    EmptyRequest,
+    OptionalPhoneRequest,
+    PairRequest,
+    PhoneRequest,
+    ReactRequest,
+    ReadRequest,
+    TypingRequest,
 )
 
 if TYPE_CHECKING:
