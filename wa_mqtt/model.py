@@ -202,6 +202,18 @@ def to_jid(recipient: str) -> str:
     return recipient if "@" in recipient else f"{recipient}@s.whatsapp.net"
 
 
+def identity(recipient: str) -> str:
+    """Whom a phone or JID names, for comparing them (`outgoing.allow_to`): `5511999999999`,
+    `+5511999999999`, `5511999999999@s.whatsapp.net` and one of its devices
+    (`5511999999999:12@s.whatsapp.net`) are all `5511999999999@s.whatsapp.net`; groups are themselves."""
+    user, at, server = recipient.lstrip("+").partition("@")
+    if not at:
+        server = "s.whatsapp.net"
+    if server in ("s.whatsapp.net", "lid"):
+        user = user.split(":", 1)[0].split(".", 1)[0]  # `user.agent:device`: the person, not the device
+    return f"{user}@{server}"
+
+
 class OutgoingMessage(BaseModel):
     """`wa/<phone>/request/send` once validated (contract section 7)."""
 

@@ -2,8 +2,10 @@
 
 It subscribes the request topics, decodes and validates each request (api.py), carries it out through
 the request table (mqtt/requests.py) and answers on `<base>/<target>/response/<cmd>` and, for MQTT v5,
-on the request's response topic with its correlation data. Requests for one target are served in
-arrival order (the target's turn in the send service); different targets concurrently. A send that
+on the request's response topic with its correlation data, when the response topic rule allows it
+(docs/security.md). Requests for one target are served in arrival order (the request queue, and the
+target's turn in the send service, shared with auto-replies); different targets concurrently. How many
+wait is bounded (`RequestQueue`): beyond that a request is answered `busy` at once. A send that
 had to wait in the outbox is answered later, from `SendCompleted` / `SendFailed`: the reply route
 (response topic, correlation data, transaction) went down with it as an opaque reference.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -28,6 +31,7 @@ from ..model import is_phone
 from ..mqtt import api
 from ..mqtt.api import ApiError, Route, encode
 from ..mqtt.link import Incoming, MqttLink
+from ..mqtt.request_queue import RequestQueue
 from ..mqtt.requests import ACCOUNT_REQUESTS, BRIDGE_REQUESTS, Call, Result, Services
 from ..mqtt.topics import BRIDGE, RequestTopic, Topics, parse_request_topic
 from ..sending import SendService
@@ -58,6 +62,8 @@ class RequestServer:
         self._disk = disk
         self._services = Services(manager, sending, self._health, reload)
         self._tasks = BackgroundTasks(log)  # requests being served
+        self._requests: RequestQueue[tuple[RequestTopic, Incoming]] = RequestQueue(
+            lambda _target, item: self._serve(*item), self._tasks.spawn)
         self._accepting = False
 
     def start(self) -> None:
@@ -85,16 +91,41 @@ class RequestServer:
         request = parse_request_topic(self._topics, event.message.topic)
         if request is None or not self._accepting:
             return
-        self._tasks.spawn(self._serve(request, event.message), f"request-{request.target}-{request.command}")
+        incoming = event.message
+        busy = self._requests.offer(request.target, (request, incoming), len(incoming.payload))
+        if busy is not None:
+            self._answer_busy(request, incoming, busy)
+
+    def _route(self, incoming: Incoming) -> tuple[Route, ApiError | None]:
+        """Where to answer: the MQTT v5 response topic only when the rule allows it (docs/security.md);
+        a refused one is left out of the route (the answer goes to `.../response/<cmd>` alone)."""
+        try:
+            api.check_response_topic(incoming.response_topic,
+                                     (self._topics.base, self._config.mqtt.discovery_prefix))
+        except ApiError as exc:
+            return Route(), exc
+        return Route(response_topic=incoming.response_topic, correlation_data=incoming.correlation_data), None
+
+    def _answer_busy(self, request: RequestTopic, incoming: Incoming, why: str) -> None:
+        route, _ = self._route(incoming)
+        try:
+            _, transaction, has_transaction = api.decode_payload(incoming.payload, self._config.mqtt.max_payload_bytes)
+            route = replace(route, transaction=transaction, has_transaction=has_transaction)
+        except ApiError:
+            pass  # answered busy all the same, without a transaction to echo
+        self._respond(request.target, request.command, route,
+                      api.error(route, "busy", f"not done: {why}; send it again later"))
 
     async def _serve(self, request: RequestTopic, incoming: Incoming) -> None:
         target, command = request.target, request.command
-        route = Route(response_topic=incoming.response_topic, correlation_data=incoming.correlation_data)
+        route, refused = self._route(incoming)
         async with self._sending.lock(target):
             try:
                 data, transaction, has_transaction = api.decode_payload(
                     incoming.payload, self._config.mqtt.max_payload_bytes)
-                route = Route(transaction, has_transaction, incoming.response_topic, incoming.correlation_data)
+                route = replace(route, transaction=transaction, has_transaction=has_transaction)
+                if refused is not None:
+                    raise refused
                 if not request.is_bridge and not is_phone(target):
                     raise ApiError("unknown_account", f"{target!r} is not an account id (a phone number)")
                 parsed = api.parse_command(request.is_bridge, command, data)
@@ -132,6 +163,7 @@ class RequestServer:
             "spool_dropped": self._link.spool_dropped, "duplicates_dropped": self._seen.duplicates,
             "disk_full": self._disk is not None and self._disk.error is not None,
             "held_in_memory": self._disk.held if self._disk is not None else 0,
+            "requests_waiting": self._requests.held, "requests_busy": self._requests.busy,
         }
 
 

@@ -1,19 +1,26 @@
 """Requests and responses (contract section 5): payload → typed command, result → response JSON. No I/O.
 
-Every failure is an `ApiError` with a response code; the message names the offending field.
+Every failure is an `ApiError` with a response code; the message names the offending field. Requests
+are strict JSON (RFC 8259 in UTF-8, as I-JSON, RFC 7493, narrows it: no `NaN`/`Infinity`, no number
+beyond a double, no lone surrogate, no repeated key), and every body the bridge publishes is too.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import logging
+import math
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..model import JID_RE, OutgoingMessage, is_phone
-from .topics import ACCOUNT_COMMANDS, BRIDGE_COMMANDS
+from .topics import ACCOUNT_COMMANDS, BRIDGE_COMMANDS, is_topic_name, within
+
+log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 96 * 1024 * 1024  # a 64 MB media file in base64 plus the envelope
 
@@ -123,9 +130,21 @@ def _phone(value: str) -> str:
     return value
 
 
+class SendRequest(OutgoingMessage):
+    """`send` as a request: `text` or one media object, not both (the media's text is its `caption`).
+    A rule of the request, not of `OutgoingMessage`, so sends queued by an older version still load."""
+
+    @model_validator(mode="after")
+    def _text_or_media(self) -> SendRequest:
+        if self.text is not None and self.kind != "text":
+            raise ValueError(f"text and {self.kind}: give one of them; "
+                             f"the {self.kind}'s text goes in {self.kind}.caption")
+        return self
+
+
 ACCOUNT_SCHEMAS: dict[str, type[BaseModel]] = {
     "connect": ConnectRequest, "disconnect": EmptyRequest, "logout": EmptyRequest,
-    "send": OutgoingMessage, "react": ReactRequest, "read": ReadRequest, "typing": TypingRequest,
+    "send": SendRequest, "react": ReactRequest, "read": ReadRequest, "typing": TypingRequest,
 }
 BRIDGE_SCHEMAS: dict[str, type[BaseModel]] = {
     "pair": PairRequest, "remove": PhoneRequest, "backup": OptionalPhoneRequest,
@@ -140,17 +159,116 @@ def decode_payload(raw: bytes, max_bytes: int = MAX_REQUEST_BYTES) -> tuple[dict
         raise ApiError("too_large", f"request is {len(raw)} bytes; the limit is {max_bytes}")
     if not raw.strip():
         return {}, None, False
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError("invalid_json", f"payload is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise ApiError("invalid_json", "payload is nested too deeply") from None
+    data = loads_strict(raw)
     if not isinstance(data, dict):
         raise ApiError("invalid_request", "payload must be a JSON object")
     has_transaction = "transaction" in data
     transaction = data.pop("transaction", None)
     return data, transaction, has_transaction
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def loads_strict(raw: bytes) -> Any:
+    """`raw` as strict JSON: UTF-8 (a leading BOM is ignored), no `NaN`/`Infinity`, every number a finite
+    double, no lone surrogate (`"\\ud800"`), no key twice. Anything else is `invalid_json`."""
+    try:
+        text = raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        raise ApiError("invalid_json", f"payload is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    try:
+        data = json.loads(text, parse_constant=_no_constant, parse_float=_finite, object_pairs_hook=_object)
+    except ValueError as exc:
+        raise ApiError("invalid_json", f"payload is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError("invalid_json", "payload is nested too deeply") from None
+    if "\\u" in text and (where := _lone_surrogate(data)) is not None:  # only an escape can make one
+        raise ApiError("invalid_json", f"payload is not valid JSON: {where}: a lone surrogate (\\ud800-\\udfff) "
+                                       "is not a character")
+    return data
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError(f"{literal[:20]} is out of range for a number")
+    return value
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise ValueError(f"key {_printable(key)[:100]!r} appears twice")
+        data[key] = value
+    return data
+
+
+def _lone_surrogate(data: Any) -> str | None:
+    """Where (`ids.3`, `transaction`) the first key or string holding a lone surrogate is, if any."""
+    if isinstance(data, str):
+        return "payload" if _SURROGATE.search(data) else None
+    stack: list[tuple[Any, tuple[str, ...]]] = [(data, ())]
+    while stack:  # no recursion: as deep as the parser allowed
+        value, path = stack.pop()
+        if not isinstance(value, (dict, list)):
+            continue
+        for key, item in (value.items() if isinstance(value, dict) else enumerate(value)):
+            here = (*path, _printable(str(key))[:100])
+            if _SURROGATE.search(str(key)) or (isinstance(item, str) and _SURROGATE.search(item)):
+                return ".".join(here)
+            if isinstance(item, (dict, list)):
+                stack.append((item, here))
+    return None
+
+
+def _printable(text: str) -> str:
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def check_response_topic(topic: str | None, reserved: Iterable[str]) -> None:
+    """The rule for an MQTT v5 response topic: a topic name (no `+` or `#`), not a `$` topic, and
+    outside the bridge's own topics (`reserved`: the base topic and the discovery prefix), so a client
+    allowed only to publish requests cannot make the bridge write its state, events or discovery."""
+    if not topic:  # none, or empty (as some clients send for none)
+        return
+    if not is_topic_name(topic):
+        raise ApiError("invalid_request", f"response topic {_printable(topic)[:200]!r} is not a topic name "
+                                          "(it has a wildcard + or #, a U+0000, or over 65,535 bytes)")
+    if topic.startswith("$"):
+        raise ApiError("invalid_request", f"response topic {topic[:200]!r}: $ topics belong to the broker")
+    for root in reserved:
+        if within(topic, root):
+            raise ApiError("forbidden", f"response topic {topic[:200]!r} is one of the bridge's own topics "
+                                        f"({root}/#); answer to a topic outside them")
+
+
+def encode(data: object) -> bytes:
+    """Strict JSON bytes for anything the bridge publishes: UTF-8, no `NaN`/`Infinity`. A value that
+    cannot be both (a non-finite number, a lone surrogate from a file name) is replaced, not raised:
+    null for the number, U+FFFD for the surrogate, so a response always goes out and always parses."""
+    try:
+        return json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    except (ValueError, UnicodeEncodeError):  # rare: clean a copy, keep the fast path fast
+        log.debug("publishing a body with a non-finite number or a lone surrogate, replaced")
+        return json.dumps(_clean(data), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, str):
+        return _printable(value)
+    if isinstance(value, dict):
+        return {_clean(k) if isinstance(k, str) else k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
 
 
 def parse_command(is_bridge: bool, command: str, data: Mapping[str, object]) -> BaseModel:
@@ -192,8 +310,3 @@ def error(route: Route, code: str, message: str) -> dict[str, object]:
     if route.has_transaction:
         body["transaction"] = route.transaction
     return body
-
-
-def encode(data: object) -> bytes:
-    """JSON bytes for anything the bridge publishes: UTF-8, compact."""
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()

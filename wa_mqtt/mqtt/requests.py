@@ -18,7 +18,6 @@ from pydantic import BaseModel
 
 from .. import __version__
 from ..events import Reply
-from ..model import OutgoingMessage
 from . import api
 from .api import (
     ConnectRequest,
@@ -28,6 +27,7 @@ from .api import (
     PhoneRequest,
     ReactRequest,
     ReadRequest,
+    SendRequest,
     TypingRequest,
 )
 
@@ -94,7 +94,7 @@ async def _logout(call: Call, _request: EmptyRequest) -> Result:
     return _state(await call.services.manager.logout(call.target))
 
 
-async def _send(call: Call, request: OutgoingMessage) -> Result:
+async def _send(call: Call, request: SendRequest) -> Result:
     return (await call.services.sending.send(call.target, request, call.reply)).payload()
 
 
@@ -145,7 +145,7 @@ ACCOUNT_REQUESTS: Mapping[str, Command] = {
     "connect": command(ConnectRequest, _connect),
     "disconnect": command(EmptyRequest, _disconnect),
     "logout": command(EmptyRequest, _logout),
-    "send": command(OutgoingMessage, _send),
+    "send": command(SendRequest, _send),
     "react": command(ReactRequest, _react),
     "read": command(ReadRequest, _read),
     "typing": command(TypingRequest, _typing),

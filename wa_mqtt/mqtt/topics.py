@@ -82,9 +82,26 @@ class Topics:
         return f"{self.base}/{SIM}/+/+"
 
 
+def is_topic_name(topic: str) -> bool:
+    """True for a name a client may publish to (MQTT 4.7): not empty, no wildcard (`+`, `#`), no U+0000,
+    encodable as UTF-8 (no lone surrogate) in at most 65,535 bytes."""
+    if not topic or any(c in topic for c in "+#\x00"):
+        return False
+    try:
+        return len(topic.encode("utf-8")) <= 65535
+    except UnicodeEncodeError:
+        return False
+
+
+def within(topic: str, root: str) -> bool:
+    """True when `topic` is `root` or below it (what the filter `<root>/#` matches)."""
+    return topic == root or topic.startswith(root + "/")
+
+
 @dataclass(frozen=True)
 class RequestTopic:
-    """A parsed `<base>/<target>/request/<cmd>`; target is `bridge` or a phone (unchecked)."""
+    """A parsed `<base>/<target>/request/<cmd>`; target is `bridge` or a phone (unchecked, may be empty:
+    `wa//request/connect` is a request for the account `""`, answered `unknown_account`)."""
 
     target: str
     command: str
@@ -105,7 +122,7 @@ def parse_request_topic(topics: Topics, topic: str) -> RequestTopic | None:
     if not topic.startswith(prefix):
         return None
     parts = topic[len(prefix):].split("/")
-    if len(parts) != 3 or parts[1] != "request" or not parts[0] or not parts[2]:
+    if len(parts) != 3 or parts[1] != "request":
         return None
     return RequestTopic(parts[0], parts[2])
 
