@@ -1,11 +1,12 @@
 """Wires the parts together and owns the top TaskGroup, the startup order and the shutdown order.
 
 Startup: the sessions folder's lock (one bridge per folder) and, for the embedded broker, a free port
-(either failing is a StartupError: exit 2) → durable files → (embedded broker) → link, bridge, manager
-→ restore every account at once.
-Shutdown (SIGTERM/SIGINT): stop accepting requests, finish the ones being served, close the engine
-sessions (each running account then shows `stopped`), publish what is queued and then `offline`
-(retained), disconnect, close files.
+(either failing is a StartupError: exit 2) → durable files → (embedded broker) → the event bus, the
+MQTT link (its callbacks emit on the bus), the account manager, the send service → the extensions
+(features/), started in order → link and accounts run, every account restored at once.
+Shutdown (SIGTERM/SIGINT): the extensions drain in reverse order (no more requests, finish the ones
+being served), the engine sessions close (each running account then shows `stopped`), the extensions
+stop in reverse order, what is queued is published and then `offline` (retained), disconnect, close files.
 """
 
 from __future__ import annotations
@@ -19,21 +20,29 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from . import events as ev
 from .accounts.dedup import SeenIds
 from .accounts.manager import AccountManager
 from .accounts.outbox import Outbox
 from .accounts.store import SessionStore
-from .bridge import Bridge
+from .bus import EventBus
 from .config import Config, ConfigError, config_changes, config_file_complete, load_config, without_restart_changes
 from .disk_full import DiskFullWatch
 from .engines.base import Engine, Intake
 from .engines.options import EngineOptions
-from .mqtt import discovery
+from .errors import ErrorCode
+from .features import Extension
+from .features.auto_reply import AutoReply
+from .features.ha_discovery import HaDiscovery
+from .features.request_server import RequestServer
+from .features.sim_control import SimControl
+from .features.state_publisher import StatePublisher
 from .mqtt.api import ApiError
 from .mqtt.embedded_broker import start_embedded_broker
-from .mqtt.link import MqttLink
+from .mqtt.link import Incoming, MqttLink
 from .mqtt.spool import Spool
 from .mqtt.topics import Topics
+from .sending import SendService
 from .startup import ensure_port_free, lock_sessions_folder, port_error
 from .watch import Watcher
 
@@ -72,8 +81,9 @@ class App:
         self._engine = engine
         self._clock = clock
         self._rng = rng
-        self.bridge: Bridge | None = None
+        self.bus: EventBus | None = None
         self.manager: AccountManager | None = None
+        self.sending: SendService | None = None
         self.link: MqttLink | None = None
         self._seen_half_written = False  # the config file seemed half-written once already
         self.disk: DiskFullWatch | None = None
@@ -94,7 +104,9 @@ class App:
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True)
         intake = Intake()
-        disk = self.disk = DiskFullWatch(intake, config.disk_full_hold_mb << 20)
+        bus = EventBus()
+        disk = self.disk = DiskFullWatch(intake, config.disk_full_hold_mb << 20,
+                                         on_change=lambda error: bus.emit(ev.DiskFullChanged(error)))
         with contextlib.ExitStack() as opened:  # a file refused (schema.SchemaError) closes those opened before it
             spool = opened.enter_context(contextlib.closing(Spool(config.data_dir / "spool.db", report=disk.report)))
             outbox = opened.enter_context(contextlib.closing(
@@ -117,26 +129,31 @@ class App:
             engine = self._engine or make_engine(config, intake)
             topics = Topics(config.mqtt.base_topic)
             started_at = self._clock()
-            # the link calls back into the bridge, the bridge publishes through the link
-            bridge_ref: list[Bridge] = []
-            link = MqttLink(config.mqtt, url, topics.bridge_state, spool,
-                            on_message=lambda msg: bridge_ref[0].handle(msg),
-                            on_connect=lambda: bridge_ref[0].on_link_connected(),
-                            v5=config.mqtt.url is not None)
-            bridge = Bridge(config, topics, link, seen, self._clock, started_at, disk)
-            bridge_ref.append(bridge)
-            manager = AccountManager(config, engine, SessionStore(config.sessions_dir), bridge, outbox,
+
+            async def on_message(incoming: Incoming) -> None:
+                event = ev.MqttMessageReceived(incoming)
+                bus.emit(event)
+                for work in event.holds:  # messages are handled in arrival order (sim controls)
+                    await work
+
+            link = MqttLink(config.mqtt, url, topics.bridge_state, spool, on_message=on_message,
+                            on_connect=lambda: bus.emit(ev.LinkConnected()), v5=config.mqtt.url is not None)
+            manager = AccountManager(config, engine, SessionStore(config.sessions_dir), bus, outbox,
                                      self._clock, self._rng)
-            bridge.attach(manager)
-            bridge.reloader = self.reload
-            disk.on_change = manager.set_disk_full
-            for topic_filter in topics.request_filters:
-                link.subscribe(topic_filter)
+            sending = SendService(manager, config)
+            extensions: list[Extension] = [
+                StatePublisher(bus, config, topics, link, manager, seen, started_at, disk),
+                RequestServer(bus, config, topics, link, manager, sending, seen, self._clock, started_at,
+                              self.reload, disk),
+            ]
             if config.engine == "sim":
-                link.subscribe(topics.sim_filter)
+                extensions.append(SimControl(bus, topics, link, manager))
             if config.mqtt.discovery:
-                link.subscribe(discovery.ha_status_topic(config.mqtt.discovery_prefix))
-            self.bridge, self.manager, self.link = bridge, manager, link
+                extensions.append(HaDiscovery(bus, config, topics, link, manager))
+            extensions.append(AutoReply(bus, config, sending, self._clock))
+            for extension in extensions:
+                extension.start()
+            self.bus, self.manager, self.sending, self.link = bus, manager, sending, link
             log.info("wa_mqtt starting: engine %s, sessions in %s, base topic %s",
                      engine.name, config.sessions_dir, topics.base)
 
@@ -155,43 +172,44 @@ class App:
                 await sessions_watch.stop()
                 if config_watch is not None:
                     await config_watch.stop()
-                bridge.stop_accepting()
-                await asyncio.wait_for(bridge.drain(), timeout=10)
+                for extension in reversed(extensions):
+                    await extension.drain()
                 manager_task.cancel()
                 intake.resume()  # engines paused by a full disk: what their pipes hold is read, not lost
                 await manager.close()
                 await engine.aclose()
-                bridge.publish_summaries()
+                for extension in reversed(extensions):
+                    await extension.stop()
                 await link.shutdown()
                 link_task.cancel()
             return 0
         finally:
-            self.bridge = None
+            self.bus = None
             await disk.close()
             spool.close()
             outbox.close()
             seen.close()
             if broker is not None:
-                await broker.shutdown()  # type: ignore[attr-defined]
+                await broker.shutdown()
             log.info("wa_mqtt stopped")
 
-    async def reload(self) -> dict[str, Any]:
+    async def reload(self) -> dict[str, object]:
         """Re-read config.yaml: apply what can change while running, report what needs a restart.
         An invalid file keeps the running config and is reported as `config_invalid`; so is a missing
         or empty one (deleted, or truncated mid-write): it must not reset settings such as allow_to."""
-        if self._config_path is None or self.bridge is None or self.manager is None:
-            raise ApiError("invalid_request", "this bridge was not started from a config file")
+        if self._config_path is None or self.bus is None or self.manager is None or self.sending is None:
+            raise ApiError(ErrorCode.INVALID_REQUEST, "this bridge was not started from a config file")
         try:
             new = await asyncio.to_thread(load_config, self._config_path, self._environ, self._cli_overrides,
                                           missing_ok=False, empty_ok=False)
         except ConfigError as exc:
             log.warning("config reload rejected, the running config stays in force: %s", exc)
-            self.bridge.on_bridge_event("config_invalid", {"error": str(exc)})
-            raise ApiError("config_invalid", str(exc)) from None
+            self.bus.emit(ev.ConfigInvalid(str(exc)))
+            raise ApiError(ErrorCode.CONFIG_INVALID, str(exc)) from None
         applied, restart = config_changes(self.config, new)
         if restart:
             log.warning("config: %s changed; restart the bridge to apply", ", ".join(restart))
-        result = {"changed": applied, "restart_required": restart}
+        result: dict[str, object] = {"changed": applied, "restart_required": restart}
         if not applied and not restart:
             return result
         effective = without_restart_changes(self.config, new)
@@ -200,10 +218,10 @@ class App:
         if self.disk is not None:
             self.disk.hold_max_bytes = effective.disk_full_hold_mb << 20
         self.config = effective
-        self.bridge.reconfigure(effective)
         self.manager.reconfigure(effective)
+        self.sending.reconfigure(effective)
         log.info("config reloaded: %s", ", ".join(applied) or "nothing to apply")
-        self.bridge.on_bridge_event("config_reloaded", result)
+        self.bus.emit(ev.ConfigReloaded(effective, applied, restart))
         return result
 
     async def _reload_on_edit(self) -> bool:

@@ -1,7 +1,7 @@
 """Auto-replies at run time: the in-memory reply history and the pure matcher `decide` (the rules' config
 models are in auto_reply_rules.py).
 
-The bridge calls, for every incoming message and in this order:
+features/auto_reply.py calls, for every new incoming message and in this order:
     planned = decide(config.auto_reply, message, history, now, config.auto_reply_limits)
     history.record_incoming(message, now)
     for reply in planned: history.record_reply(reply, now); <send reply.to_outgoing(...) via the outbox>

@@ -111,13 +111,14 @@ class DiskFullWatch:
     """The data disk's condition, shared by every store of the bridge. Used from the event loop."""
 
     def __init__(self, intake: Intake, hold_max_bytes: int = DEFAULT_HOLD_MB << 20,
-                 retry_every: float = RETRY_EVERY, batch: int = 500) -> None:
+                 retry_every: float = RETRY_EVERY, batch: int = 500,
+                 on_change: Callable[[str | None], None] | None = None) -> None:
         self.intake = intake
         self.hold_max_bytes = hold_max_bytes
         self._retry_every = retry_every
         self._batch = batch
         self._holders: list[Holder] = []
-        self.on_change: Callable[[str | None], None] | None = None
+        self.on_change = on_change  # the condition started (its status text) or ended (None)
         self.error: str | None = None  # the status text while the disk is full, else None
         self._task: asyncio.Task[None] | None = None
         self._written = 0

@@ -7,6 +7,7 @@ JSON on MQTT is `model.model_dump(mode="json")` of them, nothing more.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -251,3 +252,22 @@ class SendResult(BaseModel):
     id: str
     timestamp: datetime | None = None
     already_sent: bool = False  # a retry of a message WhatsApp already had: nothing went out again
+
+
+@dataclass(frozen=True, slots=True)
+class SendOutcome:
+    """What became of a send (the `data` of its response, contract "Sending"): sent now as `id`, or
+    `queued` (`queue_id`); `duplicate` when its `id` key was seen before (None: not asked)."""
+
+    id: str | None
+    queued: bool
+    queue_id: int | None = None
+    duplicate: bool | None = None
+
+    def payload(self) -> dict[str, object]:
+        data: dict[str, object] = {"id": self.id, "queued": self.queued}
+        if self.queue_id is not None:
+            data["queue_id"] = self.queue_id
+        if self.duplicate is not None:
+            data["duplicate"] = self.duplicate
+        return data

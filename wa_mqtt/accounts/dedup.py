@@ -55,11 +55,15 @@ class SeenIds:
         self._counts: dict[str, int] = dict(
             self._conn.execute("SELECT account, COUNT(*) FROM seen GROUP BY account").fetchall())
         self._held: dict[tuple[str, str], None] = {}  # (account, id) not written yet (disk full), oldest first
+        self.duplicates = 0  # how often `seen` said yes since start: messages delivered again, dropped
 
     def seen(self, account: str, message_id: str) -> bool:
-        """True when `message_id` was already remembered for `account`."""
+        """True when `message_id` was already remembered for `account` (counted in `duplicates`)."""
         with self._lock:
-            return self._seen(account, message_id)
+            found = self._seen(account, message_id)
+        if found:
+            self.duplicates += 1
+        return found
 
     def remember(self, account: str, message_id: str, hold: bool = False) -> None:
         """Record `message_id` for `account` (committed, or held in memory while the disk is full).

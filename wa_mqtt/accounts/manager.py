@@ -15,6 +15,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from .. import events as ev
+from ..bus import EventBus
 from ..config import Config
 from ..engines.base import Engine
 from ..errors import BridgeError, ErrorCode
@@ -24,9 +26,10 @@ from . import machine as m
 from .backups import BackupError, backup_store, check_store, list_backups, restore_from_backup
 from .outbox import Outbox
 from .store import SessionStore, StorageError
-from .supervisor import AccountSink, Supervisor
+from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
+OWNER = "accounts"  # the manager's name on the bus
 CLOSE_GRACE = 5.0  # seconds a shutdown waits for post-connect records and backups before cancelling them
 Clock = Callable[[], datetime]
 
@@ -43,12 +46,12 @@ class UnknownAccount(BridgeError):
 class AccountManager:
     """Owns the supervisors and their tasks. `run()` inside the app's TaskGroup; `close()` to stop."""
 
-    def __init__(self, config: Config, engine: Engine, store: SessionStore, sink: AccountSink,
+    def __init__(self, config: Config, engine: Engine, store: SessionStore, bus: EventBus,
                  outbox: Outbox, clock: Clock, rng: random.Random | None = None) -> None:
         self._config = config
         self._engine = engine
         self.store = store
-        self._sink = sink
+        self._bus = bus
         self._outbox = outbox
         self._clock = clock
         self._rng = rng or random.Random()
@@ -61,6 +64,9 @@ class AccountManager:
         self._folders = asyncio.Lock()  # folder moves and the reconcile of sessions/ never interleave
         self._backup_locks: dict[str, asyncio.Lock] = {}  # one backup of a store at a time
         self._disk_full: str | None = None  # the data disk's condition, for accounts added meanwhile
+        bus.subscribe(ev.AccountConnected, lambda event: self.after_connected(event.phone), OWNER)
+        bus.subscribe(ev.LinkedElsewhere, self._on_linked_elsewhere, OWNER)
+        bus.subscribe(ev.DiskFullChanged, lambda event: self.set_disk_full(event.error), OWNER)
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -130,7 +136,7 @@ class AccountManager:
                 supervisor.apply(m.StoreUnusable(f"store.db is unusable ({reason}) and no good backup exists"))
                 return
             log.warning("%s: store restored from backup %s", phone, used.name)
-            self._sink.on_bridge_event("store_restored", {"phone": phone, "backup": used.name, "reason": reason})
+            self._bus.emit(ev.StoreRestored(phone, used.name, reason))
         if self._engine.has_device(paths.store):
             supervisor.apply(m.Start())
         else:
@@ -197,6 +203,7 @@ class AccountManager:
     async def close(self) -> None:
         """Stop every engine session and supervisor task; each running account then shows `stopped`."""
         self._stopping = True
+        self._bus.unsubscribe(OWNER)
         await self._background.finish(CLOSE_GRACE)  # a just-connected account's account.json and backup
         await asyncio.gather(*(s.close() for s in self._accounts.values()), return_exceptions=True)
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
@@ -297,7 +304,7 @@ class AccountManager:
         if delete_files:
             await asyncio.to_thread(self.store.remove, phone)
         self._outbox.clear(phone)
-        self._sink.on_bridge_event("account_removed", {"phone": phone})
+        self._bus.emit(ev.AccountRemoved(phone))
 
     async def adopt(self, phone: str) -> bool:
         """A folder appeared in sessions/ (copied in): restore it. False when already known."""
@@ -310,6 +317,9 @@ class AccountManager:
         self._spawn_check(phone)
         return True
 
+    def _on_linked_elsewhere(self, event: ev.LinkedElsewhere) -> None:
+        self._background.spawn(self.relink(event.asked, event.linked), f"relink-{event.asked}")
+
     async def relink(self, asked: str, linked: str) -> None:
         """A QR offered for `asked` was scanned by `linked`: keep the session under the real number."""
         async with self._folders:
@@ -318,7 +328,7 @@ class AccountManager:
     async def _relink(self, asked: str, linked: str) -> None:
         if not is_phone(linked) or linked in self._accounts:
             log.warning("%s: linked as %s, which is already an account; keeping it under %s", asked, linked, asked)
-            self._sink.on_bridge_event("linked_other_number", {"asked": asked, "phone": linked, "moved": False})
+            self._bus.emit(ev.LinkedOtherNumber(asked, linked, moved=False))
             return
         log.info("%s: the QR was scanned by %s; moving the session", asked, linked)
         await self._drop(asked)
@@ -327,8 +337,8 @@ class AccountManager:
         self._had_folder.discard(asked)
         self.store.write_meta(linked, phone=linked)
         log.warning("%s: the QR was scanned by %s; the session is stored under %s", asked, linked, linked)
-        self._sink.on_bridge_event("linked_other_number", {"asked": asked, "phone": linked, "moved": True})
-        self._sink.on_bridge_event("account_removed", {"phone": asked})
+        self._bus.emit(ev.LinkedOtherNumber(asked, linked, moved=True))
+        self._bus.emit(ev.AccountRemoved(asked))
         await self.adopt(linked)
 
     async def reconcile(self) -> bool:
@@ -363,7 +373,7 @@ class AccountManager:
         paths = self.store.paths(phone)
         last = meta.get("last_connected")
         supervisor = Supervisor(
-            phone, self._engine, paths.store, self._config, self._sink, self._outbox, self._clock, self._rng,
+            phone, self._engine, paths.store, self._config, self._bus, self._outbox, self._clock, self._rng,
             name=meta.get("name"), last_connected=datetime.fromisoformat(last.replace("Z", "+00:00")) if last else None,
             initial=state, error=error)
         self._accounts[phone] = supervisor
@@ -373,8 +383,8 @@ class AccountManager:
         if self._disk_full is not None:
             supervisor.apply(m.DiskFull(self._disk_full))
         if announce:
-            self._sink.on_bridge_event("account_added", {"phone": phone, "state": state.value})
-        self._sink.on_accounts_changed()
+            self._bus.emit(ev.AccountAdded(phone, state))
+        self._bus.emit(ev.AccountsChanged())
         return supervisor
 
     async def _drop(self, phone: str) -> None:
@@ -383,5 +393,5 @@ class AccountManager:
         task = self._tasks.pop(phone, None)
         if task is not None:
             await asyncio.gather(task, return_exceptions=True)
-        self._sink.on_removed(phone)
-        self._sink.on_accounts_changed()
+        self._bus.emit(ev.AccountDropped(phone))
+        self._bus.emit(ev.AccountsChanged())

@@ -15,8 +15,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
+from .. import events as ev
+from ..bus import EventBus
 from ..config import Config
 from ..disk_full import DiskFull
 from ..engines.base import (
@@ -33,30 +35,13 @@ from ..engines.base import (
     new_message_id,
 )
 from ..errors import ErrorCode
-from ..model import AccountState, IncomingMessage, OutgoingMessage, Receipt, SendResult, Status
+from ..model import AccountState, OutgoingMessage, SendOutcome, SendResult, Status
 from . import machine as m
 from .outbox import Outbox, OutboxEntry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Clock = Callable[[], datetime]
-
-
-class AccountSink(Protocol):
-    """Where a supervisor reports what happened (the bridge implements it)."""
-
-    def on_status(self, status: Status) -> None: ...
-    def on_message(self, phone: str, message: IncomingMessage) -> None: ...
-    def on_stats(self, phone: str) -> None: ...
-    def on_receipt(self, phone: str, receipt: Receipt) -> None: ...
-    def on_pairing(self, phone: str, kind: str | None, code: str | None) -> None: ...
-    def on_bridge_event(self, type_: str, data: dict[str, Any]) -> None: ...
-    def on_sim_sent(self, phone: str, payload: dict[str, Any]) -> None: ...  # sim only: a `SimSent` event
-    def on_deferred_response(self, phone: str, command: str, route: dict[str, Any], response: dict[str, Any]) -> None: ...
-    def on_connected(self, phone: str) -> None: ...
-    def on_removed(self, phone: str) -> None: ...
-    def on_linked_elsewhere(self, asked: str, linked: str) -> None: ...
-    def on_accounts_changed(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -71,7 +56,7 @@ class _Call:
 class Supervisor:
     """Owns one account. Start with `run()` inside a TaskGroup; stop with `close()`."""
 
-    def __init__(self, phone: str, engine: Engine, store_path: Path, config: Config, sink: AccountSink,
+    def __init__(self, phone: str, engine: Engine, store_path: Path, config: Config, bus: EventBus,
                  outbox: Outbox, clock: Clock, rng: random.Random | None = None,
                  name: str | None = None, last_connected: datetime | None = None,
                  initial: AccountState = AccountState.STOPPED, error: str | None = None) -> None:
@@ -79,7 +64,7 @@ class Supervisor:
         self._engine = engine
         self._store_path = store_path
         self._config = config
-        self._sink = sink
+        self._bus = bus
         self._outbox = outbox
         self._clock = clock
         self._rng = rng or random.Random()
@@ -126,17 +111,20 @@ class Supervisor:
             await self._call(lambda s: s.logout())
         await self.submit(m.LogoutDone(reason="logged out on request"))
 
-    async def send(self, message: OutgoingMessage, route: dict[str, Any]) -> dict[str, Any]:
+    async def send(self, message: OutgoingMessage, reply: ev.Reply) -> SendOutcome:
         """Send now when connected and nothing waits before it; else queue on disk (`queued: true`).
 
         Every send is written to the outbox first and leaves it only once WhatsApp took it, so a bridge
-        killed in between sends it again after a restart, with the same WhatsApp id (see `_deliver`)."""
+        killed in between sends it again after a restart, with the same WhatsApp id (see `_deliver`).
+        `reply` is stored with it, unread, and handed back in `SendCompleted` / `SendFailed` when a
+        queued send is done."""
         if message.id and (known := self._outbox.sent_id(self.phone, message.id)):
-            return {"id": known, "queued": False, "duplicate": True}
+            return SendOutcome(id=known, queued=False, duplicate=True)
         entry, duplicate = self._outbox.enqueue(
-            self.phone, {"message": message.model_dump(mode="json", exclude_none=True), "route": route}, message.id)
+            self.phone, {"message": message.model_dump(mode="json", exclude_none=True), "reply": dict(reply)},
+            message.id)
         if duplicate:
-            return {"id": None, "queued": True, "queue_id": entry.id, "duplicate": True}
+            return SendOutcome(id=None, queued=True, queue_id=entry.id, duplicate=True)
         if self.state == AccountState.CONNECTED and not self._flushing() and self._outbox.depth(self.phone) == 1:
             try:
                 result = await self._deliver(entry, message)
@@ -150,10 +138,10 @@ class Supervisor:
             else:
                 self._refresh_queue_depth()  # a heartbeat during the call may have shown it waiting
                 if result is not None:
-                    return {"id": result.id, "queued": False}
+                    return SendOutcome(id=result.id, queued=False)
         log.info("%s: send queued (%s), %d waiting", self.phone, self.state, self._outbox.depth(self.phone))
         self._refresh_queue_depth()
-        return {"id": None, "queued": True, "queue_id": entry.id, "duplicate": False}
+        return SendOutcome(id=None, queued=True, queue_id=entry.id, duplicate=False)
 
     async def engine_call(self, fn: Callable[[EngineSession], Awaitable[T]]) -> T:
         """react / read / typing: need a connected session, never queued."""
@@ -229,12 +217,12 @@ class Supervisor:
                 self._start_flush()  # what a full disk held back (begin_attempt could not be recorded)
         elif isinstance(item, MessageReceived):
             self.messages_in += 1
-            self._sink.on_message(self.phone, item.message)
-            self._sink.on_stats(self.phone)
+            self._bus.emit(ev.MessageReceived(self.phone, item.message))
+            self._bus.emit(ev.StatsChanged(self.phone))
         elif isinstance(item, ReceiptReceived):
-            self._sink.on_receipt(self.phone, item.receipt)
+            self._bus.emit(ev.ReceiptReceived(self.phone, item.receipt))
         elif isinstance(item, SimSent):
-            self._sink.on_sim_sent(self.phone, item.payload)
+            self._bus.emit(ev.SimSent(self.phone, item.payload))
         else:
             await self._step(item)
 
@@ -267,18 +255,19 @@ class Supervisor:
                 self._cancel(self._pairing_timer)
                 self._pairing_timer = loop.call_later(self._seconds_until(at), self._inbox.put_nowait, m.PairingExpired())
             case m.ShowPairing(kind=kind, code=code):
-                self._sink.on_pairing(self.phone, kind, code)
+                self._bus.emit(ev.PairingOffered(self.phone, kind, code))
             case m.ClearPairing():
                 self._cancel(self._pairing_timer)
                 self._pairing_timer = None
-                self._sink.on_pairing(self.phone, None, None)
+                self._bus.emit(ev.PairingCleared(self.phone))
             case m.OnConnected():
-                self._sink.on_connected(self.phone)
+                self._bus.emit(ev.AccountConnected(self.phone))
                 self._start_flush()
-            case m.BridgeEvent(type=type_, data=data):
-                self._sink.on_bridge_event(type_, dict(data))
-                if type_ == "paired" and data.get("linked_phone") not in (None, self.phone):
-                    self._sink.on_linked_elsewhere(self.phone, str(data["linked_phone"]))
+            case m.BridgeEvent():
+                self._bus.emit(_machine_event(self.phone, effect))
+                linked = effect.data.get("linked_phone") if effect.type == "paired" else None
+                if linked is not None and linked != self.phone:
+                    self._bus.emit(ev.LinkedElsewhere(self.phone, str(linked)))
 
     async def _start_session(self, method: PairMethod) -> None:
         if self._closed:
@@ -335,7 +324,7 @@ class Supervisor:
             if entry.id in self._in_flight:
                 continue  # a direct send of it is under way
             message = OutgoingMessage.model_validate(entry.request["message"])
-            route = entry.request.get("route", {})
+            reply = _reply_of(entry)
             try:
                 result = await self._deliver(entry, message)
             except DiskFull:
@@ -344,12 +333,10 @@ class Supervisor:
                 if _retry_later(exc):
                     break
                 self._outbox.remove(entry.id)
-                self._sink.on_deferred_response(self.phone, "send", route, {
-                    "status": "error", "code": exc.code, "error": f"queued message not sent: {exc}"})
+                self._bus.emit(ev.SendFailed(self.phone, reply, exc.code, f"queued message not sent: {exc}"))
                 continue
             if result is not None:
-                self._sink.on_deferred_response(self.phone, "send", route, {
-                    "status": "ok", "data": {"id": result.id, "queued": False, "from_queue": True}})
+                self._bus.emit(ev.SendCompleted(self.phone, reply, result.id))
             self._refresh_queue_depth()
         self._refresh_queue_depth()
 
@@ -378,15 +365,15 @@ class Supervisor:
                      self.phone, entry.id, result.id)
         else:
             self.messages_out += 1
-            self._sink.on_stats(self.phone)
+            self._bus.emit(ev.StatsChanged(self.phone))
         return result
 
     def _expire_queued(self) -> None:
         for entry in self._outbox.take_expired(self.phone, self._config.outgoing.ttl):
-            self._sink.on_deferred_response(self.phone, "send", entry.request.get("route", {}), {
-                "status": "error", "code": ErrorCode.EXPIRED,
-                "error": f"not sent: still queued after outgoing.ttl ({self._config.outgoing.ttl:g} s)"
-                         + (f"; a try before a crash may have reached WhatsApp as {entry.wa_id}" if entry.tries else "")})
+            self._bus.emit(ev.SendFailed(
+                self.phone, _reply_of(entry), ErrorCode.EXPIRED,
+                f"not sent: still queued after outgoing.ttl ({self._config.outgoing.ttl:g} s)"
+                + (f"; a try before a crash may have reached WhatsApp as {entry.wa_id}" if entry.tries else "")))
         self._refresh_queue_depth()
 
     def _refresh_queue_depth(self) -> None:
@@ -398,7 +385,7 @@ class Supervisor:
 
     # -- helpers -------------------------------------------------------------------------------
     def _publish_status(self) -> None:
-        self._sink.on_status(self.status)
+        self._bus.emit(ev.StatusChanged(self.status))
 
     def _log_transition(self, before: Status, retrying: bool) -> None:
         """One line per state change; an error already said is not repeated, and a scheduled retry
@@ -432,6 +419,26 @@ class Supervisor:
 @dataclass(frozen=True)
 class _Heartbeat:
     pass
+
+
+def _reply_of(entry: OutboxEntry) -> ev.Reply:
+    """The reply reference stored with a send; rows queued before it had that name call it `route`."""
+    reply = entry.request.get("reply", entry.request.get("route"))
+    return reply if isinstance(reply, dict) else {}
+
+
+def _machine_event(phone: str, effect: m.BridgeEvent) -> ev.Event:
+    """The typed event for the state machine's `BridgeEvent` effect."""
+    data = effect.data
+    match effect.type:
+        case "paired":
+            linked, name = data.get("linked_phone"), data.get("name")
+            return ev.Paired(phone, None if linked is None else str(linked), None if name is None else str(name))
+        case "engine_crashed":
+            return ev.EngineCrashed(phone, str(data.get("error")))
+        case "logged_out":
+            return ev.LoggedOut(phone, str(data.get("reason")))
+    raise ValueError(f"unknown machine event {effect.type!r}")
 
 
 def _retry_later(exc: EngineError) -> bool:

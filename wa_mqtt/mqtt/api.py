@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -34,12 +34,13 @@ class ApiError(BridgeError):
 class Route:
     """Where and how to answer: the echoed `transaction` and the MQTT v5 response topic."""
 
-    transaction: Any = None
+    transaction: object = None  # any JSON value, echoed as given
     has_transaction: bool = False
     response_topic: str | None = None
     correlation_data: bytes | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
+        """As JSON: the reply reference stored with a queued send (the outbox never reads it)."""
         return {
             "transaction": self.transaction, "has_transaction": self.has_transaction,
             "response_topic": self.response_topic,
@@ -47,10 +48,16 @@ class Route:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Route:
-        corr = data.get("correlation_data")
-        return cls(data.get("transaction"), bool(data.get("has_transaction")), data.get("response_topic"),
-                   bytes.fromhex(corr) if corr else None)
+    def from_dict(cls, data: Mapping[str, object]) -> Route:
+        corr, topic = data.get("correlation_data"), data.get("response_topic")
+        return cls(data.get("transaction"), bool(data.get("has_transaction")), topic if isinstance(topic, str) else None,
+                   bytes.fromhex(corr) if isinstance(corr, str) and corr else None)
+
+    @staticmethod
+    def is_route(data: Mapping[str, object]) -> bool:
+        """True for a reply reference made by `to_dict`, or none at all (answered on the response topic
+        without a transaction); False for one of another kind (an auto-reply's)."""
+        return "has_transaction" in data or not data
 
 
 class _Req(BaseModel):
@@ -144,7 +151,7 @@ BRIDGE_SCHEMAS: dict[str, type[BaseModel]] = {
 assert set(ACCOUNT_SCHEMAS) == ACCOUNT_COMMANDS and set(BRIDGE_SCHEMAS) == BRIDGE_COMMANDS
 
 
-def decode_payload(raw: bytes, max_bytes: int = MAX_REQUEST_BYTES) -> tuple[dict[str, Any], Any, bool]:
+def decode_payload(raw: bytes, max_bytes: int = MAX_REQUEST_BYTES) -> tuple[dict[str, object], object, bool]:
     """The request object, its `transaction` and whether it had one. Empty payload = `{}`."""
     if len(raw) > max_bytes:
         raise ApiError(ErrorCode.TOO_LARGE, f"request is {len(raw)} bytes; the limit is {max_bytes}")
@@ -239,7 +246,7 @@ def check_response_topic(topic: str | None, reserved: Iterable[str]) -> None:
                                         f"({root}/#); answer to a topic outside them")
 
 
-def encode(data: Any) -> bytes:
+def encode(data: object) -> bytes:
     """Strict JSON bytes for anything the bridge publishes: UTF-8, no `NaN`/`Infinity`. A value that
     cannot be both (a non-finite number, a lone surrogate from a file name) is replaced, not raised:
     null for the number, U+FFFD for the surrogate, so a response always goes out and always parses."""
@@ -262,7 +269,7 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def parse_command(is_bridge: bool, command: str, data: dict[str, Any]) -> BaseModel:
+def parse_command(is_bridge: bool, command: str, data: Mapping[str, object]) -> BaseModel:
     """Validate `data` against the command's schema; unknown commands are `invalid_request`."""
     schemas = BRIDGE_SCHEMAS if is_bridge else ACCOUNT_SCHEMAS
     schema = schemas.get(command)
@@ -287,22 +294,17 @@ def describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def ok(route: Route, data: dict[str, Any] | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"status": "ok", "data": data or {}}
+def ok(route: Route, data: Mapping[str, object] | None = None) -> dict[str, object]:
+    """The response body of a request carried out (`data`: its result); see `error` for a refused one."""
+    body: dict[str, object] = {"status": "ok", "data": data or {}}
     if route.has_transaction:
         body["transaction"] = route.transaction
     return body
 
 
-def error(route: Route, code: str, message: str) -> dict[str, Any]:
-    body: dict[str, Any] = {"status": "error", "error": message, "code": code}
+def error(route: Route, code: str, message: str) -> dict[str, object]:
+    """The response body of a request refused or failed."""
+    body: dict[str, object] = {"status": "error", "error": message, "code": code}
     if route.has_transaction:
         body["transaction"] = route.transaction
-    return body
-
-
-def with_route(route: Route, body: dict[str, Any]) -> dict[str, Any]:
-    """A response body built elsewhere (deferred send results) with the route's transaction."""
-    if route.has_transaction:
-        return {**body, "transaction": route.transaction}
     return body

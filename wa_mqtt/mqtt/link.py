@@ -343,7 +343,7 @@ class MqttLink:
         tls_context = tls_context_for(self._config) if self._address.tls else None
         props = None
         if self._v5:
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho: no annotations
             props.SessionExpiryInterval = 86400  # requests sent while we restart are still delivered
         return _Client(
             self._address.host, self._address.port,
@@ -452,7 +452,7 @@ class MqttLink:
             else:
                 props = None
                 if item.correlation_data is not None:
-                    props = Properties(PacketTypes.PUBLISH)
+                    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho: no annotations
                     props.CorrelationData = item.correlation_data
                 await client.publish(item.topic, item.payload, qos=item.qos, properties=props)
         except aiomqtt.MqttError:

@@ -1,0 +1,270 @@
+"""The domain events on the bus (bus.py): one frozen, slotted dataclass per kind of thing that happened.
+
+Who emits what:
+- the supervisors (one account): `StatusChanged`, `StatsChanged`, `MessageReceived`, `ReceiptReceived`,
+  `PairingOffered`, `PairingCleared`, `AccountConnected`, `Paired`, `LinkedElsewhere`, `LoggedOut`,
+  `EngineCrashed`, `SendCompleted`, `SendFailed`, `SimSent`;
+- the manager (all accounts): `AccountAdded`, `AccountDropped`, `AccountRemoved`, `AccountsChanged`,
+  `StoreRestored`, `LinkedOtherNumber`;
+- the app: `ConfigReloaded`, `ConfigInvalid`, `DiskFullChanged` (from `DiskFullWatch`), and from the
+  MQTT link `LinkConnected`, `MqttMessageReceived`;
+- features: `MessagePublished` (state publisher), `AutoReplySent` / `AutoReplyDelivered` /
+  `AutoReplyFailed` (auto-reply).
+
+`reply` on sends is the opaque reference the MQTT side gave with the send (where to answer, or which
+auto-reply rule it was): the accounts layer stores it in the outbox and hands it back unread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .model import AccountState, IncomingMessage, Receipt, Status
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .mqtt.link import Incoming
+
+Reply = Mapping[str, object]
+"""Where the answer to a send goes: opaque JSON, read only by the part that made it."""
+
+
+# -- one account (supervisor) ---------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class StatusChanged:
+    """The account's status changed (or its heartbeat refreshed `updated_at`)."""
+
+    status: Status
+
+
+@dataclass(frozen=True, slots=True)
+class StatsChanged:
+    """A message came in or went out: the account's counters changed."""
+
+    phone: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    """A message arrived from WhatsApp (possibly one delivered before: dedup is the publisher's)."""
+
+    phone: str
+    message: IncomingMessage
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptReceived:
+    phone: str
+    receipt: Receipt
+
+
+@dataclass(frozen=True, slots=True)
+class PairingOffered:
+    """A QR (`kind="qr"`) or a pair code (`kind="code"`) is on offer."""
+
+    phone: str
+    kind: str
+    code: str
+
+
+@dataclass(frozen=True, slots=True)
+class PairingCleared:
+    phone: str
+
+
+@dataclass(frozen=True, slots=True)
+class AccountConnected:
+    """The account reached `connected` (its name and time are in its status)."""
+
+    phone: str
+
+
+@dataclass(frozen=True, slots=True)
+class Paired:
+    """A device was linked; `linked_phone` is the number that scanned (None when unknown)."""
+
+    phone: str
+    linked_phone: str | None
+    name: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LinkedElsewhere:
+    """The QR offered for `asked` was scanned by another number, `linked`."""
+
+    asked: str
+    linked: str
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedOut:
+    phone: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class EngineCrashed:
+    phone: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendCompleted:
+    """A send that had waited in the outbox reached WhatsApp as `id`."""
+
+    phone: str
+    reply: Reply
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendFailed:
+    """A send that had waited in the outbox was given up: refused by the engine, or expired."""
+
+    phone: str
+    reply: Reply
+    code: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class SimSent:
+    """Sim only: the sim engine handed something to its simulated WhatsApp."""
+
+    phone: str
+    payload: Mapping[str, object]
+
+
+# -- all accounts (manager) -----------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class AccountAdded:
+    """A new account (through `pair`, the config's `accounts`, or a folder copied into sessions/)."""
+
+    phone: str
+    state: AccountState
+
+
+@dataclass(frozen=True, slots=True)
+class AccountDropped:
+    """The account's supervisor is gone (removed, or moved to another number): its retained topics go."""
+
+    phone: str
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRemoved:
+    """The account was forgotten (reported to clients once its folder and queue are gone)."""
+
+    phone: str
+
+
+@dataclass(frozen=True, slots=True)
+class AccountsChanged:
+    """The set of accounts changed."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRestored:
+    phone: str
+    backup: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkedOtherNumber:
+    """The session linked by another number is kept under `phone` (`moved`) or left under `asked`."""
+
+    asked: str
+    phone: str
+    moved: bool
+
+
+# -- the app and the MQTT link --------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ConfigReloaded:
+    """config.yaml was re-read: `config` is in force (restart-only keys as before)."""
+
+    config: Config
+    changed: list[str]
+    restart_required: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigInvalid:
+    """config.yaml could not be used; the running config stays."""
+
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class DiskFullChanged:
+    """The data disk filled up (`error`: the status text every account shows) or has space again (None)."""
+
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LinkConnected:
+    """The MQTT link (re)connected; its retained topics are republished right after."""
+
+
+@dataclass(frozen=True, slots=True)
+class MqttMessageReceived:
+    """A message from the broker. Messages are handled in arrival order: work that must be done before
+    the next message is looked at (a sim control) is given to `hold`, and the link awaits it."""
+
+    message: Incoming
+    holds: list[Awaitable[None]] = field(default_factory=list)
+
+    def hold(self, work: Awaitable[None]) -> None:
+        self.holds.append(work)
+
+
+# -- features ---------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class MessagePublished:
+    """A new (not duplicate) incoming message was handed to MQTT."""
+
+    phone: str
+    message: IncomingMessage
+
+
+@dataclass(frozen=True, slots=True)
+class AutoReplySent:
+    """An auto-reply was sent now (`id`) or queued."""
+
+    phone: str
+    rule: str
+    chat: str
+    id: str | None
+    queued: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AutoReplyDelivered:
+    """A queued auto-reply reached WhatsApp later."""
+
+    phone: str
+    rule: str
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AutoReplyFailed:
+    """A queued auto-reply was given up."""
+
+    phone: str
+    rule: str
+    code: str
+    error: str
+
+
+Event = (
+    StatusChanged | StatsChanged | MessageReceived | ReceiptReceived | PairingOffered | PairingCleared
+    | AccountConnected | Paired | LinkedElsewhere | LoggedOut | EngineCrashed | SendCompleted | SendFailed
+    | SimSent | AccountAdded | AccountDropped | AccountRemoved | AccountsChanged | StoreRestored
+    | LinkedOtherNumber | ConfigReloaded | ConfigInvalid | DiskFullChanged | LinkConnected | MqttMessageReceived
+    | MessagePublished | AutoReplySent | AutoReplyDelivered | AutoReplyFailed
+)

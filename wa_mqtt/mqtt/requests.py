@@ -1,0 +1,162 @@
+"""The request table (contract section 5): command name → schema → handler.
+
+`ACCOUNT_REQUESTS` answer `<base>/<phone>/request/<cmd>`, `BRIDGE_REQUESTS` `<base>/bridge/request/<cmd>`.
+The schemas and their validation are api.py's (pure; `api.parse_command`); each row here names the same
+schema (checked at import) and the handler that carries it out. A handler gets the call's context and its
+validated request, does the work through the account manager or the send service, and returns the
+response's `data`; a refusal is raised (ApiError, UnknownAccount, EngineError, StorageError, DiskFull)
+and turned into the error response by the request server, the one place that writes response bodies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+from pydantic import BaseModel
+
+from .. import __version__
+from ..events import Reply
+from . import api
+from .api import (
+    ConnectRequest,
+    EmptyRequest,
+    OptionalPhoneRequest,
+    PairRequest,
+    PhoneRequest,
+    ReactRequest,
+    ReadRequest,
+    SendRequest,
+    TypingRequest,
+)
+
+if TYPE_CHECKING:
+    from ..accounts.manager import AccountManager
+    from ..accounts.supervisor import Supervisor
+    from ..sending import SendService
+
+Result = dict[str, object]
+R = TypeVar("R", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What handlers may use."""
+
+    manager: AccountManager
+    sending: SendService
+    health: Callable[[], Result]  # the bridge's own figures for `health` (uptime, link, disk, dedup)
+    reload: Callable[[], Awaitable[Result]]  # re-read config.yaml (ApiError when there is none)
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One request being served: its target (a phone, or `bridge`) and where a deferred answer goes."""
+
+    services: Services
+    target: str
+    reply: Reply
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A row of the table: the schema a payload is validated against, and what runs it."""
+
+    schema: type[BaseModel]
+    run: Callable[[Call, BaseModel], Awaitable[Result]]
+
+
+def command(schema: type[R], handler: Callable[[Call, R], Awaitable[Result]]) -> Command:
+    """A table row; the handler is typed with its own request model."""
+
+    async def run(call: Call, request: BaseModel) -> Result:
+        assert isinstance(request, schema)
+        return await handler(call, request)
+
+    return Command(schema, run)
+
+
+def _state(supervisor: Supervisor) -> Result:
+    return {"phone": supervisor.phone, "state": supervisor.state.value}
+
+
+# -- account commands -------------------------------------------------------------------------------
+async def _connect(call: Call, request: ConnectRequest) -> Result:
+    return _state(await call.services.manager.connect(call.target, request.method))
+
+
+async def _disconnect(call: Call, _request: EmptyRequest) -> Result:
+    return _state(await call.services.manager.disconnect(call.target))
+
+
+async def _logout(call: Call, _request: EmptyRequest) -> Result:
+    return _state(await call.services.manager.logout(call.target))
+
+
+async def _send(call: Call, request: SendRequest) -> Result:
+    return (await call.services.sending.send(call.target, request, call.reply)).payload()
+
+
+async def _react(call: Call, request: ReactRequest) -> Result:
+    supervisor = call.services.manager.get(call.target)
+    msg_id = await supervisor.engine_call(lambda s: s.react(request.chat, request.id, request.emoji, request.sender))
+    return {"id": msg_id}
+
+
+async def _read(call: Call, request: ReadRequest) -> Result:
+    await call.services.manager.get(call.target).engine_call(
+        lambda s: s.mark_read(request.chat, request.ids, request.sender))
+    return {}
+
+
+async def _typing(call: Call, request: TypingRequest) -> Result:
+    await call.services.manager.get(call.target).engine_call(lambda s: s.typing(request.chat, request.state))
+    return {}
+
+
+# -- bridge commands --------------------------------------------------------------------------------
+async def _pair(call: Call, request: PairRequest) -> Result:
+    return _state(await call.services.manager.pair(request.phone, request.method))
+
+
+async def _remove(call: Call, request: PhoneRequest) -> Result:
+    await call.services.manager.remove(request.phone)
+    return {"phone": request.phone, "removed": True}
+
+
+async def _restart_account(call: Call, request: PhoneRequest) -> Result:
+    return _state(await call.services.manager.restart(request.phone))
+
+
+async def _health(call: Call, _request: EmptyRequest) -> Result:
+    return {"version": __version__, **call.services.health(), "accounts": call.services.manager.health()}
+
+
+async def _backup(call: Call, request: OptionalPhoneRequest) -> Result:
+    return {"backups": await call.services.manager.backup(request.phone)}
+
+
+async def _reload(call: Call, _request: EmptyRequest) -> Result:
+    return await call.services.reload()
+
+
+ACCOUNT_REQUESTS: Mapping[str, Command] = {
+    "connect": command(ConnectRequest, _connect),
+    "disconnect": command(EmptyRequest, _disconnect),
+    "logout": command(EmptyRequest, _logout),
+    "send": command(SendRequest, _send),
+    "react": command(ReactRequest, _react),
+    "read": command(ReadRequest, _read),
+    "typing": command(TypingRequest, _typing),
+}
+BRIDGE_REQUESTS: Mapping[str, Command] = {
+    "pair": command(PairRequest, _pair),
+    "remove": command(PhoneRequest, _remove),
+    "backup": command(OptionalPhoneRequest, _backup),
+    "restart_account": command(PhoneRequest, _restart_account),
+    "reload": command(EmptyRequest, _reload),
+    "health": command(EmptyRequest, _health),
+}
+assert {name: row.schema for name, row in ACCOUNT_REQUESTS.items()} == api.ACCOUNT_SCHEMAS
+assert {name: row.schema for name, row in BRIDGE_REQUESTS.items()} == api.BRIDGE_SCHEMAS

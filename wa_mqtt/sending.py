@@ -1,0 +1,69 @@
+"""The send service: every send, requested or automatic, passes the same policy on its way to an account.
+
+Policy first (`outgoing.allow_to`, `outgoing.max_text_chars`, the media policy), then the account's
+supervisor sends it now or queues it in the outbox. A refusal is an `ApiError` and changes nothing.
+Used by the request server and by auto-replies, so neither needs the other.
+
+It also keeps each target's turn (`lock`): one account's requests and auto-replies are carried out one
+at a time, in arrival order; different accounts concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING
+
+from .config import Config
+from .errors import ErrorCode
+from .events import Reply
+from .media import MediaPolicy, MediaRefused, check_message
+from .model import OutgoingMessage, SendOutcome, identity
+from .mqtt.api import ApiError
+from .mqtt.topics import BRIDGE
+
+if TYPE_CHECKING:
+    from .accounts.manager import AccountManager
+
+
+class SendService:
+    """`await send(phone, message, reply)`; `reconfigure(config)` on a reload."""
+
+    def __init__(self, manager: AccountManager, config: Config) -> None:
+        self._manager = manager
+        self._config = config
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config: allow_to and the limits apply from the next send on."""
+        self._config = config
+
+    def lock(self, target: str) -> asyncio.Lock | contextlib.nullcontext[None]:
+        """The turn of `target` (a phone, or `bridge`): hold it while acting on it. Only the bridge and
+        existing accounts have one: a flood of made-up targets must not leave a lock behind for each."""
+        if target == BRIDGE or self._manager.find(target) is not None:
+            return self._locks.setdefault(target, asyncio.Lock())
+        return contextlib.nullcontext()
+
+    def check(self, message: OutgoingMessage) -> None:
+        """Raise `ApiError` when the policy refuses `message`."""
+        outgoing = self._config.outgoing
+        if outgoing.allow_to is not None and identity(message.to) not in {identity(a) for a in outgoing.allow_to}:
+            raise ApiError(ErrorCode.FORBIDDEN, f"to: {message.to} is not in outgoing.allow_to")
+        texts = {"text": message.text}
+        if message.kind != "text":
+            texts[f"{message.kind}.caption"] = getattr(message, message.kind).caption
+        for field, value in texts.items():
+            if value is not None and len(value) > outgoing.max_text_chars:
+                raise ApiError(ErrorCode.TOO_LARGE, f"{field}: {len(value)} characters; the limit is {outgoing.max_text_chars}")
+        try:
+            check_message(message, MediaPolicy(outgoing.max_media_bytes, outgoing.media_dir, outgoing.block_private_urls))
+        except MediaRefused as exc:
+            raise ApiError(exc.code, str(exc)) from None
+
+    async def send(self, phone: str, message: OutgoingMessage, reply: Reply) -> SendOutcome:
+        """Policy, then now or into the outbox; `reply` comes back in `SendCompleted` / `SendFailed`
+        when a queued send is done. Raises `UnknownAccount`, `ApiError`, `EngineError`, `DiskFull`."""
+        supervisor = self._manager.get(phone)
+        self.check(message)
+        return await supervisor.send(message, reply)
