@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -122,6 +122,7 @@ MessageType = Literal[
     "text", "image", "video", "audio", "document", "sticker", "location", "contact",
     "reaction", "poll", "unknown",
 ]
+MESSAGE_TYPES: frozenset[str] = frozenset(get_args(MessageType))
 ChatType = Literal["private", "group", "broadcast", "newsletter"]
 
 

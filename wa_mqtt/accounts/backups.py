@@ -18,6 +18,10 @@ import re
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +156,7 @@ def check_backup(path: Path, key: bytes | None = None) -> str | None:
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def _fernet(key: bytes):  # type: ignore[no-untyped-def]
+def _fernet(key: bytes) -> Fernet:
     from cryptography.fernet import Fernet  # only needed when backups are encrypted
 
     return Fernet(key)

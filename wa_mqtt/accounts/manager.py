@@ -18,7 +18,7 @@ from typing import Any
 from .. import events as ev
 from ..bus import EventBus
 from ..config import Config
-from ..engines.base import Engine
+from ..engines.base import Engine, PairMethod
 from ..errors import BridgeError, ErrorCode
 from ..model import AccountState, is_phone
 from ..tasks import BackgroundTasks
@@ -242,7 +242,7 @@ class AccountManager:
         }
 
     # -- commands ------------------------------------------------------------------------------
-    async def pair(self, phone: str, method: str) -> Supervisor:
+    async def pair(self, phone: str, method: PairMethod) -> Supervisor:
         """Link a number: the account's `connect`, creating the account when it is new.
 
         The account's folder is made (and proved writable) first: when the sessions folder cannot be
@@ -254,13 +254,13 @@ class AccountManager:
             raise
         supervisor = self._accounts.get(phone) or self._add(phone, {}, AccountState.STOPPED, announce=True)
         self._remember_stop(phone, False)
-        await supervisor.submit(m.Start(method=method, by_user=True))  # type: ignore[arg-type]
+        await supervisor.submit(m.Start(method=method, by_user=True))
         return supervisor
 
-    async def connect(self, phone: str, method: str) -> Supervisor:
+    async def connect(self, phone: str, method: PairMethod) -> Supervisor:
         supervisor = self.get(phone)
         self._remember_stop(phone, False)
-        await supervisor.submit(m.Start(method=method, by_user=True))  # type: ignore[arg-type]
+        await supervisor.submit(m.Start(method=method, by_user=True))
         return supervisor
 
     async def disconnect(self, phone: str) -> Supervisor:

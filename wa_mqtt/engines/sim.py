@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import ErrorCode
 from ..media import MediaPolicy
-from ..model import IncomingMessage, OutgoingMessage, Receipt, SendResult, to_jid
+from ..model import MESSAGE_TYPES, IncomingMessage, OutgoingMessage, Receipt, SendResult, to_jid
 from .base import (
     Connected,
     Crashed,
@@ -398,9 +398,10 @@ class SimSession:
 
     def _auto_reconnect(self) -> None:
         self._reconnect = None
-        if self._connected or self._in_outage() or read_device(self.store_path) is None:
+        device = read_device(self.store_path)
+        if self._connected or self._in_outage() or device is None:
             return
-        self._go_online(read_device(self.store_path)[1])  # type: ignore[index]
+        self._go_online(device[1])
 
     def _cancel_reconnect(self) -> None:
         if self._reconnect is not None:
@@ -430,7 +431,7 @@ class SimSession:
             "sender_name": spec.sender_name,
             "from_me": spec.from_me,
             "timestamp": now,
-            "type": spec.type if spec.type in IncomingMessage.model_fields["type"].annotation.__args__ else "unknown",  # type: ignore[union-attr]
+            "type": spec.type if spec.type in MESSAGE_TYPES else "unknown",
             "text": spec.text if index is None or spec.text is None else f"{spec.text} {index}",
             "caption": spec.caption,
             "media": spec.media,
