@@ -64,6 +64,12 @@ class SendService:
     async def send(self, phone: str, message: OutgoingMessage, reply: Reply) -> SendOutcome:
         """Policy, then now or into the outbox; `reply` comes back in `SendCompleted` / `SendFailed`
         when a queued send is done. Raises `UnknownAccount`, `ApiError`, `EngineError`, `DiskFull`."""
+        return await (await self.accept(phone, message, reply))
+
+    async def accept(self, phone: str, message: OutgoingMessage, reply: Reply) -> asyncio.Future[SendOutcome]:
+        """`send` in two steps: policy and the outbox now, in the caller's turn (raising as `send`);
+        the returned future is what became of it (an `EngineError` when the engine refused it). The
+        turn may end once this returns: the account delivers its accepted sends in order."""
         supervisor = self._manager.get(phone)
         self.check(message)
-        return await supervisor.send(message, reply)
+        return await supervisor.accept(message, reply)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -42,6 +43,7 @@ from .outbox import Outbox, OutboxEntry
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Clock = Callable[[], datetime]
+PIPELINE = 64  # accepted sends of one account waiting for the engine; more wait to be accepted
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,11 @@ class Supervisor:
         self._retry: asyncio.TimerHandle | None = None
         self._pairing_timer: asyncio.TimerHandle | None = None
         self._flush_task: asyncio.Task[None] | None = None
-        self._in_flight: set[int] = set()  # outbox entries handed to the engine right now
+        self._in_flight: set[int] = set()  # outbox entries handed to the engine right now, or piped to it
+        self._pipeline: deque[_Piped] = deque()  # accepted sends being sent now, in order (see `accept`)
+        self._piped = 0  # len(self._pipeline), kept apart: counted before the pipe task takes them
+        self._pipe_room = asyncio.Event()
+        self._pipe_task: asyncio.Task[None] | None = None
         self._closed = False
         self.messages_in = 0
         self.messages_out = 0
@@ -112,36 +118,112 @@ class Supervisor:
         await self.submit(m.LogoutDone(reason="logged out on request"))
 
     async def send(self, message: OutgoingMessage, reply: ev.Reply) -> SendOutcome:
-        """Send now when connected and nothing waits before it; else queue on disk (`queued: true`).
+        """`accept` the send, then wait for what became of it."""
+        return await (await self.accept(message, reply))
+
+    async def accept(self, message: OutgoingMessage, reply: ev.Reply) -> asyncio.Future[SendOutcome]:
+        """Take a send in order: once this returns, it is in the outbox, behind every send accepted
+        before it. The future says what became of it: sent now when connected and nothing waits before
+        it but sends being sent now (the pipeline); else queued on disk (`queued: true`).
 
         Every send is written to the outbox first and leaves it only once WhatsApp took it, so a bridge
         killed in between sends it again after a restart, with the same WhatsApp id (see `_deliver`).
         `reply` is stored with it, unread, and handed back in `SendCompleted` / `SendFailed` when a
-        queued send is done."""
+        queued send is done. Accepted sends are delivered one at a time, in acceptance order, by
+        `_pipe`; while one is with the engine the next ones are accepted, so their outbox writes and
+        requests overlap its round trip. At most `PIPELINE` wait: a caller past that waits here."""
+        loop = asyncio.get_running_loop()
         if message.id and (known := self._outbox.sent_id(self.phone, message.id)):
-            return SendOutcome(id=known, queued=False, duplicate=True)
+            return _done(loop, SendOutcome(id=known, queued=False, duplicate=True))
+        while self._piped >= PIPELINE:
+            self._pipe_room.clear()
+            await self._pipe_room.wait()
         entry, duplicate = self._outbox.enqueue(
             self.phone, {"message": message.model_dump(mode="json", exclude_none=True), "reply": dict(reply)},
             message.id)
         if duplicate:
-            return SendOutcome(id=None, queued=True, queue_id=entry.id, duplicate=True)
-        if self.state == AccountState.CONNECTED and not self._flushing() and self._outbox.depth(self.phone) == 1:
-            try:
-                result = await self._deliver(entry, message)
-            except DiskFull:
-                log.debug("%s: send stays queued: its try cannot be recorded on a full disk", self.phone)
-            except EngineError as exc:
-                if not _retry_later(exc):  # refused: nothing to retry
-                    self._outbox.remove(entry.id)
-                    self._refresh_queue_depth()
-                    raise
-            else:
-                self._refresh_queue_depth()  # a heartbeat during the call may have shown it waiting
-                if result is not None:
-                    return SendOutcome(id=result.id, queued=False)
-        log.info("%s: send queued (%s), %d waiting", self.phone, self.state, self._outbox.depth(self.phone))
-        self._refresh_queue_depth()
+            return _done(loop, SendOutcome(id=None, queued=True, queue_id=entry.id, duplicate=True))
+        if self.state == AccountState.CONNECTED and not self._flushing() \
+                and self._outbox.depth(self.phone) == self._piped + 1:
+            piped = _Piped(entry, message, loop.create_future())
+            self._pipeline.append(piped)
+            self._piped += 1
+            self._in_flight.add(entry.id)
+            if self._pipe_task is None or self._pipe_task.done():
+                self._pipe_task = asyncio.create_task(self._pipe(), name=f"pipe-{self.phone}")
+            return piped.outcome
+        return _done(loop, self._queued(entry))
+
+    def _queued(self, entry: OutboxEntry) -> SendOutcome:
+        self._outbox.sync()  # a queued send was promised: it must survive a power loss before that answer
+        depth = self._refresh_queue_depth()
+        log.info("%s: send queued (%s), %d waiting", self.phone, self.state, depth)
         return SendOutcome(id=None, queued=True, queue_id=entry.id, duplicate=False)
+
+    async def _pipe(self) -> None:
+        """Deliver the accepted sends in order, one engine call at a time. The completion of one and the
+        begun try of the next are one transaction. A send that must wait (not connected, the engine
+        went away mid-call, a full disk) stays queued, and so does every send accepted after it: they
+        are answered `queued: true` and go out in order with the next flush."""
+        begun: OutboxEntry | None = None
+        stalled = False
+        try:
+            while self._pipeline:
+                piped = self._pipeline[0]
+                if stalled or self.state != AccountState.CONNECTED:
+                    stalled = True
+                    if begun is not None:  # its try was counted with the previous completion, not made
+                        self._outbox.end_attempt(begun.id)
+                        begun = None
+                    self._unpipe(piped, None)
+                    continue
+                try:
+                    result = await self._deliver(piped.entry, piped.message, begun, self._next_piped)
+                except DiskFull:
+                    log.debug("%s: send stays queued: its try cannot be recorded on a full disk", self.phone)
+                    stalled = True
+                    begun = None
+                    self._unpipe(piped, None)
+                    continue
+                except EngineError as exc:
+                    begun = None
+                    if _retry_later(exc):
+                        stalled = True
+                        self._unpipe(piped, None)
+                        continue
+                    self._outbox.remove(piped.entry.id)  # refused: nothing to retry
+                    self._unpipe(piped, exc)
+                    continue
+                if result is None:  # gone meanwhile (expired or removed)
+                    begun = None
+                    self._unpipe(piped, None)
+                    continue
+                begun = result[1]
+                self._unpipe(piped, SendOutcome(id=result[0].id, queued=False))
+        finally:
+            for piped in list(self._pipeline):  # cancelled (closing): they wait in the outbox for the next start
+                self._unpipe(piped, SendOutcome(id=None, queued=True, queue_id=piped.entry.id, duplicate=False))
+            self._refresh_queue_depth()
+        if self.state == AccountState.CONNECTED and not self._closed:
+            self._start_flush()  # what stayed queued (a flush it held back meanwhile included)
+
+    def _next_piped(self) -> int | None:
+        """The outbox id of the send after the one being delivered, if one is accepted already."""
+        return self._pipeline[1].entry.id if len(self._pipeline) > 1 else None
+
+    def _unpipe(self, piped: _Piped, outcome: SendOutcome | BaseException | None) -> None:
+        """`piped` (the first) leaves the pipeline with its outcome; None: it stays queued."""
+        self._pipeline.popleft()
+        self._piped -= 1
+        self._in_flight.discard(piped.entry.id)
+        self._pipe_room.set()
+        if outcome is None:
+            outcome = self._queued(piped.entry)
+        if not piped.outcome.done():
+            if isinstance(outcome, BaseException):
+                piped.outcome.set_exception(outcome)
+            else:
+                piped.outcome.set_result(outcome)
 
     async def engine_call(self, fn: Callable[[EngineSession], Awaitable[T]]) -> T:
         """react / read / typing: need a connected session, never queued."""
@@ -184,9 +266,10 @@ class Supervisor:
         """Stop timers and the engine session; end `run()`."""
         self._closed = True
         self._cancel_timers()
-        if self._flush_task is not None:
-            self._flush_task.cancel()
-            await asyncio.gather(self._flush_task, return_exceptions=True)
+        for task in (self._flush_task, self._pipe_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._session is not None:
             async with self._session_lock:
                 try:
@@ -312,7 +395,7 @@ class Supervisor:
         return self._flush_task is not None and not self._flush_task.done()
 
     def _start_flush(self) -> None:
-        if self._outbox.depth(self.phone) and not self._flushing():
+        if not self._piped and self._outbox.depth(self.phone) and not self._flushing():  # never beside the pipeline
             self._flush_task = asyncio.create_task(self._flush(), name=f"flush-{self.phone}")
 
     async def _flush(self) -> None:
@@ -326,7 +409,7 @@ class Supervisor:
             message = OutgoingMessage.model_validate(entry.request["message"])
             reply = _reply_of(entry)
             try:
-                result = await self._deliver(entry, message)
+                delivered = await self._deliver(entry, message)
             except DiskFull:
                 break  # retried by the next heartbeat once the disk has space
             except EngineError as exc:
@@ -335,17 +418,22 @@ class Supervisor:
                 self._outbox.remove(entry.id)
                 self._bus.emit(ev.SendFailed(self.phone, reply, exc.code, f"queued message not sent: {exc}"))
                 continue
-            if result is not None:
-                self._bus.emit(ev.SendCompleted(self.phone, reply, result.id))
+            if delivered is not None:
+                self._bus.emit(ev.SendCompleted(self.phone, reply, delivered[0].id))
             self._refresh_queue_depth()
         self._refresh_queue_depth()
 
-    async def _deliver(self, entry: OutboxEntry, message: OutgoingMessage) -> SendResult | None:
-        """Hand one outbox entry to the engine under its WhatsApp id, stored before the call; on success
-        the entry leaves the outbox. None when the entry was gone (expired or removed meanwhile)."""
-        started = self._outbox.begin_attempt(entry.id, new_message_id())
+    async def _deliver(self, entry: OutboxEntry, message: OutgoingMessage, started: OutboxEntry | None = None,
+                       next_id: Callable[[], int | None] | None = None) -> tuple[SendResult, OutboxEntry | None] | None:
+        """Hand one outbox entry to the engine under its WhatsApp id, stored before the call (`started`:
+        that try is begun already); on success the entry leaves the outbox, and the try of the entry
+        `next_id()` names, if any, begins in the same transaction: (the result, that begun entry).
+        None when the entry was gone (expired or removed meanwhile)."""
+        if started is None:
+            started = self._outbox.begin_attempt(entry.id, new_message_id())
         if started is None:
             return None
+        self._outbox.sync()  # the entry, its id and its try on disk before WhatsApp may have it
         retry = started.tries > 1  # an earlier try may have reached WhatsApp
         if retry:
             log.info("%s: sending queued message %d again as %s (try %d): WhatsApp drops it if it got it before",
@@ -359,14 +447,16 @@ class Supervisor:
             raise
         finally:
             self._in_flight.discard(entry.id)
-        self._outbox.complete(started, result.id)
+        following = next_id() if next_id is not None else None
+        begun = self._outbox.complete_and_begin(
+            started, result.id, None if following is None else (following, new_message_id()))
         if result.already_sent:
             log.info("%s: queued message %d had already reached WhatsApp as %s; not sent again",
                      self.phone, entry.id, result.id)
         else:
             self.messages_out += 1
             self._bus.emit(ev.StatsChanged(self.phone))
-        return result
+        return result, begun
 
     def _expire_queued(self) -> None:
         for entry in self._outbox.take_expired(self.phone, self._config.outgoing.ttl):
@@ -376,12 +466,14 @@ class Supervisor:
                 + (f"; a try before a crash may have reached WhatsApp as {entry.wa_id}" if entry.tries else "")))
         self._refresh_queue_depth()
 
-    def _refresh_queue_depth(self) -> None:
-        depth = self._outbox.depth(self.phone)
+    def _refresh_queue_depth(self) -> int:
+        """Show how many sends wait in the outbox (not those of the pipeline, being sent now); returns it."""
+        depth = self._outbox.depth(self.phone) - self._piped
         if depth != self.status.queued_outgoing:
             self.account = replace(self.account, status=self.status.model_copy(
                 update={"queued_outgoing": depth, "updated_at": self._clock()}))
             self._publish_status()
+        return depth
 
     # -- helpers -------------------------------------------------------------------------------
     def _publish_status(self) -> None:
@@ -419,6 +511,21 @@ class Supervisor:
 @dataclass(frozen=True)
 class _Heartbeat:
     pass
+
+
+@dataclass(frozen=True)
+class _Piped:
+    """An accepted send in the pipeline: its outbox entry, and the future its caller awaits."""
+
+    entry: OutboxEntry
+    message: OutgoingMessage
+    outcome: asyncio.Future[SendOutcome]
+
+
+def _done(loop: asyncio.AbstractEventLoop, outcome: SendOutcome) -> asyncio.Future[SendOutcome]:
+    future: asyncio.Future[SendOutcome] = loop.create_future()
+    future.set_result(outcome)
+    return future
 
 
 def _reply_of(entry: OutboxEntry) -> ev.Reply:

@@ -4,7 +4,8 @@ It subscribes the request topics, decodes and validates each request (api.py), c
 the request table (mqtt/requests.py) and answers on `<base>/<target>/response/<cmd>` and, for MQTT v5,
 on the request's response topic with its correlation data, when the response topic rule allows it
 (docs/security.md). Requests for one target are served in arrival order (the request queue, and the
-target's turn in the send service, shared with auto-replies); different targets concurrently. How many
+target's turn in the send service, shared with auto-replies); different targets concurrently. A send
+holds the turn only until it is in the outbox (`Later`): its answer is awaited after the turn. How many
 wait is bounded (`RequestQueue`): beyond that a request is answered `busy` at once. A send that
 had to wait in the outbox is answered later, from `SendCompleted` / `SendFailed`: the reply route
 (response topic, correlation data, transaction) went down with it as an opaque reference.
@@ -30,7 +31,7 @@ from ..mqtt import api
 from ..mqtt.api import ApiError, Route, encode
 from ..mqtt.link import Incoming, MqttLink
 from ..mqtt.request_queue import RequestQueue
-from ..mqtt.requests import ACCOUNT_REQUESTS, BRIDGE_REQUESTS, Call, Result, Services
+from ..mqtt.requests import ACCOUNT_REQUESTS, BRIDGE_REQUESTS, Call, Later, Result, Services
 from ..mqtt.topics import BRIDGE, RequestTopic, Topics, parse_request_topic
 from ..sending import SendService
 from ..tasks import BackgroundTasks
@@ -117,6 +118,7 @@ class RequestServer:
     async def _serve(self, request: RequestTopic, incoming: Incoming) -> None:
         target, command = request.target, request.command
         route, refused = self._route(incoming)
+        result: Result | Later | Exception
         async with self._sending.lock(target):
             try:
                 data, transaction, has_transaction = api.decode_payload(
@@ -128,11 +130,28 @@ class RequestServer:
                     raise ApiError(ErrorCode.UNKNOWN_ACCOUNT, f"{target!r} is not an account id (a phone number)")
                 parsed = api.parse_command(request.is_bridge, command, data)
                 row = (BRIDGE_REQUESTS if request.is_bridge else ACCOUNT_REQUESTS)[command]
-                body = api.ok(route, await row.run(Call(self._services, target, route.to_dict()), parsed))
+                result = await row.run(Call(self._services, target, route.to_dict()), parsed)
             except Exception as exc:  # noqa: BLE001 - every failure is answered; a bug too (`_refusal` logs its trace)
-                refusal = _refusal(exc, f"{target}/{command}")
-                body = api.error(route, refusal.code, refusal.message)
-                log.info("request %s/%s refused: %s", target, command, refusal.code)
+                result = exc
+        if isinstance(result, Later):  # taken in order; its answer is awaited after the target's turn
+            self._tasks.spawn(self._answer_later(target, command, route, result), f"answer-{target}-{command}")
+        else:
+            self._answer(target, command, route, result)
+
+    async def _answer_later(self, target: str, command: str, route: Route, later: Later) -> None:
+        try:
+            result: Result | Exception = await later.result
+        except Exception as exc:  # noqa: BLE001 - as in `_serve`
+            result = exc
+        self._answer(target, command, route, result)
+
+    def _answer(self, target: str, command: str, route: Route, result: Result | Exception) -> None:
+        if isinstance(result, Exception):
+            refusal = _refusal(result, f"{target}/{command}")
+            body = api.error(route, refusal.code, refusal.message)
+            log.info("request %s/%s refused: %s", target, command, refusal.code)
+        else:
+            body = api.ok(route, result)
         self._respond(target, command, route, body)
 
     def _respond(self, target: str, command: str, route: Route, body: dict[str, object]) -> None:

@@ -6,6 +6,8 @@ schema (checked at import) and the handler that carries it out. A handler gets t
 validated request, does the work through the account manager or the send service, and returns the
 response's `data`; a refusal is raised (ApiError, UnknownAccount, EngineError, StorageError, DiskFull)
 and turned into the error response by the request server, the one place that writes response bodies.
+`send` returns `Later`: taken in order (in the outbox) within the target's turn, answered once sent,
+after the turn, so an account's next requests are taken while this one is with the engine.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pydantic import BaseModel
 
 from .. import __version__
 from ..events import Reply
+from ..model import SendOutcome
 from . import api
 from .api import (
     ConnectRequest,
@@ -60,17 +63,25 @@ class Call:
 
 
 @dataclass(frozen=True, slots=True)
+class Later:
+    """A handler's answer that is not ready yet, and need not hold the target's turn: what the request
+    asked is taken in order already (a send is in the outbox); `result` is awaited after the turn."""
+
+    result: Awaitable[Result]
+
+
+@dataclass(frozen=True, slots=True)
 class Command:
     """A row of the table: the schema a payload is validated against, and what runs it."""
 
     schema: type[BaseModel]
-    run: Callable[[Call, BaseModel], Awaitable[Result]]
+    run: Callable[[Call, BaseModel], Awaitable[Result | Later]]
 
 
-def command(schema: type[R], handler: Callable[[Call, R], Awaitable[Result]]) -> Command:
+def command(schema: type[R], handler: Callable[[Call, R], Awaitable[Result | Later]]) -> Command:
     """A table row; the handler is typed with its own request model."""
 
-    async def run(call: Call, request: BaseModel) -> Result:
+    async def run(call: Call, request: BaseModel) -> Result | Later:
         assert isinstance(request, schema)
         return await handler(call, request)
 
@@ -94,8 +105,13 @@ async def _logout(call: Call, _request: EmptyRequest) -> Result:
     return _state(await call.services.manager.logout(call.target))
 
 
-async def _send(call: Call, request: SendRequest) -> Result:
-    return (await call.services.sending.send(call.target, request, call.reply)).payload()
+async def _send(call: Call, request: SendRequest) -> Result | Later:
+    outcome = await call.services.sending.accept(call.target, request, call.reply)
+    return Later(_payload(outcome))
+
+
+async def _payload(outcome: Awaitable[SendOutcome]) -> Result:
+    return (await outcome).payload()
 
 
 async def _react(call: Call, request: ReactRequest) -> Result:

@@ -1,0 +1,36 @@
+"""Sends to one account fired at once, black box: the bridge accepts each into the outbox while earlier
+ones are with the engine (the pipeline), yet WhatsApp gets them in request order and each request is
+answered with its own WhatsApp id, `queued: false`, as when sent one at a time."""
+
+from __future__ import annotations
+
+from harness import BridgeEnv, BridgeProcess, Probe
+
+A = "5511900000071"
+ANA = "5511988887777"
+N = 50
+
+
+async def test_sends_fired_at_once_go_out_in_request_order_each_answered_with_its_own_id(
+        env: BridgeEnv, bridge: BridgeProcess) -> None:
+    env.link_sim_account(A)
+    bridge.start()
+    async with Probe(env.broker, env.base) as probe:
+        await probe.wait_state(A, "connected", timeout=15)
+        mark = probe.mark()
+        for i in range(N):  # each awaits only its PUBACK: all 50 are in flight together
+            await probe.publish(f"{env.base}/{A}/request/send", {"to": ANA, "text": f"m{i}", "transaction": f"t{i}"})
+        responses = await probe.wait_count(f"{env.base}/{A}/response/send", N, timeout=30)
+        sent = await probe.wait_count(f"{env.base}/sim/{A}/sent", N, timeout=30)
+        assert all(r.topic != f"{env.base}/{A}/response/send" for r in probe.received[:mark])
+    assert [item.json()["text"] for item in sent] == [f"m{i}" for i in range(N)]  # WhatsApp's order
+    ids = {item.json()["text"]: item.json()["id"] for item in sent}
+    answers = {r.json()["transaction"]: r.json() for r in responses}
+    assert len(answers) == N
+    for i in range(N):
+        answer = answers[f"t{i}"]
+        assert answer["status"] == "ok", answer
+        assert answer["data"] == {"id": ids[f"m{i}"], "queued": False}
+    assert len(set(ids.values())) == N
+    # answered in request order too
+    assert [r.json()["transaction"] for r in responses] == [f"t{i}" for i in range(N)]
