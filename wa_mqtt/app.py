@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,14 @@ def make_engine(config: Config, intake: Intake | None = None) -> Engine:
     from .engines.child import make_inner_engine
 
     return make_inner_engine(config.engine, options)
+
+
+async def _step(what: str, work: Awaitable[object]) -> None:
+    """One shutdown step; a failure is logged and the shutdown goes on."""
+    try:
+        await work
+    except Exception:
+        log.exception("shutdown: %s failed; going on", what)
 
 
 class App:
@@ -169,28 +177,30 @@ class App:
                     config_watch.start()
                 await stop.wait()
                 log.info("shutting down")
-                await sessions_watch.stop()
+                # each step runs even when one before it failed: engines closed, statuses `stopped`
+                # and `offline` published whatever happened
+                await _step("sessions watcher", sessions_watch.stop())
                 if config_watch is not None:
-                    await config_watch.stop()
+                    await _step("config watcher", config_watch.stop())
                 for extension in reversed(extensions):
-                    await extension.drain()
+                    await _step(f"draining {type(extension).__name__}", extension.drain())
                 manager_task.cancel()
                 intake.resume()  # engines paused by a full disk: what their pipes hold is read, not lost
-                await manager.close()
-                await engine.aclose()
+                await _step("closing the accounts", manager.close())
+                await _step("closing the engine", engine.aclose())
                 for extension in reversed(extensions):
-                    await extension.stop()
-                await link.shutdown()
+                    await _step(f"stopping {type(extension).__name__}", extension.stop())
+                await _step("publishing offline", link.shutdown())
                 link_task.cancel()
             return 0
         finally:
             self.bus = None
-            await disk.close()
-            spool.close()
-            outbox.close()
-            seen.close()
-            if broker is not None:
-                await broker.shutdown()
+            async with contextlib.AsyncExitStack() as closing:  # every file closed even if one fails
+                if broker is not None:
+                    closing.push_async_callback(broker.shutdown)
+                for store in (seen, outbox, spool):
+                    closing.callback(store.close)
+                closing.push_async_callback(disk.close)  # first: it writes what it holds into the files
             log.info("wa_mqtt stopped")
 
     async def reload(self) -> dict[str, object]:

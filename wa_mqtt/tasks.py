@@ -36,7 +36,11 @@ class BackgroundTasks:
         await self.wait()
 
     async def finish(self, timeout: float) -> None:
-        """Let the running tasks end by themselves for up to `timeout` seconds, then cancel the rest."""
+        """Let the running tasks end by themselves for up to `timeout` seconds, then cancel the rest
+        (logged: a shutdown that had to cut work short says so)."""
         if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=timeout)
+            _, late = await asyncio.wait(list(self._tasks), timeout=timeout)
+            if late:
+                self._log.warning("%d tasks still running after %g s; cancelled: %s", len(late), timeout,
+                                  ", ".join(sorted(task.get_name() for task in late)[:5]))
         await self.cancel()

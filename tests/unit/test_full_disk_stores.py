@@ -206,3 +206,36 @@ async def test_watch_shows_the_condition_pushes_back_and_recovers(tmp_path: Path
     await watch.close()
     spool.close()
     seen.close()
+
+
+def test_spool_counts_stay_right_when_the_next_ack_does_a_held_delete(small_disk: SmallDisk) -> None:
+    spool = Spool(small_disk.path / "spool.db")
+    seqs = [spool.append("t", bytes([i]) * 2000, 1, False) for i in range(5)]
+    spool._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    small_disk.fill()
+    spool.ack(seqs[1])  # its delete is held
+    assert len(spool) == 3
+    small_disk.free()
+    spool.ack(seqs[2])  # deletes the held rows too: they were counted out already
+    assert len(spool) == 2 and spool.size_bytes == 2 * (1 + 2000)
+    spool.close()
+    again = Spool(small_disk.path / "spool.db")
+    try:
+        assert len(again) == 2 and [e.seq for e in again.peek(10)] == seqs[3:]
+    finally:
+        again.close()
+
+
+def test_outbox_a_refused_enqueue_keeps_the_held_removal_of_its_client_id(small_disk: SmallDisk) -> None:
+    box = Outbox(small_disk.path / "outbox.db", Clock())
+    refused, _ = box.enqueue(A, {"message": {"text": "refused"}}, "c1")
+    box._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    small_disk.fill()
+    box.remove(refused.id)  # answered "not sent": must never go out, even before its delete is written
+    with pytest.raises(DiskFull):
+        box.enqueue(A, {"message": {"text": "x" * 5000}}, "c1")  # the client tries again: rolled back
+    assert box.pending(A) == [] and box.next_pending(A) is None and box.depth(A) == 0 and box.held == 1
+    small_disk.free()
+    box.remove(refused.id)  # done now: nothing is held any more
+    assert box.held == 0 and box.pending(A) == []
+    box.close()

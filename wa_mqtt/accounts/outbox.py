@@ -134,20 +134,25 @@ class Outbox:
         """Queue a send; (entry, False). If `client_id` is already waiting: (that entry, True), nothing added."""
         data = json.dumps(request, separators=(",", ":"))
         created = self._now()
+        replaced: int | None = None  # a removed entry of the same client id whose delete was held
         try:
-            with self._lock, self._relaxed(), transaction(self._conn):
-                if client_id is not None:
-                    row = self._conn.execute(f"SELECT {_COLUMNS} FROM outbox WHERE account = ? AND client_id = ?",
-                                             (account, client_id)).fetchone()
-                    if row is not None and row[0] not in self._removed:
-                        return _entry(row), True
-                    if row is not None:  # removed, its delete still held: that delete goes first
-                        self._conn.execute("DELETE FROM outbox WHERE id = ?", (row[0],))
-                        self._removed.pop(row[0])
-                cursor = self._conn.execute(
-                    "INSERT INTO outbox (account, request, client_id, created_at) VALUES (?, ?, ?, ?)",
-                    (account, data, client_id, created))
-                entry_id = cursor.lastrowid
+            with self._lock:
+                with self._relaxed(), transaction(self._conn):
+                    if client_id is not None:
+                        row = self._conn.execute(
+                            f"SELECT {_COLUMNS} FROM outbox WHERE account = ? AND client_id = ?",
+                            (account, client_id)).fetchone()
+                        if row is not None and row[0] not in self._removed:
+                            return _entry(row), True
+                        if row is not None:  # removed, its delete still held: that delete goes first
+                            replaced = row[0]
+                            self._conn.execute("DELETE FROM outbox WHERE id = ?", (replaced,))
+                    cursor = self._conn.execute(
+                        "INSERT INTO outbox (account, request, client_id, created_at) VALUES (?, ?, ?, ?)",
+                        (account, data, client_id, created))
+                    entry_id = cursor.lastrowid
+                if replaced is not None:  # only once committed: a rolled-back delete must stay held
+                    self._removed.pop(replaced, None)
         except sqlite3.Error as exc:
             if not is_disk_full(exc, self.path):
                 raise
@@ -278,6 +283,7 @@ class Outbox:
         with self._lock:
             try:
                 self._conn.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
+                self._removed.pop(entry_id, None)  # a delete held before is done now
                 return
             except sqlite3.Error as exc:
                 if not is_disk_full(exc, self.path):

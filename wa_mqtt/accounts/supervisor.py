@@ -132,12 +132,17 @@ class Supervisor:
         queued send is done. Accepted sends are delivered one at a time, in acceptance order, by
         `_pipe`; while one is with the engine the next ones are accepted, so their outbox writes and
         requests overlap its round trip. At most `PIPELINE` wait: a caller past that waits here."""
+        if self._closed:  # removed or restarted meanwhile: nothing may start a session or a pipe again
+            raise EngineError(f"account {self.phone} was closed (removed or restarted); send it again",
+                              code=ErrorCode.NOT_CONNECTED)
         loop = asyncio.get_running_loop()
-        if message.id and (known := self._outbox.sent_id(self.phone, message.id)):
-            return _done(loop, SendOutcome(id=known, queued=False, duplicate=True))
         while self._piped >= PIPELINE:
             self._pipe_room.clear()
             await self._pipe_room.wait()
+        # after the wait, with no await before `enqueue`: a send with the same id that completed while
+        # this one waited must be found here, not queued again under a new WhatsApp id
+        if message.id and (known := self._outbox.sent_id(self.phone, message.id)):
+            return _done(loop, SendOutcome(id=known, queued=False, duplicate=True))
         entry, duplicate = self._outbox.enqueue(
             self.phone, {"message": message.model_dump(mode="json", exclude_none=True), "reply": dict(reply)},
             message.id)

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -55,7 +54,7 @@ class AutoReply:
     async def drain(self) -> None:
         """Plan no more replies; finish sending those planned (bounded)."""
         self._accepting = False
-        await asyncio.wait_for(self._tasks.wait(), timeout=DRAIN_TIMEOUT)
+        await self._tasks.finish(DRAIN_TIMEOUT)
 
     async def stop(self) -> None:
         self._bus.unsubscribe(OWNER)

@@ -13,7 +13,6 @@ had to wait in the outbox is answered later, from `SendCompleted` / `SendFailed`
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -78,7 +77,7 @@ class RequestServer:
         """Accept no more requests; finish the ones being served (bounded). Sends that waited in the
         outbox are still answered until `stop()`."""
         self._accepting = False
-        await asyncio.wait_for(self._tasks.wait(), timeout=DRAIN_TIMEOUT)
+        await self._tasks.finish(DRAIN_TIMEOUT)
 
     async def stop(self) -> None:
         self._bus.unsubscribe(OWNER)

@@ -163,7 +163,11 @@ class Spool:
             if seq <= self._acked:
                 return
             try:
-                sizes = self._conn.execute("DELETE FROM spool WHERE seq <= ? RETURNING size", (seq,)).fetchall()
+                rows = self._conn.execute("DELETE FROM spool WHERE seq <= ? RETURNING seq, size", (seq,)).fetchall()
+                # rows up to `_acked` may be left from an acknowledgement whose delete was held: they
+                # were counted out then, and are deleted now
+                sizes = [(size,) for row_seq, size in rows if row_seq > self._acked]
+                self._delete_pending = False
             except sqlite3.Error as exc:
                 if not is_disk_full(exc, self.path):
                     raise
