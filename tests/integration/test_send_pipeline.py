@@ -4,6 +4,8 @@ answered with its own WhatsApp id, `queued: false`, as when sent one at a time."
 
 from __future__ import annotations
 
+from wa_mqtt.accounts.supervisor import PIPELINE
+
 from harness import BridgeEnv, BridgeProcess, Probe
 
 A = "5511900000071"
@@ -34,3 +36,26 @@ async def test_sends_fired_at_once_go_out_in_request_order_each_answered_with_it
     assert len(set(ids.values())) == N
     # answered in request order too
     assert [r.json()["transaction"] for r in responses] == [f"t{i}" for i in range(N)]
+
+
+async def test_a_repeated_id_waiting_for_room_in_a_full_pipeline_is_not_sent_again(
+        env: BridgeEnv, bridge: BridgeProcess) -> None:
+    """A client retries send `X` while the account's pipeline is full and `X` is still in it: the retry
+    waits for room, and by then `X` has gone out; it must be answered as a duplicate, not sent again."""
+    env.link_sim_account(A)
+    bridge.start()
+    async with Probe(env.broker, env.base) as probe:
+        await probe.wait_state(A, "connected", timeout=15)
+        await probe.sim(A, "stall", {"seconds": 2})  # the first send's answer comes 2 s late: the pipeline fills
+        await probe.publish(f"{env.base}/{A}/request/send", {"to": ANA, "text": "x", "id": "X", "transaction": "first"})
+        for i in range(PIPELINE - 1):  # with the first, the pipeline is full
+            await probe.publish(f"{env.base}/{A}/request/send", {"to": ANA, "text": f"f{i}", "transaction": f"t{i}"})
+        await probe.publish(f"{env.base}/{A}/request/send", {"to": ANA, "text": "x", "id": "X", "transaction": "retry"})
+        responses = await probe.wait_count(f"{env.base}/{A}/response/send", PIPELINE + 1, timeout=60)
+        await probe.wait_count(f"{env.base}/sim/{A}/sent", PIPELINE, timeout=30)
+        answers = {r.json()["transaction"]: r.json() for r in responses}
+        assert answers["first"]["status"] == "ok" and answers["retry"]["status"] == "ok", answers["retry"]
+        assert answers["retry"]["data"]["duplicate"] is True
+        assert answers["retry"]["data"]["id"] == answers["first"]["data"]["id"]
+        sent_x = [r for r in probe.received if r.topic == f"{env.base}/sim/{A}/sent" and r.json()["text"] == "x"]
+        assert len(sent_x) == 1
