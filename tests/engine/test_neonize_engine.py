@@ -321,7 +321,11 @@ async def test_a_retried_send_is_recognised_by_the_secret_whatsmeow_stored(tmp_p
         sent.append(built)
         return N.SendResponse(ID="OUT1", Timestamp=1_795_000_000, ServerID=0, DebugTimings=N.MessageDebugTimings())
 
+    async def is_on_whatsapp(*numbers: str) -> list[N.IsOnWhatsAppResponse]:  # the network part of a lookup
+        return [N.IsOnWhatsAppResponse(Query=f"{n}@c.us", JID=jid(n.lstrip("+")), IsIn=True) for n in numbers]
+
     session.client.send_message = send_message
+    session.client.is_on_whatsapp = is_on_whatsapp
     result = await session.send(message, "3EB0SECOND", retry=True)
     assert (result.id, result.already_sent) == ("OUT1", False)
     assert sent[0].messageContextInfo.messageSecret == second and sent[0].conversation == "once"

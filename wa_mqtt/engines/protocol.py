@@ -70,6 +70,12 @@ class TypingArgs(Args):
     state: str
 
 
+class CheckArgs(Args):
+    """`check`: phone numbers to look up on WhatsApp; the result is a list of `NumberCheck`s."""
+
+    numbers: list[str]
+
+
 class SimControlArgs(Args):
     """A `wa/sim/<phone>/<action>` control (sim children only); the MQTT payload's bytes as latin-1 text."""
 
@@ -80,6 +86,7 @@ class SimControlArgs(Args):
 ARGS: dict[str, type[Args]] = {
     "start": StartArgs, "stop": Args, "logout": Args, "send": SendArgs, "react": ReactArgs,
     "mark_read": MarkReadArgs, "typing": TypingArgs, "sim_control": SimControlArgs, "close": Args,
+    "check": CheckArgs,
 }
 OPS = frozenset(ARGS)
 
