@@ -499,7 +499,7 @@ class SimSession:
     def _undecryptable(self, spec: SimIncoming) -> None:
         """An undecryptable message now; with `decrypt_after`, the real (text) message, same id, later."""
         failed = self._build_message(spec.model_copy(update={"text": None}), None)
-        failed = failed.model_copy(update={"unavailable": False})
+        failed = failed.model_copy(update={"unavailable": False, "hidden": False})
         self._deliver(failed)
         if spec.decrypt_after is None:
             return
