@@ -8,7 +8,8 @@ features/auto_reply.py calls, for every new incoming message and in this order:
 `decide` reads the history as it was *before* the message, which is what `first_message` needs.
 
 Guards, checked for the rule that would reply (docs/automations.md explains them to users):
-- never our own messages (`from_me`), reactions, broadcast/newsletter chats, groups unless the rule
+- never our own messages (`from_me`), reactions, edits, deletions, undecryptable messages (the real
+  one may follow), broadcast/newsletter chats, groups unless the rule
   has `groups: true`, nor messages older than `stale_after` (a backlog delivered after an outage);
 - at most ONE reply per incoming message: the first rule in config order that matches and is not
   cooling down for that chat. A rule in cooldown does not match, so a later catch-all still can;
@@ -80,9 +81,9 @@ class ReplyHistory:
 
     def record_incoming(self, message: IncomingMessage, now: datetime) -> None:
         """A message arrived (call for every message, after `decide`); our own and reactions are skipped."""
-        if message.from_me or message.type == "reaction":
+        if message.from_me or message.type in NOT_ANSWERED:
             return
-        self._put(self._last_incoming, (message.account, message.chat, message.sender), now)
+        self._put(self._last_incoming, (message.account, message.chat, _who(message)), now)
 
     def record_reply(self, reply: PlannedReply, now: datetime) -> None:
         """An auto-reply was handed to the outbox."""
@@ -104,6 +105,14 @@ class ReplyHistory:
 
     def replies_since(self, since: datetime) -> int:
         return sum(1 for at in self._replies if at > since)
+
+
+NOT_ANSWERED = frozenset({"reaction", "edit", "revoke", "undecryptable"})  # no chat message of their own
+
+
+def _who(message: IncomingMessage) -> str:
+    """The sender, for reply history: the phone, or the JID when the phone is unknown (a LID sender)."""
+    return message.sender or message.sender_jid
 
 
 def _message_text(message: IncomingMessage) -> str | None:
@@ -152,7 +161,7 @@ def _matches(rule: AutoReplyRule, message: IncomingMessage, history: ReplyHistor
         if not any(w.contains(local) for w in match.window):
             return False
     if match.first_message:
-        seen = history.last_incoming(message.account, message.chat, message.sender)
+        seen = history.last_incoming(message.account, message.chat, _who(message))
         if seen is not None and (match.quiet_for is None or now - seen < timedelta(seconds=match.quiet_for)):
             return False
     return _match_text(match, _message_text(message))
@@ -163,7 +172,7 @@ def render(rule: AutoReplyRule, message: IncomingMessage, now: datetime,
     """The rule's reply for this message: built-in placeholders plus the regex groups of `found`."""
     local = now.astimezone(rule.zone())
     values: dict[str, str] = {
-        "name": message.sender_name or message.sender, "phone": message.sender,
+        "name": message.sender_name or message.sender or "", "phone": message.sender or "",
         "time": local.strftime("%H:%M"), "date": local.strftime("%Y-%m-%d"),
         "account": message.account, "rule": rule.name,
     }
@@ -193,7 +202,7 @@ def decide(rules: Iterable[AutoReplyRule], message: IncomingMessage, history: Re
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     limits = limits or AutoReplyLimits()
-    if message.from_me or message.type == "reaction" or message.chat_type not in REPLIABLE_CHAT_TYPES:
+    if message.from_me or message.type in NOT_ANSWERED or message.chat_type not in REPLIABLE_CHAT_TYPES:
         return []
     sent_at = message.timestamp if message.timestamp.tzinfo else message.timestamp.replace(tzinfo=UTC)
     if now - sent_at > timedelta(seconds=limits.stale_after):

@@ -32,6 +32,7 @@ class ErrorCode(StrEnum):
     CONFIG_INVALID = "config_invalid"
     INTERNAL_ERROR = "internal_error"
     BUSY = "busy"
+    NOT_ON_WHATSAPP = "not_on_whatsapp"  # a send to a phone number that has no WhatsApp account
     # both: a response code and a status error_code
     STORAGE_ERROR = "storage_error"
     DISK_FULL = "disk_full"  # the bridge's data disk is full: incoming messages are held in memory
@@ -54,6 +55,7 @@ E = ErrorCode
 RESPONSE_CODES = frozenset({
     E.INVALID_JSON, E.INVALID_REQUEST, E.UNKNOWN_ACCOUNT, E.NOT_CONNECTED, E.ENGINE_ERROR, E.FORBIDDEN,
     E.TOO_LARGE, E.DISK_FULL, E.EXPIRED, E.CONFIG_INVALID, E.STORAGE_ERROR, E.INTERNAL_ERROR, E.BUSY,
+    E.NOT_ON_WHATSAPP,
 })
 """The codes a response can carry (`{"status": "error", "code": ...}`)."""
 
@@ -75,6 +77,7 @@ MESSAGES: Mapping[ErrorCode, str] = MappingProxyType({
                   "outgoing.max_text_chars"),
     E.EXPIRED: "not sent: still queued after outgoing.ttl",
     E.CONFIG_INVALID: "config.yaml is invalid, empty or missing; the running config stays: fix the file",
+    E.NOT_ON_WHATSAPP: "not sent: this phone number has no WhatsApp account (check the number and its country code)",
     E.BUSY: "not done: too many requests are waiting; send it again later",
     E.INTERNAL_ERROR: "internal error (a bug, see the log): the request had no effect beyond what the response says",
     E.STORAGE_ERROR: ("the sessions folder cannot be written (read-only, permissions, disk full): make it "

@@ -102,13 +102,31 @@ class Media(BaseModel):
 
 
 class Quoted(BaseModel):
+    """The message a message answers. `sender` is a phone number or None (never LID digits);
+    `sender_lid` the sender's `…@lid` JID when known; `sender_jid` as WhatsApp gave it."""
+
     id: str
     sender: str | None = None
+    sender_lid: str | None = None
+    sender_jid: str | None = None
     text: str | None = None
 
 
 class Reaction(BaseModel):
     emoji: str
+    target_id: str
+
+
+class Edit(BaseModel):
+    """`type: "edit"`: message `target_id` now reads `text`."""
+
+    target_id: str
+    text: str | None = None
+
+
+class Revoke(BaseModel):
+    """`type: "revoke"`: message `target_id` was deleted for everyone."""
+
     target_id: str
 
 
@@ -120,14 +138,19 @@ class Location(BaseModel):
 
 MessageType = Literal[
     "text", "image", "video", "audio", "document", "sticker", "location", "contact",
-    "reaction", "poll", "unknown",
+    "reaction", "poll", "edit", "revoke", "undecryptable", "unknown",
 ]
 MESSAGE_TYPES: frozenset[str] = frozenset(get_args(MessageType))
 ChatType = Literal["private", "group", "broadcast", "newsletter"]
 
 
 class IncomingMessage(BaseModel):
-    """`wa/<phone>/message` (contract section 6)."""
+    """`wa/<phone>/message` (contract section 6).
+
+    `sender` is the sender's phone number, or None when WhatsApp named the sender by LID only and the
+    LID map does not know its phone (never LID digits); `sender_lid` is the `…@lid` JID when known;
+    `sender_jid` is the sender as WhatsApp addressed the message (what replies and reactions use).
+    `mentions` are phone numbers (a LID nobody resolved is left out); `mentioned_jids` as received."""
 
     model_config = ConfigDict(extra="allow")  # type-specific extras (poll options, raw_type, contact vcard)
 
@@ -135,7 +158,8 @@ class IncomingMessage(BaseModel):
     account: str
     chat: str
     chat_type: ChatType = "private"
-    sender: str
+    sender: str | None
+    sender_lid: str | None = None
     sender_jid: str
     sender_name: str | None = None
     from_me: bool = False
@@ -146,8 +170,11 @@ class IncomingMessage(BaseModel):
     media: Media | None = None
     quoted: Quoted | None = None
     mentions: list[str] = Field(default_factory=list)
+    mentioned_jids: list[str] = Field(default_factory=list)
     reaction: Reaction | None = None
     location: Location | None = None
+    edit: Edit | None = None
+    revoke: Revoke | None = None
 
     def payload(self) -> dict[str, Any]:
         data = self.model_dump(mode="json")
@@ -162,7 +189,8 @@ class Receipt(BaseModel):
     chat: str
     type: Literal["delivered", "read", "played"]
     timestamp: datetime
-    sender: str | None = None
+    sender: str | None = None  # a phone number or None, never LID digits
+    sender_lid: str | None = None
 
     def payload(self) -> dict[str, Any]:
         data = self.model_dump(mode="json")
@@ -247,6 +275,15 @@ class OutgoingMessage(BaseModel):
     @property
     def jid(self) -> str:
         return to_jid(self.to)
+
+
+class NumberCheck(BaseModel):
+    """Whether a phone number has a WhatsApp account, and the JID WhatsApp knows it by (which may differ
+    from the number as typed: Brazil's ninth digit). The answer of `check` and what a send resolves."""
+
+    number: str
+    on_whatsapp: bool
+    jid: str | None = None
 
 
 class SendResult(BaseModel):

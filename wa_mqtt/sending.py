@@ -1,7 +1,9 @@
 """The send service: every send, requested or automatic, passes the same policy on its way to an account.
 
 Policy first (`outgoing.allow_to`, `outgoing.max_text_chars`, the media policy), then the account's
-supervisor sends it now or queues it in the outbox. A refusal is an `ApiError` and changes nothing.
+supervisor sends it now or queues it in the outbox. `allow_to` matches a recipient as written, or else
+as WhatsApp knows the numbers (resolved by the account, so `5511988887777` allows `551188887777` when
+WhatsApp knows both as one JID). A refusal is an `ApiError` and changes nothing.
 Used by the request server and by auto-replies, so neither needs the other.
 
 It also keeps each target's turn (`lock`): one account's requests and auto-replies are carried out one
@@ -12,9 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import TYPE_CHECKING
 
 from .config import Config
+from .engines.base import EngineError
+from .engines.resolving import phone_of
 from .errors import ErrorCode
 from .events import Reply
 from .media import MediaPolicy, MediaRefused, check_message
@@ -24,6 +29,8 @@ from .mqtt.topics import BRIDGE
 
 if TYPE_CHECKING:
     from .accounts.manager import AccountManager
+
+log = logging.getLogger(__name__)
 
 
 class SendService:
@@ -46,10 +53,34 @@ class SendService:
         return contextlib.nullcontext()
 
     def check(self, message: OutgoingMessage) -> None:
-        """Raise `ApiError` when the policy refuses `message`."""
-        outgoing = self._config.outgoing
-        if outgoing.allow_to is not None and identity(message.to) not in {identity(a) for a in outgoing.allow_to}:
+        """Raise `ApiError` when the policy refuses `message` (`allow_to` compared as written)."""
+        if not self._listed(message.to):
             raise ApiError(ErrorCode.FORBIDDEN, f"to: {message.to} is not in outgoing.allow_to")
+        self._check_content(message)
+
+    def _listed(self, recipient: str) -> bool:
+        allow_to = self._config.outgoing.allow_to
+        return allow_to is None or identity(recipient) in {identity(a) for a in allow_to}
+
+    async def _allowed_as_resolved(self, phone: str, message: OutgoingMessage) -> bool:
+        """`outgoing.allow_to` compared as WhatsApp knows the numbers: the recipient and each listed phone
+        resolved by the account (`check`, cached), so a listed phone allows that phone however it is
+        written (Brazil's ninth digit). False when the account cannot ask (not connected)."""
+        allow_to = self._config.outgoing.allow_to or []
+        to_phone = phone_of(message.to)
+        listed = [p for p in (phone_of(a) for a in allow_to) if p is not None]
+        if to_phone is None or not listed:
+            return False
+        try:
+            checks = await self._manager.get(phone).engine_call(lambda s: s.check([to_phone, *listed]))
+        except EngineError as exc:
+            log.info("%s: cannot resolve %s for outgoing.allow_to (%s)", phone, message.to, exc)
+            return False
+        resolved = checks[0].jid if checks else None
+        return resolved is not None and resolved in {c.jid for c in checks[1:] if c.jid}
+
+    def _check_content(self, message: OutgoingMessage) -> None:
+        outgoing = self._config.outgoing
         texts = {"text": message.text}
         if message.kind != "text":
             texts[f"{message.kind}.caption"] = getattr(message, message.kind).caption
@@ -71,5 +102,7 @@ class SendService:
         the returned future is what became of it (an `EngineError` when the engine refused it). The
         turn may end once this returns: the account delivers its accepted sends in order."""
         supervisor = self._manager.get(phone)
-        self.check(message)
+        self._check_content(message)
+        if not self._listed(message.to) and not await self._allowed_as_resolved(phone, message):
+            raise ApiError(ErrorCode.FORBIDDEN, f"to: {message.to} is not in outgoing.allow_to")
         return await supervisor.accept(message, reply)

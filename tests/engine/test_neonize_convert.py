@@ -103,9 +103,10 @@ def test_private_message_envelope() -> None:
     payload = conv.message_from_event(event, ACCOUNT).payload()
     assert payload | {"text": None} == {
         "id": "3EB0AAAA", "account": ACCOUNT, "chat": "5511999999999@s.whatsapp.net", "chat_type": "private",
-        "sender": "5511999999999", "sender_jid": "5511999999999@s.whatsapp.net", "sender_name": "Ana",
-        "from_me": False, "timestamp": "2026-11-18T11:06:40Z", "type": "text", "text": None, "caption": None,
-        "media": None, "quoted": None, "mentions": [], "reaction": None, "location": None,
+        "sender": "5511999999999", "sender_lid": None, "sender_jid": "5511999999999@s.whatsapp.net",
+        "sender_name": "Ana", "from_me": False, "timestamp": "2026-11-18T11:06:40Z", "type": "text", "text": None,
+        "caption": None, "media": None, "quoted": None, "mentions": [], "mentioned_jids": [], "reaction": None,
+        "location": None, "edit": None, "revoke": None,
     }
 
 
@@ -126,8 +127,10 @@ def test_group_message_sender_and_quote_and_mentions() -> None:
     assert payload["chat"] == "120363012345678901@g.us"
     assert payload["chat_type"] == "group"
     assert (payload["sender"], payload["sender_jid"]) == ("5511999999999", "5511999999999@s.whatsapp.net")
-    assert payload["quoted"] == {"id": "3EB0QUOTED", "sender": "5511777777777", "text": "original text"}
+    assert payload["quoted"] == {"id": "3EB0QUOTED", "sender": "5511777777777", "sender_lid": None,
+                                 "sender_jid": "5511777777777@s.whatsapp.net", "text": "original text"}
     assert payload["mentions"] == ["5511888888888", "5511666666666"]
+    assert payload["mentioned_jids"] == ["5511888888888@s.whatsapp.net", "5511666666666@s.whatsapp.net"]
 
 
 def test_quoted_media_caption_is_the_quoted_text() -> None:
@@ -135,7 +138,8 @@ def test_quoted_media_caption_is_the_quoted_text() -> None:
         caption="reply", contextInfo=E.ContextInfo(
             stanzaID="Q1", quotedMessage=E.Message(imageMessage=E.ImageMessage(caption="the photo")))))
     payload = conv.message_from_event(message_event(content), ACCOUNT).payload()
-    assert payload["quoted"] == {"id": "Q1", "sender": None, "text": "the photo"}
+    assert payload["quoted"] == {"id": "Q1", "sender": None, "sender_lid": None, "sender_jid": None,
+                                 "text": "the photo"}
 
 
 def test_lid_sender_uses_phone_alt_and_names_private_chat_by_phone() -> None:
@@ -143,6 +147,125 @@ def test_lid_sender_uses_phone_alt_and_names_private_chat_by_phone() -> None:
                           sender=jid("123456789012345", "lid"), sender_alt=jid("5511555555555"))
     payload = conv.message_from_event(event, ACCOUNT).payload()
     assert (payload["sender"], payload["chat"]) == ("5511555555555", "5511555555555@s.whatsapp.net")
+    assert (payload["sender_lid"], payload["sender_jid"]) == ("123456789012345@lid", "123456789012345@lid")
+
+
+LID = "123456789012345"
+
+
+def test_lid_sender_without_alt_is_never_published_as_a_phone() -> None:
+    """SenderAlt empty (whatsmeow#1014): the LID digits are no phone; the LID map may know it."""
+    event = message_event(E.Message(conversation="x"), chat=jid(LID, "lid"), sender=jid(LID, "lid", device=2))
+    unknown = conv.message_from_event(event, ACCOUNT)
+    assert (unknown.sender, unknown.sender_lid, unknown.sender_jid, unknown.chat) == (
+        None, f"{LID}@lid", f"{LID}@lid", f"{LID}@lid")
+    assert conv.lid_users(event) == [f"{LID}@lid", f"{LID}@lid"]
+    known = conv.message_from_event(event, ACCOUNT, {LID: "5511555555555"})
+    assert (known.sender, known.sender_lid, known.sender_jid, known.chat) == (
+        "5511555555555", f"{LID}@lid", f"{LID}@lid", "5511555555555@s.whatsapp.net")
+
+
+def test_lid_group_sender_mentions_and_quote() -> None:
+    content = E.Message(extendedTextMessage=E.ExtendedTextMessage(
+        text="@x @y", contextInfo=E.ContextInfo(
+            stanzaID="Q2", participant="777000000000001@lid", quotedMessage=E.Message(conversation="q"),
+            mentionedJID=["777000000000001@lid", "777000000000002@lid", "5511888888888@s.whatsapp.net"])))
+    event = message_event(content, chat=jid("120363012345678901", "g.us"), sender=jid("777000000000002", "lid"))
+    lids = {"777000000000001": "5511444444444"}
+    assert set(conv.lid_users(event)) == {"120363012345678901@g.us", "777000000000002@lid", "777000000000001@lid",
+                                          "5511888888888@s.whatsapp.net"}
+    payload = conv.message_from_event(event, ACCOUNT, lids).payload()
+    assert (payload["sender"], payload["sender_lid"], payload["chat"]) == (
+        None, "777000000000002@lid", "120363012345678901@g.us")
+    assert payload["mentions"] == ["5511444444444", "5511888888888"]  # the unknown LID is left out, not its digits
+    assert payload["mentioned_jids"] == ["777000000000001@lid", "777000000000002@lid", "5511888888888@s.whatsapp.net"]
+    assert payload["quoted"] == {"id": "Q2", "sender": "5511444444444", "sender_lid": "777000000000001@lid",
+                                 "sender_jid": "777000000000001@lid", "text": "q"}
+
+
+def test_pn_sender_with_lid_alt_carries_both() -> None:
+    event = message_event(E.Message(conversation="x"), sender=jid("5511999999999", device=3),
+                          sender_alt=jid(LID, "lid"))
+    message = conv.message_from_event(event, ACCOUNT)
+    assert (message.sender, message.sender_lid, message.sender_jid) == (
+        "5511999999999", f"{LID}@lid", "5511999999999@s.whatsapp.net")
+
+
+def test_lid_receipt_sender_is_no_phone() -> None:
+    event = receipt_event(N.Receipt.READ, ["A"], chat=jid(LID, "lid"), sender=jid(LID, "lid"))
+    receipt = conv.receipt_from_event(event)
+    assert (receipt.sender, receipt.sender_lid) == (None, f"{LID}@lid")
+
+
+def _protocol(kind: int, **fields: object) -> E.Message:
+    return E.Message(protocolMessage=E.ProtocolMessage(type=kind, **fields))
+
+
+def test_edit_is_published_with_its_target_and_new_text() -> None:
+    """As whatsmeow delivers an edit: editedMessage wrapping protocolMessage{MESSAGE_EDIT}, IsEdit set."""
+    edit = _protocol(E.ProtocolMessage.MESSAGE_EDIT, key=MessageKey(ID="3EB0ORIG", fromMe=False),
+                     editedMessage=E.Message(conversation="fixed typo"))
+    wrapped = E.Message(editedMessage=E.FutureProofMessage(message=edit))
+    for content in (wrapped, edit):
+        event = message_event(content, msg_id="3EB0EDIT", is_edit=content is wrapped)
+        assert not conv.is_device_traffic(event)
+        payload = conv.message_from_event(event, ACCOUNT).payload()
+        assert (payload["type"], payload["text"], payload["edit"]) == (
+            "edit", "fixed typo", {"target_id": "3EB0ORIG", "text": "fixed typo"})
+        assert "edited" not in payload
+    caption = _protocol(E.ProtocolMessage.MESSAGE_EDIT, key=MessageKey(ID="IMG"),
+                        editedMessage=E.Message(imageMessage=E.ImageMessage(caption="new caption")))
+    assert conv.message_from_event(message_event(caption), ACCOUNT).edit.text == "new caption"
+
+
+def test_revoke_is_published_with_its_target() -> None:
+    event = message_event(_protocol(E.ProtocolMessage.REVOKE, key=MessageKey(ID="3EB0GONE")), msg_id="3EB0REV")
+    assert not conv.is_device_traffic(event)
+    payload = conv.message_from_event(event, ACCOUNT).payload()
+    assert (payload["type"], payload["revoke"], payload["text"]) == ("revoke", {"target_id": "3EB0GONE"}, None)
+
+
+@pytest.mark.parametrize("kind", [E.ProtocolMessage.HISTORY_SYNC_NOTIFICATION, E.ProtocolMessage.APP_STATE_SYNC_KEY_SHARE,
+                                  E.ProtocolMessage.PEER_DATA_OPERATION_REQUEST_RESPONSE_MESSAGE])
+def test_own_device_protocol_traffic_is_not_a_message(kind: int) -> None:
+    mine = message_event(_protocol(kind), from_me=True, chat=jid(ACCOUNT), sender=jid(ACCOUNT, device=7))
+    assert conv.is_device_traffic(mine)
+    assert conv.is_device_traffic(message_event(_protocol(kind)))  # these are device traffic whoever sends them
+
+
+def test_key_distribution_alone_is_device_traffic_but_other_protocol_messages_are_kept() -> None:
+    skdm = E.Message(senderKeyDistributionMessage=E.SenderKeyDistributionMessage(groupID="g"))
+    assert conv.is_device_traffic(message_event(skdm))
+    assert not conv.is_device_traffic(message_event(None))  # nothing at all: published as unknown, as before
+    ephemeral = message_event(_protocol(E.ProtocolMessage.EPHEMERAL_SETTING))
+    assert not conv.is_device_traffic(ephemeral)
+    message = conv.message_from_event(ephemeral, ACCOUNT)
+    assert (message.type, message.model_extra) == ("unknown", {"raw_type": "protocolMessage.EPHEMERAL_SETTING"})
+    assert conv.is_device_traffic(message_event(_protocol(E.ProtocolMessage.EPHEMERAL_SETTING), from_me=True))
+
+
+def test_undecryptable_message() -> None:
+    info = message_event(None, msg_id="3EB0LOCKED", chat=jid(LID, "lid"), sender=jid(LID, "lid")).Info
+    event = N.UndecryptableMessage(Info=info, IsUnavailable=False, DecryptFailMode=N.UndecryptableMessage.DECRYPT_FAIL_SHOW)
+    assert conv.lid_users(event) == [f"{LID}@lid", f"{LID}@lid"]
+    payload = conv.undecryptable_from_event(event, ACCOUNT, {LID: "5511555555555"}).payload()
+    assert (payload["id"], payload["type"], payload["text"], payload["unavailable"], payload["hidden"]) == (
+        "3EB0LOCKED", "undecryptable", None, False, False)
+    assert (payload["sender"], payload["sender_lid"], payload["chat"]) == (
+        "5511555555555", f"{LID}@lid", "5511555555555@s.whatsapp.net")
+
+
+def test_number_checks() -> None:
+    answers = [N.IsOnWhatsAppResponse(Query="+551188887777@c.us", JID=jid("551188887777"), IsIn=True),
+               N.IsOnWhatsAppResponse(Query="+5511000000000@c.us", JID=jid("5511000000000"), IsIn=False)]
+    checks = conv.number_checks(answers, ["5511000000000", "551188887777", "4915100000009"])
+    assert [c.model_dump() for c in checks] == [
+        {"number": "5511000000000", "on_whatsapp": False, "jid": None},
+        {"number": "551188887777", "on_whatsapp": True, "jid": "551188887777@s.whatsapp.net"},
+        {"number": "4915100000009", "on_whatsapp": False, "jid": None}]
+    # WhatsApp rewrote the query (Brazil's ninth digit): matched by position
+    rewritten = [N.IsOnWhatsAppResponse(Query="+551188887777", JID=jid("551188887777"), IsIn=True)]
+    assert conv.number_checks(rewritten, ["5511988887777"])[0].jid == "551188887777@s.whatsapp.net"
 
 
 @pytest.mark.parametrize(("chat", "chat_type"), [
@@ -192,7 +315,7 @@ def test_receipt_payload_in_group() -> None:
                           sender=jid("5511999999999", device=2))
     assert conv.receipt_from_event(event).payload() == {
         "ids": ["A"], "chat": "120363012345678901@g.us", "type": "read", "timestamp": "2026-11-18T11:06:40Z",
-        "sender": "5511999999999"}
+        "sender": "5511999999999", "sender_lid": None}
 
 
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)

@@ -321,8 +321,125 @@ async def test_a_retried_send_is_recognised_by_the_secret_whatsmeow_stored(tmp_p
         sent.append(built)
         return N.SendResponse(ID="OUT1", Timestamp=1_795_000_000, ServerID=0, DebugTimings=N.MessageDebugTimings())
 
+    async def is_on_whatsapp(*numbers: str) -> list[N.IsOnWhatsAppResponse]:  # the network part of a lookup
+        return [N.IsOnWhatsAppResponse(Query=f"{n}@c.us", JID=jid(n.lstrip("+")), IsIn=True) for n in numbers]
+
     session.client.send_message = send_message
+    session.client.is_on_whatsapp = is_on_whatsapp
     result = await session.send(message, "3EB0SECOND", retry=True)
     assert (result.id, result.already_sent) == ("OUT1", False)
     assert sent[0].messageContextInfo.messageSecret == second and sent[0].conversation == "once"
+    await session.close()
+
+
+LID_KNOWN, LID_NEW = "123456789012345", "987654321098765"
+
+
+async def _restored(tmp_path: Path, engine: NeonizeEngine, lid_map: dict[str, str]) -> tuple[NeonizeSession, Recorder]:
+    phone = next_phone()
+    store = fresh_store(tmp_path / "store.db")
+    write_synthetic_device(store, phone)
+    with sqlite3.connect(store) as db:
+        db.executemany("INSERT INTO whatsmeow_lid_map (lid, pn) VALUES (?, ?)", list(lid_map.items()))
+    events = Recorder()
+    session = engine.open_session(phone, store, events)
+    await session.start()
+    assert (await events.next()).code == ErrorCode.DIAL_FAILED
+    return session, events
+
+
+async def test_lid_senders_are_resolved_through_the_store_lid_map_in_order(tmp_path: Path,
+                                                                           engine: NeonizeEngine) -> None:
+    """get_pn_from_lid against the real store; a message waiting for a lookup keeps its place."""
+    session, events = await _restored(tmp_path, engine, {LID_KNOWN: "5511555555555"})
+    text = E.Message(conversation="x")
+    await go_event(session, message_event(text, msg_id="M1", chat=jid(LID_KNOWN, "lid"), sender=jid(LID_KNOWN, "lid")))
+    await go_event(session, message_event(text, msg_id="M2", chat=jid(LID_NEW, "lid"), sender=jid(LID_NEW, "lid")))
+    await go_event(session, message_event(text, msg_id="M3"))
+    got = [(await events.next()).message for _ in range(3)]
+    assert [(m.id, m.sender, m.sender_lid, m.chat) for m in got] == [
+        ("M1", "5511555555555", f"{LID_KNOWN}@lid", "5511555555555@s.whatsapp.net"),
+        ("M2", None, f"{LID_NEW}@lid", f"{LID_NEW}@lid"),  # never the LID digits as a phone
+        ("M3", "5511999999999", None, "5511999999999@s.whatsapp.net")]
+    # a message that carries the phone alongside teaches the session the pair (whatsmeow stores it too)
+    await go_event(session, message_event(text, msg_id="M4", sender=jid(LID_NEW, "lid"), chat=jid(LID_NEW, "lid"),
+                                          sender_alt=jid("5511444444444")))
+    await go_event(session, message_event(text, msg_id="M5", sender=jid(LID_NEW, "lid"), chat=jid(LID_NEW, "lid")))
+    assert [(await events.next()).message.sender for _ in range(2)] == ["5511444444444", "5511444444444"]
+    await session.close()
+
+
+async def test_own_device_traffic_is_dropped_and_undecryptable_messages_are_published(tmp_path: Path,
+                                                                                       engine: NeonizeEngine) -> None:
+    session, events = await _restored(tmp_path, engine, {})
+    me = jid(session.phone, device=7)
+    sync = E.Message(protocolMessage=E.ProtocolMessage(type=E.ProtocolMessage.HISTORY_SYNC_NOTIFICATION))
+    await go_event(session, message_event(sync, msg_id="SYNC", from_me=True, chat=jid(session.phone), sender=me))
+    info = message_event(None, msg_id="LOCKED").Info
+    await go_event(session, N.UndecryptableMessage(Info=info, IsUnavailable=False,
+                                                   DecryptFailMode=N.UndecryptableMessage.DECRYPT_FAIL_SHOW))
+    await go_event(session, message_event(E.Message(conversation="now readable"), msg_id="LOCKED"))
+    first, second = (await events.next()).message, (await events.next()).message
+    assert (first.id, first.type, first.text) == ("LOCKED", "undecryptable", None)
+    assert (second.id, second.type, second.text) == ("LOCKED", "text", "now readable")
+    await session.close()
+
+
+async def test_answers_use_the_addressing_the_message_came_with(tmp_path: Path, engine: NeonizeEngine) -> None:
+    """A message from a LID is replied to and reacted to with the LID, even when asked by phone."""
+    session, events = await _restored(tmp_path, engine, {LID_KNOWN: "5511555555555"})
+    await go_event(session, message_event(E.Message(conversation="hi"), msg_id="L1", chat=jid(LID_KNOWN, "lid"),
+                                          sender=jid(LID_KNOWN, "lid", device=3)))
+    message = (await events.next()).message
+    assert (message.chat, message.sender_jid) == ("5511555555555@s.whatsapp.net", f"{LID_KNOWN}@lid")
+    sent: list[tuple[N.JID, E.Message]] = []
+
+    async def send_message(to: N.JID, built: E.Message) -> N.SendResponse:  # the network part of a send
+        sent.append((to, built))
+        return N.SendResponse(ID=f"OUT{len(sent)}", Timestamp=1_795_000_000, ServerID=0,
+                              DebugTimings=N.MessageDebugTimings())
+
+    session.client.send_message = send_message
+    assert await session.react(message.chat, "L1", "👍", sender=message.sender) == "OUT1"
+    to, reaction = sent[0]
+    assert (to.User, to.Server) == (LID_KNOWN, "lid")  # the chat as the message came
+    assert reaction.reactionMessage.key.remoteJID == f"{LID_KNOWN}@lid"
+    await session.send(OutgoingMessage(to=f"{LID_KNOWN}@lid", text="reply", reply_to="L1"))
+    to, reply = sent[1]
+    assert (to.User, to.Server) == (LID_KNOWN, "lid")  # a LID is sent to as given: no lookup
+    assert reply.extendedTextMessage.contextInfo.participant == f"{LID_KNOWN}@lid"
+    await session.close()
+
+
+async def test_phones_are_resolved_once_before_sending(tmp_path: Path, engine: NeonizeEngine) -> None:
+    session, _events = await _restored(tmp_path, engine, {})
+    asked: list[tuple[str, ...]] = []
+    sent: list[N.JID] = []
+    brazil = {"+5511988887777": "551188887777"}  # typed with the ninth digit; WhatsApp knows it without
+
+    async def is_on_whatsapp(*numbers: str) -> list[N.IsOnWhatsAppResponse]:  # the network part of a lookup
+        asked.append(numbers)
+        return [N.IsOnWhatsAppResponse(Query=f"{n}@c.us", JID=jid(brazil.get(n, n.lstrip("+"))),
+                                       IsIn=n != "+5511000000000") for n in numbers]
+
+    async def send_message(to: N.JID, built: E.Message) -> N.SendResponse:
+        sent.append(to)
+        return N.SendResponse(ID=f"OUT{len(sent)}", Timestamp=1_795_000_000, ServerID=0,
+                              DebugTimings=N.MessageDebugTimings())
+
+    session.client.is_on_whatsapp, session.client.send_message = is_on_whatsapp, send_message
+    for to in ("5511988887777", "5511988887777@s.whatsapp.net", "120363012345678901@g.us", f"{LID_NEW}@lid"):
+        await session.send(OutgoingMessage(to=to, text="hi"))
+    assert [(j.User, j.Server) for j in sent] == [
+        ("551188887777", "s.whatsapp.net"), ("551188887777", "s.whatsapp.net"),
+        ("120363012345678901", "g.us"), (LID_NEW, "lid")]
+    assert asked == [("+5511988887777",)]  # once: the answer is cached; groups and LIDs are not looked up
+    with pytest.raises(EngineError) as failure:
+        await session.send(OutgoingMessage(to="5511000000000", text="hi"))
+    assert failure.value.code == "not_on_whatsapp" and len(sent) == 4
+    checks = await session.check(["5511000000000", "+5511988887777", "4915100000009"])
+    assert [(c.number, c.on_whatsapp, c.jid) for c in checks] == [
+        ("5511000000000", False, None), ("5511988887777", True, "551188887777@s.whatsapp.net"),
+        ("4915100000009", True, "4915100000009@s.whatsapp.net")]
+    assert asked[1:] == [("+5511000000000",), ("+4915100000009",)]  # each number asked once, "no account" too
     await session.close()

@@ -66,6 +66,8 @@ def texts(rules: list[AutoReplyRule], message: IncomingMessage, history: ReplyHi
     ({"sender": [f"+{ANA}"]}, {}, True),
     ({"sender": [ANA_JID]}, {}, True),
     ({"sender": [BOB, BOB_JID]}, {}, False),
+    ({"sender": ["201234567890123"]}, {"sender": None, "sender_jid": "201234567890123@lid"}, False),  # LID digits no phone
+    ({"sender": ["201234567890123@lid"]}, {"sender": None, "sender_jid": "201234567890123@lid"}, True),
     ({"chat_type": "private"}, {}, True),
 ])
 def test_match_conditions(match: dict, fields: dict, replies: bool) -> None:
@@ -78,6 +80,9 @@ def test_match_conditions(match: dict, fields: dict, replies: bool) -> None:
     ({"enabled": False}, {}, False),
     ({}, {"from_me": True}, False),
     ({}, {"type": "reaction", "text": None, "reaction": {"emoji": "👍", "target_id": "X"}}, False),
+    ({}, {"type": "edit", "text": "hello", "edit": {"target_id": "X", "text": "hello"}}, False),
+    ({}, {"type": "revoke", "text": None, "revoke": {"target_id": "X"}}, False),
+    ({}, {"type": "undecryptable", "text": None}, False),  # the real message may follow: that one is answered
     ({}, {"chat": GROUP, "chat_type": "group"}, False),  # groups are off by default
     ({"groups": True}, {"chat": GROUP, "chat_type": "group"}, True),
     ({"groups": True, "match": {"chat_type": "private"}}, {"chat": GROUP, "chat_type": "group"}, False),
@@ -234,6 +239,8 @@ def test_two_bots_answering_each_other_stop_at_the_chat_cap() -> None:
     ("Order $id, $2.", {"regex": r"order (?P<id>\d+)( urgent)?"}, {}, {"text": "order 7"}, "Order 7, ."),
     ("costs $$5", {}, {}, {}, "costs $5"),
     ("$name.__class__", {}, {}, {}, "Ana.__class__"),  # no attribute access, just text
+    ("Hi $name ($phone)", {}, {}, {"sender": None, "sender_name": None, "sender_jid": "201234567890123@lid"},
+     "Hi  ()"),  # a LID sender whose phone is unknown: no digits are made up
 ])
 def test_template(reply: str, match: dict, extra: dict, fields: dict, expected: str) -> None:
     assert texts([rule(reply=reply, match=match, **extra)], msg(**fields)) == [expected]

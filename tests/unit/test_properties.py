@@ -86,7 +86,8 @@ def test_topic_parsers_never_raise(topic: str) -> None:
        user=st.text(alphabet="0123456789abc:", max_size=20), server=st.sampled_from(
            ["s.whatsapp.net", "g.us", "broadcast", "newsletter", "lid", "", "weird"]),
        pushname=st.text(max_size=30), timestamp=st.integers(min_value=-2**40, max_value=2**45),
-       kind=st.sampled_from(["conversation", "extended", "image", "reaction", "location", "poll", "empty"]))
+       kind=st.sampled_from(["conversation", "extended", "image", "reaction", "location", "poll", "empty",
+                             "edit", "revoke", "protocol", "mention"]))
 def test_message_translation_never_raises(text: str, caption: str, msg_id: str, user: str, server: str,
                                           pushname: str, timestamp: int, kind: str) -> None:
     from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as E
@@ -103,9 +104,18 @@ def test_message_translation_never_raises(text: str, caption: str, msg_id: str, 
         "location": lambda: E.Message(locationMessage=E.LocationMessage(name=text)),
         "poll": lambda: E.Message(pollCreationMessage=E.PollCreationMessage(name=text)),
         "empty": lambda: E.Message(),
+        "edit": lambda: E.Message(protocolMessage=E.ProtocolMessage(
+            type=E.ProtocolMessage.MESSAGE_EDIT, editedMessage=E.Message(conversation=text))),
+        "revoke": lambda: E.Message(protocolMessage=E.ProtocolMessage(type=E.ProtocolMessage.REVOKE)),
+        "protocol": lambda: E.Message(protocolMessage=E.ProtocolMessage(type=E.ProtocolMessage.EPHEMERAL_SETTING)),
+        "mention": lambda: E.Message(extendedTextMessage=E.ExtendedTextMessage(text=text, contextInfo=E.ContextInfo(
+            stanzaID=msg_id, participant=f"{user}@{server}", mentionedJID=[f"{user}@{server}"]))),
     }[kind]()
     event = message_event(content, msg_id=msg_id, chat=jid(user, server), sender=jid(user, server),
                           pushname=pushname, timestamp=timestamp)
     message = message_from_event(event, "5511900000001")
     assert message.id == msg_id and message.account == "5511900000001"
+    if server == "lid" and user.split(":", 1)[0]:  # LID digits are never published as a phone
+        assert message.sender is None and message.mentions == []
+        assert message.quoted is None or message.quoted.sender is None
     json.dumps(message.payload())  # always serialisable for MQTT

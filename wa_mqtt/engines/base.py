@@ -20,7 +20,7 @@ from typing import Annotated, Literal, Protocol, runtime_checkable
 from pydantic import BaseModel, Field, JsonValue, TypeAdapter
 
 from ..errors import BridgeError, ErrorCode
-from ..model import IncomingMessage, OutgoingMessage, Receipt, SendResult
+from ..model import IncomingMessage, NumberCheck, OutgoingMessage, Receipt, SendResult
 
 PairMethod = Literal["qr", "code"]
 
@@ -167,7 +167,9 @@ class EngineSession(Protocol):
 
     `send` goes out as WhatsApp message `message_id` (chosen by the bridge, the same on every retry of
     one message); `retry` says an earlier try with that id may have reached WhatsApp. A message that did
-    is not delivered again: the result carries its id and `already_sent`.
+    is not delivered again: the result carries its id and `already_sent`. A send to a phone number goes
+    to the JID WhatsApp knows it by (`engines/resolving.py`); one without an account is refused
+    (`not_on_whatsapp`).
     """
 
     async def start(self, pair_method: PairMethod = "qr") -> None: ...
@@ -183,6 +185,10 @@ class EngineSession(Protocol):
     async def mark_read(self, chat: str, ids: list[str], sender: str | None = None) -> None: ...
 
     async def typing(self, chat: str, state: str) -> None: ...
+
+    async def check(self, numbers: list[str]) -> list[NumberCheck]:
+        """Which phone numbers have a WhatsApp account, and the JID of each (asked of WhatsApp, cached)."""
+        ...
 
     async def close(self) -> None: ...
 

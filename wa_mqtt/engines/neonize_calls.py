@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ErrorCode
 from ..media import MediaPolicy
-from ..model import MediaSource, OutgoingMessage, SendResult, to_jid
+from ..model import MediaSource, NumberCheck, OutgoingMessage, SendResult, to_jid
 from . import neonize_convert as conv
 from .base import EngineError
 from .outgoing_media import load_media
@@ -48,13 +48,20 @@ def engine_error(exc: BaseException) -> EngineError:
 
 
 class RecentMessages:
-    """The newest incoming messages of a session: id → (chat, sender JID, content without context)."""
+    """The newest incoming messages of a session: id → (chat, sender JID, content without context), the
+    JIDs as WhatsApp addressed the message (a LID where it came as LID): replies, reactions and read
+    receipts answer it with the same addressing."""
 
     def __init__(self, limit: int = 500) -> None:
         self._items: OrderedDict[str, tuple[str, str, Proto]] = OrderedDict()
+        self._published_chat: dict[str, str] = {}  # id → the chat as published (a LID chat's phone JID)
         self._limit = limit
 
-    def remember(self, event: Proto, chat: str, sender_jid: str) -> None:
+    def remember(self, event: Proto, published_chat: str) -> None:
+        """Keep a message as it came: its chat and sender as WhatsApp addressed them, and its content."""
+        source = event.Info.MessageSource
+        chat = conv.jid_str(source.Chat)
+        sender_jid = conv.sender_party(source).jid
         content = type(event.Message)()
         if event.HasField("Message"):
             content.CopyFrom(conv.unwrap(event.Message))
@@ -63,17 +70,30 @@ class RecentMessages:
             if sub is not None and "contextInfo" in sub.DESCRIPTOR.fields_by_name:
                 sub.ClearField("contextInfo")
         self._items[event.Info.ID] = (chat, sender_jid, content)
+        self._published_chat[event.Info.ID] = published_chat
         while len(self._items) > self._limit:
-            self._items.popitem(last=False)
+            old, _ = self._items.popitem(last=False)
+            self._published_chat.pop(old, None)
 
     def get(self, message_id: str) -> tuple[str, str, Proto] | None:
         return self._items.get(message_id)
 
     def sender_of(self, message_id: str, chat: str, sender: str | None) -> str:
-        if sender:
-            return to_jid(sender)
+        """Whom a reaction or read receipt for `message_id` names: the sender as the message came (when
+        it is known here), else the `sender` asked, else the chat."""
         known = self._items.get(message_id)
-        return known[1] if known else to_jid(chat)
+        if known:
+            return known[1]
+        return to_jid(sender) if sender else to_jid(chat)
+
+    def chat_of(self, message_id: str, chat: str) -> str:
+        """The chat of `message_id` as the message came (a private chat may have come as `…@lid`) when
+        it is the chat asked (by phone or LID); else the chat asked."""
+        known = self._items.get(message_id)
+        asked = to_jid(chat)
+        if known and asked in (known[0], self._published_chat.get(message_id)):
+            return known[0]
+        return asked
 
 
 def device_key(store_path: Path, phone: str) -> bytes | None:
@@ -110,13 +130,24 @@ def forget_secret(store_path: Path, secret: bytes) -> None:
         db.execute("DELETE FROM whatsmeow_message_secrets WHERE key = ?", (secret,))
 
 
+async def is_on_whatsapp(client: NewAClient, phones: list[str]) -> list[NumberCheck]:
+    """Which of `phones` have a WhatsApp account, and their JIDs (whatsmeow wants them with a `+`)."""
+    try:
+        responses = await client.is_on_whatsapp(*(f"+{p}" for p in phones))
+    except Exception as exc:
+        raise engine_error(exc) from exc
+    return conv.number_checks(responses, phones)
+
+
 async def send(client: NewAClient, message: OutgoingMessage, recent: RecentMessages, policy: MediaPolicy,
-               phone: str, secret: bytes | None = None) -> SendResult:
+               phone: str, secret: bytes | None = None, to: str | None = None) -> SendResult:
+    """Send `message` to `to` (the resolved JID; default: the message's own)."""
+    to = to or message.jid
     context = None
     if message.reply_to:
         known = recent.get(message.reply_to)
-        private = conv.chat_type_of(message.jid.partition("@")[2]) == "private"
-        participant = known[1] if known else (message.jid if private else None)
+        private = conv.chat_type_of(to.partition("@")[2]) == "private"
+        participant = known[1] if known else (to if private else None)
         context = conv.reply_context(message.reply_to, participant, known[2] if known else None)
     try:
         if message.kind == "text":
@@ -128,7 +159,7 @@ async def send(client: NewAClient, message: OutgoingMessage, recent: RecentMessa
                 conv.attach_context(built, context)
         if secret is not None:
             built.messageContextInfo.messageSecret = secret
-        response = await client.send_message(conv.parse_jid(message.jid), built)
+        response = await client.send_message(conv.parse_jid(to), built)
     except EngineError:
         raise
     except Exception as exc:
@@ -157,7 +188,7 @@ async def build_media(client: NewAClient, kind: str, source: MediaSource, captio
 
 async def react(client: NewAClient, recent: RecentMessages, chat: str, message_id: str, emoji: str,
                 sender: str | None) -> str:
-    chat_jid = to_jid(chat)
+    chat_jid = recent.chat_of(message_id, chat)
     try:
         reaction = await client.build_reaction(conv.parse_jid(chat_jid),
                                                conv.parse_jid(recent.sender_of(message_id, chat_jid, sender)),
@@ -172,7 +203,7 @@ async def mark_read(client: NewAClient, recent: RecentMessages, chat: str, ids: 
                     sender: str | None) -> None:
     from neonize.utils.enum import ReceiptType
 
-    chat_jid = to_jid(chat)
+    chat_jid = recent.chat_of(ids[0], chat) if ids else to_jid(chat)
     sender_jid = recent.sender_of(ids[0], chat_jid, sender) if ids else chat_jid
     try:
         await client.mark_read(*ids, chat=conv.parse_jid(chat_jid), sender=conv.parse_jid(sender_jid),

@@ -12,19 +12,24 @@ classes inside the function.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ErrorCode
 from ..model import (
     ChatType,
+    Edit,
     IncomingMessage,
     Location,
     Media,
+    NumberCheck,
     Quoted,
     Reaction,
     Receipt,
+    Revoke,
 )
+from .addressing import Party, party
 from .base import (
     ClientOutdated,
     Connected,
@@ -61,6 +66,15 @@ _POLL_FIELDS = frozenset(
 # whatsmeow ConnectFailureReason.IsLoggedOut(): the server rejects the stored session.
 _REJECTED_SESSION = frozenset({"LOGGED_OUT", "MAIN_DEVICE_GONE", "UNKNOWN_LOGOUT"})
 _RECEIPT_TYPES = {"DELIVERED": "delivered", "READ": "read", "PLAYED": "played"}
+# protocolMessage types that are our own devices talking to each other, never a chat message
+_DEVICE_PROTOCOL = frozenset({
+    "HISTORY_SYNC_NOTIFICATION", "APP_STATE_SYNC_KEY_SHARE", "APP_STATE_SYNC_KEY_REQUEST",
+    "MSG_FANOUT_BACKFILL_REQUEST", "INITIAL_SECURITY_NOTIFICATION_SETTING_SYNC",
+    "APP_STATE_FATAL_EXCEPTION_NOTIFICATION", "PEER_DATA_OPERATION_REQUEST_MESSAGE",
+    "PEER_DATA_OPERATION_REQUEST_RESPONSE_MESSAGE", "EPHEMERAL_SYNC_RESPONSE", "LID_MIGRATION_MAPPING_SYNC",
+    "SHARED_DEVICE_CONTACT_HASH_KEY_SHARE", "SHARED_DEVICE_CONTACT_HASH_KEY_REQUEST", "COEX_STATE_SYNC",
+})
+LidPhones = Mapping[str, str]  # LID user (digits) → phone number, what the account's LID map knows
 
 
 # ---------------------------------------------------------------- JIDs and time
@@ -100,25 +114,41 @@ def _has(jid: Proto, field: str) -> bool:
     return jid.HasField(field) and bool(getattr(jid, field).User)
 
 
-def _sender_jid(source: Proto) -> str:
-    """The sender as a phone-number JID when neonize knows one (LID senders carry it in SenderAlt)."""
-    sender = source.Sender
-    if sender.Server == LID_SERVER and _has(source, "SenderAlt") and source.SenderAlt.Server == PN_SERVER:
-        sender = source.SenderAlt
-    if not sender.User:
-        sender = source.Chat  # newsletters carry no sender
-    return jid_str(sender)
+def _alt(source: Proto, field: str) -> str | None:
+    return jid_str(getattr(source, field)) if _has(source, field) else None
 
 
-def _chat_jid(source: Proto) -> str:
-    """The chat JID; a private chat addressed by LID is named by the other side's phone JID when known."""
-    chat = source.Chat
-    if chat.Server == LID_SERVER and not source.IsGroup:
-        alt = source.RecipientAlt if source.IsFromMe else source.SenderAlt
-        alt_field = "RecipientAlt" if source.IsFromMe else "SenderAlt"
-        if _has(source, alt_field) and alt.Server == PN_SERVER:
-            chat = alt
-    return jid_str(chat)
+def sender_party(source: Proto, lids: LidPhones | None = None) -> Party:
+    """The sender: as received (`Sender`, the chat for newsletters, which carry none), its phone (from
+    `SenderAlt` or the LID map; None when neither knows it) and its LID."""
+    sender = source.Sender if source.Sender.User else source.Chat
+    return party(jid_str(sender), _alt(source, "SenderAlt"), lids)
+
+
+def _chat_jid(source: Proto, lids: LidPhones | None = None) -> str:
+    """The chat JID; a private chat addressed by LID is named by the other side's phone JID when known
+    (from the alt address WhatsApp sent, or the LID map), else it stays the `…@lid` JID."""
+    chat = jid_str(source.Chat)
+    if source.Chat.Server == LID_SERVER and not source.IsGroup:
+        other = party(chat, _alt(source, "RecipientAlt" if source.IsFromMe else "SenderAlt"), lids)
+        if other.phone is not None:
+            return f"{other.phone}@{PN_SERVER}"
+    return chat
+
+
+def lid_users(event: Proto) -> list[str]:
+    """Every JID of a message or undecryptable event that may be a LID to resolve: chat, sender,
+    mentions and the quoted sender (`…@lid` ones are looked up in the LID map)."""
+    source = event.Info.MessageSource
+    found = [jid_str(source.Chat), jid_str(source.Sender) if source.Sender.User else ""]
+    if "Message" in event.DESCRIPTOR.fields_by_name and event.HasField("Message"):
+        content = unwrap(event.Message)
+        name = content_field(content)
+        sub = getattr(content, name) if name and name != "conversation" else None
+        if sub is not None and "contextInfo" in sub.DESCRIPTOR.fields_by_name and sub.HasField("contextInfo"):
+            found.extend(sub.contextInfo.mentionedJID)
+            found.append(sub.contextInfo.participant)
+    return [j for j in found if j]
 
 
 def _enum_name(message: Proto, field: str) -> str:
@@ -212,6 +242,8 @@ def _content(name: str, sub: Any) -> dict[str, Any]:
         return {"type": "contact", "text": sub.displayName or None, "vcard": first, "contacts": contacts}
     if name == "reactionMessage":
         return {"type": "reaction", "reaction": Reaction(emoji=sub.text, target_id=sub.key.ID)}
+    if name == "protocolMessage":
+        return _protocol(sub)
     if name in _POLL_FIELDS:
         return {
             "type": "poll",
@@ -222,43 +254,84 @@ def _content(name: str, sub: Any) -> dict[str, Any]:
     return {"type": "unknown", "raw_type": name}
 
 
-def _context_fields(sub: Any) -> dict[str, Any]:
-    """`quoted` and `mentions` from a content message's contextInfo, when it has one."""
+def _protocol(sub: Any) -> dict[str, Any]:
+    """A protocolMessage: an edit or a delete for everyone; anything else is `unknown` (own-device
+    traffic never gets here: `is_device_traffic`)."""
+    kind = _enum_name(sub, "type")
+    if kind == "MESSAGE_EDIT":
+        text = message_text(sub.editedMessage) if sub.HasField("editedMessage") else None
+        return {"type": "edit", "text": text, "edit": Edit(target_id=sub.key.ID, text=text)}
+    if kind == "REVOKE":
+        return {"type": "revoke", "revoke": Revoke(target_id=sub.key.ID)}
+    return {"type": "unknown", "raw_type": f"protocolMessage.{kind}"}
+
+
+def is_device_traffic(event: Proto) -> bool:
+    """True for what our own devices exchange (history-sync notices, app-state key shares, peer data
+    requests, sender-key distribution alone): protocol traffic, never published as a message."""
+    if not event.HasField("Message"):
+        return False
+    content = unwrap(event.Message)
+    name = content_field(content)
+    if name is None:
+        return bool(content.ListFields())  # only key distribution fields, no content
+    if name != "protocolMessage":
+        return False
+    kind = _enum_name(content.protocolMessage, "type")
+    if kind in ("MESSAGE_EDIT", "REVOKE"):
+        return False
+    return kind in _DEVICE_PROTOCOL or bool(event.Info.MessageSource.IsFromMe)
+
+
+def _context_fields(sub: Any, lids: LidPhones | None) -> dict[str, Any]:
+    """`quoted` and `mentions` from a content message's contextInfo, when it has one. Mentions are
+    phone numbers (a LID the map does not know is left out); `mentioned_jids` keeps them as received."""
     if isinstance(sub, str) or "contextInfo" not in sub.DESCRIPTOR.fields_by_name:
         return {}
     if not sub.HasField("contextInfo"):
         return {}
     ctx = sub.contextInfo
-    fields: dict[str, Any] = {"mentions": [jid_user(j) for j in ctx.mentionedJID]}
+    mentioned = [party(j, None, lids) for j in ctx.mentionedJID]
+    fields: dict[str, Any] = {"mentions": [p.phone for p in mentioned if p.phone is not None],
+                              "mentioned_jids": [p.jid for p in mentioned]}
     if ctx.stanzaID:
+        quoted_by = party(ctx.participant, None, lids) if ctx.participant else None
         fields["quoted"] = Quoted(
             id=ctx.stanzaID,
-            sender=jid_user(ctx.participant) if ctx.participant else None,
+            sender=quoted_by.phone if quoted_by else None,
+            sender_lid=quoted_by.lid if quoted_by else None,
+            sender_jid=quoted_by.jid if quoted_by else None,
             text=message_text(ctx.quotedMessage) if ctx.HasField("quotedMessage") else None,
         )
     return fields
 
 
-def message_from_event(event: Proto, account: str) -> IncomingMessage:
-    """A neonize `Message` event (Neonize_pb2.Message) as the contract's incoming message.
-
-    Unknown content becomes `type: "unknown"` with `raw_type` (the protobuf field name, or
-    `"empty"` when the message has no content field); nothing is dropped here.
-    """
-    info = event.Info
+def _info_fields(info: Proto, account: str, lids: LidPhones | None) -> dict[str, Any]:
+    """The fields every published message takes from its `MessageInfo`."""
     source = info.MessageSource
-    sender_jid = _sender_jid(source)
-    fields: dict[str, Any] = {
+    sender = sender_party(source, lids)
+    return {
         "id": info.ID,
         "account": account,
-        "chat": _chat_jid(source),
+        "chat": _chat_jid(source, lids),
         "chat_type": chat_type_of(source.Chat.Server),
-        "sender": jid_user(sender_jid),
-        "sender_jid": sender_jid,
+        "sender": sender.phone,
+        "sender_lid": sender.lid,
+        "sender_jid": sender.jid,
         "sender_name": info.Pushname or None,
         "from_me": bool(source.IsFromMe),
         "timestamp": epoch_to_datetime(info.Timestamp),
     }
+
+
+def message_from_event(event: Proto, account: str, lids: LidPhones | None = None) -> IncomingMessage:
+    """A neonize `Message` event (Neonize_pb2.Message) as the contract's incoming message.
+
+    Unknown content becomes `type: "unknown"` with `raw_type` (the protobuf field name, or
+    `"empty"` when the message has no content field); nothing is dropped here (own-device traffic is
+    recognised by `is_device_traffic` first). `lids`: what the LID map knows, for LID senders.
+    """
+    fields = _info_fields(event.Info, account, lids)
     content = unwrap(event.Message) if event.HasField("Message") else None
     name = content_field(content) if content is not None else None
     if content is None or name is None:
@@ -266,22 +339,27 @@ def message_from_event(event: Proto, account: str) -> IncomingMessage:
     else:
         sub = getattr(content, name)
         fields.update(_content(name, sub))
-        fields.update(_context_fields(sub))
-    if event.IsEdit:
+        fields.update(_context_fields(sub, lids))
+    if event.IsEdit and fields.get("type") != "edit":
         fields["edited"] = True
     return IncomingMessage(**fields)
 
 
-def fallback_message(event: Proto, account: str, raw_type: str) -> IncomingMessage:
+def fallback_message(event: Proto, account: str, raw_type: str, lids: LidPhones | None = None) -> IncomingMessage:
     """A minimal `unknown` message from the event's Info alone, for content that failed to translate."""
-    info = event.Info
-    source = info.MessageSource
-    sender_jid = jid_str(source.Sender) if source.Sender.User else jid_str(source.Chat)
-    return IncomingMessage(
-        id=info.ID, account=account, chat=jid_str(source.Chat), chat_type=chat_type_of(source.Chat.Server),
-        sender=jid_user(sender_jid), sender_jid=sender_jid, from_me=bool(source.IsFromMe),
-        timestamp=epoch_to_datetime(info.Timestamp), type="unknown", raw_type=raw_type,
-    )
+    fields = _info_fields(event.Info, account, lids)
+    fields.pop("sender_name")
+    return IncomingMessage(**fields, type="unknown", raw_type=raw_type)
+
+
+def undecryptable_from_event(event: Proto, account: str, lids: LidPhones | None = None) -> IncomingMessage:
+    """A neonize `UndecryptableMessage` (whatsmeow could not decrypt it and asked the sender to send it
+    again) as `type: "undecryptable"`; `unavailable` when WhatsApp sent no content at all (a view-once
+    or a message for the phone only); `hidden` when WhatsApp says clients hide such a failure (what
+    failed was no visible message: a reaction, a poll vote). The real message may follow under the same id."""
+    fields = _info_fields(event.Info, account, lids)
+    hidden = _enum_name(event, "DecryptFailMode") == "DECRYPT_FAIL_HIDE"
+    return IncomingMessage(**fields, type="undecryptable", unavailable=bool(event.IsUnavailable), hidden=hidden)
 
 
 def receipt_from_event(event: Proto) -> Receipt | None:
@@ -291,12 +369,14 @@ def receipt_from_event(event: Proto) -> Receipt | None:
     if kind is None or not event.MessageIDs:
         return None
     source = event.MessageSource
+    sender = sender_party(source)
     return Receipt(
         ids=list(event.MessageIDs),
         chat=_chat_jid(source),
         type=kind,
         timestamp=epoch_to_datetime(event.Timestamp),
-        sender=jid_user(_sender_jid(source)),
+        sender=sender.phone,
+        sender_lid=sender.lid,
     )
 
 
@@ -363,6 +443,22 @@ def explain_dial_error(text: str, proxy: bool) -> str:
         hint = "check DNS and `proxy`" if proxy else "check DNS, or set `proxy`"
         return f"cannot reach WhatsApp: DNS lookup of {lookup['host']} failed ({lookup['reason']}); {hint}"
     return f"cannot reach WhatsApp ({reason}); {hint}"
+
+
+def number_checks(responses: Any, asked: list[str]) -> list[NumberCheck]:
+    """`is_on_whatsapp`'s answers (IsOnWhatsAppResponse: `Query` as sent, `+<phone>` maybe with a
+    server, `JID`, `IsIn`) for the phones `asked`, in that order; matched by the query's digits, or by
+    position when WhatsApp changed the query; a number with no answer has no account."""
+    answers = list(responses)
+    by_digits = {re.sub(r"\D", "", r.Query.partition("@")[0]): r for r in answers}
+    out = []
+    for index, phone in enumerate(asked):
+        found = by_digits.get(phone)
+        if found is None and len(answers) == len(asked):
+            found = answers[index]
+        on = found is not None and bool(found.IsIn) and bool(found.JID.User)
+        out.append(NumberCheck(number=phone, on_whatsapp=on, jid=jid_str(found.JID) if on and found else None))
+    return out
 
 
 # ---------------------------------------------------------------- outbound

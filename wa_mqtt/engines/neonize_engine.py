@@ -14,7 +14,7 @@ import ctypes
 import logging
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,9 +23,11 @@ from uuid import uuid4
 
 from ..errors import ErrorCode
 from ..media import MediaPolicy
-from ..model import OutgoingMessage, SendResult
+from ..model import NumberCheck, OutgoingMessage, SendResult
 from . import neonize_calls as calls
 from . import neonize_convert as conv
+from . import resolving
+from .addressing import LID_SERVER, lids_in
 from .base import (
     ClientOutdated,
     Disconnected,
@@ -49,6 +51,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+# an event whose translation waits for LID lookups; the pump awaits it in its place, keeping Go's order
+Deferred = Callable[[], Awaitable[EngineEvent | None]]
+LID_CACHE_LIMIT = 50_000
 _STATUS_EVENTS = ("ConnectedEv", "DisconnectedEv", "LoggedOutEv", "StreamReplacedEv", "TemporaryBanEv",
                   "ConnectFailureEv", "ClientOutdatedEv", "KeepAliveTimeoutEv", "KeepAliveRestoredEv",
                   "PairStatusEv")
@@ -155,13 +160,15 @@ class NeonizeSession:
         self._client: NewAClient | None = None
         self._watch: asyncio.Task[None] | None = None
         self._pump_task: asyncio.Task[None] | None = None
-        self._queue: asyncio.Queue[EngineEvent | None] | None = None
+        self._queue: asyncio.Queue[EngineEvent | Deferred | None] | None = None
         self._pair_method: PairMethod = "qr"
         self._pair_code_asked = False
         self._stopping = False
         self._closed = False
         self._recent = calls.RecentMessages(recent_limit)
         self._device_key: bytes | None = None  # keys the messageSecret of idempotent sends (read once)
+        self._lids: dict[str, str] = {}  # LID user → phone, as the store's LID map (or SenderAlt) told us
+        self._numbers = resolving.NumberCache(self._clock)  # is_on_whatsapp answers (send, check)
 
     @property
     def client(self) -> NewAClient | None:
@@ -297,13 +304,23 @@ class NeonizeSession:
 
     async def _pump(self) -> None:
         assert self._queue is not None
-        while (event := await self._queue.get()) is not None:
+        while (item := await self._queue.get()) is not None:
+            if callable(item):
+                try:
+                    event = await item()
+                except Exception:
+                    log.exception("%s: a deferred event failed", self.phone)
+                    continue
+                if event is None:
+                    continue
+            else:
+                event = item
             try:
                 self._emit(event)
             except Exception:
                 log.exception("%s: emit failed for %s", self.phone, event.kind)
 
-    def _put(self, event: EngineEvent) -> None:
+    def _put(self, event: EngineEvent | Deferred) -> None:
         if self._queue is not None and not self._closed:
             self._queue.put_nowait(event)
 
@@ -311,10 +328,12 @@ class NeonizeSession:
         """Every handler before connect(): Go forwards only event types that had one then.
         Handlers translate and enqueue without awaiting, so the queue keeps Go's order."""
         import neonize.aioze.events as ev
+        from neonize.proto.Neonize_pb2 import UndecryptableMessage  # not re-exported by aioze.events (code 44)
 
         for name in _STATUS_EVENTS:
             client.event(getattr(ev, name))(self._handler(self._on_status))
-        client.event(ev.MessageEv)(self._handler(self._on_message))
+        client.event(ev.MessageEv)(self._addressed_handler(self._on_message))
+        client.event(UndecryptableMessage)(self._addressed_handler(self._on_undecryptable))
         client.event(ev.ReceiptEv)(self._handler(self._on_receipt))
         client.event(ev.StreamErrorEv)(self._handler(self._on_stream_error))
         client.event.qr(self._on_qr)
@@ -335,6 +354,69 @@ class NeonizeSession:
                 self._put(out)
         return handle
 
+    def _addressed_handler(self, translate: Callable[[Proto], EngineEvent | None]) -> Callable[..., Any]:
+        """A handler for events that name people (messages): LIDs the session does not know yet are
+        looked up in the store's LID map first, in the pump, so the event keeps its place in Go's order."""
+        async def handle(client: NewAClient, event: Proto) -> None:
+            if client is not self._client:
+                log.debug("%s: event from a stopped client ignored", self.phone)
+                return
+            try:
+                self._learn_lid(event.Info.MessageSource)
+                unknown = lids_in(conv.lid_users(event), self._lids)
+            except Exception:
+                log.exception("%s: failed to read the addresses of %s", self.phone, event.DESCRIPTOR.name)
+                unknown = set()
+            if not unknown:
+                self._put_translated(translate, event)
+                return
+
+            async def resolve_then_translate() -> EngineEvent | None:
+                await self._resolve_lids(client, unknown)
+                return self._translate(translate, event)
+            self._put(resolve_then_translate)
+        return handle
+
+    def _put_translated(self, translate: Callable[[Proto], EngineEvent | None], event: Proto) -> None:
+        out = self._translate(translate, event)
+        if out is not None:
+            self._put(out)
+
+    def _translate(self, translate: Callable[[Proto], EngineEvent | None], event: Proto) -> EngineEvent | None:
+        try:
+            return translate(event)
+        except Exception:
+            log.exception("%s: failed to handle %s", self.phone, event.DESCRIPTOR.name)
+            return None
+
+    def _learn_lid(self, source: Proto) -> None:
+        """A sender named by LID with its phone alongside (SenderAlt): remember the pair, as the store does."""
+        sender = conv.sender_party(source)
+        if sender.lid is not None and sender.phone is not None:
+            if len(self._lids) >= LID_CACHE_LIMIT:
+                self._lids.clear()  # the store keeps them all; this is only a shortcut
+            self._lids[sender.lid.partition("@")[0]] = sender.phone
+
+    async def _resolve_lids(self, client: NewAClient, users: set[str]) -> None:
+        """Ask the store's LID map (`get_pn_from_lid`) for the phones of LID `users`; only while `client`
+        runs (under the session lock: a stopped client must not be called, Go would abort)."""
+        from neonize.utils.jid import build_jid
+
+        async with self._lock:
+            current = self._client
+            if current is None or client is not current or self._stopping:
+                return
+            for user in users:
+                try:
+                    found = await current.get_pn_from_lid(build_jid(user, LID_SERVER))
+                except Exception as exc:  # noqa: BLE001 (a failed lookup leaves the sender unknown, no more)
+                    log.debug("%s: LID map lookup of %s failed: %s", self.phone, user, exc)
+                    continue
+                if found.User:
+                    self._lids[user] = found.User
+                else:
+                    log.debug("%s: LID %s is not in the LID map; its sender stays unknown", self.phone, user)
+
     def _on_status(self, event: Proto) -> EngineEvent | None:
         me = getattr(self._client, "me", None)
         out = conv.status_event(event, self._clock(), name=(me.PushName or None) if me is not None else None)
@@ -345,14 +427,23 @@ class NeonizeSession:
             log.info("%s: %s%s", self.phone, out.kind, f" ({out.code})" if isinstance(out, Disconnected) else "")
         return out
 
-    def _on_message(self, event: Proto) -> EngineEvent:
+    def _on_message(self, event: Proto) -> EngineEvent | None:
+        if conv.is_device_traffic(event):
+            log.debug("%s: own-device protocol message %s not published", self.phone, event.Info.ID)
+            return None
         try:
-            message = conv.message_from_event(event, self._account)
+            message = conv.message_from_event(event, self._account, self._lids)
         except Exception:
             log.exception("%s: message %s could not be translated", self.phone, event.Info.ID)
-            message = conv.fallback_message(event, self._account, "untranslatable")
-        self._recent.remember(event, message.chat, message.sender_jid)
+            message = conv.fallback_message(event, self._account, "untranslatable", self._lids)
+        self._recent.remember(event, message.chat)
         log.debug("%s: message %s (%s)", self.phone, message.id, message.type)
+        return MessageReceived(message=message)
+
+    def _on_undecryptable(self, event: Proto) -> EngineEvent:
+        message = conv.undecryptable_from_event(event, self._account, self._lids)
+        log.info("%s: message %s could not be decrypted; whatsmeow asked the sender to send it again",
+                 self.phone, message.id)
         return MessageReceived(message=message)
 
     def _on_receipt(self, event: Proto) -> EngineEvent | None:
@@ -421,7 +512,10 @@ class NeonizeSession:
                 log.info("%s: message %s already went out as %s; not sent again", self.phone, message_id, known)
                 return SendResult(id=known, already_sent=True)
         try:
-            return await calls.send(client, message, self._recent, self._engine.media_policy, self.phone, secret)
+            to = await resolving.resolve(message.to, self._numbers, lambda phones: calls.is_on_whatsapp(client, phones))
+            if to != message.jid:
+                log.debug("%s: %s is %s on WhatsApp", self.phone, message.to, to)
+            return await calls.send(client, message, self._recent, self._engine.media_policy, self.phone, secret, to)
         except EngineError:
             if secret is not None:
                 try:
@@ -440,6 +534,11 @@ class NeonizeSession:
             log.debug("%s: no device key in the store; %s is sent without a retry marker", self.phone, message_id)
             return None
         return calls.message_secret(self._device_key, message_id)
+
+    async def check(self, numbers: list[str]) -> list[NumberCheck]:
+        """Which numbers have a WhatsApp account, and their JIDs (cached, as for sends)."""
+        client = self._require_client()
+        return await resolving.check_numbers(numbers, self._numbers, lambda phones: calls.is_on_whatsapp(client, phones))
 
     async def react(self, chat: str, message_id: str, emoji: str, sender: str | None = None) -> str:
         return await calls.react(self._require_client(), self._recent, chat, message_id, emoji, sender)

@@ -30,7 +30,7 @@ from pydantic import JsonValue
 
 from ..config import EngineProcessConfig
 from ..errors import ErrorCode
-from ..model import OutgoingMessage, SendResult
+from ..model import NumberCheck, OutgoingMessage, SendResult
 from . import protocol as p
 from .base import Crashed, Disconnected, EmitFn, EngineError, EngineEvent, Intake, PairMethod
 from .child import STORE_BUSY_EXIT, STORE_WAIT
@@ -155,6 +155,10 @@ class ProcessSession:
 
     async def typing(self, chat: str, state: str) -> None:
         await self._call("typing", p.TypingArgs(chat=chat, state=state))
+
+    async def check(self, numbers: list[str]) -> list[NumberCheck]:
+        result = await self._call("check", p.CheckArgs(numbers=numbers))
+        return [NumberCheck.model_validate(item) for item in result] if isinstance(result, list) else []
 
     async def close(self) -> None:
         self._engine.forget(self)

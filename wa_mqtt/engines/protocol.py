@@ -8,6 +8,9 @@ child → parent (stdout):  {"v": 2, "id": 7, "ok": true, "result": ...}
                           {"v": 2, "hello": {"pid": 123, "engine": "sim"}}
 A line with another `v` is a protocol error: the two sides come from different versions.
 
+Ops: start, stop, logout, send, react, mark_read, typing, check (which phone numbers have a WhatsApp
+account; the result a list of `NumberCheck`s), sim_control, close.
+
 Each op's `args` is a model below (`ARGS`): the bridge builds it, the child validates it, so nothing
 untyped crosses. `sim_control` is answered only by a sim child (engines/child.py); any other child
 refuses it with `invalid_request`. A child's options (`EngineOptions`, engines/options.py) are not
@@ -70,6 +73,12 @@ class TypingArgs(Args):
     state: str
 
 
+class CheckArgs(Args):
+    """`check`: phone numbers to look up on WhatsApp; the result is a list of `NumberCheck`s."""
+
+    numbers: list[str]
+
+
 class SimControlArgs(Args):
     """A `wa/sim/<phone>/<action>` control (sim children only); the MQTT payload's bytes as latin-1 text."""
 
@@ -80,6 +89,7 @@ class SimControlArgs(Args):
 ARGS: dict[str, type[Args]] = {
     "start": StartArgs, "stop": Args, "logout": Args, "send": SendArgs, "react": ReactArgs,
     "mark_read": MarkReadArgs, "typing": TypingArgs, "sim_control": SimControlArgs, "close": Args,
+    "check": CheckArgs,
 }
 OPS = frozenset(ARGS)
 

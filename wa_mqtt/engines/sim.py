@@ -30,7 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import ErrorCode
 from ..media import MediaPolicy
-from ..model import MESSAGE_TYPES, IncomingMessage, OutgoingMessage, Receipt, SendResult, to_jid
+from ..model import MESSAGE_TYPES, IncomingMessage, NumberCheck, OutgoingMessage, Receipt, SendResult, to_jid
+from . import resolving
+from .addressing import LID_SERVER, Party, bare, is_lid, party, user_of
 from .base import (
     Connected,
     Crashed,
@@ -54,6 +56,7 @@ log = logging.getLogger(__name__)
 
 RECONNECT_AFTER_DROP = 0.2  # seconds; whatsmeow's own reconnect after a dropped connection
 SENT_IDS_KEPT = timedelta(days=2)  # how long a delivered message id is remembered (a repeat is dropped)
+ADDRESSED_KEPT = 500  # incoming messages whose addressing replies, reactions and reads reuse
 ID_BLOCK = 1024  # message numbers reserved per store write: one write per 1,024 sends; a crash skips the rest
 Clock = Callable[[], datetime]
 
@@ -118,13 +121,64 @@ def reserve_ids(store_path: Path, count: int) -> int:
     return first
 
 
+class SimLids:
+    """The sim's LID map (in the store, like whatsmeow's `whatsmeow_lid_map`): a message that names its
+    sender by phone and LID together teaches it the pair; later messages from that LID alone resolve to
+    the phone. A LID never seen with a phone stays unknown."""
+
+    def __init__(self, store_path: Path) -> None:
+        self._store_path = store_path
+        self._phones: dict[str, str] | None = None  # LID user → phone, loaded on first use
+
+    def _load(self) -> dict[str, str]:
+        if self._phones is None:
+            db = self._db()
+            try:
+                self._phones = dict(db.execute("SELECT lid, phone FROM sim_lid_map").fetchall())
+            finally:
+                db.close()
+        return self._phones
+
+    def _db(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self._store_path)
+        db.execute("CREATE TABLE IF NOT EXISTS sim_lid_map (lid TEXT PRIMARY KEY, phone TEXT NOT NULL)")
+        return db
+
+    def phones(self) -> dict[str, str]:
+        return dict(self._load())
+
+    def lid_of(self, phone: str) -> str | None:
+        return next((f"{lid}@{LID_SERVER}" for lid, known in self._load().items() if known == phone), None)
+
+    def learn(self, lid_user: str, phone: str) -> None:
+        if self._load().get(lid_user) == phone:
+            return
+        db = self._db()
+        try:
+            with db:
+                db.execute("INSERT OR REPLACE INTO sim_lid_map VALUES (?, ?)", (lid_user, phone))
+        finally:
+            db.close()
+        self._load()[lid_user] = phone
+
+
+class SimContacts(BaseModel):
+    """Payload of `wa/sim/<phone>/contacts`: what `is_on_whatsapp` answers from now on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    not_on_whatsapp: list[str] = Field(default_factory=list)
+    jid_of: dict[str, str] = Field(default_factory=dict)  # typed number → the JID (or phone) WhatsApp knows
+
+
 class SimIncoming(BaseModel):
     """Payload of `wa/sim/<phone>/incoming`."""
 
     model_config = ConfigDict(extra="allow")
 
     chat: str | None = None
-    sender: str = "15550000001"
+    sender: str | None = None  # a phone (default 15550000001 when there is no sender_lid either)
+    sender_lid: str | None = None  # `<digits>@lid`: the message comes addressed by LID (see SimLids)
     sender_name: str | None = None
     text: str | None = None
     type: str = "text"
@@ -135,6 +189,8 @@ class SimIncoming(BaseModel):
     repeat: int = Field(1, ge=1, le=1_000_000)
     stamp: bool = False  # add `sim_emitted_at` (CLOCK_MONOTONIC seconds at delivery) to each message: benchmarks
     interval: float = Field(0.0, ge=0, le=3600)
+    target_id: str | None = None  # type edit / revoke: the message edited or deleted
+    decrypt_after: float | None = Field(None, ge=0, le=3600)  # type undecryptable: the real message N s later
 
 
 class SimEngine:
@@ -181,6 +237,10 @@ class SimSession:
         self._numbers_end = 0  # the reserved block is [_next_number, _numbers_end)
         self._tasks: set[asyncio.Task[None]] = set()
         self._reconnect: asyncio.TimerHandle | None = None
+        self._lids = SimLids(store_path)
+        self._contacts = SimContacts()
+        self._numbers = resolving.NumberCache(clock)
+        self._addressed: dict[str, tuple[str, str, str]] = {}  # id → (chat as published, chat, sender as received)
 
     # -- EngineSession -------------------------------------------------------------------------
     async def start(self, pair_method: PairMethod = "qr") -> None:
@@ -214,14 +274,17 @@ class SimSession:
         if message_id is not None and (first := self._delivered_at(message_id)) is not None:
             log.info("%s: message %s was delivered before; dropped as WhatsApp does", self.phone, message_id)
             return SendResult(id=message_id, timestamp=first, already_sent=True)
+        to = await resolving.resolve(message.to, self._numbers, self._is_on_whatsapp)
         media = getattr(message, message.kind) if message.kind != "text" else None
         loaded = await load_media(message.kind, media, self._media_policy) if media is not None else None
         msg_id = message_id or self._new_id()
         now = self._clock()
         self._record_delivery(msg_id, now)
-        payload: dict[str, Any] = {"to": message.jid, "id": msg_id, "type": message.kind, "text": message.text}
+        payload: dict[str, Any] = {"to": to, "id": msg_id, "type": message.kind, "text": message.text}
         if message.reply_to:
             payload["reply_to"] = message.reply_to
+            if message.reply_to in self._addressed:
+                payload["participant"] = self._addressed[message.reply_to][2]
         if media is not None and loaded is not None:
             payload["media"] = {k: v for k, v in media.model_dump().items() if v is not None and k != "base64"}
             payload["media"].update(size=len(loaded), sha256=hashlib.sha256(loaded).hexdigest())
@@ -229,7 +292,7 @@ class SimSession:
         if message.id:
             payload["client_id"] = message.id
         self._emit(SimSent(payload=payload))
-        self._emit(ReceiptReceived(receipt=Receipt(ids=[msg_id], chat=message.jid, type="delivered", timestamp=now)))
+        self._emit(ReceiptReceived(receipt=Receipt(ids=[msg_id], chat=to, type="delivered", timestamp=now)))
         if self._stall:
             seconds, self._stall = self._stall, 0.0
             await asyncio.sleep(seconds)  # WhatsApp has it; the bridge hears of it only now
@@ -255,12 +318,19 @@ class SimSession:
     async def react(self, chat: str, message_id: str, emoji: str, sender: str | None = None) -> str:
         self._require_connected()
         msg_id = self._new_id()
-        self._emit(SimSent(payload={"to": to_jid(chat), "id": msg_id, "type": "reaction", "emoji": emoji, "target_id": message_id}))
+        to, participant = self._answering(message_id, chat, sender)
+        self._emit(SimSent(payload={"to": to, "id": msg_id, "type": "reaction", "emoji": emoji, "target_id": message_id,
+                                    "participant": participant}))
         return msg_id
 
     async def mark_read(self, chat: str, ids: list[str], sender: str | None = None) -> None:
         self._require_connected()
-        self._emit(SimSent(payload={"to": to_jid(chat), "type": "read", "ids": ids, "sender": sender}))
+        to, participant = self._answering(ids[0], chat, sender)
+        self._emit(SimSent(payload={"to": to, "type": "read", "ids": ids, "sender": sender, "participant": participant}))
+
+    async def check(self, numbers: list[str]) -> list[NumberCheck]:
+        self._require_connected()
+        return await resolving.check_numbers(numbers, self._numbers, self._is_on_whatsapp)
 
     async def typing(self, chat: str, state: str) -> None:
         self._require_connected()
@@ -279,6 +349,7 @@ class SimSession:
             "logout": self._remote_logout, "replace": self._replace, "crash": self._do_crash,
             "hang": self._hang, "balloon": self._balloon,  # test aids for the engine process supervision
             "stall": self._stall_next_send,  # test aid: a bridge killed between handing over and hearing back
+            "contacts": self._set_contacts,
         }.get(action)
         if handler is None:
             raise EngineError(f"unknown sim action {action!r}", code=ErrorCode.INVALID_REQUEST)
@@ -303,6 +374,9 @@ class SimSession:
             spec = SimIncoming.model_validate_json(payload or b"{}")
         except ValidationError as exc:
             raise EngineError(f"bad incoming payload: {exc.errors()[0]['msg']}", code=ErrorCode.INVALID_REQUEST) from None
+        if spec.type == "undecryptable":
+            self._undecryptable(spec)
+            return
         if spec.repeat == 1 and spec.interval == 0:
             self._deliver(self._build_message(spec, None))
             return
@@ -380,6 +454,86 @@ class SimSession:
             raise EngineError("balloon payload must be {\"mb\": N}", code=ErrorCode.INVALID_REQUEST) from None
         self._ballast = bytearray(os.urandom(1024)) * (megabytes * 1024)
 
+    # -- LID senders, edits, revokes, undecryptable messages, contacts (issue 14) ---------------
+    def _sender(self, spec: SimIncoming) -> Party:
+        """Who sent an incoming message, as whatsmeow reports it: with `sender_lid` the message came
+        addressed by LID (`sender_jid` is the LID); given with `sender` too, the LID map learns the pair."""
+        phone = spec.sender.split("@")[0].lstrip("+") if spec.sender and not is_lid(spec.sender) else None
+        lid_text = spec.sender_lid or (spec.sender if spec.sender and is_lid(spec.sender) else None)
+        if lid_text is None:
+            phone = phone or "15550000001"
+            known_lid = self._lids.lid_of(phone)
+            return party(to_jid(phone), known_lid)
+        lid = bare(lid_text if "@" in lid_text else f"{lid_text}@{LID_SERVER}")
+        if not is_lid(lid):
+            raise EngineError("sender_lid must be a `<digits>@lid` JID", code=ErrorCode.INVALID_REQUEST)
+        if phone is not None:
+            self._lids.learn(user_of(lid), phone)
+        return party(lid, to_jid(phone) if phone else None, self._lids.phones())
+
+    def _addressed_extras(self, extras: dict[str, Any]) -> dict[str, Any]:
+        """Mentions and a quoted sender given as `…@lid` resolved through the LID map, as the real engine does."""
+        fields: dict[str, Any] = {}
+        lids = self._lids.phones()
+        mentions = extras.get("mentions")
+        if isinstance(mentions, list) and all(isinstance(m, str) for m in mentions):
+            mentioned = [party(m, None, lids) for m in mentions]
+            fields["mentions"] = [m.phone for m in mentioned if m.phone is not None]
+            fields["mentioned_jids"] = [m.jid for m in mentioned]
+        quoted = extras.get("quoted")
+        if isinstance(quoted, dict) and isinstance(quoted.get("sender"), str):
+            by = party(quoted["sender"], None, lids)
+            fields["quoted"] = {**quoted, "sender": by.phone, "sender_lid": by.lid, "sender_jid": by.jid}
+        return fields
+
+    @staticmethod
+    def _edit_or_revoke(spec: SimIncoming) -> dict[str, Any]:
+        if spec.type not in ("edit", "revoke"):
+            return {}
+        if not spec.target_id:
+            raise EngineError(f"type {spec.type} needs target_id", code=ErrorCode.INVALID_REQUEST)
+        if spec.type == "edit":
+            return {"edit": {"target_id": spec.target_id, "text": spec.text}}
+        return {"revoke": {"target_id": spec.target_id}, "text": None}
+
+    def _undecryptable(self, spec: SimIncoming) -> None:
+        """An undecryptable message now; with `decrypt_after`, the real (text) message, same id, later."""
+        failed = self._build_message(spec.model_copy(update={"text": None}), None)
+        failed = failed.model_copy(update={"unavailable": False, "hidden": False})
+        self._deliver(failed)
+        if spec.decrypt_after is None:
+            return
+        real = self._build_message(spec.model_copy(update={"type": "text", "id": failed.id}), None)
+
+        async def later() -> None:
+            await asyncio.sleep(spec.decrypt_after or 0)
+            self._deliver(real)
+        task = asyncio.create_task(later(), name=f"sim-decrypt-{self.phone}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _answering(self, message_id: str, chat: str, sender: str | None) -> tuple[str, str | None]:
+        """(chat, participant) of a reaction or read receipt for `message_id`: as the message came when
+        it is known and the chat asked is its chat; else as asked."""
+        known = self._addressed.get(message_id)
+        asked = to_jid(chat)
+        if known is not None and asked in (known[0], known[1]):
+            return known[1], known[2]
+        return asked, to_jid(sender) if sender else None
+
+    async def _set_contacts(self, payload: bytes) -> None:
+        try:
+            self._contacts = SimContacts.model_validate_json(payload or b"{}")
+        except ValidationError as exc:
+            raise EngineError(f"bad contacts payload: {exc.errors()[0]['msg']}", code=ErrorCode.INVALID_REQUEST) from None
+        self._numbers.clear()  # WhatsApp's answers changed
+
+    async def _is_on_whatsapp(self, phones: list[str]) -> list[NumberCheck]:
+        absent = {p.lstrip("+") for p in self._contacts.not_on_whatsapp}
+        real = {typed.lstrip("+"): to_jid(jid.lstrip("+")) for typed, jid in self._contacts.jid_of.items()}
+        return [NumberCheck(number=p, on_whatsapp=p not in absent, jid=None if p in absent else real.get(p, to_jid(p)))
+                for p in phones]
+
     # -- helpers -------------------------------------------------------------------------------
     def _new_id(self) -> str:
         """The next message id; numbers come from blocks reserved in the store, so none repeats."""
@@ -417,17 +571,21 @@ class SimSession:
     def _build_message(self, spec: SimIncoming, index: int | None) -> IncomingMessage:
         now = self._clock()
         base_id = spec.id or f"SIMIN{int(now.timestamp() * 1e6):X}"
-        sender = spec.sender.split("@")[0]
-        chat = spec.chat or sender
+        sender = self._sender(spec)
+        received_chat = to_jid(spec.chat) if spec.chat else sender.jid
+        chat = received_chat
+        if not spec.chat and is_lid(sender.jid) and sender.phone is not None:
+            chat = to_jid(sender.phone)  # a private chat addressed by LID is named by the phone when known
         extras = spec.model_extra or {}
         data: dict[str, Any] = {
             **{k: v for k, v in extras.items() if k not in IncomingMessage.model_fields},
             "id": base_id if index is None else f"{base_id}-{index}",
             "account": self.phone,
-            "chat": to_jid(chat),
-            "chat_type": "group" if to_jid(chat).endswith("@g.us") else "private",
-            "sender": sender,
-            "sender_jid": to_jid(sender),
+            "chat": chat,
+            "chat_type": "group" if chat.endswith("@g.us") else "private",
+            "sender": sender.phone,
+            "sender_lid": sender.lid,
+            "sender_jid": sender.jid,
             "sender_name": spec.sender_name,
             "from_me": spec.from_me,
             "timestamp": now,
@@ -439,10 +597,16 @@ class SimSession:
         for key in ("quoted", "mentions", "reaction", "location"):
             if key in extras:
                 data[key] = extras[key]
+        data.update(self._addressed_extras(extras))
+        data.update(self._edit_or_revoke(spec))
         try:
-            return IncomingMessage.model_validate(data)
+            message = IncomingMessage.model_validate(data)
         except ValidationError as exc:
             raise EngineError(f"bad incoming payload: {exc.errors()[0]['msg']}", code=ErrorCode.INVALID_REQUEST) from None
+        self._addressed[message.id] = (chat, received_chat, sender.jid)
+        while len(self._addressed) > ADDRESSED_KEPT:
+            del self._addressed[next(iter(self._addressed))]
+        return message
 
     def _in_outage(self) -> bool:
         return self._outage_until is not None and self._clock() < self._outage_until

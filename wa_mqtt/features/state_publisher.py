@@ -3,7 +3,8 @@
 Retained: each account's status, QR (text and PNG), pair code and stats; `bridge/info` and
 `bridge/accounts` (these two, and each account's stats, at most once per SUMMARY_INTERVAL however many
 accounts changed). Durable: incoming messages (each id once: duplicates re-delivered by WhatsApp are
-dropped here) and receipts. Transient: `bridge/event`, built from the typed events by one table
+dropped here; an undecryptable message does not hide the real one that follows under its id) and
+receipts. Transient: `bridge/event`, built from the typed events by one table
 (`bridge_event`), so its payloads are what they always were. A removed account's retained topics are cleared.
 It decides nothing: it shows what the supervisors and the manager report.
 """
@@ -25,7 +26,7 @@ from ..accounts.dedup import SeenIds
 from ..bus import EventBus
 from ..config import Config
 from ..disk_full import DiskFullWatch
-from ..model import utc_iso
+from ..model import IncomingMessage, utc_iso
 from ..mqtt.api import encode
 from ..mqtt.link import MqttLink
 from ..mqtt.topics import Topics
@@ -74,6 +75,13 @@ def bridge_event(event: ev.Event) -> tuple[str, dict[str, object]]:
         case ev.ConfigInvalid(error=error):
             return "config_invalid", {"error": error}
     raise ValueError(f"{type(event).__name__} is not a bridge/event")
+
+
+def dedup_key(message: IncomingMessage) -> str:
+    """The id a message is deduplicated by. An undecryptable message has its own key: whatsmeow asks the
+    sender to send it again, and the real message that follows under the same id must be published too
+    (an undecryptable one after the real message is dropped: the caller checks the plain id as well)."""
+    return f"{message.id}#undecryptable" if message.type == "undecryptable" else message.id
 
 
 BRIDGE_EVENTS: tuple[type, ...] = (
@@ -176,13 +184,14 @@ class StatePublisher:
 
     def _on_message(self, event: ev.MessageReceived) -> None:
         phone, message = event.phone, event.message
-        if self._seen.seen(phone, message.id):
+        key = dedup_key(message)
+        if self._seen.seen(phone, key) or (key != message.id and self._seen.seen(phone, message.id)):
             log.debug("%s: duplicate message %s dropped", phone, message.id)
             return
         # spooled (or held in memory while the disk is full), then its id remembered, never on disk
         # before the message: a crash in between repeats the message rather than losing it
         self._link.publish(self._topics.message(phone), encode(message.payload()), qos=1, durable=True)
-        self._seen.remember(phone, message.id, hold=self._disk is not None and self._disk.error is not None)
+        self._seen.remember(phone, key, hold=self._disk is not None and self._disk.error is not None)
         self._bus.emit(ev.MessagePublished(phone, message))
 
     def _on_receipt(self, event: ev.ReceiptReceived) -> None:

@@ -23,6 +23,7 @@ from .topics import ACCOUNT_COMMANDS, BRIDGE_COMMANDS, is_topic_name, within
 
 log = logging.getLogger(__name__)
 
+MAX_CHECK_NUMBERS = 100  # numbers per `check` request
 MAX_REQUEST_BYTES = 96 * 1024 * 1024  # a 64 MB media file in base64 plus the envelope
 
 
@@ -121,6 +122,17 @@ class TypingRequest(_Req):
     check_chat = field_validator("chat")(lambda v: _chat(v))
 
 
+class CheckRequest(_Req):
+    """`check`: which numbers have a WhatsApp account (issue 15's Contacts)."""
+
+    numbers: list[str] = Field(min_length=1, max_length=MAX_CHECK_NUMBERS)
+
+    @field_validator("numbers")
+    @classmethod
+    def _numbers(cls, value: list[str]) -> list[str]:
+        return [_phone(v) for v in value]
+
+
 def _phone(value: str) -> str:
     value = value.lstrip("+")
     if not is_phone(value):
@@ -143,6 +155,7 @@ class SendRequest(OutgoingMessage):
 ACCOUNT_SCHEMAS: dict[str, type[BaseModel]] = {
     "connect": ConnectRequest, "disconnect": EmptyRequest, "logout": EmptyRequest,
     "send": SendRequest, "react": ReactRequest, "read": ReadRequest, "typing": TypingRequest,
+    "check": CheckRequest,
 }
 BRIDGE_SCHEMAS: dict[str, type[BaseModel]] = {
     "pair": PairRequest, "remove": PhoneRequest, "backup": OptionalPhoneRequest,

@@ -23,6 +23,7 @@ from ..events import Reply
 from ..model import SendOutcome
 from . import api
 from .api import (
+    CheckRequest,
     ConnectRequest,
     EmptyRequest,
     OptionalPhoneRequest,
@@ -131,6 +132,11 @@ async def _typing(call: Call, request: TypingRequest) -> Result:
     return {}
 
 
+async def _check(call: Call, request: CheckRequest) -> Result:
+    checks = await call.services.manager.get(call.target).engine_call(lambda s: s.check(request.numbers))
+    return {"results": [check.model_dump(mode="json") for check in checks]}
+
+
 # -- bridge commands --------------------------------------------------------------------------------
 async def _pair(call: Call, request: PairRequest) -> Result:
     return _state(await call.services.manager.pair(request.phone, request.method))
@@ -165,6 +171,7 @@ ACCOUNT_REQUESTS: Mapping[str, Command] = {
     "react": command(ReactRequest, _react),
     "read": command(ReadRequest, _read),
     "typing": command(TypingRequest, _typing),
+    "check": command(CheckRequest, _check),
 }
 BRIDGE_REQUESTS: Mapping[str, Command] = {
     "pair": command(PairRequest, _pair),

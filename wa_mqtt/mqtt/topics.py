@@ -9,8 +9,10 @@ SIM = "sim"
 RESERVED_IDS = frozenset({BRIDGE, SIM})
 
 BRIDGE_COMMANDS = frozenset({"pair", "remove", "backup", "restart_account", "reload", "health"})
-ACCOUNT_COMMANDS = frozenset({"connect", "disconnect", "logout", "send", "react", "read", "typing"})
-SIM_ACTIONS = frozenset({"scan", "incoming", "drop", "outage", "logout", "replace", "crash", "hang", "balloon"})
+ACCOUNT_COMMANDS = frozenset({"connect", "disconnect", "logout", "send", "react", "read", "typing",
+                              "check"})
+SIM_ACTIONS = frozenset({"scan", "incoming", "drop", "outage", "logout", "replace", "crash", "hang", "balloon",
+                         "contacts"})
 
 
 @dataclass(frozen=True)
