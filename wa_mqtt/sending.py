@@ -18,7 +18,7 @@ from .config import Config
 from .errors import ErrorCode
 from .events import Reply
 from .media import MediaPolicy, MediaRefused, check_message
-from .model import OutgoingMessage, SendOutcome, identity
+from .model import MEDIA_KINDS, OutgoingMessage, SendOutcome, identity
 from .mqtt.api import ApiError
 from .mqtt.topics import BRIDGE
 
@@ -51,7 +51,7 @@ class SendService:
         if outgoing.allow_to is not None and identity(message.to) not in {identity(a) for a in outgoing.allow_to}:
             raise ApiError(ErrorCode.FORBIDDEN, f"to: {message.to} is not in outgoing.allow_to")
         texts = {"text": message.text}
-        if message.kind != "text":
+        if message.kind in MEDIA_KINDS:
             texts[f"{message.kind}.caption"] = getattr(message, message.kind).caption
         for field, value in texts.items():
             if value is not None and len(value) > outgoing.max_text_chars:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 import sqlite3
 from collections import OrderedDict
 from pathlib import Path
@@ -121,6 +122,8 @@ async def send(client: NewAClient, message: OutgoingMessage, recent: RecentMessa
     try:
         if message.kind == "text":
             built = conv.text_message(message.text or "", context)
+        elif message.poll is not None:  # votes are encrypted with the poll's secret: it must have one
+            built = conv.poll_message(message.poll, secret or os.urandom(32), context)
         else:
             source: MediaSource = getattr(message, message.kind)
             built = await build_media(client, message.kind, source, source.caption or message.text, policy)

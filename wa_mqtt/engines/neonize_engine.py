@@ -23,7 +23,7 @@ from uuid import uuid4
 
 from ..errors import ErrorCode
 from ..media import MediaPolicy
-from ..model import OutgoingMessage, SendResult
+from ..model import IncomingMessage, OutgoingMessage, SendResult
 from . import neonize_calls as calls
 from . import neonize_convert as conv
 from .base import (
@@ -41,6 +41,7 @@ from .base import (
 )
 from .neonize_calls import engine_error
 from .options import EngineOptions
+from .poll_store import PollStore
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message as Proto
@@ -155,13 +156,14 @@ class NeonizeSession:
         self._client: NewAClient | None = None
         self._watch: asyncio.Task[None] | None = None
         self._pump_task: asyncio.Task[None] | None = None
-        self._queue: asyncio.Queue[EngineEvent | None] | None = None
+        self._queue: asyncio.Queue[EngineEvent | asyncio.Task[EngineEvent | None] | None] | None = None
         self._pair_method: PairMethod = "qr"
         self._pair_code_asked = False
         self._stopping = False
         self._closed = False
         self._recent = calls.RecentMessages(recent_limit)
         self._device_key: bytes | None = None  # keys the messageSecret of idempotent sends (read once)
+        self._polls = PollStore.beside(store_path)  # the options of polls sent and seen, for their votes
 
     @property
     def client(self) -> NewAClient | None:
@@ -297,13 +299,15 @@ class NeonizeSession:
 
     async def _pump(self) -> None:
         assert self._queue is not None
-        while (event := await self._queue.get()) is not None:
+        while (item := await self._queue.get()) is not None:
             try:
-                self._emit(event)
+                event = await item if isinstance(item, asyncio.Task) else item  # a poll vote being decrypted
+                if event is not None:
+                    self._emit(event)
             except Exception:
-                log.exception("%s: emit failed for %s", self.phone, event.kind)
+                log.exception("%s: emit failed for %s", self.phone, getattr(item, "kind", "a poll vote"))
 
-    def _put(self, event: EngineEvent) -> None:
+    def _put(self, event: EngineEvent | asyncio.Task[EngineEvent | None]) -> None:
         if self._queue is not None and not self._closed:
             self._queue.put_nowait(event)
 
@@ -321,7 +325,8 @@ class NeonizeSession:
         # neonize ignores the QR channel's end ("success" / "timeout"); take it (called from a Go thread).
         client._NewAClient__onLoginStatus = self._login_status_callback(client)
 
-    def _handler(self, translate: Callable[[Proto], EngineEvent | None]) -> Callable[..., Any]:
+    def _handler(self, translate: Callable[[Proto], EngineEvent | asyncio.Task[EngineEvent | None] | None],
+                 ) -> Callable[..., Any]:
         async def handle(client: NewAClient, event: Proto) -> None:
             if client is not self._client:
                 log.debug("%s: event from a stopped client ignored", self.phone)
@@ -345,7 +350,7 @@ class NeonizeSession:
             log.info("%s: %s%s", self.phone, out.kind, f" ({out.code})" if isinstance(out, Disconnected) else "")
         return out
 
-    def _on_message(self, event: Proto) -> EngineEvent:
+    def _on_message(self, event: Proto) -> EngineEvent | asyncio.Task[EngineEvent | None]:
         try:
             message = conv.message_from_event(event, self._account)
         except Exception:
@@ -353,7 +358,44 @@ class NeonizeSession:
             message = conv.fallback_message(event, self._account, "untranslatable")
         self._recent.remember(event, message.chat, message.sender_jid)
         log.debug("%s: message %s (%s)", self.phone, message.id, message.type)
+        if message.type == "poll_vote":  # decrypted by a Go call: the pump awaits it in its place
+            return asyncio.get_running_loop().create_task(self._poll_vote(event, message))
+        if (poll := conv.poll_of(message)) is not None:
+            self._remember_poll(*poll)
         return MessageReceived(message=message)
+
+    # ------------------------------------------------------------ polls (issue 16)
+
+    def _remember_poll(self, poll_id: str, options: list[str]) -> None:
+        try:
+            self._polls.remember(poll_id, options, self._clock())
+        except sqlite3.Error as exc:
+            log.warning("%s: poll %s not remembered (%s); its votes will show no option texts", self.phone,
+                        poll_id, exc)
+
+    async def _poll_vote(self, event: Proto, message: IncomingMessage) -> EngineEvent | None:
+        """A vote decrypted with the poll's secret (whatsmeow's store) and named by the poll's options."""
+        client = self._client
+        hashes: list[bytes] | None = None
+        error = None
+        try:
+            if client is None:
+                raise EngineError("not connected")
+            decrypted = await client.decrypt_poll_vote(event)
+            hashes = [bytes(h) for h in decrypted.selectedOptions]
+        except Exception as exc:  # noqa: BLE001 (DecryptPollVoteError with Go's text; the vote is still reported)
+            error = f"the vote could not be decrypted: {exc}"
+            log.warning("%s: poll vote %s: %s", self.phone, message.id, error)
+        vote = message.model_extra.get("poll_vote") if message.model_extra else None
+        poll_id = str(vote.get("poll_id", "")) if isinstance(vote, dict) else ""
+        try:
+            options = await asyncio.to_thread(self._polls.options, poll_id)
+        except sqlite3.Error as exc:
+            log.warning("%s: poll store unreadable (%s)", self.phone, exc)
+            options = None
+        if options is None and hashes:
+            log.info("%s: vote for poll %s, whose options are unknown here", self.phone, poll_id)
+        return MessageReceived(message=conv.poll_vote_of(message, options, hashes, error))
 
     def _on_receipt(self, event: Proto) -> EngineEvent | None:
         receipt = conv.receipt_from_event(event)
@@ -421,7 +463,10 @@ class NeonizeSession:
                 log.info("%s: message %s already went out as %s; not sent again", self.phone, message_id, known)
                 return SendResult(id=known, already_sent=True)
         try:
-            return await calls.send(client, message, self._recent, self._engine.media_policy, self.phone, secret)
+            result = await calls.send(client, message, self._recent, self._engine.media_policy, self.phone, secret)
+            if message.poll is not None:
+                await asyncio.to_thread(self._remember_poll, result.id, message.poll.options)
+            return result
         except EngineError:
             if secret is not None:
                 try:
