@@ -73,3 +73,7 @@ class SendService:
         supervisor = self._manager.get(phone)
         self.check(message)
         return await supervisor.accept(message, reply)
+
+    async def typing(self, phone: str, chat: str, state: str) -> None:
+        """Show (`composing`) or stop (`paused`) typing in `chat`; raises as `react` does (never queued)."""
+        await self._manager.get(phone).engine_call(lambda session: session.typing(chat, state))
