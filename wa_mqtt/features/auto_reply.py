@@ -113,7 +113,8 @@ class AutoReply:
         """Ask the rule's provider while typing; send its answer, or the fallback (reported) when none came."""
         assert reply.ai is not None
         settings = reply.ai
-        typing = asyncio.create_task(self._keep_typing(phone, reply.chat), name=f"ai-typing-{phone}")
+        answered = asyncio.Event()
+        typing = asyncio.create_task(self._keep_typing(phone, reply.chat, answered), name=f"ai-typing-{phone}")
         try:
             text = await self._ai().answer(settings, phone, reply.chat, reply.prompt,
                                            self._config.outgoing.max_text_chars)
@@ -126,19 +127,20 @@ class AutoReply:
                                             fallback is not None))
             text = fallback or ""
         finally:
-            typing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await typing
+            answered.set()  # not a cancel: an engine call under way is let finish, in its order
+            await typing
         await self._typing(phone, reply.chat, "paused")
         if not text:
             return
         self._replies.record_answer(reply, planned_at, text)
         await self._send(phone, reply.rule, OutgoingMessage(to=reply.chat, text=text, id=key))
 
-    async def _keep_typing(self, phone: str, chat: str) -> None:
-        while True:
+    async def _keep_typing(self, phone: str, chat: str, answered: asyncio.Event) -> None:
+        """`composing` now and every TYPING_EVERY seconds until `answered`."""
+        while not answered.is_set():
             await self._typing(phone, chat, "composing")
-            await asyncio.sleep(TYPING_EVERY)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(answered.wait(), TYPING_EVERY)
 
     async def _typing(self, phone: str, chat: str, state: str) -> None:
         try:
