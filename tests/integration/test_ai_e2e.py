@@ -5,7 +5,6 @@ request and response shapes: an OpenAI-compatible `/v1/chat/completions` and Hom
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any

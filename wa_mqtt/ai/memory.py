@@ -5,12 +5,14 @@
   `history` of them as context;
 - each chat's Home Assistant `conversation_id`, so a follow-up ("and the bedroom?") continues it.
 
-Keyed by account and chat. Blocking SQLite calls: run them in a thread (`asyncio.to_thread`).
+Keyed by account and chat. Blocking SQLite calls: run them in a thread (`asyncio.to_thread`); one
+lock serialises them.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -38,7 +40,10 @@ class ChatMemory:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()  # calls come from worker threads (asyncio.to_thread)
         self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=15)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # a power cut may lose the last exchange: it is context only
         with self._db:
             self._db.execute("CREATE TABLE IF NOT EXISTS history (id INTEGER PRIMARY KEY AUTOINCREMENT, "
                              "account TEXT NOT NULL, chat TEXT NOT NULL, role TEXT NOT NULL, content TEXT NOT NULL, "
@@ -55,13 +60,14 @@ class ChatMemory:
         """The last `count` messages of the chat, oldest first."""
         if count <= 0:
             return []
-        rows = self._db.execute("SELECT role, content FROM history WHERE account = ? AND chat = ? "
-                                "ORDER BY id DESC LIMIT ?", (account, chat, count)).fetchall()
+        with self._lock:
+            rows = self._db.execute("SELECT role, content FROM history WHERE account = ? AND chat = ? "
+                                    "ORDER BY id DESC LIMIT ?", (account, chat, count)).fetchall()
         return [Turn(role, content) for role, content in reversed(rows)]
 
     def append(self, account: str, chat: str, turns: list[Turn], now: datetime) -> None:
         """Add an exchange; keep the chat's newest KEPT_PER_CHAT, forget what is older than FORGET_AFTER."""
-        with self._db:
+        with self._lock, self._db:
             self._db.executemany("INSERT INTO history (account, chat, role, content, at) VALUES (?, ?, ?, ?, ?)",
                                  [(account, chat, t.role, t.content[:KEPT_CHARS], now.isoformat()) for t in turns])
             self._db.execute("DELETE FROM history WHERE account = ? AND chat = ? AND id NOT IN (SELECT id FROM history "
@@ -70,12 +76,13 @@ class ChatMemory:
             self._forget(now)
 
     def conversation(self, account: str, chat: str) -> str | None:
-        row = self._db.execute("SELECT conversation_id FROM conversations WHERE account = ? AND chat = ?",
-                               (account, chat)).fetchone()
+        with self._lock:
+            row = self._db.execute("SELECT conversation_id FROM conversations WHERE account = ? AND chat = ?",
+                                   (account, chat)).fetchone()
         return str(row[0]) if row else None
 
     def set_conversation(self, account: str, chat: str, conversation_id: str, now: datetime) -> None:
-        with self._db:
+        with self._lock, self._db:
             self._db.execute("INSERT OR REPLACE INTO conversations VALUES (?, ?, ?, ?)",
                              (account, chat, conversation_id, now.isoformat()))
             self._forget(now)
