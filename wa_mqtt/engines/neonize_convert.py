@@ -421,15 +421,15 @@ def attach_context(message: Proto, context: Proto) -> None:
 
 
 def poll_message(poll: Poll, secret: bytes, context: Proto | None = None) -> Proto:
-    """A poll to send, as whatsmeow's BuildPollCreation makes it: V3 for a single choice, the original
-    otherwise; `secret` (32 bytes) is the messageSecret the votes are encrypted with."""
+    """A poll to send, as whatsmeow's BuildPollCreation makes it (a PollCreationMessage whatever the
+    count); `secret` (32 bytes) is the messageSecret the votes are encrypted with."""
     from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message, PollCreationMessage
 
     creation = PollCreationMessage(name=poll.question, selectableOptionsCount=poll.selectable,
                                    options=[PollCreationMessage.Option(optionName=o) for o in poll.options])
     if context is not None:
         creation.contextInfo.CopyFrom(context)
-    message = Message(pollCreationMessageV3=creation) if poll.selectable == 1 else Message(pollCreationMessage=creation)
+    message = Message(pollCreationMessage=creation)
     message.messageContextInfo.messageSecret = secret
     return message
 

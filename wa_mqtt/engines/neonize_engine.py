@@ -381,9 +381,8 @@ class NeonizeSession:
         try:
             if client is None:
                 raise EngineError("not connected")
-            decrypted = await client.decrypt_poll_vote(event)
-            hashes = [bytes(h) for h in decrypted.selectedOptions]
-        except Exception as exc:  # noqa: BLE001 (DecryptPollVoteError with Go's text; the vote is still reported)
+            hashes = await calls.decrypt_poll_vote(client, event)
+        except EngineError as exc:  # Go's text: no secret for that poll, a corrupt vote; the vote is still reported
             error = f"the vote could not be decrypted: {exc}"
             log.warning("%s: poll vote %s: %s", self.phone, message.id, error)
         vote = message.model_extra.get("poll_vote") if message.model_extra else None
