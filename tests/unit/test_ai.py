@@ -81,6 +81,7 @@ def test_memory_keeps_each_chat_bounded_on_disk(tmp_path: Path) -> None:
     memory.append(ME, "b", [Turn("user", "x" * 100_000)], NOW)
     memory.set_conversation(ME, "a", "conv-1", NOW)
     memory.close()
+    assert (tmp_path / "ai.db").stat().st_mode & 0o077 == 0  # conversations are private
 
     reopened = ChatMemory(tmp_path / "ai.db")  # survives a restart
     assert reopened.history(ME, "a", 3) == [Turn("assistant", "r98"), Turn("user", "q99"), Turn("assistant", "r99")]

@@ -241,7 +241,7 @@ def test_event_entity_template_adds_event_type_and_keeps_every_field():
     event = account(True)[1]["cmps"]["message"]
     assert event["state_topic"] == f"wa/{PHONE}/message"
     assert set(event["event_types"]) == {"text", "image", "video", "audio", "document", "sticker",
-                                         "location", "contact", "reaction", "poll", "unknown"}
+                                         "location", "contact", "reaction", "poll", "poll_vote", "unknown"}
     message = {"id": "3EB0", "account": PHONE, "chat": f"{OTHER}@s.whatsapp.net", "chat_type": "private",
                "sender": OTHER, "sender_jid": f"{OTHER}@s.whatsapp.net", "sender_name": "Zoë \"Z\"",
                "from_me": False, "timestamp": "2026-11-24T10:00:00Z", "type": "image", "text": None,

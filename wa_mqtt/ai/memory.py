@@ -11,12 +11,13 @@ lock serialises them.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal
+
+from ..durable import open_wal, transaction
 
 KEPT_PER_CHAT = 100
 KEPT_CHARS = 8000
@@ -39,12 +40,9 @@ class ChatMemory:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()  # calls come from worker threads (asyncio.to_thread)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=15)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # a power cut may lose the last exchange: it is context only
-        with self._db:
+        self._db = open_wal(self.path)  # private (0600): it holds conversations; NORMAL: context, not records
+        with transaction(self._db):
             self._db.execute("CREATE TABLE IF NOT EXISTS history (id INTEGER PRIMARY KEY AUTOINCREMENT, "
                              "account TEXT NOT NULL, chat TEXT NOT NULL, role TEXT NOT NULL, content TEXT NOT NULL, "
                              "at TEXT NOT NULL)")
@@ -67,7 +65,7 @@ class ChatMemory:
 
     def append(self, account: str, chat: str, turns: list[Turn], now: datetime) -> None:
         """Add an exchange; keep the chat's newest KEPT_PER_CHAT, forget what is older than FORGET_AFTER."""
-        with self._lock, self._db:
+        with self._lock, transaction(self._db):
             self._db.executemany("INSERT INTO history (account, chat, role, content, at) VALUES (?, ?, ?, ?, ?)",
                                  [(account, chat, t.role, t.content[:KEPT_CHARS], now.isoformat()) for t in turns])
             self._db.execute("DELETE FROM history WHERE account = ? AND chat = ? AND id NOT IN (SELECT id FROM history "
@@ -82,7 +80,7 @@ class ChatMemory:
         return str(row[0]) if row else None
 
     def set_conversation(self, account: str, chat: str, conversation_id: str, now: datetime) -> None:
-        with self._lock, self._db:
+        with self._lock, transaction(self._db):
             self._db.execute("INSERT OR REPLACE INTO conversations VALUES (?, ?, ?, ?)",
                              (account, chat, conversation_id, now.isoformat()))
             self._forget(now)
