@@ -8,7 +8,7 @@ features/auto_reply.py calls, for every new incoming message and in this order:
 `decide` reads the history as it was *before* the message, which is what `first_message` needs.
 
 Guards, checked for the rule that would reply (docs/automations.md explains them to users):
-- never our own messages (`from_me`), reactions, broadcast/newsletter chats, groups unless the rule
+- never our own messages (`from_me`), reactions or poll votes, broadcast/newsletter chats, groups unless the rule
   has `groups: true`, nor messages older than `stale_after` (a backlog delivered after an outage);
 - at most ONE reply per incoming message: the first rule in config order that matches and is not
   cooling down for that chat. A rule in cooldown does not match, so a later catch-all still can;
@@ -44,6 +44,7 @@ from .auto_reply_rules import (
 from .model import IncomingMessage, OutgoingMessage, to_jid
 
 logger = logging.getLogger(__name__)
+NOT_ANSWERED_TYPES = frozenset({"reaction", "poll_vote"})  # answers to our messages, not messages to answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +85,7 @@ class ReplyHistory:
 
     def record_incoming(self, message: IncomingMessage, now: datetime) -> None:
         """A message arrived (call for every message, after `decide`); our own and reactions are skipped."""
-        if message.from_me or message.type == "reaction":
+        if message.from_me or message.type in NOT_ANSWERED_TYPES:
             return
         self._put(self._last_incoming, (message.account, message.chat, message.sender), now)
 
@@ -208,7 +209,7 @@ def decide(rules: Iterable[AutoReplyRule], message: IncomingMessage, history: Re
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     limits = limits or AutoReplyLimits()
-    if message.from_me or message.type == "reaction" or message.chat_type not in REPLIABLE_CHAT_TYPES:
+    if message.from_me or message.type in NOT_ANSWERED_TYPES or message.chat_type not in REPLIABLE_CHAT_TYPES:
         return []
     sent_at = message.timestamp if message.timestamp.tzinfo else message.timestamp.replace(tzinfo=UTC)
     if now - sent_at > timedelta(seconds=limits.stale_after):

@@ -62,6 +62,9 @@ def test_ai_rules_plan_a_reply_to_the_text_and_the_guards_count_it() -> None:
     assert [(p.rule, p.prompt, p.text, p.ai is rules[0].ai) for p in planned] == [
         ("ai", "what time is it?", "", True)]
     assert decide(rules, msg(None, type="image"), history, NOW, limits) == []  # nothing to ask
+    vote = msg(None, type="poll_vote", poll_vote={"poll_id": "P1", "selected": ["Yes"]})
+    fixed = build_config({"auto_reply": [{"name": "hi", "reply": "hello"}]}, environ={}).auto_reply
+    assert decide(fixed, vote, history, NOW, limits) == []  # a vote answers us: never auto-answered
     assert decide(rules, msg("hi", chat="120363012345678901@g.us", chat_type="group"), history, NOW, limits) == []
 
     history.record_reply(planned[0], NOW)
