@@ -162,6 +162,16 @@ async def test_ai_replies_through_openai_and_home_assistant(
         assert user_and_answers == [("user", "second"), ("assistant", "echo: second"), ("user", "third"),
                                     ("assistant", "echo: third"), ("user", "fourth")]
 
+        # two messages at once: one chat's AI replies take turns, the second sees the first's exchange
+        mark = probe.mark()
+        await probe.sim(A, "incoming", {"sender": ANA, "text": "alpha", "id": "C1"})
+        await probe.sim(A, "incoming", {"sender": ANA, "text": "beta", "id": "C2"})
+        await probe.wait_for(sent, lambda r: r.json().get("text") == "echo: beta", after=mark)
+        texts = [r.json()["text"] for r in probe.received[mark:] if r.topic == sent and r.json()["type"] == "text"]
+        assert texts == ["echo: alpha", "echo: beta"]
+        assert [(m["role"], m["content"]) for m in openai_seen.bodies[-1]["messages"][-3:]] == [
+            ("user", "alpha"), ("assistant", "echo: alpha"), ("user", "beta")]
+
         # a slow server, a 500 and malformed JSON: the fallback goes out, and each is an ai_error event
         for text, words in (("slow", "within 1 s"), ("fail", "HTTP 500"), ("garbled", "not JSON")):
             mark = probe.mark()

@@ -60,8 +60,8 @@ class Responder:
         if isinstance(settings, OpenAiSettings):
             no_history: list[Turn] = []
             history = await self._remembered(lambda m: m.history(account, chat, settings.history), no_history)
-            reply = await openai.complete(self._http(), settings, history, text)
-            turns = [Turn("user", text), Turn("assistant", reply)]
+            reply = clip(await openai.complete(self._http(), settings, history, text), limit)
+            turns = [Turn("user", text), Turn("assistant", reply)]  # what was sent, as the chat shows it
             await self._remember(lambda m: m.append(account, chat, turns, self._clock()))
         else:
             conversation = await self._remembered(lambda m: m.conversation(account, chat), None)

@@ -57,6 +57,7 @@ class AutoReply:
         self._accepting = False
         self._responder: Responder | None = None  # AI rules: opened on the first one planned
         self._memory: ChatMemory | None = None
+        self._ai_turns: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}  # (account, chat) → turn, users
 
     def start(self) -> None:
         self._accepting = True
@@ -110,6 +111,21 @@ class AutoReply:
         return self._responder
 
     async def _ai_reply(self, phone: str, reply: PlannedReply, planned_at: datetime, key: str) -> None:
+        """One chat's AI replies one at a time, in arrival order: each sees the history the one before left."""
+        chat = (phone, reply.chat)
+        turn, users = self._ai_turns.get(chat, (asyncio.Lock(), 0))
+        self._ai_turns[chat] = (turn, users + 1)
+        try:
+            async with turn:
+                await self._ai_answer(phone, reply, planned_at, key)
+        finally:
+            turn, users = self._ai_turns[chat]
+            if users == 1:
+                del self._ai_turns[chat]  # nobody waiting: no lock kept for every chat ever answered
+            else:
+                self._ai_turns[chat] = (turn, users - 1)
+
+    async def _ai_answer(self, phone: str, reply: PlannedReply, planned_at: datetime, key: str) -> None:
         """Ask the rule's provider while typing; send its answer, or the fallback (reported) when none came."""
         assert reply.ai is not None
         settings = reply.ai
