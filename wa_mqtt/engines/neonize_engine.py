@@ -460,6 +460,8 @@ class NeonizeSession:
                 known = None
             if known is not None:
                 log.info("%s: message %s already went out as %s; not sent again", self.phone, message_id, known)
+                if message.poll is not None:  # the try that sent it may have ended before remembering it
+                    await asyncio.to_thread(self._remember_poll, known, message.poll.options)
                 return SendResult(id=known, already_sent=True)
         try:
             result = await calls.send(client, message, self._recent, self._engine.media_policy, self.phone, secret)
