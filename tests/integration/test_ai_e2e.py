@@ -19,6 +19,7 @@ ANA = "5511988887777"
 BOB = "5511977776666"
 CARL = "5511966665555"
 DAVE = "5511955554444"
+EVE = "5511944443333"
 GROUP = "120363012345678901@g.us"
 OPENAI_KEY = "sk-test-0123456789"
 HA_TOKEN = "ha-long-lived-token"
@@ -116,6 +117,8 @@ def _config(openai_url: str, ha_url: str) -> dict[str, Any]:
             {"name": "house", "cooldown": 0, "match": {"sender": [CARL]},
              "ai": {"provider": "home_assistant", "url": ha_url, "token": HA_TOKEN,
                     "agent_id": "conversation.home_assistant", "language": "en"}},
+            {"name": "wrong-token", "cooldown": 0, "match": {"sender": [EVE]},
+             "ai": {"provider": "home_assistant", "url": ha_url, "token": "not-the-token", "fallback": "Not now."}},
             {"name": "bob", "cooldown": 0, "match": {"sender": [BOB]}, "ai": {**ai, "timeout": 5}},
             {"name": "assistant", "cooldown": 0, "ai": {**ai, "fallback": FALLBACK}},
         ],
@@ -135,7 +138,7 @@ async def test_ai_replies_through_openai_and_home_assistant(
         await probe.wait_state(A, "connected")
         info = await probe.wait_for(f"{env.base}/bridge/info", lambda r: bool(r.json().get("config")))
         rules = info.json()["config"]["auto_reply"]
-        assert (rules[0]["ai"]["token"], rules[2]["ai"]["api_key"]) == ("***", "***")
+        assert (rules[0]["ai"]["token"], rules[3]["ai"]["api_key"]) == ("***", "***")
 
         async def ask(sender: str, text: str, msg_id: str) -> str:
             mark = probe.mark()
@@ -203,6 +206,13 @@ async def test_ai_replies_through_openai_and_home_assistant(
         assert ha_seen.auth[0] == f"Bearer {HA_TOKEN}"
         assert await ask(CARL, "and the bedroom?", "H-2") == "The bedroom light is on"
         assert ha_seen.bodies[1]["conversation_id"] == "01JCONVERSATION1"
+
+        # Home Assistant refusing the token: the fallback, and the reason reported
+        mark = probe.mark()
+        assert await ask(EVE, "open the garage", "E1") == "Not now."
+        refused = await probe.wait_for(events, lambda r: r.json()["type"] == "ai_error", after=mark)
+        assert (refused.json()["data"]["provider"], refused.json()["data"]["rule"]) == ("home_assistant", "wrong-token")
+        assert "HTTP 401" in refused.json()["data"]["error"] and "Unauthorized" in refused.json()["data"]["error"]
 
         # someone not in match.sender never reaches Home Assistant: the catch-all openai rule answers
         assert await ask(DAVE, "turn off everything", "D1") == "echo: turn off everything"
