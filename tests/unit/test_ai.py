@@ -47,6 +47,12 @@ def test_secrets_are_masked_and_named_and_the_add_on_reaches_home_assistant_thro
     assert (masked[0]["ai"]["api_key"], masked[1]["ai"]["token"]) == ("***", "***")
     assert "secret" not in str(config.masked())
     assert file_secrets({"auto_reply": [{"name": "ai", "ai": OPENAI}]}) == ["auto_reply.0.ai.api_key"]
+    # a URL with the endpoint (OpenAI) or `/api` (Home Assistant) is taken back to its base
+    forgiving = build_config({"auto_reply": [
+        {"name": "a", "ai": {**OPENAI, "url": "http://localhost:11434/v1/chat/completions/"}},
+        {"name": "h", "match": {"sender": [ANA]}, "ai": {**HA, "url": "http://supervisor/core/api"}}]}, environ={})
+    assert [rule.ai.url for rule in forgiving.auto_reply if rule.ai] == ["http://localhost:11434/v1",
+                                                                          "http://supervisor/core"]
     # a url and token of its own win over the Supervisor's
     own = build_config({"auto_reply": [{"name": "h", "match": {"sender": [ANA]}, "ai": HA}]},
                        environ={"SUPERVISOR_TOKEN": "x"}).auto_reply[0].ai

@@ -44,7 +44,12 @@ class OpenAiSettings(_Common):
     history: int = Field(10, ge=0, le=100)  # earlier messages of the chat sent as context
     max_tokens: int | None = Field(None, ge=1, le=1_000_000)
 
-    check_url = field_validator("url")(lambda v: _http_url(v))
+    @field_validator("url")
+    @classmethod
+    def _base_url(cls, value: str) -> str | None:
+        """The base URL; one given with the endpoint (`…/v1/chat/completions`) is taken back to its base."""
+        url = _http_url(value)
+        return url.removesuffix("/chat/completions") if url is not None else None
 
 
 class HomeAssistantSettings(_Common):
@@ -56,7 +61,12 @@ class HomeAssistantSettings(_Common):
     agent_id: str | None = None  # e.g. conversation.home_assistant, conversation.ollama
     language: str | None = None
 
-    check_url = field_validator("url")(lambda v: _http_url(v))
+    @field_validator("url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        """The base URL; a URL given up to `/api` (as the Supervisor's `http://supervisor/core/api`) works too."""
+        url = _http_url(value)
+        return url.removesuffix("/api") if url is not None else None
 
     @model_validator(mode="after")
     def _reachable(self) -> HomeAssistantSettings:
