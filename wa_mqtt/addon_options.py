@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 import yaml
 
+from .ai.settings import SUPERVISOR_TOKEN_VARIABLE
 from .config import ConfigError, build_config, deep_merge, read_yaml
 from .config_migrations import VERSION_KEY, ConfigVersionError, Migration, current_version, describe, migrate
 
@@ -162,7 +163,9 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         data = options_to_config(options, service, read_extra(args.extra))
         if not data.get("mqtt", {}).get("url"):
             raise ConfigError("no MQTT broker: install the Mosquitto broker add-on or set the mqtt_url option")
-        build_config(data)  # validate now: a clear message in the add-on log, exit code 2
+        # validate now: a clear message in the add-on log, exit code 2 (the Supervisor's token lets
+        # home_assistant AI rules reach Home Assistant without a url or token of their own)
+        build_config(data, {k: v for k, v in env.items() if k == SUPERVISOR_TOKEN_VARIABLE})
     except (OSError, ValueError, ConfigError) as exc:
         print(f"wa_mqtt add-on: invalid configuration: {exc}", file=sys.stderr)
         return 2

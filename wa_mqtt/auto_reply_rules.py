@@ -1,7 +1,8 @@
 """The `auto_reply` and `auto_reply_limits` sections of config.yaml: rule models and their validation.
 
 A rule is `name`, `match` (text / contains / regex, chat and sender lists, chat types, first message,
-a weekly window), `reply` (a template), `accounts`, `cooldown`, `timezone`. Everything a user can
+a weekly window), `reply` (a template) or `ai` (a provider's answer, ai/settings.py), `accounts`,
+`cooldown`, `timezone`. Everything a user can
 get wrong is refused at load time with the field named; docs/automations.md documents each field.
 The matcher that applies them is `automations.decide`.
 """
@@ -14,8 +15,9 @@ from datetime import datetime, time
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from .ai.settings import AiSettings, HomeAssistantSettings
 from .model import ChatType, phone_list
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -174,7 +176,8 @@ class AutoReplyRule(_Strict):
     timezone: str = "UTC"
     cooldown: float = Field(60, ge=0)
     match: Match = Field(default_factory=Match)
-    reply: str = Field(min_length=1, max_length=4096)
+    reply: str | None = Field(None, min_length=1, max_length=4096)
+    ai: AiSettings | None = None  # instead of `reply`: the answer of a model or of Home Assistant (ai/)
 
     @field_validator("accounts", mode="before")
     @classmethod
@@ -199,7 +202,9 @@ class AutoReplyRule(_Strict):
 
     @field_validator("reply")
     @classmethod
-    def _placeholders(cls, value: str, info: ValidationInfo) -> str:
+    def _placeholders(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
         template = ReplyTemplate(value)
         if not template.is_valid():
             raise ValueError("a '$' must start a placeholder such as $name; write $$ for a dollar sign")
@@ -217,6 +222,15 @@ class AutoReplyRule(_Strict):
                     f"unknown placeholder ${ident} (known: {', '.join('$' + k for k in sorted(known))};"
                     " write $$ for a dollar sign)")
         return value
+
+    @model_validator(mode="after")
+    def _reply_or_ai(self) -> AutoReplyRule:
+        if (self.reply is None) == (self.ai is None):
+            raise ValueError("give the rule a reply (a text) or ai (a provider), one of them")
+        if isinstance(self.ai, HomeAssistantSettings) and not self.match.sender:
+            raise ValueError("an ai rule with provider home_assistant controls the house: its match.sender must name "
+                             "the numbers allowed to use it (see docs/security.md)")
+        return self
 
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)

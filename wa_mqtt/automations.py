@@ -8,7 +8,7 @@ features/auto_reply.py calls, for every new incoming message and in this order:
 `decide` reads the history as it was *before* the message, which is what `first_message` needs.
 
 Guards, checked for the rule that would reply (docs/automations.md explains them to users):
-- never our own messages (`from_me`), reactions, edits, deletions, undecryptable messages (the real
+- never our own messages (`from_me`), reactions, poll votes, edits, deletions, undecryptable messages (the real
   one may follow), broadcast/newsletter chats, groups unless the rule
   has `groups: true`, nor messages older than `stale_after` (a backlog delivered after an outage);
 - at most ONE reply per incoming message: the first rule in config order that matches and is not
@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from .ai.settings import AiSettings
 from .auto_reply_rules import (
     CHAT_TRACK,
     GLOBAL_TRACK,
@@ -48,12 +49,15 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class PlannedReply:
-    """An auto-reply to send: `text` to `chat` from `account`, because of rule `rule`."""
+    """An auto-reply to send: `text` to `chat` from `account`, because of rule `rule`. An AI rule's
+    (`ai` set) has no text yet: its provider answers `prompt` (the message's text) first."""
 
     rule: str
     account: str
     chat: str
     text: str
+    ai: AiSettings | None = None
+    prompt: str = ""
 
     def to_outgoing(self, key: str | None = None) -> OutgoingMessage:
         """As a send for the outbox; `key` is its idempotency id (e.g. `auto:<incoming id>`)."""
@@ -93,6 +97,17 @@ class ReplyHistory:
         self._put(self._chat_replies, (reply.account, reply.chat), chat)
         self._replies.append(now)
 
+    def record_answer(self, reply: PlannedReply, planned_at: datetime, text: str) -> None:
+        """The text an AI reply planned at `planned_at` turned out to have (for the echo guard)."""
+        chat = self._chat_replies.get((reply.account, reply.chat))
+        if chat is None:
+            return
+        for index in range(len(chat) - 1, -1, -1):
+            at, known = chat[index]
+            if at == planned_at and not known:
+                chat[index] = (at, normalise_text(text))
+                return
+
     def last_incoming(self, account: str, chat: str, sender: str) -> datetime | None:
         return self._last_incoming.get((account, chat, sender))
 
@@ -107,7 +122,8 @@ class ReplyHistory:
         return sum(1 for at in self._replies if at > since)
 
 
-NOT_ANSWERED = frozenset({"reaction", "edit", "revoke", "undecryptable"})  # no chat message of their own
+# answers to our messages (reactions, poll votes) or no chat message of their own
+NOT_ANSWERED = frozenset({"reaction", "poll_vote", "edit", "revoke", "undecryptable"})
 
 
 def _who(message: IncomingMessage) -> str:
@@ -179,7 +195,7 @@ def render(rule: AutoReplyRule, message: IncomingMessage, now: datetime,
     if found is not None:
         values.update({str(i): found.group(i) or "" for i in range(found.re.groups + 1)})
         values.update({k: v or "" for k, v in found.groupdict().items()})
-    return ReplyTemplate(rule.reply).safe_substitute(values)
+    return ReplyTemplate(rule.reply or "").safe_substitute(values)
 
 
 def _guard(message: IncomingMessage, history: ReplyHistory, now: datetime, limits: AutoReplyLimits) -> str | None:
@@ -187,7 +203,7 @@ def _guard(message: IncomingMessage, history: ReplyHistory, now: datetime, limit
     chat_since = now - timedelta(seconds=limits.chat_per)
     sent = history.chat_replies(message.account, message.chat, chat_since)
     text = _message_text(message)
-    if text is not None and normalise_text(text) in sent:
+    if text is not None and normalise_text(text) and normalise_text(text) in sent:
         return "loop: the message repeats an auto-reply we sent to this chat"
     if len(sent) >= limits.chat_max:
         return f"loop: {limits.chat_max} auto-replies to this chat within {limits.chat_per:g} s"
@@ -218,6 +234,11 @@ def decide(rules: Iterable[AutoReplyRule], message: IncomingMessage, history: Re
         if reason is not None:
             logger.debug("auto_reply %r to %s skipped: %s", rule.name, message.chat, reason)
             return []
+        if rule.ai is not None:  # the provider answers the message's text (none: nothing to ask)
+            prompt = _message_text(message)
+            if not prompt or not prompt.strip():
+                continue
+            return [PlannedReply(rule.name, message.account, message.chat, "", ai=rule.ai, prompt=prompt)]
         text = render(rule, message, now, found if isinstance(found, re.Match) else None)
         if not text.strip():
             continue

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from .ai.settings import SECRET_KEYS as AI_SECRET_KEYS
+from .ai.settings import supervisor_defaults
 from .auto_reply_rules import AutoReplyLimits, AutoReplyRules
 from .config_migrations import CONFIG_VERSION, ConfigVersionError, Migration, current_version, migrate
 from .model import phone_list
@@ -215,6 +217,10 @@ class Config(_Section):
         data["proxy"] = mask_url(self.proxy)
         if self.backups.encryption_key:
             data["backups"]["encryption_key"] = SECRET_MASK
+        for rule in data["auto_reply"]:  # issue 16: an AI rule's api_key / token
+            for key in AI_SECRET_KEYS:
+                if isinstance(rule.get("ai"), dict) and rule["ai"].get(key):
+                    rule["ai"][key] = SECRET_MASK
         return data
 
 
@@ -380,6 +386,10 @@ def file_secrets(data: Mapping[str, Any]) -> list[str]:
             continue
     if isinstance(backups, Mapping) and backups.get("encryption_key"):
         found.append("backups.encryption_key")
+    rules = data.get("auto_reply")
+    for index, rule in enumerate(rules if isinstance(rules, list) else []):  # issue 16: AI rules' secrets
+        ai = rule.get("ai") if isinstance(rule, Mapping) else None
+        found += [f"auto_reply.{index}.ai.{key}" for key in AI_SECRET_KEYS if isinstance(ai, Mapping) and ai.get(key)]
     return found
 
 
@@ -397,6 +407,7 @@ def build_config(
     env, env_sources = _env_overrides(environ or {})
     merged = deep_merge(current, env)
     merged = deep_merge(merged, cli_overrides or {})
+    merged = supervisor_defaults(merged, environ or {})  # the add-on: Home Assistant through the Supervisor
     try:
         config = Config.model_validate(merged)
     except ValidationError as exc:

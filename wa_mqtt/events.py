@@ -9,7 +9,7 @@ Who emits what:
 - the app: `ConfigReloaded`, `ConfigInvalid`, `DiskFullChanged` (from `DiskFullWatch`), and from the
   MQTT link `LinkConnected`, `MqttMessageReceived`;
 - features: `MessagePublished` (state publisher), `AutoReplySent` / `AutoReplyDelivered` /
-  `AutoReplyFailed` (auto-reply).
+  `AutoReplyFailed` / `AiReplyFailed` (auto-reply).
 
 `reply` on sends is the opaque reference the MQTT side gave with the send (where to answer, or which
 auto-reply rule it was): the accounts layer stores it in the outbox and hands it back unread.
@@ -261,10 +261,22 @@ class AutoReplyFailed:
     error: str
 
 
+@dataclass(frozen=True, slots=True)
+class AiReplyFailed:
+    """An AI auto-reply got no answer (timeout, HTTP error, malformed answer); `fallback`: its text was sent."""
+
+    phone: str
+    rule: str
+    chat: str
+    provider: str
+    error: str
+    fallback: bool
+
+
 Event = (
     StatusChanged | StatsChanged | MessageReceived | ReceiptReceived | PairingOffered | PairingCleared
     | AccountConnected | Paired | LinkedElsewhere | LoggedOut | EngineCrashed | SendCompleted | SendFailed
     | SimSent | AccountAdded | AccountDropped | AccountRemoved | AccountsChanged | StoreRestored
     | LinkedOtherNumber | ConfigReloaded | ConfigInvalid | DiskFullChanged | LinkConnected | MqttMessageReceived
-    | MessagePublished | AutoReplySent | AutoReplyDelivered | AutoReplyFailed
+    | MessagePublished | AutoReplySent | AutoReplyDelivered | AutoReplyFailed | AiReplyFailed
 )

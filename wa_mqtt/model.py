@@ -138,7 +138,7 @@ class Location(BaseModel):
 
 MessageType = Literal[
     "text", "image", "video", "audio", "document", "sticker", "location", "contact",
-    "reaction", "poll", "edit", "revoke", "undecryptable", "unknown",
+    "reaction", "poll", "poll_vote", "edit", "revoke", "undecryptable", "unknown",
 ]
 MESSAGE_TYPES: frozenset[str] = frozenset(get_args(MessageType))
 ChatType = Literal["private", "group", "broadcast", "newsletter"]
@@ -221,6 +221,49 @@ class MediaSource(BaseModel):
 MEDIA_KINDS = ("image", "video", "audio", "document")
 
 
+# -- polls (issue 16) -------------------------------------------------------------------------------
+POLL_MAX_OPTIONS = 12
+
+
+class Poll(BaseModel):
+    """An outgoing poll: `question`, 2 to 12 distinct `options`, `selectable` answers per voter (0: any)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(min_length=1, max_length=255)
+    options: list[str] = Field(min_length=2, max_length=POLL_MAX_OPTIONS)
+    selectable: int = Field(1, ge=0, le=POLL_MAX_OPTIONS)
+
+    @field_validator("options")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        for option in value:
+            if not option.strip() or len(option) > 100:
+                raise ValueError("each option needs 1 to 100 characters")
+        if len(set(value)) != len(value):
+            raise ValueError("options must differ (a vote names its options by their text)")
+        return value
+
+    @model_validator(mode="after")
+    def _selectable(self) -> Poll:
+        if self.selectable > len(self.options):
+            raise ValueError(f"selectable: at most the {len(self.options)} options (0 allows any number)")
+        return self
+
+
+class PollVote(BaseModel):
+    """`poll_vote` of an incoming `type: "poll_vote"` message: the options now selected (a changed vote
+    is a new message with the whole new selection; none selected: the vote was withdrawn)."""
+
+    poll_id: str
+    selected: list[str] = Field(default_factory=list)
+    unresolved: list[str] | None = None  # sha256 (hex) of options the bridge does not know the text of
+    error: str | None = None  # the vote could not be decrypted
+
+
+OUTGOING_KINDS = (*MEDIA_KINDS, "poll")
+
+
 def to_jid(recipient: str) -> str:
     """A phone or JID as a JID (`5511999999999` → `5511999999999@s.whatsapp.net`)."""
     return recipient if "@" in recipient else f"{recipient}@s.whatsapp.net"
@@ -249,6 +292,7 @@ class OutgoingMessage(BaseModel):
     video: MediaSource | None = None
     audio: MediaSource | None = None
     document: MediaSource | None = None
+    poll: Poll | None = None
     reply_to: str | None = None
     id: str | None = Field(default=None, max_length=128)
 
@@ -261,16 +305,16 @@ class OutgoingMessage(BaseModel):
 
     @model_validator(mode="after")
     def _has_content(self) -> OutgoingMessage:
-        media = [k for k in MEDIA_KINDS if getattr(self, k) is not None]
+        media = [k for k in OUTGOING_KINDS if getattr(self, k) is not None]
         if len(media) > 1:
-            raise ValueError("at most one of image, video, audio, document")
+            raise ValueError("at most one of image, video, audio, document, poll")
         if not media and not self.text:
-            raise ValueError("text or one of image, video, audio, document is required")
+            raise ValueError("text or one of image, video, audio, document, poll is required")
         return self
 
     @property
     def kind(self) -> str:
-        return next((k for k in MEDIA_KINDS if getattr(self, k) is not None), "text")
+        return next((k for k in OUTGOING_KINDS if getattr(self, k) is not None), "text")
 
     @property
     def jid(self) -> str:

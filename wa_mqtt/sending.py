@@ -23,7 +23,7 @@ from .engines.resolving import phone_of
 from .errors import ErrorCode
 from .events import Reply
 from .media import MediaPolicy, MediaRefused, check_message
-from .model import OutgoingMessage, SendOutcome, identity
+from .model import MEDIA_KINDS, OutgoingMessage, SendOutcome, identity
 from .mqtt.api import ApiError
 from .mqtt.topics import BRIDGE
 
@@ -82,7 +82,7 @@ class SendService:
     def _check_content(self, message: OutgoingMessage) -> None:
         outgoing = self._config.outgoing
         texts = {"text": message.text}
-        if message.kind != "text":
+        if message.kind in MEDIA_KINDS:
             texts[f"{message.kind}.caption"] = getattr(message, message.kind).caption
         for field, value in texts.items():
             if value is not None and len(value) > outgoing.max_text_chars:
@@ -106,3 +106,7 @@ class SendService:
         if not self._listed(message.to) and not await self._allowed_as_resolved(phone, message):
             raise ApiError(ErrorCode.FORBIDDEN, f"to: {message.to} is not in outgoing.allow_to")
         return await supervisor.accept(message, reply)
+
+    async def typing(self, phone: str, chat: str, state: str) -> None:
+        """Show (`composing`) or stop (`paused`) typing in `chat`; raises as `react` does (never queued)."""
+        await self._manager.get(phone).engine_call(lambda session: session.typing(chat, state))

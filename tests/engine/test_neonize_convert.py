@@ -83,8 +83,10 @@ CONTENT_CASES = [
     ("view_once_image", E.Message(viewOnceMessageV2=E.FutureProofMessage(
         message=E.Message(imageMessage=E.ImageMessage(mimetype="image/png")))),
      {"type": "image"}),
-    ("unknown_type", E.Message(pollUpdateMessage=E.PollUpdateMessage()),
-     {"type": "unknown", "raw_type": "pollUpdateMessage"}),
+    ("unknown_type", E.Message(keepInChatMessage=E.KeepInChatMessage()),
+     {"type": "unknown", "raw_type": "keepInChatMessage"}),
+    ("poll_vote", E.Message(pollUpdateMessage=E.PollUpdateMessage(pollCreationMessageKey=MessageKey(ID="POLL1"))),
+     {"type": "poll_vote", "poll_vote": {"poll_id": "POLL1", "selected": []}}),
     ("unknown_with_meta", E.Message(messageContextInfo=E.MessageContextInfo(), callLogMesssage=E.CallLogMessage()),
      {"type": "unknown", "raw_type": "callLogMesssage"}),
     ("only_meta", E.Message(messageContextInfo=E.MessageContextInfo()), {"type": "unknown", "raw_type": "empty"}),

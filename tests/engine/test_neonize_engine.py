@@ -16,6 +16,7 @@ import pytest
 from neonize.aioze.client import ClientFactory
 from neonize.events import EVENT_TO_INT
 from neonize.proto import Neonize_pb2 as N
+from neonize.proto.waCommon.WACommon_pb2 import MessageKey
 from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as E
 
 from wa_mqtt.engines.base import EngineError, EngineEvent, EngineSession, SimControllable
@@ -442,4 +443,84 @@ async def test_phones_are_resolved_once_before_sending(tmp_path: Path, engine: N
         ("5511000000000", False, None), ("5511988887777", True, "551188887777@s.whatsapp.net"),
         ("4915100000009", True, "4915100000009@s.whatsapp.net")]
     assert asked[1:] == [("+5511000000000",), ("+4915100000009",)]  # each number asked once, "no account" too
+    await session.close()
+
+
+def _encrypt_vote(secret: bytes, poll_id: str, poll_sender: str, voter: str, options: list[str]) -> E.PollEncValue:
+    """A vote as the voter's phone encrypts it (whatsmeow msgsecret.go: HKDF-SHA256 key, AES-GCM)."""
+    import hashlib
+    import os
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    info = (poll_id + poll_sender + voter + "Poll Vote").encode()
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
+    plain = E.PollVoteMessage(selectedOptions=[hashlib.sha256(o.encode()).digest() for o in options])
+    iv = os.urandom(12)
+    payload = AESGCM(key).encrypt(iv, plain.SerializeToString(), f"{poll_id}\x00{voter}".encode())
+    return E.PollEncValue(encPayload=payload, encIV=iv)
+
+
+async def test_a_poll_goes_out_and_its_votes_come_back_as_option_texts(tmp_path: Path, engine: NeonizeEngine) -> None:
+    """Issue 16: the poll carries the send's secret and its options are remembered; a vote, encrypted
+    as a phone does, is decrypted by neonize's real decrypt_poll_vote and named by those options."""
+    from wa_mqtt.engines import neonize_calls as calls
+    from wa_mqtt.model import Poll
+
+    phone, voter = next_phone(), "5511999999999"
+    store = fresh_store(tmp_path / "store.db")
+    write_synthetic_device(store, phone)
+    events = Recorder()
+    session = engine.open_session(phone, store, events)
+    await session.start()
+    assert (await events.next()).code == ErrorCode.DIAL_FAILED
+
+    sent: list[E.Message] = []
+
+    async def send_message(to: object, built: E.Message) -> N.SendResponse:  # the network part of a send
+        sent.append(built)
+        return N.SendResponse(ID="3EB0POLL1", Timestamp=1_795_000_000, ServerID=0, DebugTimings=N.MessageDebugTimings())
+
+    session.client.send_message = send_message
+    poll = Poll(question="Turn the heating on?", options=["Yes", "No", "Later"], selectable=1)
+    result = await session.send(OutgoingMessage(to=voter, poll=poll), "3EB0OURS")
+    assert result.id == "3EB0POLL1"
+    creation = sent[0].pollCreationMessage
+    assert (creation.name, [o.optionName for o in creation.options], creation.selectableOptionsCount) == (
+        "Turn the heating on?", ["Yes", "No", "Later"], 1)
+    secret = calls.message_secret(calls.device_key(store, phone), "3EB0OURS")
+    assert sent[0].messageContextInfo.messageSecret == secret
+    assert (tmp_path / "polls.db").is_file()  # the options outlive the process
+
+    # what whatsmeow records when it sends the poll
+    with sqlite3.connect(store) as db:
+        for poll_id in ("3EB0POLL1", "3EB0OTHER"):  # OTHER: sent by another copy of the bridge, options unknown
+            db.execute("INSERT INTO whatsmeow_message_secrets VALUES (?, ?, ?, ?, ?)",
+                       (f"{phone}:7@s.whatsapp.net", f"{voter}@s.whatsapp.net", f"{phone}@s.whatsapp.net", poll_id,
+                        secret))
+
+    def vote(msg_id: str, poll_id: str, options: list[str]) -> N.Message:
+        key = MessageKey(remoteJID=f"{phone}@s.whatsapp.net", fromMe=False, ID=poll_id)
+        update = E.PollUpdateMessage(pollCreationMessageKey=key, senderTimestampMS=1_795_000_000_000,
+                                     vote=_encrypt_vote(secret, poll_id, f"{phone}@s.whatsapp.net",
+                                                        f"{voter}@s.whatsapp.net", options))
+        return message_event(E.Message(pollUpdateMessage=update), msg_id=msg_id, sender=jid(voter, device=3))
+
+    await go_event(session, vote("V1", "3EB0POLL1", ["Later"]))
+    await go_event(session, vote("V2", "3EB0POLL1", []))  # the vote withdrawn
+    await go_event(session, vote("V3", "3EB0UNKNOWN", ["Yes"]))  # no secret for that poll
+    await go_event(session, vote("V4", "3EB0OTHER", ["No"]))
+    await go_event(session, message_event(E.Message(conversation="after"), msg_id="T1"))  # order is kept
+    received = [(await events.next()).message for _ in range(5)]
+    assert [m.id for m in received] == ["V1", "V2", "V3", "V4", "T1"]
+    import hashlib
+    assert received[3].payload()["poll_vote"] == {"poll_id": "3EB0OTHER", "selected": [],
+                                                  "unresolved": [hashlib.sha256(b"No").hexdigest()]}
+    assert [m.type for m in received[:3]] == ["poll_vote"] * 3
+    assert received[0].payload()["poll_vote"] == {"poll_id": "3EB0POLL1", "selected": ["Later"]}
+    assert received[1].payload()["poll_vote"] == {"poll_id": "3EB0POLL1", "selected": []}
+    failed = received[2].payload()["poll_vote"]
+    assert failed["poll_id"] == "3EB0UNKNOWN" and failed["selected"] == [] and "decrypt" in failed["error"]
     await session.close()

@@ -254,7 +254,7 @@ R = {"name": "r", "reply": "x"}
     ([{"name": "r", "reply": "x"}, {"name": "r", "reply": "y"}], "auto_reply", "twice"),
     ([{**R, "typo": 1}], "auto_reply.0.typo", "unknown key"),
     ([{**R, "match": {"txet": "hi"}}], "auto_reply.0.match.txet", "unknown key"),
-    ([{"name": "r"}], "auto_reply.0.reply", "Field required"),
+    ([{"name": "r"}], "auto_reply.0", "a reply (a text) or ai (a provider), one of them"),
     ([{"name": "r", "reply": "costs $5"}], "auto_reply.0.reply", "$$"),
     ([{"name": "r", "reply": "order $1"}], "auto_reply.0.reply", "unknown placeholder $1"),
     ([{"name": "r", "reply": "$nome"}], "auto_reply.0.reply", "unknown placeholder $nome"),
@@ -268,6 +268,17 @@ R = {"name": "r", "reply": "x"}
     ([{**R, "cooldown": -1}], "auto_reply.0.cooldown", "greater"),
     ([{**R, "match": {"window": {"days": ["xyz"]}}}], "auto_reply.0.match.window.0.days.0", "'mon'"),
     ([{**R, "match": {"window": {"from": "25:00"}}}], "auto_reply.0.match.window.0.from", "'22:00'"),
+    # AI rules (issue 16)
+    ([{**R, "ai": {"provider": "openai", "url": "http://x/v1", "model": "m"}}], "auto_reply.0", "one of them"),
+    ([{"name": "r", "ai": {"provider": "gpt"}}], "auto_reply.0.ai", "'openai', 'home_assistant'"),
+    ([{"name": "r", "ai": {"provider": "openai", "url": "localhost:11434", "model": "m"}}],
+     "auto_reply.0.ai.openai.url", "http://"),
+    ([{"name": "r", "ai": {"provider": "openai", "url": "http://x/v1", "model": "m", "history": 101}}],
+     "auto_reply.0.ai.openai.history", "100"),
+    ([{"name": "r", "ai": {"provider": "home_assistant", "url": "http://ha:8123", "token": "t"}}],
+     "auto_reply.0", "match.sender must name the numbers allowed"),
+    ([{"name": "r", "match": {"sender": ["5511988887777"]}, "ai": {"provider": "home_assistant"}}],
+     "auto_reply.0.ai.home_assistant", "needs url and token"),
 ])
 def test_invalid_rules_name_their_key(rules: list, key: str, words: str) -> None:
     with pytest.raises(ConfigError) as info:

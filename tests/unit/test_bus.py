@@ -63,6 +63,7 @@ def test_every_bridge_event_has_its_contract_type_and_data() -> None:
         ev.AutoReplyDelivered: ev.AutoReplyDelivered("1", "hi", "X"),
         ev.AutoReplyFailed: ev.AutoReplyFailed("1", "hi", "expired", "late"),
         ev.ConfigInvalid: ev.ConfigInvalid("bad"),
+        ev.AiReplyFailed: ev.AiReplyFailed("1", "ai", "3", "openai", "HTTP 500", True),
     }
     assert set(BRIDGE_EVENTS) - set(samples) == {ev.ConfigReloaded}
     expected = {
@@ -79,6 +80,8 @@ def test_every_bridge_event_has_its_contract_type_and_data() -> None:
         ev.AutoReplyFailed: ("auto_reply", {"phone": "1", "rule": "hi", "status": "error", "code": "expired",
                                             "error": "late"}),
         ev.ConfigInvalid: ("config_invalid", {"error": "bad"}),
+        ev.AiReplyFailed: ("ai_error", {"phone": "1", "rule": "ai", "chat": "3", "provider": "openai",
+                                        "error": "HTTP 500", "fallback": True}),
     }
     for event_type, event in samples.items():
         type_, data = bridge_event(typing.cast(ev.Event, event))

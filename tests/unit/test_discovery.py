@@ -241,7 +241,7 @@ def test_event_entity_template_adds_event_type_and_keeps_every_field():
     event = account(True)[1]["cmps"]["message"]
     assert event["state_topic"] == f"wa/{PHONE}/message"
     assert set(event["event_types"]) == {"text", "image", "video", "audio", "document", "sticker",
-                                         "location", "contact", "reaction", "poll", "edit", "revoke",
+                                         "location", "contact", "reaction", "poll", "poll_vote", "edit", "revoke",
                                          "undecryptable", "unknown"}
     message = {"id": "3EB0", "account": PHONE, "chat": f"{OTHER}@s.whatsapp.net", "chat_type": "private",
                "sender": OTHER, "sender_jid": f"{OTHER}@s.whatsapp.net", "sender_name": "Zoë \"Z\"",

@@ -24,6 +24,8 @@ from ..model import (
     Location,
     Media,
     NumberCheck,
+    Poll,
+    PollVote,
     Quoted,
     Reaction,
     Receipt,
@@ -40,6 +42,7 @@ from .base import (
     StreamReplaced,
     TemporaryBan,
 )
+from .poll_store import resolve_vote
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message as Proto
@@ -244,6 +247,8 @@ def _content(name: str, sub: Any) -> dict[str, Any]:
         return {"type": "reaction", "reaction": Reaction(emoji=sub.text, target_id=sub.key.ID)}
     if name == "protocolMessage":
         return _protocol(sub)
+    if name == "pollUpdateMessage":  # issue 16: decrypted and resolved by the engine (poll_vote_of)
+        return {"type": "poll_vote", "poll_vote": {"poll_id": sub.pollCreationMessageKey.ID, "selected": []}}
     if name in _POLL_FIELDS:
         return {
             "type": "poll",
@@ -506,3 +511,41 @@ def attach_context(message: Proto, context: Proto) -> None:
     sub = getattr(message, name)
     if "contextInfo" in sub.DESCRIPTOR.fields_by_name:
         sub.contextInfo.MergeFrom(context)
+
+
+# ---------------------------------------------------------------- polls (issue 16)
+
+
+def poll_message(poll: Poll, secret: bytes, context: Proto | None = None) -> Proto:
+    """A poll to send, as whatsmeow's BuildPollCreation makes it (a PollCreationMessage whatever the
+    count); `secret` (32 bytes) is the messageSecret the votes are encrypted with."""
+    from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message, PollCreationMessage
+
+    creation = PollCreationMessage(name=poll.question, selectableOptionsCount=poll.selectable,
+                                   options=[PollCreationMessage.Option(optionName=o) for o in poll.options])
+    if context is not None:
+        creation.contextInfo.CopyFrom(context)
+    message = Message(pollCreationMessage=creation)
+    message.messageContextInfo.messageSecret = secret
+    return message
+
+
+def poll_of(message: IncomingMessage) -> tuple[str, list[str]] | None:
+    """(id, options) of an incoming poll, to remember for its votes."""
+    options = getattr(message, "poll_options", None)
+    if message.type != "poll" or not isinstance(options, list):
+        return None
+    return message.id, [str(o) for o in options]
+
+
+def poll_vote_of(message: IncomingMessage, options: list[str] | None, hashes: list[bytes] | None,
+                 error: str | None = None) -> IncomingMessage:
+    """`message` (a `poll_vote`) with its selection as option texts; `hashes` None: not decrypted (`error`)."""
+    vote = (message.model_extra or {}).get("poll_vote")
+    poll_id = str(vote.get("poll_id", "")) if isinstance(vote, dict) else ""
+    if hashes is None:
+        resolved = PollVote(poll_id=poll_id, error=error or "the vote could not be decrypted")
+    else:
+        selected, unresolved = resolve_vote(options, hashes)
+        resolved = PollVote(poll_id=poll_id, selected=selected, unresolved=unresolved or None)
+    return message.model_copy(update={"poll_vote": resolved.model_dump(exclude_none=True)})

@@ -23,7 +23,7 @@ from uuid import uuid4
 
 from ..errors import ErrorCode
 from ..media import MediaPolicy
-from ..model import NumberCheck, OutgoingMessage, SendResult
+from ..model import IncomingMessage, NumberCheck, OutgoingMessage, SendResult
 from . import neonize_calls as calls
 from . import neonize_convert as conv
 from . import resolving
@@ -43,6 +43,7 @@ from .base import (
 )
 from .neonize_calls import engine_error
 from .options import EngineOptions
+from .poll_store import PollStore
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message as Proto
@@ -169,6 +170,7 @@ class NeonizeSession:
         self._device_key: bytes | None = None  # keys the messageSecret of idempotent sends (read once)
         self._lids: dict[str, str] = {}  # LID user → phone, as the store's LID map (or SenderAlt) told us
         self._numbers = resolving.NumberCache(self._clock)  # is_on_whatsapp answers (send, check)
+        self._polls = PollStore.beside(store_path)  # the options of polls sent and seen, for their votes
 
     @property
     def client(self) -> NewAClient | None:
@@ -305,7 +307,7 @@ class NeonizeSession:
     async def _pump(self) -> None:
         assert self._queue is not None
         while (item := await self._queue.get()) is not None:
-            if callable(item):
+            if callable(item):  # a LID lookup or a poll vote's decryption, in its place in Go's order
                 try:
                     event = await item()
                 except Exception:
@@ -340,7 +342,8 @@ class NeonizeSession:
         # neonize ignores the QR channel's end ("success" / "timeout"); take it (called from a Go thread).
         client._NewAClient__onLoginStatus = self._login_status_callback(client)
 
-    def _handler(self, translate: Callable[[Proto], EngineEvent | None]) -> Callable[..., Any]:
+    def _handler(self, translate: Callable[[Proto], EngineEvent | Deferred | None],
+                 ) -> Callable[..., Any]:
         async def handle(client: NewAClient, event: Proto) -> None:
             if client is not self._client:
                 log.debug("%s: event from a stopped client ignored", self.phone)
@@ -354,7 +357,7 @@ class NeonizeSession:
                 self._put(out)
         return handle
 
-    def _addressed_handler(self, translate: Callable[[Proto], EngineEvent | None]) -> Callable[..., Any]:
+    def _addressed_handler(self, translate: Callable[[Proto], EngineEvent | Deferred | None]) -> Callable[..., Any]:
         """A handler for events that name people (messages): LIDs the session does not know yet are
         looked up in the store's LID map first, in the pump, so the event keeps its place in Go's order."""
         async def handle(client: NewAClient, event: Proto) -> None:
@@ -373,16 +376,18 @@ class NeonizeSession:
 
             async def resolve_then_translate() -> EngineEvent | None:
                 await self._resolve_lids(client, unknown)
-                return self._translate(translate, event)
+                out = self._translate(translate, event)
+                return await out() if callable(out) else out
             self._put(resolve_then_translate)
         return handle
 
-    def _put_translated(self, translate: Callable[[Proto], EngineEvent | None], event: Proto) -> None:
+    def _put_translated(self, translate: Callable[[Proto], EngineEvent | Deferred | None], event: Proto) -> None:
         out = self._translate(translate, event)
         if out is not None:
             self._put(out)
 
-    def _translate(self, translate: Callable[[Proto], EngineEvent | None], event: Proto) -> EngineEvent | None:
+    def _translate(self, translate: Callable[[Proto], EngineEvent | Deferred | None],
+                   event: Proto) -> EngineEvent | Deferred | None:
         try:
             return translate(event)
         except Exception:
@@ -427,7 +432,7 @@ class NeonizeSession:
             log.info("%s: %s%s", self.phone, out.kind, f" ({out.code})" if isinstance(out, Disconnected) else "")
         return out
 
-    def _on_message(self, event: Proto) -> EngineEvent | None:
+    def _on_message(self, event: Proto) -> EngineEvent | Deferred | None:
         if conv.is_device_traffic(event):
             log.debug("%s: own-device protocol message %s not published", self.phone, event.Info.ID)
             return None
@@ -438,6 +443,10 @@ class NeonizeSession:
             message = conv.fallback_message(event, self._account, "untranslatable", self._lids)
         self._recent.remember(event, message.chat)
         log.debug("%s: message %s (%s)", self.phone, message.id, message.type)
+        if message.type == "poll_vote":  # decrypted by a Go call: the pump awaits it in its place
+            return lambda: self._poll_vote(event, message)
+        if (poll := conv.poll_of(message)) is not None:
+            self._remember_poll(*poll)
         return MessageReceived(message=message)
 
     def _on_undecryptable(self, event: Proto) -> EngineEvent:
@@ -445,6 +454,37 @@ class NeonizeSession:
         log.info("%s: message %s could not be decrypted; whatsmeow asked the sender to send it again",
                  self.phone, message.id)
         return MessageReceived(message=message)
+    # ------------------------------------------------------------ polls (issue 16)
+
+    def _remember_poll(self, poll_id: str, options: list[str]) -> None:
+        try:
+            self._polls.remember(poll_id, options, self._clock())
+        except sqlite3.Error as exc:
+            log.warning("%s: poll %s not remembered (%s); its votes will show no option texts", self.phone,
+                        poll_id, exc)
+
+    async def _poll_vote(self, event: Proto, message: IncomingMessage) -> EngineEvent | None:
+        """A vote decrypted with the poll's secret (whatsmeow's store) and named by the poll's options."""
+        client = self._client
+        hashes: list[bytes] | None = None
+        error = None
+        try:
+            if client is None:
+                raise EngineError("not connected")
+            hashes = await calls.decrypt_poll_vote(client, event)
+        except EngineError as exc:  # Go's text: no secret for that poll, a corrupt vote; the vote is still reported
+            error = f"the vote could not be decrypted: {exc}"
+            log.warning("%s: poll vote %s: %s", self.phone, message.id, error)
+        vote = message.model_extra.get("poll_vote") if message.model_extra else None
+        poll_id = str(vote.get("poll_id", "")) if isinstance(vote, dict) else ""
+        try:
+            options = await asyncio.to_thread(self._polls.options, poll_id)
+        except sqlite3.Error as exc:
+            log.warning("%s: poll store unreadable (%s)", self.phone, exc)
+            options = None
+        if options is None and hashes:
+            log.info("%s: vote for poll %s, whose options are unknown here", self.phone, poll_id)
+        return MessageReceived(message=conv.poll_vote_of(message, options, hashes, error))
 
     def _on_receipt(self, event: Proto) -> EngineEvent | None:
         receipt = conv.receipt_from_event(event)
@@ -510,12 +550,17 @@ class NeonizeSession:
                 known = None
             if known is not None:
                 log.info("%s: message %s already went out as %s; not sent again", self.phone, message_id, known)
+                if message.poll is not None:  # the try that sent it may have ended before remembering it
+                    await asyncio.to_thread(self._remember_poll, known, message.poll.options)
                 return SendResult(id=known, already_sent=True)
         try:
             to = await resolving.resolve(message.to, self._numbers, lambda phones: calls.is_on_whatsapp(client, phones))
             if to != message.jid:
                 log.debug("%s: %s is %s on WhatsApp", self.phone, message.to, to)
-            return await calls.send(client, message, self._recent, self._engine.media_policy, self.phone, secret, to)
+            result = await calls.send(client, message, self._recent, self._engine.media_policy, self.phone, secret, to)
+            if message.poll is not None:
+                await asyncio.to_thread(self._remember_poll, result.id, message.poll.options)
+            return result
         except EngineError:
             if secret is not None:
                 try:

@@ -26,11 +26,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from ..errors import ErrorCode
 from ..media import MediaPolicy
-from ..model import MESSAGE_TYPES, IncomingMessage, NumberCheck, OutgoingMessage, Receipt, SendResult, to_jid
+from ..model import (
+    MEDIA_KINDS,
+    MESSAGE_TYPES,
+    IncomingMessage,
+    NumberCheck,
+    OutgoingMessage,
+    PollVote,
+    Receipt,
+    SendResult,
+    to_jid,
+)
 from . import resolving
 from .addressing import LID_SERVER, Party, bare, is_lid, party, user_of
 from .base import (
@@ -193,6 +203,17 @@ class SimIncoming(BaseModel):
     decrypt_after: float | None = Field(None, ge=0, le=3600)  # type undecryptable: the real message N s later
 
 
+def _poll_vote(extras: dict[str, Any]) -> dict[str, JsonValue]:
+    """`type: "poll_vote"` on `wa/sim/<phone>/incoming`: `poll_id` and `selected` (option texts) become
+    the message's `poll_vote`, as the real engine publishes a decrypted vote."""
+    try:
+        vote = PollVote(poll_id=extras.get("poll_id"), selected=extras.get("selected", []))
+    except ValidationError as exc:
+        raise EngineError("bad incoming payload: a poll_vote needs poll_id (text) and selected (option texts): "
+                          f"{exc.errors()[0]['msg']}", code=ErrorCode.INVALID_REQUEST) from None
+    return vote.model_dump(exclude_none=True)
+
+
 class SimEngine:
     """Opens sim sessions. `crash` is what `wa/sim/<phone>/crash` does (in a child: exit at once)."""
 
@@ -275,7 +296,7 @@ class SimSession:
             log.info("%s: message %s was delivered before; dropped as WhatsApp does", self.phone, message_id)
             return SendResult(id=message_id, timestamp=first, already_sent=True)
         to = await resolving.resolve(message.to, self._numbers, self._is_on_whatsapp)
-        media = getattr(message, message.kind) if message.kind != "text" else None
+        media = getattr(message, message.kind) if message.kind in MEDIA_KINDS else None
         loaded = await load_media(message.kind, media, self._media_policy) if media is not None else None
         msg_id = message_id or self._new_id()
         now = self._clock()
@@ -289,6 +310,9 @@ class SimSession:
             payload["media"] = {k: v for k, v in media.model_dump().items() if v is not None and k != "base64"}
             payload["media"].update(size=len(loaded), sha256=hashlib.sha256(loaded).hexdigest())
             payload["text"] = media.caption or message.text
+        if message.poll is not None:  # issue 16: a poll shows its question and options
+            payload["text"] = message.poll.question
+            payload["poll"] = message.poll.model_dump()
         if message.id:
             payload["client_id"] = message.id
         self._emit(SimSent(payload=payload))
@@ -599,6 +623,10 @@ class SimSession:
                 data[key] = extras[key]
         data.update(self._addressed_extras(extras))
         data.update(self._edit_or_revoke(spec))
+        if data["type"] == "poll_vote":
+            data["poll_vote"] = _poll_vote(extras)
+            data.pop("poll_id", None)
+            data.pop("selected", None)
         try:
             message = IncomingMessage.model_validate(data)
         except ValidationError as exc:

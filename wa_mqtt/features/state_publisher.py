@@ -70,6 +70,9 @@ def bridge_event(event: ev.Event) -> tuple[str, dict[str, object]]:
                                   "data": {"id": id_, "queued": False, "from_queue": True}}
         case ev.AutoReplyFailed(phone=phone, rule=rule, code=code, error=error):
             return "auto_reply", {"phone": phone, "rule": rule, "status": "error", "code": code, "error": error}
+        case ev.AiReplyFailed(phone=phone, rule=rule, chat=chat, provider=provider, error=error, fallback=fallback):
+            return "ai_error", {"phone": phone, "rule": rule, "chat": chat, "provider": provider, "error": error,
+                                "fallback": fallback}
         case ev.ConfigReloaded(changed=changed, restart_required=restart):
             return "config_reloaded", {"changed": changed, "restart_required": restart}
         case ev.ConfigInvalid(error=error):
@@ -87,7 +90,7 @@ def dedup_key(message: IncomingMessage) -> str:
 BRIDGE_EVENTS: tuple[type, ...] = (
     ev.AccountAdded, ev.AccountRemoved, ev.Paired, ev.LoggedOut, ev.EngineCrashed, ev.StoreRestored,
     ev.LinkedOtherNumber, ev.AutoReplySent, ev.AutoReplyDelivered, ev.AutoReplyFailed, ev.ConfigReloaded,
-    ev.ConfigInvalid,
+    ev.ConfigInvalid, ev.AiReplyFailed,
 )
 
 

@@ -146,6 +146,8 @@ class SendRequest(OutgoingMessage):
 
     @model_validator(mode="after")
     def _text_or_media(self) -> SendRequest:
+        if self.text is not None and self.kind == "poll":
+            raise ValueError("text and poll: give one of them; the poll's text is poll.question")
         if self.text is not None and self.kind != "text":
             raise ValueError(f"text and {self.kind}: give one of them; "
                              f"the {self.kind}'s text goes in {self.kind}.caption")
