@@ -483,7 +483,10 @@ async def test_a_poll_goes_out_and_its_votes_come_back_as_option_texts(tmp_path:
         sent.append(built)
         return N.SendResponse(ID="3EB0POLL1", Timestamp=1_795_000_000, ServerID=0, DebugTimings=N.MessageDebugTimings())
 
-    session.client.send_message = send_message
+    async def is_on_whatsapp(*numbers: str) -> list[N.IsOnWhatsAppResponse]:  # the lookup before a first send
+        return [N.IsOnWhatsAppResponse(Query=f"{n}@c.us", JID=jid(n.lstrip("+")), IsIn=True) for n in numbers]
+
+    session.client.send_message, session.client.is_on_whatsapp = send_message, is_on_whatsapp
     poll = Poll(question="Turn the heating on?", options=["Yes", "No", "Later"], selectable=1)
     result = await session.send(OutgoingMessage(to=voter, poll=poll), "3EB0OURS")
     assert result.id == "3EB0POLL1"
