@@ -93,12 +93,19 @@ class Status(BaseModel):
         return data
 
 
+MediaError = Literal["too_large", "download_failed", "expired"]
+
+
 class Media(BaseModel):
+    """An incoming message's media: metadata, and once downloaded the file's absolute `path` (its
+    `size` and `sha256` then those of the file), or `error` saying why there is no file."""
+
     mimetype: str | None = None
     size: int | None = None
     filename: str | None = None
     sha256: str | None = None
     path: str | None = None
+    error: MediaError | None = None
 
 
 class Quoted(BaseModel):

@@ -57,10 +57,10 @@ def make_inner_engine(name: EngineName, options: EngineOptions, *, crash: Callab
     if name == "sim":
         from .sim import SimEngine
 
-        return SimEngine(crash=crash, media_policy=policy)
+        return SimEngine(crash=crash, media_policy=policy, downloads=options.downloads)
     from .neonize_engine import NeonizeEngine
 
-    return NeonizeEngine(media_policy=policy, proxy=options.proxy_url)
+    return NeonizeEngine(media_policy=policy, proxy=options.proxy_url, downloads=options.downloads)
 
 
 class ChildServer:

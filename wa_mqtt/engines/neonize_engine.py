@@ -23,7 +23,7 @@ from uuid import uuid4
 
 from ..errors import ErrorCode
 from ..media import MediaPolicy
-from ..model import OutgoingMessage, SendResult
+from ..model import IncomingMessage, OutgoingMessage, SendResult
 from . import neonize_calls as calls
 from . import neonize_convert as conv
 from .base import (
@@ -39,8 +39,9 @@ from .base import (
     Qr,
     ReceiptReceived,
 )
+from .incoming_media import MediaSaver
 from .neonize_calls import engine_error
-from .options import EngineOptions
+from .options import DownloadOptions, EngineOptions
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message as Proto
@@ -95,8 +96,9 @@ class NeonizeEngine:
 
     def __init__(self, *, clock: Clock = _utcnow, executor_workers: int = 32,
                  stop_timeout: float = 10.0, media_policy: MediaPolicy | None = None,
-                 proxy: str | None = None) -> None:
+                 proxy: str | None = None, downloads: DownloadOptions | None = None) -> None:
         self._clock = clock
+        self.downloads = downloads or EngineOptions().downloads  # incoming media (config `media`)
         self.proxy = proxy  # config `proxy`: WhatsApp's websocket and media go through it
         self.media_policy = media_policy or EngineOptions().media.policy()  # the config's defaults
         self._executor_workers = executor_workers
@@ -162,6 +164,8 @@ class NeonizeSession:
         self._closed = False
         self._recent = calls.RecentMessages(recent_limit)
         self._device_key: bytes | None = None  # keys the messageSecret of idempotent sends (read once)
+        self._media = MediaSaver(engine.downloads, phone)
+        self._downloads: set[asyncio.Task[None]] = set()
 
     @property
     def client(self) -> NewAClient | None:
@@ -216,6 +220,9 @@ class NeonizeSession:
         if self._closed:
             return
         await self.stop()
+        for task in list(self._downloads):  # a download outliving its client would never finish
+            task.cancel()
+        await asyncio.gather(*self._downloads, return_exceptions=True)
         self._closed = True
         self._engine._forget(self)
         if self._queue is not None and self._pump_task is not None:
@@ -345,7 +352,7 @@ class NeonizeSession:
             log.info("%s: %s%s", self.phone, out.kind, f" ({out.code})" if isinstance(out, Disconnected) else "")
         return out
 
-    def _on_message(self, event: Proto) -> EngineEvent:
+    def _on_message(self, event: Proto) -> EngineEvent | None:
         try:
             message = conv.message_from_event(event, self._account)
         except Exception:
@@ -353,7 +360,22 @@ class NeonizeSession:
             message = conv.fallback_message(event, self._account, "untranslatable")
         self._recent.remember(event, message.chat, message.sender_jid)
         log.debug("%s: message %s (%s)", self.phone, message.id, message.type)
+        if self._client is not None and self._media.wants(message) and event.HasField("Message"):
+            self._download(self._client, event.Message, message)
+            return None  # published once its media is saved or has failed
         return MessageReceived(message=message)
+
+    def _download(self, client: NewAClient, content: Proto, message: IncomingMessage) -> None:
+        """Download the media of `message` (neonize `download_any`), then emit it; later messages are not
+        held back meanwhile."""
+        async def fetch() -> bytes:
+            return bytes(await client.download_any(content))
+
+        async def run() -> None:
+            self._put(MessageReceived(message=await self._media.save(message, fetch)))
+        task = asyncio.get_running_loop().create_task(run(), name=f"media-{self.phone}-{message.id}")
+        self._downloads.add(task)
+        task.add_done_callback(self._downloads.discard)
 
     def _on_receipt(self, event: Proto) -> EngineEvent | None:
         receipt = conv.receipt_from_event(event)

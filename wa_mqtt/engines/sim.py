@@ -15,6 +15,8 @@ shows its `size` and `sha256`.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import json
 import logging
@@ -24,7 +26,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -47,7 +49,8 @@ from .base import (
     SimSent,
     StreamReplaced,
 )
-from .options import EngineOptions
+from .incoming_media import FetchFn, MediaSaver
+from .options import DownloadOptions, EngineOptions
 from .outgoing_media import load_media
 
 log = logging.getLogger(__name__)
@@ -137,22 +140,77 @@ class SimIncoming(BaseModel):
     interval: float = Field(0.0, ge=0, le=3600)
 
 
+SIM_MEDIA_MAX = 256 * 1024 * 1024  # the most bytes `media.size` alone makes the sim generate
+
+
+class SimMedia(BaseModel):
+    """`media` of `wa/sim/<phone>/incoming`: real bytes (`base64`) or `size` generated ones; with both,
+    `size` is what the message claims (a lying size). `fail`: the download fails (`"expired"`: as
+    WhatsApp answers for media it no longer holds)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mimetype: str | None = None
+    base64: str | None = None
+    size: int | None = Field(None, ge=0)
+    filename: str | None = None
+    fail: bool | Literal["expired"] = False
+
+    def declared(self) -> dict[str, Any]:
+        data = self.content()
+        size = self.size if self.size is not None else len(data) if data is not None else None
+        return {"mimetype": self.mimetype, "size": size, "filename": self.filename}
+
+    def content(self) -> bytes | None:
+        if self.base64 is not None:
+            try:
+                return base64.b64decode(self.base64, validate=True)
+            except (binascii.Error, ValueError):
+                raise EngineError("bad incoming payload: media.base64 is not base64",
+                                  code=ErrorCode.INVALID_REQUEST) from None
+        if self.size is not None and self.size <= SIM_MEDIA_MAX:
+            return (b"sim media " * (self.size // 10 + 1))[:self.size]
+        return None
+
+    def fetcher(self) -> FetchFn:
+        async def fetch() -> bytes:
+            if self.fail:
+                raise EngineError("download failed with status code 410" if self.fail == "expired"
+                                  else "sim: media download failed")
+            data = self.content()
+            if data is None:
+                raise EngineError("sim: no media bytes (give base64, or size up to 256 MiB)")
+            return data
+        return fetch
+
+
+def media_type(mimetype: str | None) -> str:
+    """The message type a sim media's mimetype implies (`image/webp` is a sticker, as WhatsApp sends it)."""
+    kind = (mimetype or "").split("/", 1)[0]
+    if mimetype == "image/webp":
+        return "sticker"
+    return kind if kind in ("image", "video", "audio") else "document"
+
+
 class SimEngine:
     """Opens sim sessions. `crash` is what `wa/sim/<phone>/crash` does (in a child: exit at once)."""
 
     name = "sim"
 
     def __init__(self, clock: Clock = _utcnow, crash: Callable[[], None] | None = None,
-                 media_policy: MediaPolicy | None = None) -> None:
+                 media_policy: MediaPolicy | None = None, downloads: DownloadOptions | None = None) -> None:
         self._clock = clock
         self._crash = crash
         self._media_policy = media_policy or EngineOptions().media.policy()
+        self._downloads = downloads or EngineOptions().downloads
 
     def has_device(self, store_path: Path) -> bool:
         return read_device(store_path) is not None
 
     def open_session(self, phone: str, store_path: Path, emit: EmitFn) -> SimSession:
-        return SimSession(phone, store_path, emit, self._clock, self._crash, self._media_policy)
+        session = SimSession(phone, store_path, emit, self._clock, self._crash, self._media_policy)
+        session.media_saver = MediaSaver(self._downloads, phone)
+        return session
 
     async def aclose(self) -> None:
         return None
@@ -175,7 +233,8 @@ class SimSession:
         self._pairing = False
         self._pair_count = 0
         self._outage_until: datetime | None = None
-        self._offline_inbox: list[IncomingMessage] = []
+        self._offline_inbox: list[tuple[IncomingMessage, FetchFn | None]] = []
+        self.media_saver: MediaSaver | None = None  # incoming media downloads (set by the engine)
         self._stall = 0.0  # seconds the next send's answer is held (`wa/sim/<phone>/stall`)
         self._next_number = 0
         self._numbers_end = 0  # the reserved block is [_next_number, _numbers_end)
@@ -304,7 +363,7 @@ class SimSession:
         except ValidationError as exc:
             raise EngineError(f"bad incoming payload: {exc.errors()[0]['msg']}", code=ErrorCode.INVALID_REQUEST) from None
         if spec.repeat == 1 and spec.interval == 0:
-            self._deliver(self._build_message(spec, None))
+            self._deliver(self._build_message(spec, None), self._media_fetch(spec))
             return
         self._build_message(spec, 0)  # validate before the burst starts: errors answer the request
         task = asyncio.create_task(self._burst(spec), name=f"sim-burst-{self.phone}")
@@ -323,7 +382,7 @@ class SimSession:
             message = self._build_message(spec, i)
             if spec.stamp:
                 message = message.model_copy(update={"sim_emitted_at": time.monotonic()})
-            self._deliver(message)
+            self._deliver(message, self._media_fetch(spec))
 
     async def _drop(self, _payload: bytes) -> None:
         if not self._connected:
@@ -393,8 +452,8 @@ class SimSession:
         self._connected = True
         self._emit(Connected(name=name))
         inbox, self._offline_inbox = self._offline_inbox, []
-        for message in inbox:
-            self._emit(MessageReceived(message=message))
+        for message, fetch in inbox:
+            self._receive(message, fetch)
 
     def _auto_reconnect(self) -> None:
         self._reconnect = None
@@ -408,11 +467,40 @@ class SimSession:
             self._reconnect.cancel()
             self._reconnect = None
 
-    def _deliver(self, message: IncomingMessage) -> None:
+    def _deliver(self, message: IncomingMessage, fetch: FetchFn | None = None) -> None:
         if self._connected:
-            self._emit(MessageReceived(message=message))
+            self._receive(message, fetch)
         else:
-            self._offline_inbox.append(message)  # WhatsApp keeps it until the device is back
+            self._offline_inbox.append((message, fetch))  # WhatsApp keeps it until the device is back
+
+    def _receive(self, message: IncomingMessage, fetch: FetchFn | None) -> None:
+        """Emit the message; one with media once its download finished or failed (as neonize does)."""
+        saver = self.media_saver
+        if fetch is None or saver is None or not saver.wants(message):
+            self._emit(MessageReceived(message=message))
+            return
+
+        async def download() -> None:
+            self._emit(MessageReceived(message=await saver.save(message, fetch)))
+        task = asyncio.create_task(download(), name=f"sim-media-{self.phone}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    def _media_spec(spec: SimIncoming) -> SimMedia | None:
+        if spec.media is None:
+            return None
+        try:
+            return SimMedia.model_validate(spec.media)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in error["loc"])
+            raise EngineError(f"bad incoming payload: media.{where}: {error['msg']}",
+                              code=ErrorCode.INVALID_REQUEST) from None
+
+    def _media_fetch(self, spec: SimIncoming) -> FetchFn | None:
+        media = self._media_spec(spec)
+        return media.fetcher() if media is not None else None
 
     def _build_message(self, spec: SimIncoming, index: int | None) -> IncomingMessage:
         now = self._clock()
@@ -431,10 +519,10 @@ class SimSession:
             "sender_name": spec.sender_name,
             "from_me": spec.from_me,
             "timestamp": now,
-            "type": spec.type if spec.type in MESSAGE_TYPES else "unknown",
+            "type": self._message_type(spec),
             "text": spec.text if index is None or spec.text is None else f"{spec.text} {index}",
             "caption": spec.caption,
-            "media": spec.media,
+            "media": media.declared() if (media := self._media_spec(spec)) is not None else None,
         }
         for key in ("quoted", "mentions", "reaction", "location"):
             if key in extras:
@@ -443,6 +531,12 @@ class SimSession:
             return IncomingMessage.model_validate(data)
         except ValidationError as exc:
             raise EngineError(f"bad incoming payload: {exc.errors()[0]['msg']}", code=ErrorCode.INVALID_REQUEST) from None
+
+    @staticmethod
+    def _message_type(spec: SimIncoming) -> str:
+        if spec.type == "text" and spec.media is not None and "type" not in spec.model_fields_set:
+            return media_type(spec.media.get("mimetype"))  # media without a type: the mimetype's
+        return spec.type if spec.type in MESSAGE_TYPES else "unknown"
 
     def _in_outage(self) -> bool:
         return self._outage_until is not None and self._clock() < self._outage_until
