@@ -144,6 +144,13 @@ class MediaConfig(_Section):
     max_total_mb: int = Field(2048, ge=0)  # per account; the oldest files go first; 0: no limit
 
 
+class CallsConfig(_Section):
+    """Incoming calls (each is published on `wa/<phone>/call` whatever these say)."""
+
+    reject: bool = False  # reject every incoming call at once
+    reply: str | None = Field(None, max_length=4096)  # with reject: this text is sent to the caller
+
+
 class EngineProcessConfig(_Section):
     """How engine sessions run: one child process per account, supervised."""
 
@@ -169,6 +176,7 @@ class Config(_Section):
     backups: BackupsConfig = Field(default_factory=BackupsConfig)
     outgoing: OutgoingConfig = Field(default_factory=OutgoingConfig)
     media: MediaConfig = Field(default_factory=MediaConfig)
+    calls: CallsConfig = Field(default_factory=CallsConfig)
     status_interval: float = Field(60, gt=0)
     pairing_timeout: float = Field(160, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -142,6 +142,7 @@ class IncomingMessage(BaseModel):
     account: str
     chat: str
     chat_type: ChatType = "private"
+    chat_name: str | None = None  # the group's subject, or the contact's name
     sender: str
     sender_jid: str
     sender_name: str | None = None
@@ -229,7 +230,13 @@ class OutgoingMessage(BaseModel):
     audio: MediaSource | None = None
     document: MediaSource | None = None
     reply_to: str | None = None
+    mentions: list[str] | None = Field(default=None, max_length=1024)  # phones: `@<phone>` in the text mentions them
     id: str | None = Field(default=None, max_length=128)
+
+    @field_validator("mentions", mode="before")
+    @classmethod
+    def _mentioned(cls, value: Any) -> Any:
+        return phone_list(value)
 
     @field_validator("to")
     @classmethod
@@ -278,4 +285,90 @@ class SendOutcome:
             data["queue_id"] = self.queue_id
         if self.duplicate is not None:
             data["duplicate"] = self.duplicate
+        return data
+
+
+# -- groups, contacts, calls (issue 15) -------------------------------------------------------------
+class GroupSummary(BaseModel):
+    """One joined group, as `groups` answers and `wa/<phone>/groups` lists it."""
+
+    jid: str
+    name: str | None = None
+    participants: int = 0
+    is_admin: bool = False
+
+
+class GroupParticipant(BaseModel):
+    phone: str | None = None  # unknown when WhatsApp names the member by LID only
+    lid: str | None = None
+    jid: str
+    is_admin: bool = False
+    is_super_admin: bool = False
+    name: str | None = None
+
+
+class GroupInfo(BaseModel):
+    """`group_info`: a group with its members."""
+
+    jid: str
+    name: str | None = None
+    description: str | None = None
+    owner: str | None = None
+    created: datetime | None = None
+    participants: list[GroupParticipant] = Field(default_factory=list)
+
+    def payload(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json")
+        data["created"] = utc_iso(self.created)
+        return data
+
+
+GroupEventType = Literal[
+    "group_joined", "group_left", "group_participants_added", "group_participants_removed",
+    "group_participants_promoted", "group_participants_demoted", "group_subject_changed",
+]
+
+
+class GroupEvent(BaseModel):
+    """A change of a group the account is in (`wa/<phone>/event`)."""
+
+    type: GroupEventType
+    group: str
+    name: str | None = None  # the group's subject (the new one for `group_subject_changed`)
+    participants: list[str] = Field(default_factory=list)  # phones (or LIDs) the change is about
+    by: str | None = None  # who made it, when WhatsApp says
+    timestamp: datetime
+
+    def payload(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json")
+        data["timestamp"] = utc_iso(self.timestamp)
+        return data
+
+
+class Contact(BaseModel):
+    """One entry of the account's contact store (`contacts`)."""
+
+    phone: str | None = None
+    lid: str | None = None
+    jid: str
+    push_name: str | None = None  # the name the person set
+    saved_name: str | None = None  # the name in the phone's address book
+    business_name: str | None = None
+
+
+class IncomingCall(BaseModel):
+    """`wa/<phone>/call`: a call is ringing."""
+
+    id: str
+    from_: str = Field(alias="from", serialization_alias="from")  # the caller's phone (or LID)
+    from_jid: str
+    video: bool = False
+    group: str | None = None  # the group's JID for a group call
+    timestamp: datetime
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    def payload(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json", by_alias=True)
+        data["timestamp"] = utc_iso(self.timestamp)
         return data

@@ -165,6 +165,17 @@ async def _perform(session: EngineSession, op: str, args: p.Args) -> JsonValue:
         await session.mark_read(args.chat, args.ids, args.sender)
     elif isinstance(args, p.TypingArgs):
         await session.typing(args.chat, args.state)
+    elif op in ("groups", "contacts"):
+        found = await (session.groups() if op == "groups" else session.contacts())
+        return [item.model_dump(mode="json") for item in found]
+    elif isinstance(args, p.GroupInfoArgs):
+        return (await session.group_info(args.jid)).model_dump(mode="json")
+    elif isinstance(args, p.EditArgs):
+        return await session.edit(args.chat, args.id, args.text)
+    elif isinstance(args, p.RevokeArgs):
+        return await session.revoke(args.chat, args.id)
+    elif isinstance(args, p.RejectCallArgs):
+        await session.reject_call(args.caller, args.id)
     elif isinstance(args, p.SimControlArgs):
         if not isinstance(session, SimControllable):
             raise EngineError(f"sim controls exist only with engine: sim ({args.action!r} refused)",

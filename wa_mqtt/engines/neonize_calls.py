@@ -118,6 +118,8 @@ async def send(client: NewAClient, message: OutgoingMessage, recent: RecentMessa
         private = conv.chat_type_of(message.jid.partition("@")[2]) == "private"
         participant = known[1] if known else (message.jid if private else None)
         context = conv.reply_context(message.reply_to, participant, known[2] if known else None)
+    if message.mentions:
+        context = conv.mention_context(message.mentions, context)
     try:
         if message.kind == "text":
             built = conv.text_message(message.text or "", context)
@@ -153,6 +155,30 @@ async def build_media(client: NewAClient, kind: str, source: MediaSource, captio
     if source.mimetype:
         getattr(built, f"{kind}Message").mimetype = source.mimetype
     return built
+
+
+async def edit(client: NewAClient, chat: str, message_id: str, text: str) -> str:
+    """Edit a text message the account sent (whatsmeow: a MESSAGE_EDIT protocol message)."""
+    try:
+        response = await client.edit_message(conv.parse_jid(to_jid(chat)), message_id, conv.text_message(text))
+    except Exception as exc:
+        raise engine_error(exc) from exc
+    return str(response.ID)
+
+
+async def revoke(client: NewAClient, chat: str, message_id: str, account: str) -> str:
+    """Delete a message the account sent, for everyone (a REVOKE protocol message from the account).
+    Built with neonize's `build_revoke` from the account's own JID: `client.get_me()` aborts Go when the
+    client is not connected."""
+    from neonize.builder import build_revoke
+
+    me = conv.parse_jid(to_jid(account))
+    try:
+        response = await client.send_message(conv.parse_jid(to_jid(chat)),
+                                             build_revoke(conv.parse_jid(to_jid(chat)), me, message_id, me))
+    except Exception as exc:
+        raise engine_error(exc) from exc
+    return str(response.ID)
 
 
 async def react(client: NewAClient, recent: RecentMessages, chat: str, message_id: str, emoji: str,

@@ -178,6 +178,17 @@ def _media(sub: Proto) -> Media:
     )
 
 
+def downloadable(content: Proto) -> bool:
+    """True when an (unwrapped) message's media says where to fetch it and how to decrypt it."""
+    name = content_field(content)
+    if name is None or name == "conversation":
+        return False
+    sub = getattr(content, name)
+    fields = sub.DESCRIPTOR.fields_by_name
+    has_path = any(key in fields and bool(getattr(sub, key)) for key in ("directPath", "URL"))
+    return has_path and "mediaKey" in fields and bool(sub.mediaKey)
+
+
 def _content(name: str, sub: Any) -> dict[str, Any]:
     """The type-specific fields of an IncomingMessage for content field `name` holding `sub`."""
     if name == "conversation":
@@ -390,6 +401,18 @@ def reply_context(message_id: str, participant: str | None, quoted: Proto | None
         ctx.participant = participant
     if quoted is not None:
         ctx.quotedMessage.CopyFrom(quoted)
+    return ctx
+
+
+def mention_context(phones: list[str], context: Proto | None = None) -> Proto:
+    """A ContextInfo mentioning `phones` (`@<phone>` in the text then shows as a mention); merged into
+    `context` (a reply's) when given."""
+    from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import ContextInfo
+
+    ctx = ContextInfo()
+    if context is not None:
+        ctx.CopyFrom(context)
+    ctx.mentionedJID.extend(f"{phone}@{PN_SERVER}" for phone in phones)
     return ctx
 
 

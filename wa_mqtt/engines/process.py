@@ -26,11 +26,11 @@ import os
 import signal
 from pathlib import Path
 
-from pydantic import JsonValue
+from pydantic import JsonValue, TypeAdapter
 
 from ..config import EngineProcessConfig
 from ..errors import ErrorCode
-from ..model import OutgoingMessage, SendResult
+from ..model import Contact, GroupInfo, GroupSummary, OutgoingMessage, SendResult
 from . import protocol as p
 from .base import Crashed, Disconnected, EmitFn, EngineError, EngineEvent, Intake, PairMethod
 from .child import STORE_BUSY_EXIT, STORE_WAIT
@@ -155,6 +155,24 @@ class ProcessSession:
 
     async def typing(self, chat: str, state: str) -> None:
         await self._call("typing", p.TypingArgs(chat=chat, state=state))
+
+    async def groups(self) -> list[GroupSummary]:
+        return TypeAdapter(list[GroupSummary]).validate_python(await self._call("groups", p.Args()))
+
+    async def group_info(self, jid: str) -> GroupInfo:
+        return GroupInfo.model_validate(await self._call("group_info", p.GroupInfoArgs(jid=jid)))
+
+    async def contacts(self) -> list[Contact]:
+        return TypeAdapter(list[Contact]).validate_python(await self._call("contacts", p.Args()))
+
+    async def edit(self, chat: str, message_id: str, text: str) -> str:
+        return str(await self._call("edit", p.EditArgs(chat=chat, id=message_id, text=text)))
+
+    async def revoke(self, chat: str, message_id: str) -> str:
+        return str(await self._call("revoke", p.RevokeArgs(chat=chat, id=message_id)))
+
+    async def reject_call(self, caller: str, call_id: str) -> None:
+        await self._call("reject_call", p.RejectCallArgs(caller=caller, id=call_id))
 
     async def close(self) -> None:
         self._engine.forget(self)

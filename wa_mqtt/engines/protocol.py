@@ -77,9 +77,32 @@ class SimControlArgs(Args):
     payload: str = ""
 
 
+# groups, contacts, calls, edits (issue 15); `groups` and `contacts` take none
+class GroupInfoArgs(Args):
+    jid: str
+
+
+class EditArgs(Args):
+    chat: str
+    id: str
+    text: str
+
+
+class RevokeArgs(Args):
+    chat: str
+    id: str
+
+
+class RejectCallArgs(Args):
+    caller: str
+    id: str
+
+
 ARGS: dict[str, type[Args]] = {
     "start": StartArgs, "stop": Args, "logout": Args, "send": SendArgs, "react": ReactArgs,
     "mark_read": MarkReadArgs, "typing": TypingArgs, "sim_control": SimControlArgs, "close": Args,
+    "groups": Args, "group_info": GroupInfoArgs, "contacts": Args, "edit": EditArgs, "revoke": RevokeArgs,
+    "reject_call": RejectCallArgs,
 }
 OPS = frozenset(ARGS)
 

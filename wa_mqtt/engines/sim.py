@@ -32,13 +32,28 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import ErrorCode
 from ..media import MediaPolicy
-from ..model import MESSAGE_TYPES, IncomingMessage, OutgoingMessage, Receipt, SendResult, to_jid
+from ..model import (
+    MESSAGE_TYPES,
+    Contact,
+    GroupInfo,
+    GroupSummary,
+    IncomingCall,
+    IncomingMessage,
+    OutgoingMessage,
+    Receipt,
+    SendResult,
+    phone_list,
+    to_jid,
+)
 from .base import (
+    CallReceived,
     Connected,
     Crashed,
     Disconnected,
     EmitFn,
     EngineError,
+    GroupChanged,
+    GroupsUpdated,
     LoggedOut,
     MessageReceived,
     PairCode,
@@ -52,6 +67,7 @@ from .base import (
 from .incoming_media import FetchFn, MediaSaver
 from .options import DownloadOptions, EngineOptions
 from .outgoing_media import load_media
+from .sim_groups import SimDirectory, SimGroup, SimGroupSpec, apply
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +251,9 @@ class SimSession:
         self._outage_until: datetime | None = None
         self._offline_inbox: list[tuple[IncomingMessage, FetchFn | None]] = []
         self.media_saver: MediaSaver | None = None  # incoming media downloads (set by the engine)
+        self._directory = SimDirectory(store_path)  # groups and seen contacts
+        self._names: dict[str, str] | None = None  # push names seen (read from the store once)
+        self._group_cache: dict[str, SimGroup] | None = None
         self._stall = 0.0  # seconds the next send's answer is held (`wa/sim/<phone>/stall`)
         self._next_number = 0
         self._numbers_end = 0  # the reserved block is [_next_number, _numbers_end)
@@ -285,6 +304,8 @@ class SimSession:
             payload["media"] = {k: v for k, v in media.model_dump().items() if v is not None and k != "base64"}
             payload["media"].update(size=len(loaded), sha256=hashlib.sha256(loaded).hexdigest())
             payload["text"] = media.caption or message.text
+        if message.mentions:
+            payload["mentions"] = message.mentions
         if message.id:
             payload["client_id"] = message.id
         self._emit(SimSent(payload=payload))
@@ -325,6 +346,94 @@ class SimSession:
         self._require_connected()
         self._emit(SimSent(payload={"to": to_jid(chat), "type": "typing", "state": state}))
 
+    # -- groups, contacts, calls, edits (issue 15) ----------------------------------------------
+    async def groups(self) -> list[GroupSummary]:
+        self._require_connected()
+        return [group.summary(self.phone) for group in self._groups().values()]
+
+    async def group_info(self, jid: str) -> GroupInfo:
+        self._require_connected()
+        group = self._groups().get(jid)
+        if group is None:
+            raise EngineError(f"failed to get group info: {jid}: the account is not in this group (item-not-found)")
+        return group.info(self._known_names())
+
+    async def contacts(self) -> list[Contact]:
+        self._require_connected()
+        return self._directory.contacts(self.phone)
+
+    async def edit(self, chat: str, message_id: str, text: str) -> str:
+        self._require_connected()
+        msg_id = self._new_id()
+        self._emit(SimSent(payload={"to": to_jid(chat), "id": msg_id, "type": "edit", "target_id": message_id,
+                                    "text": text}))
+        return msg_id
+
+    async def revoke(self, chat: str, message_id: str) -> str:
+        self._require_connected()
+        msg_id = self._new_id()
+        self._emit(SimSent(payload={"to": to_jid(chat), "id": msg_id, "type": "revoke", "target_id": message_id}))
+        return msg_id
+
+    async def reject_call(self, caller: str, call_id: str) -> None:
+        self._require_connected()
+        self._emit(SimSent(payload={"to": to_jid(caller), "type": "call_rejected", "call_id": call_id}))
+
+    async def _group(self, payload: bytes) -> None:
+        """`wa/sim/<phone>/group`: create or change a group the account is in (sim_groups.SimGroupSpec)."""
+        try:
+            spec = SimGroupSpec.model_validate_json(payload or b"{}")
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in error["loc"])
+            raise EngineError(f"bad group payload: {where}: {error['msg']}", code=ErrorCode.INVALID_REQUEST) from None
+        old = self._groups().get(spec.jid)
+        group, events = apply(old, spec, self.phone, self._clock())
+        self._directory.put_group(spec.jid, group)
+        self._group_cache = None
+        if self._connected:
+            for event in events:
+                self._emit(GroupChanged(event=event))
+            self._emit_groups()
+
+    async def _call(self, payload: bytes) -> None:
+        """`wa/sim/<phone>/call`: `{"from", "video"?, "group"?}` rings the account."""
+        try:
+            data = json.loads(payload or b"{}")
+            caller = phone_list([str(data["from"])])[0]
+            video, group = bool(data.get("video", False)), data.get("group")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise EngineError('call payload must be {"from": "<phone>", "video"?: bool, "group"?: "<jid>"}',
+                              code=ErrorCode.INVALID_REQUEST) from None
+        self._require_connected()
+        call_id = f"SIMCALL{self._new_id()[3:]}"
+        self._emit(CallReceived(call=IncomingCall(id=call_id, from_=caller, from_jid=to_jid(caller), video=video,
+                                                  group=group, timestamp=self._clock())))
+
+    def _groups(self) -> dict[str, SimGroup]:
+        if self._group_cache is None:
+            self._group_cache = self._directory.groups()
+        return self._group_cache
+
+    def _emit_groups(self) -> None:
+        self._emit(GroupsUpdated(groups=[g.summary(self.phone) for g in self._groups().values()]))
+
+    def _known_names(self) -> dict[str, str]:
+        if self._names is None:
+            self._names = self._directory.names()
+        return self._names
+
+    def _chat_name(self, chat_jid: str, sender: str, sender_name: str | None) -> str | None:
+        """The group's subject, or the contact's name (remembering a push name seen)."""
+        names = self._known_names()
+        if sender_name and names.get(sender) != sender_name:
+            names[sender] = sender_name
+            self._directory.saw(sender, sender_name)
+        if chat_jid.endswith("@g.us"):
+            group = self._groups().get(chat_jid)
+            return group.name if group is not None else None
+        return names.get(chat_jid.split("@", 1)[0])
+
     async def close(self) -> None:
         await self.stop()
         for task in list(self._tasks):
@@ -338,6 +447,7 @@ class SimSession:
             "logout": self._remote_logout, "replace": self._replace, "crash": self._do_crash,
             "hang": self._hang, "balloon": self._balloon,  # test aids for the engine process supervision
             "stall": self._stall_next_send,  # test aid: a bridge killed between handing over and hearing back
+            "group": self._group, "call": self._call,  # issue 15
         }.get(action)
         if handler is None:
             raise EngineError(f"unknown sim action {action!r}", code=ErrorCode.INVALID_REQUEST)
@@ -451,6 +561,7 @@ class SimSession:
     def _go_online(self, name: str | None) -> None:
         self._connected = True
         self._emit(Connected(name=name))
+        self._emit_groups()  # whatsmeow's groups are fetched on connect too (the bridge's retained list)
         inbox, self._offline_inbox = self._offline_inbox, []
         for message, fetch in inbox:
             self._receive(message, fetch)
@@ -514,6 +625,7 @@ class SimSession:
             "account": self.phone,
             "chat": to_jid(chat),
             "chat_type": "group" if to_jid(chat).endswith("@g.us") else "private",
+            "chat_name": self._chat_name(to_jid(chat), sender, spec.sender_name),
             "sender": sender,
             "sender_jid": to_jid(sender),
             "sender_name": spec.sender_name,

@@ -24,12 +24,15 @@ from ..model import SendOutcome
 from . import api
 from .api import (
     ConnectRequest,
+    EditRequest,
     EmptyRequest,
+    GroupInfoRequest,
     OptionalPhoneRequest,
     PairRequest,
     PhoneRequest,
     ReactRequest,
     ReadRequest,
+    RevokeRequest,
     SendRequest,
     TypingRequest,
 )
@@ -131,6 +134,33 @@ async def _typing(call: Call, request: TypingRequest) -> Result:
     return {}
 
 
+# -- groups, contacts, edits (issue 15) ------------------------------------------------------------------
+async def _groups(call: Call, _request: EmptyRequest) -> Result:
+    groups = await call.services.manager.get(call.target).engine_call(lambda s: s.groups())
+    return {"groups": [group.model_dump(mode="json") for group in groups]}
+
+
+async def _group_info(call: Call, request: GroupInfoRequest) -> Result:
+    info = await call.services.manager.get(call.target).engine_call(lambda s: s.group_info(request.jid))
+    return info.payload()
+
+
+async def _contacts(call: Call, _request: EmptyRequest) -> Result:
+    contacts = await call.services.manager.get(call.target).engine_call(lambda s: s.contacts())
+    return {"contacts": [contact.model_dump(mode="json") for contact in contacts]}
+
+
+async def _edit(call: Call, request: EditRequest) -> Result:
+    msg_id = await call.services.manager.get(call.target).engine_call(
+        lambda s: s.edit(request.chat, request.id, request.text))
+    return {"id": msg_id}
+
+
+async def _revoke(call: Call, request: RevokeRequest) -> Result:
+    msg_id = await call.services.manager.get(call.target).engine_call(lambda s: s.revoke(request.chat, request.id))
+    return {"id": msg_id}
+
+
 # -- bridge commands --------------------------------------------------------------------------------
 async def _pair(call: Call, request: PairRequest) -> Result:
     return _state(await call.services.manager.pair(request.phone, request.method))
@@ -165,6 +195,11 @@ ACCOUNT_REQUESTS: Mapping[str, Command] = {
     "react": command(ReactRequest, _react),
     "read": command(ReadRequest, _read),
     "typing": command(TypingRequest, _typing),
+    "groups": command(EmptyRequest, _groups),
+    "group_info": command(GroupInfoRequest, _group_info),
+    "contacts": command(EmptyRequest, _contacts),
+    "edit": command(EditRequest, _edit),
+    "revoke": command(RevokeRequest, _revoke),
 }
 BRIDGE_REQUESTS: Mapping[str, Command] = {
     "pair": command(PairRequest, _pair),
