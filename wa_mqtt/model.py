@@ -198,7 +198,61 @@ class MediaSource(BaseModel):
         return self
 
 
-MEDIA_KINDS = ("image", "video", "audio", "document")
+MEDIA_KINDS = ("image", "video", "audio", "document", "sticker")
+OTHER_KINDS = ("location", "contact")  # sends without media bytes or text
+
+
+class LocationSend(BaseModel):
+    """`send`'s `location`: a pin."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    latitude: float = Field(ge=-90, le=90)
+    longitude: float = Field(ge=-180, le=180)
+    name: str | None = Field(None, max_length=1000)
+    address: str | None = Field(None, max_length=1000)
+
+
+class ContactSend(BaseModel):
+    """`send`'s `contact`: a contact card, from `name` and `phone` or a whole `vcard`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, min_length=1, max_length=256)
+    phone: str | None = None
+    vcard: str | None = Field(None, min_length=1, max_length=65536)
+
+    @field_validator("phone")
+    @classmethod
+    def _phone(cls, value: str | None) -> str | None:
+        if value is not None and not is_phone(value.lstrip("+")):
+            raise ValueError("must be an international phone number, digits only")
+        return value.lstrip("+") if value is not None else None
+
+    @model_validator(mode="after")
+    def _card(self) -> ContactSend:
+        if self.vcard is None and (self.name is None or self.phone is None):
+            raise ValueError("give name and phone, or a vcard")
+        if self.vcard is not None and "BEGIN:VCARD" not in self.vcard.upper():
+            raise ValueError("vcard must be a vCard (BEGIN:VCARD ... END:VCARD)")
+        return self
+
+    def card(self) -> str:
+        """The vCard sent: the given one, or one built from name and phone (WhatsApp's `waid` makes it tappable)."""
+        if self.vcard is not None:
+            return self.vcard
+        name = (self.name or "").replace("\n", " ").replace("\r", " ")
+        return (f"BEGIN:VCARD\nVERSION:3.0\nFN:{name}\nTEL;type=CELL;type=VOICE;waid={self.phone}:+{self.phone}\n"
+                "END:VCARD")
+
+    @property
+    def display_name(self) -> str:
+        if self.name:
+            return self.name
+        for line in (self.vcard or "").splitlines():
+            if line.upper().startswith("FN:"):
+                return line[3:].strip()
+        return ""
 
 
 def to_jid(recipient: str) -> str:
@@ -229,6 +283,9 @@ class OutgoingMessage(BaseModel):
     video: MediaSource | None = None
     audio: MediaSource | None = None
     document: MediaSource | None = None
+    sticker: MediaSource | None = None  # WebP (or an image neonize turns into one)
+    location: LocationSend | None = None
+    contact: ContactSend | None = None
     reply_to: str | None = None
     mentions: list[str] | None = Field(default=None, max_length=1024)  # phones: `@<phone>` in the text mentions them
     id: str | None = Field(default=None, max_length=128)
@@ -247,16 +304,22 @@ class OutgoingMessage(BaseModel):
 
     @model_validator(mode="after")
     def _has_content(self) -> OutgoingMessage:
-        media = [k for k in MEDIA_KINDS if getattr(self, k) is not None]
-        if len(media) > 1:
-            raise ValueError("at most one of image, video, audio, document")
-        if not media and not self.text:
-            raise ValueError("text or one of image, video, audio, document is required")
+        kinds = ", ".join((*MEDIA_KINDS, *OTHER_KINDS))
+        content = [k for k in (*MEDIA_KINDS, *OTHER_KINDS) if getattr(self, k) is not None]
+        if len(content) > 1:
+            raise ValueError(f"at most one of {kinds}")
+        if not content and not self.text:
+            raise ValueError(f"text or one of {kinds} is required")
         return self
 
     @property
     def kind(self) -> str:
-        return next((k for k in MEDIA_KINDS if getattr(self, k) is not None), "text")
+        return next((k for k in (*MEDIA_KINDS, *OTHER_KINDS) if getattr(self, k) is not None), "text")
+
+    @property
+    def media(self) -> MediaSource | None:
+        """The media object of a media send (image, video, audio, document, sticker), else None."""
+        return getattr(self, self.kind) if self.kind in MEDIA_KINDS else None
 
     @property
     def jid(self) -> str:

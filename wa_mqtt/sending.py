@@ -51,8 +51,8 @@ class SendService:
         if outgoing.allow_to is not None and identity(message.to) not in {identity(a) for a in outgoing.allow_to}:
             raise ApiError(ErrorCode.FORBIDDEN, f"to: {message.to} is not in outgoing.allow_to")
         texts = {"text": message.text}
-        if message.kind != "text":
-            texts[f"{message.kind}.caption"] = getattr(message, message.kind).caption
+        if message.media is not None:
+            texts[f"{message.kind}.caption"] = message.media.caption
         for field, value in texts.items():
             if value is not None and len(value) > outgoing.max_text_chars:
                 raise ApiError(ErrorCode.TOO_LARGE, f"{field}: {len(value)} characters; the limit is {outgoing.max_text_chars}")

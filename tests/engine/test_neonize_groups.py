@@ -132,6 +132,13 @@ async def test_session_group_events_calls_requests_and_sends(tmp_path: Path) -> 
     assert await session.revoke(GJID, "OUT1") == "OUT3"
     revoke = sent[-1][1].protocolMessage
     assert (revoke.type, revoke.key.ID, revoke.key.fromMe) == (E.ProtocolMessage.REVOKE, "OUT1", True)
+    await session.send(OutgoingMessage.model_validate({"to": ANA, "location": {"latitude": 1.5, "longitude": -2.5,
+                                                                               "name": "Gate"}}))
+    pin = sent[-1][1].locationMessage
+    assert (pin.degreesLatitude, pin.degreesLongitude, pin.name) == (1.5, -2.5, "Gate")
+    await session.send(OutgoingMessage.model_validate({"to": ANA, "contact": {"name": "Vet", "phone": BIA}}))
+    card = sent[-1][1].contactMessage
+    assert card.displayName == "Vet" and f"waid={BIA}:+{BIA}" in card.vcard
     assert events.events.empty()
     await session.close()
     await engine.aclose()

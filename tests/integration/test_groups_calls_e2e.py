@@ -1,8 +1,10 @@
 """Black box (sim engine, real Mosquitto): groups (`groups`, `group_info`, the retained list, group events,
-`chat_name`, sends with mentions), `contacts`, and calls (`wa/<phone>/call`, `calls.reject` + `calls.reply`)."""
+`chat_name`, sends with mentions), `contacts`, calls (`wa/<phone>/call`, `calls.reject` + `calls.reply`), and
+the other sends (`location`, `contact`, `sticker`, `edit`, `revoke`)."""
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from harness import BridgeEnv, BridgeProcess, Probe
@@ -80,9 +82,45 @@ async def test_groups_contacts_and_calls(env: BridgeEnv, bridge: BridgeProcess) 
         reply = await probe.wait_for(f"{base}/sim/{A}/sent", lambda r: r.json()["type"] == "text", after=mark)
         assert reply.json() == {**reply.json(), "to": f"{BIA}@s.whatsapp.net", "text": "I can't take calls; write me."}
 
+        await other_sends(probe)
+
         mark = probe.mark()
         await probe.sim(A, "group", {"jid": G, "remove": [A]})
         left = await probe.wait_for(f"{base}/{A}/event", after=mark)
         assert left.json()["type"] == "group_left"
         await probe.wait_for(f"{base}/{A}/groups", lambda r: r.json()["count"] == 0, after=mark)
     assert bridge.stop() == 0
+
+
+WEBP = base64.b64encode(b"RIFF\x1a\x00\x00\x00WEBPVP8L\x0d\x00\x00\x00/\x00\x00\x00\x10\x07\x10\x11\x11\x88\x88\xfe\x07\x00").decode()
+
+
+async def other_sends(probe: Probe) -> None:
+    """location, contact (name + phone, or a vcard), sticker, edit and revoke: each on `sim/<phone>/sent`."""
+    async def sent(payload: dict[str, Any], command: str = "send") -> dict[str, Any]:
+        mark = probe.mark()
+        data = await ok(probe, command, payload)
+        item = await probe.wait_for(f"{probe.base}/sim/{A}/sent", lambda r: r.json().get("id") == data["id"], after=mark)
+        return dict(item.json())
+
+    pin = await sent({"to": ANA, "location": {"latitude": -23.55, "longitude": -46.63, "name": "Home"}})
+    assert (pin["type"], pin["location"]) == ("location", {"latitude": -23.55, "longitude": -46.63, "name": "Home"})
+    card = await sent({"to": ANA, "contact": {"name": "Plumber", "phone": "+5511977776666"}})
+    assert card["type"] == "contact" and card["contact"]["name"] == "Plumber"
+    assert "waid=5511977776666:+5511977776666" in card["contact"]["vcard"]
+    vcard = "BEGIN:VCARD\nVERSION:3.0\nFN:Vet\nTEL:+551133334444\nEND:VCARD"
+    assert (await sent({"to": ANA, "contact": {"vcard": vcard}}))["contact"] == {"name": "Vet", "vcard": vcard}
+    sticker = await sent({"to": G, "sticker": {"base64": WEBP, "mimetype": "image/webp"}})
+    assert sticker["type"] == "sticker" and sticker["media"]["size"] == len(base64.b64decode(WEBP))
+    first = await sent({"to": ANA, "text": "typo"})
+    edit = await sent({"chat": ANA, "id": first["id"], "text": "fixed"}, "edit")
+    assert (edit["type"], edit["target_id"], edit["text"]) == ("edit", first["id"], "fixed")
+    revoke = await sent({"chat": ANA, "id": first["id"]}, "revoke")
+    assert (revoke["type"], revoke["target_id"]) == ("revoke", first["id"])
+    for bad in ({"to": ANA, "location": {"latitude": 91, "longitude": 0}},
+                {"to": ANA, "contact": {"name": "No phone"}},
+                {"to": ANA, "contact": {"vcard": "not a card"}},
+                {"to": ANA, "text": "and a pin", "location": {"latitude": 1, "longitude": 2}},
+                {"to": ANA, "sticker": {"base64": WEBP}, "image": {"base64": WEBP}}):
+        assert (await probe.request(A, "send", bad))["code"] == "invalid_request", bad
+    assert (await probe.request(A, "edit", {"chat": ANA, "id": "X"}))["code"] == "invalid_request"  # no text

@@ -123,6 +123,10 @@ async def send(client: NewAClient, message: OutgoingMessage, recent: RecentMessa
     try:
         if message.kind == "text":
             built = conv.text_message(message.text or "", context)
+        elif message.location is not None or message.contact is not None:
+            built = conv.location_or_contact(message.location, message.contact)
+            if context is not None:
+                conv.attach_context(built, context)
         else:
             source: MediaSource = getattr(message, message.kind)
             built = await build_media(client, message.kind, source, source.caption or message.text, policy)
@@ -149,6 +153,8 @@ async def build_media(client: NewAClient, kind: str, source: MediaSource, captio
         built = await client.build_video_message(data, caption=caption)
     elif kind == "audio":
         built = await client.build_audio_message(data, ptt=False)
+    elif kind == "sticker":  # WebP as it is; another image is turned into one by neonize
+        return await client.build_sticker_message(data)
     else:
         built = await client.build_document_message(
             data, caption=caption, title=source.filename, filename=source.filename, mimetype=source.mimetype)

@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ErrorCode
 from ..model import (
     ChatType,
+    ContactSend,
     IncomingMessage,
     Location,
+    LocationSend,
     Media,
     Quoted,
     Reaction,
@@ -414,6 +416,21 @@ def mention_context(phones: list[str], context: Proto | None = None) -> Proto:
         ctx.CopyFrom(context)
     ctx.mentionedJID.extend(f"{phone}@{PN_SERVER}" for phone in phones)
     return ctx
+
+
+def location_or_contact(location: LocationSend | None, contact: ContactSend | None) -> Proto:
+    """A location pin or a contact card as a waE2E.Message (exactly one of them is given)."""
+    from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import ContactMessage, LocationMessage, Message
+
+    if location is not None:
+        pin = LocationMessage(degreesLatitude=location.latitude, degreesLongitude=location.longitude)
+        if location.name:
+            pin.name = location.name
+        if location.address:
+            pin.address = location.address
+        return Message(locationMessage=pin)
+    assert contact is not None
+    return Message(contactMessage=ContactMessage(displayName=contact.display_name, vcard=contact.card()))
 
 
 def text_message(text: str, context: Proto | None = None) -> Proto:

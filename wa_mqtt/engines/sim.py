@@ -292,7 +292,7 @@ class SimSession:
         if message_id is not None and (first := self._delivered_at(message_id)) is not None:
             log.info("%s: message %s was delivered before; dropped as WhatsApp does", self.phone, message_id)
             return SendResult(id=message_id, timestamp=first, already_sent=True)
-        media = getattr(message, message.kind) if message.kind != "text" else None
+        media = message.media
         loaded = await load_media(message.kind, media, self._media_policy) if media is not None else None
         msg_id = message_id or self._new_id()
         now = self._clock()
@@ -306,6 +306,10 @@ class SimSession:
             payload["text"] = media.caption or message.text
         if message.mentions:
             payload["mentions"] = message.mentions
+        if message.location is not None:
+            payload["location"] = message.location.model_dump(exclude_none=True)
+        if message.contact is not None:
+            payload["contact"] = {"name": message.contact.display_name, "vcard": message.contact.card()}
         if message.id:
             payload["client_id"] = message.id
         self._emit(SimSent(payload=payload))

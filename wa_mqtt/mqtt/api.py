@@ -135,8 +135,8 @@ class SendRequest(OutgoingMessage):
     @model_validator(mode="after")
     def _text_or_media(self) -> SendRequest:
         if self.text is not None and self.kind != "text":
-            raise ValueError(f"text and {self.kind}: give one of them; "
-                             f"the {self.kind}'s text goes in {self.kind}.caption")
+            where = f"; the {self.kind}'s text goes in {self.kind}.caption" if self.kind in ("image", "video", "document") else ""
+            raise ValueError(f"text and {self.kind}: give one of them{where}")
         return self
 
 
