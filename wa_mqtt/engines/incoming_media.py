@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 FetchFn = Callable[[], Awaitable[bytes]]
 MEDIA_TYPES = frozenset({"image", "video", "audio", "document", "sticker"})
 PART_SUFFIX = ".part"
+PARALLEL_DOWNLOADS = 3  # per account: a burst of media does not hold dozens of files in memory at once
 STALE_PART_SECONDS = 3600.0  # a `.part` this old is a crash's leftover, not a download in progress
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _EXTENSIONS = {  # the usual WhatsApp types, where mimetypes' first guess is odd (.jpe, .oga)
@@ -148,6 +149,7 @@ class MediaSaver:
         self._options = options
         self._account = account
         self._clock = clock
+        self._slots = asyncio.Semaphore(PARALLEL_DOWNLOADS)
 
     @property
     def folder(self) -> Path:
@@ -161,9 +163,10 @@ class MediaSaver:
         """The message with its media downloaded (`path`, `size`, `sha256`) or its `media.error`."""
         media = message.media or Media()
         try:
-            data = await self._fetch(media, fetch)
-            name = file_name(message.id, message.type, media.mimetype, media.filename)
-            path = await asyncio.to_thread(self._store, name, data)
+            async with self._slots:  # `download_timeout` counts from here, not from the wait for a slot
+                data = await self._fetch(media, fetch)
+                name = file_name(message.id, message.type, media.mimetype, media.filename)
+                path = await asyncio.to_thread(self._store, name, data)
         except DownloadFailed as exc:
             log.warning("%s: media of message %s not kept: %s (%s)", self._account, message.id, exc.code, exc)
             return message.model_copy(update={"media": media.model_copy(update={"error": exc.code, "path": None})})
