@@ -13,6 +13,9 @@ untyped crosses. `sim_control` is answered only by a sim child (engines/child.py
 refuses it with `invalid_request`. A child's options (`EngineOptions`, engines/options.py) are not
 sent here: they come with its launch.
 
+Ops `groups`, `group_info`, `contacts`, `edit`, `revoke` and `reject_call` (issue 15) came without a new
+version: bridge and children are always the same release, and an older child would refuse them as unknown.
+
 Versions: 1, the first; 2, `send` carries the WhatsApp `message_id` the bridge chose and `retry`, and its
 result `already_sent` (a version-1 child would ignore the id, and a retried message could go out twice).
 """
