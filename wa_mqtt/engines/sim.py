@@ -15,8 +15,6 @@ shows its `size` and `sha256`.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
 import json
 import logging
@@ -26,7 +24,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -68,6 +66,7 @@ from .incoming_media import FetchFn, MediaSaver
 from .options import DownloadOptions, EngineOptions
 from .outgoing_media import load_media
 from .sim_groups import SimDirectory, SimGroup, SimGroupSpec, apply
+from .sim_media import SimMedia, media_type
 
 log = logging.getLogger(__name__)
 
@@ -154,58 +153,6 @@ class SimIncoming(BaseModel):
     repeat: int = Field(1, ge=1, le=1_000_000)
     stamp: bool = False  # add `sim_emitted_at` (CLOCK_MONOTONIC seconds at delivery) to each message: benchmarks
     interval: float = Field(0.0, ge=0, le=3600)
-
-
-SIM_MEDIA_MAX = 256 * 1024 * 1024  # the most bytes `media.size` alone makes the sim generate
-
-
-class SimMedia(BaseModel):
-    """`media` of `wa/sim/<phone>/incoming`: real bytes (`base64`) or `size` generated ones; with both,
-    `size` is what the message claims (a lying size). `fail`: the download fails (`"expired"`: as
-    WhatsApp answers for media it no longer holds)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    mimetype: str | None = None
-    base64: str | None = None
-    size: int | None = Field(None, ge=0)
-    filename: str | None = None
-    fail: bool | Literal["expired"] = False
-
-    def declared(self) -> dict[str, Any]:
-        data = self.content()
-        size = self.size if self.size is not None else len(data) if data is not None else None
-        return {"mimetype": self.mimetype, "size": size, "filename": self.filename}
-
-    def content(self) -> bytes | None:
-        if self.base64 is not None:
-            try:
-                return base64.b64decode(self.base64, validate=True)
-            except (binascii.Error, ValueError):
-                raise EngineError("bad incoming payload: media.base64 is not base64",
-                                  code=ErrorCode.INVALID_REQUEST) from None
-        if self.size is not None and self.size <= SIM_MEDIA_MAX:
-            return (b"sim media " * (self.size // 10 + 1))[:self.size]
-        return None
-
-    def fetcher(self) -> FetchFn:
-        async def fetch() -> bytes:
-            if self.fail:
-                raise EngineError("download failed with status code 410" if self.fail == "expired"
-                                  else "sim: media download failed")
-            data = self.content()
-            if data is None:
-                raise EngineError("sim: no media bytes (give base64, or size up to 256 MiB)")
-            return data
-        return fetch
-
-
-def media_type(mimetype: str | None) -> str:
-    """The message type a sim media's mimetype implies (`image/webp` is a sticker, as WhatsApp sends it)."""
-    kind = (mimetype or "").split("/", 1)[0]
-    if mimetype == "image/webp":
-        return "sticker"
-    return kind if kind in ("image", "video", "audio") else "document"
 
 
 class SimEngine:
