@@ -45,11 +45,16 @@ class SendService:
             return self._locks.setdefault(target, asyncio.Lock())
         return contextlib.nullcontext()
 
+    def check_recipient(self, to: str, field: str = "to") -> None:
+        """Raise `ApiError` (`forbidden`) when `outgoing.allow_to` does not include `to`."""
+        allow_to = self._config.outgoing.allow_to
+        if allow_to is not None and identity(to) not in {identity(a) for a in allow_to}:
+            raise ApiError(ErrorCode.FORBIDDEN, f"{field}: {to} is not in outgoing.allow_to")
+
     def check(self, message: OutgoingMessage) -> None:
         """Raise `ApiError` when the policy refuses `message`."""
         outgoing = self._config.outgoing
-        if outgoing.allow_to is not None and identity(message.to) not in {identity(a) for a in outgoing.allow_to}:
-            raise ApiError(ErrorCode.FORBIDDEN, f"to: {message.to} is not in outgoing.allow_to")
+        self.check_recipient(message.to)
         texts = {"text": message.text}
         if message.media is not None:
             texts[f"{message.kind}.caption"] = message.media.caption

@@ -21,7 +21,8 @@ async def ok(probe: Probe, command: str, payload: dict[str, Any] | None = None) 
 
 
 async def test_groups_contacts_and_calls(env: BridgeEnv, bridge: BridgeProcess) -> None:
-    env.write_config(calls={"reject": True, "reply": "I can't take calls; write me."})
+    env.write_config(calls={"reject": True, "reply": "I can't take calls; write me."},
+                     outgoing={"allow_to": [ANA, BIA, G]})
     env.link_sim_account(A)
     bridge.start()
     base = env.base
@@ -124,3 +125,5 @@ async def other_sends(probe: Probe) -> None:
                 {"to": ANA, "sticker": {"base64": WEBP}, "image": {"base64": WEBP}}):
         assert (await probe.request(A, "send", bad))["code"] == "invalid_request", bad
     assert (await probe.request(A, "edit", {"chat": ANA, "id": "X"}))["code"] == "invalid_request"  # no text
+    for command, payload in (("edit", {"chat": CAI, "id": first["id"], "text": "x"}), ("revoke", {"chat": CAI, "id": "X"})):
+        assert (await probe.request(A, command, payload))["code"] == "forbidden"  # outgoing.allow_to holds here too

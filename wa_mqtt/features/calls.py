@@ -13,7 +13,7 @@ from ..bus import EventBus
 from ..config import Config
 from ..disk_full import DiskFull
 from ..engines.base import EngineError
-from ..model import IncomingCall, OutgoingMessage
+from ..model import IncomingCall, OutgoingMessage, identity
 from ..mqtt.api import ApiError, encode
 from ..mqtt.link import MqttLink
 from ..mqtt.topics import Topics
@@ -71,6 +71,7 @@ class Calls:
             return
         async with self._sending.lock(phone):
             try:
-                await self._sending.send(phone, OutgoingMessage(to=call.from_jid, text=reply), {"call": call.id})
+                await self._sending.send(phone, OutgoingMessage(to=identity(call.from_jid), text=reply),
+                                         {"call": call.id})  # to the person: WhatsApp refuses a device JID
             except (ApiError, EngineError, UnknownAccount, DiskFull) as exc:
                 log.warning("%s: reply to call %s not sent: %s", phone, call.id, exc)

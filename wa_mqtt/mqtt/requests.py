@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from .. import __version__
 from ..events import Reply
-from ..model import SendOutcome
+from ..model import OutgoingMessage, SendOutcome
 from . import api
 from .api import (
     ConnectRequest,
@@ -151,12 +151,14 @@ async def _contacts(call: Call, _request: EmptyRequest) -> Result:
 
 
 async def _edit(call: Call, request: EditRequest) -> Result:
+    call.services.sending.check(OutgoingMessage(to=request.chat, text=request.text))  # allow_to, max_text_chars
     msg_id = await call.services.manager.get(call.target).engine_call(
         lambda s: s.edit(request.chat, request.id, request.text))
     return {"id": msg_id}
 
 
 async def _revoke(call: Call, request: RevokeRequest) -> Result:
+    call.services.sending.check_recipient(request.chat, "chat")
     msg_id = await call.services.manager.get(call.target).engine_call(lambda s: s.revoke(request.chat, request.id))
     return {"id": msg_id}
 
