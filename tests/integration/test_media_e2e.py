@@ -44,6 +44,7 @@ async def test_incoming_media_is_saved_within_the_limits_and_hostile_media_leave
         assert (media["size"], media["sha256"], media["mimetype"]) == (
             1000, hashlib.sha256(photo).hexdigest(), "image/jpeg")
         assert Path(media["path"]).read_bytes() == photo
+        assert Path(media["path"]).stat().st_mode & 0o777 == 0o600  # private to the bridge's user
         assert not stale.exists()  # pruned: older than keep_days
 
         crafted = await incoming(probe, {"id": "../../../../tmp/evil", "type": "document", "media": {
