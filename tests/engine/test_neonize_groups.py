@@ -105,6 +105,7 @@ async def test_session_group_events_calls_requests_and_sends(tmp_path: Path) -> 
     client.send_message, client.reject_call = send_message, reject_call
 
     assert [s.name for s in await session.groups()] == ["Família"]
+    assert (await events.next()).kind == "groups"  # the retained list refreshed too
     assert [p.phone for p in (await session.group_info(GJID)).participants] == [ME, ANA]
 
     await go_event(session, message_event(E.Message(conversation="oi"), msg_id="G1", chat=GROUP, sender=jid(ANA)))
@@ -140,5 +141,41 @@ async def test_session_group_events_calls_requests_and_sends(tmp_path: Path) -> 
     card = sent[-1][1].contactMessage
     assert card.displayName == "Vet" and f"waid={BIA}:+{BIA}" in card.vcard
     assert events.events.empty()
+    await session.close()
+    await engine.aclose()
+
+
+async def test_on_connect_the_contact_store_and_groups_name_the_chats(tmp_path: Path) -> None:
+    """Connected → the real contact store (whatsmeow_contacts, read by Go) and the joined groups are read;
+    a private message is then named by the saved name, a group's by its subject."""
+    import sqlite3
+
+    phone = "4915100000302"
+    engine = NeonizeEngine(stop_timeout=5)
+    store = fresh_store(tmp_path / "store.db")
+    device = write_synthetic_device(store, phone)
+    with sqlite3.connect(store) as db:
+        db.execute("INSERT INTO whatsmeow_contacts VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   (device, f"{ANA}@s.whatsapp.net", "Ana", "Ana Paula", "Aninha", "", ""))
+    events = Recorder()
+    session = engine.open_session(phone, store, events)
+    await session.start()
+    assert (await events.next()).code == ErrorCode.DIAL_FAILED
+
+    async def get_joined_groups() -> list[N.GroupInfo]:  # the network part; the contact store is Go's own
+        return [group_info(GROUP, "Família", [participant(jid(phone)), participant(jid(ANA), admin=True)])]
+    session.client.get_joined_groups = get_joined_groups
+
+    await go_event(session, N.Connected(status=True))
+    assert (await events.next()).kind == "connected"
+    listed = await events.next()
+    assert listed.kind == "groups" and listed.groups[0].model_dump() == {
+        "jid": GJID, "name": "Família", "participants": 2, "is_admin": False}
+    assert [(c.phone, c.saved_name, c.push_name) for c in await session.contacts()] == [(ANA, "Ana Paula", "Aninha")]
+    await go_event(session, message_event(E.Message(conversation="oi"), msg_id="P1", chat=jid(ANA), sender=jid(ANA),
+                                          pushname="Aninha"))
+    assert (await events.next()).message.chat_name == "Ana Paula"  # the saved name wins over the push name
+    await go_event(session, message_event(E.Message(conversation="oi"), msg_id="G1", chat=GROUP, sender=jid(ANA)))
+    assert (await events.next()).message.chat_name == "Família"
     await session.close()
     await engine.aclose()

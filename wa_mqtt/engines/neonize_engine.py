@@ -571,6 +571,7 @@ class NeonizeSession:
             raise engine_error(exc) from exc
         summaries = [groups.group_summary(info, self._me()) for info in joined]
         self._group_names = {g.jid: g.name for g in summaries if g.name}
+        self._put(GroupsUpdated(groups=summaries))  # the retained list follows what was just read
         return summaries
 
     async def group_info(self, jid: str) -> GroupInfo:
