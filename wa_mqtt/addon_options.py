@@ -29,6 +29,7 @@ from .config_migrations import VERSION_KEY, ConfigVersionError, Migration, curre
 
 SESSIONS_DIR = "/data/sessions"
 DATA_DIR = "/data/data"
+MEDIA_DIR = "/media/whatsapp"  # incoming media where Home Assistant's media browser shows it (map: media)
 OPTIONS_PATH = Path("/data/options.json")
 OUTPUT_PATH = Path("/data/config.yaml")
 EXTRA_CONFIG_PATH = Path("/config/config.yaml")
@@ -115,7 +116,11 @@ def options_to_config(
         _set(data, "mqtt.url", mqtt_url(mqtt_service))
     data["sessions_dir"] = SESSIONS_DIR
     data["data_dir"] = DATA_DIR
-    return deep_merge(base, data)
+    merged = deep_merge(base, data)
+    media = merged.setdefault("media", {})
+    if isinstance(media, dict):
+        media.setdefault("dir", MEDIA_DIR)  # the add-on folder's config.yaml may name another
+    return merged
 
 
 def read_extra(path: Path) -> dict[str, Any]:

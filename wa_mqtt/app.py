@@ -33,6 +33,8 @@ from .engines.options import EngineOptions
 from .errors import ErrorCode
 from .features import Extension
 from .features.auto_reply import AutoReply
+from .features.calls import Calls
+from .features.groups import GroupsPublisher
 from .features.ha_discovery import HaDiscovery
 from .features.request_server import RequestServer
 from .features.sim_control import SimControl
@@ -159,6 +161,7 @@ class App:
             if config.mqtt.discovery:
                 extensions.append(HaDiscovery(bus, config, topics, link, manager))
             extensions.append(AutoReply(bus, config, sending, self._clock))
+            extensions += [GroupsPublisher(bus, topics, link), Calls(bus, config, topics, link, manager, sending)]
             for extension in extensions:
                 extension.start()
             self.bus, self.manager, self.sending, self.link = bus, manager, sending, link

@@ -135,6 +135,24 @@ class OutgoingConfig(_Section):
         return phone_list(value, jids=True)
 
 
+class MediaConfig(_Section):
+    """Incoming media: downloaded by the engines into `dir/<phone>/`, never put on the broker."""
+
+    download: bool = True  # false: messages carry the media's metadata only
+    dir: Path | None = None  # null: <data_dir>/media (the add-on: /media/whatsapp)
+    max_bytes: int = Field(64 * 1024 * 1024, gt=0)  # a larger file is not kept: `media.error: too_large`
+    download_timeout: float = Field(60, gt=0, le=3600)  # seconds; beyond it `media.error: download_failed`
+    keep_days: float = Field(30, ge=0)  # files older than this are removed; 0 keeps them forever
+    max_total_mb: int = Field(2048, ge=0)  # per account; the oldest files go first; 0: no limit
+
+
+class CallsConfig(_Section):
+    """Incoming calls (each is published on `wa/<phone>/call` whatever these say)."""
+
+    reject: bool = False  # reject every incoming call at once
+    reply: str | None = Field(None, max_length=4096)  # with reject: this text is sent to the caller
+
+
 class EngineProcessConfig(_Section):
     """How engine sessions run: one child process per account, supervised."""
 
@@ -159,6 +177,8 @@ class Config(_Section):
     reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)
     backups: BackupsConfig = Field(default_factory=BackupsConfig)
     outgoing: OutgoingConfig = Field(default_factory=OutgoingConfig)
+    media: MediaConfig = Field(default_factory=MediaConfig)
+    calls: CallsConfig = Field(default_factory=CallsConfig)
     status_interval: float = Field(60, gt=0)
     pairing_timeout: float = Field(160, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -227,7 +247,8 @@ class Config(_Section):
 # Settings that only take effect at start: a reload reports them instead of half-applying them. The
 # media limits are also enforced by the engine processes, which keep the values they started with.
 RESTART_KEYS = ("mqtt", "engine", "engine_process", "proxy", "sessions_dir", "data_dir", "disk_full_hold_mb",
-                "outgoing.max_media_bytes", "outgoing.media_dir", "outgoing.block_private_urls")
+                "outgoing.max_media_bytes", "outgoing.media_dir", "outgoing.block_private_urls",
+                "media")  # incoming media: the engine processes keep the values they started with
 
 
 def _at(data: Any, dotted: str) -> Any:

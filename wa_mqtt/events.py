@@ -3,7 +3,8 @@
 Who emits what:
 - the supervisors (one account): `StatusChanged`, `StatsChanged`, `MessageReceived`, `ReceiptReceived`,
   `PairingOffered`, `PairingCleared`, `AccountConnected`, `Paired`, `LinkedElsewhere`, `LoggedOut`,
-  `EngineCrashed`, `SendCompleted`, `SendFailed`, `SimSent`;
+  `EngineCrashed`, `SendCompleted`, `SendFailed`, `SimSent`, `GroupsChanged`, `GroupEventReceived`,
+  `CallReceived`;
 - the manager (all accounts): `AccountAdded`, `AccountDropped`, `AccountRemoved`, `AccountsChanged`,
   `StoreRestored`, `LinkedOtherNumber`;
 - the app: `ConfigReloaded`, `ConfigInvalid`, `DiskFullChanged` (from `DiskFullWatch`), and from the
@@ -21,7 +22,7 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .model import AccountState, IncomingMessage, Receipt, Status
+from .model import AccountState, GroupEvent, GroupSummary, IncomingCall, IncomingMessage, Receipt, Status
 
 if TYPE_CHECKING:
     from .config import Config
@@ -135,6 +136,30 @@ class SimSent:
 
     phone: str
     payload: Mapping[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupsChanged:
+    """The account's joined groups (the whole list), on connect and after a change."""
+
+    phone: str
+    groups: tuple[GroupSummary, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupEventReceived:
+    """A group the account is in changed, or the account joined / left one."""
+
+    phone: str
+    event: GroupEvent
+
+
+@dataclass(frozen=True, slots=True)
+class CallReceived:
+    """A call is ringing on the account."""
+
+    phone: str
+    call: IncomingCall
 
 
 # -- all accounts (manager) -----------------------------------------------------------------------
@@ -279,4 +304,5 @@ Event = (
     | SimSent | AccountAdded | AccountDropped | AccountRemoved | AccountsChanged | StoreRestored
     | LinkedOtherNumber | ConfigReloaded | ConfigInvalid | DiskFullChanged | LinkConnected | MqttMessageReceived
     | MessagePublished | AutoReplySent | AutoReplyDelivered | AutoReplyFailed | AiReplyFailed
+    | GroupsChanged | GroupEventReceived | CallReceived
 )

@@ -93,12 +93,19 @@ class Status(BaseModel):
         return data
 
 
+MediaError = Literal["too_large", "download_failed", "expired"]
+
+
 class Media(BaseModel):
+    """An incoming message's media: metadata, and once downloaded the file's absolute `path` (its
+    `size` and `sha256` then those of the file), or `error` saying why there is no file."""
+
     mimetype: str | None = None
     size: int | None = None
     filename: str | None = None
     sha256: str | None = None
     path: str | None = None
+    error: MediaError | None = None
 
 
 class Quoted(BaseModel):
@@ -158,6 +165,7 @@ class IncomingMessage(BaseModel):
     account: str
     chat: str
     chat_type: ChatType = "private"
+    chat_name: str | None = None  # the group's subject, or the contact's name
     sender: str | None
     sender_lid: str | None = None
     sender_jid: str
@@ -218,7 +226,61 @@ class MediaSource(BaseModel):
         return self
 
 
-MEDIA_KINDS = ("image", "video", "audio", "document")
+MEDIA_KINDS = ("image", "video", "audio", "document", "sticker")
+OTHER_KINDS = ("location", "contact")  # sends without media bytes or text
+
+
+class LocationSend(BaseModel):
+    """`send`'s `location`: a pin."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    latitude: float = Field(ge=-90, le=90)
+    longitude: float = Field(ge=-180, le=180)
+    name: str | None = Field(None, max_length=1000)
+    address: str | None = Field(None, max_length=1000)
+
+
+class ContactSend(BaseModel):
+    """`send`'s `contact`: a contact card, from `name` and `phone` or a whole `vcard`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, min_length=1, max_length=256)
+    phone: str | None = None
+    vcard: str | None = Field(None, min_length=1, max_length=65536)
+
+    @field_validator("phone")
+    @classmethod
+    def _phone(cls, value: str | None) -> str | None:
+        if value is not None and not is_phone(value.lstrip("+")):
+            raise ValueError("must be an international phone number, digits only")
+        return value.lstrip("+") if value is not None else None
+
+    @model_validator(mode="after")
+    def _card(self) -> ContactSend:
+        if self.vcard is None and (self.name is None or self.phone is None):
+            raise ValueError("give name and phone, or a vcard")
+        if self.vcard is not None and "BEGIN:VCARD" not in self.vcard.upper():
+            raise ValueError("vcard must be a vCard (BEGIN:VCARD ... END:VCARD)")
+        return self
+
+    def card(self) -> str:
+        """The vCard sent: the given one, or one built from name and phone (WhatsApp's `waid` makes it tappable)."""
+        if self.vcard is not None:
+            return self.vcard
+        name = (self.name or "").replace("\n", " ").replace("\r", " ")
+        return (f"BEGIN:VCARD\nVERSION:3.0\nFN:{name}\nTEL;type=CELL;type=VOICE;waid={self.phone}:+{self.phone}\n"
+                "END:VCARD")
+
+    @property
+    def display_name(self) -> str:
+        if self.name:
+            return self.name
+        for line in (self.vcard or "").splitlines():
+            if line.upper().startswith("FN:"):
+                return line[3:].strip()
+        return ""
 
 
 # -- polls (issue 16) -------------------------------------------------------------------------------
@@ -261,7 +323,7 @@ class PollVote(BaseModel):
     error: str | None = None  # the vote could not be decrypted
 
 
-OUTGOING_KINDS = (*MEDIA_KINDS, "poll")
+OUTGOING_KINDS = (*MEDIA_KINDS, *OTHER_KINDS, "poll")
 
 
 def to_jid(recipient: str) -> str:
@@ -293,8 +355,17 @@ class OutgoingMessage(BaseModel):
     audio: MediaSource | None = None
     document: MediaSource | None = None
     poll: Poll | None = None
+    sticker: MediaSource | None = None  # WebP (or an image neonize turns into one)
+    location: LocationSend | None = None
+    contact: ContactSend | None = None
     reply_to: str | None = None
+    mentions: list[str] | None = Field(default=None, max_length=1024)  # phones: `@<phone>` in the text mentions them
     id: str | None = Field(default=None, max_length=128)
+
+    @field_validator("mentions", mode="before")
+    @classmethod
+    def _mentioned(cls, value: Any) -> Any:
+        return phone_list(value)
 
     @field_validator("to")
     @classmethod
@@ -305,16 +376,22 @@ class OutgoingMessage(BaseModel):
 
     @model_validator(mode="after")
     def _has_content(self) -> OutgoingMessage:
-        media = [k for k in OUTGOING_KINDS if getattr(self, k) is not None]
-        if len(media) > 1:
-            raise ValueError("at most one of image, video, audio, document, poll")
-        if not media and not self.text:
-            raise ValueError("text or one of image, video, audio, document, poll is required")
+        kinds = ", ".join(OUTGOING_KINDS)
+        content = [k for k in OUTGOING_KINDS if getattr(self, k) is not None]
+        if len(content) > 1:
+            raise ValueError(f"at most one of {kinds}")
+        if not content and not self.text:
+            raise ValueError(f"text or one of {kinds} is required")
         return self
 
     @property
     def kind(self) -> str:
         return next((k for k in OUTGOING_KINDS if getattr(self, k) is not None), "text")
+
+    @property
+    def media(self) -> MediaSource | None:
+        """The media object of a media send (image, video, audio, document, sticker), else None."""
+        return getattr(self, self.kind) if self.kind in MEDIA_KINDS else None
 
     @property
     def jid(self) -> str:
@@ -352,4 +429,90 @@ class SendOutcome:
             data["queue_id"] = self.queue_id
         if self.duplicate is not None:
             data["duplicate"] = self.duplicate
+        return data
+
+
+# -- groups, contacts, calls (issue 15) -------------------------------------------------------------
+class GroupSummary(BaseModel):
+    """One joined group, as `groups` answers and `wa/<phone>/groups` lists it."""
+
+    jid: str
+    name: str | None = None
+    participants: int = 0
+    is_admin: bool = False
+
+
+class GroupParticipant(BaseModel):
+    phone: str | None = None  # unknown when WhatsApp names the member by LID only
+    lid: str | None = None
+    jid: str
+    is_admin: bool = False
+    is_super_admin: bool = False
+    name: str | None = None
+
+
+class GroupInfo(BaseModel):
+    """`group_info`: a group with its members."""
+
+    jid: str
+    name: str | None = None
+    description: str | None = None
+    owner: str | None = None
+    created: datetime | None = None
+    participants: list[GroupParticipant] = Field(default_factory=list)
+
+    def payload(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json")
+        data["created"] = utc_iso(self.created)
+        return data
+
+
+GroupEventType = Literal[
+    "group_joined", "group_left", "group_participants_added", "group_participants_removed",
+    "group_participants_promoted", "group_participants_demoted", "group_subject_changed",
+]
+
+
+class GroupEvent(BaseModel):
+    """A change of a group the account is in (`wa/<phone>/event`)."""
+
+    type: GroupEventType
+    group: str
+    name: str | None = None  # the group's subject (the new one for `group_subject_changed`)
+    participants: list[str] = Field(default_factory=list)  # phones (or LIDs) the change is about
+    by: str | None = None  # who made it, when WhatsApp says
+    timestamp: datetime
+
+    def payload(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json")
+        data["timestamp"] = utc_iso(self.timestamp)
+        return data
+
+
+class Contact(BaseModel):
+    """One entry of the account's contact store (`contacts`)."""
+
+    phone: str | None = None
+    lid: str | None = None
+    jid: str
+    push_name: str | None = None  # the name the person set
+    saved_name: str | None = None  # the name in the phone's address book
+    business_name: str | None = None
+
+
+class IncomingCall(BaseModel):
+    """`wa/<phone>/call`: a call is ringing."""
+
+    id: str
+    from_: str = Field(alias="from", serialization_alias="from")  # the caller's phone (or LID)
+    from_jid: str
+    video: bool = False
+    group: str | None = None  # the group's JID for a group call
+    timestamp: datetime
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    def payload(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json", by_alias=True)
+        data["timestamp"] = utc_iso(self.timestamp)
         return data

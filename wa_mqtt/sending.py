@@ -23,7 +23,7 @@ from .engines.resolving import phone_of
 from .errors import ErrorCode
 from .events import Reply
 from .media import MediaPolicy, MediaRefused, check_message
-from .model import MEDIA_KINDS, OutgoingMessage, SendOutcome, identity
+from .model import OutgoingMessage, SendOutcome, identity
 from .mqtt.api import ApiError
 from .mqtt.topics import BRIDGE
 
@@ -52,10 +52,14 @@ class SendService:
             return self._locks.setdefault(target, asyncio.Lock())
         return contextlib.nullcontext()
 
+    def check_recipient(self, to: str, field: str = "to") -> None:
+        """Raise `ApiError` (`forbidden`) when `outgoing.allow_to` does not include `to`."""
+        if not self._listed(to):
+            raise ApiError(ErrorCode.FORBIDDEN, f"{field}: {to} is not in outgoing.allow_to")
+
     def check(self, message: OutgoingMessage) -> None:
         """Raise `ApiError` when the policy refuses `message` (`allow_to` compared as written)."""
-        if not self._listed(message.to):
-            raise ApiError(ErrorCode.FORBIDDEN, f"to: {message.to} is not in outgoing.allow_to")
+        self.check_recipient(message.to)
         self._check_content(message)
 
     def _listed(self, recipient: str) -> bool:
@@ -82,8 +86,8 @@ class SendService:
     def _check_content(self, message: OutgoingMessage) -> None:
         outgoing = self._config.outgoing
         texts = {"text": message.text}
-        if message.kind in MEDIA_KINDS:
-            texts[f"{message.kind}.caption"] = getattr(message, message.kind).caption
+        if message.media is not None:
+            texts[f"{message.kind}.caption"] = message.media.caption
         for field, value in texts.items():
             if value is not None and len(value) > outgoing.max_text_chars:
                 raise ApiError(ErrorCode.TOO_LARGE, f"{field}: {len(value)} characters; the limit is {outgoing.max_text_chars}")

@@ -65,3 +65,53 @@ def write_synthetic_device(db_path: Path, phone: str, push_name: str = "Ana") ->
              r(64), "", "", push_name),
         )
     return device_jid
+
+
+# -- groups, contacts, calls (issue 15) ---------------------------------------------------------------
+def group_name(name: str) -> N.GroupName:
+    return N.GroupName(Name=name, NameSetAt=0, NameSetBy=jid("", ""))
+
+
+def group_info_event(group: N.JID, *, sender: N.JID | None = None, name: str | None = None,
+                     join: list[N.JID] | None = None, leave: list[N.JID] | None = None,
+                     promote: list[N.JID] | None = None, demote: list[N.JID] | None = None,
+                     timestamp: int = 1_795_000_000) -> N.GroupInfoEvent:
+    """whatsmeow's events.GroupInfo as neonize delivers it (`GroupInfoEv`)."""
+    event = N.GroupInfoEvent(JID=group, Notify="", Timestamp=timestamp, PrevParticipantsVersionID="",
+                             ParticipantVersionID="", JoinReason="", Sender=sender or jid("", ""),
+                             Join=join or [], Leave=leave or [], Promote=promote or [], Demote=demote or [])
+    if name is not None:
+        event.Name.CopyFrom(group_name(name))
+    return event
+
+
+def participant(user: N.JID, *, phone: N.JID | None = None, lid: N.JID | None = None, admin: bool = False,
+                super_admin: bool = False, name: str = "") -> N.GroupParticipant:
+    return N.GroupParticipant(JID=user, LID=lid or jid("", ""), PhoneNumber=phone or jid("", ""), IsAdmin=admin,
+                              IsSuperAdmin=super_admin, DisplayName=name, Error=0)
+
+
+def group_info(group: N.JID, name: str, participants: list[N.GroupParticipant], *, topic: str = "",
+               owner: N.JID | None = None, created: int = 1_700_000_000) -> N.GroupInfo:
+    """A GroupInfo as `get_joined_groups` / `get_group_info` return it (only the fields read are set)."""
+    info = N.GroupInfo(JID=group, OwnerJID=owner or jid("", ""), OwnerPN=jid("", ""), GroupCreated=created,
+                       ParticipantVersionID="", Participants=participants)
+    info.GroupName.CopyFrom(group_name(name))
+    info.GroupTopic.Topic = topic
+    return info
+
+
+def call_offer(caller: N.JID, call_id: str = "CALLID1", *, video: bool = False,
+               creator_alt: N.JID | None = None, timestamp: int = 1_795_000_000) -> N.CallOffer:
+    """A 1:1 call offer (`CallOfferEv`); whatsmeow puts a `<video>` child in the offer node of a video call."""
+    data = N.Node(Tag="offer", Nodes=[N.Node(Tag="video")] if video else [N.Node(Tag="audio")])
+    meta = N.BasicCallMeta(timestamp=timestamp, callCreator=caller, callCreatorAlt=creator_alt or jid("", ""),
+                           callID=call_id)
+    getattr(meta, "from").CopyFrom(caller)
+    return N.CallOffer(basicCallMeta=meta, callRemoteMeta=N.CallRemoteMeta(remotePlatform="android",
+                                                                          remoteVersion="2.24"), data=data)
+
+
+def contact(user: N.JID, *, push: str = "", full: str = "", first: str = "") -> N.Contact:
+    return N.Contact(JID=user, Info=N.ContactInfo(Found=True, FirstName=first, FullName=full, PushName=push,
+                                                  BusinessName="", RedactedPhone=""))

@@ -527,3 +527,47 @@ async def test_a_poll_goes_out_and_its_votes_come_back_as_option_texts(tmp_path:
     failed = received[2].payload()["poll_vote"]
     assert failed["poll_id"] == "3EB0UNKNOWN" and failed["selected"] == [] and "decrypt" in failed["error"]
     await session.close()
+
+
+async def test_incoming_media_is_downloaded_with_download_any_before_the_message_is_emitted(tmp_path: Path) -> None:
+    """An image goes through neonize's real `download_any` (offline here: Go fails, nothing is kept) and,
+    with the network part replaced, lands in media.dir/<phone>/ under a name from its id and type."""
+    from wa_mqtt.engines.options import DownloadOptions
+
+    engine = NeonizeEngine(stop_timeout=5, downloads=DownloadOptions(dir=tmp_path / "media", max_bytes=1000))
+    phone = next_phone()
+    store = fresh_store(tmp_path / "store.db")
+    write_synthetic_device(store, phone)
+    events = Recorder()
+    session = engine.open_session(phone, store, events)
+    await session.start()
+    assert (await events.next()).code == ErrorCode.DIAL_FAILED
+    image = E.Message(imageMessage=E.ImageMessage(
+        URL="https://mmg.whatsapp.net/v/t62.7118-24/x.enc", directPath="/v/t62.7118-24/x.enc",
+        mimetype="image/jpeg", fileLength=5, mediaKey=b"k" * 32, fileSHA256=b"s" * 32, fileEncSHA256=b"e" * 32))
+    await go_event(session, message_event(image, msg_id="IMG1"))
+    failed = (await events.next()).message
+    assert failed.id == "IMG1" and failed.media.error in ("download_failed", "expired") and failed.media.path is None
+    assert not any((tmp_path / "media").rglob("*"))  # a failed download leaves nothing behind, not even a folder
+
+    async def download_any(message: E.Message) -> bytes:  # the network part of a download
+        assert message.imageMessage.mimetype == "image/jpeg"
+        return b"jpeg!"
+    session.client.download_any = download_any
+    await go_event(session, message_event(image, msg_id="../../IMG2"))
+    await go_event(session, message_event(E.Message(conversation="after"), msg_id="TXT"))
+    text, saved = (await events.next()).message, (await events.next()).message
+    assert text.id == "TXT"  # not held back by the download
+    path = Path(saved.media.path)
+    assert path.parent == tmp_path / "media" / phone and path.name == "______IMG2-image.jpg"
+    assert path.read_bytes() == b"jpeg!" and saved.media.size == 5
+    assert saved.media.sha256 == __import__("hashlib").sha256(b"jpeg!").hexdigest()
+
+    async def lying(message: E.Message) -> bytes:  # declares 5 bytes, delivers 2,000
+        return b"x" * 2000
+    session.client.download_any = lying
+    await go_event(session, message_event(image, msg_id="IMG3"))
+    big = (await events.next()).message
+    assert big.media.error == "too_large" and sorted(p.name for p in path.parent.iterdir()) == [path.name]
+    await session.close()
+    await engine.aclose()

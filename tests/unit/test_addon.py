@@ -339,6 +339,7 @@ def test_default_options_give_a_valid_bridge_config():
     assert str(config.sessions_dir) == "/data/sessions" and str(config.data_dir) == "/data/data"
     assert config.outgoing.allow_to is None  # empty list in the UI = any recipient
     assert config.engine == "neonize" and config.mqtt.discovery is True
+    assert str(config.media.dir) == "/media/whatsapp" and "media:rw" in manifest()["map"]  # HA's media browser
 
 
 # A value for every option, valid for its schema and different from the default.

@@ -83,7 +83,7 @@ def test_linked_account_entities():
         "state": "sensor", "connected": "binary_sensor", "qr": "image", "pair_code": "sensor",
         "connect": "button", "pair_with_code": "button", "disconnect": "button", "logout": "button",
         "message": "event", "messages_in": "sensor", "messages_out": "sensor", "reconnects": "sensor",
-        f"to_{OTHER}": "notify", "to_120363012345678901_g_us": "notify",
+        f"to_{OTHER}": "notify", "to_120363012345678901_g_us": "notify", "groups": "sensor", "call": "event",
     }
 
 
@@ -255,6 +255,24 @@ def test_event_entity_template_adds_event_type_and_keeps_every_field():
     # also with the default json.dumps separators
     rendered = _ha_env().from_string(event["value_template"]).render(value=json.dumps(message), value_json=message)
     assert json.loads(rendered)["event_type"] == "image"
+
+
+def test_groups_sensor_and_call_event_render_as_home_assistant_would():
+    cmps = account(True)[1]["cmps"]
+    groups, call = cmps["groups"], cmps["call"]
+    assert groups["entity_category"] == "diagnostic" and groups["state_topic"] == f"wa/{PHONE}/groups"
+    listed = {"count": 1, "groups": [{"jid": "120363012345678901@g.us", "name": "Família", "participants": 5,
+                                      "is_admin": True}]}
+    env = _ha_env()
+    assert env.from_string(groups["value_template"]).render(value_json=listed) == "1"
+    attributes = json.loads(env.from_string(groups["json_attributes_template"]).render(value_json=listed))
+    assert attributes == {"groups": listed["groups"]}
+    assert call["state_topic"] == f"wa/{PHONE}/call" and call["event_types"] == ["voice", "video"]
+    ring = {"id": "CALL1", "from": OTHER, "from_jid": f"{OTHER}@s.whatsapp.net", "video": True, "group": None,
+            "timestamp": "2026-11-24T10:00:00Z"}
+    rendered = env.from_string(call["value_template"]).render(value=json.dumps(ring), value_json=ring)
+    data = json.loads(rendered)
+    assert data.pop("event_type") == "video" and data == ring
 
 
 def test_notify_entity_per_recipient_sends_a_valid_request():

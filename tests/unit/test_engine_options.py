@@ -125,3 +125,13 @@ def test_request_args_are_typed_and_cross_unchanged() -> None:
     with pytest.raises(p.ProtocolError, match="bad arguments for stop"):
         p.Request(5, "stop", {"force": True}).parsed_args()
     assert frozenset(p.ARGS) == p.OPS
+
+
+def test_incoming_media_options_come_from_the_media_section() -> None:
+    config = build_config({"data_dir": "/srv/data", "media": {"max_bytes": 10, "keep_days": 0, "download": False}})
+    downloads = EngineOptions.from_config(config).downloads
+    assert (downloads.dir, downloads.max_bytes, downloads.keep_days, downloads.download) == (
+        Path("/srv/data/media"), 10, 0, False)
+    assert EngineOptions.from_wire(EngineOptions.from_config(config).to_wire()).downloads == downloads
+    assert EngineOptions.from_config(build_config({"media": {"dir": "/media/whatsapp"}})).downloads.dir == Path(
+        "/media/whatsapp")

@@ -23,11 +23,14 @@ from ..bus import EventBus
 from ..config import Config
 from ..disk_full import DiskFull
 from ..engines.base import (
+    CallReceived,
     Disconnected,
     Engine,
     EngineError,
     EngineEvent,
     EngineSession,
+    GroupChanged,
+    GroupsUpdated,
     MessageReceived,
     PairMethod,
     ReceiptReceived,
@@ -311,6 +314,12 @@ class Supervisor:
             self._bus.emit(ev.ReceiptReceived(self.phone, item.receipt))
         elif isinstance(item, SimSent):
             self._bus.emit(ev.SimSent(self.phone, item.payload))
+        elif isinstance(item, GroupsUpdated):
+            self._bus.emit(ev.GroupsChanged(self.phone, tuple(item.groups)))
+        elif isinstance(item, GroupChanged):
+            self._bus.emit(ev.GroupEventReceived(self.phone, item.event))
+        elif isinstance(item, CallReceived):
+            self._bus.emit(ev.CallReceived(self.phone, item.call))
         else:
             await self._step(item)
 

@@ -20,7 +20,18 @@ from typing import Annotated, Literal, Protocol, runtime_checkable
 from pydantic import BaseModel, Field, JsonValue, TypeAdapter
 
 from ..errors import BridgeError, ErrorCode
-from ..model import IncomingMessage, NumberCheck, OutgoingMessage, Receipt, SendResult
+from ..model import (
+    Contact,
+    GroupEvent,
+    GroupInfo,
+    GroupSummary,
+    IncomingCall,
+    IncomingMessage,
+    NumberCheck,
+    OutgoingMessage,
+    Receipt,
+    SendResult,
+)
 
 PairMethod = Literal["qr", "code"]
 
@@ -117,6 +128,27 @@ class SimSent(_Event):
     payload: dict[str, JsonValue]
 
 
+class GroupsUpdated(_Event):
+    """The account's joined groups, all of them: on connect and after any change."""
+
+    kind: Literal["groups"] = "groups"
+    groups: list[GroupSummary]
+
+
+class GroupChanged(_Event):
+    """A group the account is in changed (members, admins, subject), or the account joined / left one."""
+
+    kind: Literal["group_event"] = "group_event"
+    event: GroupEvent
+
+
+class CallReceived(_Event):
+    """A call is ringing."""
+
+    kind: Literal["call"] = "call"
+    call: IncomingCall
+
+
 class Crashed(_Event):
     """The engine (its child process) died or hung; produced by the process supervisor."""
 
@@ -126,7 +158,8 @@ class Crashed(_Event):
 
 EngineEvent = Annotated[
     Connected | Disconnected | LoggedOut | StreamReplaced | TemporaryBan | ClientOutdated | Qr
-    | PairCode | Paired | MessageReceived | ReceiptReceived | SimSent | Crashed,
+    | PairCode | Paired | MessageReceived | ReceiptReceived | SimSent | Crashed
+    | GroupsUpdated | GroupChanged | CallReceived,
     Field(discriminator="kind"),
 ]
 EVENT_ADAPTER: TypeAdapter[EngineEvent] = TypeAdapter(EngineEvent)
@@ -189,6 +222,18 @@ class EngineSession(Protocol):
     async def check(self, numbers: list[str]) -> list[NumberCheck]:
         """Which phone numbers have a WhatsApp account, and the JID of each (asked of WhatsApp, cached)."""
         ...
+    # groups, contacts, calls, edits (issue 15)
+    async def groups(self) -> list[GroupSummary]: ...
+
+    async def group_info(self, jid: str) -> GroupInfo: ...
+
+    async def contacts(self) -> list[Contact]: ...
+
+    async def edit(self, chat: str, message_id: str, text: str) -> str: ...
+
+    async def revoke(self, chat: str, message_id: str) -> str: ...
+
+    async def reject_call(self, caller: str, call_id: str) -> None: ...
 
     async def close(self) -> None: ...
 

@@ -57,10 +57,10 @@ def make_inner_engine(name: EngineName, options: EngineOptions, *, crash: Callab
     if name == "sim":
         from .sim import SimEngine
 
-        return SimEngine(crash=crash, media_policy=policy)
+        return SimEngine(crash=crash, media_policy=policy, downloads=options.downloads)
     from .neonize_engine import NeonizeEngine
 
-    return NeonizeEngine(media_policy=policy, proxy=options.proxy_url)
+    return NeonizeEngine(media_policy=policy, proxy=options.proxy_url, downloads=options.downloads)
 
 
 class ChildServer:
@@ -167,6 +167,17 @@ async def _perform(session: EngineSession, op: str, args: p.Args) -> JsonValue:
         await session.typing(args.chat, args.state)
     elif isinstance(args, p.CheckArgs):
         return [check.model_dump(mode="json") for check in await session.check(args.numbers)]
+    elif op in ("groups", "contacts"):
+        found = await (session.groups() if op == "groups" else session.contacts())
+        return [item.model_dump(mode="json") for item in found]
+    elif isinstance(args, p.GroupInfoArgs):
+        return (await session.group_info(args.jid)).model_dump(mode="json")
+    elif isinstance(args, p.EditArgs):
+        return await session.edit(args.chat, args.id, args.text)
+    elif isinstance(args, p.RevokeArgs):
+        return await session.revoke(args.chat, args.id)
+    elif isinstance(args, p.RejectCallArgs):
+        await session.reject_call(args.caller, args.id)
     elif isinstance(args, p.SimControlArgs):
         if not isinstance(session, SimControllable):
             raise EngineError(f"sim controls exist only with engine: sim ({args.action!r} refused)",

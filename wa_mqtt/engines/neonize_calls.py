@@ -151,11 +151,17 @@ async def send(client: NewAClient, message: OutgoingMessage, recent: RecentMessa
         private = conv.chat_type_of(to.partition("@")[2]) == "private"
         participant = known[1] if known else (to if private else None)
         context = conv.reply_context(message.reply_to, participant, known[2] if known else None)
+    if message.mentions:
+        context = conv.mention_context(message.mentions, context)
     try:
         if message.kind == "text":
             built = conv.text_message(message.text or "", context)
         elif message.poll is not None:  # votes are encrypted with the poll's secret: it must have one
             built = conv.poll_message(message.poll, secret or os.urandom(32), context)
+        elif message.location is not None or message.contact is not None:
+            built = conv.location_or_contact(message.location, message.contact)
+            if context is not None:
+                conv.attach_context(built, context)
         else:
             source: MediaSource = getattr(message, message.kind)
             built = await build_media(client, message.kind, source, source.caption or message.text, policy)
@@ -182,12 +188,38 @@ async def build_media(client: NewAClient, kind: str, source: MediaSource, captio
         built = await client.build_video_message(data, caption=caption)
     elif kind == "audio":
         built = await client.build_audio_message(data, ptt=False)
+    elif kind == "sticker":  # WebP as it is; another image is turned into one by neonize
+        return await client.build_sticker_message(data)
     else:
         built = await client.build_document_message(
             data, caption=caption, title=source.filename, filename=source.filename, mimetype=source.mimetype)
     if source.mimetype:
         getattr(built, f"{kind}Message").mimetype = source.mimetype
     return built
+
+
+async def edit(client: NewAClient, chat: str, message_id: str, text: str) -> str:
+    """Edit a text message the account sent (whatsmeow: a MESSAGE_EDIT protocol message)."""
+    try:
+        response = await client.edit_message(conv.parse_jid(to_jid(chat)), message_id, conv.text_message(text))
+    except Exception as exc:
+        raise engine_error(exc) from exc
+    return str(response.ID)
+
+
+async def revoke(client: NewAClient, chat: str, message_id: str, account: str) -> str:
+    """Delete a message the account sent, for everyone (a REVOKE protocol message from the account).
+    Built with neonize's `build_revoke` from the account's own JID: `client.get_me()` aborts Go when the
+    client is not connected."""
+    from neonize.builder import build_revoke
+
+    me = conv.parse_jid(to_jid(account))
+    try:
+        response = await client.send_message(conv.parse_jid(to_jid(chat)),
+                                             build_revoke(conv.parse_jid(to_jid(chat)), me, message_id, me))
+    except Exception as exc:
+        raise engine_error(exc) from exc
+    return str(response.ID)
 
 
 async def react(client: NewAClient, recent: RecentMessages, chat: str, message_id: str, emoji: str,

@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ErrorCode
 from ..model import (
     ChatType,
+    ContactSend,
     Edit,
     IncomingMessage,
     Location,
+    LocationSend,
     Media,
     NumberCheck,
     Poll,
@@ -209,6 +211,17 @@ def _media(sub: Proto) -> Media:
         filename=(sub.fileName or None) if "fileName" in fields else None,
         sha256=sub.fileSHA256.hex() if sub.fileSHA256 else None,
     )
+
+
+def downloadable(content: Proto) -> bool:
+    """True when an (unwrapped) message's media says where to fetch it and how to decrypt it."""
+    name = content_field(content)
+    if name is None or name == "conversation":
+        return False
+    sub = getattr(content, name)
+    fields = sub.DESCRIPTOR.fields_by_name
+    has_path = any(key in fields and bool(getattr(sub, key)) for key in ("directPath", "URL"))
+    return has_path and "mediaKey" in fields and bool(sub.mediaKey)
 
 
 def _content(name: str, sub: Any) -> dict[str, Any]:
@@ -492,6 +505,33 @@ def reply_context(message_id: str, participant: str | None, quoted: Proto | None
     if quoted is not None:
         ctx.quotedMessage.CopyFrom(quoted)
     return ctx
+
+
+def mention_context(phones: list[str], context: Proto | None = None) -> Proto:
+    """A ContextInfo mentioning `phones` (`@<phone>` in the text then shows as a mention); merged into
+    `context` (a reply's) when given."""
+    from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import ContextInfo
+
+    ctx = ContextInfo()
+    if context is not None:
+        ctx.CopyFrom(context)
+    ctx.mentionedJID.extend(f"{phone}@{PN_SERVER}" for phone in phones)
+    return ctx
+
+
+def location_or_contact(location: LocationSend | None, contact: ContactSend | None) -> Proto:
+    """A location pin or a contact card as a waE2E.Message (exactly one of them is given)."""
+    from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import ContactMessage, LocationMessage, Message
+
+    if location is not None:
+        pin = LocationMessage(degreesLatitude=location.latitude, degreesLongitude=location.longitude)
+        if location.name:
+            pin.name = location.name
+        if location.address:
+            pin.address = location.address
+        return Message(locationMessage=pin)
+    assert contact is not None
+    return Message(contactMessage=ContactMessage(displayName=contact.display_name, vcard=contact.card()))
 
 
 def text_message(text: str, context: Proto | None = None) -> Proto:

@@ -23,17 +23,22 @@ from uuid import uuid4
 
 from ..errors import ErrorCode
 from ..media import MediaPolicy
-from ..model import IncomingMessage, NumberCheck, OutgoingMessage, SendResult
+from ..model import Contact, GroupInfo, GroupSummary, IncomingMessage, NumberCheck, OutgoingMessage, SendResult
 from . import neonize_calls as calls
 from . import neonize_convert as conv
+from . import neonize_groups as groups
 from . import resolving
 from .addressing import LID_SERVER, lids_in
 from .base import (
+    CallReceived,
     ClientOutdated,
+    Connected,
     Disconnected,
     EmitFn,
     EngineError,
     EngineEvent,
+    GroupChanged,
+    GroupsUpdated,
     MessageReceived,
     PairCode,
     Paired,
@@ -41,8 +46,9 @@ from .base import (
     Qr,
     ReceiptReceived,
 )
+from .incoming_media import MediaSaver
 from .neonize_calls import engine_error
-from .options import EngineOptions
+from .options import DownloadOptions, EngineOptions
 from .poll_store import PollStore
 
 if TYPE_CHECKING:
@@ -101,8 +107,9 @@ class NeonizeEngine:
 
     def __init__(self, *, clock: Clock = _utcnow, executor_workers: int = 32,
                  stop_timeout: float = 10.0, media_policy: MediaPolicy | None = None,
-                 proxy: str | None = None) -> None:
+                 proxy: str | None = None, downloads: DownloadOptions | None = None) -> None:
         self._clock = clock
+        self.downloads = downloads or EngineOptions().downloads  # incoming media (config `media`)
         self.proxy = proxy  # config `proxy`: WhatsApp's websocket and media go through it
         self.media_policy = media_policy or EngineOptions().media.policy()  # the config's defaults
         self._executor_workers = executor_workers
@@ -171,6 +178,11 @@ class NeonizeSession:
         self._lids: dict[str, str] = {}  # LID user → phone, as the store's LID map (or SenderAlt) told us
         self._numbers = resolving.NumberCache(self._clock)  # is_on_whatsapp answers (send, check)
         self._polls = PollStore.beside(store_path)  # the options of polls sent and seen, for their votes
+        self._media = MediaSaver(engine.downloads, phone)
+        self._downloads: set[asyncio.Task[None]] = set()
+        self._group_names: dict[str, str] = {}  # group JID → subject (chat_name), from the groups list
+        self._contact_names: dict[str, str] = {}  # user → saved or push name (chat_name), from the store
+        self._refresh: asyncio.Task[None] | None = None
 
     @property
     def client(self) -> NewAClient | None:
@@ -225,6 +237,10 @@ class NeonizeSession:
         if self._closed:
             return
         await self.stop()
+        pending = [*self._downloads, *([self._refresh] if self._refresh is not None else [])]
+        for task in pending:  # a download or a groups fetch outliving its client would never finish
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         self._closed = True
         self._engine._forget(self)
         if self._queue is not None and self._pump_task is not None:
@@ -338,6 +354,10 @@ class NeonizeSession:
         client.event(UndecryptableMessage)(self._addressed_handler(self._on_undecryptable))
         client.event(ev.ReceiptEv)(self._handler(self._on_receipt))
         client.event(ev.StreamErrorEv)(self._handler(self._on_stream_error))
+        client.event(ev.GroupInfoEv)(self._handler(self._on_group_info))
+        client.event(ev.JoinedGroupEv)(self._handler(self._on_joined_group))
+        client.event(ev.CallOfferEv)(self._handler(self._on_call))
+        client.event(ev.CallOfferNoticeEv)(self._handler(self._on_call))
         client.event.qr(self._on_qr)
         # neonize ignores the QR channel's end ("success" / "timeout"); take it (called from a Go thread).
         client._NewAClient__onLoginStatus = self._login_status_callback(client)
@@ -430,6 +450,8 @@ class NeonizeSession:
             log.info("%s: paired as %s", self.phone, out.phone)
         elif out is not None:
             log.info("%s: %s%s", self.phone, out.kind, f" ({out.code})" if isinstance(out, Disconnected) else "")
+        if isinstance(out, Connected):
+            self._refresh_groups(contacts=True)
         return out
 
     def _on_message(self, event: Proto) -> EngineEvent | Deferred | None:
@@ -443,17 +465,39 @@ class NeonizeSession:
             message = conv.fallback_message(event, self._account, "untranslatable", self._lids)
         self._recent.remember(event, message.chat)
         log.debug("%s: message %s (%s)", self.phone, message.id, message.type)
+        message = message.model_copy(update={"chat_name": self._chat_name(message)})
         if message.type == "poll_vote":  # decrypted by a Go call: the pump awaits it in its place
             return lambda: self._poll_vote(event, message)
         if (poll := conv.poll_of(message)) is not None:
             self._remember_poll(*poll)
+        if self._client is not None and self._media.wants(message) and event.HasField("Message"):
+            content = conv.unwrap(event.Message)  # whatsmeow's DownloadAny looks at the top level only
+            if not conv.downloadable(content):  # Go is never asked for what it cannot fetch
+                log.info("%s: media of message %s has no download path", self.phone, message.id)
+                media = message.media.model_copy(update={"error": "download_failed"}) if message.media else None
+                return MessageReceived(message=message.model_copy(update={"media": media}))
+            self._download(self._client, content, message)
+            return None  # published once its media is saved or has failed
         return MessageReceived(message=message)
+
+    def _download(self, client: NewAClient, content: Proto, message: IncomingMessage) -> None:
+        """Download the media of `message` (neonize `download_any`), then emit it; later messages are not
+        held back meanwhile."""
+        async def fetch() -> bytes:
+            return bytes(await client.download_any(content))
+
+        async def run() -> None:
+            self._put(MessageReceived(message=await self._media.save(message, fetch)))
+        task = asyncio.get_running_loop().create_task(run(), name=f"media-{self.phone}-{message.id}")
+        self._downloads.add(task)
+        task.add_done_callback(self._downloads.discard)
 
     def _on_undecryptable(self, event: Proto) -> EngineEvent:
         message = conv.undecryptable_from_event(event, self._account, self._lids)
         log.info("%s: message %s could not be decrypted; whatsmeow asked the sender to send it again",
                  self.phone, message.id)
         return MessageReceived(message=message)
+
     # ------------------------------------------------------------ polls (issue 16)
 
     def _remember_poll(self, poll_id: str, options: list[str]) -> None:
@@ -489,6 +533,74 @@ class NeonizeSession:
     def _on_receipt(self, event: Proto) -> EngineEvent | None:
         receipt = conv.receipt_from_event(event)
         return ReceiptReceived(receipt=receipt) if receipt is not None else None
+
+    # ------------------------------------------------------------ groups, contacts, calls (issue 15)
+
+    def _me(self) -> list[str]:
+        """The account's own user parts (phone, LID): to find it among a group's members."""
+        me = getattr(self._client, "me", None)
+        found = [self._account]
+        if me is not None:
+            found += [jid.User.split(":", 1)[0] for jid in (me.JID, me.LID) if jid.User]
+        return found
+
+    def _chat_name(self, message: IncomingMessage) -> str | None:
+        if message.chat_type == "group":
+            return self._group_names.get(message.chat)
+        user = conv.jid_user(message.chat)
+        if not message.from_me and message.sender_name and user not in self._contact_names:
+            return message.sender_name
+        return self._contact_names.get(user)
+
+    def _on_group_info(self, event: Proto) -> None:
+        chat = conv.jid_str(event.JID)
+        for change in groups.group_events(event, self._me(), self._group_names.get(chat)):
+            log.info("%s: %s in %s", self.phone, change.type, change.group)
+            self._put(GroupChanged(event=change))
+        self._refresh_groups()
+
+    def _on_joined_group(self, event: Proto) -> None:
+        self._put(GroupChanged(event=groups.joined_event(event, self._clock())))
+        self._refresh_groups()
+
+    def _on_call(self, event: Proto) -> EngineEvent:
+        call = groups.call_from_event(event)
+        log.info("%s: call %s ringing", self.phone, call.id)
+        return CallReceived(call=call)
+
+    def _refresh_groups(self, contacts: bool = False) -> None:
+        """Fetch the joined groups (and the contact names) in the background; emit the list."""
+        client = self._client
+        if client is None:
+            return
+        if self._refresh is not None and not self._refresh.done():
+            self._refresh.cancel()  # a newer list is on its way
+        self._refresh = asyncio.get_running_loop().create_task(self._fetch_groups(client, contacts))
+
+    async def _fetch_groups(self, client: NewAClient, contacts: bool) -> None:
+        try:  # Go aborts the process on store calls of a client without a device: ask only a linked one
+            linked = bool(await asyncio.to_thread(stored_device_jids, self.store_path))
+        except sqlite3.Error:
+            linked = False
+        if not linked:
+            log.debug("%s: no linked device in the store; groups not fetched", self.phone)
+            return
+        if contacts:
+            try:
+                found = [groups.contact(c) for c in await client.contact.get_all_contacts()]
+                self._contact_names = {c.phone or c.lid or "": c.saved_name or c.push_name or ""
+                                       for c in found if c.saved_name or c.push_name}
+            except Exception as exc:  # noqa: BLE001 (the names are a nicety; a failure is logged, never raised)
+                log.warning("%s: contact names unavailable: %s", self.phone, exc)
+        try:
+            joined = await client.get_joined_groups()
+        except Exception as exc:  # noqa: BLE001 (as above: Go's error text, logged)
+            log.warning("%s: joined groups unavailable: %s", self.phone, exc)
+            return
+        summaries = [groups.group_summary(info, self._me()) for info in joined]
+        self._group_names = {g.jid: g.name for g in summaries if g.name}
+        if client is self._client:
+            self._put(GroupsUpdated(groups=summaries))
 
     def _on_stream_error(self, event: Proto) -> None:
         log.warning("%s: stream error %s", self.phone, event.Code)
@@ -595,3 +707,41 @@ class NeonizeSession:
         if state not in calls.TYPING_STATES:
             raise EngineError(f"state must be one of {', '.join(calls.TYPING_STATES)}", code=ErrorCode.INVALID_REQUEST)
         await calls.typing(self._require_client(), chat, state)
+
+    async def groups(self) -> list[GroupSummary]:
+        client = self._require_client()
+        try:
+            joined = await client.get_joined_groups()
+        except Exception as exc:
+            raise engine_error(exc) from exc
+        summaries = [groups.group_summary(info, self._me()) for info in joined]
+        self._group_names = {g.jid: g.name for g in summaries if g.name}
+        self._put(GroupsUpdated(groups=summaries))  # the retained list follows what was just read
+        return summaries
+
+    async def group_info(self, jid: str) -> GroupInfo:
+        client = self._require_client()
+        try:
+            return groups.group_info(await client.get_group_info(conv.parse_jid(jid)))
+        except Exception as exc:
+            raise engine_error(exc) from exc
+
+    async def contacts(self) -> list[Contact]:
+        client = self._require_client()
+        try:
+            return [groups.contact(c) for c in await client.contact.get_all_contacts()]
+        except Exception as exc:
+            raise engine_error(exc) from exc
+
+    async def edit(self, chat: str, message_id: str, text: str) -> str:
+        return await calls.edit(self._require_client(), chat, message_id, text)
+
+    async def revoke(self, chat: str, message_id: str) -> str:
+        return await calls.revoke(self._require_client(), chat, message_id, self._account)
+
+    async def reject_call(self, caller: str, call_id: str) -> None:
+        client = self._require_client()
+        try:
+            await client.reject_call(conv.parse_jid(caller), call_id)
+        except Exception as exc:
+            raise engine_error(exc) from exc

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, SerializationInfo, ValidationError, field_serializer
 
-from ..config import Config, OutgoingConfig, describe_validation_error, mask_url
+from ..config import Config, MediaConfig, OutgoingConfig, describe_validation_error, mask_url
 from ..media import MediaPolicy
 
 EngineName = Literal["neonize", "sim"]
@@ -49,10 +49,30 @@ class MediaOptions(_Options):
         return MediaPolicy(self.max_bytes, self.media_dir, self.block_private_urls)
 
 
+class DownloadOptions(_Options):
+    """Incoming media (the config's `media` section): where and within which limits it is downloaded.
+    `dir` holds one folder per account (a relative one is taken from the working directory)."""
+
+    download: bool = _config_default(MediaConfig, "download")
+    dir: Path = Path(_config_default(Config, "data_dir")) / "media"
+    max_bytes: int = Field(default=_config_default(MediaConfig, "max_bytes"), gt=0)
+    timeout: float = Field(default=_config_default(MediaConfig, "download_timeout"), gt=0)
+    keep_days: float = Field(default=_config_default(MediaConfig, "keep_days"), ge=0)
+    max_total_mb: int = Field(default=_config_default(MediaConfig, "max_total_mb"), ge=0)
+
+    @classmethod
+    def from_config(cls, config: Config) -> DownloadOptions:
+        media = config.media
+        folder = media.dir if media.dir is not None else config.data_dir / "media"
+        return cls(download=media.download, dir=folder, max_bytes=media.max_bytes,
+                   timeout=media.download_timeout, keep_days=media.keep_days, max_total_mb=media.max_total_mb)
+
+
 class EngineOptions(_Options):
     """Everything an engine is configured with. Frozen; `EngineOptions()` is the default config's."""
 
     media: MediaOptions = MediaOptions()
+    downloads: DownloadOptions = DownloadOptions()  # incoming media
     proxy: SecretStr | None = _config_default(Config, "proxy")  # WhatsApp traffic through it (neonize)
 
     @classmethod
@@ -60,6 +80,7 @@ class EngineOptions(_Options):
         outgoing = config.outgoing
         return cls(media=MediaOptions(max_bytes=outgoing.max_media_bytes, media_dir=outgoing.media_dir,
                                       block_private_urls=outgoing.block_private_urls),
+                   downloads=DownloadOptions.from_config(config),
                    proxy=SecretStr(config.proxy) if config.proxy is not None else None)
 
     @property

@@ -26,11 +26,11 @@ import os
 import signal
 from pathlib import Path
 
-from pydantic import JsonValue
+from pydantic import JsonValue, TypeAdapter
 
 from ..config import EngineProcessConfig
 from ..errors import ErrorCode
-from ..model import NumberCheck, OutgoingMessage, SendResult
+from ..model import Contact, GroupInfo, GroupSummary, NumberCheck, OutgoingMessage, SendResult
 from . import protocol as p
 from .base import Crashed, Disconnected, EmitFn, EngineError, EngineEvent, Intake, PairMethod
 from .child import STORE_BUSY_EXIT, STORE_WAIT
@@ -159,6 +159,23 @@ class ProcessSession:
     async def check(self, numbers: list[str]) -> list[NumberCheck]:
         result = await self._call("check", p.CheckArgs(numbers=numbers))
         return [NumberCheck.model_validate(item) for item in result] if isinstance(result, list) else []
+    async def groups(self) -> list[GroupSummary]:
+        return TypeAdapter(list[GroupSummary]).validate_python(await self._call("groups", p.Args()))
+
+    async def group_info(self, jid: str) -> GroupInfo:
+        return GroupInfo.model_validate(await self._call("group_info", p.GroupInfoArgs(jid=jid)))
+
+    async def contacts(self) -> list[Contact]:
+        return TypeAdapter(list[Contact]).validate_python(await self._call("contacts", p.Args()))
+
+    async def edit(self, chat: str, message_id: str, text: str) -> str:
+        return str(await self._call("edit", p.EditArgs(chat=chat, id=message_id, text=text)))
+
+    async def revoke(self, chat: str, message_id: str) -> str:
+        return str(await self._call("revoke", p.RevokeArgs(chat=chat, id=message_id)))
+
+    async def reject_call(self, caller: str, call_id: str) -> None:
+        await self._call("reject_call", p.RejectCallArgs(caller=caller, id=call_id))
 
     async def close(self) -> None:
         self._engine.forget(self)

@@ -16,6 +16,9 @@ untyped crosses. `sim_control` is answered only by a sim child (engines/child.py
 refuses it with `invalid_request`. A child's options (`EngineOptions`, engines/options.py) are not
 sent here: they come with its launch.
 
+Ops `groups`, `group_info`, `contacts`, `edit`, `revoke` and `reject_call` (issue 15) came without a new
+version: bridge and children are always the same release, and an older child would refuse them as unknown.
+
 Versions: 1, the first; 2, `send` carries the WhatsApp `message_id` the bridge chose and `retry`, and its
 result `already_sent` (a version-1 child would ignore the id, and a retried message could go out twice).
 """
@@ -86,10 +89,33 @@ class SimControlArgs(Args):
     payload: str = ""
 
 
+# groups, contacts, calls, edits (issue 15); `groups` and `contacts` take none
+class GroupInfoArgs(Args):
+    jid: str
+
+
+class EditArgs(Args):
+    chat: str
+    id: str
+    text: str
+
+
+class RevokeArgs(Args):
+    chat: str
+    id: str
+
+
+class RejectCallArgs(Args):
+    caller: str
+    id: str
+
+
 ARGS: dict[str, type[Args]] = {
     "start": StartArgs, "stop": Args, "logout": Args, "send": SendArgs, "react": ReactArgs,
     "mark_read": MarkReadArgs, "typing": TypingArgs, "sim_control": SimControlArgs, "close": Args,
     "check": CheckArgs,
+    "groups": Args, "group_info": GroupInfoArgs, "contacts": Args, "edit": EditArgs, "revoke": RevokeArgs,
+    "reject_call": RejectCallArgs,
 }
 OPS = frozenset(ARGS)
 

@@ -31,24 +31,31 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 from ..errors import ErrorCode
 from ..media import MediaPolicy
 from ..model import (
-    MEDIA_KINDS,
     MESSAGE_TYPES,
+    Contact,
+    GroupInfo,
+    GroupSummary,
+    IncomingCall,
     IncomingMessage,
     NumberCheck,
     OutgoingMessage,
     PollVote,
     Receipt,
     SendResult,
+    phone_list,
     to_jid,
 )
 from . import resolving
 from .addressing import LID_SERVER, Party, bare, is_lid, party, user_of
 from .base import (
+    CallReceived,
     Connected,
     Crashed,
     Disconnected,
     EmitFn,
     EngineError,
+    GroupChanged,
+    GroupsUpdated,
     LoggedOut,
     MessageReceived,
     PairCode,
@@ -59,8 +66,11 @@ from .base import (
     SimSent,
     StreamReplaced,
 )
-from .options import EngineOptions
+from .incoming_media import FetchFn, MediaSaver
+from .options import DownloadOptions, EngineOptions
 from .outgoing_media import load_media
+from .sim_groups import SimDirectory, SimGroup, SimGroupSpec, apply
+from .sim_media import SimMedia, media_type
 
 log = logging.getLogger(__name__)
 
@@ -220,16 +230,19 @@ class SimEngine:
     name = "sim"
 
     def __init__(self, clock: Clock = _utcnow, crash: Callable[[], None] | None = None,
-                 media_policy: MediaPolicy | None = None) -> None:
+                 media_policy: MediaPolicy | None = None, downloads: DownloadOptions | None = None) -> None:
         self._clock = clock
         self._crash = crash
         self._media_policy = media_policy or EngineOptions().media.policy()
+        self._downloads = downloads or EngineOptions().downloads
 
     def has_device(self, store_path: Path) -> bool:
         return read_device(store_path) is not None
 
     def open_session(self, phone: str, store_path: Path, emit: EmitFn) -> SimSession:
-        return SimSession(phone, store_path, emit, self._clock, self._crash, self._media_policy)
+        session = SimSession(phone, store_path, emit, self._clock, self._crash, self._media_policy)
+        session.media_saver = MediaSaver(self._downloads, phone)
+        return session
 
     async def aclose(self) -> None:
         return None
@@ -252,7 +265,11 @@ class SimSession:
         self._pairing = False
         self._pair_count = 0
         self._outage_until: datetime | None = None
-        self._offline_inbox: list[IncomingMessage] = []
+        self._offline_inbox: list[tuple[IncomingMessage, FetchFn | None]] = []
+        self.media_saver: MediaSaver | None = None  # incoming media downloads (set by the engine)
+        self._directory = SimDirectory(store_path)  # groups and seen contacts
+        self._names: dict[str, str] | None = None  # push names seen (read from the store once)
+        self._group_cache: dict[str, SimGroup] | None = None
         self._stall = 0.0  # seconds the next send's answer is held (`wa/sim/<phone>/stall`)
         self._next_number = 0
         self._numbers_end = 0  # the reserved block is [_next_number, _numbers_end)
@@ -296,7 +313,7 @@ class SimSession:
             log.info("%s: message %s was delivered before; dropped as WhatsApp does", self.phone, message_id)
             return SendResult(id=message_id, timestamp=first, already_sent=True)
         to = await resolving.resolve(message.to, self._numbers, self._is_on_whatsapp)
-        media = getattr(message, message.kind) if message.kind in MEDIA_KINDS else None
+        media = message.media
         loaded = await load_media(message.kind, media, self._media_policy) if media is not None else None
         msg_id = message_id or self._new_id()
         now = self._clock()
@@ -313,6 +330,12 @@ class SimSession:
         if message.poll is not None:  # issue 16: a poll shows its question and options
             payload["text"] = message.poll.question
             payload["poll"] = message.poll.model_dump()
+        if message.mentions:
+            payload["mentions"] = message.mentions
+        if message.location is not None:
+            payload["location"] = message.location.model_dump(exclude_none=True)
+        if message.contact is not None:
+            payload["contact"] = {"name": message.contact.display_name, "vcard": message.contact.card()}
         if message.id:
             payload["client_id"] = message.id
         self._emit(SimSent(payload=payload))
@@ -360,6 +383,94 @@ class SimSession:
         self._require_connected()
         self._emit(SimSent(payload={"to": to_jid(chat), "type": "typing", "state": state}))
 
+    # -- groups, contacts, calls, edits (issue 15) ----------------------------------------------
+    async def groups(self) -> list[GroupSummary]:
+        self._require_connected()
+        return [group.summary(self.phone) for group in self._groups().values()]
+
+    async def group_info(self, jid: str) -> GroupInfo:
+        self._require_connected()
+        group = self._groups().get(jid)
+        if group is None:
+            raise EngineError(f"failed to get group info: {jid}: the account is not in this group (item-not-found)")
+        return group.info(self._known_names())
+
+    async def contacts(self) -> list[Contact]:
+        self._require_connected()
+        return self._directory.contacts(self.phone)
+
+    async def edit(self, chat: str, message_id: str, text: str) -> str:
+        self._require_connected()
+        msg_id = self._new_id()
+        self._emit(SimSent(payload={"to": to_jid(chat), "id": msg_id, "type": "edit", "target_id": message_id,
+                                    "text": text}))
+        return msg_id
+
+    async def revoke(self, chat: str, message_id: str) -> str:
+        self._require_connected()
+        msg_id = self._new_id()
+        self._emit(SimSent(payload={"to": to_jid(chat), "id": msg_id, "type": "revoke", "target_id": message_id}))
+        return msg_id
+
+    async def reject_call(self, caller: str, call_id: str) -> None:
+        self._require_connected()
+        self._emit(SimSent(payload={"to": to_jid(caller), "type": "call_rejected", "call_id": call_id}))
+
+    async def _group(self, payload: bytes) -> None:
+        """`wa/sim/<phone>/group`: create or change a group the account is in (sim_groups.SimGroupSpec)."""
+        try:
+            spec = SimGroupSpec.model_validate_json(payload or b"{}")
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in error["loc"])
+            raise EngineError(f"bad group payload: {where}: {error['msg']}", code=ErrorCode.INVALID_REQUEST) from None
+        old = self._groups().get(spec.jid)
+        group, events = apply(old, spec, self.phone, self._clock())
+        self._directory.put_group(spec.jid, group)
+        self._group_cache = None
+        if self._connected:
+            for event in events:
+                self._emit(GroupChanged(event=event))
+            self._emit_groups()
+
+    async def _call(self, payload: bytes) -> None:
+        """`wa/sim/<phone>/call`: `{"from", "video"?, "group"?}` rings the account."""
+        try:
+            data = json.loads(payload or b"{}")
+            caller = phone_list([str(data["from"])])[0]
+            video, group = bool(data.get("video", False)), data.get("group")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise EngineError('call payload must be {"from": "<phone>", "video"?: bool, "group"?: "<jid>"}',
+                              code=ErrorCode.INVALID_REQUEST) from None
+        self._require_connected()
+        call_id = f"SIMCALL{self._new_id()[3:]}"
+        self._emit(CallReceived(call=IncomingCall(id=call_id, from_=caller, from_jid=to_jid(caller), video=video,
+                                                  group=group, timestamp=self._clock())))
+
+    def _groups(self) -> dict[str, SimGroup]:
+        if self._group_cache is None:
+            self._group_cache = self._directory.groups()
+        return self._group_cache
+
+    def _emit_groups(self) -> None:
+        self._emit(GroupsUpdated(groups=[g.summary(self.phone) for g in self._groups().values()]))
+
+    def _known_names(self) -> dict[str, str]:
+        if self._names is None:
+            self._names = self._directory.names()
+        return self._names
+
+    def _chat_name(self, chat_jid: str, sender: str, sender_name: str | None) -> str | None:
+        """The group's subject, or the contact's name (remembering a push name seen)."""
+        names = self._known_names()
+        if sender_name and names.get(sender) != sender_name:
+            names[sender] = sender_name
+            self._directory.saw(sender, sender_name)
+        if chat_jid.endswith("@g.us"):
+            group = self._groups().get(chat_jid)
+            return group.name if group is not None else None
+        return names.get(chat_jid.split("@", 1)[0])
+
     async def close(self) -> None:
         await self.stop()
         for task in list(self._tasks):
@@ -374,6 +485,7 @@ class SimSession:
             "hang": self._hang, "balloon": self._balloon,  # test aids for the engine process supervision
             "stall": self._stall_next_send,  # test aid: a bridge killed between handing over and hearing back
             "contacts": self._set_contacts,
+            "group": self._group, "call": self._call,  # issue 15
         }.get(action)
         if handler is None:
             raise EngineError(f"unknown sim action {action!r}", code=ErrorCode.INVALID_REQUEST)
@@ -402,7 +514,7 @@ class SimSession:
             self._undecryptable(spec)
             return
         if spec.repeat == 1 and spec.interval == 0:
-            self._deliver(self._build_message(spec, None))
+            self._deliver(self._build_message(spec, None), self._media_fetch(spec))
             return
         self._build_message(spec, 0)  # validate before the burst starts: errors answer the request
         task = asyncio.create_task(self._burst(spec), name=f"sim-burst-{self.phone}")
@@ -421,7 +533,7 @@ class SimSession:
             message = self._build_message(spec, i)
             if spec.stamp:
                 message = message.model_copy(update={"sim_emitted_at": time.monotonic()})
-            self._deliver(message)
+            self._deliver(message, self._media_fetch(spec))
 
     async def _drop(self, _payload: bytes) -> None:
         if not self._connected:
@@ -570,9 +682,10 @@ class SimSession:
     def _go_online(self, name: str | None) -> None:
         self._connected = True
         self._emit(Connected(name=name))
+        self._emit_groups()  # whatsmeow's groups are fetched on connect too (the bridge's retained list)
         inbox, self._offline_inbox = self._offline_inbox, []
-        for message in inbox:
-            self._emit(MessageReceived(message=message))
+        for message, fetch in inbox:
+            self._receive(message, fetch)
 
     def _auto_reconnect(self) -> None:
         self._reconnect = None
@@ -586,11 +699,40 @@ class SimSession:
             self._reconnect.cancel()
             self._reconnect = None
 
-    def _deliver(self, message: IncomingMessage) -> None:
+    def _deliver(self, message: IncomingMessage, fetch: FetchFn | None = None) -> None:
         if self._connected:
-            self._emit(MessageReceived(message=message))
+            self._receive(message, fetch)
         else:
-            self._offline_inbox.append(message)  # WhatsApp keeps it until the device is back
+            self._offline_inbox.append((message, fetch))  # WhatsApp keeps it until the device is back
+
+    def _receive(self, message: IncomingMessage, fetch: FetchFn | None) -> None:
+        """Emit the message; one with media once its download finished or failed (as neonize does)."""
+        saver = self.media_saver
+        if fetch is None or saver is None or not saver.wants(message):
+            self._emit(MessageReceived(message=message))
+            return
+
+        async def download() -> None:
+            self._emit(MessageReceived(message=await saver.save(message, fetch)))
+        task = asyncio.create_task(download(), name=f"sim-media-{self.phone}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    def _media_spec(spec: SimIncoming) -> SimMedia | None:
+        if spec.media is None:
+            return None
+        try:
+            return SimMedia.model_validate(spec.media)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in error["loc"])
+            raise EngineError(f"bad incoming payload: media.{where}: {error['msg']}",
+                              code=ErrorCode.INVALID_REQUEST) from None
+
+    def _media_fetch(self, spec: SimIncoming) -> FetchFn | None:
+        media = self._media_spec(spec)
+        return media.fetcher() if media is not None else None
 
     def _build_message(self, spec: SimIncoming, index: int | None) -> IncomingMessage:
         now = self._clock()
@@ -607,16 +749,17 @@ class SimSession:
             "account": self.phone,
             "chat": chat,
             "chat_type": "group" if chat.endswith("@g.us") else "private",
+            "chat_name": self._chat_name(chat, sender.phone or user_of(sender.jid), spec.sender_name),
             "sender": sender.phone,
             "sender_lid": sender.lid,
             "sender_jid": sender.jid,
             "sender_name": spec.sender_name,
             "from_me": spec.from_me,
             "timestamp": now,
-            "type": spec.type if spec.type in MESSAGE_TYPES else "unknown",
+            "type": self._message_type(spec),
             "text": spec.text if index is None or spec.text is None else f"{spec.text} {index}",
             "caption": spec.caption,
-            "media": spec.media,
+            "media": media.declared() if (media := self._media_spec(spec)) is not None else None,
         }
         for key in ("quoted", "mentions", "reaction", "location"):
             if key in extras:
@@ -635,6 +778,12 @@ class SimSession:
         while len(self._addressed) > ADDRESSED_KEPT:
             del self._addressed[next(iter(self._addressed))]
         return message
+
+    @staticmethod
+    def _message_type(spec: SimIncoming) -> str:
+        if spec.type == "text" and spec.media is not None and "type" not in spec.model_fields_set:
+            return media_type(spec.media.get("mimetype"))  # media without a type: the mimetype's
+        return spec.type if spec.type in MESSAGE_TYPES else "unknown"
 
     def _in_outage(self) -> bool:
         return self._outage_until is not None and self._clock() < self._outage_until

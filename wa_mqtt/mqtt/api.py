@@ -149,15 +149,44 @@ class SendRequest(OutgoingMessage):
         if self.text is not None and self.kind == "poll":
             raise ValueError("text and poll: give one of them; the poll's text is poll.question")
         if self.text is not None and self.kind != "text":
-            raise ValueError(f"text and {self.kind}: give one of them; "
-                             f"the {self.kind}'s text goes in {self.kind}.caption")
+            where = f"; the {self.kind}'s text goes in {self.kind}.caption" if self.kind in ("image", "video", "document") else ""
+            raise ValueError(f"text and {self.kind}: give one of them{where}")
         return self
+
+
+# groups, contacts, edits (issue 15)
+class GroupInfoRequest(_Req):
+    jid: str
+
+    @field_validator("jid")
+    @classmethod
+    def _group(cls, value: str) -> str:
+        if not (JID_RE.match(value) and value.endswith("@g.us")):
+            raise ValueError("must be a group JID (`...@g.us`, as `groups` lists them)")
+        return value
+
+
+class EditRequest(_Req):
+    chat: str
+    id: str = Field(min_length=1, max_length=128)
+    text: str = Field(min_length=1, max_length=65536)
+
+    check_chat = field_validator("chat")(lambda v: _chat(v))
+
+
+class RevokeRequest(_Req):
+    chat: str
+    id: str = Field(min_length=1, max_length=128)
+
+    check_chat = field_validator("chat")(lambda v: _chat(v))
 
 
 ACCOUNT_SCHEMAS: dict[str, type[BaseModel]] = {
     "connect": ConnectRequest, "disconnect": EmptyRequest, "logout": EmptyRequest,
     "send": SendRequest, "react": ReactRequest, "read": ReadRequest, "typing": TypingRequest,
     "check": CheckRequest,
+    "groups": EmptyRequest, "group_info": GroupInfoRequest, "contacts": EmptyRequest, "edit": EditRequest,
+    "revoke": RevokeRequest,
 }
 BRIDGE_SCHEMAS: dict[str, type[BaseModel]] = {
     "pair": PairRequest, "remove": PhoneRequest, "backup": OptionalPhoneRequest,

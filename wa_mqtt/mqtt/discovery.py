@@ -51,6 +51,8 @@ UNLINKED_STATES: tuple[str, ...] = (AccountState.PAIRING.value, AccountState.LOG
 # Adds `event_type` (the message `type`) to the message JSON, which Home Assistant's event entity
 # requires; every other message field becomes an event attribute. Plain string work on the raw
 # payload (the bridge publishes compact JSON objects), so no template feature beyond `to_json`.
+CALL_EVENT_TYPES = ("voice", "video")
+CALL_VALUE_TEMPLATE = "{{ '{\"event_type\": \"' ~ ('video' if value_json.video else 'voice') ~ '\", ' ~ value[1:] }}"
 EVENT_VALUE_TEMPLATE = "{{ '{\"event_type\": ' ~ (value_json['type'] | to_json) ~ ', ' ~ value[1:] }}"
 LINKED_AVAILABILITY_TEMPLATE = (
     "{{ 'offline' if value_json.state in " + repr(list(UNLINKED_STATES)) + " else 'online' }}"
@@ -213,6 +215,7 @@ def _account_components(
             **_counter("messages_in", "Messages received", "mdi:message-arrow-left", topics, phone, bridge),
             **_counter("messages_out", "Messages sent", "mdi:message-arrow-right", topics, phone, bridge),
             **_counter("reconnects", "Reconnects", "mdi:connection", topics, phone, bridge, diagnostic=True),
+            **_groups_and_calls(topics, phone, bridge),
         }
         for recipient in recipients:
             components[f"to_{slug(recipient)}"] = {
@@ -223,6 +226,25 @@ def _account_components(
                 **session,
             }
     return components
+
+
+def _groups_and_calls(topics: Topics, phone: str, available: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The joined groups (a diagnostic sensor: their count, the list as attributes, so every group's JID is
+    at hand) and incoming calls (an event entity: `voice` / `video`, the call's fields as attributes)."""
+    return {
+        "groups": {
+            "platform": "sensor", "name": "Groups", "icon": "mdi:account-group", "entity_category": "diagnostic",
+            "state_topic": topics.groups(phone), "value_template": "{{ value_json.count }}",
+            "json_attributes_topic": topics.groups(phone), "json_attributes_template": "{{ {'groups': value_json.groups} | to_json }}",
+            **available,
+        },
+        "call": {
+            "platform": "event", "name": "Call", "icon": "mdi:phone-incoming",
+            "state_topic": topics.call(phone), "event_types": list(CALL_EVENT_TYPES),
+            "value_template": CALL_VALUE_TEMPLATE, "qos": 1,
+            **available,
+        },
+    }
 
 
 def _counter(

@@ -20,17 +20,20 @@ from pydantic import BaseModel
 
 from .. import __version__
 from ..events import Reply
-from ..model import SendOutcome
+from ..model import OutgoingMessage, SendOutcome
 from . import api
 from .api import (
     CheckRequest,
     ConnectRequest,
+    EditRequest,
     EmptyRequest,
+    GroupInfoRequest,
     OptionalPhoneRequest,
     PairRequest,
     PhoneRequest,
     ReactRequest,
     ReadRequest,
+    RevokeRequest,
     SendRequest,
     TypingRequest,
 )
@@ -135,6 +138,33 @@ async def _typing(call: Call, request: TypingRequest) -> Result:
 async def _check(call: Call, request: CheckRequest) -> Result:
     checks = await call.services.manager.get(call.target).engine_call(lambda s: s.check(request.numbers))
     return {"results": [check.model_dump(mode="json") for check in checks]}
+# -- groups, contacts, edits (issue 15) ------------------------------------------------------------------
+async def _groups(call: Call, _request: EmptyRequest) -> Result:
+    groups = await call.services.manager.get(call.target).engine_call(lambda s: s.groups())
+    return {"groups": [group.model_dump(mode="json") for group in groups]}
+
+
+async def _group_info(call: Call, request: GroupInfoRequest) -> Result:
+    info = await call.services.manager.get(call.target).engine_call(lambda s: s.group_info(request.jid))
+    return info.payload()
+
+
+async def _contacts(call: Call, _request: EmptyRequest) -> Result:
+    contacts = await call.services.manager.get(call.target).engine_call(lambda s: s.contacts())
+    return {"contacts": [contact.model_dump(mode="json") for contact in contacts]}
+
+
+async def _edit(call: Call, request: EditRequest) -> Result:
+    call.services.sending.check(OutgoingMessage(to=request.chat, text=request.text))  # allow_to, max_text_chars
+    msg_id = await call.services.manager.get(call.target).engine_call(
+        lambda s: s.edit(request.chat, request.id, request.text))
+    return {"id": msg_id}
+
+
+async def _revoke(call: Call, request: RevokeRequest) -> Result:
+    call.services.sending.check_recipient(request.chat, "chat")
+    msg_id = await call.services.manager.get(call.target).engine_call(lambda s: s.revoke(request.chat, request.id))
+    return {"id": msg_id}
 
 
 # -- bridge commands --------------------------------------------------------------------------------
@@ -172,6 +202,11 @@ ACCOUNT_REQUESTS: Mapping[str, Command] = {
     "read": command(ReadRequest, _read),
     "typing": command(TypingRequest, _typing),
     "check": command(CheckRequest, _check),
+    "groups": command(EmptyRequest, _groups),
+    "group_info": command(GroupInfoRequest, _group_info),
+    "contacts": command(EmptyRequest, _contacts),
+    "edit": command(EditRequest, _edit),
+    "revoke": command(RevokeRequest, _revoke),
 }
 BRIDGE_REQUESTS: Mapping[str, Command] = {
     "pair": command(PairRequest, _pair),

@@ -10,7 +10,8 @@ RESERVED_IDS = frozenset({BRIDGE, SIM})
 
 BRIDGE_COMMANDS = frozenset({"pair", "remove", "backup", "restart_account", "reload", "health"})
 ACCOUNT_COMMANDS = frozenset({"connect", "disconnect", "logout", "send", "react", "read", "typing",
-                              "check"})
+                              "check"}) | frozenset({
+    "groups", "group_info", "contacts", "edit", "revoke"})  # issue 15
 SIM_ACTIONS = frozenset({"scan", "incoming", "drop", "outage", "logout", "replace", "crash", "hang", "balloon",
                          "contacts"})
 
@@ -65,6 +66,15 @@ class Topics:
 
     def request(self, phone: str, cmd: str) -> str:
         return f"{self.base}/{phone}/request/{cmd}"
+
+    def groups(self, phone: str) -> str:
+        return f"{self.base}/{phone}/groups"
+
+    def account_event(self, phone: str) -> str:
+        return f"{self.base}/{phone}/event"
+
+    def call(self, phone: str) -> str:
+        return f"{self.base}/{phone}/call"
 
     def stats(self, phone: str) -> str:
         """Retained JSON counters `{"messages_in", "messages_out", "reconnects"}` (HA sensors)."""
