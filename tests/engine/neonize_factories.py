@@ -115,3 +115,9 @@ def call_offer(caller: N.JID, call_id: str = "CALLID1", *, video: bool = False,
 def contact(user: N.JID, *, push: str = "", full: str = "", first: str = "") -> N.Contact:
     return N.Contact(JID=user, Info=N.ContactInfo(Found=True, FirstName=first, FullName=full, PushName=push,
                                                   BusinessName="", RedactedPhone=""))
+
+
+async def everyone_on_whatsapp(*numbers: str) -> list[N.IsOnWhatsAppResponse]:
+    """Stands in for a client's `is_on_whatsapp` (the network part of the lookup before a first send):
+    every number has an account under its own digits."""
+    return [N.IsOnWhatsAppResponse(Query=f"{n}@c.us", JID=jid(n.lstrip("+")), IsIn=True) for n in numbers]

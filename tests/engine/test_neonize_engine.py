@@ -23,7 +23,7 @@ from wa_mqtt.engines.base import EngineError, EngineEvent, EngineSession, SimCon
 from wa_mqtt.engines.neonize_engine import NeonizeEngine, NeonizeSession, store_dsn
 from wa_mqtt.model import ErrorCode, OutgoingMessage
 
-from neonize_factories import jid, message_event, receipt_event, write_synthetic_device
+from neonize_factories import everyone_on_whatsapp, jid, message_event, receipt_event, write_synthetic_device
 
 TIMEOUT = 15
 
@@ -483,10 +483,7 @@ async def test_a_poll_goes_out_and_its_votes_come_back_as_option_texts(tmp_path:
         sent.append(built)
         return N.SendResponse(ID="3EB0POLL1", Timestamp=1_795_000_000, ServerID=0, DebugTimings=N.MessageDebugTimings())
 
-    async def is_on_whatsapp(*numbers: str) -> list[N.IsOnWhatsAppResponse]:  # the lookup before a first send
-        return [N.IsOnWhatsAppResponse(Query=f"{n}@c.us", JID=jid(n.lstrip("+")), IsIn=True) for n in numbers]
-
-    session.client.send_message, session.client.is_on_whatsapp = send_message, is_on_whatsapp
+    session.client.send_message, session.client.is_on_whatsapp = send_message, everyone_on_whatsapp
     poll = Poll(question="Turn the heating on?", options=["Yes", "No", "Later"], selectable=1)
     result = await session.send(OutgoingMessage(to=voter, poll=poll), "3EB0OURS")
     assert result.id == "3EB0POLL1"

@@ -17,6 +17,7 @@ from wa_mqtt.model import ErrorCode, OutgoingMessage
 from neonize_factories import (
     call_offer,
     contact,
+    everyone_on_whatsapp,
     group_info,
     group_info_event,
     jid,
@@ -103,6 +104,7 @@ async def test_session_group_events_calls_requests_and_sends(tmp_path: Path) -> 
 
     client.get_joined_groups, client.get_group_info = get_joined_groups, get_group_info
     client.send_message, client.reject_call = send_message, reject_call
+    client.is_on_whatsapp = everyone_on_whatsapp  # the lookup before a first send (issue 14)
 
     assert [s.name for s in await session.groups()] == ["Família"]
     assert (await events.next()).kind == "groups"  # the retained list refreshed too
