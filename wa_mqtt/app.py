@@ -34,6 +34,7 @@ from .errors import ErrorCode
 from .features import Extension
 from .features.auto_reply import AutoReply
 from .features.ha_discovery import HaDiscovery
+from .features.health import health_extensions
 from .features.request_server import RequestServer
 from .features.sim_control import SimControl
 from .features.state_publisher import StatePublisher
@@ -159,6 +160,7 @@ class App:
             if config.mqtt.discovery:
                 extensions.append(HaDiscovery(bus, config, topics, link, manager))
             extensions.append(AutoReply(bus, config, sending, self._clock))
+            extensions += health_extensions(bus, config, topics, link, manager, sending, spool, self._clock)
             for extension in extensions:
                 extension.start()
             self.bus, self.manager, self.sending, self.link = bus, manager, sending, link

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from .auto_reply_rules import AutoReplyLimits, AutoReplyRules
 from .config_migrations import CONFIG_VERSION, ConfigVersionError, Migration, current_version, migrate
+from .health_config import AlertsConfig, MetricsConfig, WatchdogConfig
 from .model import phone_list
 
 ENV_PREFIX = "WA_MQTT_"
@@ -163,6 +164,10 @@ class Config(_Section):
     auto_reply: AutoReplyRules = Field(default_factory=list)  # see auto_reply_rules.py, docs/automations.md
     auto_reply_limits: AutoReplyLimits = Field(default_factory=AutoReplyLimits)
     notify: list[str] = Field(default_factory=list)  # default recipients: one HA notify entity each
+    # health monitoring (health_config.py)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     _migrations: tuple[Migration, ...] = PrivateAttr(default=())
 
     @property
@@ -221,7 +226,8 @@ class Config(_Section):
 # Settings that only take effect at start: a reload reports them instead of half-applying them. The
 # media limits are also enforced by the engine processes, which keep the values they started with.
 RESTART_KEYS = ("mqtt", "engine", "engine_process", "proxy", "sessions_dir", "data_dir", "disk_full_hold_mb",
-                "outgoing.max_media_bytes", "outgoing.media_dir", "outgoing.block_private_urls")
+                "outgoing.max_media_bytes", "outgoing.media_dir", "outgoing.block_private_urls",
+                "metrics")
 
 
 def _at(data: Any, dotted: str) -> Any:

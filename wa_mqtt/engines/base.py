@@ -184,6 +184,11 @@ class EngineSession(Protocol):
 
     async def typing(self, chat: str, state: str) -> None: ...
 
+    async def ping(self, timeout: float) -> None:
+        """A cheap round trip to WhatsApp's server on the open connection (the silent-link watchdog):
+        returns when the server answered; raises EngineError when it did not within `timeout` s."""
+        ...
+
     async def close(self) -> None: ...
 
 

@@ -165,6 +165,8 @@ async def _perform(session: EngineSession, op: str, args: p.Args) -> JsonValue:
         await session.mark_read(args.chat, args.ids, args.sender)
     elif isinstance(args, p.TypingArgs):
         await session.typing(args.chat, args.state)
+    elif isinstance(args, p.PingArgs):
+        await session.ping(args.timeout)
     elif isinstance(args, p.SimControlArgs):
         if not isinstance(session, SimControllable):
             raise EngineError(f"sim controls exist only with engine: sim ({args.action!r} refused)",

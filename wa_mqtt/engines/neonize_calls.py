@@ -14,6 +14,7 @@ record (`forget_secret`), so only a message whatsmeow may have sent keeps one.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -188,5 +189,17 @@ async def typing(client: NewAClient, chat: str, state: str) -> None:
     try:
         await client.send_chat_presence(conv.parse_jid(to_jid(chat)), ChatPresence[presence],
                                         ChatPresenceMedia[media_kind])
+    except Exception as exc:
+        raise engine_error(exc) from exc
+
+
+async def ping(client: NewAClient, timeout: float) -> None:
+    """One server round trip on the open connection: whatsmeow's `GetBlocklist` sends an IQ
+    (`<iq xmlns="blocklist" type="get">`) and waits for its answer; nothing is cached or changed."""
+    try:
+        await asyncio.wait_for(client.get_blocklist(), timeout)
+    except TimeoutError:
+        raise EngineError(f"WhatsApp did not answer a check within {timeout:g} s",
+                          code=ErrorCode.KEEPALIVE_TIMEOUT) from None
     except Exception as exc:
         raise engine_error(exc) from exc

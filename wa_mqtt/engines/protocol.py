@@ -70,6 +70,12 @@ class TypingArgs(Args):
     state: str
 
 
+class PingArgs(Args):
+    """A server round trip on the open connection (the watchdog's check), within `timeout` s."""
+
+    timeout: float
+
+
 class SimControlArgs(Args):
     """A `wa/sim/<phone>/<action>` control (sim children only); the MQTT payload's bytes as latin-1 text."""
 
@@ -80,6 +86,7 @@ class SimControlArgs(Args):
 ARGS: dict[str, type[Args]] = {
     "start": StartArgs, "stop": Args, "logout": Args, "send": SendArgs, "react": ReactArgs,
     "mark_read": MarkReadArgs, "typing": TypingArgs, "sim_control": SimControlArgs, "close": Args,
+    "ping": PingArgs,
 }
 OPS = frozenset(ARGS)
 

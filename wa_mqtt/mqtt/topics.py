@@ -9,6 +9,7 @@ SIM = "sim"
 RESERVED_IDS = frozenset({BRIDGE, SIM})
 
 BRIDGE_COMMANDS = frozenset({"pair", "remove", "backup", "restart_account", "reload", "health"})
+BRIDGE_COMMANDS |= {"log_level", "restart"}  # operating it (issue 17)
 ACCOUNT_COMMANDS = frozenset({"connect", "disconnect", "logout", "send", "react", "read", "typing"})
 SIM_ACTIONS = frozenset({"scan", "incoming", "drop", "outage", "logout", "replace", "crash", "hang", "balloon"})
 
@@ -67,6 +68,11 @@ class Topics:
     def stats(self, phone: str) -> str:
         """Retained JSON counters `{"messages_in", "messages_out", "reconnects"}` (HA sensors)."""
         return f"{self.base}/{phone}/stats"
+
+    def problem(self, phone: str) -> str:
+        """Retained JSON `{"problem", "state", "error_code", "since"}`: whether the account needs a person
+        (features/alerts.py; the Home Assistant `problem` binary sensor)."""
+        return f"{self.base}/{phone}/problem"
 
     # sim
     def sim_sent(self, phone: str) -> str:

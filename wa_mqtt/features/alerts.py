@@ -1,0 +1,295 @@
+"""Alerts: tell a person when an account needs one, once per episode, and once more when it is back.
+
+An episode begins when an account enters `logged_out`, `conflict`, `banned` or `error`, or stays
+`disconnected` (retries in `connecting` included) longer than `alerts.after` seconds; it ends when the
+account is `connected` again, or when it is stopped on request or removed (a person acted: nothing to
+tell). For each episode: `bridge/event` `alert` (`phone`, `state`, `error_code`, `since`), the retained
+`<base>/<phone>/problem` turns on (Home Assistant's `problem` binary sensor), and each `alerts.to` gets
+one WhatsApp message from a healthy account (`alerts.via`, or `any` connected one but the account in
+trouble) naming the account, the state, the error and what to do. When it ends by reconnecting:
+`bridge/event` `recovered` and, if the alert message went out, one "recovered" message.
+
+A message waits (in memory) until a healthy account can send it; an alert still waiting when its
+account recovers is dropped, and no "recovered" message follows it. Sends go through the send
+service: the same policy (`outgoing.allow_to`), the outbox, the sender's turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from .. import events as ev
+from ..accounts.manager import AccountManager, UnknownAccount
+from ..bus import EventBus
+from ..config import Config
+from ..disk_full import DiskFull
+from ..engines.base import EngineError
+from ..health_config import ANY
+from ..model import AccountState, OutgoingMessage, Status, utc_iso
+from ..mqtt.api import ApiError, encode
+from ..mqtt.link import MqttLink
+from ..mqtt.topics import Topics
+from ..sending import SendService
+from ..tasks import BackgroundTasks
+
+log = logging.getLogger(__name__)
+OWNER = "alerts"
+DRAIN_TIMEOUT = 5.0  # seconds a stop waits for alert messages being sent
+S = AccountState
+ALERTING = frozenset({S.LOGGED_OUT, S.CONFLICT, S.BANNED, S.ERROR})
+"""States that need a person at once."""
+ENDS_QUIETLY = frozenset({S.STOPPED})
+"""Stopped on request (or by the bridge's own stop): a person acted, nobody is told."""
+
+ADVICE: dict[AccountState, str] = {
+    S.LOGGED_OUT: ("the device was unlinked: send connect (Home Assistant: the account's Connect button) and "
+                   "scan the QR with WhatsApp on the phone (Linked devices)"),
+    S.CONFLICT: ("the session was opened by another client: stop that client, then send connect to take "
+                 "the session back"),
+    S.BANNED: "WhatsApp banned the number for a while: the bridge retries by itself when the ban ends",
+    S.ERROR: "the bridge cannot go on by itself: read the error, fix its cause, then send connect",
+    S.DISCONNECTED: ("the bridge keeps retrying: check the network, the proxy and that the phone has "
+                     "WhatsApp working"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """What an alert says: the account, its state and error when the episode began, and since when."""
+
+    phone: str
+    name: str | None
+    state: AccountState
+    error_code: str | None
+    error: str | None
+    since: datetime
+
+
+def alert_text(problem: Problem) -> str:
+    """The WhatsApp message of an alert: the account, the state, the error, what to do."""
+    who = f"+{problem.phone}" + (f" ({problem.name})" if problem.name else "")
+    lines = [f"WhatsApp bridge: account {who} needs attention: it is {problem.state.value} "
+             f"since {utc_iso(problem.since)}."]
+    if problem.error:
+        lines.append(f"Error ({problem.error_code}): {problem.error}")
+    lines.append(f"What to do: {ADVICE.get(problem.state, ADVICE[S.ERROR])}.")
+    return "\n".join(lines)
+
+
+def recovered_text(problem: Problem, now: datetime) -> str:
+    """The WhatsApp message when the account is back."""
+    who = f"+{problem.phone}" + (f" ({problem.name})" if problem.name else "")
+    return (f"WhatsApp bridge: account {who} has recovered: connected again at {utc_iso(now)} "
+            f"(it was {problem.state.value} since {utc_iso(problem.since)}).")
+
+
+def problem_of(status: Status, down_since: datetime | None, now: datetime, after: float) -> Problem | None:
+    """The problem an account shows now, if it is one an alert is for (pure): an alerting state, or
+    not connected since `down_since` for `after` seconds or more."""
+    error = status.error
+    if status.state in ALERTING:
+        return Problem(status.phone, status.name, status.state, status.error_code, error, status.since)
+    if (down_since is not None and status.state in (S.DISCONNECTED, S.CONNECTING)
+            and (now - down_since).total_seconds() >= after):
+        return Problem(status.phone, status.name, S.DISCONNECTED, status.error_code, error, down_since)
+    return None
+
+
+@dataclass
+class _Account:
+    """What the alerts remember of one account."""
+
+    down_since: datetime | None = None  # since when it is not connected (this outage), if it was
+    timer: asyncio.TimerHandle | None = None  # `after` runs out
+    problem: Problem | None = None  # the episode's alert; None: no episode
+    alert: _Notice | None = None  # its message, while it waits for a sender
+    told: bool = False  # its message went out: a "recovered" one is owed
+
+
+@dataclass
+class _Notice:
+    """A message waiting for a healthy account to send it."""
+
+    subject: str
+    kind: str  # "alert" or "recovered"
+    text: str
+    key: str  # the send's idempotency key
+    done: bool = field(default=False)
+
+
+class Alerts:
+    """See the module docstring."""
+
+    def __init__(self, bus: EventBus, config: Config, topics: Topics, link: MqttLink, manager: AccountManager,
+                 sending: SendService, clock: Callable[[], datetime]) -> None:
+        self._bus = bus
+        self._config = config
+        self._topics = topics
+        self._link = link
+        self._manager = manager
+        self._sending = sending
+        self._clock = clock
+        self._accounts: dict[str, _Account] = {}
+        self._waiting: list[_Notice] = []
+        self._tasks = BackgroundTasks(log)  # messages being sent
+
+    def start(self) -> None:
+        on = self._bus.subscribe
+        on(ev.StatusChanged, self._on_status, OWNER)
+        on(ev.AccountDropped, self._on_dropped, OWNER)
+        on(ev.ConfigReloaded, self._on_config, OWNER)
+
+    async def drain(self) -> None:
+        """Start no more messages (the accounts are about to stop); finish those being sent."""
+        self._bus.unsubscribe(OWNER)
+        for account in self._accounts.values():
+            if account.timer is not None:
+                account.timer.cancel()
+        await self._tasks.finish(DRAIN_TIMEOUT)
+
+    async def stop(self) -> None:
+        self._bus.unsubscribe(OWNER)
+
+    def _on_config(self, event: ev.ConfigReloaded) -> None:
+        self._config = event.config
+
+    # -- episodes -----------------------------------------------------------------------------------
+    def _on_status(self, event: ev.StatusChanged) -> None:
+        status = event.status
+        if self._manager.find(status.phone) is None:
+            return  # a removed account's last word
+        account = self._accounts.get(status.phone)
+        if account is None:
+            account = self._accounts[status.phone] = _Account()
+            self._publish_problem(status.phone, None)
+        state, now = status.state, self._clock()
+        if state == S.CONNECTED:
+            self._clear_timer(account)
+            account.down_since = None
+            self._end(status.phone, account, recovered=True)
+            self._flush()
+            return
+        if state in ENDS_QUIETLY:
+            self._clear_timer(account)
+            account.down_since = None
+            self._end(status.phone, account, recovered=False)
+            return
+        if state == S.DISCONNECTED and account.down_since is None:
+            account.down_since = status.since
+            delay = max(0.0, self._config.alerts.after - (now - status.since).total_seconds())
+            account.timer = asyncio.get_running_loop().call_later(delay, self._due, status.phone)
+        if account.problem is None:
+            problem = problem_of(status, account.down_since, now, self._config.alerts.after)
+            if problem is not None:
+                self._raise(account, problem)
+        elif account.problem.state != state and state in ALERTING:
+            self._publish_problem(status.phone, account.problem, status)
+
+    def _due(self, phone: str) -> None:
+        """`alerts.after` ran out on an account that was not connected since."""
+        account = self._accounts.get(phone)
+        supervisor = self._manager.find(phone)
+        if account is None or supervisor is None:
+            return
+        account.timer = None
+        if account.problem is None:
+            problem = problem_of(supervisor.status, account.down_since, self._clock(), self._config.alerts.after)
+            if problem is not None:
+                self._raise(account, problem)
+
+    def _raise(self, account: _Account, problem: Problem) -> None:
+        account.problem, account.told = problem, False
+        log.warning("alert: %s is %s since %s (%s)", problem.phone, problem.state.value, utc_iso(problem.since),
+                    problem.error_code or "no error code")
+        self._publish_problem(problem.phone, problem)
+        self._bus.emit(ev.AlertRaised(problem.phone, problem.state, problem.error_code, problem.since))
+        if self._config.alerts.to:
+            account.alert = _Notice(problem.phone, "alert", alert_text(problem),
+                                    f"alert:{problem.phone}:{int(problem.since.timestamp())}")
+            self._waiting.append(account.alert)
+            self._flush()
+
+    def _end(self, phone: str, account: _Account, recovered: bool) -> None:
+        problem = account.problem
+        if problem is None:
+            return
+        waiting = account.alert is not None and not account.alert.done
+        if waiting and account.alert is not None:
+            self._waiting.remove(account.alert)  # never told: nothing to take back either
+        account.problem, account.alert = None, None
+        self._publish_problem(phone, None)
+        if not recovered:
+            log.info("alert for %s over: stopped on request", phone)
+            return
+        log.info("recovered: %s is connected again (it was %s since %s)", phone, problem.state.value,
+                 utc_iso(problem.since))
+        self._bus.emit(ev.AlertCleared(phone, problem.since))
+        if account.told and self._config.alerts.to:
+            self._waiting.append(_Notice(phone, "recovered", recovered_text(problem, self._clock()),
+                                         f"recovered:{phone}:{int(problem.since.timestamp())}"))
+        account.told = False
+
+    def _clear_timer(self, account: _Account) -> None:
+        if account.timer is not None:
+            account.timer.cancel()
+            account.timer = None
+
+    def _on_dropped(self, event: ev.AccountDropped) -> None:
+        account = self._accounts.pop(event.phone, None)
+        if account is not None:
+            self._clear_timer(account)
+        self._waiting = [n for n in self._waiting if n.subject != event.phone]
+        self._link.set_retained(self._topics.problem(event.phone), b"")
+
+    def _publish_problem(self, phone: str, problem: Problem | None, status: Status | None = None) -> None:
+        payload: dict[str, object] = {"problem": problem is not None, "state": None, "error_code": None,
+                                      "since": None}
+        if problem is not None:
+            payload.update(state=(status.state if status is not None else problem.state).value,
+                           error_code=status.error_code if status is not None else problem.error_code,
+                           since=utc_iso(problem.since))
+        self._link.set_retained(self._topics.problem(phone), encode(payload))
+
+    # -- messages -----------------------------------------------------------------------------------
+    def _sender(self, subject: str) -> str | None:
+        """A healthy account to send a message about `subject`: `alerts.via` when it is connected, or
+        with `any` the first connected account but `subject`; None when there is none now."""
+        via = self._config.alerts.via
+        candidates = self._manager.phones() if via == ANY else [via]
+        for phone in candidates:
+            supervisor = self._manager.find(phone)
+            if phone != subject and supervisor is not None and supervisor.state == S.CONNECTED:
+                return phone
+        return None
+
+    def _flush(self) -> None:
+        """Hand every waiting message to a healthy sender, if there is one."""
+        for notice in list(self._waiting):
+            sender = self._sender(notice.subject)
+            if sender is None:
+                log.debug("alerts: no healthy account to send the %s about %s yet; it waits", notice.kind,
+                          notice.subject)
+                continue
+            self._waiting.remove(notice)
+            notice.done = True
+            account = self._accounts.get(notice.subject)
+            if notice.kind == "alert" and account is not None:
+                account.told = True
+            for recipient in self._config.alerts.to:
+                message = OutgoingMessage(to=recipient, text=notice.text, id=f"{notice.key}:{recipient}")
+                self._tasks.spawn(self._send(sender, notice, message), f"alert-{notice.subject}")
+
+    async def _send(self, sender: str, notice: _Notice, message: OutgoingMessage) -> None:
+        async with self._sending.lock(sender):
+            try:
+                outcome = await self._sending.send(sender, message, {"alert": notice.subject})
+            except (ApiError, EngineError, UnknownAccount, DiskFull) as exc:
+                log.warning("alerts: the %s about %s to %s was not sent from %s: %s", notice.kind, notice.subject,
+                            message.to, sender, exc)
+                return
+        log.info("alerts: %s about %s %s to %s from %s", notice.kind, notice.subject,
+                 "queued" if outcome.queued else "sent", message.to, sender)
