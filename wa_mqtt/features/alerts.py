@@ -117,7 +117,7 @@ class _Notice:
     subject: str
     kind: str  # "alert" or "recovered"
     text: str
-    key: str  # the send's idempotency key
+    key: str  # the send's idempotency key: the episode's start, to the microsecond
     done: bool = field(default=False)
 
 
@@ -209,7 +209,7 @@ class Alerts:
         self._bus.emit(ev.AlertRaised(problem.phone, problem.state, problem.error_code, problem.since))
         if self._config.alerts.to:
             account.alert = _Notice(problem.phone, "alert", alert_text(problem),
-                                    f"alert:{problem.phone}:{int(problem.since.timestamp())}")
+                                    f"alert:{problem.phone}:{problem.since.isoformat()}")
             self._waiting.append(account.alert)
             self._flush()
 
@@ -230,7 +230,7 @@ class Alerts:
         self._bus.emit(ev.AlertCleared(phone, problem.since))
         if account.told and self._config.alerts.to:
             self._waiting.append(_Notice(phone, "recovered", recovered_text(problem, self._clock()),
-                                         f"recovered:{phone}:{int(problem.since.timestamp())}"))
+                                         f"recovered:{phone}:{problem.since.isoformat()}"))
         account.told = False
 
     def _clear_timer(self, account: _Account) -> None:
@@ -279,8 +279,8 @@ class Alerts:
             account = self._accounts.get(notice.subject)
             if notice.kind == "alert" and account is not None:
                 account.told = True
-            for recipient in self._config.alerts.to:
-                message = OutgoingMessage(to=recipient, text=notice.text, id=f"{notice.key}:{recipient}")
+            for index, recipient in enumerate(self._config.alerts.to):  # the index: a JID could pass the id's limit
+                message = OutgoingMessage(to=recipient, text=notice.text, id=f"{notice.key}:{index}")
                 self._tasks.spawn(self._send(sender, notice, message), f"alert-{notice.subject}")
 
     async def _send(self, sender: str, notice: _Notice, message: OutgoingMessage) -> None:
@@ -291,5 +291,5 @@ class Alerts:
                 log.warning("alerts: the %s about %s to %s was not sent from %s: %s", notice.kind, notice.subject,
                             message.to, sender, exc)
                 return
-        log.info("alerts: %s about %s %s to %s from %s", notice.kind, notice.subject,
-                 "queued" if outcome.queued else "sent", message.to, sender)
+        how = "already sent" if outcome.duplicate else "queued" if outcome.queued else "sent"
+        log.info("alerts: %s about %s %s to %s from %s", notice.kind, notice.subject, how, message.to, sender)

@@ -1,0 +1,111 @@
+"""Black box: health monitoring on the real bridge (sim engine) over a real broker: alerts (one per
+episode, from a healthy account, none for `stopped`, recovered once), the silent-link watchdog (the
+sim's `silence` control), the operating requests (log level, restart) and the Prometheus endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from typing import Any
+
+from harness import BridgeEnv, BridgeProcess, Probe, Received, free_port, wait_port
+
+A = "5511900000001"  # healthy: sends the alerts
+B = "5511900000002"  # the one in trouble
+C = "5511900000003"  # a corrupt store: `error` at boot
+TO = "5511988880000"
+TO_JID = f"{TO}@s.whatsapp.net"
+
+
+def events(probe: Probe, kind: str, phone: str, after: int = 0) -> list[dict[str, Any]]:
+    return [r.json()["data"] for r in probe.received[after:]
+            if r.topic == f"{probe.base}/bridge/event" and r.payload and r.json()["type"] == kind
+            and r.json()["data"].get("phone") == phone]
+
+
+def sent_to(probe: Probe, sender: str, after: int = 0) -> list[dict[str, Any]]:
+    return [r.json() for r in probe.received[after:] if r.topic == f"{probe.base}/sim/{sender}/sent"
+            and r.json().get("to") == TO_JID]
+
+
+async def wait_event(probe: Probe, kind: str, phone: str, after: int) -> dict[str, Any]:
+    item = await probe.wait_for(f"{probe.base}/bridge/event", lambda r: r.json()["type"] == kind
+                                and r.json()["data"].get("phone") == phone, timeout=15, after=after)
+    data: dict[str, Any] = item.json()["data"]
+    return data
+
+
+async def wait_sent(probe: Probe, sender: str, needle: str, after: int) -> Received:
+    return await probe.wait_for(f"{probe.base}/sim/{sender}/sent", lambda r: r.json().get("to") == TO_JID
+                                and needle in (r.json().get("text") or ""), timeout=15, after=after)
+
+
+async def test_alerts_one_per_episode_from_a_healthy_account_recovered_once(
+        env: BridgeEnv, bridge: BridgeProcess) -> None:
+    env.write_config(alerts={"to": [TO], "after": 1, "via": "any"})
+    for phone in (A, B, C):
+        env.link_sim_account(phone)
+    (env.sessions / C / "store.db").write_bytes(b"\x00garbage" * 64)
+    bridge.start()
+    problem_b = f"{env.base}/{B}/problem"
+    async with Probe(env.broker, env.base) as probe:
+        # error (a corrupt store at boot): alerted, the message waits until a healthy account can send it
+        alert = await wait_event(probe, "alert", C, 0)
+        assert alert["state"] == "error" and alert["error_code"] == "store_corrupt" and alert["since"]
+        text = (await wait_sent(probe, A, f"+{C}", 0)).json()["text"]
+        assert "error" in text and "store_corrupt" in text and "What to do" in text
+        await probe.wait_state(B, "connected")
+        await probe.wait_for(problem_b, lambda r: r.json()["problem"] is False)
+
+        # logged_out: one alert, the message from A (never from B itself), the problem topic on
+        mark = probe.mark()
+        await probe.sim(B, "logout")
+        alert = await wait_event(probe, "alert", B, mark)
+        assert (alert["state"], alert["error_code"]) == ("logged_out", "logged_out"), alert
+        message = await wait_sent(probe, A, f"+{B}", mark)
+        assert "logged_out" in message.json()["text"] and "scan the QR" in message.json()["text"]
+        assert (await probe.wait_for(problem_b, lambda r: r.json()["problem"], after=mark)).json()["state"] == "logged_out"
+        # back: pairing again is still the same episode; connected ends it with one recovered message
+        assert (await probe.request(B, "connect", {}))["status"] == "ok"
+        await probe.wait_state(B, "pairing", after=mark)
+        await probe.sim(B, "scan")
+        await probe.wait_state(B, "connected", after=mark)
+        recovered = await wait_event(probe, "recovered", B, mark)
+        assert recovered["since"] == alert["since"]
+        await wait_sent(probe, A, "recovered", mark)
+        await probe.wait_for(problem_b, lambda r: r.json()["problem"] is False, after=mark)
+
+        # conflict
+        mark = probe.mark()
+        await probe.sim(B, "replace")
+        assert (await wait_event(probe, "alert", B, mark))["state"] == "conflict"
+        await wait_sent(probe, A, "conflict", mark)
+        assert (await probe.request(B, "connect", {}))["status"] == "ok"
+        await probe.wait_state(B, "connected", after=mark)
+        await wait_event(probe, "recovered", B, mark)
+        await wait_sent(probe, A, "recovered", mark)
+
+        # disconnected longer than `after` (1 s): one alert however many retries fail meanwhile
+        mark = probe.mark()
+        await probe.sim(B, "outage", {"seconds": 3})
+        alert = await wait_event(probe, "alert", B, mark)
+        assert alert["state"] == "disconnected", alert
+        await probe.wait_state(B, "connected", timeout=15, after=mark)
+        await wait_event(probe, "recovered", B, mark)
+        await wait_sent(probe, A, "recovered", mark)
+        statuses = [r.json()["state"] for r in probe.received[mark:] if r.topic == f"{env.base}/{B}/status"]
+        assert statuses.count("disconnected") >= 2, statuses  # it retried: still one episode
+        assert len(events(probe, "alert", B, mark)) == 1
+        assert len(events(probe, "recovered", B, mark)) == 1
+        assert len([m for m in sent_to(probe, A, mark) if "recovered" in m["text"]]) == 1
+        assert len([m for m in sent_to(probe, A, mark) if "needs attention" in m["text"]]) == 1
+
+        # stopped on request: nothing, even well past `after`
+        mark = probe.mark()
+        assert (await probe.request(B, "disconnect", {}))["status"] == "ok"
+        await probe.wait_state(B, "stopped", after=mark)
+        await asyncio.sleep(2)  # twice `after`: an alert would have come by now
+        assert events(probe, "alert", B, mark) == []
+        assert sent_to(probe, A, mark) == []
+        assert sent_to(probe, B, 0) == []  # never sent from the account in trouble
