@@ -109,3 +109,83 @@ async def test_alerts_one_per_episode_from_a_healthy_account_recovered_once(
         assert events(probe, "alert", B, mark) == []
         assert sent_to(probe, A, mark) == []
         assert sent_to(probe, B, 0) == []  # never sent from the account in trouble
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """`/metrics` parsed with prometheus_client's own parser: (sample name, labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:  # noqa: S310 - a local http URL
+        text = response.read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+async def test_watchdog_requests_and_metrics(env: BridgeEnv, bridge: BridgeProcess) -> None:
+    """A silent connection is checked and reconnected; log level and restart at run time; /metrics."""
+    port = free_port()
+    env.write_config(watchdog={"silent_after": 1, "check_timeout": 0.5},
+                     metrics={"port": port, "host": "127.0.0.1"})
+    env.link_sim_account(A)
+    env.link_sim_account(B)
+    bridge.start()
+    status_a = f"{env.base}/{A}/status"
+    async with Probe(env.broker, env.base) as probe:
+        connected = await probe.wait_state(A, "connected")
+        await probe.wait_state(B, "connected")
+        assert connected["last_event_at"] is not None
+        # quiet but healthy: the check is answered, the account stays connected, last_event_at moves on
+        checked = await probe.wait_for(status_a, lambda r: (r.json()["last_event_at"] or "") > connected["last_event_at"],
+                                       timeout=10)
+        assert checked.json()["state"] == "connected"
+
+        # silent: the connection stays up, nothing arrives, the check fails: reconnect
+        mark = probe.mark()
+        await probe.sim(A, "silence", {"seconds": 60})
+        await probe.sim(A, "incoming", {"sender": "5511988887777", "text": "held by the silence", "id": "SILENT1"})
+        down = await probe.wait_state(A, "disconnected", timeout=10, after=mark)
+        assert down["error_code"] == "keepalive_timeout", down
+        assert not [r for r in probe.received[mark:] if r.topic == f"{env.base}/{A}/message"]
+        await probe.wait_state(A, "connected", timeout=10, after=mark)
+        message = await probe.wait_for(f"{env.base}/{A}/message", after=mark)  # the new connection hears it
+        assert message.json()["id"] == "SILENT1"
+        assert bridge.log().count("the check failed") == 1
+        bad = await probe.request("bridge", "log_level", {"level": "loud"})
+        assert bad["status"] == "error" and bad["code"] == "invalid_request", bad
+
+        # log level at run time
+        mark = probe.mark()
+        ok = await probe.request("bridge", "log_level", {"level": "WARNING"})
+        assert ok == {"status": "ok", "data": {"level": "warning"}, "transaction": ok["transaction"]}
+        info = await probe.wait_for(f"{env.base}/bridge/info", lambda r: r.json()["log_level"] == "warning", after=mark)
+        assert info.json()["config"]["log_level"] == "debug"  # the file's, in force again at the next start
+        lines = len(bridge.log().splitlines())
+        await probe.sim(B, "incoming", {"sender": "5511988887777", "text": "no debug line for this"})
+        await probe.wait_for(f"{env.base}/{B}/message", after=mark)
+        assert not [line for line in bridge.log().splitlines()[lines:] if " DEBUG " in line]
+        assert (await probe.request("bridge", "log_level", {"level": "debug"}))["status"] == "ok"
+
+        # restart: every running account restarts; one stopped on request stays stopped
+        assert (await probe.request(B, "disconnect", {}))["status"] == "ok"
+        mark = probe.mark()
+        restarted = await probe.request("bridge", "restart", {})
+        assert restarted["status"] == "ok", restarted
+        assert restarted["data"] == {"restarted": [A], "skipped": [B], "failed": {}}
+        await probe.wait_state(A, "stopped", after=mark)
+        await probe.wait_state(A, "connected", after=mark)
+
+        # metrics, labelled by phone
+        wait_port(port)
+        metrics = await asyncio.to_thread(scrape, port)
+        assert metrics[("wa_mqtt_account_state", (("phone", A), ("state", "connected")))] == 1
+        assert metrics[("wa_mqtt_account_state", (("phone", B), ("state", "stopped")))] == 1
+        assert metrics[("wa_mqtt_account_state", (("phone", B), ("state", "connected")))] == 0
+        assert metrics[("wa_mqtt_messages_received_total", (("phone", A),))] == 1
+        assert metrics[("wa_mqtt_messages_received_total", (("phone", B),))] == 1
+        assert metrics[("wa_mqtt_reconnects_total", (("phone", A),))] >= 1  # the watchdog's
+        assert metrics[("wa_mqtt_messages_sent_total", (("phone", A),))] == 0
+        assert metrics[("wa_mqtt_outgoing_queue_depth", (("phone", A),))] == 0
+        assert 0 <= metrics[("wa_mqtt_last_event_age_seconds", (("phone", A),))] < 60
+        assert metrics[("wa_mqtt_engine_rss_bytes", (("phone", A),))] > 1 << 20
+        assert ("wa_mqtt_spool_depth", ()) in metrics
+        assert metrics[("wa_mqtt_accounts", ())] == 2
