@@ -5,7 +5,6 @@ sim's `silence` control), the operating requests (log level, restart) and the Pr
 from __future__ import annotations
 
 import asyncio
-import json
 import urllib.request
 from typing import Any
 
@@ -115,7 +114,7 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """`/metrics` parsed with prometheus_client's own parser: (sample name, labels) -> value."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:  # noqa: S310 - a local http URL
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         text = response.read().decode()
     return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
             for family in text_string_to_metric_families(text) for sample in family.samples}
