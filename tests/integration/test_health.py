@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
+import uuid
 from typing import Any
+
+import jinja2
+
+from wa_mqtt.mqtt import discovery
 
 from harness import BridgeEnv, BridgeProcess, Probe, Received, free_port, wait_port
 
@@ -42,13 +47,24 @@ async def wait_sent(probe: Probe, sender: str, needle: str, after: int) -> Recei
 
 async def test_alerts_one_per_episode_from_a_healthy_account_recovered_once(
         env: BridgeEnv, bridge: BridgeProcess) -> None:
-    env.write_config(alerts={"to": [TO], "after": 1, "via": "any"})
+    prefix = "ha" + uuid.uuid4().hex[:8]
+    env.write_config(alerts={"to": [TO], "after": 1, "via": "any"},
+                     mqtt={"discovery": True, "discovery_prefix": prefix})
     for phone in (A, B, C):
         env.link_sim_account(phone)
     (env.sessions / C / "store.db").write_bytes(b"\x00garbage" * 64)
     bridge.start()
     problem_b = f"{env.base}/{B}/problem"
-    async with Probe(env.broker, env.base) as probe:
+    async with Probe(env.broker, env.base, filters=[f"{env.base}/#", f"{prefix}/#"]) as probe:
+        # Home Assistant: the problem binary sensor of each account, the operating entities of the bridge
+        config = await probe.wait_for(discovery.device_topic(prefix, discovery.account_device_id(B)),
+                                      lambda r: "problem" in r.json()["cmps"])
+        sensor = config.json()["cmps"]["problem"]
+        assert (sensor["platform"], sensor["device_class"], sensor["state_topic"]) == (
+            "binary_sensor", "problem", problem_b)
+        bridge_config = await probe.wait_for(discovery.device_topic(prefix, discovery.bridge_device_id(env.base)))
+        assert {"log_level", "restart_accounts", "reload_config"} <= set(bridge_config.json()["cmps"])
+        problem_on = jinja2.Environment().from_string(sensor["value_template"])
         # error (a corrupt store at boot): alerted, the message waits until a healthy account can send it
         alert = await wait_event(probe, "alert", C, 0)
         assert alert["state"] == "error" and alert["error_code"] == "store_corrupt" and alert["since"]
@@ -64,7 +80,9 @@ async def test_alerts_one_per_episode_from_a_healthy_account_recovered_once(
         assert (alert["state"], alert["error_code"]) == ("logged_out", "logged_out"), alert
         message = await wait_sent(probe, A, f"+{B}", mark)
         assert "logged_out" in message.json()["text"] and "scan the QR" in message.json()["text"]
-        assert (await probe.wait_for(problem_b, lambda r: r.json()["problem"], after=mark)).json()["state"] == "logged_out"
+        problem = (await probe.wait_for(problem_b, lambda r: r.json()["problem"], after=mark)).json()
+        assert problem["state"] == "logged_out" and problem["since"] == alert["since"]
+        assert problem_on.render(value_json=problem) == "ON"
         # back: pairing again is still the same episode; connected ends it with one recovered message
         assert (await probe.request(B, "connect", {}))["status"] == "ok"
         await probe.wait_state(B, "pairing", after=mark)
@@ -73,7 +91,8 @@ async def test_alerts_one_per_episode_from_a_healthy_account_recovered_once(
         recovered = await wait_event(probe, "recovered", B, mark)
         assert recovered["since"] == alert["since"]
         await wait_sent(probe, A, "recovered", mark)
-        await probe.wait_for(problem_b, lambda r: r.json()["problem"] is False, after=mark)
+        problem = (await probe.wait_for(problem_b, lambda r: r.json()["problem"] is False, after=mark)).json()
+        assert problem_on.render(value_json=problem) == "OFF"
 
         # conflict
         mark = probe.mark()

@@ -37,6 +37,9 @@ class Topics:
     def bridge_event(self) -> str:
         return f"{self.base}/bridge/event"
 
+    def bridge_request(self, cmd: str) -> str:
+        return f"{self.base}/bridge/request/{cmd}"
+
     def bridge_response(self, cmd: str) -> str:
         return f"{self.base}/bridge/response/{cmd}"
 
