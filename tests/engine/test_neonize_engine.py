@@ -326,3 +326,24 @@ async def test_a_retried_send_is_recognised_by_the_secret_whatsmeow_stored(tmp_p
     assert (result.id, result.already_sent) == ("OUT1", False)
     assert sent[0].messageContextInfo.messageSecret == second and sent[0].conversation == "once"
     await session.close()
+
+
+async def test_the_watchdog_check_is_a_real_server_round_trip(tmp_path: Path, engine: NeonizeEngine) -> None:
+    """`ping` is whatsmeow's GetBlocklist (an IQ to the server): on a restored client that is not
+    connected the real library refuses it as `not_connected`, without a client too."""
+    bare = engine.open_session("4915100000001", tmp_path / "bare.db", Recorder())
+    with pytest.raises(EngineError) as failure:
+        await bare.ping(1)
+    assert failure.value.code == "not_connected"
+    await bare.close()
+    phone = next_phone()
+    store = fresh_store(tmp_path / "store.db")
+    write_synthetic_device(store, phone)
+    events = Recorder()
+    session = engine.open_session(phone, store, events)
+    await session.start()
+    assert (await events.next()).code == ErrorCode.DIAL_FAILED
+    with pytest.raises(EngineError) as failure:
+        await session.ping(5)
+    assert failure.value.code == "not_connected", str(failure.value)
+    await session.close()
