@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import typing
+from datetime import UTC, datetime
 
 import pytest
 
@@ -63,6 +64,8 @@ def test_every_bridge_event_has_its_contract_type_and_data() -> None:
         ev.AutoReplyDelivered: ev.AutoReplyDelivered("1", "hi", "X"),
         ev.AutoReplyFailed: ev.AutoReplyFailed("1", "hi", "expired", "late"),
         ev.ConfigInvalid: ev.ConfigInvalid("bad"),
+        ev.AlertRaised: ev.AlertRaised("1", AccountState.BANNED, "temporary_ban", datetime(2026, 12, 1, 12, tzinfo=UTC)),
+        ev.AlertCleared: ev.AlertCleared("1", datetime(2026, 12, 1, 12, tzinfo=UTC)),
     }
     assert set(BRIDGE_EVENTS) - set(samples) == {ev.ConfigReloaded}
     expected = {
@@ -79,6 +82,9 @@ def test_every_bridge_event_has_its_contract_type_and_data() -> None:
         ev.AutoReplyFailed: ("auto_reply", {"phone": "1", "rule": "hi", "status": "error", "code": "expired",
                                             "error": "late"}),
         ev.ConfigInvalid: ("config_invalid", {"error": "bad"}),
+        ev.AlertRaised: ("alert", {"phone": "1", "state": "banned", "error_code": "temporary_ban",
+                                   "since": "2026-12-01T12:00:00Z"}),
+        ev.AlertCleared: ("recovered", {"phone": "1", "since": "2026-12-01T12:00:00Z"}),
     }
     for event_type, event in samples.items():
         type_, data = bridge_event(typing.cast(ev.Event, event))
