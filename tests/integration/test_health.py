@@ -128,6 +128,17 @@ async def test_alerts_one_per_episode_from_a_healthy_account_recovered_once(
         assert sent_to(probe, A, mark) == []
         assert sent_to(probe, B, 0) == []  # never sent from the account in trouble
 
+        # a restart resumes the open episodes: C, still in `error`, is not alerted again
+        mark = probe.mark()
+        assert bridge.stop() == 0
+        bridge.start()
+        await probe.wait_state(C, "error", after=mark)
+        await probe.wait_state(A, "connected", after=mark)
+        assert (await probe.request("bridge", "health", {}))["status"] == "ok"  # answered after C's alert would be
+        assert events(probe, "alert", C, mark) == []
+        assert not [m for m in sent_to(probe, A, mark) if f"+{C}" in m["text"]]
+        assert (await probe.wait_for(f"{env.base}/{C}/problem", lambda r: r.json()["problem"], after=mark))
+
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """`/metrics` parsed with prometheus_client's own parser: (sample name, labels) -> value."""

@@ -14,7 +14,7 @@ from prometheus_client.registry import Collector
 
 from wa_mqtt.config import ConfigError, build_config
 from wa_mqtt.errors import ErrorCode
-from wa_mqtt.features.alerts import Problem, alert_text, problem_of, recovered_text
+from wa_mqtt.features.alerts import Problem, alert_text, episodes_from_json, episodes_json, problem_of, recovered_text
 from wa_mqtt.features.metrics import AccountFigures, Snapshot, families
 from wa_mqtt.features.watchdog import period, silent_for
 from wa_mqtt.model import AccountState, Status
@@ -102,3 +102,11 @@ def test_metric_families_round_trip_through_the_prometheus_parser() -> None:
     assert samples[("wa_mqtt_engine_rss_bytes", one)] == 30 << 20
     assert ("wa_mqtt_engine_rss_bytes", (("phone", "5511900000002"),)) not in samples  # unknown: no sample
     assert samples[("wa_mqtt_spool_depth", ())] == 12 and samples[("wa_mqtt_accounts", ())] == 2
+
+
+def test_open_episodes_survive_a_restart_as_json() -> None:
+    episodes = {PHONE: (Problem(PHONE, "Ana", S.BANNED, "temporary_ban", "until noon", NOW), True),
+                "5511900000002": (Problem("5511900000002", None, S.DISCONNECTED, None, None, NOW), False)}
+    assert episodes_from_json(episodes_json(episodes)) == episodes
+    broken = '{"5511900000003": {"state": "melting", "since": "x"}, "5511900000004": 7}'
+    assert episodes_from_json(broken) == {}

@@ -12,15 +12,22 @@ trouble) naming the account, the state, the error and what to do. When it ends b
 A message waits (in memory) until a healthy account can send it; an alert still waiting when its
 account recovers is dropped, and no "recovered" message follows it. Sends go through the send
 service: the same policy (`outgoing.allow_to`), the outbox, the sender's turn.
+
+The open episodes are kept in `<data_dir>/alerts.json` (rewritten whole, atomically, when one begins,
+is told or ends), so a restart resumes them: an account still in trouble is not alerted again, and its
+"recovered" message still comes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from .. import events as ev
 from ..accounts.manager import AccountManager, UnknownAccount
@@ -99,6 +106,27 @@ def problem_of(status: Status, down_since: datetime | None, now: datetime, after
     return None
 
 
+def episodes_json(problems: dict[str, tuple[Problem, bool]]) -> str:
+    """The open episodes as stored: phone -> the problem and whether its alert went out (pure)."""
+    return json.dumps({phone: {"name": p.name, "state": p.state.value, "error_code": p.error_code, "error": p.error,
+                               "since": p.since.isoformat(), "told": told}
+                       for phone, (p, told) in sorted(problems.items())}, indent=1)
+
+
+def episodes_from_json(text: str) -> dict[str, tuple[Problem, bool]]:
+    """`episodes_json` read back; entries that do not fit are skipped (pure)."""
+    episodes: dict[str, tuple[Problem, bool]] = {}
+    data: Any = json.loads(text)
+    for phone, item in (data.items() if isinstance(data, dict) else ()):
+        try:
+            problem = Problem(phone, item.get("name"), AccountState(item["state"]), item.get("error_code"),
+                              item.get("error"), datetime.fromisoformat(item["since"]))
+        except (KeyError, ValueError, TypeError, AttributeError):
+            continue
+        episodes[phone] = (problem, bool(item.get("told")))
+    return episodes
+
+
 @dataclass
 class _Account:
     """What the alerts remember of one account."""
@@ -136,8 +164,14 @@ class Alerts:
         self._accounts: dict[str, _Account] = {}
         self._waiting: list[_Notice] = []
         self._tasks = BackgroundTasks(log)  # messages being sent
+        self._path = config.data_dir / "alerts.json"
 
     def start(self) -> None:
+        for phone, (problem, told) in self._load().items():  # episodes open at the last stop go on
+            self._accounts[phone] = _Account(problem=problem, told=told)
+            self._publish_problem(phone, problem)
+            log.info("alert for %s still open from before the restart (%s since %s)", phone, problem.state.value,
+                     utc_iso(problem.since))
         on = self._bus.subscribe
         on(ev.StatusChanged, self._on_status, OWNER)
         on(ev.AccountDropped, self._on_dropped, OWNER)
@@ -203,6 +237,7 @@ class Alerts:
 
     def _raise(self, account: _Account, problem: Problem) -> None:
         account.problem, account.told = problem, False
+        self._save()
         log.warning("alert: %s is %s since %s (%s)", problem.phone, problem.state.value, utc_iso(problem.since),
                     problem.error_code or "no error code")
         self._publish_problem(problem.phone, problem)
@@ -221,6 +256,7 @@ class Alerts:
         if waiting and account.alert is not None:
             self._waiting.remove(account.alert)  # never told: nothing to take back either
         account.problem, account.alert = None, None
+        self._save()
         self._publish_problem(phone, None)
         if not recovered:
             log.info("alert for %s over: stopped on request", phone)
@@ -242,6 +278,7 @@ class Alerts:
         account = self._accounts.pop(event.phone, None)
         if account is not None:
             self._clear_timer(account)
+            self._save()
         self._waiting = [n for n in self._waiting if n.subject != event.phone]
         self._link.set_retained(self._topics.problem(event.phone), b"")
 
@@ -279,6 +316,7 @@ class Alerts:
             account = self._accounts.get(notice.subject)
             if notice.kind == "alert" and account is not None:
                 account.told = True
+                self._save()
             for index, recipient in enumerate(self._config.alerts.to):  # the index: a JID could pass the id's limit
                 message = OutgoingMessage(to=recipient, text=notice.text, id=f"{notice.key}:{index}")
                 self._tasks.spawn(self._send(sender, notice, message), f"alert-{notice.subject}")
@@ -293,3 +331,27 @@ class Alerts:
                 return
         how = "already sent" if outcome.duplicate else "queued" if outcome.queued else "sent"
         log.info("alerts: %s about %s %s to %s from %s", notice.kind, notice.subject, how, message.to, sender)
+
+    # -- the episodes on disk -----------------------------------------------------------------------
+    def _load(self) -> dict[str, tuple[Problem, bool]]:
+        try:
+            return episodes_from_json(self._path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("alerts: %s unreadable (%s); open alerts start afresh", self._path, exc)
+            return {}
+
+    def _save(self) -> None:
+        """Write the open episodes (of accounts that still exist) atomically; a failure is logged only:
+        the alerts go on in memory."""
+        problems = {phone: (a.problem, a.told) for phone, a in self._accounts.items()
+                    if a.problem is not None and self._manager.find(phone) is not None}
+        temporary = self._path.with_name(self._path.name + ".tmp")
+        try:
+            temporary.write_text(episodes_json(problems), encoding="utf-8")
+            os.chmod(temporary, 0o600)
+            temporary.replace(self._path)
+        except OSError as exc:
+            log.warning("alerts: cannot write %s (%s); open alerts are kept in memory only", self._path,
+                        exc.strerror or exc)
