@@ -5,6 +5,7 @@ sim's `silence` control), the operating requests (log level, restart) and the Pr
 from __future__ import annotations
 
 import asyncio
+import json
 import urllib.request
 import uuid
 from typing import Any
@@ -20,6 +21,7 @@ B = "5511900000002"  # the one in trouble
 C = "5511900000003"  # a corrupt store: `error` at boot
 TO = "5511988880000"
 TO_JID = f"{TO}@s.whatsapp.net"
+OTHER = "5511977776666"
 
 
 def events(probe: Probe, kind: str, phone: str, after: int = 0) -> list[dict[str, Any]]:
@@ -45,11 +47,12 @@ async def wait_sent(probe: Probe, sender: str, needle: str, after: int) -> Recei
                                 and needle in (r.json().get("text") or ""), timeout=15, after=after)
 
 
-async def test_alerts_one_per_episode_from_a_healthy_account_recovered_once(
+async def test_alerts_problem_sensor_and_notify_failures(
         env: BridgeEnv, bridge: BridgeProcess) -> None:
     prefix = "ha" + uuid.uuid4().hex[:8]
     env.write_config(alerts={"to": [TO], "after": 1, "via": "any"},
-                     mqtt={"discovery": True, "discovery_prefix": prefix})
+                     mqtt={"discovery": True, "discovery_prefix": prefix},
+                     notify=[OTHER], outgoing={"allow_to": [TO]})  # a notify recipient the policy refuses
     for phone in (A, B, C):
         env.link_sim_account(phone)
     (env.sessions / C / "store.db").write_bytes(b"\x00garbage" * 64)
@@ -65,6 +68,19 @@ async def test_alerts_one_per_episode_from_a_healthy_account_recovered_once(
         bridge_config = await probe.wait_for(discovery.device_topic(prefix, discovery.bridge_device_id(env.base)))
         assert {"log_level", "restart_accounts", "reload_config"} <= set(bridge_config.json()["cmps"])
         problem_on = jinja2.Environment().from_string(sensor["value_template"])
+
+        # a notify entity's failed send surfaces as its account's send_failed event
+        config = await probe.wait_for(discovery.device_topic(prefix, discovery.account_device_id(A)),
+                                      lambda r: "send_failed" in r.json()["cmps"])
+        cmps = config.json()["cmps"]
+        ha = jinja2.Environment()
+        ha.filters["to_json"] = json.dumps  # Home Assistant's filter
+        notify = cmps[f"to_{OTHER}"]
+        mark = probe.mark()
+        await probe.publish(notify["command_topic"], ha.from_string(notify["command_template"]).render(value="hi"))
+        answer = await probe.wait_for(cmps["send_failed"]["state_topic"], after=mark)
+        fired = json.loads(ha.from_string(cmps["send_failed"]["value_template"]).render(value_json=answer.json()))
+        assert fired["event_type"] == "send_failed" and fired["to"] == OTHER and fired["code"] == "forbidden", fired
         # error (a corrupt store at boot): alerted, the message waits until a healthy account can send it
         alert = await wait_event(probe, "alert", C, 0)
         assert alert["state"] == "error" and alert["error_code"] == "store_corrupt" and alert["since"]
