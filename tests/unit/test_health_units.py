@@ -25,9 +25,9 @@ S = AccountState
 
 
 def status(state: AccountState, since: datetime = NOW, code: ErrorCode | None = None,
-           heard: datetime | None = None) -> Status:
+           heard: datetime | None = None, linked: bool = True) -> Status:
     return Status(phone=PHONE, name="Ana", state=state, since=since, updated_at=NOW, engine="sim",
-                  error_code=code, last_event_at=heard)
+                  error_code=code, last_event_at=heard, last_connected=NOW - timedelta(days=1) if linked else None)
 
 
 @pytest.mark.parametrize("state", [S.LOGGED_OUT, S.CONFLICT, S.BANNED, S.ERROR])
@@ -47,6 +47,8 @@ def test_disconnected_counts_after_the_delay_through_retries() -> None:
     late = problem_of(status(S.CONNECTING), NOW - timedelta(seconds=600), NOW, 600)  # retrying counts too
     assert late is not None and late.state == S.DISCONNECTED and late.since == NOW - timedelta(seconds=600)
     assert problem_of(status(S.STOPPED), NOW - timedelta(hours=1), NOW, 600) is None
+    never_linked = status(S.DISCONNECTED, code=ErrorCode.PAIRING_TIMEOUT, linked=False)
+    assert problem_of(never_linked, NOW - timedelta(hours=1), NOW, 600) is None  # an abandoned first pairing
 
 
 def test_alert_texts_name_account_state_error_and_what_to_do() -> None:

@@ -96,11 +96,12 @@ def recovered_text(problem: Problem, now: datetime) -> str:
 
 def problem_of(status: Status, down_since: datetime | None, now: datetime, after: float) -> Problem | None:
     """The problem an account shows now, if it is one an alert is for (pure): an alerting state, or
-    not connected since `down_since` for `after` seconds or more."""
+    not connected since `down_since` for `after` seconds or more (only an account that was connected
+    once: a first pairing left unfinished is nobody's emergency)."""
     error = status.error
     if status.state in ALERTING:
         return Problem(status.phone, status.name, status.state, status.error_code, error, status.since)
-    if (down_since is not None and status.state in (S.DISCONNECTED, S.CONNECTING)
+    if (down_since is not None and status.last_connected is not None and status.state in (S.DISCONNECTED, S.CONNECTING)
             and (now - down_since).total_seconds() >= after):
         return Problem(status.phone, status.name, S.DISCONNECTED, status.error_code, error, down_since)
     return None
