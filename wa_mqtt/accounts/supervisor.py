@@ -255,7 +255,10 @@ class Supervisor:
         if self.state != AccountState.CONNECTED or self._session is None:
             return True
         try:
-            await asyncio.wait_for(self._call(lambda s: s.ping(timeout)), timeout + PING_GRACE)
+            async with self._session_lock:  # the time a send holds the session does not count against the check
+                if self._session is None or self.status.state != AccountState.CONNECTED:
+                    return True
+                await asyncio.wait_for(self._session.ping(timeout), timeout + PING_GRACE)
         except (EngineError, TimeoutError) as exc:
             if self.status.state != AccountState.CONNECTED:  # (not `self.state`: mypy narrowed that one)
                 return True  # it dropped meanwhile: the engine said so already
