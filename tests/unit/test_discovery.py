@@ -326,7 +326,7 @@ def test_send_failed_event_fires_only_for_a_notify_entitys_failed_send():
     for other in ({"status": "ok", "data": {"id": "x"}, "transaction": f"ha_notify:{OTHER}"},
                   {**failed, "transaction": "someone-else"}, {"status": "error", "code": "busy", "error": "x"},
                   {**failed, "transaction": 7}):
-        assert template.render(value_json=other).strip() == ""  # Home Assistant ignores an empty payload
+        assert template.render(value_json=other) == ""  # Home Assistant ignores an empty payload (`if not payload`)
     assert "send_failed" not in account(True, recipients=())[1]["cmps"]
 
 
