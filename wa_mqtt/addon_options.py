@@ -54,6 +54,9 @@ OPTION_PATHS: dict[str, str] = {
     "outgoing.ttl": "outgoing.ttl",
     "outgoing.allow_to": "outgoing.allow_to",
     "backups.keep": "backups.keep",
+    "alerts.to": "alerts.to",
+    "alerts.after": "alerts.after",
+    "alerts.via": "alerts.via",
 }
 # options where an empty value means "not set": the bridge's default (or the MQTT service) applies
 EMPTY_MEANS_UNSET = frozenset({"mqtt_url", "proxy", "outgoing.allow_to"})

@@ -32,6 +32,7 @@ from .engines.base import Engine, Intake
 from .engines.options import EngineOptions
 from .errors import ErrorCode
 from .features import Extension
+from .features.alerts import Alerts
 from .features.auto_reply import AutoReply
 from .features.calls import Calls
 from .features.groups import GroupsPublisher
@@ -39,6 +40,7 @@ from .features.ha_discovery import HaDiscovery
 from .features.request_server import RequestServer
 from .features.sim_control import SimControl
 from .features.state_publisher import StatePublisher
+from .features.watchdog import Watchdog
 from .mqtt.api import ApiError
 from .mqtt.embedded_broker import start_embedded_broker
 from .mqtt.link import Incoming, MqttLink
@@ -162,6 +164,13 @@ class App:
                 extensions.append(HaDiscovery(bus, config, topics, link, manager))
             extensions.append(AutoReply(bus, config, sending, self._clock))
             extensions += [GroupsPublisher(bus, topics, link), Calls(bus, config, topics, link, manager, sending)]
+            # health monitoring: alerts and the watchdog always (idle while all is well), metrics when asked for
+            extensions += [Alerts(bus, config, topics, link, manager, sending, self._clock),
+                           Watchdog(bus, config, manager, self._clock)]
+            if config.metrics.port is not None:
+                from .features.metrics import Metrics  # prometheus_client imported only when metrics are on
+
+                extensions.append(Metrics(bus, config, manager, spool, self._clock))
             for extension in extensions:
                 extension.start()
             self.bus, self.manager, self.sending, self.link = bus, manager, sending, link

@@ -222,6 +222,8 @@ def decide(rules: Iterable[AutoReplyRule], message: IncomingMessage, history: Re
         return []
     sent_at = message.timestamp if message.timestamp.tzinfo else message.timestamp.replace(tzinfo=UTC)
     if now - sent_at > timedelta(seconds=limits.stale_after):
+        logger.debug("auto_reply: none to %s in %s: stale (sent %.0f s ago; auto_reply_limits.stale_after %g s)",
+                     message.id, message.chat, (now - sent_at).total_seconds(), limits.stale_after)
         return []
     for rule in rules:
         found = _matches(rule, message, history, now)
@@ -229,6 +231,8 @@ def decide(rules: Iterable[AutoReplyRule], message: IncomingMessage, history: Re
             continue
         last = history.last_reply(rule.name, message.account, message.chat)
         if last is not None and now - last < timedelta(seconds=rule.cooldown):
+            logger.debug("auto_reply %r to %s skipped: cooldown (replied %.0f s ago; cooldown %g s); trying the "
+                         "next rule", rule.name, message.chat, (now - last).total_seconds(), rule.cooldown)
             continue
         reason = _guard(message, history, now, limits)
         if reason is not None:
@@ -241,6 +245,8 @@ def decide(rules: Iterable[AutoReplyRule], message: IncomingMessage, history: Re
             return [PlannedReply(rule.name, message.account, message.chat, "", ai=rule.ai, prompt=prompt)]
         text = render(rule, message, now, found if isinstance(found, re.Match) else None)
         if not text.strip():
+            logger.debug("auto_reply %r to %s skipped: its reply renders empty; trying the next rule",
+                         rule.name, message.chat)
             continue
         return [PlannedReply(rule.name, message.account, message.chat, text)]
     return []

@@ -21,6 +21,7 @@ from .ai.settings import SECRET_KEYS as AI_SECRET_KEYS
 from .ai.settings import supervisor_defaults
 from .auto_reply_rules import AutoReplyLimits, AutoReplyRules
 from .config_migrations import CONFIG_VERSION, ConfigVersionError, Migration, current_version, migrate
+from .health_config import AlertsConfig, MetricsConfig, WatchdogConfig
 from .model import phone_list
 
 ENV_PREFIX = "WA_MQTT_"
@@ -185,6 +186,10 @@ class Config(_Section):
     auto_reply: AutoReplyRules = Field(default_factory=list)  # see auto_reply_rules.py, docs/automations.md
     auto_reply_limits: AutoReplyLimits = Field(default_factory=AutoReplyLimits)
     notify: list[str] = Field(default_factory=list)  # default recipients: one HA notify entity each
+    # health monitoring (health_config.py)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     _migrations: tuple[Migration, ...] = PrivateAttr(default=())
 
     @property
@@ -248,7 +253,7 @@ class Config(_Section):
 # media limits are also enforced by the engine processes, which keep the values they started with.
 RESTART_KEYS = ("mqtt", "engine", "engine_process", "proxy", "sessions_dir", "data_dir", "disk_full_hold_mb",
                 "outgoing.max_media_bytes", "outgoing.media_dir", "outgoing.block_private_urls",
-                "media")  # incoming media: the engine processes keep the values they started with
+                "media", "metrics")  # incoming media: the engine processes keep the values they started with
 
 
 def _at(data: Any, dotted: str) -> Any:

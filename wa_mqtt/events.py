@@ -10,7 +10,8 @@ Who emits what:
 - the app: `ConfigReloaded`, `ConfigInvalid`, `DiskFullChanged` (from `DiskFullWatch`), and from the
   MQTT link `LinkConnected`, `MqttMessageReceived`;
 - features: `MessagePublished` (state publisher), `AutoReplySent` / `AutoReplyDelivered` /
-  `AutoReplyFailed` / `AiReplyFailed` (auto-reply).
+  `AutoReplyFailed` / `AiReplyFailed` (auto-reply), `AlertRaised` / `AlertCleared` (alerts), `LogLevelChanged`
+  (request server).
 
 `reply` on sends is the opaque reference the MQTT side gave with the send (where to answer, or which
 auto-reply rule it was): the accounts layer stores it in the outbox and hands it back unread.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from .model import AccountState, GroupEvent, GroupSummary, IncomingCall, IncomingMessage, Receipt, Status
@@ -296,6 +298,31 @@ class AiReplyFailed:
     provider: str
     error: str
     fallback: bool
+# -- health monitoring (features/alerts.py) --------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class AlertRaised:
+    """An account needs a person (one per episode): it entered `state` at `since`, or has stayed
+    `disconnected` since `since` longer than `alerts.after`."""
+
+    phone: str
+    state: AccountState
+    error_code: str | None
+    since: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AlertCleared:
+    """The account an alert was raised for is `connected` again; `since`: when its problem began."""
+
+    phone: str
+    since: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LogLevelChanged:
+    """`bridge/request/log_level` changed the bridge's log level (until the next start)."""
+
+    level: str
 
 
 Event = (
@@ -305,4 +332,5 @@ Event = (
     | LinkedOtherNumber | ConfigReloaded | ConfigInvalid | DiskFullChanged | LinkConnected | MqttMessageReceived
     | MessagePublished | AutoReplySent | AutoReplyDelivered | AutoReplyFailed | AiReplyFailed
     | GroupsChanged | GroupEventReceived | CallReceived
+    | AlertRaised | AlertCleared | LogLevelChanged
 )

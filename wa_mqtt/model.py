@@ -76,6 +76,8 @@ class Status(BaseModel):
     error_detail: tuple[str, ...] = Field(default=(), exclude=True)
     engine: str
     queued_outgoing: int = 0
+    # the last thing heard from WhatsApp (message, receipt, connect, a check's answer): the watchdog's clock
+    last_event_at: datetime | None = None
 
     @property
     def error(self) -> str | None:
@@ -88,7 +90,7 @@ class Status(BaseModel):
             if key == "error_code":
                 data["error"] = self.error
             data[key] = value
-        for key in ("since", "last_connected", "updated_at", "next_retry_at"):
+        for key in ("since", "last_connected", "updated_at", "next_retry_at", "last_event_at"):
             data[key] = utc_iso(getattr(self, key))
         return data
 

@@ -568,3 +568,24 @@ async def test_incoming_media_is_downloaded_with_download_any_before_the_message
     assert big.media.error == "too_large" and sorted(p.name for p in path.parent.iterdir()) == [path.name]
     await session.close()
     await engine.aclose()
+
+
+async def test_the_watchdog_check_is_a_real_server_round_trip(tmp_path: Path, engine: NeonizeEngine) -> None:
+    """`ping` is whatsmeow's GetBlocklist (an IQ to the server): on a restored client that is not
+    connected the real library refuses it as `not_connected`, without a client too."""
+    bare = engine.open_session("4915100000001", tmp_path / "bare.db", Recorder())
+    with pytest.raises(EngineError) as failure:
+        await bare.ping(1)
+    assert failure.value.code == "not_connected"
+    await bare.close()
+    phone = next_phone()
+    store = fresh_store(tmp_path / "store.db")
+    write_synthetic_device(store, phone)
+    events = Recorder()
+    session = engine.open_session(phone, store, events)
+    await session.start()
+    assert (await events.next()).code == ErrorCode.DIAL_FAILED
+    with pytest.raises(EngineError) as failure:
+        await session.ping(5)
+    assert failure.value.code == "not_connected", str(failure.value)
+    await session.close()

@@ -361,6 +361,9 @@ SAMPLES: dict[str, tuple[Any, Any]] = {  # option → (value, expected config va
     "outgoing.ttl": (3600, 3600),
     "outgoing.allow_to": (["5511999999999"], ["5511999999999"]),
     "backups.keep": (7, 7),
+    "alerts.to": (["+5511999999999"], ["5511999999999"]),
+    "alerts.after": (120, 120),
+    "alerts.via": ("+557996277210", "557996277210"),
 }
 
 

@@ -314,3 +314,22 @@ def test_naive_clock_is_refused_and_replies_become_sends() -> None:
         decide([rule()], msg(), ReplyHistory(), datetime(2026, 11, 23, 10, 0))
     send = PlannedReply("r", ME, GROUP, "hi").to_outgoing("auto:M1")
     assert (send.to, send.text, send.id) == (GROUP, "hi", "auto:M1")
+
+
+def test_debug_log_says_why_no_auto_reply_was_sent(caplog: pytest.LogCaptureFixture) -> None:
+    """Each skip names its reason at debug: stale, cooldown, loop guard, limits."""
+    caplog.set_level("DEBUG", logger="wa_mqtt.automations")
+    history = ReplyHistory()
+    assert texts([rule()], msg(now=NOW - timedelta(hours=1)), history) == []
+    history.record_reply(PlannedReply("r", ME, ANA_JID, "ok"), NOW - timedelta(seconds=10))
+    assert texts([rule(cooldown=300)], msg(), history) == []
+    assert texts([rule("echo", cooldown=0)], msg(text="OK"), history) == []
+    limits = AutoReplyLimits(max=1, per=60)
+    assert texts([rule("busy", cooldown=0)], msg(chat=BOB_JID, sender=BOB, sender_jid=BOB_JID), history,
+                 limits=limits) == []
+    reasons = [r.getMessage() for r in caplog.records if r.levelname == "DEBUG"]
+    assert any("stale" in line and "stale_after" in line for line in reasons), reasons
+    assert any("'r'" in line and "cooldown" in line for line in reasons), reasons
+    assert any("'echo'" in line and "loop" in line for line in reasons), reasons
+    assert any("'busy'" in line and "rate limit" in line for line in reasons), reasons
+    assert not any("hello" in line for line in reasons)  # no message text in the log

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import typing
+from datetime import UTC, datetime
 
 import pytest
 
@@ -64,6 +65,8 @@ def test_every_bridge_event_has_its_contract_type_and_data() -> None:
         ev.AutoReplyFailed: ev.AutoReplyFailed("1", "hi", "expired", "late"),
         ev.ConfigInvalid: ev.ConfigInvalid("bad"),
         ev.AiReplyFailed: ev.AiReplyFailed("1", "ai", "3", "openai", "HTTP 500", True),
+        ev.AlertRaised: ev.AlertRaised("1", AccountState.BANNED, "temporary_ban", datetime(2026, 12, 1, 12, tzinfo=UTC)),
+        ev.AlertCleared: ev.AlertCleared("1", datetime(2026, 12, 1, 12, tzinfo=UTC)),
     }
     assert set(BRIDGE_EVENTS) - set(samples) == {ev.ConfigReloaded}
     expected = {
@@ -82,6 +85,9 @@ def test_every_bridge_event_has_its_contract_type_and_data() -> None:
         ev.ConfigInvalid: ("config_invalid", {"error": "bad"}),
         ev.AiReplyFailed: ("ai_error", {"phone": "1", "rule": "ai", "chat": "3", "provider": "openai",
                                         "error": "HTTP 500", "fallback": True}),
+        ev.AlertRaised: ("alert", {"phone": "1", "state": "banned", "error_code": "temporary_ban",
+                                   "since": "2026-12-01T12:00:00Z"}),
+        ev.AlertCleared: ("recovered", {"phone": "1", "since": "2026-12-01T12:00:00Z"}),
     }
     for event_type, event in samples.items():
         type_, data = bridge_event(typing.cast(ev.Event, event))

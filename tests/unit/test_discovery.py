@@ -18,7 +18,7 @@ VERSION = "0.1.0"
 
 # Home Assistant's discovery topic rule (components/mqtt/discovery.py TOPIC_MATCHER).
 TOPIC_RE = re.compile(r"^homeassistant/(?P<component>\w+)/(?:[a-zA-Z0-9_-]+/)?[a-zA-Z0-9_-]+/config$")
-PLATFORMS = {"sensor", "binary_sensor", "image", "button", "event", "notify"}
+PLATFORMS = {"sensor", "binary_sensor", "image", "button", "event", "notify", "select"}
 COMMON_KEYS = {"platform", "unique_id", "default_entity_id", "name"}
 
 
@@ -84,12 +84,13 @@ def test_linked_account_entities():
         "connect": "button", "pair_with_code": "button", "disconnect": "button", "logout": "button",
         "message": "event", "messages_in": "sensor", "messages_out": "sensor", "reconnects": "sensor",
         f"to_{OTHER}": "notify", "to_120363012345678901_g_us": "notify", "groups": "sensor", "call": "event",
+        "problem": "binary_sensor", "send_failed": "event",
     }
 
 
 def test_unlinked_account_offers_only_state_and_pairing():
     cmps = account(False)[1]["cmps"]
-    assert set(cmps) == {"state", "connected", "qr", "pair_code", "connect", "pair_with_code"}
+    assert set(cmps) == {"state", "connected", "qr", "pair_code", "connect", "pair_with_code", "problem"}
     # pairing entities are primary while unlinked, diagnostic once linked
     assert "entity_category" not in cmps["qr"]
     assert account(True)[1]["cmps"]["qr"]["entity_category"] == "diagnostic"
@@ -281,7 +282,7 @@ def test_notify_entity_per_recipient_sends_a_valid_request():
         notify = cmps[key]
         assert notify["command_topic"] == f"wa/{PHONE}/request/send"
         rendered = _ha_env().from_string(notify["command_template"]).render(value='Door "open" ✓')
-        assert json.loads(rendered) == {"to": recipient, "text": 'Door "open" ✓'}
+        assert json.loads(rendered) == {"to": recipient, "text": 'Door "open" ✓', "transaction": f"ha_notify:{recipient}"}
     assert not any(c["platform"] == "notify" for c in account(True, recipients=())[1]["cmps"].values())
 
 
@@ -320,3 +321,45 @@ def test_entity_ids_in_the_home_assistant_docs_exist():
     created = {c["default_entity_id"] for _, p in (account(True), bridge()) for c in p["cmps"].values()}
     assert len(mentioned) >= 10
     assert mentioned <= created, mentioned - created
+
+
+# ---------------------------------------------------------------- health monitoring (issue 17)
+
+def test_problem_binary_sensor_reads_the_problem_topic():
+    for linked in (True, False):
+        problem = account(linked)[1]["cmps"]["problem"]
+        assert (problem["platform"], problem["device_class"]) == ("binary_sensor", "problem")
+        assert problem["state_topic"] == problem["json_attributes_topic"] == f"wa/{PHONE}/problem"
+        template = _ha_env().from_string(problem["value_template"])
+        assert template.render(value_json={"problem": True, "state": "logged_out"}) == "ON"
+        assert template.render(value_json={"problem": False, "state": None}) == "OFF"
+
+
+def test_send_failed_event_fires_only_for_a_notify_entitys_failed_send():
+    event = account(True)[1]["cmps"]["send_failed"]
+    assert event["state_topic"] == f"wa/{PHONE}/response/send" and event["event_types"] == ["send_failed"]
+    template = _ha_env().from_string(event["value_template"])
+    failed = {"status": "error", "code": "forbidden", "error": "to: not allowed", "transaction": f"ha_notify:{OTHER}"}
+    assert json.loads(template.render(value_json=failed)) == {
+        "event_type": "send_failed", "to": OTHER, "code": "forbidden", "error": "to: not allowed"}
+    for other in ({"status": "ok", "data": {"id": "x"}, "transaction": f"ha_notify:{OTHER}"},
+                  {**failed, "transaction": "someone-else"}, {"status": "error", "code": "busy", "error": "x"},
+                  {**failed, "transaction": 7}):
+        assert template.render(value_json=other) == ""  # Home Assistant ignores an empty payload (`if not payload`)
+    assert "send_failed" not in account(True, recipients=())[1]["cmps"]
+
+
+def test_bridge_device_operating_entities():
+    cmps = bridge()[1]["cmps"]
+    select = cmps["log_level"]
+    assert select["platform"] == "select" and select["options"] == ["debug", "info", "warning", "error"]
+    assert select["command_topic"] == "wa/bridge/request/log_level"
+    assert json.loads(_ha_env().from_string(select["command_template"]).render(value="warning")) == {"level": "warning"}
+    assert select["state_topic"] == "wa/bridge/info"
+    assert _ha_env().from_string(select["value_template"]).render(value_json={"log_level": "info"}) == "info"
+    assert (cmps["restart_accounts"]["platform"], cmps["restart_accounts"]["command_topic"]) == (
+        "button", "wa/bridge/request/restart")
+    assert (cmps["reload_config"]["platform"], cmps["reload_config"]["command_topic"]) == (
+        "button", "wa/bridge/request/reload")
+    assert all(availability_topics(cmps[key]) == ["wa/bridge/state"]
+               for key in ("log_level", "restart_accounts", "reload_config"))

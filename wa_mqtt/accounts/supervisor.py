@@ -24,6 +24,7 @@ from ..config import Config
 from ..disk_full import DiskFull
 from ..engines.base import (
     CallReceived,
+    Connected,
     Disconnected,
     Engine,
     EngineError,
@@ -46,6 +47,7 @@ from .outbox import Outbox, OutboxEntry
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Clock = Callable[[], datetime]
+PING_GRACE = 10.0  # seconds beyond a check's own timeout before the bridge stops waiting for its answer
 PIPELINE = 64  # accepted sends of one account waiting for the engine; more wait to be accepted
 
 
@@ -248,6 +250,49 @@ class Supervisor:
         async with self._session_lock:
             await session.sim_control(action, payload)
 
+    # -- the silent-link watchdog -----------------------------------------------------------------
+    async def check_link(self, timeout: float) -> bool:
+        """While `connected`: a server round trip on the open connection (`EngineSession.ping`). An
+        answer counts as news (`last_event_at`); no answer is a lost connection (`keepalive_timeout`),
+        and the state machine reconnects with backoff. False when the check failed."""
+        if self.state != AccountState.CONNECTED or self._session is None:
+            return True
+        try:
+            async with self._session_lock:  # the time a send holds the session does not count against the check
+                if self._session is None or self.status.state != AccountState.CONNECTED:
+                    return True
+                await asyncio.wait_for(self._session.ping(timeout), timeout + PING_GRACE)
+        except (EngineError, TimeoutError) as exc:
+            if self.status.state != AccountState.CONNECTED:  # (not `self.state`: mypy narrowed that one)
+                return True  # it dropped meanwhile: the engine said so already
+            silent = (self._clock() - (self.status.last_event_at or self.status.since)).total_seconds()
+            log.warning("%s: nothing heard from WhatsApp for %.0f s and the check failed (%s); reconnecting",
+                        self.phone, silent, exc)
+            self._emit(Disconnected(code=ErrorCode.KEEPALIVE_TIMEOUT, error=(
+                f"nothing heard from WhatsApp for {silent:.0f} s on an open connection and a check went "
+                "unanswered; reconnecting with backoff")))
+            return False
+        log.debug("%s: the connection answered a check", self.phone)
+        self._heard(publish=True)
+        return True
+
+    def _heard(self, publish: bool = False) -> None:
+        """Something came from WhatsApp now: `last_event_at`, shown with the next status publish (at
+        most one status copy per second: a busy account receives hundreds of messages a second)."""
+        now = self._clock()
+        last = self.status.last_event_at
+        if last is not None and not publish and (now - last).total_seconds() < 1:
+            return
+        self.account = replace(self.account, status=self.status.model_copy(update={"last_event_at": now}))
+        if publish:
+            self._publish_status()
+
+    @property
+    def engine_rss_kb(self) -> int | None:
+        """The resident memory of the account's engine process, as its last heartbeat said (None in process)."""
+        rss = getattr(self._session, "last_rss_kb", None)
+        return rss if isinstance(rss, int) else None
+
     def heartbeat(self) -> None:
         """Republish the status with a fresh `updated_at`; expire queued sends past their TTL."""
         self._inbox.put_nowait(_Heartbeat())
@@ -307,10 +352,12 @@ class Supervisor:
             if self.state == AccountState.CONNECTED:
                 self._start_flush()  # what a full disk held back (begin_attempt could not be recorded)
         elif isinstance(item, MessageReceived):
+            self._heard()
             self.messages_in += 1
             self._bus.emit(ev.MessageReceived(self.phone, item.message))
             self._bus.emit(ev.StatsChanged(self.phone))
         elif isinstance(item, ReceiptReceived):
+            self._heard()
             self._bus.emit(ev.ReceiptReceived(self.phone, item.receipt))
         elif isinstance(item, SimSent):
             self._bus.emit(ev.SimSent(self.phone, item.payload))
@@ -321,6 +368,8 @@ class Supervisor:
         elif isinstance(item, CallReceived):
             self._bus.emit(ev.CallReceived(self.phone, item.call))
         else:
+            if isinstance(item, Connected):
+                self._heard()  # shown with the `connected` status
             await self._step(item)
 
     async def _step(self, event: m.Input) -> None:

@@ -178,6 +178,8 @@ async def _perform(session: EngineSession, op: str, args: p.Args) -> JsonValue:
         return await session.revoke(args.chat, args.id)
     elif isinstance(args, p.RejectCallArgs):
         await session.reject_call(args.caller, args.id)
+    elif isinstance(args, p.PingArgs):
+        await session.ping(args.timeout)
     elif isinstance(args, p.SimControlArgs):
         if not isinstance(session, SimControllable):
             raise EngineError(f"sim controls exist only with engine: sim ({args.action!r} refused)",

@@ -288,3 +288,13 @@ async def decrypt_poll_vote(client: NewAClient, event: Proto) -> list[bytes]:
     if answer.Error:
         raise EngineError(answer.Error)
     return [bytes(option) for option in answer.PollVoteMessage.selectedOptions]
+async def ping(client: NewAClient, timeout: float) -> None:
+    """One server round trip on the open connection: whatsmeow's `GetBlocklist` sends an IQ
+    (`<iq xmlns="blocklist" type="get">`) and waits for its answer; nothing is cached or changed."""
+    try:
+        await asyncio.wait_for(client.get_blocklist(), timeout)
+    except TimeoutError:
+        raise EngineError(f"WhatsApp did not answer a check within {timeout:g} s",
+                          code=ErrorCode.KEEPALIVE_TIMEOUT) from None
+    except Exception as exc:
+        raise engine_error(exc) from exc

@@ -644,6 +644,11 @@ class NeonizeSession:
 
     # ------------------------------------------------------------ WhatsApp calls
 
+    async def ping(self, timeout: float) -> None:
+        """The watchdog's check: whatsmeow's `GetBlocklist`, one IQ to the server (`blocklist` get)
+        answered with a short list, no side effect and no cache (privacy settings are cached)."""
+        await calls.ping(self._require_client(), timeout)
+
     def _require_client(self) -> NewAClient:
         if self._client is None:
             raise EngineError("not connected", code=ErrorCode.NOT_CONNECTED)

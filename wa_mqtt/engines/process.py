@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 15.0
 CALL_TIMEOUT = 120.0
+CALL_GRACE = 5.0  # seconds a ping's answer may take beyond its own timeout (the pipe, a busy child)
 ENDS_THE_PROCESS = frozenset({"crash", "hang"})  # sim controls whose call ends with the child gone
 
 
@@ -176,6 +177,8 @@ class ProcessSession:
 
     async def reject_call(self, caller: str, call_id: str) -> None:
         await self._call("reject_call", p.RejectCallArgs(caller=caller, id=call_id))
+    async def ping(self, timeout: float) -> None:
+        await self._call("ping", p.PingArgs(timeout=timeout), timeout=timeout + CALL_GRACE)
 
     async def close(self) -> None:
         self._engine.forget(self)

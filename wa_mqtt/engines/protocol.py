@@ -80,6 +80,10 @@ class CheckArgs(Args):
     """`check`: phone numbers to look up on WhatsApp; the result is a list of `NumberCheck`s."""
 
     numbers: list[str]
+class PingArgs(Args):
+    """A server round trip on the open connection (the watchdog's check), within `timeout` s."""
+
+    timeout: float
 
 
 class SimControlArgs(Args):
@@ -116,6 +120,7 @@ ARGS: dict[str, type[Args]] = {
     "check": CheckArgs,
     "groups": Args, "group_info": GroupInfoArgs, "contacts": Args, "edit": EditArgs, "revoke": RevokeArgs,
     "reject_call": RejectCallArgs,
+    "ping": PingArgs,
 }
 OPS = frozenset(ARGS)
 

@@ -265,6 +265,7 @@ class SimSession:
         self._pairing = False
         self._pair_count = 0
         self._outage_until: datetime | None = None
+        self._silent_until: datetime | None = None  # `wa/sim/<phone>/silence`: connected, but nothing arrives
         self._offline_inbox: list[tuple[IncomingMessage, FetchFn | None]] = []
         self.media_saver: MediaSaver | None = None  # incoming media downloads (set by the engine)
         self._directory = SimDirectory(store_path)  # groups and seen contacts
@@ -302,6 +303,16 @@ class SimSession:
         self._cancel_reconnect()
         self._connected = False
         self._pairing = False
+        self._silent_until = None  # the silence was this connection's: the next one is heard again
+
+    async def ping(self, timeout: float) -> None:
+        """The server round trip: answered at once, except on a silent connection, where no answer
+        comes (the check fails after `timeout` s, as an unanswered IQ does)."""
+        self._require_connected()
+        if self._is_silent():
+            await asyncio.sleep(timeout)
+            raise EngineError(f"sim: WhatsApp did not answer a check within {timeout:g} s (silent connection)",
+                              code=ErrorCode.KEEPALIVE_TIMEOUT)
 
     async def logout(self) -> None:
         await self.stop()
@@ -486,6 +497,7 @@ class SimSession:
             "stall": self._stall_next_send,  # test aid: a bridge killed between handing over and hearing back
             "contacts": self._set_contacts,
             "group": self._group, "call": self._call,  # issue 15
+            "silence": self._silence,  # the connection stays up, nothing arrives: the watchdog's case
         }.get(action)
         if handler is None:
             raise EngineError(f"unknown sim action {action!r}", code=ErrorCode.INVALID_REQUEST)
@@ -551,6 +563,20 @@ class SimSession:
         if self._connected:
             self._connected = False
             self._emit(Disconnected(code=ErrorCode.CONNECTION_LOST, error="sim: WhatsApp unreachable"))
+
+    async def _silence(self, payload: bytes) -> None:
+        """`{"seconds": N}`: the connection stays up but nothing arrives for N s (messages wait for the
+        next connection, as WhatsApp keeps them) and server checks go unanswered."""
+        try:
+            seconds = float(json.loads(payload or b"{}").get("seconds", 60))
+        except (ValueError, AttributeError, TypeError):
+            seconds = -1.0
+        if not 0 < seconds <= 86400:
+            raise EngineError("silence payload must be {\"seconds\": N}, 0 < N <= 86400", code=ErrorCode.INVALID_REQUEST)
+        self._silent_until = self._clock() + timedelta(seconds=seconds)
+
+    def _is_silent(self) -> bool:
+        return self._silent_until is not None and self._clock() < self._silent_until
 
     async def _remote_logout(self, _payload: bytes) -> None:
         self._unlink()
@@ -700,7 +726,7 @@ class SimSession:
             self._reconnect = None
 
     def _deliver(self, message: IncomingMessage, fetch: FetchFn | None = None) -> None:
-        if self._connected:
+        if self._connected and not self._is_silent():
             self._receive(message, fetch)
         else:
             self._offline_inbox.append((message, fetch))  # WhatsApp keeps it until the device is back

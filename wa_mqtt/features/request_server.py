@@ -58,7 +58,7 @@ class RequestServer:
         self._clock = clock
         self._started_at = started_at
         self._disk = disk
-        self._services = Services(manager, sending, self._health, reload)
+        self._services = Services(manager, sending, self._health, reload, self._set_log_level)
         self._tasks = BackgroundTasks(log)  # requests being served
         self._requests: RequestQueue[tuple[RequestTopic, Incoming]] = RequestQueue(
             lambda _target, item: self._serve(*item), self._tasks.spawn)
@@ -170,6 +170,12 @@ class RequestServer:
         if Route.is_route(event.reply):
             route = Route.from_dict(event.reply)
             self._respond(event.phone, "send", route, api.error(route, event.code, event.error))
+
+    def _set_log_level(self, level: str) -> None:
+        """`bridge/request/log_level`: the root logger's level (the bridge process) until the next start."""
+        logging.getLogger().setLevel(level.upper())
+        log.warning("log level set to %s on request (until the next start)", level)  # seen at every level
+        self._bus.emit(ev.LogLevelChanged(level))
 
     def _health(self) -> Result:
         """The bridge's own figures for `health` (the accounts' are the manager's)."""

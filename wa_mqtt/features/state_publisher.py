@@ -77,6 +77,10 @@ def bridge_event(event: ev.Event) -> tuple[str, dict[str, object]]:
             return "config_reloaded", {"changed": changed, "restart_required": restart}
         case ev.ConfigInvalid(error=error):
             return "config_invalid", {"error": error}
+        case ev.AlertRaised(phone=phone, state=state, error_code=code, since=since):
+            return "alert", {"phone": phone, "state": state.value, "error_code": code, "since": utc_iso(since)}
+        case ev.AlertCleared(phone=phone, since=since):
+            return "recovered", {"phone": phone, "since": utc_iso(since)}
     raise ValueError(f"{type(event).__name__} is not a bridge/event")
 
 
@@ -90,7 +94,7 @@ def dedup_key(message: IncomingMessage) -> str:
 BRIDGE_EVENTS: tuple[type, ...] = (
     ev.AccountAdded, ev.AccountRemoved, ev.Paired, ev.LoggedOut, ev.EngineCrashed, ev.StoreRestored,
     ev.LinkedOtherNumber, ev.AutoReplySent, ev.AutoReplyDelivered, ev.AutoReplyFailed, ev.ConfigReloaded,
-    ev.ConfigInvalid, ev.AiReplyFailed,
+    ev.ConfigInvalid, ev.AiReplyFailed, ev.AlertRaised, ev.AlertCleared,
 )
 
 
@@ -122,6 +126,7 @@ class StatePublisher:
         on(ev.PairingOffered, self._on_pairing, OWNER)
         on(ev.PairingCleared, self._on_pairing_cleared, OWNER)
         on(ev.ConfigReloaded, self._on_config, OWNER)
+        on(ev.LogLevelChanged, lambda _: self.publish_info(), OWNER)
         for event_type in BRIDGE_EVENTS:
             on(event_type, self._bridge_event, OWNER)
 
@@ -138,6 +143,7 @@ class StatePublisher:
         self._link.set_retained(self._topics.bridge_info, encode({
             "version": __version__, "engine": self._config.engine, "started_at": utc_iso(self._started_at),
             "base_topic": self._topics.base, "accounts": self._manager.phones(), "config": self._config.masked(),
+            "log_level": logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower(),
         }))
         self._publish_accounts()
 

@@ -98,6 +98,20 @@ class OptionalPhoneRequest(_Req):
     check_phone = field_validator("phone")(lambda v: v if v is None else _phone(v))
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class LogLevelRequest(_Req):
+    """`bridge/request/log_level`: the bridge's log level until the next start."""
+
+    level: Literal["debug", "info", "warning", "error"]
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+
 class ReactRequest(_Req):
     chat: str
     id: str = Field(min_length=1, max_length=128)
@@ -192,6 +206,7 @@ BRIDGE_SCHEMAS: dict[str, type[BaseModel]] = {
     "pair": PairRequest, "remove": PhoneRequest, "backup": OptionalPhoneRequest,
     "restart_account": PhoneRequest, "reload": EmptyRequest, "health": EmptyRequest,
 }
+BRIDGE_SCHEMAS |= {"log_level": LogLevelRequest, "restart": EmptyRequest}  # operating it (issue 17)
 assert set(ACCOUNT_SCHEMAS) == ACCOUNT_COMMANDS and set(BRIDGE_SCHEMAS) == BRIDGE_COMMANDS
 
 

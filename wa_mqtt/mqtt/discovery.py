@@ -59,7 +59,22 @@ LINKED_AVAILABILITY_TEMPLATE = (
 )
 # The bridge clears pairing topics with an empty retained payload; 'None' makes the sensor unknown.
 PAIR_CODE_TEMPLATE = "{{ value if value else 'None' }}"
-NOTIFY_COMMAND_TEMPLATE = '{{"to": "{to}", "text": {{{{ value | to_json }}}}}}'
+NOTIFY_COMMAND_TEMPLATE = '{{"to": "{to}", "text": {{{{ value | to_json }}}}, "transaction": "{tx}{to}"}}'
+# -- health monitoring (issue 17) -------------------------------------------------------------------
+NOTIFY_TRANSACTION = "ha_notify:"
+"""The `transaction` of every notify entity's send (then the recipient): its answer on
+`<base>/<phone>/response/send` is told apart from other clients' by it."""
+# The `send_failed` event entity: an error answer to a notify entity's send (at once, or later for a
+# queued one) becomes an event with the recipient, the code and the text; any other answer renders
+# nothing, which Home Assistant ignores.
+SEND_FAILED_TEMPLATE = (
+    "{% set t = value_json.get('transaction') | string %}"
+    "{% if value_json.get('status') == 'error' and t.startswith('" + NOTIFY_TRANSACTION + "') %}"
+    "{{ {'event_type': 'send_failed', 'to': t[" + str(len(NOTIFY_TRANSACTION)) + ":], "
+    "'code': value_json.get('code'), 'error': value_json.get('error')} | to_json }}{% endif %}"
+)
+PROBLEM_TEMPLATE = "{{ 'ON' if value_json.problem else 'OFF' }}"
+LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
 
 Discovery = tuple[str, dict[str, Any]]
 
@@ -147,6 +162,7 @@ def bridge_discovery(*, base_topic: str, discovery_prefix: str, version: str) ->
             **available,
         },
     }
+    components |= _bridge_operating(topics, available)
     for key, component in components.items():
         _identify(component, f"{device_id}_{key}", f"{ENTITY_PREFIX}_bridge_{key}")
     payload = {
@@ -158,6 +174,27 @@ def bridge_discovery(*, base_topic: str, discovery_prefix: str, version: str) ->
         "cmps": components,
     }
     return device_topic(discovery_prefix, device_id), payload
+
+
+def _bridge_operating(topics: Topics, available: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Operating the bridge from Home Assistant: its log level, restarting the accounts, reloading config.yaml."""
+    def button(name: str, cmd: str, icon: str, category: str) -> dict[str, Any]:
+        return {
+            "platform": "button", "name": name, "icon": icon, "command_topic": topics.bridge_request(cmd),
+            "payload_press": "{}", "qos": 1, "retain": False, "entity_category": category, **available,
+        }
+
+    return {
+        "log_level": {
+            "platform": "select", "name": "Log level", "icon": "mdi:format-list-bulleted",
+            "entity_category": "config", "options": list(LOG_LEVELS),
+            "command_topic": topics.bridge_request("log_level"), "command_template": '{"level": "{{ value }}"}',
+            "state_topic": topics.bridge_info, "value_template": "{{ value_json.log_level }}",
+            "qos": 1, "retain": False, **available,
+        },
+        "restart_accounts": button("Restart accounts", "restart", "mdi:restart", "config"),
+        "reload_config": button("Reload config", "reload", "mdi:file-refresh", "config"),
+    }
 
 
 def _account_components(
@@ -196,6 +233,11 @@ def _account_components(
             "state_topic": topics.pair_code(phone), "value_template": PAIR_CODE_TEMPLATE,
             **pairing_category, **bridge,
         },
+        "problem": {
+            "platform": "binary_sensor", "name": "Problem", "device_class": "problem",
+            "state_topic": topics.problem(phone), "value_template": PROBLEM_TEMPLATE,
+            "json_attributes_topic": topics.problem(phone), **bridge,
+        },
         "connect": button("Connect", "connect", "mdi:link-variant", bridge),
         "pair_with_code": {
             **button("Pair with code", "connect", "mdi:numeric", bridge, press='{"method": "code"}'),
@@ -217,11 +259,17 @@ def _account_components(
             **_counter("reconnects", "Reconnects", "mdi:connection", topics, phone, bridge, diagnostic=True),
             **_groups_and_calls(topics, phone, bridge),
         }
+        if recipients:
+            components["send_failed"] = {
+                "platform": "event", "name": "Send failed", "icon": "mdi:message-alert",
+                "state_topic": topics.response(phone, "send"), "event_types": ["send_failed"],
+                "value_template": SEND_FAILED_TEMPLATE, "qos": 1, **bridge,
+            }
         for recipient in recipients:
             components[f"to_{slug(recipient)}"] = {
                 "platform": "notify", "name": f"Send to {recipient}", "icon": "mdi:message-arrow-right",
                 "command_topic": topics.request(phone, "send"),
-                "command_template": NOTIFY_COMMAND_TEMPLATE.format(to=recipient),
+                "command_template": NOTIFY_COMMAND_TEMPLATE.format(to=recipient, tx=NOTIFY_TRANSACTION),
                 "qos": 1, "retain": False,
                 **session,
             }

@@ -12,6 +12,7 @@ after the turn, so an account's next requests are taken while this one is with t
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
@@ -20,7 +21,7 @@ from pydantic import BaseModel
 
 from .. import __version__
 from ..events import Reply
-from ..model import OutgoingMessage, SendOutcome
+from ..model import AccountState, OutgoingMessage, SendOutcome
 from . import api
 from .api import (
     CheckRequest,
@@ -28,6 +29,7 @@ from .api import (
     EditRequest,
     EmptyRequest,
     GroupInfoRequest,
+    LogLevelRequest,
     OptionalPhoneRequest,
     PairRequest,
     PhoneRequest,
@@ -55,6 +57,7 @@ class Services:
     sending: SendService
     health: Callable[[], Result]  # the bridge's own figures for `health` (uptime, link, disk, dedup)
     reload: Callable[[], Awaitable[Result]]  # re-read config.yaml (ApiError when there is none)
+    set_log_level: Callable[[str], None] = lambda _level: None  # the bridge's log level, until the next start
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +196,28 @@ async def _reload(call: Call, _request: EmptyRequest) -> Result:
     return await call.services.reload()
 
 
+# -- operating it (issue 17) ---------------------------------------------------------------------------
+async def _log_level(call: Call, request: LogLevelRequest) -> Result:
+    call.services.set_log_level(request.level)
+    return {"level": request.level}
+
+
+RESTART_SKIPPED = (AccountState.STOPPED, AccountState.LOGGED_OUT)
+"""Not restarted by `restart`: stopped on request (a restart would start it), or without a linked device."""
+
+
+async def _restart(call: Call, _request: EmptyRequest) -> Result:
+    """Restart every account that runs or tries to (each as `restart_account`), all at once."""
+    manager = call.services.manager
+    phones = [phone for phone in manager.phones()
+              if (s := manager.find(phone)) is not None and s.state not in RESTART_SKIPPED]
+    skipped = sorted(set(manager.phones()) - set(phones))
+    results = await asyncio.gather(*(manager.restart(phone) for phone in phones), return_exceptions=True)
+    failed = {phone: str(result) for phone, result in zip(phones, results, strict=True)
+              if isinstance(result, BaseException)}
+    return {"restarted": sorted(set(phones) - set(failed)), "skipped": skipped, "failed": failed}
+
+
 ACCOUNT_REQUESTS: Mapping[str, Command] = {
     "connect": command(ConnectRequest, _connect),
     "disconnect": command(EmptyRequest, _disconnect),
@@ -215,6 +240,8 @@ BRIDGE_REQUESTS: Mapping[str, Command] = {
     "restart_account": command(PhoneRequest, _restart_account),
     "reload": command(EmptyRequest, _reload),
     "health": command(EmptyRequest, _health),
+    "log_level": command(LogLevelRequest, _log_level),
+    "restart": command(EmptyRequest, _restart),
 }
 assert {name: row.schema for name, row in ACCOUNT_REQUESTS.items()} == api.ACCOUNT_SCHEMAS
 assert {name: row.schema for name, row in BRIDGE_REQUESTS.items()} == api.BRIDGE_SCHEMAS

@@ -9,6 +9,7 @@ SIM = "sim"
 RESERVED_IDS = frozenset({BRIDGE, SIM})
 
 BRIDGE_COMMANDS = frozenset({"pair", "remove", "backup", "restart_account", "reload", "health"})
+BRIDGE_COMMANDS |= {"log_level", "restart"}  # operating it (issue 17)
 ACCOUNT_COMMANDS = frozenset({"connect", "disconnect", "logout", "send", "react", "read", "typing",
                               "check"}) | frozenset({
     "groups", "group_info", "contacts", "edit", "revoke"})  # issue 15
@@ -38,6 +39,9 @@ class Topics:
     @property
     def bridge_event(self) -> str:
         return f"{self.base}/bridge/event"
+
+    def bridge_request(self, cmd: str) -> str:
+        return f"{self.base}/bridge/request/{cmd}"
 
     def bridge_response(self, cmd: str) -> str:
         return f"{self.base}/bridge/response/{cmd}"
@@ -79,6 +83,11 @@ class Topics:
     def stats(self, phone: str) -> str:
         """Retained JSON counters `{"messages_in", "messages_out", "reconnects"}` (HA sensors)."""
         return f"{self.base}/{phone}/stats"
+
+    def problem(self, phone: str) -> str:
+        """Retained JSON `{"problem", "state", "error_code", "since"}`: whether the account needs a person
+        (features/alerts.py; the Home Assistant `problem` binary sensor)."""
+        return f"{self.base}/{phone}/problem"
 
     # sim
     def sim_sent(self, phone: str) -> str:
