@@ -37,6 +37,7 @@ from .features.ha_discovery import HaDiscovery
 from .features.request_server import RequestServer
 from .features.sim_control import SimControl
 from .features.state_publisher import StatePublisher
+from .features.web_page import WebPage
 from .mqtt.api import ApiError
 from .mqtt.embedded_broker import start_embedded_broker
 from .mqtt.link import Incoming, MqttLink
@@ -159,6 +160,8 @@ class App:
             if config.mqtt.discovery:
                 extensions.append(HaDiscovery(bus, config, topics, link, manager))
             extensions.append(AutoReply(bus, config, sending, self._clock))
+            if config.web.enabled:  # last: drained first, so no action is taken from the page once stopping
+                extensions.append(WebPage(bus, config, manager, self._clock))
             for extension in extensions:
                 extension.start()
             self.bus, self.manager, self.sending, self.link = bus, manager, sending, link

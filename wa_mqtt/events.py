@@ -8,8 +8,8 @@ Who emits what:
   `StoreRestored`, `LinkedOtherNumber`;
 - the app: `ConfigReloaded`, `ConfigInvalid`, `DiskFullChanged` (from `DiskFullWatch`), and from the
   MQTT link `LinkConnected`, `MqttMessageReceived`;
-- features: `MessagePublished` (state publisher), `AutoReplySent` / `AutoReplyDelivered` /
-  `AutoReplyFailed` (auto-reply).
+- features: `MessagePublished`, `BridgeEventPublished` (state publisher), `AutoReplySent` /
+  `AutoReplyDelivered` / `AutoReplyFailed` (auto-reply), `LocalRequest` (web page).
 
 `reply` on sends is the opaque reference the MQTT side gave with the send (where to answer, or which
 auto-reply rule it was): the accounts layer stores it in the outbox and hands it back unread.
@@ -17,7 +17,7 @@ auto-reply rule it was): the accounts layer stores it in the outbox and hands it
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -232,6 +232,28 @@ class MessagePublished:
 
 
 @dataclass(frozen=True, slots=True)
+class BridgeEventPublished:
+    """`bridge/event` went out with this `type` and `data` (what other front ends show as recent events)."""
+
+    type: str
+    data: Mapping[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class LocalRequest:
+    """A request from a front end other than MQTT (the web page): the request server serves it as it
+    serves `<base>/<target>/request/<command>` with this payload (same queue, table, validation and
+    errors) and hands the response body to `answer` instead of publishing it. A send that has to wait in
+    the outbox stores `reply`; its later outcome is `SendCompleted` / `SendFailed` with that reference."""
+
+    target: str
+    command: str
+    payload: bytes
+    answer: Callable[[dict[str, object]], None]
+    reply: Reply
+
+
+@dataclass(frozen=True, slots=True)
 class AutoReplySent:
     """An auto-reply was sent now (`id`) or queued."""
 
@@ -266,5 +288,5 @@ Event = (
     | AccountConnected | Paired | LinkedElsewhere | LoggedOut | EngineCrashed | SendCompleted | SendFailed
     | SimSent | AccountAdded | AccountDropped | AccountRemoved | AccountsChanged | StoreRestored
     | LinkedOtherNumber | ConfigReloaded | ConfigInvalid | DiskFullChanged | LinkConnected | MqttMessageReceived
-    | MessagePublished | AutoReplySent | AutoReplyDelivered | AutoReplyFailed
+    | MessagePublished | AutoReplySent | AutoReplyDelivered | AutoReplyFailed | BridgeEventPublished | LocalRequest
 )
