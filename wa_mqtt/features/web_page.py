@@ -327,7 +327,7 @@ class WebPage:
     def _on_stats(self, event: ev.StatsChanged) -> None:
         supervisor = self._manager.find(event.phone)
         if supervisor is not None:
-            before = self._counts.get(event.phone, (supervisor.messages_in, supervisor.messages_out))
+            before = self._counts.get(event.phone, (0, 0))  # the counters start at 0 with the bridge
             now = (supervisor.messages_in, supervisor.messages_out)
             if now != before:
                 self._last[event.phone] = LastEvent("message_in" if now[0] > before[0] else "message_out",

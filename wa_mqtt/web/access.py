@@ -20,7 +20,7 @@ from enum import StrEnum
 from ..config import WebConfig, is_loopback
 
 COOKIE = "wa_mqtt_token"
-_INGRESS_PATH = re.compile(r"^/[A-Za-z0-9_./-]{0,200}$")
+_INGRESS_PATH = re.compile(r"^(/[A-Za-z0-9_.-]+){1,8}/?$")  # segments of plain characters: never `//host`
 
 
 class Verdict(StrEnum):
@@ -72,6 +72,6 @@ def check(config: WebConfig, seen: Seen) -> tuple[Verdict, str]:
 def base_href(ingress_path: str | None) -> str:
     """Where the page's relative URLs start: the ingress prefix Home Assistant gives in `X-Ingress-Path`
     (checked: a path of plain characters), else the page's own folder."""
-    if ingress_path and _INGRESS_PATH.match(ingress_path) and ".." not in ingress_path:
+    if ingress_path and len(ingress_path) <= 200 and _INGRESS_PATH.match(ingress_path) and ".." not in ingress_path:
         return ingress_path.rstrip("/") + "/"
     return "./"
