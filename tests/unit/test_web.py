@@ -23,7 +23,7 @@ NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "", "192.168.1.5", "::", "bridge.lan"])
 def test_a_host_other_than_loopback_needs_a_token_or_the_ingress_proxy(host: str) -> None:
-    with pytest.raises(ConfigError, match="web: .*not a loopback address: set web.token"):
+    with pytest.raises(ConfigError, match=r"web: .*not a loopback address: set web.token"):
         build_config({"web": {"host": host}}, environ={})
     assert build_config({"web": {"host": host, "token": TOKEN}}, environ={}).web.token == TOKEN
     assert build_config({"web": {"host": host, "ingress_proxy": "172.30.32.2"}}, environ={}).web.host == host
@@ -39,9 +39,9 @@ def test_the_token_is_a_secret_masked_everywhere_and_not_a_short_one() -> None:
     config = build_config({}, environ={"WA_MQTT_WEB__TOKEN": TOKEN})
     assert config.web.token == TOKEN and config.masked()["web"]["token"] == "***"
     assert TOKEN not in str(config.masked())
-    with pytest.raises(ConfigError, match="web.token: .*at least 16 characters"):
+    with pytest.raises(ConfigError, match=r"web\.token: .*at least 16 characters"):
         build_config({"web": {"token": "short"}}, environ={})
-    with pytest.raises(ConfigError, match="web.ingress_proxy: .*one IP address"):
+    with pytest.raises(ConfigError, match=r"web\.ingress_proxy: .*one IP address"):
         build_config({"web": {"ingress_proxy": "supervisor"}}, environ={})
     defaults = build_config({}, environ={}).web
     assert (defaults.enabled, defaults.host, defaults.port, defaults.token) == (True, "127.0.0.1", 8099, None)
