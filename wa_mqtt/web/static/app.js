@@ -139,7 +139,7 @@ function showAccount(view) {
   $(".name", node).textContent = view.name || "";
   const state = $(".state", node);
   state.textContent = view.state.replace("_", " ");
-  state.className = "state " + view.state;
+  state.className = "state state-" + view.state; // not the state's bare name: `.pairing` is the QR's box
   $(".error", node).textContent = view.error ? view.error : "";
   const pairing = $(".pairing", node);
   const qr = $(".qr", node);
