@@ -77,6 +77,7 @@ async def test_pair_by_the_qr_on_the_page_then_disconnect_connect_send_and_remov
             retained = await probe.wait_for(f"{env.base}/{A}/qr", lambda r: bool(r.payload))
             assert code == retained.payload.decode()
             if target := os.environ.get("WEB_SCREENSHOT"):
+                await expect(page.locator("#toast")).to_have_css("opacity", "0", timeout=TIMEOUT)  # faded
                 await page.screenshot(path=target, full_page=True)
 
             # the phone scans it: the card turns connected by itself, the QR goes

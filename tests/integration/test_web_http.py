@@ -218,7 +218,26 @@ async def test_through_the_ingress_proxy_only_and_under_its_path(env: BridgeEnv,
         status, body = await post(ingress, url + "/api/request/bridge/health", {},
                                   {"Origin": "http://homeassistant.local:8123"})
         assert status == 200 and body["data"]["broker_connected"] is True
-    assert bridge.stop() == 0
+
+        # pairing with a code: the card shows the code MQTT shows
+        async with Probe(env.broker, env.base) as probe, stream(ingress, url) as events:
+            await events.next("snapshot")
+            status, body = await post(ingress, url + "/api/request/bridge/pair", {"phone": A, "method": "code"})
+            assert status == 200
+            card = await events.next("account", lambda a: a["pairing"] is not None)
+            retained = await probe.wait_for(f"{env.base}/{A}/pair_code", lambda r: bool(r.payload))
+            assert card["pairing"]["kind"] == "code" and card["pairing"]["code"] == retained.payload.decode()
+            async with ingress.get(url + f"/api/accounts/{A}/qr.png") as response:
+                assert response.status == 404  # a code, not a QR
+
+            # stopping the bridge ends the open streams at once, and it stops cleanly
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            stopping = asyncio.create_task(asyncio.to_thread(bridge.stop))
+            async with asyncio.timeout(10):
+                async for _line in events.response.content:
+                    pass
+            assert await stopping == 0 and loop.time() - started < 10
 
 
 def _run(env: BridgeEnv) -> subprocess.CompletedProcess[str]:

@@ -385,6 +385,8 @@ class WebPage:
         data = body.get("data")
         if isinstance(data, dict):
             data.pop("accounts", None)  # the cards show those
+            if isinstance(waiting := data.get("requests_waiting"), int):
+                data["requests_waiting"] = max(0, waiting - 1)  # not counting this `health` request itself
             self._health = data
 
 
