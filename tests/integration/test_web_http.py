@@ -108,6 +108,9 @@ async def test_the_page_with_a_token_every_endpoint_and_action(env: BridgeEnv, b
                 assert response.status == 303 and "token" not in response.headers["Location"]
             async with browser.get(url + "/") as response:
                 assert response.status == 200
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+            async with browser.get(url + f"/api/state?token={TOKEN}") as response:  # back where it was, without it
+                assert response.status == 200 and response.url.path == "/api/state" and not response.url.query
 
         # -- the page and its files, all relative, nothing from the internet
         async with http.get(url + "/") as response:

@@ -182,7 +182,7 @@ class WebPage:
             log.debug("web: %s %s from %s refused: %s", request.method, request.path, request.remote, why)
             response = self._refused(request, verdict, why)
         elif seen.query_token is not None and request.method == "GET":  # the token in a link: keep it as a cookie
-            response = web.HTTPSeeOther(self._base(request) + request.path.lstrip("/"))
+            response = web.HTTPSeeOther(request.path.rsplit("/", 1)[-1] or "./")  # relative: works behind a prefix
             self._set_cookie(response, request)
         else:
             response = await handler(request)
