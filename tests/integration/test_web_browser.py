@@ -1,7 +1,7 @@
 """The web page in a real headless Chromium (the distribution's, driven by Playwright), on a real bridge
 with the sim engine: pair a number from the page, read the QR off the page as a phone would and scan it
 through the sim, watch the card turn connected without a reload, disconnect and connect with its buttons,
-send a test message, and remove the account after confirming.
+send a test message, see an outage's error and next retry, and remove the account after confirming.
 
 `WEB_SCREENSHOT=docs/web-page.png` saves the page's screenshot there (the one in the README).
 """
@@ -109,6 +109,17 @@ async def test_pair_by_the_qr_on_the_page_then_disconnect_connect_send_and_remov
             await page.click("#pair-button")
             await expect(page.locator("#toast")).to_contain_text("invalid_request", timeout=TIMEOUT)
 
+            # WhatsApp unreachable for a moment: the card shows the error and the next retry, then recovers
+            await probe.sim(B, "outage", {"seconds": 3})
+            await page.wait_for_function(
+                """phone => {
+                    const card = document.querySelector(`.card[data-phone="${phone}"]`);
+                    return card.dataset.state === "disconnected" && card.querySelector(".error").textContent !== ""
+                        && /in \\d+ s|now/.test(card.querySelector('dd[data-key="next_retry_at"]')?.textContent);
+                }""", arg=B, timeout=TIMEOUT)
+            await expect(kitchen).to_have_attribute("data-state", "connected", timeout=TIMEOUT)
+            await expect(kitchen.locator(".error")).to_have_text("")
+
             # remove asks first: cancel keeps the account, yes removes it
             await card.locator('[data-action="remove"]').click()
             await expect(card.locator(".confirm")).to_be_visible()
@@ -117,7 +128,6 @@ async def test_pair_by_the_qr_on_the_page_then_disconnect_connect_send_and_remov
             await card.locator('[data-action="remove"]').click()
             await card.locator(".confirm-yes").click()
             await expect(card).to_have_count(0, timeout=TIMEOUT)
-            await expect(kitchen).to_have_attribute("data-state", "connected")
             assert await page.evaluate("window.sameDocument") is True  # all of it without a reload
             assert refused == [400]  # the pair request for "12", and nothing else
             assert not [p for p in problems if "status of 400" not in p], problems
