@@ -242,7 +242,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#pair-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const phone = $("#pair-phone").value.trim().replace(/^\+/, "");
-    request("bridge", "pair", {phone, method: $("#pair-method").value});
+    request("bridge", "pair", {phone, method: $("#pair-method").value}).then((answer) => {
+      if (answer && answer.status === "ok") $("#pair-phone").value = "";
+    });
   });
   setInterval(() => { // the countdown to each account's next retry (no request: the time is known)
     for (const dd of document.querySelectorAll('dd[data-key="next_retry_at"]')) dd.textContent = inSeconds(dd.dataset.at);
