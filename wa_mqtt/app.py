@@ -3,7 +3,8 @@
 Startup: the sessions folder's lock (one bridge per folder) and, for the embedded broker, a free port
 (either failing is a StartupError: exit 2) → durable files → (embedded broker) → the event bus, the
 MQTT link (its callbacks emit on the bus), the account manager, the send service → the extensions
-(features/), started in order → link and accounts run, every account restored at once.
+(features/), started in order, the web page last (its port taken: a StartupError, exit 2) → link and
+accounts run, every account restored at once.
 Shutdown (SIGTERM/SIGINT): the extensions drain in reverse order (no more requests, finish the ones
 being served), the engine sessions close (each running account then shows `stopped`), the extensions
 stop in reverse order, what is queued is published and then `offline` (retained), disconnect, close files.
