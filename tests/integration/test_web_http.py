@@ -176,12 +176,19 @@ async def test_the_page_with_a_token_every_endpoint_and_action(env: BridgeEnv, b
             assert sent.json()["text"] == "Test from the page" and sent.json()["id"] == body["data"]["id"]
             card = await events.next("account", lambda a: a["messages_out"] == 1)
             assert card["last_event"]["type"] == "message_out"
-            assert not [r for r in probe.received[mark:] if r.topic == f"{env.base}/{A}/response/send"]
 
             assert (await post(http, f"{url}/api/request/{A}/disconnect", {}))[0] == 200
             await events.next("account", lambda a: a["state"] == "stopped")
+            status, body = await post(http, f"{url}/api/request/{A}/send", {"to": ANA, "text": "when back"})
+            assert status == 200 and body["data"]["queued"] is True  # waits in the outbox
             assert (await post(http, f"{url}/api/request/{A}/connect", {}))[0] == 200
             await events.next("account", lambda a: a["state"] == "connected")
+            later = await events.next("event", lambda e: e["type"] == "queued_send_sent")
+            sent_now = [r.json() for r in await probe.wait_count(f"{env.base}/sim/{A}/sent", 2)]
+            assert [m["text"] for m in sent_now] == ["Test from the page", "when back"]
+            assert later["data"] == {"phone": A, "id": sent_now[1]["id"]}
+            # a page's answers, the queued one's later outcome too, are not published on MQTT
+            assert not [r for r in probe.received[mark:] if r.topic == f"{env.base}/{A}/response/send"]
 
             async with http.get(url + "/api/state") as response:
                 state = await response.json()

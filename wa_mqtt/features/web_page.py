@@ -23,7 +23,7 @@ import json
 import logging
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
@@ -53,7 +53,7 @@ HEALTH_INTERVAL = 2.0  # seconds between two looks at the bridge's health while 
 KEEPALIVE = 15.0  # seconds of silence after which a stream sends a comment (proxies close idle streams)
 REQUEST_TIMEOUT = 300.0  # seconds a page's request may take (a send waits for WhatsApp)
 STREAM_BUFFER = 2000  # updates held for a slow page; beyond it its stream is closed (it reconnects: a snapshot)
-WEB_REPLY = {"web": True}  # the reply reference of a page's send: its later outcome is not answered on MQTT
+WEB_REPLY_KEY = "web"  # the reply reference of a page's send, {"web": true}: its later outcome is not answered on MQTT
 STATIC = {"app.js": "text/javascript", "style.css": "text/css"}
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -124,8 +124,10 @@ class WebPage:
         on(ev.PairingOffered, self._on_pairing, OWNER)
         on(ev.PairingCleared, self._on_pairing_cleared, OWNER)
         on(ev.BridgeEventPublished, self._on_bridge_event, OWNER)
-        on(ev.SendCompleted, lambda e: self._on_send_outcome(e.phone, e.reply, "queued_send_sent"), OWNER)
-        on(ev.SendFailed, lambda e: self._on_send_outcome(e.phone, e.reply, "queued_send_failed"), OWNER)
+        on(ev.SendCompleted, lambda e: self._on_send_outcome(e.reply, "queued_send_sent", {"phone": e.phone, "id": e.id}),
+           OWNER)
+        on(ev.SendFailed, lambda e: self._on_send_outcome(
+            e.reply, "queued_send_failed", {"phone": e.phone, "code": e.code, "error": e.error}), OWNER)
         on(ev.ConfigReloaded, self._on_config, OWNER)
         self._tasks.spawn(self._serve(self._sock), "web-page")
 
@@ -270,7 +272,7 @@ class WebPage:
             if not answered.done():
                 answered.set_result(body)
 
-        self._bus.emit(ev.LocalRequest(target, command, payload, answer, WEB_REPLY))
+        self._bus.emit(ev.LocalRequest(target, command, payload, answer, {WEB_REPLY_KEY: True}))
         try:
             return await asyncio.wait_for(answered, REQUEST_TIMEOUT)
         except TimeoutError:
@@ -353,19 +355,22 @@ class WebPage:
         self._changed(event.phone)
 
     def _on_bridge_event(self, event: ev.BridgeEventPublished) -> None:
+        self._recent(event.type, event.data)
+
+    def _on_send_outcome(self, reply: ev.Reply, what: str, data: dict[str, object]) -> None:
+        """A page's send that waited in the outbox went out, or was given up: the page's own answer to it."""
+        if reply.get(WEB_REPLY_KEY) is True:
+            self._recent(what, data)
+
+    def _recent(self, type_: str, data: Mapping[str, object]) -> None:
         now = self._clock()
-        view = event_view(event.type, event.data, now)
+        view = event_view(type_, data, now)
         self._events.appendleft(view)
-        phone = event.data.get("phone")
+        phone = data.get("phone")
         if isinstance(phone, str) and self._manager.find(phone) is not None:
-            self._last[phone] = LastEvent(event.type, now)
+            self._last[phone] = LastEvent(type_, now)
             self._changed(phone)
         self._push("event", view)
-
-    def _on_send_outcome(self, phone: str, reply: ev.Reply, what: str) -> None:
-        if reply == WEB_REPLY:
-            self._last[phone] = LastEvent(what, self._clock())
-            self._changed(phone)
 
     def _on_config(self, event: ev.ConfigReloaded) -> None:
         self._config = event.config  # web.* itself needs a restart (RESTART_KEYS): self._web stays
