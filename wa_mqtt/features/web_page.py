@@ -22,7 +22,6 @@ import contextlib
 import json
 import logging
 import socket
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,14 +39,14 @@ from ..mqtt.api import encode
 from ..startup import StartupError
 from ..tasks import BackgroundTasks
 from ..web.access import COOKIE, Seen, Verdict, base_href, check
-from ..web.view import Counters, LastEvent, Pairing, account_view, event_view, http_status, qr_png
+from ..web.board import Board
+from ..web.view import Counters, http_status, qr_png
 
 if TYPE_CHECKING:
     from ..accounts.manager import AccountManager
 
 log = logging.getLogger(__name__)
 OWNER = "web page"
-RECENT_EVENTS = 50  # bridge events the page lists
 COALESCE = 0.05  # seconds: changes of one account within this go out as one update
 HEALTH_INTERVAL = 2.0  # seconds between two looks at the bridge's health while a page is open
 KEEPALIVE = 15.0  # seconds of silence after which a stream sends a comment (proxies close idle streams)
@@ -99,15 +98,11 @@ class WebPage:
         self._web = config.web
         self._manager = manager
         self._clock = clock
-        self._pairing: dict[str, Pairing] = {}
-        self._last: dict[str, LastEvent] = {}
-        self._counts: dict[str, tuple[int, int]] = {}
-        self._events: deque[dict[str, object]] = deque(maxlen=RECENT_EVENTS)
+        self._board = Board()
         self._streams: set[_Stream] = set()
         self._dirty: set[str] = set()
         self._flush: asyncio.TimerHandle | None = None
         self._health: dict[str, object] = {}
-        self._serial = 0
         self._tasks = BackgroundTasks(log)
         self._runner: web.AppRunner | None = None
         self._sock: socket.socket | None = None
@@ -228,10 +223,10 @@ class WebPage:
         return response
 
     async def _qr(self, request: web.Request) -> web.Response:
-        pairing = self._pairing.get(request.match_info["phone"])
-        if pairing is None or pairing.kind != "qr":
+        code = self._board.qr(request.match_info["phone"])
+        if code is None:
             return web.json_response({"status": "error", "code": "not_found", "error": "no QR on offer"}, status=404)
-        return web.Response(body=qr_png(pairing.code), content_type="image/png")
+        return web.Response(body=qr_png(code), content_type="image/png")
 
     async def _state(self, _request: web.Request) -> web.Response:
         return web.Response(body=encode(await self._snapshot()), content_type="application/json")
@@ -284,14 +279,14 @@ class WebPage:
             await self._look_at_health()
         accounts = [view for phone in self._manager.phones() if (view := self._account(phone)) is not None]
         return {"version": __version__, "engine": self._config.engine, "accounts": accounts,
-                "events": list(self._events), "health": self._health}
+                "events": self._board.events, "health": self._health}
 
     def _account(self, phone: str) -> dict[str, object] | None:
         supervisor = self._manager.find(phone)
         if supervisor is None:
             return None
         counters = Counters(supervisor.messages_in, supervisor.messages_out, supervisor.account.reconnects)
-        return account_view(supervisor.status, counters, self._pairing.get(phone), self._last.get(phone))
+        return self._board.card(supervisor.status, counters)
 
     def _push(self, name: str, data: object) -> None:
         if not self._streams:
@@ -329,29 +324,19 @@ class WebPage:
     def _on_stats(self, event: ev.StatsChanged) -> None:
         supervisor = self._manager.find(event.phone)
         if supervisor is not None:
-            before = self._counts.get(event.phone, (0, 0))  # the counters start at 0 with the bridge
-            now = (supervisor.messages_in, supervisor.messages_out)
-            if now != before:
-                self._last[event.phone] = LastEvent("message_in" if now[0] > before[0] else "message_out",
-                                                    self._clock())
-            self._counts[event.phone] = now
+            self._board.counted(event.phone, supervisor.messages_in, supervisor.messages_out, self._clock())
         self._changed(event.phone)
 
     def _on_dropped(self, event: ev.AccountDropped) -> None:
-        for held in (self._pairing, self._last, self._counts):
-            held.pop(event.phone, None)
+        self._board.forget(event.phone)
         self._changed(event.phone)
 
     def _on_pairing(self, event: ev.PairingOffered) -> None:
-        if event.code:
-            self._serial += 1
-            self._pairing[event.phone] = Pairing(event.kind, event.code, self._serial)
-        else:
-            self._pairing.pop(event.phone, None)
+        self._board.offer(event.phone, event.kind, event.code)
         self._changed(event.phone)
 
     def _on_pairing_cleared(self, event: ev.PairingCleared) -> None:
-        self._pairing.pop(event.phone, None)
+        self._board.clear(event.phone)
         self._changed(event.phone)
 
     def _on_bridge_event(self, event: ev.BridgeEventPublished) -> None:
@@ -363,14 +348,11 @@ class WebPage:
             self._recent(what, data)
 
     def _recent(self, type_: str, data: Mapping[str, object]) -> None:
-        now = self._clock()
-        view = event_view(type_, data, now)
-        self._events.appendleft(view)
         phone = data.get("phone")
-        if isinstance(phone, str) and self._manager.find(phone) is not None:
-            self._last[phone] = LastEvent(type_, now)
-            self._changed(phone)
-        self._push("event", view)
+        account = phone if isinstance(phone, str) and self._manager.find(phone) is not None else None
+        self._push("event", self._board.recent(type_, data, self._clock(), account))
+        if account is not None:
+            self._changed(account)
 
     def _on_config(self, event: ev.ConfigReloaded) -> None:
         self._config = event.config  # web.* itself needs a restart (RESTART_KEYS): self._web stays
