@@ -211,7 +211,9 @@ async def test_through_the_ingress_proxy_only_and_under_its_path(env: BridgeEnv,
     await asyncio.to_thread(wait_port, port, 20)
     prefix = "/api/hassio_ingress/3bXyZ_token-42"
     proxy = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
-    async with aiohttp.ClientSession() as direct, aiohttp.ClientSession(connector=proxy) as ingress:
+    async with (Probe(env.broker, env.base) as probe, aiohttp.ClientSession() as direct,
+                aiohttp.ClientSession(connector=proxy) as ingress):
+        await probe.wait_online()
         for path in ("/", "/api/state", "/static/app.js"):
             async with direct.get(url + path, headers={"Authorization": f"Bearer {TOKEN}"}) as response:
                 assert response.status == 403, path
@@ -232,7 +234,7 @@ async def test_through_the_ingress_proxy_only_and_under_its_path(env: BridgeEnv,
         assert status == 200 and body["data"]["broker_connected"] is True
 
         # pairing with a code: the card shows the code MQTT shows
-        async with Probe(env.broker, env.base) as probe, stream(ingress, url) as events:
+        async with stream(ingress, url) as events:
             await events.next("snapshot")
             status, body = await post(ingress, url + "/api/request/bridge/pair", {"phone": A, "method": "code"})
             assert status == 200
