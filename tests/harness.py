@@ -181,6 +181,7 @@ class BridgeEnv:
             "data_dir": str(self.root / "data"),
             "reconnect": {"initial": 0.2, "factor": 2, "max": 2, "jitter": 0.1},
             "log_level": "debug",
+            "web": {"enabled": False},  # tests that open the page give it a free port
         }
         for key, value in self.extra.items():
             if isinstance(value, dict) and isinstance(config.get(key), dict):

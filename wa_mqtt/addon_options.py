@@ -34,6 +34,8 @@ OPTIONS_PATH = Path("/data/options.json")
 OUTPUT_PATH = Path("/data/config.yaml")
 EXTRA_CONFIG_PATH = Path("/config/config.yaml")
 SERVICE_URL = "http://supervisor/services/mqtt"
+INGRESS_PORT = 8099  # addon/config.yaml's ingress_port
+INGRESS_PROXY = "172.30.32.2"  # the Supervisor's ingress proxy: the only address the page answers in the add-on
 
 # add-on option (dotted for nested options) → bridge config key (dotted)
 OPTION_PATHS: dict[str, str] = {
@@ -103,7 +105,8 @@ def options_to_config(
     """The bridge's config data (not yet validated) from the add-on options.
 
     `extra` (the add-on folder's own config.yaml, migrated to the current version) is the base;
-    options override it; the sessions and data folders are always under /data. `mqtt_url` wins over
+    options override it; the sessions and data folders are always under /data, and the web page is the
+ingress panel (every address of the container, answering only the ingress proxy). `mqtt_url` wins over
     the Supervisor's MQTT service. The result has the current `version`. Unknown options raise
     ConfigError (the manifest and OPTION_PATHS must agree), and so does an `extra` newer than the code.
     """
@@ -119,6 +122,8 @@ def options_to_config(
         _set(data, "mqtt.url", mqtt_url(mqtt_service))
     data["sessions_dir"] = SESSIONS_DIR
     data["data_dir"] = DATA_DIR
+    # the web page as the ingress panel: on the container's address, for the ingress proxy alone
+    data["web"] = {"enabled": True, "host": "0.0.0.0", "port": INGRESS_PORT, "ingress_proxy": INGRESS_PROXY}
     merged = deep_merge(base, data)
     media = merged.setdefault("media", {})
     if isinstance(media, dict):

@@ -3,7 +3,8 @@
 Startup: the sessions folder's lock (one bridge per folder) and, for the embedded broker, a free port
 (either failing is a StartupError: exit 2) → durable files → (embedded broker) → the event bus, the
 MQTT link (its callbacks emit on the bus), the account manager, the send service → the extensions
-(features/), started in order → link and accounts run, every account restored at once.
+(features/), started in order, the web page last (its port taken: a StartupError, exit 2) → link and
+accounts run, every account restored at once.
 Shutdown (SIGTERM/SIGINT): the extensions drain in reverse order (no more requests, finish the ones
 being served), the engine sessions close (each running account then shows `stopped`), the extensions
 stop in reverse order, what is queued is published and then `offline` (retained), disconnect, close files.
@@ -41,6 +42,7 @@ from .features.request_server import RequestServer
 from .features.sim_control import SimControl
 from .features.state_publisher import StatePublisher
 from .features.watchdog import Watchdog
+from .features.web_page import WebPage
 from .mqtt.api import ApiError
 from .mqtt.embedded_broker import start_embedded_broker
 from .mqtt.link import Incoming, MqttLink
@@ -171,6 +173,8 @@ class App:
                 from .features.metrics import Metrics  # prometheus_client imported only when metrics are on
 
                 extensions.append(Metrics(bus, config, manager, spool, self._clock))
+            if config.web.enabled:  # last: drained first, so no action is taken from the page once stopping
+                extensions.append(WebPage(bus, config, manager, self._clock))
             for extension in extensions:
                 extension.start()
             self.bus, self.manager, self.sending, self.link = bus, manager, sending, link

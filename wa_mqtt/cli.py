@@ -2,7 +2,7 @@
 
 Exit codes: 0 clean stop, 2 a setup problem (invalid configuration or usage, a missing `--config`
 file, config.yaml or a data file from a newer release, the sessions folder in use by another bridge,
-the embedded broker's port taken), 1 anything else.
+the embedded broker's or the web page's port taken), 1 anything else.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ exit codes:
      failed), or the bridge stopped on an unexpected error
   2  a setup problem: invalid configuration or usage, a --config file that
      does not exist, the sessions folder in use by another bridge, the
-     embedded broker's port already taken
+     embedded broker's or the web page's port already taken
 """
 
 

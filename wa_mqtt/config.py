@@ -8,6 +8,7 @@ own data is first brought to the current `version` (config_migrations.py).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -165,6 +166,53 @@ class EngineProcessConfig(_Section):
     fork_server: bool = True  # children forked from a preloaded server (ms) instead of exec'd (~0.15-0.5 s CPU)
 
 
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach: 127.0.0.0/8, ::1 or `localhost`."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost, or "" (every address)
+
+
+class WebConfig(_Section):
+    """The web page (features/web.py): bound to loopback unless a token or the ingress proxy guards it."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8099, ge=1, le=65535)
+    token: str | None = None  # a secret: every request must carry it (required on a non-loopback host)
+    ingress_proxy: str | None = None  # Home Assistant's ingress proxy (the add-on: 172.30.32.2): only it is answered
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if len(value) < 16 or any(c.isspace() for c in value):
+            raise ValueError("must be at least 16 characters without spaces (python -c \"import secrets; "
+                             "print(secrets.token_urlsafe(24))\")")
+        return value
+
+    @field_validator("ingress_proxy")
+    @classmethod
+    def _proxy_address(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            raise ValueError("must be one IP address (the add-on's is 172.30.32.2)") from None
+
+    @model_validator(mode="after")
+    def _guarded(self) -> WebConfig:
+        if self.enabled and not is_loopback(self.host) and self.token is None and self.ingress_proxy is None:
+            raise ValueError(f"host {self.host or '(every address)'!r} is not a loopback address: set web.token "
+                             "(a secret every request must carry), or bind web.host to 127.0.0.1")
+        return self
+
+
 class Config(_Section):
     version: int = CONFIG_VERSION  # the layout of the file; older files are migrated (config_migrations.py)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
@@ -190,6 +238,7 @@ class Config(_Section):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
     _migrations: tuple[Migration, ...] = PrivateAttr(default=())
 
     @property
@@ -246,12 +295,14 @@ class Config(_Section):
             for key in AI_SECRET_KEYS:
                 if isinstance(rule.get("ai"), dict) and rule["ai"].get(key):
                     rule["ai"][key] = SECRET_MASK
+        if self.web.token:
+            data["web"]["token"] = SECRET_MASK
         return data
 
 
 # Settings that only take effect at start: a reload reports them instead of half-applying them. The
 # media limits are also enforced by the engine processes, which keep the values they started with.
-RESTART_KEYS = ("mqtt", "engine", "engine_process", "proxy", "sessions_dir", "data_dir", "disk_full_hold_mb",
+RESTART_KEYS = ("mqtt", "engine", "engine_process", "proxy", "sessions_dir", "data_dir", "disk_full_hold_mb", "web",
                 "outgoing.max_media_bytes", "outgoing.media_dir", "outgoing.block_private_urls",
                 "media", "metrics")  # incoming media: the engine processes keep the values they started with
 
@@ -309,7 +360,7 @@ def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tup
             value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError:
             value = raw
-        if path[-1] in ("url", "proxy", "client_id", "base_topic") and value is not None:
+        if path[-1] in ("url", "proxy", "client_id", "base_topic", "token") and value is not None:
             value = raw  # never reinterpret strings that only look like YAML
         node = overrides
         for key in path[:-1]:
@@ -416,6 +467,9 @@ def file_secrets(data: Mapping[str, Any]) -> list[str]:
     for index, rule in enumerate(rules if isinstance(rules, list) else []):  # issue 16: AI rules' secrets
         ai = rule.get("ai") if isinstance(rule, Mapping) else None
         found += [f"auto_reply.{index}.ai.{key}" for key in AI_SECRET_KEYS if isinstance(ai, Mapping) and ai.get(key)]
+    web = data.get("web")
+    if isinstance(web, Mapping) and web.get("token"):
+        found.append("web.token")
     return found
 
 

@@ -9,9 +9,9 @@ Who emits what:
   `StoreRestored`, `LinkedOtherNumber`;
 - the app: `ConfigReloaded`, `ConfigInvalid`, `DiskFullChanged` (from `DiskFullWatch`), and from the
   MQTT link `LinkConnected`, `MqttMessageReceived`;
-- features: `MessagePublished` (state publisher), `AutoReplySent` / `AutoReplyDelivered` /
-  `AutoReplyFailed` / `AiReplyFailed` (auto-reply), `AlertRaised` / `AlertCleared` (alerts), `LogLevelChanged`
-  (request server).
+- features: `MessagePublished`, `BridgeEventPublished` (state publisher), `AutoReplySent` /
+  `AutoReplyDelivered` / `AutoReplyFailed` / `AiReplyFailed` (auto-reply), `AlertRaised` / `AlertCleared`
+  (alerts), `LogLevelChanged` (request server), `LocalRequest` (web page).
 
 `reply` on sends is the opaque reference the MQTT side gave with the send (where to answer, or which
 auto-reply rule it was): the accounts layer stores it in the outbox and hands it back unread.
@@ -19,7 +19,7 @@ auto-reply rule it was): the accounts layer stores it in the outbox and hands it
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -259,6 +259,28 @@ class MessagePublished:
 
 
 @dataclass(frozen=True, slots=True)
+class BridgeEventPublished:
+    """`bridge/event` went out with this `type` and `data` (what other front ends show as recent events)."""
+
+    type: str
+    data: Mapping[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class LocalRequest:
+    """A request from a front end other than MQTT (the web page): the request server serves it as it
+    serves `<base>/<target>/request/<command>` with this payload (same queue, table, validation and
+    errors) and hands the response body to `answer` instead of publishing it. A send that has to wait in
+    the outbox stores `reply`; its later outcome is `SendCompleted` / `SendFailed` with that reference."""
+
+    target: str
+    command: str
+    payload: bytes
+    answer: Callable[[dict[str, object]], None]
+    reply: Reply
+
+
+@dataclass(frozen=True, slots=True)
 class AutoReplySent:
     """An auto-reply was sent now (`id`) or queued."""
 
@@ -332,5 +354,5 @@ Event = (
     | LinkedOtherNumber | ConfigReloaded | ConfigInvalid | DiskFullChanged | LinkConnected | MqttMessageReceived
     | MessagePublished | AutoReplySent | AutoReplyDelivered | AutoReplyFailed | AiReplyFailed
     | GroupsChanged | GroupEventReceived | CallReceived
-    | AlertRaised | AlertCleared | LogLevelChanged
+    | AlertRaised | AlertCleared | LogLevelChanged | BridgeEventPublished | LocalRequest
 )

@@ -97,6 +97,7 @@ async def test_a_qr_from_whatsmeow_reaches_mqtt_as_text_and_png(tmp_path: Path, 
         "engine": "neonize", "engine_process": {"in_process": True},
         "proxy": f"http://user:secret@127.0.0.1:{proxy.port}",
         "sessions_dir": str(tmp_path / "sessions"), "data_dir": str(tmp_path / "data"),
+        "web": {"enabled": False},  # not on 8099, which another bridge on this machine may hold
     }, environ={})
     engine = make_engine(config)
     assert isinstance(engine, NeonizeEngine) and engine.proxy == config.proxy

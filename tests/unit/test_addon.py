@@ -276,6 +276,8 @@ def test_the_package_builds_from_the_build_context_alone(tmp_path):
     modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "wa_mqtt").rglob("*.py")
                if "__pycache__" not in p.parts}
     assert modules <= names, modules - names
+    static = {p.relative_to(ROOT).as_posix() for p in (ROOT / "wa_mqtt" / "web" / "static").iterdir()}
+    assert static and static <= names, static - names  # the web page's files
 
 
 def test_repository_yaml_is_a_valid_add_on_repository():
@@ -340,6 +342,16 @@ def test_default_options_give_a_valid_bridge_config():
     assert config.outgoing.allow_to is None  # empty list in the UI = any recipient
     assert config.engine == "neonize" and config.mqtt.discovery is True
     assert str(config.media.dir) == "/media/whatsapp" and "media:rw" in manifest()["map"]  # HA's media browser
+    # the web page is the ingress panel: on the container's address, answering the ingress proxy alone
+    assert config.web.enabled and config.web.port == manifest()["ingress_port"] == ao.INGRESS_PORT
+    assert config.web.host == "0.0.0.0" and config.web.ingress_proxy == "172.30.32.2" and config.web.token is None
+
+
+def test_the_web_page_is_an_ingress_panel_in_the_sidebar():
+    data = manifest()
+    assert data["ingress"] is True and isinstance(data["ingress_port"], int)
+    assert data["panel_title"] == "WhatsApp" and data["panel_icon"] == "mdi:whatsapp"
+    assert "ports" not in data  # reachable through Home Assistant only, not on a port of the host
 
 
 # A value for every option, valid for its schema and different from the default.

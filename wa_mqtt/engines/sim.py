@@ -263,6 +263,7 @@ class SimSession:
         self._media_policy = media_policy
         self._connected = False
         self._pairing = False
+        self._offered: str | None = None  # the QR or pair code on offer
         self._pair_count = 0
         self._outage_until: datetime | None = None
         self._silent_until: datetime | None = None  # `wa/sim/<phone>/silence`: connected, but nothing arrives
@@ -293,9 +294,11 @@ class SimSession:
             self._pairing = True
             self._pair_count += 1
             if pair_method == "code":
-                self._emit(PairCode(code=f"SIM{self._pair_count % 10}-{self.phone[-4:]}"))
+                self._offered = f"SIM{self._pair_count % 10}-{self.phone[-4:]}"
+                self._emit(PairCode(code=self._offered))
             else:
-                self._emit(Qr(code=f"sim-qr:{self.phone}:{self._pair_count}"))
+                self._offered = f"sim-qr:{self.phone}:{self._pair_count}"
+                self._emit(Qr(code=self._offered))
             return
         self._go_online(device[1])
 
@@ -504,13 +507,19 @@ class SimSession:
         await handler(payload)
 
     async def _scan(self, payload: bytes) -> None:
-        """Accept the QR / code on offer; `{"phone": N}` makes another number than asked scan it."""
+        """Accept the QR / code on offer; `{"phone": N}` makes another number than asked scan it;
+        `{"code": "..."}` is what the phone read: any other than the one on offer is refused."""
         if not self._pairing:
             raise EngineError("nothing to scan: the account is not pairing", code=ErrorCode.INVALID_REQUEST)
         try:
-            scanner = str(json.loads(payload).get("phone", self.phone)) if payload.strip() else self.phone
+            spec = json.loads(payload) if payload.strip() else {}
+            scanner = str(spec.get("phone", self.phone))
+            read = spec.get("code")
         except (ValueError, AttributeError):
-            raise EngineError("scan payload must be empty or {\"phone\": ...}", code=ErrorCode.INVALID_REQUEST) from None
+            raise EngineError("scan payload must be empty or {\"phone\": ..., \"code\": ...}",
+                              code=ErrorCode.INVALID_REQUEST) from None
+        if read is not None and read != self._offered:
+            raise EngineError(f"scanned {str(read)[:80]!r}, which is not the code on offer", code=ErrorCode.INVALID_REQUEST)
         name = f"Sim {scanner[-4:]}"
         write_device(self.store_path, scanner, name, self._clock())
         self._pairing = False

@@ -1,6 +1,6 @@
 """Features as extensions: each listens on the event bus and does one job (publish state, serve
 requests, Home Assistant discovery, auto-replies, sim control, alerts, the silent-link watchdog,
-metrics). `app.py` starts them from a list, in
+metrics, the web page). `app.py` starts them from a list, in
 order, and stops them in reverse, in two rounds around the closing of the accounts: `drain()` takes no
 more input and finishes the work in flight (requests being served, replies being sent) while the accounts
 still run; `stop()`, once the accounts are closed (their last statuses and answers shown), unsubscribes.

@@ -9,13 +9,17 @@ holds the turn only until it is in the outbox (`Later`): its answer is awaited a
 wait is bounded (`RequestQueue`): beyond that a request is answered `busy` at once. A send that
 had to wait in the outbox is answered later, from `SendCompleted` / `SendFailed`: the reply route
 (response topic, correlation data, transaction) went down with it as an opaque reference.
+
+Requests from other front ends (the web page) arrive as `LocalRequest` events and take the same path:
+the same queue and turn, decoding, table, validation and error bodies; only the answer goes to the
+event's `answer` instead of a response topic.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -43,6 +47,19 @@ OWNER = "request server"
 DRAIN_TIMEOUT = 10.0  # seconds a stop waits for the requests being served
 
 
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A request waiting for its turn: from MQTT (`answer` None: published on the response topics), or
+    local (`answer` takes the body; `reply` is what a send waiting in the outbox stores)."""
+
+    request: RequestTopic
+    payload: bytes
+    route: Route
+    refused: ApiError | None = None  # the MQTT v5 response topic broke the rule
+    answer: Callable[[dict[str, object]], None] | None = None
+    reply: ev.Reply | None = None
+
+
 class RequestServer:
     """Serves `<base>/+/request/+`; see the module docstring."""
 
@@ -60,8 +77,8 @@ class RequestServer:
         self._disk = disk
         self._services = Services(manager, sending, self._health, reload, self._set_log_level)
         self._tasks = BackgroundTasks(log)  # requests being served
-        self._requests: RequestQueue[tuple[RequestTopic, Incoming]] = RequestQueue(
-            lambda _target, item: self._serve(*item), self._tasks.spawn)
+        self._requests: RequestQueue[_Pending] = RequestQueue(lambda _target, item: self._serve(item),
+                                                              self._tasks.spawn)
         self._accepting = False
 
     def start(self) -> None:
@@ -69,6 +86,7 @@ class RequestServer:
             self._link.subscribe(topic_filter)
         self._accepting = True
         self._bus.subscribe(ev.MqttMessageReceived, self._on_mqtt, OWNER)
+        self._bus.subscribe(ev.LocalRequest, self._on_local, OWNER)
         self._bus.subscribe(ev.SendCompleted, self._on_send_completed, OWNER)
         self._bus.subscribe(ev.SendFailed, self._on_send_failed, OWNER)
         self._bus.subscribe(ev.ConfigReloaded, self._on_config, OWNER)
@@ -90,9 +108,21 @@ class RequestServer:
         if request is None or not self._accepting:
             return
         incoming = event.message
-        busy = self._requests.offer(request.target, (request, incoming), len(incoming.payload))
+        route, refused = self._route(incoming)
+        self._offer(_Pending(request, incoming.payload, route, refused))
+
+    def _on_local(self, event: ev.LocalRequest) -> None:
+        pending = _Pending(RequestTopic(event.target, event.command), event.payload, Route(),
+                           answer=event.answer, reply=event.reply)
+        if not self._accepting:
+            self._respond(pending, Route(), api.error(Route(), ErrorCode.BUSY, "not done: the bridge is stopping"))
+            return
+        self._offer(pending)
+
+    def _offer(self, pending: _Pending) -> None:
+        busy = self._requests.offer(pending.request.target, pending, len(pending.payload))
         if busy is not None:
-            self._answer_busy(request, incoming, busy)
+            self._answer_busy(pending, busy)
 
     def _route(self, incoming: Incoming) -> tuple[Route, ApiError | None]:
         """Where to answer: the MQTT v5 response topic only when the rule allows it (docs/security.md);
@@ -104,56 +134,63 @@ class RequestServer:
             return Route(), exc
         return Route(response_topic=incoming.response_topic, correlation_data=incoming.correlation_data), None
 
-    def _answer_busy(self, request: RequestTopic, incoming: Incoming, why: str) -> None:
-        route, _ = self._route(incoming)
+    def _answer_busy(self, pending: _Pending, why: str) -> None:
+        route = pending.route
         try:
-            _, transaction, has_transaction = api.decode_payload(incoming.payload, self._config.mqtt.max_payload_bytes)
+            _, transaction, has_transaction = api.decode_payload(pending.payload, self._config.mqtt.max_payload_bytes)
             route = replace(route, transaction=transaction, has_transaction=has_transaction)
         except ApiError:
             pass  # answered busy all the same, without a transaction to echo
-        self._respond(request.target, request.command, route,
-                      api.error(route, ErrorCode.BUSY, f"not done: {why}; send it again later"))
+        self._respond(pending, route, api.error(route, ErrorCode.BUSY, f"not done: {why}; send it again later"))
 
-    async def _serve(self, request: RequestTopic, incoming: Incoming) -> None:
-        target, command = request.target, request.command
-        route, refused = self._route(incoming)
+    async def _serve(self, pending: _Pending) -> None:
+        request = pending.request
+        target, command, route = request.target, request.command, pending.route
         result: Result | Later | Exception
         async with self._sending.lock(target):
             try:
                 data, transaction, has_transaction = api.decode_payload(
-                    incoming.payload, self._config.mqtt.max_payload_bytes)
+                    pending.payload, self._config.mqtt.max_payload_bytes)
                 route = replace(route, transaction=transaction, has_transaction=has_transaction)
-                if refused is not None:
-                    raise refused
+                if pending.refused is not None:
+                    raise pending.refused
                 if not request.is_bridge and not is_phone(target):
                     raise ApiError(ErrorCode.UNKNOWN_ACCOUNT, f"{target!r} is not an account id (a phone number)")
                 parsed = api.parse_command(request.is_bridge, command, data)
                 row = (BRIDGE_REQUESTS if request.is_bridge else ACCOUNT_REQUESTS)[command]
-                result = await row.run(Call(self._services, target, route.to_dict()), parsed)
+                reply = route.to_dict() if pending.reply is None else pending.reply
+                result = await row.run(Call(self._services, target, reply), parsed)
             except Exception as exc:  # noqa: BLE001 - every failure is answered; a bug too (`_refusal` logs its trace)
                 result = exc
         if isinstance(result, Later):  # taken in order; its answer is awaited after the target's turn
-            self._tasks.spawn(self._answer_later(target, command, route, result), f"answer-{target}-{command}")
+            self._tasks.spawn(self._answer_later(pending, route, result), f"answer-{target}-{command}")
         else:
-            self._answer(target, command, route, result)
+            self._answer(pending, route, result)
 
-    async def _answer_later(self, target: str, command: str, route: Route, later: Later) -> None:
+    async def _answer_later(self, pending: _Pending, route: Route, later: Later) -> None:
         try:
             result: Result | Exception = await later.result
         except Exception as exc:  # noqa: BLE001 - as in `_serve`
             result = exc
-        self._answer(target, command, route, result)
+        self._answer(pending, route, result)
 
-    def _answer(self, target: str, command: str, route: Route, result: Result | Exception) -> None:
+    def _answer(self, pending: _Pending, route: Route, result: Result | Exception) -> None:
+        target, command = pending.request.target, pending.request.command
         if isinstance(result, Exception):
             refusal = _refusal(result, f"{target}/{command}")
             body = api.error(route, refusal.code, refusal.message)
             log.info("request %s/%s refused: %s", target, command, refusal.code)
         else:
             body = api.ok(route, result)
-        self._respond(target, command, route, body)
+        self._respond(pending, route, body)
 
-    def _respond(self, target: str, command: str, route: Route, body: dict[str, object]) -> None:
+    def _respond(self, pending: _Pending, route: Route, body: dict[str, object]) -> None:
+        if pending.answer is not None:
+            pending.answer(body)
+            return
+        self._publish(pending.request.target, pending.request.command, route, body)
+
+    def _publish(self, target: str, command: str, route: Route, body: dict[str, object]) -> None:
         payload = encode(body)
         topic = self._topics.bridge_response(command) if target == BRIDGE else self._topics.response(target, command)
         self._link.publish(topic, payload, qos=1)
@@ -164,12 +201,12 @@ class RequestServer:
     def _on_send_completed(self, event: ev.SendCompleted) -> None:
         if Route.is_route(event.reply):
             route = Route.from_dict(event.reply)
-            self._respond(event.phone, "send", route, api.ok(route, {"id": event.id, "queued": False, "from_queue": True}))
+            self._publish(event.phone, "send", route, api.ok(route, {"id": event.id, "queued": False, "from_queue": True}))
 
     def _on_send_failed(self, event: ev.SendFailed) -> None:
         if Route.is_route(event.reply):
             route = Route.from_dict(event.reply)
-            self._respond(event.phone, "send", route, api.error(route, event.code, event.error))
+            self._publish(event.phone, "send", route, api.error(route, event.code, event.error))
 
     def _set_log_level(self, level: str) -> None:
         """`bridge/request/log_level`: the root logger's level (the bridge process) until the next start."""

@@ -158,6 +158,7 @@ class StatePublisher:
         type_, payload = bridge_event(event)
         log.info("event %s %s", type_, payload.get("phone", ""))
         self._link.publish(self._topics.bridge_event, encode({"type": type_, "data": payload}), qos=1)
+        self._bus.emit(ev.BridgeEventPublished(type_, payload))
 
     def _soon(self, what: str, publish: Callable[[], None]) -> None:
         """Publish a bridge-wide summary soon: at the next loop iteration, but at most once per
