@@ -89,6 +89,9 @@ class ReconnectConfig(_Section):
     max: float = Field(300.0, gt=0)
     jitter: float = Field(0.2, ge=0, le=1)
     flap_window: float = Field(60.0, ge=0)
+    # issue 14: after a drop of a logged-in session whatsmeow reconnects by itself; the bridge takes over
+    # (stops and starts the session with its backoff) only if it is still down after this many seconds
+    engine_grace: float = Field(600.0, gt=0)
 
 
 class BackupsConfig(_Section):
@@ -163,6 +166,8 @@ class Config(_Section):
     auto_reply: AutoReplyRules = Field(default_factory=list)  # see auto_reply_rules.py, docs/automations.md
     auto_reply_limits: AutoReplyLimits = Field(default_factory=AutoReplyLimits)
     notify: list[str] = Field(default_factory=list)  # default recipients: one HA notify entity each
+    # issue 14: the presence sent on connect (typing indicators and push names need `available`)
+    presence: Literal["available", "unavailable"] = "available"
     _migrations: tuple[Migration, ...] = PrivateAttr(default=())
 
     @property

@@ -76,6 +76,7 @@ class Status(BaseModel):
     error_detail: tuple[str, ...] = Field(default=(), exclude=True)
     engine: str
     queued_outgoing: int = 0
+    degraded: bool = False  # connected, but keepalives go unanswered (whatsmeow heals it or reconnects)
 
     @property
     def error(self) -> str | None:
@@ -181,6 +182,7 @@ class MediaSource(BaseModel):
     mimetype: str | None = None
     filename: str | None = None
     caption: str | None = None
+    ptt: bool = False  # audio only: send as a voice note (OGG/Opus; converted with ffmpeg when needed)
 
     @model_validator(mode="after")
     def _one_source(self) -> MediaSource:
@@ -236,6 +238,8 @@ class OutgoingMessage(BaseModel):
         media = [k for k in MEDIA_KINDS if getattr(self, k) is not None]
         if len(media) > 1:
             raise ValueError("at most one of image, video, audio, document")
+        if [k for k in media if k != "audio" and getattr(self, k).ptt]:
+            raise ValueError("ptt (a voice note) is for audio only")
         if not media and not self.text:
             raise ValueError("text or one of image, video, audio, document is required")
         return self

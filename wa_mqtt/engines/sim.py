@@ -34,6 +34,7 @@ from ..model import MESSAGE_TYPES, IncomingMessage, OutgoingMessage, Receipt, Se
 from .base import (
     Connected,
     Crashed,
+    Degraded,
     Disconnected,
     EmitFn,
     EngineError,
@@ -46,9 +47,11 @@ from .base import (
     ReceiptReceived,
     SimSent,
     StreamReplaced,
+    TemporaryBan,
 )
-from .options import EngineOptions
+from .options import EngineOptions, Presence
 from .outgoing_media import load_media
+from .voice_note import VOICE_NOTE_MIMETYPE, to_voice_note
 
 log = logging.getLogger(__name__)
 
@@ -143,16 +146,19 @@ class SimEngine:
     name = "sim"
 
     def __init__(self, clock: Clock = _utcnow, crash: Callable[[], None] | None = None,
-                 media_policy: MediaPolicy | None = None) -> None:
+                 media_policy: MediaPolicy | None = None, presence: Presence = "available") -> None:
         self._clock = clock
         self._crash = crash
         self._media_policy = media_policy or EngineOptions().media.policy()
+        self._presence: Presence = presence
 
     def has_device(self, store_path: Path) -> bool:
         return read_device(store_path) is not None
 
     def open_session(self, phone: str, store_path: Path, emit: EmitFn) -> SimSession:
-        return SimSession(phone, store_path, emit, self._clock, self._crash, self._media_policy)
+        session = SimSession(phone, store_path, emit, self._clock, self._crash, self._media_policy)
+        session.presence = self._presence
+        return session
 
     async def aclose(self) -> None:
         return None
@@ -181,10 +187,17 @@ class SimSession:
         self._numbers_end = 0  # the reserved block is [_next_number, _numbers_end)
         self._tasks: set[asyncio.Task[None]] = set()
         self._reconnect: asyncio.TimerHandle | None = None
+        # issue 14 (see the block "issue 14" below)
+        self.presence: Presence = "available"
+        self._keepalive_heal: asyncio.TimerHandle | None = None
+        self._ban: tuple[str, datetime] | None = None  # (code, end) of a temporary ban
+        self._recycle_reason: str | None = None
 
     # -- EngineSession -------------------------------------------------------------------------
     async def start(self, pair_method: PairMethod = "qr") -> None:
         self._cancel_reconnect()
+        if self._banned():
+            return
         if self._in_outage():
             self._emit(Disconnected(code=ErrorCode.DIAL_FAILED,  # worded like the real engine's dial errors
                                     error="sim: cannot reach WhatsApp (simulated outage); check the network, or set `proxy`"))
@@ -202,6 +215,9 @@ class SimSession:
 
     async def stop(self) -> None:
         self._cancel_reconnect()
+        self._heal_keepalive(emit=False)
+        if self._pairing:  # as neonize: its connect thread outlives a stop during pairing (issue 14)
+            self._recycle_reason = "stop during pairing (sim: neonize's connect thread would not end)"
         self._connected = False
         self._pairing = False
 
@@ -216,6 +232,8 @@ class SimSession:
             return SendResult(id=message_id, timestamp=first, already_sent=True)
         media = getattr(message, message.kind) if message.kind != "text" else None
         loaded = await load_media(message.kind, media, self._media_policy) if media is not None else None
+        if loaded is not None and media is not None and media.ptt:
+            loaded = await to_voice_note(loaded)  # as the real engine does: a voice note is OGG/Opus
         msg_id = message_id or self._new_id()
         now = self._clock()
         self._record_delivery(msg_id, now)
@@ -223,8 +241,11 @@ class SimSession:
         if message.reply_to:
             payload["reply_to"] = message.reply_to
         if media is not None and loaded is not None:
-            payload["media"] = {k: v for k, v in media.model_dump().items() if v is not None and k != "base64"}
+            payload["media"] = {k: v for k, v in media.model_dump().items()
+                                if v is not None and k != "base64" and not (k == "ptt" and not v)}
             payload["media"].update(size=len(loaded), sha256=hashlib.sha256(loaded).hexdigest())
+            if media.ptt:
+                payload["media"]["mimetype"] = VOICE_NOTE_MIMETYPE
             payload["text"] = media.caption or message.text
         if message.id:
             payload["client_id"] = message.id
@@ -264,7 +285,7 @@ class SimSession:
 
     async def typing(self, chat: str, state: str) -> None:
         self._require_connected()
-        self._emit(SimSent(payload={"to": to_jid(chat), "type": "typing", "state": state}))
+        self._emit(SimSent(payload={"to": to_jid(chat), "type": "typing", "state": state, "presence": self.presence}))
 
     async def close(self) -> None:
         await self.stop()
@@ -279,6 +300,7 @@ class SimSession:
             "logout": self._remote_logout, "replace": self._replace, "crash": self._do_crash,
             "hang": self._hang, "balloon": self._balloon,  # test aids for the engine process supervision
             "stall": self._stall_next_send,  # test aid: a bridge killed between handing over and hearing back
+            "keepalive": self._keepalive_gap, "ban": self._temporary_ban,  # issue 14
         }.get(action)
         if handler is None:
             raise EngineError(f"unknown sim action {action!r}", code=ErrorCode.INVALID_REQUEST)
@@ -328,9 +350,7 @@ class SimSession:
     async def _drop(self, _payload: bytes) -> None:
         if not self._connected:
             return
-        self._connected = False
-        self._emit(Disconnected(code=ErrorCode.CONNECTION_LOST, error="sim: connection dropped"))
-        self._reconnect = asyncio.get_running_loop().call_later(RECONNECT_AFTER_DROP, self._auto_reconnect)
+        self._lose_connection("sim: connection dropped")
 
     async def _outage(self, payload: bytes) -> None:
         try:
@@ -339,8 +359,9 @@ class SimSession:
             raise EngineError("outage payload must be {\"seconds\": N}", code=ErrorCode.INVALID_REQUEST) from None
         self._outage_until = self._clock() + timedelta(seconds=seconds)
         if self._connected:
-            self._connected = False
-            self._emit(Disconnected(code=ErrorCode.CONNECTION_LOST, error="sim: WhatsApp unreachable"))
+            self._lose_connection("sim: WhatsApp unreachable")
+        elif self._reconnect is not None:
+            self._schedule_reconnect()  # the engine's own loop is waiting: it gets through when this outage ends
 
     async def _remote_logout(self, _payload: bytes) -> None:
         self._unlink()
@@ -391,6 +412,7 @@ class SimSession:
 
     def _go_online(self, name: str | None) -> None:
         self._connected = True
+        log.debug("%s: presence %s", self.phone, self.presence)
         self._emit(Connected(name=name))
         inbox, self._offline_inbox = self._offline_inbox, []
         for message in inbox:
@@ -399,7 +421,10 @@ class SimSession:
     def _auto_reconnect(self) -> None:
         self._reconnect = None
         device = read_device(self.store_path)
-        if self._connected or self._in_outage() or device is None:
+        if self._connected or device is None or self._ban is not None:
+            return
+        if self._in_outage():
+            self._schedule_reconnect()
             return
         self._go_online(device[1])
 
@@ -444,6 +469,74 @@ class SimSession:
         except ValidationError as exc:
             raise EngineError(f"bad incoming payload: {exc.errors()[0]['msg']}", code=ErrorCode.INVALID_REQUEST) from None
 
+    # -- issue 14: whatsmeow's own reconnect loop, keepalive gaps, temporary bans, presence ------------
+    def _lose_connection(self, why: str) -> None:
+        """A logged-in connection drops: like whatsmeow, the engine reconnects by itself (tells the
+        bridge so: `engine_reconnects`), at once and then when WhatsApp can be reached again."""
+        self._connected = False
+        self._heal_keepalive(emit=False)
+        self._emit(Disconnected(code=ErrorCode.CONNECTION_LOST, error=why, engine_reconnects=True))
+        self._schedule_reconnect()
+
+    def _schedule_reconnect(self) -> None:
+        self._cancel_reconnect()
+        wait = RECONNECT_AFTER_DROP
+        if self._outage_until is not None:
+            wait += max(0.0, (self._outage_until - self._clock()).total_seconds())
+        self._reconnect = asyncio.get_running_loop().call_later(wait, self._auto_reconnect)
+
+    async def _keepalive_gap(self, payload: bytes) -> None:
+        """`{"seconds": N}`: WhatsApp stops answering keepalives for N seconds, then answers again (the
+        connection stays up, as whatsmeow keeps it for up to 3 minutes of missed keepalives)."""
+        seconds = _seconds(payload, "keepalive", default=None, most=3600)
+        if not self._connected:
+            raise EngineError("keepalive: the account is not connected", code=ErrorCode.INVALID_REQUEST)
+        self._heal_keepalive(emit=False)
+        self._emit(Degraded(degraded=True, missed=1))
+        self._keepalive_heal = asyncio.get_running_loop().call_later(seconds, self._heal_keepalive)
+
+    def _heal_keepalive(self, emit: bool = True) -> None:
+        if self._keepalive_heal is None:
+            return
+        self._keepalive_heal.cancel()
+        self._keepalive_heal = None
+        if emit and self._connected:
+            self._emit(Degraded(degraded=False))
+
+    async def _temporary_ban(self, payload: bytes) -> None:
+        """`{"seconds": N, "code": "...", "pump_dies": bool}`: WhatsApp bans the account for N seconds;
+        every connect before the end is answered with the ban. `pump_dies`: as neonize with a ban code it
+        cannot encode, the engine's event pump dies (the engine process must be replaced)."""
+        seconds = _seconds(payload, "ban", default=3600, most=30 * 86400)
+        try:
+            spec = json.loads(payload or b"{}")
+            code, pump_dies = str(spec.get("code", "101")), bool(spec.get("pump_dies", False))
+        except (ValueError, AttributeError):
+            raise EngineError("ban payload must be {\"seconds\": N, \"code\": C}", code=ErrorCode.INVALID_REQUEST) from None
+        self._ban = (code, self._clock() + timedelta(seconds=seconds))
+        if pump_dies:
+            self._recycle_reason = "neonize's event pump died (sim: a ban code neonize cannot encode)"
+        self._connected = self._pairing = False
+        self._cancel_reconnect()
+        self._heal_keepalive(emit=False)
+        self._banned()
+
+    def _banned(self) -> bool:
+        """While banned, say so (WhatsApp answers every connect with the ban and its remaining time)."""
+        if self._ban is None:
+            return False
+        code, until = self._ban
+        if self._clock() >= until:
+            self._ban = None
+            return False
+        self._emit(TemporaryBan(code=code, expires_at=until))
+        return True
+
+    @property
+    def recycle_reason(self) -> str | None:
+        """See `base.Recyclable`: set where neonize would leave its process unsound."""
+        return self._recycle_reason
+
     def _in_outage(self) -> bool:
         return self._outage_until is not None and self._clock() < self._outage_until
 
@@ -459,3 +552,16 @@ class SimSession:
                     db.execute("DELETE FROM sim_device")
             finally:
                 db.close()
+
+
+def _seconds(payload: bytes, action: str, default: float | None, most: float) -> float:
+    """`{"seconds": N}` of a control, 0 < N <= most; an `invalid_request` error otherwise."""
+    try:
+        raw = json.loads(payload or b"{}").get("seconds", default)
+        seconds = float(raw) if raw is not None else -1.0
+    except (ValueError, AttributeError, TypeError):
+        seconds = -1.0
+    if not 0 < seconds <= most:
+        raise EngineError(f"{action} payload must be {{\"seconds\": N}}, 0 < N <= {most:g}",
+                          code=ErrorCode.INVALID_REQUEST)
+    return seconds
