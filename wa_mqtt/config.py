@@ -226,7 +226,8 @@ class Config(_Section):
 # Settings that only take effect at start: a reload reports them instead of half-applying them. The
 # media limits are also enforced by the engine processes, which keep the values they started with.
 RESTART_KEYS = ("mqtt", "engine", "engine_process", "proxy", "sessions_dir", "data_dir", "disk_full_hold_mb",
-                "outgoing.max_media_bytes", "outgoing.media_dir", "outgoing.block_private_urls")
+                "outgoing.max_media_bytes", "outgoing.media_dir", "outgoing.block_private_urls",
+                "presence")  # issue 14: the engine processes send the presence they started with
 
 
 def _at(data: Any, dotted: str) -> Any:

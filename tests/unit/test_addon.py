@@ -349,6 +349,7 @@ SAMPLES: dict[str, tuple[Any, Any]] = {  # option → (value, expected config va
     "notify": (["120363012345678901@g.us"], ["120363012345678901@g.us"]),
     "mqtt_url": ("mqtts://u:p@broker.lan:8883", "mqtts://u:p@broker.lan:8883"),
     "proxy": ("socks5://10.0.0.2:1080", "socks5://10.0.0.2:1080"),
+    "presence": ("unavailable", "unavailable"),
     "base_topic": ("home/wa", "home/wa"),
     "discovery": (False, False),
     "discovery_prefix": ("ha", "ha"),
