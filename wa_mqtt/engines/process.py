@@ -345,6 +345,9 @@ class ProcessSession:
                 except TimeoutError:
                     self._signal(proc, signal.SIGKILL)
                     await proc.wait()
+        for task in self._tasks:  # the watchdog sleeps a heartbeat between looks: not worth waiting for
+            if task.get_name().endswith("-watch"):
+                task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         self._proc = None
