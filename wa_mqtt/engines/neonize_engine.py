@@ -338,6 +338,7 @@ class NeonizeSession:
             self._put(Disconnected(code=code, error=error))
             return
         if client is self._client and not self._stopping:
+            self._recycle_reason = "neonize's event loop ended without a stop"  # nothing more comes from it
             log.warning("%s: neonize event loop ended without a stop", self.phone)
             self._put(Disconnected(code=ErrorCode.CONNECTION_LOST, error="engine event loop ended"))
 
