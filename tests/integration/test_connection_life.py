@@ -53,13 +53,17 @@ async def test_a_temporary_ban_waits_for_its_end_and_a_dead_pump_gets_a_new_proc
         await probe.wait_state(A, "connected", timeout=15)
         [child] = engine_children(env.sessions)
         mark = probe.mark()
-        await probe.sim(A, "ban", {"seconds": 2, "code": "106", "pump_dies": True})
+        await probe.sim(A, "ban", {"seconds": 2.5, "code": "106", "pump_dies": True})
         banned = await probe.wait_state(A, "banned", after=mark)
         assert banned["error_code"] == "temporary_ban" and "106" in banned["error"]
         wait = (iso(banned["next_retry_at"]) - iso(banned["since"])).total_seconds()
         assert 1 <= wait <= 3
         queued = await probe.request(A, "send", {"to": ANA, "text": "after the ban"})
         assert queued["data"]["queued"] is True
+        again = probe.mark()  # a connect during the ban, in a fresh engine process: banned again, same end
+        assert (await probe.request(A, "connect", {}))["status"] == "ok"
+        rebanned = await probe.wait_state(A, "banned", after=again)
+        assert rebanned["next_retry_at"] == banned["next_retry_at"]
         back = await probe.wait_state(A, "connected", timeout=15, after=mark)
         assert iso(back["since"]) >= iso(banned["next_retry_at"])
         states = [r.json()["state"] for r in probe.received[mark:] if r.topic == status_topic and r.payload]

@@ -514,6 +514,7 @@ class SimSession:
         except (ValueError, AttributeError):
             raise EngineError("ban payload must be {\"seconds\": N, \"code\": C}", code=ErrorCode.INVALID_REQUEST) from None
         self._ban = (code, self._clock() + timedelta(seconds=seconds))
+        _save_ban(self.store_path, self._ban)  # WhatsApp's, not the process's: a new engine process sees it too
         if pump_dies:
             self._recycle_reason = "neonize's event pump died (sim: a ban code neonize cannot encode)"
         self._connected = self._pairing = False
@@ -523,6 +524,8 @@ class SimSession:
 
     def _banned(self) -> bool:
         """While banned, say so (WhatsApp answers every connect with the ban and its remaining time)."""
+        if self._ban is None:
+            self._ban = _load_ban(self.store_path)
         if self._ban is None:
             return False
         code, until = self._ban
@@ -565,3 +568,26 @@ def _seconds(payload: bytes, action: str, default: float | None, most: float) ->
         raise EngineError(f"{action} payload must be {{\"seconds\": N}}, 0 < N <= {most:g}",
                           code=ErrorCode.INVALID_REQUEST)
     return seconds
+
+
+def _save_ban(store_path: Path, ban: tuple[str, datetime]) -> None:
+    db = _connect(store_path)
+    try:
+        with db:
+            db.execute("CREATE TABLE IF NOT EXISTS sim_ban (code TEXT NOT NULL, until TEXT NOT NULL)")
+            db.execute("DELETE FROM sim_ban")
+            db.execute("INSERT INTO sim_ban VALUES (?, ?)", (ban[0], ban[1].isoformat()))
+    finally:
+        db.close()
+
+
+def _load_ban(store_path: Path) -> tuple[str, datetime] | None:
+    """The temporary ban the simulated WhatsApp holds against this account, if any."""
+    if not store_path.exists():
+        return None
+    try:
+        with sqlite3.connect(f"file:{store_path}?mode=ro", uri=True) as db:
+            row = db.execute("SELECT code, until FROM sim_ban LIMIT 1").fetchone()
+    except sqlite3.DatabaseError:  # no such table: never banned
+        return None
+    return (str(row[0]), datetime.fromisoformat(row[1])) if row else None
