@@ -261,6 +261,9 @@ class NeonizeSession:
         await self.stop()
         self._closed = True
         self._failure_log.detach()
+        for task in list(self._side_tasks):  # a presence still being retried
+            task.cancel()
+        await asyncio.gather(*self._side_tasks, return_exceptions=True)
         self._engine._forget(self)
         if self._queue is not None and self._pump_task is not None:
             self._queue.put_nowait(None)
