@@ -32,12 +32,14 @@ async def test_a_keepalive_gap_that_heals_stays_connected_and_degraded(env: Brid
         connected = await probe.wait_state(A, "connected")
         assert connected["degraded"] is False
         mark = probe.mark()
-        await probe.sim(A, "keepalive", {"seconds": 1})
+        await probe.sim(A, "keepalive", {"seconds": 2})
         gap = await probe.wait_for(status_topic, lambda r: r.json()["degraded"] is True, after=mark)
         assert gap.json()["state"] == "connected" and gap.json()["since"] == connected["since"]
         assert gap.json()["error_code"] == "keepalive_timeout" and "still connected" in gap.json()["error"]
         sent = await probe.request(A, "send", {"to": ANA, "text": "while degraded"})  # still sends at once
         assert sent["status"] == "ok" and sent["data"]["queued"] is False
+        health = await probe.request("bridge", "health", {})
+        assert health["data"]["accounts"][A]["degraded"] is True
         healed = await probe.wait_for(status_topic, lambda r: r.json()["degraded"] is False, after=mark, timeout=10)
         assert healed.json()["state"] == "connected" and healed.json()["error_code"] is None
         states = {r.json()["state"] for r in probe.received[mark:] if r.topic == status_topic and r.payload}
