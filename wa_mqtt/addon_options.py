@@ -45,6 +45,7 @@ OPTION_PATHS: dict[str, str] = {
     "notify": "notify",
     "mqtt_url": "mqtt.url",
     "proxy": "proxy",
+    "presence": "presence",
     "base_topic": "mqtt.base_topic",
     "discovery": "mqtt.discovery",
     "discovery_prefix": "mqtt.discovery_prefix",

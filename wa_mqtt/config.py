@@ -93,6 +93,9 @@ class ReconnectConfig(_Section):
     max: float = Field(300.0, gt=0)
     jitter: float = Field(0.2, ge=0, le=1)
     flap_window: float = Field(60.0, ge=0)
+    # issue 14: after a drop of a logged-in session whatsmeow reconnects by itself; the bridge takes over
+    # (stops and starts the session with its backoff) only if it is still down after this many seconds
+    engine_grace: float = Field(600.0, gt=0)
 
 
 class BackupsConfig(_Section):
@@ -239,6 +242,8 @@ class Config(_Section):
     watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     web: WebConfig = Field(default_factory=WebConfig)
+    # issue 14: the presence sent on connect (typing indicators and push names need `available`)
+    presence: Literal["available", "unavailable"] = "available"
     _migrations: tuple[Migration, ...] = PrivateAttr(default=())
 
     @property
@@ -304,7 +309,8 @@ class Config(_Section):
 # media limits are also enforced by the engine processes, which keep the values they started with.
 RESTART_KEYS = ("mqtt", "engine", "engine_process", "proxy", "sessions_dir", "data_dir", "disk_full_hold_mb", "web",
                 "outgoing.max_media_bytes", "outgoing.media_dir", "outgoing.block_private_urls",
-                "media", "metrics")  # incoming media: the engine processes keep the values they started with
+                "media", "metrics",  # incoming media: the engine processes keep the values they started with
+                "presence")  # issue 14: the engine processes send the presence they started with
 
 
 def _at(data: Any, dotted: str) -> Any:

@@ -86,12 +86,15 @@ MESSAGES: Mapping[ErrorCode, str] = MappingProxyType({
                   "there is space"),
     E.DIAL_FAILED: "cannot reach WhatsApp: check the network (and `proxy`); retrying with backoff",
     E.CONNECT_FAILURE: "WhatsApp refused the connection; retrying with backoff",
-    E.CONNECTION_LOST: "connection lost; reconnecting with backoff",
-    E.KEEPALIVE_TIMEOUT: "WhatsApp stopped answering keepalives; reconnecting with backoff",
+    E.CONNECTION_LOST: "connection lost; reconnecting",
+    E.KEEPALIVE_TIMEOUT: ("WhatsApp stopped answering keepalives: still connected (degraded); it heals by "
+                          "itself or reconnects within minutes"),
     E.LOGGED_OUT: "logged out: this device is no longer linked; send connect to pair again",
     E.STREAM_REPLACED: "the session was opened elsewhere; not fighting it: send connect to take it back",
-    E.TEMPORARY_BAN: "temporarily banned by WhatsApp; retrying when the ban ends",
-    E.CLIENT_OUTDATED: "WhatsApp rejected this client version: update wa_mqtt (neonize)",
+    E.TEMPORARY_BAN: "temporarily banned by WhatsApp; retrying when the ban ends (next_retry_at)",
+    E.CLIENT_OUTDATED: ("WhatsApp rejected this client version (whatsmeow inside neonize is too old): upgrade "
+                        "neonize within the range wa_mqtt allows (pip install -U wa_mqtt neonize; the add-on: "
+                        "update it), then send connect"),
     E.PAIRING_TIMEOUT: "pairing timed out: nothing was scanned in time; send connect to try again",
     E.ENGINE_CRASHED: "the engine process crashed; restarting it with backoff",
     E.STORE_CORRUPT: "the session store is unusable and no good backup exists: send connect to pair again",

@@ -78,6 +78,7 @@ class Status(BaseModel):
     queued_outgoing: int = 0
     # the last thing heard from WhatsApp (message, receipt, connect, a check's answer): the watchdog's clock
     last_event_at: datetime | None = None
+    degraded: bool = False  # connected, but keepalives go unanswered (whatsmeow heals it or reconnects)
 
     @property
     def error(self) -> str | None:
@@ -219,6 +220,7 @@ class MediaSource(BaseModel):
     mimetype: str | None = None
     filename: str | None = None
     caption: str | None = None
+    ptt: bool = False  # audio only: send as a voice note (OGG/Opus; converted with ffmpeg when needed)
 
     @model_validator(mode="after")
     def _one_source(self) -> MediaSource:
@@ -382,6 +384,8 @@ class OutgoingMessage(BaseModel):
         content = [k for k in OUTGOING_KINDS if getattr(self, k) is not None]
         if len(content) > 1:
             raise ValueError(f"at most one of {kinds}")
+        if [k for k in content if k in MEDIA_KINDS and k != "audio" and getattr(self, k).ptt]:
+            raise ValueError("ptt (a voice note) is for audio only")
         if not content and not self.text:
             raise ValueError(f"text or one of {kinds} is required")
         return self

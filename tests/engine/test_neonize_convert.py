@@ -13,6 +13,7 @@ from wa_mqtt.engines import neonize_convert as conv
 from wa_mqtt.engines.base import (
     ClientOutdated,
     Connected,
+    Degraded,
     Disconnected,
     LoggedOut,
     Paired,
@@ -325,10 +326,10 @@ _EMPTY_NODE = N.Node(Tag="failure")
 
 STATUS_CASES = [
     ("connected", N.Connected(status=True), Connected(name="Ana")),
-    ("keepalive_restored", N.KeepAliveRestored(), Connected(name="Ana")),
-    ("disconnected", N.Disconnected(status=True), Disconnected(code=ErrorCode.CONNECTION_LOST, error="connection lost")),
-    ("keepalive_timeout", N.KeepAliveTimeout(ErrorCount=3, LastSuccess=0),
-     Disconnected(code=ErrorCode.KEEPALIVE_TIMEOUT, error="keepalive timeout (3 missed)")),
+    ("keepalive_restored", N.KeepAliveRestored(), Degraded(degraded=False)),
+    ("disconnected", N.Disconnected(status=True),
+     Disconnected(code=ErrorCode.CONNECTION_LOST, error="connection lost", engine_reconnects=True)),
+    ("keepalive_timeout", N.KeepAliveTimeout(ErrorCount=3, LastSuccess=0), Degraded(degraded=True, missed=3)),
     ("logged_out", N.LoggedOut(OnConnect=False, Reason=N.LOGGED_OUT),
      LoggedOut(reason="logged out while connected: logged_out")),
     ("stream_replaced", N.StreamReplaced(), StreamReplaced()),
@@ -388,3 +389,36 @@ GO_PREFIX = ('failed to dial whatsapp web websocket: failed to WebSocket dial: f
 ])
 def test_dial_errors_are_one_short_line_saying_what_to_check(tail: str, proxy: bool, expected: str) -> None:
     assert conv.explain_dial_error(GO_PREFIX + tail, proxy) == expected
+
+
+# -- issue 14: whatsmeow owns reconnection after a drop; a dead event pump says what it lost ----------
+def test_a_drop_while_pairing_is_not_reconnected_by_whatsmeow() -> None:
+    """whatsmeow's autoReconnect returns at once without a stored device (client.go)."""
+    out = conv.status_event(N.Disconnected(status=True), NOW, logged_in=False)
+    assert isinstance(out, Disconnected) and out.engine_reconnects is False
+
+
+# Go's protobuf text for the marshal error that ends neonize's event pump (protobuf-go RequiredNotSet),
+# and whatsmeow's log lines for the failure node (connectionevents.go handleConnectFailure).
+BAN_ERROR = "proto: required field neonize.TemporaryBan.Code not set"
+FAILURE_ERROR = "proto: required field neonize.ConnectFailure.Reason not set"
+BAN_LOG = 'Temporary ban connect failure: <failure code="106" expire="7200" reason="402"/>'
+FAILURE_LOG = 'Unknown connect failure: <failure location="frc" reason="409"/>'
+
+
+def test_a_ban_neonize_cannot_encode_waits_for_its_logged_expiry() -> None:
+    field = conv.dead_pump_field(BAN_ERROR)
+    assert field == "neonize.TemporaryBan.Code"
+    out = conv.dead_pump_event(field, conv.failure_node_attrs(BAN_LOG), NOW)
+    assert out == TemporaryBan(code="106", expires_at=NOW + timedelta(hours=2))
+    unknown = conv.dead_pump_event(field, {}, NOW)  # the log line was not seen: an hour, then try again
+    assert unknown == TemporaryBan(code="unknown", expires_at=NOW + conv.UNKNOWN_BAN_WAIT)
+
+
+def test_a_connect_failure_neonize_cannot_encode_is_a_refused_connection() -> None:
+    field = conv.dead_pump_field(FAILURE_ERROR)
+    assert field == "neonize.ConnectFailure.Reason"
+    out = conv.dead_pump_event(field, conv.failure_node_attrs(FAILURE_LOG), NOW)
+    assert isinstance(out, Disconnected) and out.code == ErrorCode.CONNECT_FAILURE and "409" in out.error
+    assert not out.engine_reconnects  # whatsmeow expects that disconnect: the bridge's backoff retries
+    assert conv.dead_pump_field("failed to dial whatsapp") is None

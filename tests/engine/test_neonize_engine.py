@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from neonize.aioze.client import ClientFactory
 from neonize.events import EVENT_TO_INT
+from neonize.exc import NeonizeError, PairPhoneError
 from neonize.proto import Neonize_pb2 as N
 from neonize.proto.waCommon.WACommon_pb2 import MessageKey
 from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as E
 
+from wa_mqtt.engines import neonize_calls as calls
 from wa_mqtt.engines.base import EngineError, EngineEvent, EngineSession, SimControllable
 from wa_mqtt.engines.neonize_engine import NeonizeEngine, NeonizeSession, store_dsn
 from wa_mqtt.model import ErrorCode, OutgoingMessage
@@ -147,7 +151,7 @@ async def test_pairing_emits_qr_and_status_events_in_order(tmp_path: Path, engin
     assert first.message.account == scanned  # messages belong to the number that scanned
     assert (second.message.id, second.message.type, second.message.caption) == ("M2", "image", "two")
     assert (receipt.kind, receipt.receipt.ids, receipt.receipt.type) == ("receipt", ["M0"], "read")
-    assert (dropped.kind, dropped.code) == ("disconnected", ErrorCode.KEEPALIVE_TIMEOUT)
+    assert (dropped.kind, dropped.degraded, dropped.missed) == ("degraded", True, 2)  # a gap, not a drop (issue 14)
     assert events.events.empty()
     await session.close()
 
@@ -175,19 +179,34 @@ async def test_pair_code_method_asks_once_and_emits_the_code(tmp_path: Path, eng
     session = engine.open_session(phone, tmp_path / "store.db", events)
     await session.start("code")
     assert (await events.next()).code == ErrorCode.DIAL_FAILED
-    asked: list[str] = []
-
-    async def pair_phone(number: str, show_push_notification: bool) -> str:  # Go's PairPhone needs WhatsApp
-        asked.append(number)
-        return "ABCD-EFGH"
-
-    session.client.PairPhone = pair_phone
+    binder = GoPairPhone(session.client._NewAClient__client)  # Go's PairPhone needs WhatsApp
+    session.client._NewAClient__client = binder
     for code in ("2@first", "2@second"):
         await go_string_callback(session.client._NewAClient__onQr, session, code)
     assert (await events.next()).model_dump() == {"kind": "pair_code", "code": "ABCD-EFGH"}
-    assert asked == [phone]
+    [asked] = binder.asked
+    assert (asked.phone, asked.showPushNotification) == (phone, True)
+    # issue 14: WhatsApp validates "Browser (OS)"; neonize's own PairPhone would send "FIREFOX (Linux)"
+    assert (asked.clientDisplayName, asked.clientType) == ("Chrome (Linux)", 1)
     await session.close()
     assert events.events.empty()
+
+
+class GoPairPhone:
+    """neonize's Go binding with PairPhone answered as Go answers it once WhatsApp gave a code; every
+    other call goes to the real binding."""
+
+    def __init__(self, real: object) -> None:
+        self._real = real
+        self.asked: list[N.PairPhoneParams] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._real, name)
+
+    async def PairPhone(self, uuid: bytes, payload: bytes, size: int) -> bytes:  # Go's name
+        assert len(payload) == size
+        self.asked.append(N.PairPhoneParams.FromString(payload))
+        return N.PairPhoneReturnFunction(Code="ABCD-EFGH").SerializeToString()
 
 
 async def test_events_from_a_stopped_client_are_ignored(tmp_path: Path, engine: NeonizeEngine) -> None:
@@ -588,4 +607,88 @@ async def test_the_watchdog_check_is_a_real_server_round_trip(tmp_path: Path, en
     with pytest.raises(EngineError) as failure:
         await session.ping(5)
     assert failure.value.code == "not_connected", str(failure.value)
+    await session.close()
+
+
+# -- issue 14: presence, a stop during pairing, a dead event pump ---------------------------------------
+async def restored_session(tmp_path: Path, engine: NeonizeEngine, events: Recorder) -> NeonizeSession:
+    phone = next_phone()
+    store = fresh_store(tmp_path / "store.db")
+    write_synthetic_device(store, phone)
+    session = engine.open_session(phone, store, events)
+    await session.start()
+    assert (await events.next()).code == ErrorCode.DIAL_FAILED  # offline
+    return session
+
+
+async def test_presence_and_pair_codes_reach_go(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The configured presence goes to Go's SendPresence on every connect (offline Go answers that the
+    websocket is not connected: the call was made, and a failure is only logged)."""
+    engine = NeonizeEngine(stop_timeout=5, presence="unavailable")
+    events = Recorder()
+    session = await restored_session(tmp_path, engine, events)
+    with pytest.raises(EngineError) as refused:
+        await calls.send_presence(session.client, "available")
+    assert refused.value.code == "not_connected"
+    with pytest.raises(PairPhoneError, match="not connected"):  # the real binding, with our parameters
+        await calls.pair_code(session.client, session.phone)
+    caplog.set_level(logging.DEBUG, logger="wa_mqtt.engines.neonize_engine")
+    await go_event(session, N.Connected(status=True))
+    assert (await events.next()).kind == "connected"
+    for _ in range(100):
+        if "presence unavailable not sent: " in caplog.text:
+            break
+        await asyncio.sleep(0.05)
+    assert "presence unavailable not sent: " in caplog.text and "websocket not connected" in caplog.text
+    await session.close()
+    await engine.aclose()
+
+
+async def test_a_stop_during_pairing_that_cannot_end_neonize_asks_for_a_new_process(tmp_path: Path) -> None:
+    """Go's connect thread never returns after a stop during QR pairing (qrchan.go keeps its channel
+    open): the stop does not wait for it, and the session says its process must be replaced."""
+    engine = NeonizeEngine(stop_timeout=5, pairing_stop_grace=0.3)
+    events = Recorder()
+    session = engine.open_session(next_phone(), tmp_path / "store.db", events)
+    await session.start("qr")
+    assert (await events.next()).code == ErrorCode.DIAL_FAILED
+    assert session.recycle_reason is None
+    stuck = asyncio.Event()
+    session._watch = asyncio.create_task(stuck.wait())  # where Go's Neonize() would still be blocked
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await session.stop()
+    assert loop.time() - began < 2
+    assert session.recycle_reason is not None and "during pairing" in session.recycle_reason
+    await session.close()
+    await engine.aclose()
+
+
+async def test_a_clean_stop_keeps_the_process(tmp_path: Path, engine: NeonizeEngine) -> None:
+    session = await restored_session(tmp_path, engine, Recorder())
+    await session.stop()
+    assert session.recycle_reason is None
+    await session.close()
+
+
+async def test_a_dead_event_pump_reports_the_lost_ban_and_asks_for_a_new_process(tmp_path: Path,
+                                                                                 engine: NeonizeEngine) -> None:
+    """neonize cannot encode a ban code it does not know: the marshal error ends Go's event pump and
+    Neonize() returns it. The ban (code and expiry from whatsmeow's log line) still reaches the bridge."""
+    events = Recorder()
+    session = await restored_session(tmp_path, engine, events)
+    client = session.client
+    logging.getLogger("whatsmeow.Client").warning(
+        'Temporary ban connect failure: <failure code="106" expire="7200" reason="402"/>')
+
+    async def go_neonize_returned() -> None:  # what neonize's connect task raises with Go's returned text
+        raise NeonizeError("proto: required field neonize.TemporaryBan.Code not set")
+
+    await session._watch_connect(client, asyncio.create_task(go_neonize_returned()))
+    ban = await events.next()
+    assert ban.kind == "temporary_ban" and ban.code == "106"
+    assert 7100 < (ban.expires_at - datetime.now(UTC)).total_seconds() <= 7200
+    assert session.recycle_reason is not None and "event pump" in session.recycle_reason
+    await session.stop()
+    assert session.recycle_reason is not None  # the child answers its stop with it
     await session.close()

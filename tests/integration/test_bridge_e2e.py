@@ -237,6 +237,10 @@ async def test_remote_events_drop_logout_replace(env: BridgeEnv, bridge: BridgeP
 
 
 async def test_outage_backs_off_then_reconnects(env: BridgeEnv, bridge: BridgeProcess) -> None:
+    """Issue 14, one owner of reconnection: a connected session that loses WhatsApp is reconnected by the
+    engine's own loop (whatsmeow's), never stopped and restarted by the bridge meanwhile; a first connect
+    that cannot reach WhatsApp is the bridge's, with its backoff."""
+    status_topic = f"{env.base}/{A}/status"
     env.link_sim_account(A)
     bridge.start()
     async with Probe(env.broker, env.base) as probe:
@@ -244,19 +248,28 @@ async def test_outage_backs_off_then_reconnects(env: BridgeEnv, bridge: BridgePr
         mark = probe.mark()
         await probe.sim(A, "outage", {"seconds": 1.5})
         first = await probe.wait_state(A, "disconnected", after=mark)
-        assert first["next_retry_at"] is not None
-        failed = await probe.wait_for(
-            f"{env.base}/{A}/status",
-            lambda r: r.json()["state"] == "disconnected" and r.json()["error_code"] == "dial_failed", after=mark)
-        assert failed.json()["reconnect_attempt"] >= 2
+        assert first["error_code"] == "connection_lost" and first["next_retry_at"] is None
         queued = await probe.request(A, "send", {"to": "5511988887777", "text": "during outage"})
         assert queued["data"]["queued"] is True
         connected = await probe.wait_state(A, "connected", timeout=15, after=mark)
         assert connected["reconnect_attempt"] == 0
+        states = [r.json()["state"] for r in probe.received[mark:] if r.topic == status_topic and r.payload]
+        assert "connecting" not in states  # the bridge left the reconnect to the engine
         await probe.wait_for(f"{env.base}/sim/{A}/sent", lambda r: r.json().get("text") == "during outage")
         deferred = await probe.wait_for(f"{env.base}/{A}/response/send",
                                         lambda r: r.json().get("data", {}).get("from_queue") is True)
         assert deferred.json()["data"]["id"]
+
+        mark = probe.mark()  # a connect of the bridge's own during an outage: its backoff retries
+        await probe.request(A, "disconnect")
+        await probe.wait_state(A, "stopped", after=mark)
+        await probe.sim(A, "outage", {"seconds": 1.5})
+        await probe.request(A, "connect")
+        failed = await probe.wait_for(
+            status_topic, lambda r: r.json()["state"] == "disconnected" and r.json()["error_code"] == "dial_failed"
+            and r.json()["reconnect_attempt"] >= 2, after=mark)
+        assert failed.json()["next_retry_at"] is not None
+        await probe.wait_state(A, "connected", timeout=15, after=mark)
 
 
 async def test_bridge_info_and_accounts(env: BridgeEnv, bridge: BridgeProcess) -> None:

@@ -212,7 +212,7 @@ def test_dockerfile_is_debian_with_libmagic_and_runs_the_start_script():
     assert re.search(r"^FROM \$\{?BUILD_FROM\}?$", text, re.M)
     assert re.search(r"^ARG BUILD_FROM=.*debian", text, re.M)
     assert "apt-get install" in text and "apk " not in text
-    for package in ("python3", "python3-venv", "libmagic1"):
+    for package in ("python3", "python3-venv", "libmagic1", "ffmpeg"):
         assert re.search(rf"\b{re.escape(package)}\b", text), package
     assert 'CMD ["/run.sh"]' in text
 
@@ -362,6 +362,7 @@ SAMPLES: dict[str, tuple[Any, Any]] = {  # option → (value, expected config va
     "notify": (["120363012345678901@g.us"], ["120363012345678901@g.us"]),
     "mqtt_url": ("mqtts://u:p@broker.lan:8883", "mqtts://u:p@broker.lan:8883"),
     "proxy": ("socks5://10.0.0.2:1080", "socks5://10.0.0.2:1080"),
+    "presence": ("unavailable", "unavailable"),
     "base_topic": ("home/wa", "home/wa"),
     "discovery": (False, False),
     "discovery_prefix": ("ha", "ha"),

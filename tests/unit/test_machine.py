@@ -12,6 +12,7 @@ from wa_mqtt.engines.base import (
     ClientOutdated,
     Connected,
     Crashed,
+    Degraded,
     Disconnected,
     LoggedOut,
     PairCode,
@@ -264,7 +265,7 @@ def test_shutdown_keeps_a_state_that_waits_for_a_person(event: m.Input) -> None:
     ([Connected(), m.LogoutDone(reason="logged out on request")], ErrorCode.LOGGED_OUT, "logged out on request"),
     ([StreamReplaced()], ErrorCode.STREAM_REPLACED,
      "the session was opened elsewhere; not fighting it: send connect to take it back"),
-    ([ClientOutdated()], ErrorCode.CLIENT_OUTDATED, "WhatsApp rejected this client version: update wa_mqtt (neonize)"),
+    ([ClientOutdated()], ErrorCode.CLIENT_OUTDATED, MESSAGES[ErrorCode.CLIENT_OUTDATED]),
     ([TemporaryBan(code="101", expires_at=T0 + timedelta(hours=2))], ErrorCode.TEMPORARY_BAN,
      "temporary ban 101 until 2026-11-24T12:00:00Z"),
     ([Crashed(error="exit code 70")], ErrorCode.ENGINE_CRASHED, "engine crashed: exit code 70"),
@@ -303,3 +304,68 @@ def test_the_machine_returns_codes_and_details_not_text() -> None:
     assert (acc.status.error_code, acc.status.error_detail) == (ErrorCode.ENGINE_CRASHED, ("exit code 70",))
     acc, _ = run(restored(clock), clock, m.DiskFull())
     assert (acc.status.error_code, acc.status.error) == (ErrorCode.DISK_FULL, MESSAGES[ErrorCode.DISK_FULL])
+
+
+# -- issue 14: one owner of reconnection; a keepalive gap is `degraded` ---------------------------------
+def test_a_drop_the_engine_heals_itself_is_not_restarted_by_the_bridge() -> None:
+    """whatsmeow reconnects a logged-in session by itself: no stop/start of ours races it; only a
+    watchdog after `engine_grace`, and the engine's own Connected ends it."""
+    clock = Clock()
+    acc, _ = run(restored(clock), clock, Connected())
+    clock.advance(3600)
+    acc, effects = run(acc, clock, Disconnected(engine_reconnects=True))
+    assert acc.state == S.DISCONNECTED and acc.status.error_code == ErrorCode.CONNECTION_LOST
+    assert acc.status.next_retry_at is None and acc.reconnects == 1
+    assert not [e for e in effects if isinstance(e, m.StopSession | m.StartSession)]
+    [watchdog] = [e for e in effects if isinstance(e, m.ScheduleRetry)]
+    assert watchdog.at == clock.now + timedelta(seconds=POLICY.engine_grace)
+    clock.advance(2)
+    acc, effects = run(acc, clock, Connected())
+    assert acc.state == S.CONNECTED and m.CancelRetry() in effects and acc.status.error_code is None
+
+
+def test_the_bridge_takes_over_when_the_engine_stays_down_past_the_grace() -> None:
+    clock = Clock()
+    acc, _ = run(restored(clock), clock, Connected(), Disconnected(engine_reconnects=True))
+    clock.advance(POLICY.engine_grace)
+    acc, effects = run(acc, clock, m.RetryDue())
+    assert acc.state == S.CONNECTING and effects == [m.StopSession(), m.StartSession("qr")]
+    acc, effects = run(acc, clock, Disconnected(code=ErrorCode.DIAL_FAILED, error="failed to dial"))
+    assert acc.status.next_retry_at is not None  # from here on, the bridge's backoff
+
+
+def test_pairing_drops_stay_with_the_bridges_backoff() -> None:
+    """whatsmeow does not reconnect a session that is not logged in."""
+    clock = Clock()
+    acc, _ = run(restored(clock), clock, Qr(code="q"))
+    acc, _ = run(acc, clock, Disconnected(engine_reconnects=True))
+    assert acc.state == S.DISCONNECTED and acc.status.next_retry_at is not None
+
+
+def test_a_keepalive_gap_is_degraded_without_a_state_change() -> None:
+    clock = Clock()
+    acc, _ = run(restored(clock), clock, Connected())
+    since = acc.status.since
+    clock.advance(30)
+    acc, effects = run(acc, clock, Degraded(degraded=True, missed=1))
+    assert (acc.state, acc.status.since, acc.status.degraded) == (S.CONNECTED, since, True)
+    assert acc.status.error_code == ErrorCode.KEEPALIVE_TIMEOUT and "1 missed" in (acc.status.error or "")
+    assert acc.status.payload()["degraded"] is True and effects == []
+    again, _ = run(acc, clock, Degraded(degraded=True, missed=2))
+    assert again == acc  # the same gap: nothing new to publish
+    clock.advance(10)
+    acc, effects = run(acc, clock, Degraded(degraded=False))
+    assert (acc.state, acc.status.since, acc.status.degraded, acc.status.error_code) == (S.CONNECTED, since, False, None)
+    assert effects == []
+
+
+def test_a_forced_reconnect_after_a_long_gap_heals_it_and_a_state_change_clears_it() -> None:
+    clock = Clock()
+    acc, _ = run(restored(clock), clock, Connected(), Degraded(missed=9))
+    acc, effects = run(acc, clock, Connected())  # whatsmeow reconnected quietly (an expected disconnect)
+    assert acc.state == S.CONNECTED and not acc.status.degraded and acc.status.error_code is None
+    assert m.OnConnected() not in effects
+    acc, _ = run(acc, clock, Degraded(missed=1), Disconnected(engine_reconnects=True))
+    assert acc.state == S.DISCONNECTED and acc.status.degraded is False
+    ignored, _ = run(acc, clock, Degraded(missed=1))
+    assert ignored == acc  # only a connection can be degraded

@@ -25,6 +25,7 @@ from ..engines.base import (
     ClientOutdated,
     Connected,
     Crashed,
+    Degraded,
     Disconnected,
     LoggedOut,
     PairCode,
@@ -106,7 +107,7 @@ class Shutdown:
 
 
 EngineInput = (
-    Connected | Disconnected | LoggedOut | StreamReplaced | TemporaryBan | ClientOutdated | Qr | PairCode
+    Connected | Disconnected | Degraded | LoggedOut | StreamReplaced | TemporaryBan | ClientOutdated | Qr | PairCode
     | Paired | Crashed
 )
 Input = (
@@ -218,6 +219,7 @@ def _with(acc: Account, now: datetime, state: AccountState | None = None, **stat
     changes = dict(status_changes, updated_at=now)
     if state is not None and state != status.state:
         changes["since"] = now
+        changes.setdefault("degraded", False)  # a keepalive gap belongs to the connection it was on
     if state is not None:
         changes["state"] = state
     return replace(acc, status=status.model_copy(update=changes))
@@ -318,7 +320,7 @@ def _decide(acc: Account, event: Input, now: datetime, policy: ReconnectConfig, 
             if state in PARKED or state == S.BANNED:
                 return acc, [StopSession()]  # late news from a session we already stopped
             if state == S.CONNECTED:
-                return acc, []
+                return _healed(acc, now)
             effects = [CancelRetry(), OnConnected()]
             if state == S.PAIRING or acc.pairing_until is not None:
                 effects.insert(1, ClearPairing())
@@ -326,10 +328,14 @@ def _decide(acc: Account, event: Input, now: datetime, policy: ReconnectConfig, 
             acc = _with(acc, now, S.CONNECTED, name=name or acc.status.name, last_connected=now,
                         error_code=None, error_detail=(), next_retry_at=None, reconnect_attempt=0)
             return acc, effects
-        case Disconnected(code=code, error=error):
+        case Disconnected(code=code, error=error, engine_reconnects=engine_reconnects):
             if state not in ACTIVE:
                 return acc, []
+            if engine_reconnects and state != S.PAIRING:
+                return _engine_reconnects(acc, now, code, _detail(error), policy)
             return _fail(acc, now, code, _detail(error), policy, rand)
+        case Degraded():
+            return _degraded(acc, now, event)
         case Crashed(error=error):
             crash_event = BridgeEvent("engine_crashed", {"phone": acc.status.phone, "error": error})
             if state not in ACTIVE and state != S.BANNED:
@@ -355,3 +361,44 @@ def _decide(acc: Account, event: Input, now: datetime, policy: ReconnectConfig, 
             return _park(acc, now, S.ERROR, ErrorCode.CLIENT_OUTDATED)
         case _:
             assert_never(event)
+
+
+# -- issue 14: one owner of reconnection; a keepalive gap is `degraded`, not a state ----------------------
+# whatsmeow reconnects a logged-in session by itself after a drop (client.go autoReconnect) and heals a
+# keepalive gap by itself, forcing a reconnect only after 3 minutes of it (keepalive.go). A restart by the
+# bridge meanwhile would race it and cost neonize a leaked file per connect. So after such a drop the
+# bridge only shows `disconnected` and waits; it takes over (stop, start, its own backoff) only when the
+# engine is still down after `reconnect.engine_grace`. The bridge's backoff owns everything else: a first
+# connect that fails (whatsmeow does not retry it), pairing, a crashed or recycled engine process.
+
+
+def _engine_reconnects(acc: Account, now: datetime, code: ErrorCode, detail: tuple[str, ...],
+                       policy: ReconnectConfig) -> tuple[Account, list[Effect]]:
+    """A drop the engine heals itself: `disconnected` without a retry of ours; a watchdog after the grace."""
+    failures = acc.failures + 1 if acc.state != S.CONNECTED else 1
+    acc = replace(acc, failures=failures, connected_at=None,
+                  reconnects=acc.reconnects + (1 if acc.state == S.CONNECTED else 0))
+    acc = _with(acc, now, S.DISCONNECTED, error_code=code, error_detail=detail, reconnect_attempt=failures,
+                next_retry_at=None)
+    return acc, [ScheduleRetry(now + timedelta(seconds=policy.engine_grace))]
+
+
+def _degraded(acc: Account, now: datetime, event: Degraded) -> tuple[Account, list[Effect]]:
+    """A keepalive gap while connected: `degraded` (with `keepalive_timeout`) until it heals; no state change."""
+    if acc.state != S.CONNECTED:
+        return acc, []
+    if not event.degraded:
+        return _healed(acc, now)
+    if acc.status.degraded and acc.status.error_code == ErrorCode.KEEPALIVE_TIMEOUT:
+        return acc, []  # one more missed keepalive of the same gap
+    detail = (f"WhatsApp stopped answering keepalives ({event.missed} missed): still connected; "
+              "whatsmeow heals it or reconnects within minutes",) if event.missed else ()
+    return _with(acc, now, degraded=True, error_code=ErrorCode.KEEPALIVE_TIMEOUT, error_detail=detail), []
+
+
+def _healed(acc: Account, now: datetime) -> tuple[Account, list[Effect]]:
+    if not acc.status.degraded:
+        return acc, []
+    if acc.status.error_code == ErrorCode.KEEPALIVE_TIMEOUT:
+        return _with(acc, now, degraded=False, error_code=None, error_detail=()), []
+    return _with(acc, now, degraded=False), []

@@ -237,7 +237,7 @@ class AccountManager:
             phone: {"state": s.state.value, "queued_outgoing": s.status.queued_outgoing,
                     "messages_in": s.messages_in, "messages_out": s.messages_out,
                     "reconnects": s.account.reconnects, "reconnect_attempt": s.status.reconnect_attempt,
-                    "error_code": s.status.error_code}
+                    "error_code": s.status.error_code, "degraded": s.status.degraded}
             for phone, s in sorted(self._accounts.items())
         }
 

@@ -66,11 +66,24 @@ class Connected(_Event):
 
 
 class Disconnected(_Event):
-    """The connection is gone or could not be made; the bridge's backoff decides when to retry."""
+    """The connection is gone or could not be made. `engine_reconnects`: the engine's own loop brings it
+    back (whatsmeow after a drop of a logged-in session), so the bridge does not restart the session;
+    otherwise the bridge's backoff decides when to retry."""
 
     kind: Literal["disconnected"] = "disconnected"
     code: ErrorCode = ErrorCode.CONNECTION_LOST
     error: str = "connection lost"
+    engine_reconnects: bool = False
+
+
+# -- issue 14 (reconnection, keepalive): a keepalive gap is a degraded connection, not a drop ------------
+class Degraded(_Event):
+    """The connection stays up but misses keepalives (`degraded`), or is healthy again (not `degraded`).
+    whatsmeow heals a gap by itself and forces a reconnect only after minutes of it."""
+
+    kind: Literal["degraded"] = "degraded"
+    degraded: bool = True
+    missed: int = 0
 
 
 class LoggedOut(_Event):
@@ -157,7 +170,7 @@ class Crashed(_Event):
 
 
 EngineEvent = Annotated[
-    Connected | Disconnected | LoggedOut | StreamReplaced | TemporaryBan | ClientOutdated | Qr
+    Connected | Disconnected | Degraded | LoggedOut | StreamReplaced | TemporaryBan | ClientOutdated | Qr
     | PairCode | Paired | MessageReceived | ReceiptReceived | SimSent | Crashed
     | GroupsUpdated | GroupChanged | CallReceived,
     Field(discriminator="kind"),
@@ -240,6 +253,16 @@ class EngineSession(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Recyclable(Protocol):
+    """A session that can tell its process is no longer sound (issue 14): a stop that could not end the
+    engine's threads (neonize during pairing), or an engine whose event pump died. `recycle_reason` says
+    why (None: sound). An engine child answers `stop` with it, and the bridge then replaces the child."""
+
+    @property
+    def recycle_reason(self) -> str | None: ...
 
 
 @runtime_checkable

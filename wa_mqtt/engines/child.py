@@ -28,7 +28,7 @@ from pydantic import JsonValue
 from ..errors import ErrorCode
 from ..folder_lock import FolderBusy, FolderLock, lock_folder, lock_folder_waiting
 from . import protocol as p
-from .base import Engine, EngineError, EngineSession, SimControllable
+from .base import Engine, EngineError, EngineSession, Recyclable, SimControllable
 from .options import EngineName, EngineOptions, EngineOptionsError
 
 log = logging.getLogger("wa_mqtt.engine_child")
@@ -57,10 +57,11 @@ def make_inner_engine(name: EngineName, options: EngineOptions, *, crash: Callab
     if name == "sim":
         from .sim import SimEngine
 
-        return SimEngine(crash=crash, media_policy=policy, downloads=options.downloads)
+        return SimEngine(crash=crash, media_policy=policy, downloads=options.downloads, presence=options.presence)
     from .neonize_engine import NeonizeEngine
 
-    return NeonizeEngine(media_policy=policy, proxy=options.proxy_url, downloads=options.downloads)
+    return NeonizeEngine(media_policy=policy, proxy=options.proxy_url, downloads=options.downloads,
+                         presence=options.presence)
 
 
 class ChildServer:
@@ -187,6 +188,8 @@ async def _perform(session: EngineSession, op: str, args: p.Args) -> JsonValue:
         await session.sim_control(args.action, args.payload.encode("latin-1"))
     elif op == "stop":
         await session.stop()
+        if isinstance(session, Recyclable) and (reason := session.recycle_reason):
+            return {"recycle": reason}  # issue 14: the bridge replaces this process
     elif op == "logout":
         await session.logout()
     else:

@@ -30,6 +30,7 @@ from ..model import MediaSource, NumberCheck, OutgoingMessage, SendResult, to_ji
 from . import neonize_convert as conv
 from .base import EngineError
 from .outgoing_media import load_media
+from .voice_note import VOICE_NOTE_MIMETYPE, to_voice_note
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message as Proto
@@ -187,13 +188,17 @@ async def build_media(client: NewAClient, kind: str, source: MediaSource, captio
     elif kind == "video":
         built = await client.build_video_message(data, caption=caption)
     elif kind == "audio":
-        built = await client.build_audio_message(data, ptt=False)
+        if source.ptt:  # a voice note: WhatsApp plays only OGG/Opus as one
+            data = await to_voice_note(data)
+        built = await client.build_audio_message(data, ptt=source.ptt)
     elif kind == "sticker":  # WebP as it is; another image is turned into one by neonize
         return await client.build_sticker_message(data)
     else:
         built = await client.build_document_message(
             data, caption=caption, title=source.filename, filename=source.filename, mimetype=source.mimetype)
-    if source.mimetype:
+    if kind == "audio" and source.ptt:
+        built.audioMessage.mimetype = VOICE_NOTE_MIMETYPE
+    elif source.mimetype:
         getattr(built, f"{kind}Message").mimetype = source.mimetype
     return built
 
@@ -296,5 +301,47 @@ async def ping(client: NewAClient, timeout: float) -> None:
     except TimeoutError:
         raise EngineError(f"WhatsApp did not answer a check within {timeout:g} s",
                           code=ErrorCode.KEEPALIVE_TIMEOUT) from None
+    except Exception as exc:
+        raise engine_error(exc) from exc
+
+
+# -- issue 14: presence and pair codes --------------------------------------------------------------------
+# whatsmeow's PairPhone: "the client display name must be formatted as `Browser (OS)`, and only common
+# browsers/OSes are allowed (the server will validate it and return 400 if it's wrong)" (pair-code.go).
+# neonize 0.5.2 builds it from enum names, "FIREFOX (Linux)" (aioze/client.py PairPhone): the browser
+# upper-cased. Its binding takes the PairPhoneParams protobuf, so the engine builds that itself.
+PAIR_CLIENT_NAME = "Chrome (Linux)"
+PAIR_CLIENT_TYPE = 1  # whatsmeow.PairClientChrome (goneonize pairClientTypeFromInt)
+
+
+def pair_params(phone: str) -> bytes:
+    """The PairPhoneParams neonize's Go side takes: WhatsApp's "Browser (OS)" display name, a push
+    notification on the phone."""
+    from neonize.proto import Neonize_pb2 as N
+
+    return bytes(N.PairPhoneParams(phone=phone, clientDisplayName=PAIR_CLIENT_NAME, clientType=PAIR_CLIENT_TYPE,
+                                   showPushNotification=True).SerializeToString())
+
+
+async def pair_code(client: NewAClient, phone: str) -> str:
+    """Ask WhatsApp for a pair code (`ABCD-EFGH`) for `phone`, as neonize's PairPhone does but with a
+    display name WhatsApp accepts. Raises what neonize raises."""
+    from neonize.exc import PairPhoneError
+    from neonize.proto import Neonize_pb2 as N
+
+    payload = pair_params(phone)
+    binder = client._NewAClient__client  # neonize's Go binding: its PairPhone method hard-codes the name
+    answer = N.PairPhoneReturnFunction.FromString(await binder.PairPhone(client.uuid, payload, len(payload)))
+    if answer.Error:
+        raise PairPhoneError(answer.Error)
+    return str(answer.Code)
+
+
+async def send_presence(client: NewAClient, presence: str) -> None:
+    """Send the account's presence (`available` / `unavailable`)."""
+    from neonize.utils.enum import Presence
+
+    try:
+        await client.send_presence(Presence[presence.upper()])
     except Exception as exc:
         raise engine_error(exc) from exc

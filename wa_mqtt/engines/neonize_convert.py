@@ -37,6 +37,7 @@ from .addressing import Party, party
 from .base import (
     ClientOutdated,
     Connected,
+    Degraded,
     Disconnected,
     EngineEvent,
     LoggedOut,
@@ -401,23 +402,24 @@ def receipt_from_event(event: Proto) -> Receipt | None:
 # ---------------------------------------------------------------- status events
 
 
-def status_event(event: Proto, now: datetime, name: str | None = None) -> EngineEvent | None:
+def status_event(event: Proto, now: datetime, name: str | None = None,
+                 logged_in: bool = True) -> EngineEvent | None:
     """A neonize connection-status event as an engine event; None for events that change nothing.
 
-    `now` dates a temporary ban's expiry; `name` is the push name to put on `Connected`.
-    KeepAliveRestored maps to `Connected` (whatsmeow sends no new Connected after a keepalive
-    timeout heals, so this undoes the `Disconnected(keepalive_timeout)`).
+    `now` dates a temporary ban's expiry; `name` is the push name to put on `Connected`; `logged_in`:
+    the session has a linked device, so whatsmeow reconnects it by itself after a `Disconnected`
+    (client.go onDisconnect / autoReconnect; it does not for a session still pairing).
+    A keepalive gap is `Degraded`, not a drop: whatsmeow heals it, or reconnects after 3 minutes.
     """
     kind = event.DESCRIPTOR.name
     if kind == "Connected":
         return Connected(name=name)
     if kind == "KeepAliveRestored":
-        return Connected(name=name)
+        return Degraded(degraded=False)
     if kind == "Disconnected":
-        return Disconnected(code=ErrorCode.CONNECTION_LOST, error="connection lost")
+        return Disconnected(code=ErrorCode.CONNECTION_LOST, error="connection lost", engine_reconnects=logged_in)
     if kind == "KeepAliveTimeout":
-        return Disconnected(code=ErrorCode.KEEPALIVE_TIMEOUT,
-                            error=f"keepalive timeout ({event.ErrorCount} missed)")
+        return Degraded(degraded=True, missed=max(1, event.ErrorCount))
     if kind == "LoggedOut":
         when = "on connect" if event.OnConnect else "while connected"
         return LoggedOut(reason=f"logged out {when}: {_enum_name(event, 'Reason').lower()}")
@@ -589,3 +591,36 @@ def poll_vote_of(message: IncomingMessage, options: list[str] | None, hashes: li
         selected, unresolved = resolve_vote(options, hashes)
         resolved = PollVote(poll_id=poll_id, selected=selected, unresolved=unresolved or None)
     return message.model_copy(update={"poll_vote": resolved.model_dump(exclude_none=True)})
+# ---------------------------------------------------------------- issue 14: a dead event pump
+
+# neonize leaves a proto2 required field unset for a ConnectFailure reason or a TemporaryBan code it has
+# no enum value for (goneonize utils/encoder.go EncodeConnectFailureReason / EncodeTemporaryBan), and
+# the marshal error ends Go's event pump (main.go CallbackFunction): Neonize() returns that error.
+_REQUIRED_UNSET = re.compile(r"required field (?P<field>[\w.]+) not set")
+# whatsmeow logs the failure node before dispatching the event (connectionevents.go handleConnectFailure)
+_NODE_ATTR = re.compile(r'(?P<key>reason|code|expire)="?(?P<value>\d+)"?')
+UNKNOWN_BAN_WAIT = timedelta(hours=1)  # a ban whose end is unknown: try again after this
+
+
+def dead_pump_field(text: str) -> str | None:
+    """The unset field named by neonize's marshal error (`neonize.TemporaryBan.Code`), or None."""
+    found = _REQUIRED_UNSET.search(text)
+    return found["field"] if found else None
+
+
+def failure_node_attrs(log_line: str) -> dict[str, int]:
+    """`reason`, `code` and `expire` of the failure node in whatsmeow's log line, as far as it has them."""
+    return {m["key"]: int(m["value"]) for m in _NODE_ATTR.finditer(log_line)}
+
+
+def dead_pump_event(field: str, node: dict[str, int], now: datetime) -> TemporaryBan | Disconnected:
+    """What the event neonize could not deliver was: a ban (until its logged expiry, else for an hour)
+    or a refused connection (with whatsmeow's reason number when logged)."""
+    if "TemporaryBan" in field or node.get("reason") == 402:
+        expire = node.get("expire")
+        until = now + (timedelta(seconds=expire) if expire is not None else UNKNOWN_BAN_WAIT)
+        return TemporaryBan(code=str(node.get("code", "unknown")), expires_at=until)
+    reason = node.get("reason")
+    return Disconnected(code=ErrorCode.CONNECT_FAILURE,
+                        error=f"WhatsApp refused the connection (reason {reason if reason is not None else 'unknown'}, "
+                              "not known to neonize)")

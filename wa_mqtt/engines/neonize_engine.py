@@ -14,7 +14,7 @@ import ctypes
 import logging
 import os
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +33,7 @@ from .base import (
     CallReceived,
     ClientOutdated,
     Connected,
+    Degraded,
     Disconnected,
     EmitFn,
     EngineError,
@@ -48,7 +49,7 @@ from .base import (
 )
 from .incoming_media import MediaSaver
 from .neonize_calls import engine_error
-from .options import DownloadOptions, EngineOptions
+from .options import DownloadOptions, EngineOptions, Presence
 from .poll_store import PollStore
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ Clock = Callable[[], datetime]
 # an event whose translation waits for LID lookups; the pump awaits it in its place, keeping Go's order
 Deferred = Callable[[], Awaitable[EngineEvent | None]]
 LID_CACHE_LIMIT = 50_000
+PRESENCE_TRIES, PRESENCE_RETRY = 6, 5.0  # whatsmeow refuses a presence until the push name is known
 _STATUS_EVENTS = ("ConnectedEv", "DisconnectedEv", "LoggedOutEv", "StreamReplacedEv", "TemporaryBanEv",
                   "ConnectFailureEv", "ClientOutdatedEv", "KeepAliveTimeoutEv", "KeepAliveRestoredEv",
                   "PairStatusEv")
@@ -92,6 +94,32 @@ def stored_device_jids(store_path: Path) -> list[str]:
         return [row[0] for row in db.execute("SELECT jid FROM whatsmeow_device ORDER BY rowid")]
 
 
+class _FailureLog(logging.Handler):
+    """Keeps whatsmeow's last log line about a connect failure or a ban (issue 14): when neonize cannot
+    encode that event, the line is the only place its reason, ban code and expiry are left. whatsmeow's
+    log reaches Python through neonize's log thread, on the `whatsmeow.Client` logger."""
+
+    MARKERS = ("connect failure", "Temporary ban")
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.last: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if any(marker in message for marker in self.MARKERS):
+            self.last = message
+
+    def attach(self) -> None:
+        self.last = None
+        logger = logging.getLogger("whatsmeow.Client")
+        if self not in logger.handlers:
+            logger.addHandler(self)
+
+    def detach(self) -> None:
+        logging.getLogger("whatsmeow.Client").removeHandler(self)
+
+
 def _detach_finalizer(client: NewAClient) -> None:
     """Disarm neonize's GC finalizer: its Stop(uuid) would stop a later client with the same uuid
     (a restored client's uuid is its JID user, the same on every start)."""
@@ -107,10 +135,13 @@ class NeonizeEngine:
 
     def __init__(self, *, clock: Clock = _utcnow, executor_workers: int = 32,
                  stop_timeout: float = 10.0, media_policy: MediaPolicy | None = None,
-                 proxy: str | None = None, downloads: DownloadOptions | None = None) -> None:
+                 proxy: str | None = None, downloads: DownloadOptions | None = None, presence: Presence = "available",
+                 pairing_stop_grace: float = 2.0) -> None:
         self._clock = clock
         self.downloads = downloads or EngineOptions().downloads  # incoming media (config `media`)
         self.proxy = proxy  # config `proxy`: WhatsApp's websocket and media go through it
+        self.presence: Presence = presence  # config `presence`: sent on every connect
+        self.pairing_stop_grace = pairing_stop_grace  # how long a stop during pairing may take before a recycle
         self.media_policy = media_policy or EngineOptions().media.policy()  # the config's defaults
         self._executor_workers = executor_workers
         self._stop_timeout = stop_timeout
@@ -183,6 +214,15 @@ class NeonizeSession:
         self._group_names: dict[str, str] = {}  # group JID → subject (chat_name), from the groups list
         self._contact_names: dict[str, str] = {}  # user → saved or push name (chat_name), from the store
         self._refresh: asyncio.Task[None] | None = None
+        self._logged_in = False  # a linked device: whatsmeow reconnects it by itself after a drop
+        self._recycle_reason: str | None = None
+        self._failure_log = _FailureLog()
+        self._side_tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def recycle_reason(self) -> str | None:
+        """Why this process should be replaced (issue 14), else None: see `base.Recyclable`."""
+        return self._recycle_reason
 
     @property
     def client(self) -> NewAClient | None:
@@ -200,6 +240,8 @@ class NeonizeSession:
             if self._client is not None:
                 await self._stop_locked()
             client, restoring = await self._new_client()
+            self._logged_in = restoring
+            self._failure_log.attach()
             self._device_key = None  # a new pairing brings a new device
             self._register(client)
             self._client, self._pair_method = client, pair_method
@@ -242,6 +284,10 @@ class NeonizeSession:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         self._closed = True
+        self._failure_log.detach()
+        for task in list(self._side_tasks):  # a presence still being retried
+            task.cancel()
+        await asyncio.gather(*self._side_tasks, return_exceptions=True)
         self._engine._forget(self)
         if self._queue is not None and self._pump_task is not None:
             self._queue.put_nowait(None)
@@ -280,16 +326,22 @@ class NeonizeSession:
         if client is None:
             return
         self._stopping = True
+        pairing = not self._logged_in
         try:
             await client.stop()
         except Exception as exc:  # noqa: BLE001 (neonize raises bare Exceptions from Go; a stop must go on)
             log.warning("%s: stop failed: %s", self.phone, exc)
         if watch is not None and not watch.done():
+            # During pairing Go's Neonize() loops over a QR channel whatsmeow never closes on an expected
+            # disconnect (qrchan.go; neonize issue #201): the connect thread never returns. Waiting longer
+            # than a moment is pointless there; the process is replaced instead (issue 14).
+            grace = self._engine.pairing_stop_grace if pairing else self._engine._stop_timeout
             try:
-                await asyncio.wait_for(asyncio.shield(watch), self._engine._stop_timeout)
-            except TimeoutError:  # neonize issue #201: Go may ignore Stop after a QR expired
-                log.warning("%s: neonize did not return %.0fs after stop; abandoning its thread",
-                            self.phone, self._engine._stop_timeout)
+                await asyncio.wait_for(asyncio.shield(watch), grace)
+            except TimeoutError:
+                self._recycle_reason = (f"neonize's connect thread did not end {grace:g} s after stop"
+                                        f"{' during pairing' if pairing else ''}")
+                log.warning("%s: %s; this engine process will be replaced", self.phone, self._recycle_reason)
                 watch.cancel()  # cancels neonize's connect task, which calls Go's Stop once more
         _detach_finalizer(client)
         self._client, self._watch = None, None
@@ -303,6 +355,9 @@ class NeonizeSession:
             if client is not self._client or self._stopping:
                 return
             text = str(exc)
+            if (field := conv.dead_pump_field(text)) is not None:
+                await self._dead_pump(field, text)
+                return
             code = ErrorCode.DIAL_FAILED if "dial" in text else ErrorCode.CONNECT_FAILURE
             error = conv.explain_dial_error(text, bool(self._engine.proxy)) if code == ErrorCode.DIAL_FAILED else text
             log.warning("%s: connect failed (%s): %s", self.phone, code.value, error)
@@ -310,8 +365,21 @@ class NeonizeSession:
             self._put(Disconnected(code=code, error=error))
             return
         if client is self._client and not self._stopping:
+            self._recycle_reason = "neonize's event loop ended without a stop"  # nothing more comes from it
             log.warning("%s: neonize event loop ended without a stop", self.phone)
             self._put(Disconnected(code=ErrorCode.CONNECTION_LOST, error="engine event loop ended"))
+
+    async def _dead_pump(self, field: str, text: str) -> None:
+        """Go's event pump ended on an event neonize could not encode (issue 14): nothing more arrives
+        from this client, and whatsmeow does not reconnect after such a failure. Say what the lost event
+        was (whatsmeow logged its node just before) and have this process replaced on the next stop."""
+        await asyncio.sleep(0.2)  # whatsmeow's log line travels through neonize's log thread
+        node = conv.failure_node_attrs(self._failure_log.last or "")
+        self._recycle_reason = f"neonize's event pump died ({text})"
+        out = conv.dead_pump_event(field, node, self._clock())
+        log.warning("%s: %s; reported as %s, this engine process will be replaced", self.phone,
+                    self._recycle_reason, out.kind)
+        self._put(out)
 
     # ------------------------------------------------------------ events
 
@@ -444,15 +512,44 @@ class NeonizeSession:
 
     def _on_status(self, event: Proto) -> EngineEvent | None:
         me = getattr(self._client, "me", None)
-        out = conv.status_event(event, self._clock(), name=(me.PushName or None) if me is not None else None)
+        out = conv.status_event(event, self._clock(), name=(me.PushName or None) if me is not None else None,
+                                logged_in=self._logged_in)
         if isinstance(out, Paired):
             self._account = out.phone
+            self._logged_in = True
             log.info("%s: paired as %s", self.phone, out.phone)
+        elif isinstance(out, Degraded):
+            log.log(logging.WARNING if out.degraded else logging.INFO, "%s: %s", self.phone,
+                    f"keepalive missed ({out.missed})" if out.degraded else "keepalive restored")
         elif out is not None:
             log.info("%s: %s%s", self.phone, out.kind, f" ({out.code})" if isinstance(out, Disconnected) else "")
         if isinstance(out, Connected):
             self._refresh_groups(contacts=True)
+            if self._client is not None:
+                self._spawn(self._send_presence(self._client))
         return out
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    async def _send_presence(self, client: NewAClient) -> None:
+        """Config `presence` on every connect: whatsmeow sends chat presence (typing) and the push name
+        only after an available presence (presence.go)."""
+        for attempt in range(PRESENCE_TRIES):
+            if client is not self._client:
+                return
+            try:
+                await calls.send_presence(client, self._engine.presence)
+            except EngineError as exc:  # right after pairing the push name may not have arrived yet
+                if "pushname" not in str(exc).lower().replace(" ", "") or attempt == PRESENCE_TRIES - 1:
+                    log.warning("%s: presence %s not sent: %s", self.phone, self._engine.presence, exc)
+                    return
+                await asyncio.sleep(PRESENCE_RETRY)
+            else:
+                log.debug("%s: presence %s sent", self.phone, self._engine.presence)
+                return
 
     def _on_message(self, event: Proto) -> EngineEvent | Deferred | None:
         if conv.is_device_traffic(event):
@@ -616,7 +713,7 @@ class NeonizeSession:
             return
         self._pair_code_asked = True
         try:
-            code = await client.PairPhone(self.phone, True)
+            code = await calls.pair_code(client, self.phone)
         except Exception as exc:  # noqa: BLE001 (any failure of Go's PairPhone is reported as a status)
             log.warning("%s: pair code request failed: %s", self.phone, exc)
             self._put(Disconnected(code=ErrorCode.CONNECT_FAILURE, error=f"pair code request failed: {exc}"))

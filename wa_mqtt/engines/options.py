@@ -22,6 +22,7 @@ from ..config import Config, MediaConfig, OutgoingConfig, describe_validation_er
 from ..media import MediaPolicy
 
 EngineName = Literal["neonize", "sim"]
+Presence = Literal["available", "unavailable"]  # config `presence` (issue 14)
 _REVEAL = "reveal_secrets"  # serialisation context key: only `to_wire` sets it
 
 
@@ -74,6 +75,7 @@ class EngineOptions(_Options):
     media: MediaOptions = MediaOptions()
     downloads: DownloadOptions = DownloadOptions()  # incoming media
     proxy: SecretStr | None = _config_default(Config, "proxy")  # WhatsApp traffic through it (neonize)
+    presence: Presence = _config_default(Config, "presence")  # sent on every connect (issue 14)
 
     @classmethod
     def from_config(cls, config: Config) -> EngineOptions:
@@ -81,7 +83,8 @@ class EngineOptions(_Options):
         return cls(media=MediaOptions(max_bytes=outgoing.max_media_bytes, media_dir=outgoing.media_dir,
                                       block_private_urls=outgoing.block_private_urls),
                    downloads=DownloadOptions.from_config(config),
-                   proxy=SecretStr(config.proxy) if config.proxy is not None else None)
+                   proxy=SecretStr(config.proxy) if config.proxy is not None else None,
+                   presence=config.presence)
 
     @property
     def proxy_url(self) -> str | None:

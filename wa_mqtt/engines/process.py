@@ -5,7 +5,10 @@ child (engines/child.py) spoken to with the protocol of protocol.py. The parent 
 - it dies (exit, signal, `wa/sim/<phone>/crash`)  → `Crashed` event, pending calls fail;
 - no line (heartbeats included) within `heartbeat_timeout` → killed, `Crashed`;
 - RSS above `max_rss_mb` (as its heartbeats report it) → killed, `Crashed`;
-- many failed connects in one child (neonize leaks a file per connect) → recycled on the next start.
+- many failed connects in one child (neonize leaks a file per connect) → recycled on the next start;
+- a stop the engine could not finish cleanly, or an engine whose event pump died (its `stop` answer
+  says `recycle`: neonize stopped during pairing, an unmapped ConnectFailure / TemporaryBan) → the
+  child is ended at once and the next start spawns a fresh one (issue 14).
 While the bridge's `Intake` is paused (a full data disk holding too much in memory) no child is read:
 each blocks on its full stdout pipe, and its silence then is not a hang.
 The supervisor turns `Crashed` into `disconnected` / `engine_crashed` and restarts with backoff by
@@ -121,6 +124,7 @@ class ProcessSession:
         self._failed_connects = 0
         self._kill_reason: str | None = None
         self._hello = asyncio.Event()
+        self.recycled = 0  # children ended because their engine was no longer sound (diagnostics, tests)
         self.pid: int | None = None
         self.last_rss_kb: int | None = None
 
@@ -136,9 +140,14 @@ class ProcessSession:
     async def stop(self) -> None:
         if self._proc is not None:
             try:
-                await self._call("stop", p.Args(), timeout=STOP_TIMEOUT)
+                answer = await self._call("stop", p.Args(), timeout=STOP_TIMEOUT)
             except EngineError as exc:
                 log.warning("%s: engine did not stop in time (%s); ending its process", self.phone, exc)
+                await self._end_child()
+                return
+            if isinstance(answer, dict) and answer.get("recycle"):
+                log.info("%s: recycling the engine process: %s", self.phone, answer["recycle"])
+                self.recycled += 1
                 await self._end_child()
 
     async def logout(self) -> None:
@@ -289,7 +298,8 @@ class ProcessSession:
             self._hello.set()
 
     def _note(self, event: EngineEvent) -> None:
-        if isinstance(event, Disconnected) and event.code == ErrorCode.DIAL_FAILED:
+        if isinstance(event, Disconnected) and event.code in (ErrorCode.DIAL_FAILED, ErrorCode.CONNECT_FAILURE) \
+                and not event.engine_reconnects:
             self._failed_connects += 1
 
     async def _relay_logs(self, proc: ChildProcess) -> None:
@@ -359,6 +369,9 @@ class ProcessSession:
                 except TimeoutError:
                     self._signal(proc, signal.SIGKILL)
                     await proc.wait()
+        for task in self._tasks:  # the watchdog sleeps a heartbeat between looks: not worth waiting for
+            if task.get_name().endswith("-watch"):
+                task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         self._proc = None

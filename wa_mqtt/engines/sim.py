@@ -51,6 +51,7 @@ from .base import (
     CallReceived,
     Connected,
     Crashed,
+    Degraded,
     Disconnected,
     EmitFn,
     EngineError,
@@ -65,12 +66,14 @@ from .base import (
     ReceiptReceived,
     SimSent,
     StreamReplaced,
+    TemporaryBan,
 )
 from .incoming_media import FetchFn, MediaSaver
-from .options import DownloadOptions, EngineOptions
+from .options import DownloadOptions, EngineOptions, Presence
 from .outgoing_media import load_media
 from .sim_groups import SimDirectory, SimGroup, SimGroupSpec, apply
 from .sim_media import SimMedia, media_type
+from .voice_note import VOICE_NOTE_MIMETYPE, to_voice_note
 
 log = logging.getLogger(__name__)
 
@@ -230,11 +233,13 @@ class SimEngine:
     name = "sim"
 
     def __init__(self, clock: Clock = _utcnow, crash: Callable[[], None] | None = None,
-                 media_policy: MediaPolicy | None = None, downloads: DownloadOptions | None = None) -> None:
+                 media_policy: MediaPolicy | None = None, downloads: DownloadOptions | None = None,
+                 presence: Presence = "available") -> None:
         self._clock = clock
         self._crash = crash
         self._media_policy = media_policy or EngineOptions().media.policy()
         self._downloads = downloads or EngineOptions().downloads
+        self._presence: Presence = presence
 
     def has_device(self, store_path: Path) -> bool:
         return read_device(store_path) is not None
@@ -242,6 +247,7 @@ class SimEngine:
     def open_session(self, phone: str, store_path: Path, emit: EmitFn) -> SimSession:
         session = SimSession(phone, store_path, emit, self._clock, self._crash, self._media_policy)
         session.media_saver = MediaSaver(self._downloads, phone)
+        session.presence = self._presence
         return session
 
     async def aclose(self) -> None:
@@ -281,10 +287,17 @@ class SimSession:
         self._contacts = SimContacts()
         self._numbers = resolving.NumberCache(clock)
         self._addressed: dict[str, tuple[str, str, str]] = {}  # id → (chat as published, chat, sender as received)
+        # issue 14 (see the block "issue 14" below)
+        self.presence: Presence = "available"
+        self._keepalive_heal: asyncio.TimerHandle | None = None
+        self._ban: tuple[str, datetime] | None = None  # (code, end) of a temporary ban
+        self._recycle_reason: str | None = None
 
     # -- EngineSession -------------------------------------------------------------------------
     async def start(self, pair_method: PairMethod = "qr") -> None:
         self._cancel_reconnect()
+        if self._banned():
+            return
         if self._in_outage():
             self._emit(Disconnected(code=ErrorCode.DIAL_FAILED,  # worded like the real engine's dial errors
                                     error="sim: cannot reach WhatsApp (simulated outage); check the network, or set `proxy`"))
@@ -304,6 +317,9 @@ class SimSession:
 
     async def stop(self) -> None:
         self._cancel_reconnect()
+        self._heal_keepalive(emit=False)
+        if self._pairing:  # as neonize: its connect thread outlives a stop during pairing (issue 14)
+            self._recycle_reason = "stop during pairing (sim: neonize's connect thread would not end)"
         self._connected = False
         self._pairing = False
         self._silent_until = None  # the silence was this connection's: the next one is heard again
@@ -329,6 +345,8 @@ class SimSession:
         to = await resolving.resolve(message.to, self._numbers, self._is_on_whatsapp)
         media = message.media
         loaded = await load_media(message.kind, media, self._media_policy) if media is not None else None
+        if loaded is not None and media is not None and media.ptt:
+            loaded = await to_voice_note(loaded)  # as the real engine does: a voice note is OGG/Opus
         msg_id = message_id or self._new_id()
         now = self._clock()
         self._record_delivery(msg_id, now)
@@ -338,8 +356,11 @@ class SimSession:
             if message.reply_to in self._addressed:
                 payload["participant"] = self._addressed[message.reply_to][2]
         if media is not None and loaded is not None:
-            payload["media"] = {k: v for k, v in media.model_dump().items() if v is not None and k != "base64"}
+            payload["media"] = {k: v for k, v in media.model_dump().items()
+                                if v is not None and k != "base64" and not (k == "ptt" and not v)}
             payload["media"].update(size=len(loaded), sha256=hashlib.sha256(loaded).hexdigest())
+            if media.ptt:
+                payload["media"]["mimetype"] = VOICE_NOTE_MIMETYPE
             payload["text"] = media.caption or message.text
         if message.poll is not None:  # issue 16: a poll shows its question and options
             payload["text"] = message.poll.question
@@ -395,7 +416,7 @@ class SimSession:
 
     async def typing(self, chat: str, state: str) -> None:
         self._require_connected()
-        self._emit(SimSent(payload={"to": to_jid(chat), "type": "typing", "state": state}))
+        self._emit(SimSent(payload={"to": to_jid(chat), "type": "typing", "state": state, "presence": self.presence}))
 
     # -- groups, contacts, calls, edits (issue 15) ----------------------------------------------
     async def groups(self) -> list[GroupSummary]:
@@ -501,6 +522,7 @@ class SimSession:
             "contacts": self._set_contacts,
             "group": self._group, "call": self._call,  # issue 15
             "silence": self._silence,  # the connection stays up, nothing arrives: the watchdog's case
+            "keepalive": self._keepalive_gap, "ban": self._temporary_ban,  # issue 14
         }.get(action)
         if handler is None:
             raise EngineError(f"unknown sim action {action!r}", code=ErrorCode.INVALID_REQUEST)
@@ -559,9 +581,7 @@ class SimSession:
     async def _drop(self, _payload: bytes) -> None:
         if not self._connected:
             return
-        self._connected = False
-        self._emit(Disconnected(code=ErrorCode.CONNECTION_LOST, error="sim: connection dropped"))
-        self._reconnect = asyncio.get_running_loop().call_later(RECONNECT_AFTER_DROP, self._auto_reconnect)
+        self._lose_connection("sim: connection dropped")
 
     async def _outage(self, payload: bytes) -> None:
         try:
@@ -570,8 +590,9 @@ class SimSession:
             raise EngineError("outage payload must be {\"seconds\": N}", code=ErrorCode.INVALID_REQUEST) from None
         self._outage_until = self._clock() + timedelta(seconds=seconds)
         if self._connected:
-            self._connected = False
-            self._emit(Disconnected(code=ErrorCode.CONNECTION_LOST, error="sim: WhatsApp unreachable"))
+            self._lose_connection("sim: WhatsApp unreachable")
+        elif self._reconnect is not None:
+            self._schedule_reconnect()  # the engine's own loop is waiting: it gets through when this outage ends
 
     async def _silence(self, payload: bytes) -> None:
         """`{"seconds": N}`: the connection stays up but nothing arrives for N s (messages wait for the
@@ -716,6 +737,7 @@ class SimSession:
 
     def _go_online(self, name: str | None) -> None:
         self._connected = True
+        log.debug("%s: presence %s", self.phone, self.presence)
         self._emit(Connected(name=name))
         self._emit_groups()  # whatsmeow's groups are fetched on connect too (the bridge's retained list)
         inbox, self._offline_inbox = self._offline_inbox, []
@@ -725,7 +747,10 @@ class SimSession:
     def _auto_reconnect(self) -> None:
         self._reconnect = None
         device = read_device(self.store_path)
-        if self._connected or self._in_outage() or device is None:
+        if self._connected or device is None or self._ban is not None:
+            return
+        if self._in_outage():
+            self._schedule_reconnect()
             return
         self._go_online(device[1])
 
@@ -820,6 +845,77 @@ class SimSession:
             return media_type(spec.media.get("mimetype"))  # media without a type: the mimetype's
         return spec.type if spec.type in MESSAGE_TYPES else "unknown"
 
+    # -- issue 14: whatsmeow's own reconnect loop, keepalive gaps, temporary bans, presence ------------
+    def _lose_connection(self, why: str) -> None:
+        """A logged-in connection drops: like whatsmeow, the engine reconnects by itself (tells the
+        bridge so: `engine_reconnects`), at once and then when WhatsApp can be reached again."""
+        self._connected = False
+        self._heal_keepalive(emit=False)
+        self._emit(Disconnected(code=ErrorCode.CONNECTION_LOST, error=why, engine_reconnects=True))
+        self._schedule_reconnect()
+
+    def _schedule_reconnect(self) -> None:
+        self._cancel_reconnect()
+        wait = RECONNECT_AFTER_DROP
+        if self._outage_until is not None:
+            wait += max(0.0, (self._outage_until - self._clock()).total_seconds())
+        self._reconnect = asyncio.get_running_loop().call_later(wait, self._auto_reconnect)
+
+    async def _keepalive_gap(self, payload: bytes) -> None:
+        """`{"seconds": N}`: WhatsApp stops answering keepalives for N seconds, then answers again (the
+        connection stays up, as whatsmeow keeps it for up to 3 minutes of missed keepalives)."""
+        seconds = _seconds(payload, "keepalive", default=None, most=3600)
+        if not self._connected:
+            raise EngineError("keepalive: the account is not connected", code=ErrorCode.INVALID_REQUEST)
+        self._heal_keepalive(emit=False)
+        self._emit(Degraded(degraded=True, missed=1))
+        self._keepalive_heal = asyncio.get_running_loop().call_later(seconds, self._heal_keepalive)
+
+    def _heal_keepalive(self, emit: bool = True) -> None:
+        if self._keepalive_heal is None:
+            return
+        self._keepalive_heal.cancel()
+        self._keepalive_heal = None
+        if emit and self._connected:
+            self._emit(Degraded(degraded=False))
+
+    async def _temporary_ban(self, payload: bytes) -> None:
+        """`{"seconds": N, "code": "...", "pump_dies": bool}`: WhatsApp bans the account for N seconds;
+        every connect before the end is answered with the ban. `pump_dies`: as neonize with a ban code it
+        cannot encode, the engine's event pump dies (the engine process must be replaced)."""
+        seconds = _seconds(payload, "ban", default=3600, most=30 * 86400)
+        try:
+            spec = json.loads(payload or b"{}")
+            code, pump_dies = str(spec.get("code", "101")), bool(spec.get("pump_dies", False))
+        except (ValueError, AttributeError):
+            raise EngineError("ban payload must be {\"seconds\": N, \"code\": C}", code=ErrorCode.INVALID_REQUEST) from None
+        self._ban = (code, self._clock() + timedelta(seconds=seconds))
+        _save_ban(self.store_path, self._ban)  # WhatsApp's, not the process's: a new engine process sees it too
+        if pump_dies:
+            self._recycle_reason = "neonize's event pump died (sim: a ban code neonize cannot encode)"
+        self._connected = self._pairing = False
+        self._cancel_reconnect()
+        self._heal_keepalive(emit=False)
+        self._banned()
+
+    def _banned(self) -> bool:
+        """While banned, say so (WhatsApp answers every connect with the ban and its remaining time)."""
+        if self._ban is None:
+            self._ban = _load_ban(self.store_path)
+        if self._ban is None:
+            return False
+        code, until = self._ban
+        if self._clock() >= until:
+            self._ban = None
+            return False
+        self._emit(TemporaryBan(code=code, expires_at=until))
+        return True
+
+    @property
+    def recycle_reason(self) -> str | None:
+        """See `base.Recyclable`: set where neonize would leave its process unsound."""
+        return self._recycle_reason
+
     def _in_outage(self) -> bool:
         return self._outage_until is not None and self._clock() < self._outage_until
 
@@ -835,3 +931,39 @@ class SimSession:
                     db.execute("DELETE FROM sim_device")
             finally:
                 db.close()
+
+
+def _seconds(payload: bytes, action: str, default: float | None, most: float) -> float:
+    """`{"seconds": N}` of a control, 0 < N <= most; an `invalid_request` error otherwise."""
+    try:
+        raw = json.loads(payload or b"{}").get("seconds", default)
+        seconds = float(raw) if raw is not None else -1.0
+    except (ValueError, AttributeError, TypeError):
+        seconds = -1.0
+    if not 0 < seconds <= most:
+        raise EngineError(f"{action} payload must be {{\"seconds\": N}}, 0 < N <= {most:g}",
+                          code=ErrorCode.INVALID_REQUEST)
+    return seconds
+
+
+def _save_ban(store_path: Path, ban: tuple[str, datetime]) -> None:
+    db = _connect(store_path)
+    try:
+        with db:
+            db.execute("CREATE TABLE IF NOT EXISTS sim_ban (code TEXT NOT NULL, until TEXT NOT NULL)")
+            db.execute("DELETE FROM sim_ban")
+            db.execute("INSERT INTO sim_ban VALUES (?, ?)", (ban[0], ban[1].isoformat()))
+    finally:
+        db.close()
+
+
+def _load_ban(store_path: Path) -> tuple[str, datetime] | None:
+    """The temporary ban the simulated WhatsApp holds against this account, if any."""
+    if not store_path.exists():
+        return None
+    try:
+        with sqlite3.connect(f"file:{store_path}?mode=ro", uri=True) as db:
+            row = db.execute("SELECT code, until FROM sim_ban LIMIT 1").fetchone()
+    except sqlite3.DatabaseError:  # no such table: never banned
+        return None
+    return (str(row[0]), datetime.fromisoformat(row[1])) if row else None
