@@ -137,7 +137,8 @@ async def test_alerts_problem_sensor_and_notify_failures(
         await wait_event(probe, "recovered", B, mark)
         await wait_sent(probe, A, "recovered", mark)
         statuses = [r.json()["state"] for r in probe.received[mark:] if r.topic == f"{env.base}/{B}/status"]
-        assert statuses.count("disconnected") >= 2, statuses  # it retried: still one episode
+        # whatsmeow (the sim's own loop) retries through the outage: one `disconnected` that lasts, one episode
+        assert statuses.count("disconnected") >= 1 and statuses[-1] == "connected", statuses
         assert len(events(probe, "alert", B, mark)) == 1
         assert len(events(probe, "recovered", B, mark)) == 1
         assert len([m for m in sent_to(probe, A, mark) if "recovered" in m["text"]]) == 1

@@ -161,6 +161,9 @@ function showAccount(view) {
   if (view.next_retry_at) {
     figure(list, "next_retry_at", inSeconds(view.next_retry_at)).dataset.at = view.next_retry_at;
     figure(list, "reconnect_attempt", view.reconnect_attempt);
+  } else if (view.state === "disconnected") {
+    // a linked session that dropped: WhatsApp's client library reconnects it by itself (no bridge timer)
+    figure(list, "next_retry_at", "automatic");
   }
   figure(list, "messages_in", view.messages_in);
   figure(list, "messages_out", view.messages_out);
