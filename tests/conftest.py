@@ -13,9 +13,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from pg_server import PgServer, pg_bin
+
 from harness import BridgeEnv, BridgeProcess, Broker, SmallDisk
 from harness import media_server as serve_media
-from pg_server import PgServer, pg_bin
 
 
 @pytest.fixture(scope="session")

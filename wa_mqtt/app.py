@@ -44,6 +44,8 @@ from .mqtt.spool import Spool
 from .mqtt.topics import Topics
 from .sending import SendService
 from .startup import ensure_port_free, lock_sessions_folder, port_error
+from .store.open import open_pg_stores
+from .store.protocols import OutboxStore, SeenStore
 from .watch import Watcher
 
 log = logging.getLogger(__name__)
@@ -117,9 +119,15 @@ class App:
                                          on_change=lambda error: bus.emit(ev.DiskFullChanged(error)))
         with contextlib.ExitStack() as opened:  # a file refused (schema.SchemaError) closes those opened before it
             spool = opened.enter_context(contextlib.closing(Spool(config.data_dir / "spool.db", report=disk.report)))
-            outbox = opened.enter_context(contextlib.closing(
-                Outbox(config.data_dir / "outbox.db", self._clock, report=disk.report)))
-            seen = opened.enter_context(contextlib.closing(SeenIds(config.data_dir / "seen.db", report=disk.report)))
+            outbox: OutboxStore
+            seen: SeenStore
+            if config.store.url is not None:  # PostgreSQL (shared by a cluster): store/
+                outbox, seen = open_pg_stores(config, self._clock, opened)
+            else:
+                outbox = opened.enter_context(contextlib.closing(
+                    Outbox(config.data_dir / "outbox.db", self._clock, report=disk.report)))
+                seen = opened.enter_context(contextlib.closing(
+                    SeenIds(config.data_dir / "seen.db", report=disk.report)))
             opened.pop_all()
         for holder in (spool, seen, outbox):
             disk.add(holder)

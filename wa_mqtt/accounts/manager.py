@@ -21,10 +21,10 @@ from ..config import Config
 from ..engines.base import Engine, PairMethod
 from ..errors import BridgeError, ErrorCode
 from ..model import AccountState, is_phone
+from ..store.protocols import OutboxStore as Outbox
 from ..tasks import BackgroundTasks
 from . import machine as m
 from .backups import BackupError, backup_store, check_store, list_backups, restore_from_backup
-from .outbox import Outbox
 from .store import SessionStore, StorageError
 from .supervisor import Supervisor
 

@@ -20,7 +20,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from .. import events as ev
-from ..accounts.dedup import SeenIds
 from ..bus import EventBus
 from ..config import Config
 from ..disk_full import DiskFullWatch
@@ -33,6 +32,7 @@ from ..mqtt.request_queue import RequestQueue
 from ..mqtt.requests import ACCOUNT_REQUESTS, BRIDGE_REQUESTS, Call, Later, Result, Services
 from ..mqtt.topics import BRIDGE, RequestTopic, Topics, parse_request_topic
 from ..sending import SendService
+from ..store.protocols import SeenStore as SeenIds
 from ..tasks import BackgroundTasks
 
 if TYPE_CHECKING:
