@@ -37,6 +37,7 @@ from ..tasks import BackgroundTasks
 
 if TYPE_CHECKING:
     from ..accounts.manager import AccountManager
+    from ..cluster.gate import RequestGate
 
 log = logging.getLogger(__name__)
 OWNER = "request server"
@@ -48,8 +49,13 @@ class RequestServer:
 
     def __init__(self, bus: EventBus, config: Config, topics: Topics, link: MqttLink, manager: AccountManager,
                  sending: SendService, seen: SeenIds, clock: Callable[[], datetime], started_at: datetime,
-                 reload: Callable[[], Awaitable[Result]], disk: DiskFullWatch | None = None) -> None:
+                 reload: Callable[[], Awaitable[Result]], disk: DiskFullWatch | None = None,
+                 gate: RequestGate | None = None) -> None:
+        """`gate` (a cluster): which requests this bridge serves (cluster/gate.py)."""
         self._bus = bus
+        self._gate = gate
+        if gate is not None:
+            gate.offer = self.offer
         self._config = config
         self._topics = topics
         self._link = link
@@ -65,8 +71,12 @@ class RequestServer:
         self._accepting = False
 
     def start(self) -> None:
-        for topic_filter in self._topics.request_filters:
-            self._link.subscribe(topic_filter)
+        if self._gate is not None:
+            for topic_filter, subscription_id in self._gate.filters:
+                self._link.subscribe(topic_filter, subscription_id)
+        else:
+            for topic_filter in self._topics.request_filters:
+                self._link.subscribe(topic_filter)
         self._accepting = True
         self._bus.subscribe(ev.MqttMessageReceived, self._on_mqtt, OWNER)
         self._bus.subscribe(ev.SendCompleted, self._on_send_completed, OWNER)
@@ -89,7 +99,14 @@ class RequestServer:
         request = parse_request_topic(self._topics, event.message.topic)
         if request is None or not self._accepting:
             return
-        incoming = event.message
+        if self._gate is not None and not self._gate.admit(request, event.message):
+            return
+        self.offer(request, event.message)
+
+    def offer(self, request: RequestTopic, incoming: Incoming) -> None:
+        """Queue a request to be served (in order per target), or answer `busy`."""
+        if not self._accepting:
+            return
         busy = self._requests.offer(request.target, (request, incoming), len(incoming.payload))
         if busy is not None:
             self._answer_busy(request, incoming, busy)

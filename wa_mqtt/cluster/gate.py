@@ -1,0 +1,118 @@
+"""Which bridge of a cluster serves an MQTT request.
+
+Bridge-level requests (`<base>/bridge/request/<cmd>`) come through an MQTT v5 shared subscription
+(`$share/<group>/...`): the broker hands each to one bridge, which answers it (new accounts paired
+that way are spread over the bridges by the broker's round robin). Account requests are subscribed
+by every bridge; only the account's owner serves one. The others keep a copy for `hold_for` seconds:
+the bridge that takes an account over serves the kept requests its previous owner did not (those
+received after that one released the account, or after its last lease renewal when it died), so
+none is lost in a takeover. A bridge that dies may have served some of its last requests after its
+last renewal: those are served again by the new owner (a send's client `id` makes that harmless: the
+shared outbox answers it as a duplicate).
+
+The two subscriptions overlap (`<base>/+/request/+` also matches bridge requests): their MQTT v5
+subscription identifiers tell which one delivered a message. Without MQTT v5 (the embedded broker:
+one bridge only, in practice) there is neither: bridge requests are served by the first live bridge
+by name, and account requests are routed the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..mqtt.link import Incoming
+from ..mqtt.topics import RequestTopic, Topics
+from .plan import Route, route_request
+
+if TYPE_CHECKING:
+    from .coordinator import Coordinator
+
+log = logging.getLogger(__name__)
+
+ACCOUNT_SUBSCRIPTION = 1
+BRIDGE_SUBSCRIPTION = 2
+KEEP_LIMIT = 1000  # requests kept per account of another bridge (or of none)
+KEEP_BYTES = 64 << 20  # ... and their payloads in all
+
+Kept = tuple[float, RequestTopic, Incoming]
+
+
+class RequestGate:
+    """Admits the requests this bridge serves; keeps the others a while for a takeover."""
+
+    def __init__(self, coordinator: Coordinator, topics: Topics, hold_for: float, v5: bool = True,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._coordinator = coordinator
+        self._v5 = v5
+        self._topics = topics
+        self._hold_for = hold_for
+        self._clock = clock
+        self._kept: dict[str, deque[Kept]] = {}
+        self._kept_bytes = 0
+        self.offer: Callable[[RequestTopic, Incoming], None] = lambda request, incoming: None  # set by the server
+
+    @property
+    def filters(self) -> list[tuple[str, int]]:
+        base = self._topics.base
+        if not self._v5:
+            return [(f"{base}/+/request/+", ACCOUNT_SUBSCRIPTION)]
+        return [(f"{base}/+/request/+", ACCOUNT_SUBSCRIPTION),
+                (f"$share/wa_mqtt_{base}/{base}/bridge/request/+", BRIDGE_SUBSCRIPTION)]
+
+    def admit(self, request: RequestTopic, incoming: Incoming) -> bool:
+        """True: serve it now. False: another bridge does (a copy is kept for `hold_for` seconds, in
+        case that one died and this one takes the account over)."""
+        coordinator = self._coordinator
+        me = coordinator.instance_id
+        if request.is_bridge:
+            if not self._v5:
+                return (coordinator.view.live or [me])[0] == me
+            return BRIDGE_SUBSCRIPTION in incoming.subscription_ids
+        if self._v5 and ACCOUNT_SUBSCRIPTION not in incoming.subscription_ids:
+            return False
+        owners = {phone: owner for phone, owner in coordinator.view.owners.items() if owner != me}
+        owners.update((phone, me) for phone in coordinator.running)
+        route = route_request(request.target, me, owners, coordinator.view.accounts,
+                              coordinator.view.live or [me])
+        if route is Route.SERVE:
+            return True
+        if request.target in coordinator.view.accounts or route is Route.HOLD:
+            self._keep(request, incoming)
+        return False
+
+    def changed(self) -> None:
+        """The cluster view changed: serve the kept requests of accounts that now run here and that
+        their previous owner did not serve (received after it stopped serving; all of them when the
+        account had no owner), and forget what is older than `hold_for`."""
+        now = self._clock()
+        running = self._coordinator.running
+        since = self._coordinator.unserved_since
+        for phone in list(self._kept):
+            queue = self._kept[phone]
+            if phone in running:
+                del self._kept[phone]
+                cutoff = since.pop(phone, now)
+                due = [(request, incoming) for at, request, incoming in queue if at >= cutoff]
+                self._kept_bytes -= sum(len(incoming.payload) for _, _, incoming in queue)
+                if due:
+                    log.info("cluster: %s: serving %d request(s) its previous owner did not", phone, len(due))
+                for request, incoming in due:
+                    self.offer(request, incoming)
+                continue
+            while queue and now - queue[0][0] > self._hold_for:
+                self._kept_bytes -= len(queue.popleft()[2].payload)
+            if not queue:
+                del self._kept[phone]
+
+    def _keep(self, request: RequestTopic, incoming: Incoming) -> None:
+        queue = self._kept.setdefault(request.target, deque())
+        if len(queue) >= KEEP_LIMIT:
+            self._kept_bytes -= len(queue.popleft()[2].payload)
+        queue.append((self._clock(), request, incoming))
+        self._kept_bytes += len(incoming.payload)
+        while self._kept_bytes > KEEP_BYTES and queue:
+            self._kept_bytes -= len(queue.popleft()[2].payload)

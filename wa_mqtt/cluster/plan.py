@@ -1,0 +1,49 @@
+"""Pure decisions of the cluster: how many accounts an instance should run, which free ones it
+claims, which it hands back, and what becomes of a request for an account (no I/O here)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from enum import Enum
+
+
+def fair_share(accounts: int, instances: int) -> int:
+    """The most accounts one of `instances` live instances should run: an even split, rounded up."""
+    return math.ceil(accounts / max(1, instances))
+
+
+def to_claim(free: Iterable[str], mine: int, target: int) -> list[str]:
+    """The free accounts (sorted) this instance claims now: up to its fair share."""
+    room = max(0, target - mine)
+    return sorted(free)[:room]
+
+
+def to_hand_back(mine: Iterable[str], target: int, others_below: bool, per_round: int) -> list[str]:
+    """Accounts to hand back (newest names last, so the same ones each time) when this instance runs
+    more than its share and another runs fewer: at most `per_round` a round (each one reconnects)."""
+    owned = sorted(mine)
+    excess = len(owned) - target
+    if excess <= 0 or not others_below:
+        return []
+    return owned[-min(excess, per_round):]
+
+
+class Route(Enum):
+    SERVE = "serve"  # this instance owns the account (or answers for the cluster)
+    IGNORE = "ignore"  # another live instance owns it and answers
+    HOLD = "hold"  # nobody owns it right now (a takeover): keep it until an owner is known
+
+
+def route_request(phone: str, me: str, owners: Mapping[str, str], known: set[str], live: list[str]) -> Route:
+    """What this instance does with a request for account `phone` (every instance receives it).
+
+    An account nobody knows is answered (`unknown_account`) by the first live instance, by name."""
+    owner = owners.get(phone)
+    if owner == me:
+        return Route.SERVE
+    if owner is not None and owner in live:
+        return Route.IGNORE
+    if phone in known:
+        return Route.HOLD
+    return Route.SERVE if live and sorted(live)[0] == me else Route.IGNORE
