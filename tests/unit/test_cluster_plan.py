@@ -1,0 +1,36 @@
+"""The cluster's pure decisions: shares, claims, hand-backs and the route of a request."""
+
+from __future__ import annotations
+
+from wa_mqtt.cluster.plan import Route, fair_share, route_request, to_claim, to_hand_back
+
+
+def test_an_even_share_rounded_up() -> None:
+    assert fair_share(1000, 3) == 334
+    assert fair_share(4, 2) == 2
+    assert fair_share(5, 0) == 5  # no live instance seen yet: this one counts
+
+
+def test_claims_fill_the_share_only() -> None:
+    assert to_claim({"c", "a", "b"}, mine=1, target=3) == ["a", "b"]
+    assert to_claim({"a"}, mine=3, target=3) == []
+
+
+def test_hand_back_only_the_excess_and_only_when_another_has_fewer() -> None:
+    assert to_hand_back({"a", "b", "c", "d"}, target=2, others_below=True, per_round=1) == ["d"]
+    assert to_hand_back({"a", "b", "c", "d"}, target=2, others_below=True, per_round=5) == ["c", "d"]
+    assert to_hand_back({"a", "b", "c", "d"}, target=2, others_below=False, per_round=5) == []
+    assert to_hand_back({"a"}, target=2, others_below=True, per_round=5) == []
+
+
+def test_a_request_is_served_by_its_owner_held_in_a_takeover_and_unknown_ones_answered_once() -> None:
+    owners = {"1": "b1", "2": "b2", "3": "dead"}
+    live = ["b1", "b2"]
+    known = {"1", "2", "3", "4"}
+    assert route_request("1", "b1", owners, known, live) is Route.SERVE
+    assert route_request("2", "b1", owners, known, live) is Route.IGNORE
+    assert route_request("3", "b1", owners, known, live) is Route.HOLD  # its owner is gone
+    assert route_request("4", "b2", owners, known, live) is Route.HOLD  # known, nobody runs it yet
+    # an account nobody knows: the first live bridge by name answers `unknown_account`, the others not
+    assert route_request("9", "b1", owners, known, live) is Route.SERVE
+    assert route_request("9", "b2", owners, known, live) is Route.IGNORE
