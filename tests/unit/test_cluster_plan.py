@@ -17,10 +17,10 @@ def test_claims_fill_the_share_only() -> None:
 
 
 def test_hand_back_only_the_excess_and_only_when_another_has_fewer() -> None:
-    assert to_hand_back({"a", "b", "c", "d"}, target=2, others_below=True, per_round=1) == ["d"]
-    assert to_hand_back({"a", "b", "c", "d"}, target=2, others_below=True, per_round=5) == ["c", "d"]
-    assert to_hand_back({"a", "b", "c", "d"}, target=2, others_below=False, per_round=5) == []
-    assert to_hand_back({"a"}, target=2, others_below=True, per_round=5) == []
+    assert to_hand_back({"a", "b", "c", "d"}, target=3, others_below=True) == ["d"]
+    assert to_hand_back({"a", "b", "c", "d", "e"}, target=1, others_below=True) == ["d", "e"]  # half the excess
+    assert to_hand_back({"a", "b", "c", "d"}, target=2, others_below=False) == []
+    assert to_hand_back({"a"}, target=2, others_below=True) == []
 
 
 def test_a_request_is_served_by_its_owner_held_in_a_takeover_and_unknown_ones_answered_once() -> None:

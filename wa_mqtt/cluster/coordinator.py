@@ -14,7 +14,8 @@ Never two engines on one session:
 
 A round every `takeover_after / 4`: renew; look at the cluster (live instances, account records,
 owners); try the advisory locks of leases held without one; claim free accounts up to an even
-share; hand one back per round while holding more than the share when another bridge holds fewer.
+share; hand half the excess back per round while holding more than the share when another bridge
+holds fewer (a bridge that starts alone takes everything at once; those joining later even it out).
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 
 FENCE_AT = 0.5  # of takeover_after after the start of the last renewal seen to succeed: engines stop
 ROUNDS_PER_TTL = 4
-HAND_BACK_PER_ROUND = 1
 
 Action = Callable[[str], Awaitable[Any]]
 
@@ -188,7 +188,7 @@ class Coordinator:
         counts = _counts(self.view.owners)
         others_below = any(counts.get(i, 0) < target - 1 for i in live if i != self.instance_id)
         if not self._stopping:
-            for phone in to_hand_back(self._running, target, others_below, HAND_BACK_PER_ROUND):
+            for phone in to_hand_back(self._running, target, others_below):
                 self._retire(phone, f"handing over (this bridge runs more than its share of {target})", release=True)
                 changed = True
         if changed:

@@ -19,14 +19,15 @@ def to_claim(free: Iterable[str], mine: int, target: int) -> list[str]:
     return sorted(free)[:room]
 
 
-def to_hand_back(mine: Iterable[str], target: int, others_below: bool, per_round: int) -> list[str]:
-    """Accounts to hand back (newest names last, so the same ones each time) when this instance runs
-    more than its share and another runs fewer: at most `per_round` a round (each one reconnects)."""
+def to_hand_back(mine: Iterable[str], target: int, others_below: bool) -> list[str]:
+    """Accounts to hand back (the last by name, so the same ones each time) when this instance runs
+    more than its share and another runs fewer: half the excess a round (rounded up), so a bridge
+    that started alone and took everything evens out in a few rounds without moving more than needed."""
     owned = sorted(mine)
     excess = len(owned) - target
     if excess <= 0 or not others_below:
         return []
-    return owned[-min(excess, per_round):]
+    return owned[-((excess + 1) // 2):]
 
 
 class Route(Enum):
