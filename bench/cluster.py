@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -217,6 +218,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 proc.kill()
         broker.stop()
         pg.stop()
+        shutil.rmtree(work, ignore_errors=True)
     return result
 
 
