@@ -28,7 +28,7 @@ from .accounts.store import SessionStore
 from .bus import EventBus
 from .cluster.coordinator import Coordinator
 from .cluster.gate import RequestGate
-from .cluster.publisher import instance_state_topic
+from .cluster.publisher import InstanceTopics, instance_state_topic
 from .cluster.setup import instance_name, leave_cluster, start_cluster
 from .config import Config, ConfigError, config_changes, config_file_complete, load_config, without_restart_changes
 from .disk_full import DiskFullWatch
@@ -171,15 +171,16 @@ class App:
             sending = SendService(manager, config)
             gate = (RequestGate(coordinator, topics, hold_for=2 * config.cluster.takeover_after,
                                 v5=config.mqtt.url is not None) if coordinator is not None else None)
+            own_topics = InstanceTopics(topics.base, coordinator.instance_id) if coordinator is not None else topics
             extensions: list[Extension] = [
-                StatePublisher(bus, config, topics, link, manager, seen, started_at, disk),
+                StatePublisher(bus, config, own_topics, link, manager, seen, started_at, disk),
                 RequestServer(bus, config, topics, link, manager, sending, seen, self._clock, started_at,
                               self.reload, disk, gate),
             ]
             if config.engine == "sim":
                 extensions.append(SimControl(bus, topics, link, manager))
             if config.mqtt.discovery:
-                extensions.append(HaDiscovery(bus, config, topics, link, manager))
+                extensions.append(HaDiscovery(bus, config, own_topics, link, manager))
             extensions.append(AutoReply(bus, config, sending, self._clock))
             for extension in extensions:
                 extension.start()
@@ -194,7 +195,7 @@ class App:
                 link_task = group.create_task(link.run(), name="mqtt-link")
                 cluster_task = None
                 if coordinator is not None:
-                    cluster_task = await start_cluster(coordinator, sessions, manager, bus, topics, link, gate, group)
+                    cluster_task = await start_cluster(coordinator, config, sessions, manager, bus, topics, link, gate, group)
                 manager_task = group.create_task(manager.run(), name="accounts")
                 await manager.wait_ready()
                 sessions_watch.start()

@@ -78,6 +78,13 @@ async def test_a_killed_bridges_accounts_are_taken_over_after_its_leases_expire_
             assert answer["status"] == "ok", answer
         info = await probe.request("bridge", "health", {})
         assert info["status"] == "ok", info
+        # each bridge's own bridge/accounts and bridge/info, under its instance topic (not overwriting the other's)
+        for name in ("b1", "b2"):
+            mine = set(owned(probe, env.base)[name])
+            await probe.wait_for(f"{env.base}/bridge/instances/{name}/accounts",
+                                 lambda r, m=mine: {a["phone"] for a in r.json()} == m, timeout=10)
+            await probe.wait_for(f"{env.base}/bridge/instances/{name}/info", timeout=10)
+        assert not [r for r in probe.received if r.topic in (f"{env.base}/bridge/accounts", f"{env.base}/bridge/info")]
 
         victim_accounts = owned(probe, env.base)["b1"]
         victim = victim_accounts[0]

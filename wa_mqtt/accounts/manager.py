@@ -127,7 +127,7 @@ class AccountManager:
         for supervisor in self._accounts.values():
             supervisor.reconfigure(config)
         for phone in config.accounts:
-            if phone not in self._accounts:
+            if phone not in self._accounts and (self._owns is None or self._owns(phone)):
                 self._add(phone, {}, AccountState.STOPPED, announce=True)
 
     def _spawn_check(self, phone: str) -> None:

@@ -1,12 +1,14 @@
 """The cluster on MQTT (retained): `<base>/bridge/instances/<id>` lists the accounts each live bridge
 runs, `<base>/bridge/instances/<id>/state` is its own `online`/`offline` (its MQTT will), and
 `<base>/bridge/state` stays `online` while any bridge of the cluster is. A bridge seen dead (its row
-expired) has its topics cleared by the others."""
+expired) has its topics cleared by the others. Each bridge's `bridge/info` and `bridge/accounts`
+move under `bridge/instances/<id>/` (InstanceTopics)."""
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..mqtt.link import MqttLink
@@ -24,6 +26,22 @@ def instance_topic(topics: Topics, instance_id: str) -> str:
 
 def instance_state_topic(topics: Topics, instance_id: str) -> str:
     return f"{instance_topic(topics, instance_id)}/state"
+
+
+@dataclass(frozen=True)
+class InstanceTopics(Topics):
+    """The topics of one bridge of a cluster: `bridge/info` and `bridge/accounts` are its own view, so
+    they move under `bridge/instances/<id>/` (each bridge would overwrite the others' otherwise)."""
+
+    instance_id: str = ""
+
+    @property
+    def bridge_info(self) -> str:
+        return f"{instance_topic(self, self.instance_id)}/info"
+
+    @property
+    def bridge_accounts(self) -> str:
+        return f"{instance_topic(self, self.instance_id)}/accounts"
 
 
 class ClusterPublisher:

@@ -28,8 +28,8 @@ def instance_name(config: Config) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64] or "bridge"
 
 
-async def start_cluster(coordinator: Coordinator, store: SessionStore, manager: AccountManager, bus: EventBus,
-                        topics: Topics, link: MqttLink, gate: RequestGate | None,
+async def start_cluster(coordinator: Coordinator, config: Config, store: SessionStore, manager: AccountManager,
+                        bus: EventBus, topics: Topics, link: MqttLink, gate: RequestGate | None,
                         group: asyncio.TaskGroup) -> asyncio.Task[None]:
     """Join, take a first share of the accounts (before the manager restores them), and run the rounds."""
     publisher = ClusterPublisher(coordinator, topics, link)
@@ -45,7 +45,7 @@ async def start_cluster(coordinator: Coordinator, store: SessionStore, manager: 
             await manager.adopt(phone)
 
     phones = await asyncio.to_thread(store.account_phones)
-    await coordinator.start(phones, start, manager.release, changed)
+    await coordinator.start(sorted({*phones, *config.accounts}), start, manager.release, changed)
     def removed(event: ev.AccountRemoved) -> None:
         group.create_task(coordinator.forget(event.phone), name=f"cluster-forget-{event.phone}")
 
