@@ -29,7 +29,7 @@ from .bus import EventBus
 from .cluster.coordinator import Coordinator
 from .cluster.gate import RequestGate
 from .cluster.publisher import InstanceTopics, instance_state_topic
-from .cluster.setup import instance_name, leave_cluster, start_cluster
+from .cluster.setup import instance_name, join_cluster, leave_cluster, run_cluster
 from .config import Config, ConfigError, config_changes, config_file_complete, load_config, without_restart_changes
 from .disk_full import DiskFullWatch
 from .engines.base import Engine, Intake
@@ -169,7 +169,7 @@ class App:
                                      owns=coordinator.owns if coordinator is not None else None,
                                      claim=coordinator.claim if coordinator is not None else None)
             sending = SendService(manager, config)
-            gate = (RequestGate(coordinator, topics, hold_for=2 * config.cluster.takeover_after,
+            gate = (RequestGate(coordinator, topics, link, hold_for=2 * config.cluster.takeover_after,
                                 v5=config.mqtt.url is not None) if coordinator is not None else None)
             own_topics = InstanceTopics(topics.base, coordinator.instance_id) if coordinator is not None else topics
             extensions: list[Extension] = [
@@ -191,11 +191,11 @@ class App:
             sessions_watch = Watcher(config.sessions_dir, manager.reconcile)
             config_watch = (Watcher(self._config_path.parent, self._reload_on_edit, only=self._config_path.name,
                                     recursive=False, quiet=0.3) if self._config_path is not None else None)
+            if coordinator is not None:
+                await join_cluster(coordinator, config, sessions, manager, topics, link, gate)
             async with asyncio.TaskGroup() as group:
                 link_task = group.create_task(link.run(), name="mqtt-link")
-                cluster_task = None
-                if coordinator is not None:
-                    cluster_task = await start_cluster(coordinator, config, sessions, manager, bus, topics, link, gate, group)
+                cluster_task = run_cluster(coordinator, bus, group) if coordinator is not None else None
                 manager_task = group.create_task(manager.run(), name="accounts")
                 await manager.wait_ready()
                 sessions_watch.start()

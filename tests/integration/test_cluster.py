@@ -78,6 +78,14 @@ async def test_a_killed_bridges_accounts_are_taken_over_after_its_leases_expire_
             assert answer["status"] == "ok", answer
         info = await probe.request("bridge", "health", {})
         assert info["status"] == "ok", info
+        # a bridge request naming an account reaches the bridge that runs it (forwarded when the broker
+        # handed it to the other one), and is answered once
+        for phone in PHONES:
+            restarted = await probe.request("bridge", "restart_account", {"phone": phone})
+            assert restarted["status"] == "ok" and restarted["data"]["phone"] == phone, restarted
+        assert "forwarded to" in b1.log() + b2.log()
+        for phone in PHONES:
+            await probe.wait_until(lambda r, p=phone: _state(r, env.base, p) == "connected", 20, f"{phone} again")
         # each bridge's own bridge/accounts and bridge/info, under its instance topic (not overwriting the other's)
         for name in ("b1", "b2"):
             mine = set(owned(probe, env.base)[name])
@@ -113,6 +121,7 @@ async def test_a_killed_bridges_accounts_are_taken_over_after_its_leases_expire_
         await probe.wait_for(f"{env.base}/bridge/instances/b1", lambda r: r.payload == b"", timeout=10)
         responses = [r for r in probe.received if r.topic == f"{env.base}/bridge/response/health"]
         assert len(responses) == 1  # answered once, by one bridge
+        assert len([r for r in probe.received if r.topic == f"{env.base}/bridge/response/restart_account"]) == 4
         for phone in PHONES:  # each account's request was served by one bridge: one delivery
             assert _sent_texts(probe.received, env.base, phone).count(f"hello {phone}") == 1
             answers = [r for r in probe.received if r.topic == f"{env.base}/{phone}/response/send"]
@@ -179,3 +188,24 @@ def _sent_texts(received: list, base: str, phone: str) -> list[str]:
             body = json.loads(r.payload)
             seen.setdefault(body["id"], body["text"])
     return list(seen.values())
+
+
+async def test_a_second_bridge_with_a_live_bridges_instance_id_waits_then_refuses_to_start(
+        tmp_path: Path, broker: Broker, env: BridgeEnv, pg_url: str) -> None:
+    first = BridgeProcess(cluster_env(tmp_path, broker, env.base, env.sessions, pg_url, "b1"))
+    twin_env = cluster_env(tmp_path / "twin", broker, env.base, env.sessions, pg_url, "b1")
+    twin_env.write_config(mqtt={"client_id": f"wa_mqtt_{env.base}_twin"})
+    twin = BridgeProcess(twin_env)
+    first.start()
+    try:
+        async with Probe(broker, env.base) as probe:
+            await probe.wait_for(f"{env.base}/bridge/instances/b1/state", lambda r: r.payload == b"online", 20)
+            twin.start()
+            await twin.wait_log("waiting for it to expire", timeout=20)
+            assert twin.proc is not None
+            assert await asyncio.to_thread(twin.proc.wait, 30) == 2  # after takeover_after: a setup problem
+            assert "instance_id 'b1' is in use by a live bridge" in twin.log()
+            twin.proc = None
+    finally:
+        twin.cleanup()
+        first.cleanup()

@@ -104,11 +104,27 @@ class Coordinator:
         self._conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
         self._locks = await _lock_connection(self.url, self.ttl)
         self._table = LeaseTable(self._conn, self.instance_id, self.token, self.ttl)
-        await self._table.join()
+        await self._join()
         self._valid_until = time.monotonic() + self.ttl * FENCE_AT
         await self._table.register(local_accounts)
         log.info("cluster: joined as %s (takeover after %g s) at %s", self.instance_id, self.ttl, masked(self.url))
         await self.round()
+
+    async def _join(self) -> None:
+        """Register; while a bridge that did not leave cleanly (killed, then restarted at once) still
+        holds this instance_id, wait for its registration to expire (at most `takeover_after`)."""
+        assert self._table is not None
+        deadline = time.monotonic() + self.ttl + self.every
+        while True:
+            try:
+                await self._table.join()
+                return
+            except InstanceIdInUse:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("cluster: instance_id %r is still registered by a live bridge, or one that did not "
+                            "leave cleanly; waiting for it to expire (at most %g s)", self.instance_id, self.ttl)
+                await asyncio.sleep(self.every)
 
     async def run(self) -> None:
         """Rounds until cancelled, and the watchdog that stops the engines when renewals fail."""

@@ -11,21 +11,26 @@ last renewal: those are served again by the new owner (a send's client `id` make
 shared outbox answers it as a duplicate).
 
 The two subscriptions overlap (`<base>/+/request/+` also matches bridge requests): their MQTT v5
-subscription identifiers tell which one delivered a message. Without MQTT v5 (the embedded broker:
+subscription identifiers tell which one delivered a message. A bridge request naming an account
+(`pair`, `remove`, `restart_account`, `backup` with a `phone`) that another live bridge runs is
+forwarded to that bridge (`<base>/bridge/instances/<id>/forward`, the request with its response
+topic and correlation data), which serves it as if it had received it. Without MQTT v5 (the embedded broker:
 one bridge only, in practice) there is neither: bridge requests are served by the first live bridge
 by name, and account requests are routed the same way.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..mqtt.link import Incoming
-from ..mqtt.topics import RequestTopic, Topics
+from ..mqtt.link import Incoming, MqttLink
+from ..mqtt.topics import BRIDGE, RequestTopic, Topics
 from .plan import Route, route_request
 
 if TYPE_CHECKING:
@@ -35,6 +40,8 @@ log = logging.getLogger(__name__)
 
 ACCOUNT_SUBSCRIPTION = 1
 BRIDGE_SUBSCRIPTION = 2
+FORWARD_SUBSCRIPTION = 3
+ACCOUNT_BRIDGE_COMMANDS = frozenset({"pair", "remove", "restart_account", "backup"})  # those naming a `phone`
 KEEP_LIMIT = 1000  # requests kept per account of another bridge (or of none)
 KEEP_BYTES = 64 << 20  # ... and their payloads in all
 
@@ -44,9 +51,10 @@ Kept = tuple[float, RequestTopic, Incoming]
 class RequestGate:
     """Admits the requests this bridge serves; keeps the others a while for a takeover."""
 
-    def __init__(self, coordinator: Coordinator, topics: Topics, hold_for: float, v5: bool = True,
+    def __init__(self, coordinator: Coordinator, topics: Topics, link: MqttLink, hold_for: float, v5: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._coordinator = coordinator
+        self._link = link
         self._v5 = v5
         self._topics = topics
         self._hold_for = hold_for
@@ -58,10 +66,52 @@ class RequestGate:
     @property
     def filters(self) -> list[tuple[str, int]]:
         base = self._topics.base
+        forward = (self._forward_topic(self._coordinator.instance_id), FORWARD_SUBSCRIPTION)
         if not self._v5:
-            return [(f"{base}/+/request/+", ACCOUNT_SUBSCRIPTION)]
+            return [(f"{base}/+/request/+", ACCOUNT_SUBSCRIPTION), forward]
         return [(f"{base}/+/request/+", ACCOUNT_SUBSCRIPTION),
-                (f"$share/wa_mqtt_{base}/{base}/bridge/request/+", BRIDGE_SUBSCRIPTION)]
+                (f"$share/wa_mqtt_{base}/{base}/bridge/request/+", BRIDGE_SUBSCRIPTION), forward]
+
+    def _forward_topic(self, instance_id: str) -> str:
+        return f"{self._topics.base}/{BRIDGE}/instances/{instance_id}/forward"
+
+    def forwarded(self, incoming: Incoming) -> tuple[RequestTopic, Incoming] | None:
+        """A bridge request another bridge forwarded here (it names an account this bridge runs), as
+        it was first received; None for any other message."""
+        if incoming.topic != self._forward_topic(self._coordinator.instance_id):
+            return None
+        try:
+            envelope = json.loads(incoming.payload)
+            correlation = envelope.get("correlation_data")
+            original = Incoming(f"{self._topics.base}/{BRIDGE}/request/{envelope['command']}",
+                                base64.b64decode(envelope["payload"]), envelope.get("response_topic"),
+                                base64.b64decode(correlation) if correlation else None)
+            return RequestTopic(BRIDGE, str(envelope["command"])), original
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("cluster: a forwarded request could not be read (%s); dropped", exc)
+            return None
+
+    def _forward_to_owner(self, request: RequestTopic, incoming: Incoming) -> bool:
+        """A bridge request naming an account another live bridge runs: hand it to that bridge (it
+        answers on the usual topics). True when forwarded."""
+        if request.command not in ACCOUNT_BRIDGE_COMMANDS:
+            return False
+        try:
+            phone = json.loads(incoming.payload).get("phone")
+        except (ValueError, AttributeError):
+            return False  # served here: the answer says what is wrong with it
+        coordinator = self._coordinator
+        owner = coordinator.view.owners.get(phone) if isinstance(phone, str) else None
+        if owner is None or owner == coordinator.instance_id or owner not in coordinator.view.live \
+                or phone in coordinator.running:
+            return False
+        envelope = {"command": request.command, "payload": base64.b64encode(incoming.payload).decode(),
+                    "response_topic": incoming.response_topic,
+                    "correlation_data": base64.b64encode(incoming.correlation_data).decode()
+                    if incoming.correlation_data else None}
+        self._link.publish(self._forward_topic(owner), json.dumps(envelope), qos=1)
+        log.debug("cluster: %s for %s forwarded to %s, which runs it", request.command, phone, owner)
+        return True
 
     def admit(self, request: RequestTopic, incoming: Incoming) -> bool:
         """True: serve it now. False: another bridge does (a copy is kept for `hold_for` seconds, in
@@ -69,9 +119,9 @@ class RequestGate:
         coordinator = self._coordinator
         me = coordinator.instance_id
         if request.is_bridge:
-            if not self._v5:
-                return (coordinator.view.live or [me])[0] == me
-            return BRIDGE_SUBSCRIPTION in incoming.subscription_ids
+            mine = ((coordinator.view.live or [me])[0] == me if not self._v5
+                    else BRIDGE_SUBSCRIPTION in incoming.subscription_ids)
+            return mine and not self._forward_to_owner(request, incoming)
         if self._v5 and ACCOUNT_SUBSCRIPTION not in incoming.subscription_ids:
             return False
         owners = {phone: owner for phone, owner in coordinator.view.owners.items() if owner != me}

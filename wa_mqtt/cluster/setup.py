@@ -14,8 +14,10 @@ from ..bus import EventBus
 from ..config import Config
 from ..mqtt.link import MqttLink
 from ..mqtt.topics import Topics
+from ..startup import StartupError
 from .coordinator import Coordinator
 from .gate import RequestGate
+from .leases import InstanceIdInUse
 from .publisher import ClusterPublisher
 
 OWNER = "cluster"
@@ -28,10 +30,10 @@ def instance_name(config: Config) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64] or "bridge"
 
 
-async def start_cluster(coordinator: Coordinator, config: Config, store: SessionStore, manager: AccountManager,
-                        bus: EventBus, topics: Topics, link: MqttLink, gate: RequestGate | None,
-                        group: asyncio.TaskGroup) -> asyncio.Task[None]:
-    """Join, take a first share of the accounts (before the manager restores them), and run the rounds."""
+async def join_cluster(coordinator: Coordinator, config: Config, store: SessionStore, manager: AccountManager,
+                       topics: Topics, link: MqttLink, gate: RequestGate | None) -> None:
+    """Join and take a first share of the accounts (before the manager restores them). StartupError
+    (exit 2) when another live bridge has this instance_id."""
     publisher = ClusterPublisher(coordinator, topics, link)
     coordinator.publisher = publisher
 
@@ -45,7 +47,14 @@ async def start_cluster(coordinator: Coordinator, config: Config, store: Session
             await manager.adopt(phone)
 
     phones = await asyncio.to_thread(store.account_phones)
-    await coordinator.start(sorted({*phones, *config.accounts}), start, manager.release, changed)
+    try:
+        await coordinator.start(sorted({*phones, *config.accounts}), start, manager.release, changed)
+    except InstanceIdInUse as exc:
+        raise StartupError(str(exc)) from None
+
+
+def run_cluster(coordinator: Coordinator, bus: EventBus, group: asyncio.TaskGroup) -> asyncio.Task[None]:
+    """The coordinator's rounds in `group`; a removed account's record and lease go with it."""
     def removed(event: ev.AccountRemoved) -> None:
         group.create_task(coordinator.forget(event.phone), name=f"cluster-forget-{event.phone}")
 

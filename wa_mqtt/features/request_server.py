@@ -97,11 +97,15 @@ class RequestServer:
 
     def _on_mqtt(self, event: ev.MqttMessageReceived) -> None:
         request = parse_request_topic(self._topics, event.message.topic)
+        incoming = event.message
+        if request is None and self._gate is not None and (forwarded := self._gate.forwarded(incoming)):
+            self.offer(*forwarded)  # another bridge of the cluster handed it here
+            return
         if request is None or not self._accepting:
             return
-        if self._gate is not None and not self._gate.admit(request, event.message):
+        if self._gate is not None and not self._gate.admit(request, incoming):
             return
-        self.offer(request, event.message)
+        self.offer(request, incoming)
 
     def offer(self, request: RequestTopic, incoming: Incoming) -> None:
         """Queue a request to be served (in order per target), or answer `busy`."""
