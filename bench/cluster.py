@@ -57,12 +57,25 @@ def pss_mb(pid: int) -> float:
 
 
 def tree_pss_mb(pid: int) -> float:
-    """PSS of a process and its children (engine processes)."""
-    total = pss_mb(pid)
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    for child in children.read_text().split() if children.exists() else []:
+    """PSS of a process and every process below it (the fork server and the engine children)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, its_parent in parents.items():
+            if its_parent == parent and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    total = 0.0
+    for member in tree:
         try:
-            total += tree_pss_mb(int(child))
+            total += pss_mb(member)
         except (FileNotFoundError, ProcessLookupError):
             continue
     return total
