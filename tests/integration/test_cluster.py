@@ -23,10 +23,12 @@ PHONES = ["5511900000301", "5511900000302", "5511900000303", "5511900000304"]
 ANA = "5511988887777"
 
 
-def cluster_env(root: Path, broker: Broker, base: str, sessions: Path, pg_url: str, name: str) -> BridgeEnv:
+def cluster_env(root: Path, broker: Broker, base: str, sessions: Path, pg_url: str, name: str,
+                in_process: bool = False) -> BridgeEnv:
     env = BridgeEnv(root / name, broker, base=base)
     env.write_config(sessions_dir=str(sessions), store={"url": pg_url}, instance_id=name,
-                     cluster={"takeover_after": TAKEOVER}, mqtt={"client_id": f"wa_mqtt_{base}_{name}"})
+                     cluster={"takeover_after": TAKEOVER}, mqtt={"client_id": f"wa_mqtt_{base}_{name}"},
+                     engine_process={"in_process": in_process})
     return env
 
 
@@ -48,19 +50,22 @@ def spread(probe: Probe, base: str, names: list[str]) -> bool:
 
 
 @pytest.fixture
-def pair(tmp_path: Path, broker: Broker, env: BridgeEnv, pg_url: str):
-    """Two bridges of one cluster on one sessions folder, with four linked sim accounts."""
+def pair(request: pytest.FixtureRequest, tmp_path: Path, broker: Broker, env: BridgeEnv, pg_url: str):
+    """Two bridges of one cluster on one sessions folder, with four linked sim accounts; the sims in
+    child processes, or inside the bridges with `@pytest.mark.parametrize("pair", [True], indirect=True)`."""
     if not broker.v5:
         pytest.skip("the cluster tests need an MQTT v5 broker (Mosquitto) for shared subscriptions")
+    in_process = bool(getattr(request, "param", False))
     for phone in PHONES:
         env.link_sim_account(phone)
-    bridges = [BridgeProcess(cluster_env(tmp_path, broker, env.base, env.sessions, pg_url, name))
+    bridges = [BridgeProcess(cluster_env(tmp_path, broker, env.base, env.sessions, pg_url, name, in_process))
                for name in ("b1", "b2")]
     yield env, bridges
     for bridge in bridges:
         bridge.cleanup()
 
 
+@pytest.mark.parametrize("pair", [True], indirect=True, ids=["in-process"])  # a killed bridge: its sims die with it
 async def test_a_killed_bridges_accounts_are_taken_over_after_its_leases_expire_and_nothing_is_lost(
         pair, pg_url: str) -> None:
     env, (b1, b2) = pair

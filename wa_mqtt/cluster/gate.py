@@ -60,6 +60,7 @@ class RequestGate:
         self._hold_for = hold_for
         self._clock = clock
         self._kept: dict[str, deque[Kept]] = {}
+        self._held_bridge: deque[Kept] = deque(maxlen=KEEP_LIMIT)  # bridge requests of accounts on the move
         self._kept_bytes = 0
         self.offer: Callable[[RequestTopic, Incoming], None] = lambda request, incoming: None  # set by the server
 
@@ -91,27 +92,32 @@ class RequestGate:
             log.warning("cluster: a forwarded request could not be read (%s); dropped", exc)
             return None
 
-    def _forward_to_owner(self, request: RequestTopic, incoming: Incoming) -> bool:
-        """A bridge request naming an account another live bridge runs: hand it to that bridge (it
-        answers on the usual topics). True when forwarded."""
+    def _bridge_route(self, request: RequestTopic, incoming: Incoming) -> tuple[Route, str | None]:
+        """A bridge request this bridge received: SERVE it here, or (IGNORE, owner) to forward it to the
+        bridge that runs the account it names, or HOLD it while that account has no owner."""
         if request.command not in ACCOUNT_BRIDGE_COMMANDS:
-            return False
+            return Route.SERVE, None
         try:
             phone = json.loads(incoming.payload).get("phone")
         except (ValueError, AttributeError):
-            return False  # served here: the answer says what is wrong with it
+            return Route.SERVE, None  # served here: the answer says what is wrong with it
         coordinator = self._coordinator
-        owner = coordinator.view.owners.get(phone) if isinstance(phone, str) else None
-        if owner is None or owner == coordinator.instance_id or owner not in coordinator.view.live \
-                or phone in coordinator.running:
-            return False
+        if not isinstance(phone, str) or phone in coordinator.running:
+            return Route.SERVE, None
+        owner = coordinator.view.owners.get(phone)
+        if owner is not None and owner != coordinator.instance_id and owner in coordinator.view.live:
+            return Route.IGNORE, owner
+        if phone in coordinator.view.accounts:
+            return Route.HOLD, None  # moving between bridges: until its new owner is known
+        return Route.SERVE, None  # an account nobody has (a new one to pair, or an unknown one)
+
+    def _forward(self, owner: str, request: RequestTopic, incoming: Incoming) -> None:
         envelope = {"command": request.command, "payload": base64.b64encode(incoming.payload).decode(),
                     "response_topic": incoming.response_topic,
                     "correlation_data": base64.b64encode(incoming.correlation_data).decode()
                     if incoming.correlation_data else None}
         self._link.publish(self._forward_topic(owner), json.dumps(envelope), qos=1)
-        log.debug("cluster: %s for %s forwarded to %s, which runs it", request.command, phone, owner)
-        return True
+        log.debug("cluster: %s forwarded to %s, which runs its account", request.command, owner)
 
     def admit(self, request: RequestTopic, incoming: Incoming) -> bool:
         """True: serve it now. False: another bridge does (a copy is kept for `hold_for` seconds, in
@@ -121,7 +127,14 @@ class RequestGate:
         if request.is_bridge:
             mine = ((coordinator.view.live or [me])[0] == me if not self._v5
                     else BRIDGE_SUBSCRIPTION in incoming.subscription_ids)
-            return mine and not self._forward_to_owner(request, incoming)
+            if not mine:
+                return False
+            route, owner = self._bridge_route(request, incoming)
+            if owner is not None:
+                self._forward(owner, request, incoming)
+            elif route is Route.HOLD:
+                self._held_bridge.append((self._clock(), request, incoming))
+            return route is Route.SERVE
         if self._v5 and ACCOUNT_SUBSCRIPTION not in incoming.subscription_ids:
             return False
         owners = {phone: owner for phone, owner in coordinator.view.owners.items() if owner != me}
@@ -141,6 +154,15 @@ class RequestGate:
         now = self._clock()
         running = self._coordinator.running
         since = self._coordinator.unserved_since
+        held, self._held_bridge = self._held_bridge, deque(maxlen=KEEP_LIMIT)
+        for at, request, incoming in held:
+            route, owner = self._bridge_route(request, incoming)
+            if owner is not None:
+                self._forward(owner, request, incoming)
+            elif route is Route.SERVE or now - at > self._hold_for:
+                self.offer(request, incoming)  # runs here now; or waited too long: answered here
+            else:
+                self._held_bridge.append((at, request, incoming))
         for phone in list(self._kept):
             queue = self._kept[phone]
             if phone in running:
