@@ -30,8 +30,11 @@ def pg_bin() -> Path | None:
 class PgServer:
     """One PostgreSQL cluster (superuser `postgres`, trust auth on 127.0.0.1 only)."""
 
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, durable: bool = False) -> None:
+        """`durable`: PostgreSQL's own crash safety (fsync and all); without it the server trades it for
+        speed, and a `halt` may lose the last transactions."""
         self.bindir = bindir
+        self.durable = durable
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="wa_mqtt-pg-"))
         self.data = self.root / "data"
@@ -64,11 +67,13 @@ class PgServer:
                        cwd=self.root)
 
     def start(self) -> None:
-        self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
-                  "--no-sync", "-E", "UTF8", "--locale=C")
-        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories='' "
-                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 "
-                   "-c shared_buffers=32MB")
+        """Start the server (created on the first start; a `halt`ed one comes back with its data)."""
+        if not self.data.exists():
+            self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
+                      "--no-sync", "-E", "UTF8", "--locale=C")
+        fast = "" if self.durable else "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories='' {fast}"
+                   "-c max_connections=300 -c shared_buffers=32MB")
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"),
                   "-o", options, "-w", "-t", "60", "start")
         wait_port(self.port)
@@ -81,6 +86,11 @@ class PgServer:
         with psycopg.connect(self.url, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url.rsplit("/", 1)[0] + "/" + name
+
+    def halt(self) -> None:
+        """Stop the server abruptly (as a crash would), keeping its data for `start`."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        wait_port(self.port, open_=False)
 
     def stop(self) -> None:
         try:

@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from pg_server import PgServer, pg_bin
 
 from harness import BridgeEnv, BridgeProcess, Broker, Probe
 
@@ -214,3 +215,37 @@ async def test_a_second_bridge_with_a_live_bridges_instance_id_waits_then_refuse
     finally:
         twin.cleanup()
         first.cleanup()
+
+
+async def test_a_bridge_cut_off_from_postgresql_stops_its_engines_and_resumes_when_it_is_back(
+        tmp_path: Path, broker: Broker, env: BridgeEnv) -> None:
+    """PostgreSQL goes down (a crash, then a restart): the bridge cannot renew its leases, so it stops
+    its engines before they could expire; once the server is back it takes its accounts up again, and
+    its stores (outbox, dedup ids) connect again too."""
+    if PgServer.unavailable() or pg_bin() is None:
+        pytest.skip(PgServer.unavailable() or "no PostgreSQL")
+    bindir = pg_bin()
+    assert bindir is not None
+    server = PgServer(bindir, durable=True)  # a server of its own: this test crashes it
+    server.start()
+    bridge = BridgeProcess(cluster_env(tmp_path, broker, env.base, env.sessions, server.new_database(), "b1", True))
+    try:
+        for phone in PHONES[:2]:
+            env.link_sim_account(phone)
+        bridge.start()
+        async with Probe(broker, env.base) as probe:
+            for phone in PHONES[:2]:
+                await probe.wait_until(lambda r, p=phone: _state(r, env.base, p) == "connected", 20, f"{phone} up")
+            await asyncio.to_thread(server.halt)
+            for phone in PHONES[:2]:  # within takeover_after / 2 of the last renewal
+                await probe.wait_until(lambda r, p=phone: _state(r, env.base, p) == "stopped", 10, f"{phone} stopped")
+            assert "leases not renewed" in bridge.log()
+            await asyncio.to_thread(server.start)
+            for phone in PHONES[:2]:
+                await probe.wait_until(lambda r, p=phone: _state(r, env.base, p) == "connected", 30, f"{phone} back")
+            answer = await probe.request(PHONES[0], "send", {"to": ANA, "text": "after the outage", "id": "o1"},
+                                         timeout=15)
+            assert answer["status"] == "ok", answer
+    finally:
+        bridge.cleanup()
+        server.stop()

@@ -303,7 +303,7 @@ class Coordinator:
         if phone not in self._locked:
             return
         self._locked.discard(phone)
-        if self._locks is None or self._locks.closed:
+        if self._locks is None or self._locks.closed or self._locks.broken:
             return
         try:
             await self._locks.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (phone,))
@@ -339,12 +339,12 @@ class Coordinator:
         import psycopg
 
         try:
-            if self._locks is None or self._locks.closed:
+            if self._locks is None or self._locks.closed or self._locks.broken:
                 self._fence("the advisory lock connection was lost")
                 await asyncio.gather(*self._stopping.values(), return_exceptions=True)
                 self._locked.clear()
                 self._locks = await _lock_connection(self.url, self.ttl)
-            if self._conn is None or self._conn.closed:
+            if self._conn is None or self._conn.closed or self._conn.broken:
                 self._conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
                 self._table = LeaseTable(self._conn, self.instance_id, self.token, self.ttl)
         except Exception as exc:  # noqa: BLE001 - tried again after the next round fails

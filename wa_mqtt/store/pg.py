@@ -17,9 +17,9 @@ from __future__ import annotations
 import logging
 import threading
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     PgConnection = psycopg.Connection[tuple[Any, ...]]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SCHEMES = ("postgres", "postgresql")
 
@@ -119,13 +120,37 @@ def upgrade(conn: PgConnection, schema: PgSchema) -> int:
 
 
 class Locked:
-    """A connection and the lock that serialises its use (the loop and worker threads share it)."""
+    """A connection and the lock that serialises its use (the loop and worker threads share it).
+    A connection the server dropped (a restart, a failover) is replaced on the next use: the call
+    that met the drop raised, the ones after it work again once the server is back."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.lock = threading.Lock()
-        self.conn = connect(url)
+        self._conn = connect(url)
+        self._closed = False
+
+    @property
+    def conn(self) -> PgConnection:
+        if not self._closed and (self._conn.broken or self._conn.closed):
+            log.warning("PostgreSQL connection to %s was lost; connecting again", masked(self.url))
+            self._conn = connect(self.url)
+        return self._conn
+
+    def read(self, query: Callable[[PgConnection], T]) -> T:
+        """Run a read-only `query` under the lock; once more on a new connection when the server
+        had dropped this one (a read is safe to repeat; a write that met a drop is not repeated)."""
+        import psycopg
+
+        with self.lock:
+            try:
+                return query(self.conn)
+            except psycopg.OperationalError:
+                if not self._conn.broken:
+                    raise
+                return query(self.conn)
 
     def close(self) -> None:
         with self.lock:
-            self.conn.close()
+            self._closed = True
+            self._conn.close()

@@ -53,10 +53,9 @@ class PgSeenIds:
         """True when `message_id` was already remembered for `account` (counted in `duplicates`)."""
         found = (account, message_id) in self._held
         if not found:
-            with self._db.lock:
-                found = self._db.conn.execute(
-                    "SELECT 1 FROM wa_mqtt_seen WHERE account = %s AND message_id = %s",
-                    (account, message_id)).fetchone() is not None
+            found = self._db.read(lambda conn: conn.execute(
+                "SELECT 1 FROM wa_mqtt_seen WHERE account = %s AND message_id = %s",
+                (account, message_id)).fetchone()) is not None
         if found:
             self.duplicates += 1
         return found

@@ -87,17 +87,15 @@ class PgOutbox:
 
     def pending(self, account: str) -> list[OutboxEntry]:
         """The account's waiting sends, oldest first."""
-        with self._db.lock:
-            rows = self._db.conn.execute(f"SELECT {_COLUMNS} FROM wa_mqtt_outbox WHERE account = %s ORDER BY id",
-                                         (account,)).fetchall()
+        rows = self._db.read(lambda conn: conn.execute(
+            f"SELECT {_COLUMNS} FROM wa_mqtt_outbox WHERE account = %s ORDER BY id", (account,)).fetchall())
         return [_entry(row) for row in rows]
 
     def next_pending(self, account: str, after: int = 0) -> OutboxEntry | None:
         """The account's oldest waiting send with an id above `after`."""
-        with self._db.lock:
-            row = self._db.conn.execute(
-                f"SELECT {_COLUMNS} FROM wa_mqtt_outbox WHERE account = %s AND id > %s ORDER BY id LIMIT 1",
-                (account, after)).fetchone()
+        row = self._db.read(lambda conn: conn.execute(
+            f"SELECT {_COLUMNS} FROM wa_mqtt_outbox WHERE account = %s AND id > %s ORDER BY id LIMIT 1",
+            (account, after)).fetchone())
         return _entry(row) if row else None
 
     def begin_attempt(self, entry_id: int, wa_id: str) -> OutboxEntry | None:
@@ -153,15 +151,14 @@ class PgOutbox:
         return self._take("account = %s", (account,))
 
     def depth(self, account: str) -> int:
-        with self._db.lock:
-            row = self._db.conn.execute("SELECT COUNT(*) FROM wa_mqtt_outbox WHERE account = %s",
-                                        (account,)).fetchone()
+        row = self._db.read(lambda conn: conn.execute(
+            "SELECT COUNT(*) FROM wa_mqtt_outbox WHERE account = %s", (account,)).fetchone())
         return int(row[0]) if row else 0
 
     def accounts(self) -> list[str]:
         """Accounts with waiting entries, sorted."""
-        with self._db.lock:
-            rows = self._db.conn.execute("SELECT DISTINCT account FROM wa_mqtt_outbox ORDER BY account").fetchall()
+        rows = self._db.read(lambda conn: conn.execute(
+            "SELECT DISTINCT account FROM wa_mqtt_outbox ORDER BY account").fetchall())
         return [str(row[0]) for row in rows]
 
     # -- idempotency -----------------------------------------------------------------------------
@@ -173,10 +170,10 @@ class PgOutbox:
 
     def sent_id(self, account: str, client_id: str) -> str | None:
         """The WhatsApp id `client_id` was sent as within the window, else None."""
-        with self._db.lock:
-            row = self._db.conn.execute(
-                "SELECT wa_id FROM wa_mqtt_sent WHERE account = %s AND client_id = %s AND sent_at >= %s",
-                (account, client_id, self._now() - self._window)).fetchone()
+        cutoff = self._now() - self._window
+        row = self._db.read(lambda conn: conn.execute(
+            "SELECT wa_id FROM wa_mqtt_sent WHERE account = %s AND client_id = %s AND sent_at >= %s",
+            (account, client_id, cutoff)).fetchone())
         return str(row[0]) if row else None
 
     # -- what a full disk holds on SQLite (nothing here) --------------------------------------------
