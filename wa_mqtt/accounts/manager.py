@@ -241,6 +241,10 @@ class AccountManager:
     def find(self, phone: str) -> Supervisor | None:
         return self._accounts.get(phone)
 
+    def runs_elsewhere(self, phone: str) -> bool:
+        """In a cluster: the account is not this bridge's (another one runs it, or will)."""
+        return self._owns is not None and not self._owns(phone)
+
     def summary(self) -> list[dict[str, Any]]:
         return [{"phone": p, "name": s.status.name, "state": s.state.value}
                 for p, s in sorted(self._accounts.items())]
