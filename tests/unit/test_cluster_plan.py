@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from wa_mqtt.cluster.plan import Route, fair_share, route_request, to_claim, to_hand_back
+from wa_mqtt.cluster.plan import Route, claim_order, fair_share, room, route_request, to_hand_back
 
 
 def test_an_even_share_rounded_up() -> None:
@@ -11,9 +11,13 @@ def test_an_even_share_rounded_up() -> None:
     assert fair_share(5, 0) == 5  # no live instance seen yet: this one counts
 
 
-def test_claims_fill_the_share_only() -> None:
-    assert to_claim({"c", "a", "b"}, mine=1, target=3) == ["a", "b"]
-    assert to_claim({"a"}, mine=3, target=3) == []
+def test_claims_fill_the_share_only_and_bridges_start_from_different_accounts() -> None:
+    assert room(mine=1, target=3) == 2 and room(mine=4, target=3) == 0
+    free = {f"55119{i:08d}" for i in range(100)}
+    first, second = claim_order(free, "b1"), claim_order(free, "b2")
+    assert sorted(first) == sorted(second) == sorted(free)
+    assert len(set(first[:50]) & set(second[:50])) < 40  # not the same half: little contention
+    assert claim_order(free, "b1") == first  # the same preference every round
 
 
 def test_hand_back_only_the_excess_and_only_when_another_has_fewer() -> None:

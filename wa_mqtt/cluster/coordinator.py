@@ -31,7 +31,7 @@ from ..errors import BridgeError, ErrorCode
 from ..store.pg import connect as connect_sync
 from ..store.pg import masked, upgrade
 from .leases import SCHEMA, ClusterView, InstanceIdInUse, LeaseTable
-from .plan import fair_share, to_claim, to_hand_back
+from .plan import claim_order, fair_share, room, to_hand_back
 
 if TYPE_CHECKING:
     import psycopg
@@ -191,10 +191,14 @@ class Coordinator:
         live = self.view.live or [self.instance_id]
         target = fair_share(len(self.view.accounts), len(live))
         free = self.view.accounts - set(self.view.owners)
-        for phone in to_claim(free, len(self._leased), target):
+        wanted = room(len(self._leased), target)
+        for phone in claim_order(free, self.instance_id):
+            if wanted <= 0:
+                break
             claimed = await self._table.claim(phone)
             if claimed is None:
-                continue
+                continue  # another bridge was quicker: try the next one
+            wanted -= 1
             self._leased.add(phone)
             if claimed.unserved_for is not None:  # requests since then are served here (cluster/gate.py)
                 self.unserved_since[phone] = time.monotonic() - claimed.unserved_for

@@ -3,6 +3,7 @@ claims, which it hands back, and what becomes of a request for an account (no I/
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable, Mapping
 from enum import Enum
@@ -13,10 +14,19 @@ def fair_share(accounts: int, instances: int) -> int:
     return math.ceil(accounts / max(1, instances))
 
 
-def to_claim(free: Iterable[str], mine: int, target: int) -> list[str]:
-    """The free accounts (sorted) this instance claims now: up to its fair share."""
-    room = max(0, target - mine)
-    return sorted(free)[:room]
+def claim_order(free: Iterable[str], instance_id: str) -> list[str]:
+    """The free accounts in the order this instance tries them: a hash of (instance, account), so
+    bridges claiming at once start from different accounts instead of contending for the same ones
+    (rendezvous hashing: the same instance prefers the same accounts every time)."""
+    def rank(account: str) -> bytes:
+        return hashlib.blake2b(f"{instance_id}\0{account}".encode(), digest_size=8).digest()
+
+    return sorted(free, key=lambda account: (rank(account), account))
+
+
+def room(mine: int, target: int) -> int:
+    """How many more accounts this instance takes up to its fair share."""
+    return max(0, target - mine)
 
 
 def to_hand_back(mine: Iterable[str], target: int, others_below: bool) -> list[str]:
