@@ -13,6 +13,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from pg_server import PgServer, pg_bin
+
 from harness import BridgeEnv, BridgeProcess, Broker, SmallDisk
 from harness import media_server as serve_media
 
@@ -25,6 +27,26 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     instance.start()
     yield instance
     instance.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PgServer]:
+    """One private PostgreSQL server per test session (skipped, saying why, where there is none)."""
+    why = PgServer.unavailable()
+    if why is not None:
+        pytest.skip(why)
+    bindir = pg_bin()
+    assert bindir is not None
+    server = PgServer(bindir)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres: PgServer) -> str:
+    """The URL of a fresh, empty database of the session's PostgreSQL server."""
+    return postgres.new_database()
 
 
 @pytest.fixture

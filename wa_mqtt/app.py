@@ -27,6 +27,10 @@ from .accounts.manager import AccountManager
 from .accounts.outbox import Outbox
 from .accounts.store import SessionStore
 from .bus import EventBus
+from .cluster.coordinator import Coordinator
+from .cluster.gate import RequestGate
+from .cluster.publisher import InstanceTopics, instance_state_topic
+from .cluster.setup import instance_name, join_cluster, leave_cluster, run_cluster
 from .config import Config, ConfigError, config_changes, config_file_complete, load_config, without_restart_changes
 from .disk_full import DiskFullWatch
 from .engines.base import Engine, Intake
@@ -50,6 +54,8 @@ from .mqtt.spool import Spool
 from .mqtt.topics import Topics
 from .sending import SendService
 from .startup import ensure_port_free, lock_sessions_folder, port_error
+from .store.open import open_pg_stores
+from .store.protocols import OutboxStore, SeenStore
 from .watch import Watcher
 
 log = logging.getLogger(__name__)
@@ -105,7 +111,9 @@ class App:
     async def run(self, stop: asyncio.Event) -> int:
         """Run until `stop` is set; the exit code. Raises StartupError when the bridge cannot start:
         another bridge holds the sessions folder, or the embedded broker's port is taken."""
-        sessions_lock = lock_sessions_folder(self.config.sessions_dir)
+        # in a cluster (store.url) the accounts' leases and advisory locks replace the folder's lock:
+        # the bridges may share one sessions folder (docs/scaling.md)
+        sessions_lock = lock_sessions_folder(self.config.sessions_dir) if self.config.store.url is None else None
         try:
             if self.config.mqtt.url is None:
                 ensure_port_free(self.config.mqtt.embedded_port)
@@ -123,9 +131,15 @@ class App:
                                          on_change=lambda error: bus.emit(ev.DiskFullChanged(error)))
         with contextlib.ExitStack() as opened:  # a file refused (schema.SchemaError) closes those opened before it
             spool = opened.enter_context(contextlib.closing(Spool(config.data_dir / "spool.db", report=disk.report)))
-            outbox = opened.enter_context(contextlib.closing(
-                Outbox(config.data_dir / "outbox.db", self._clock, report=disk.report)))
-            seen = opened.enter_context(contextlib.closing(SeenIds(config.data_dir / "seen.db", report=disk.report)))
+            outbox: OutboxStore
+            seen: SeenStore
+            if config.store.url is not None:  # PostgreSQL (shared by a cluster): store/
+                outbox, seen = open_pg_stores(config, self._clock, opened)
+            else:
+                outbox = opened.enter_context(contextlib.closing(
+                    Outbox(config.data_dir / "outbox.db", self._clock, report=disk.report)))
+                seen = opened.enter_context(contextlib.closing(
+                    SeenIds(config.data_dir / "seen.db", report=disk.report)))
             opened.pop_all()
         for holder in (spool, seen, outbox):
             disk.add(holder)
@@ -150,20 +164,29 @@ class App:
                 for work in event.holds:  # messages are handled in arrival order (sim controls)
                     await work
 
-            link = MqttLink(config.mqtt, url, topics.bridge_state, spool, on_message=on_message,
+            coordinator = (Coordinator(config.store.url, instance_name(config), config.cluster.takeover_after)
+                           if config.store.url is not None else None)
+            state_topic = (instance_state_topic(topics, coordinator.instance_id) if coordinator is not None
+                           else topics.bridge_state)
+            link = MqttLink(config.mqtt, url, state_topic, spool, on_message=on_message,
                             on_connect=lambda: bus.emit(ev.LinkConnected()), v5=config.mqtt.url is not None)
-            manager = AccountManager(config, engine, SessionStore(config.sessions_dir), bus, outbox,
-                                     self._clock, self._rng)
+            sessions = SessionStore(config.sessions_dir)
+            manager = AccountManager(config, engine, sessions, bus, outbox, self._clock, self._rng,
+                                     owns=coordinator.owns if coordinator is not None else None,
+                                     claim=coordinator.claim if coordinator is not None else None)
             sending = SendService(manager, config)
+            gate = (RequestGate(coordinator, topics, link, hold_for=2 * config.cluster.takeover_after,
+                                v5=config.mqtt.url is not None) if coordinator is not None else None)
+            own_topics = InstanceTopics(topics.base, coordinator.instance_id) if coordinator is not None else topics
             extensions: list[Extension] = [
-                StatePublisher(bus, config, topics, link, manager, seen, started_at, disk),
+                StatePublisher(bus, config, own_topics, link, manager, seen, started_at, disk),
                 RequestServer(bus, config, topics, link, manager, sending, seen, self._clock, started_at,
-                              self.reload, disk),
+                              self.reload, disk, gate),
             ]
             if config.engine == "sim":
                 extensions.append(SimControl(bus, topics, link, manager))
             if config.mqtt.discovery:
-                extensions.append(HaDiscovery(bus, config, topics, link, manager))
+                extensions.append(HaDiscovery(bus, config, own_topics, link, manager))
             extensions.append(AutoReply(bus, config, sending, self._clock))
             extensions += [GroupsPublisher(bus, topics, link), Calls(bus, config, topics, link, manager, sending)]
             # health monitoring: alerts and the watchdog always (idle while all is well), metrics when asked for
@@ -184,8 +207,11 @@ class App:
             sessions_watch = Watcher(config.sessions_dir, manager.reconcile)
             config_watch = (Watcher(self._config_path.parent, self._reload_on_edit, only=self._config_path.name,
                                     recursive=False, quiet=0.3) if self._config_path is not None else None)
+            if coordinator is not None:
+                await join_cluster(coordinator, config, sessions, manager, topics, link, gate)
             async with asyncio.TaskGroup() as group:
                 link_task = group.create_task(link.run(), name="mqtt-link")
+                cluster_task = run_cluster(coordinator, bus, group) if coordinator is not None else None
                 manager_task = group.create_task(manager.run(), name="accounts")
                 await manager.wait_ready()
                 sessions_watch.start()
@@ -200,6 +226,9 @@ class App:
                     await _step("config watcher", config_watch.stop())
                 for extension in reversed(extensions):
                     await _step(f"draining {type(extension).__name__}", extension.drain())
+                if coordinator is not None and cluster_task is not None:
+                    cluster_task.cancel()  # no round starts an engine any more
+                    await _step("leaving the cluster", leave_cluster(coordinator, link, topics))
                 manager_task.cancel()
                 intake.resume()  # engines paused by a full disk: what their pipes hold is read, not lost
                 await _step("closing the accounts", manager.close())

@@ -214,6 +214,28 @@ class WebConfig(_Section):
             raise ValueError(f"host {self.host or '(every address)'!r} is not a loopback address: set web.token "
                              "(a secret every request must carry), or bind web.host to 127.0.0.1")
         return self
+class StoreConfig(_Section):
+    """Where the bridge keeps its own durable state (outbox, dedup ids, account records, leases)."""
+
+    url: str | None = None  # postgres://user:pass@host:5432/db: PostgreSQL (shared by a cluster); unset: SQLite in data_dir
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("postgres", "postgresql"):
+            raise ValueError("must start with postgres:// or postgresql:// (or be unset: SQLite files in data_dir)")
+        if not parts.hostname or not parts.path.strip("/"):
+            raise ValueError("needs a host and a database name, e.g. postgres://wa:secret@db:5432/wa_mqtt")
+        return value
+
+
+class ClusterConfig(_Section):
+    """Several bridges sharing the accounts through PostgreSQL leases (store.url); see docs/scaling.md."""
+
+    takeover_after: float = Field(30, ge=3, le=3600)  # a dead instance's accounts move to the others within this
 
 
 class Config(_Section):
@@ -244,6 +266,9 @@ class Config(_Section):
     web: WebConfig = Field(default_factory=WebConfig)
     # issue 14: the presence sent on connect (typing indicators and push names need `available`)
     presence: Literal["available", "unavailable"] = "available"
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    instance_id: str | None = None  # this bridge's name in a cluster (store.url); unset: the host name
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     _migrations: tuple[Migration, ...] = PrivateAttr(default=())
 
     @property
@@ -284,6 +309,15 @@ class Config(_Section):
     def _phones(cls, value: Any) -> Any:
         return phone_list(value)
 
+    @field_validator("instance_id")
+    @classmethod
+    def _instance_id(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not all(c.isalnum() or c in "-_." for c in value) or len(value) > 64:
+            raise ValueError("use letters, digits, '-', '_' and '.' only (at most 64): it is part of MQTT topics")
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
@@ -294,6 +328,7 @@ class Config(_Section):
         data = self.model_dump(mode="json")
         data["mqtt"]["url"] = mask_url(self.mqtt.url)
         data["proxy"] = mask_url(self.proxy)
+        data["store"]["url"] = mask_url(self.store.url)
         if self.backups.encryption_key:
             data["backups"]["encryption_key"] = SECRET_MASK
         for rule in data["auto_reply"]:  # issue 16: an AI rule's api_key / token
@@ -308,6 +343,7 @@ class Config(_Section):
 # Settings that only take effect at start: a reload reports them instead of half-applying them. The
 # media limits are also enforced by the engine processes, which keep the values they started with.
 RESTART_KEYS = ("mqtt", "engine", "engine_process", "proxy", "sessions_dir", "data_dir", "disk_full_hold_mb", "web",
+                "store", "instance_id", "cluster",
                 "outgoing.max_media_bytes", "outgoing.media_dir", "outgoing.block_private_urls",
                 "media", "metrics",  # incoming media: the engine processes keep the values they started with
                 "presence")  # issue 14: the engine processes send the presence they started with
@@ -459,6 +495,7 @@ def file_secrets(data: Mapping[str, Any]) -> list[str]:
     candidates = {
         "mqtt.url": mqtt.get("url") if isinstance(mqtt, Mapping) else None,
         "proxy": data.get("proxy"),
+        "store.url": data["store"].get("url") if isinstance(data.get("store"), Mapping) else None,
     }
     found = []
     for key, url in candidates.items():

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -21,10 +21,10 @@ from ..config import Config
 from ..engines.base import Engine, PairMethod
 from ..errors import BridgeError, ErrorCode
 from ..model import AccountState, is_phone
+from ..store.protocols import OutboxStore as Outbox
 from ..tasks import BackgroundTasks
 from . import machine as m
 from .backups import BackupError, backup_store, check_store, list_backups, restore_from_backup
-from .outbox import Outbox
 from .store import SessionStore, StorageError
 from .supervisor import Supervisor
 
@@ -47,8 +47,14 @@ class AccountManager:
     """Owns the supervisors and their tasks. `run()` inside the app's TaskGroup; `close()` to stop."""
 
     def __init__(self, config: Config, engine: Engine, store: SessionStore, bus: EventBus,
-                 outbox: Outbox, clock: Clock, rng: random.Random | None = None) -> None:
+                 outbox: Outbox, clock: Clock, rng: random.Random | None = None, *,
+                 owns: Callable[[str], bool] | None = None,
+                 claim: Callable[[str], Awaitable[None]] | None = None) -> None:
+        """`owns`/`claim` (a cluster, cluster/coordinator.py): only the accounts this instance holds
+        the lease of are restored; `claim(phone)` takes a new account's lease before it is paired."""
         self._config = config
+        self._owns = owns
+        self._claim = claim
         self._engine = engine
         self.store = store
         self._bus = bus
@@ -81,11 +87,18 @@ class AccountManager:
     async def wait_ready(self) -> None:
         await self._ready.wait()
 
+    @property
+    def ready(self) -> bool:
+        """The stored accounts were restored (`run` began)."""
+        return self._ready.is_set()
+
     def restore_all(self) -> list[str]:
         """Create a supervisor for every account folder and configured phone; start the linked ones."""
         self.store.ensure_root()
         restored: list[str] = []
         for phone in self.store.account_phones():
+            if phone in self._accounts or (self._owns is not None and not self._owns(phone)):
+                continue  # already here, or another bridge of the cluster runs it
             paths = self.store.paths(phone)
             meta = self.store.read_meta(phone)
             if paths.store.exists() and meta.get("stopped_by_user"):
@@ -102,7 +115,7 @@ class AccountManager:
             else:
                 self._add(phone, meta, AccountState.STOPPED)  # pairing was started, never finished
         for phone in self._config.accounts:
-            if phone not in self._accounts:
+            if phone not in self._accounts and (self._owns is None or self._owns(phone)):
                 self._add(phone, {}, AccountState.STOPPED)
         shown = ", ".join(restored[:10]) + (f" and {len(restored) - 10} more" if len(restored) > 10 else "")
         log.info("restoring %d stored account(s): %s", len(restored), shown or "none")
@@ -114,7 +127,7 @@ class AccountManager:
         for supervisor in self._accounts.values():
             supervisor.reconfigure(config)
         for phone in config.accounts:
-            if phone not in self._accounts:
+            if phone not in self._accounts and (self._owns is None or self._owns(phone)):
                 self._add(phone, {}, AccountState.STOPPED, announce=True)
 
     def _spawn_check(self, phone: str) -> None:
@@ -228,6 +241,10 @@ class AccountManager:
     def find(self, phone: str) -> Supervisor | None:
         return self._accounts.get(phone)
 
+    def runs_elsewhere(self, phone: str) -> bool:
+        """In a cluster: the account is not this bridge's (another one runs it, or will)."""
+        return self._owns is not None and not self._owns(phone)
+
     def summary(self) -> list[dict[str, Any]]:
         return [{"phone": p, "name": s.status.name, "state": s.state.value}
                 for p, s in sorted(self._accounts.items())]
@@ -247,6 +264,8 @@ class AccountManager:
 
         The account's folder is made (and proved writable) first: when the sessions folder cannot be
         written this raises `StorageError` and no account, retained topic or folder is left behind."""
+        if self._claim is not None and phone not in self._accounts:
+            await self._claim(phone)  # the account's lease first: raises when another bridge runs it
         try:
             await asyncio.to_thread(self.store.ensure_writable, phone)
         except StorageError as exc:
@@ -307,8 +326,9 @@ class AccountManager:
         self._bus.emit(ev.AccountRemoved(phone))
 
     async def adopt(self, phone: str) -> bool:
-        """A folder appeared in sessions/ (copied in): restore it. False when already known."""
-        if phone in self._accounts or not is_phone(phone):
+        """A folder appeared in sessions/ (copied in), or this bridge took the account's lease: restore
+        it. False when already known (or another bridge of the cluster holds it)."""
+        if phone in self._accounts or not is_phone(phone) or (self._owns is not None and not self._owns(phone)):
             return False
         paths = self.store.paths(phone)
         if not paths.store.exists():
@@ -316,6 +336,18 @@ class AccountManager:
         self._add(phone, self.store.read_meta(phone), AccountState.CONNECTING, announce=True)
         self._spawn_check(phone)
         return True
+
+    async def release(self, phone: str) -> None:
+        """Stop the account's engine and forget it here, keeping everything stored: another bridge of
+        the cluster runs it now (its lease moved). Its retained topics stay for the new owner."""
+        supervisor = self._accounts.pop(phone, None)
+        if supervisor is None:
+            return
+        await supervisor.close()
+        task = self._tasks.pop(phone, None)
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+        self._bus.emit(ev.AccountsChanged())
 
     def _on_linked_elsewhere(self, event: ev.LinkedElsewhere) -> None:
         self._background.spawn(self.relink(event.asked, event.linked), f"relink-{event.asked}")

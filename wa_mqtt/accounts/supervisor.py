@@ -41,8 +41,9 @@ from ..engines.base import (
 )
 from ..errors import ErrorCode
 from ..model import AccountState, OutgoingMessage, SendOutcome, SendResult, Status
+from ..store.protocols import OutboxStore as Outbox
 from . import machine as m
-from .outbox import Outbox, OutboxEntry
+from .outbox import OutboxEntry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

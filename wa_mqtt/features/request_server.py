@@ -24,7 +24,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from .. import events as ev
-from ..accounts.dedup import SeenIds
 from ..bus import EventBus
 from ..config import Config
 from ..disk_full import DiskFullWatch
@@ -37,10 +36,12 @@ from ..mqtt.request_queue import RequestQueue
 from ..mqtt.requests import ACCOUNT_REQUESTS, BRIDGE_REQUESTS, Call, Later, Result, Services
 from ..mqtt.topics import BRIDGE, RequestTopic, Topics, parse_request_topic
 from ..sending import SendService
+from ..store.protocols import SeenStore as SeenIds
 from ..tasks import BackgroundTasks
 
 if TYPE_CHECKING:
     from ..accounts.manager import AccountManager
+    from ..cluster.gate import RequestGate
 
 log = logging.getLogger(__name__)
 OWNER = "request server"
@@ -65,8 +66,13 @@ class RequestServer:
 
     def __init__(self, bus: EventBus, config: Config, topics: Topics, link: MqttLink, manager: AccountManager,
                  sending: SendService, seen: SeenIds, clock: Callable[[], datetime], started_at: datetime,
-                 reload: Callable[[], Awaitable[Result]], disk: DiskFullWatch | None = None) -> None:
+                 reload: Callable[[], Awaitable[Result]], disk: DiskFullWatch | None = None,
+                 gate: RequestGate | None = None) -> None:
+        """`gate` (a cluster): which requests this bridge serves (cluster/gate.py)."""
         self._bus = bus
+        self._gate = gate
+        if gate is not None:
+            gate.offer = self.offer
         self._config = config
         self._topics = topics
         self._link = link
@@ -82,8 +88,12 @@ class RequestServer:
         self._accepting = False
 
     def start(self) -> None:
-        for topic_filter in self._topics.request_filters:
-            self._link.subscribe(topic_filter)
+        if self._gate is not None:
+            for topic_filter, subscription_id in self._gate.filters:
+                self._link.subscribe(topic_filter, subscription_id)
+        else:
+            for topic_filter in self._topics.request_filters:
+                self._link.subscribe(topic_filter)
         self._accepting = True
         self._bus.subscribe(ev.MqttMessageReceived, self._on_mqtt, OWNER)
         self._bus.subscribe(ev.LocalRequest, self._on_local, OWNER)
@@ -105,9 +115,21 @@ class RequestServer:
 
     def _on_mqtt(self, event: ev.MqttMessageReceived) -> None:
         request = parse_request_topic(self._topics, event.message.topic)
+        incoming = event.message
+        if request is None and self._gate is not None and (forwarded := self._gate.forwarded(incoming)):
+            self.offer(*forwarded)  # another bridge of the cluster handed it here
+            return
         if request is None or not self._accepting:
             return
-        incoming = event.message
+        if self._gate is not None and not self._gate.admit(request, incoming):
+            return
+        self.offer(request, incoming)
+
+    def offer(self, request: RequestTopic, incoming: Incoming) -> None:
+        """Queue a request that came over MQTT (here, or forwarded by another bridge of the cluster) to be
+        served in order per target, or answer `busy`."""
+        if not self._accepting:
+            return
         route, refused = self._route(incoming)
         self._offer(_Pending(request, incoming.payload, route, refused))
 

@@ -22,7 +22,6 @@ import segno
 
 from .. import __version__
 from .. import events as ev
-from ..accounts.dedup import SeenIds
 from ..bus import EventBus
 from ..config import Config
 from ..disk_full import DiskFullWatch
@@ -30,6 +29,7 @@ from ..model import IncomingMessage, utc_iso
 from ..mqtt.api import encode
 from ..mqtt.link import MqttLink
 from ..mqtt.topics import Topics
+from ..store.protocols import SeenStore as SeenIds
 
 if TYPE_CHECKING:
     from ..accounts.manager import AccountManager

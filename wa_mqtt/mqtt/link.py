@@ -99,6 +99,7 @@ class Incoming:
     payload: bytes
     response_topic: str | None = None
     correlation_data: bytes | None = None
+    subscription_ids: tuple[int, ...] = ()  # MQTT v5: the identifiers of the subscriptions it matched
 
 
 class _Intake(asyncio.Queue[Incoming]):
@@ -111,7 +112,9 @@ class _Intake(asyncio.Queue[Incoming]):
         props = message.properties
         response_topic = getattr(props, "ResponseTopic", None) if props else None
         correlation = getattr(props, "CorrelationData", None) if props else None
-        super().put_nowait(Incoming(str(message.topic), payload, response_topic, correlation))
+        ids = getattr(props, "SubscriptionIdentifier", None) if props else None
+        super().put_nowait(Incoming(str(message.topic), payload, response_topic, correlation,
+                                    tuple(ids) if isinstance(ids, list) else (ids,) if ids else ()))
 
 
 @dataclass(frozen=True)
@@ -230,6 +233,7 @@ class MqttLink:
         self._on_connect = on_connect
         self._v5 = v5
         self._subscriptions: list[str] = []
+        self._subscription_ids: dict[str, int] = {}  # MQTT v5 subscription identifiers asked for (cluster/)
         self._retained: dict[str, bytes] = {}
         self._retained_queue: deque[tuple[str, bytes]] = deque()  # every change, in order, while connected
         self._transient: deque[_Transient] = deque()
@@ -248,8 +252,12 @@ class MqttLink:
         self.connects = 0
 
     # -- publishing (safe to call at any time, connected or not) --------------------------------
-    def subscribe(self, topic_filter: str) -> None:
+    def subscribe(self, topic_filter: str, subscription_id: int | None = None) -> None:
+        """Subscribe (now and on every reconnect); with MQTT v5 a `subscription_id` comes back in
+        `Incoming.subscription_ids` of each message it matched."""
         self._subscriptions.append(topic_filter)
+        if subscription_id is not None:
+            self._subscription_ids[topic_filter] = subscription_id
 
     def set_retained(self, topic: str, payload: bytes | str, force: bool = False) -> None:
         """Publish retained now (in order) and again on every reconnect; unchanged values are skipped
@@ -373,7 +381,13 @@ class MqttLink:
             client.pending_calls_threshold = window.size + len(self._subscriptions) + 1  # + `offline`
             for topic_filter in self._subscriptions:  # subscribed before `online`: online means ready
                 if self._v5:  # never our own publishes back (the sim's `sent`: a third of a send's reads)
-                    await client.subscribe(topic_filter, options=SubscribeOptions(qos=1, noLocal=True))
+                    props = None
+                    if topic_filter in self._subscription_ids:
+                        props = Properties(PacketTypes.SUBSCRIBE)  # type: ignore[no-untyped-call]  # paho: no annotations
+                        props.SubscriptionIdentifier = self._subscription_ids[topic_filter]
+                    shared = topic_filter.startswith("$share/")  # no noLocal there (a protocol error)
+                    await client.subscribe(topic_filter, options=SubscribeOptions(qos=1, noLocal=not shared),
+                                           properties=props)
                 else:
                     await client.subscribe(topic_filter, qos=1)
             await client.publish(self._state_topic, b"online", qos=1, retain=True)

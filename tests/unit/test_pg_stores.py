@@ -1,0 +1,153 @@
+"""The PostgreSQL stores (store.url) behave as the SQLite ones: the outbox's own tests run again on
+PgOutbox, the dedup ids' on PgSeenIds, against a real server (skipped where there is none); plus what
+only a shared database has: two bridges' stores see one queue, one client id, one set of seen ids."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+
+import pytest
+from test_dedup import test_first_time_only_once_per_account, test_forget_makes_an_id_new_again
+from test_outbox import (
+    A,
+    B,
+    FakeClock,
+    request,
+    test_clear_account,
+    test_duplicate_client_id_returns_the_waiting_entry,
+    test_enqueue_keeps_order_per_account,
+    test_next_pending_sees_entries_queued_meanwhile,
+    test_remove_and_accounts,
+    test_take_expired_uses_the_clock,
+    test_the_whatsapp_id_is_chosen_once_and_kept_for_every_try,
+)
+
+from wa_mqtt.config import ConfigError, build_config
+from wa_mqtt.store.pg import PgSchema, PgSchemaTooNew, PgUnavailable, PgUpgrade, connect, masked, upgrade
+from wa_mqtt.store.pg_dedup import PgSeenIds
+from wa_mqtt.store.pg_outbox import PgOutbox
+
+REUSED = (  # the SQLite stores' tests, collected again here with the PostgreSQL fixtures below
+    test_clear_account, test_duplicate_client_id_returns_the_waiting_entry, test_enqueue_keeps_order_per_account,
+    test_next_pending_sees_entries_queued_meanwhile, test_remove_and_accounts,
+    test_take_expired_uses_the_clock,
+    test_the_whatsapp_id_is_chosen_once_and_kept_for_every_try,
+    test_first_time_only_once_per_account, test_forget_makes_an_id_new_again,
+)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def outbox(pg_url: str, clock: FakeClock) -> Iterator[PgOutbox]:
+    box = PgOutbox(pg_url, clock)
+    yield box
+    box.close()
+
+
+@pytest.fixture
+def seen(pg_url: str) -> Iterator[PgSeenIds]:
+    ids = PgSeenIds(pg_url, window=5)
+    yield ids
+    ids.close()
+
+
+def test_keeps_the_newest_window_ids_per_account(seen: PgSeenIds, pg_url: str) -> None:
+    for i in range(8):
+        assert seen.first_time(A, f"m{i}")
+    seen.first_time(B, "b0")
+    assert [seen.first_time(A, f"m{i}") for i in range(3, 8)] == [False] * 5
+    assert seen.first_time(A, "m0") is True  # pushed out, new again
+    assert seen.first_time(B, "b0") is False
+    with connect(pg_url) as conn:
+        row = conn.execute("SELECT COUNT(*) FROM wa_mqtt_seen WHERE account = %s", (A,)).fetchone()
+    assert row is not None and row[0] == 5
+
+
+def test_sent_ids_are_remembered_for_the_window_and_pruned(outbox: PgOutbox, clock: FakeClock, pg_url: str) -> None:
+    outbox.remember_sent(A, "k", "3EB0AAA")
+    assert outbox.sent_id(B, "k") is None
+    clock.advance(24 * 3600 - 1)
+    assert outbox.sent_id(A, "k") == "3EB0AAA"
+    clock.advance(2)
+    assert outbox.sent_id(A, "k") is None
+    outbox.remember_sent(A, "k2", "3EB0BBB")  # prunes the expired record
+    with connect(pg_url) as conn:
+        rows = conn.execute("SELECT client_id FROM wa_mqtt_sent").fetchall()
+    assert rows == [("k2",)]
+
+
+def test_two_bridges_share_one_queue_one_client_id_and_one_set_of_seen_ids(pg_url: str, clock: FakeClock) -> None:
+    first, second = PgOutbox(pg_url, clock), PgOutbox(pg_url, clock)
+    seen_1, seen_2 = PgSeenIds(pg_url), PgSeenIds(pg_url)
+    try:
+        entry, duplicate = first.enqueue(A, request("hi"), "c1")
+        assert not duplicate
+        again, duplicate = second.enqueue(A, request("hi"), "c1")  # the other bridge: the same waiting entry
+        assert duplicate and again.id == entry.id
+        assert [e.id for e in second.pending(A)] == [entry.id]
+        begun = second.begin_attempt(entry.id, "WAID1")
+        assert begun is not None and begun.tries == 1
+        second.complete(begun, "WAID1")
+        assert first.sent_id(A, "c1") == "WAID1" and first.depth(A) == 0
+        assert seen_1.first_time(A, "in-1") and not seen_2.first_time(A, "in-1")
+    finally:
+        for store in (first, second, seen_1, seen_2):
+            store.close()
+
+
+def test_a_queued_send_survives_a_killed_bridge(pg_url: str, clock: FakeClock) -> None:
+    """Committed when enqueue returns: a SIGKILL right after loses nothing."""
+    code = textwrap.dedent(f"""
+        import os, signal
+        from datetime import UTC, datetime
+        from wa_mqtt.store.pg_outbox import PgOutbox
+        box = PgOutbox({pg_url!r}, lambda: datetime.now(UTC))
+        box.enqueue({A!r}, {{"text": "kept"}}, "k1")
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], timeout=60)
+    assert result.returncode == -9
+    box = PgOutbox(pg_url, clock)
+    try:
+        assert [(e.client_id, e.request) for e in box.pending(A)] == [("k1", {"text": "kept"})]
+    finally:
+        box.close()
+
+
+def test_schema_versions_are_applied_once_and_a_newer_database_is_refused(pg_url: str) -> None:
+    schema = PgSchema("probe", [PgUpgrade(1, "a table", "CREATE TABLE probe (x INT); INSERT INTO probe VALUES (1);")])
+    with connect(pg_url) as conn:
+        assert upgrade(conn, schema) == 0
+        assert upgrade(conn, schema) == 1  # already there: nothing run twice
+        row = conn.execute("SELECT COUNT(*) FROM probe").fetchone()
+        assert row is not None and row[0] == 1
+        conn.execute("UPDATE wa_mqtt_schema SET version = 7 WHERE name = 'probe'")
+        with pytest.raises(PgSchemaTooNew, match="version 7 is newer"):
+            upgrade(conn, schema)
+
+
+def test_an_unreachable_server_is_named_without_its_password() -> None:
+    from harness import free_port
+
+    with pytest.raises(PgUnavailable) as caught:
+        connect(f"postgresql://wa:s3cret@127.0.0.1:{free_port()}/wa?connect_timeout=2")
+    assert "cannot reach PostgreSQL at postgresql://wa:***@127.0.0.1" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+    assert masked("postgres://u@h/db") == "postgres://u@h/db"
+
+
+def test_store_url_is_checked_and_masked_in_info() -> None:
+    config = build_config({"store": {"url": "postgres://wa:pw@db:5432/wa_mqtt"}, "instance_id": "b-1"}, environ={})
+    info = config.masked()
+    assert info["store"]["url"] == "postgres://wa:***@db:5432/wa_mqtt"
+    assert info["cluster"]["takeover_after"] == 30
+    for bad in ({"store": {"url": "mysql://db/x"}}, {"store": {"url": "postgres://db"}}, {"instance_id": "a/b"}):
+        with pytest.raises(ConfigError):
+            build_config(bad, environ={})

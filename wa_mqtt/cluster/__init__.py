@@ -1,0 +1,1 @@
+"""Several bridges sharing the accounts through PostgreSQL (store.url): leases, placement, routing."""

@@ -1,0 +1,1 @@
+"""Where the bridge keeps its own durable state: SQLite files (default) or PostgreSQL (`store.url`)."""

@@ -1,0 +1,125 @@
+"""Incoming message ids already handled, in PostgreSQL (`store.url`): accounts/dedup.py's SeenIds
+interface and meaning, in a table every bridge of a cluster shares (an account taken over by another
+instance keeps its ids, so a message WhatsApp delivers again after the takeover is still dropped).
+
+Bounded like the SQLite file: each account keeps about its newest `window` ids (trimmed every
+`window // 100` new ids, so up to 1 % more). `hold=True` keeps an id in memory until `write_held`,
+as there (its message is only in memory); there is no full disk to hold ids for otherwise.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from ..accounts.dedup import DEFAULT_WINDOW
+from .pg import Locked, PgSchema, PgUpgrade, masked, upgrade
+
+SCHEMA = PgSchema("dedup", [
+    PgUpgrade(1, "the seen table", """
+CREATE TABLE IF NOT EXISTS wa_mqtt_seen (
+    n          BIGSERIAL PRIMARY KEY,
+    account    TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    UNIQUE (account, message_id)
+);
+CREATE INDEX IF NOT EXISTS wa_mqtt_seen_by_age ON wa_mqtt_seen (account, n);
+"""),
+])
+
+
+class PgSeenIds:
+    """accounts.dedup.SeenIds on PostgreSQL. Sync: call it from asyncio code like that one."""
+
+    name = "dedup ids"
+
+    def __init__(self, url: str, window: int = DEFAULT_WINDOW) -> None:
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        self.path = masked(url)
+        self.window = window
+        self._trim_every = max(1, window // 100)
+        self._added: dict[str, int] = {}  # new ids per account since its last trim
+        self._held: dict[tuple[str, str], None] = {}  # ids kept in memory (`hold`), oldest first
+        self._held_lock = threading.Lock()
+        self._db = Locked(url)
+        try:
+            upgrade(self._db.conn, SCHEMA)
+        except BaseException:
+            self._db.close()
+            raise
+        self.duplicates = 0
+
+    def seen(self, account: str, message_id: str) -> bool:
+        """True when `message_id` was already remembered for `account` (counted in `duplicates`)."""
+        found = (account, message_id) in self._held
+        if not found:
+            found = self._db.read(lambda conn: conn.execute(
+                "SELECT 1 FROM wa_mqtt_seen WHERE account = %s AND message_id = %s",
+                (account, message_id)).fetchone()) is not None
+        if found:
+            self.duplicates += 1
+        return found
+
+    def remember(self, account: str, message_id: str, hold: bool = False) -> None:
+        """Record `message_id` for `account` (committed), or keep it in memory with `hold`."""
+        if hold:
+            with self._held_lock:
+                self._held[(account, message_id)] = None
+            return
+        self._write([(account, message_id)])
+
+    def first_time(self, account: str, message_id: str) -> bool:
+        """True the first time `message_id` is seen for `account` (and remember it), else False."""
+        if self.seen(account, message_id):
+            return False
+        self.remember(account, message_id)
+        return True
+
+    def forget(self, account: str, message_id: str) -> None:
+        """Un-see an id (handing the message on failed), so its redelivery is handled."""
+        with self._held_lock:
+            if self._held.pop((account, message_id), 0) is None:
+                return
+        with self._db.lock:
+            self._db.conn.execute("DELETE FROM wa_mqtt_seen WHERE account = %s AND message_id = %s",
+                                  (account, message_id))
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    @property
+    def held_bytes(self) -> int:
+        return sum(len(account) + len(message_id) for account, message_id in self._held)
+
+    def write_held(self, limit: int) -> bool:
+        """Write up to `limit` held ids; True when nothing is held any more."""
+        with self._held_lock:
+            batch = list(self._held)[:limit]
+        if batch:
+            self._write(batch)
+            with self._held_lock:
+                for key in batch:
+                    self._held.pop(key, None)
+        return not self._held
+
+    def close(self) -> None:
+        if self._held:
+            self.write_held(len(self._held))
+        self._db.close()
+
+    def _write(self, ids: list[tuple[str, str]]) -> None:
+        """Insert ids (known ones are skipped); trim an account once `window // 100` ids were added."""
+        with self._db.lock, self._db.conn.transaction():
+            for account, message_id in ids:
+                cursor = self._db.conn.execute(
+                    "INSERT INTO wa_mqtt_seen (account, message_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                    (account, message_id))
+                if cursor.rowcount:
+                    self._added[account] = self._added.get(account, 0) + 1
+            for account in {account for account, _ in ids}:
+                if self._added.get(account, 0) >= self._trim_every:
+                    self._added[account] = 0
+                    self._db.conn.execute(
+                        "DELETE FROM wa_mqtt_seen WHERE account = %s AND n <= (SELECT n FROM wa_mqtt_seen "
+                        "WHERE account = %s ORDER BY n DESC OFFSET %s LIMIT 1)", (account, account, self.window))
