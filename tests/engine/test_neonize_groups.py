@@ -27,6 +27,7 @@ from neonize_factories import (
 )
 
 ME, ANA, BIA = "4915100000301", "5511988880001", "5511988880002"
+TYPED, TYPED_REAL = "5511988887777", "551188887777"  # a number as typed, and as WhatsApp knows it
 GROUP = jid("120363012345678901", "g.us")
 GJID = "120363012345678901@g.us"
 
@@ -135,6 +136,7 @@ async def test_session_group_events_calls_requests_and_sends(tmp_path: Path) -> 
     assert await session.revoke(GJID, "OUT1") == "OUT3"
     revoke = sent[-1][1].protocolMessage
     assert (revoke.type, revoke.key.ID, revoke.key.fromMe) == (E.ProtocolMessage.REVOKE, "OUT1", True)
+
     await session.send(OutgoingMessage.model_validate({"to": ANA, "location": {"latitude": 1.5, "longitude": -2.5,
                                                                                "name": "Gate"}}))
     pin = sent[-1][1].locationMessage
@@ -142,6 +144,14 @@ async def test_session_group_events_calls_requests_and_sends(tmp_path: Path) -> 
     await session.send(OutgoingMessage.model_validate({"to": ANA, "contact": {"name": "Vet", "phone": BIA}}))
     card = sent[-1][1].contactMessage
     assert card.displayName == "Vet" and f"waid={BIA}:+{BIA}" in card.vcard
+
+    async def ninth_digit(*numbers: str) -> list[N.IsOnWhatsAppResponse]:  # Brazil: WhatsApp knows it without
+        return [N.IsOnWhatsAppResponse(Query=f"{n}@c.us", JID=jid(TYPED_REAL), IsIn=True) for n in numbers]
+    client.is_on_whatsapp = ninth_digit
+    typed_id = (await session.send(OutgoingMessage(to=TYPED, text="hi"))).id
+    await session.edit(TYPED, typed_id, "hi!")  # named as typed: goes to the chat the message went to
+    await session.revoke(TYPED, typed_id)
+    assert [to.User for to, _ in sent[-3:]] == [TYPED_REAL] * 3
     assert events.events.empty()
     await session.close()
     await engine.aclose()

@@ -836,10 +836,17 @@ class NeonizeSession:
             raise engine_error(exc) from exc
 
     async def edit(self, chat: str, message_id: str, text: str) -> str:
-        return await calls.edit(self._require_client(), chat, message_id, text)
+        client = self._require_client()
+        return await calls.edit(client, await self._chat_of_send(client, chat), message_id, text)
 
     async def revoke(self, chat: str, message_id: str) -> str:
-        return await calls.revoke(self._require_client(), chat, message_id, self._account)
+        client = self._require_client()
+        return await calls.revoke(client, await self._chat_of_send(client, chat), message_id, self._account)
+
+    async def _chat_of_send(self, client: NewAClient, chat: str) -> str:
+        """The chat a send to `chat` went to (a phone as WhatsApp knows it: cached since that send), where
+        an edit or a delete of that message must go."""
+        return await resolving.resolve(chat, self._numbers, lambda phones: calls.is_on_whatsapp(client, phones))
 
     async def reject_call(self, caller: str, call_id: str) -> None:
         client = self._require_client()

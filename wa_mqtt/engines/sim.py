@@ -436,15 +436,17 @@ class SimSession:
 
     async def edit(self, chat: str, message_id: str, text: str) -> str:
         self._require_connected()
+        to = await resolving.resolve(chat, self._numbers, self._is_on_whatsapp)  # the chat the message went to
         msg_id = self._new_id()
-        self._emit(SimSent(payload={"to": to_jid(chat), "id": msg_id, "type": "edit", "target_id": message_id,
+        self._emit(SimSent(payload={"to": to, "id": msg_id, "type": "edit", "target_id": message_id,
                                     "text": text}))
         return msg_id
 
     async def revoke(self, chat: str, message_id: str) -> str:
         self._require_connected()
+        to = await resolving.resolve(chat, self._numbers, self._is_on_whatsapp)
         msg_id = self._new_id()
-        self._emit(SimSent(payload={"to": to_jid(chat), "id": msg_id, "type": "revoke", "target_id": message_id}))
+        self._emit(SimSent(payload={"to": to, "id": msg_id, "type": "revoke", "target_id": message_id}))
         return msg_id
 
     async def reject_call(self, caller: str, call_id: str) -> None:
