@@ -204,6 +204,17 @@ async def test_watchdog_requests_and_metrics(env: BridgeEnv, bridge: BridgeProce
         message = await probe.wait_for(f"{env.base}/{A}/message", after=mark)  # the new connection hears it
         assert message.json()["id"] == "SILENT1"
         assert bridge.log().count("the check failed") == 1
+
+        # a keepalive gap (`degraded`) is whatsmeow's to heal: no check of ours restarts the client under it,
+        # though the account is quiet past silent_after and the server answers nothing meanwhile
+        status_b = f"{env.base}/{B}/status"
+        mark = probe.mark()
+        await probe.sim(B, "keepalive", {"seconds": 3})
+        gap = await probe.wait_for(status_b, lambda r: r.json()["degraded"] is True, after=mark)
+        healed = await probe.wait_for(status_b, lambda r: r.json()["degraded"] is False, after=mark, timeout=10)
+        assert {r.json()["state"] for r in probe.received[mark:] if r.topic == status_b} == {"connected"}
+        assert bridge.log().count("the check failed") == 1
+        assert healed.json()["last_event_at"] > gap.json()["last_event_at"]  # a keepalive answered is news
         bad = await probe.request("bridge", "log_level", {"level": "loud"})
         assert bad["status"] == "error" and bad["code"] == "invalid_request", bad
 

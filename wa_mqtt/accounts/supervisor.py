@@ -25,6 +25,7 @@ from ..disk_full import DiskFull
 from ..engines.base import (
     CallReceived,
     Connected,
+    Degraded,
     Disconnected,
     Engine,
     EngineError,
@@ -368,8 +369,8 @@ class Supervisor:
         elif isinstance(item, CallReceived):
             self._bus.emit(ev.CallReceived(self.phone, item.call))
         else:
-            if isinstance(item, Connected):
-                self._heard()  # shown with the `connected` status
+            if isinstance(item, Connected) or (isinstance(item, Degraded) and not item.degraded):
+                self._heard()  # shown with the status: the connect, or a keepalive answered again
             await self._step(item)
 
     async def _step(self, event: m.Input) -> None:

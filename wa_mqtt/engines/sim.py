@@ -325,10 +325,10 @@ class SimSession:
         self._silent_until = None  # the silence was this connection's: the next one is heard again
 
     async def ping(self, timeout: float) -> None:
-        """The server round trip: answered at once, except on a silent connection, where no answer
-        comes (the check fails after `timeout` s, as an unanswered IQ does)."""
+        """The server round trip: answered at once, except on a silent connection or during a keepalive
+        gap, where no answer comes (the check fails after `timeout` s, as an unanswered IQ does)."""
         self._require_connected()
-        if self._is_silent():
+        if self._is_silent() or self._keepalive_heal is not None:  # a keepalive gap: the server answers nothing
             await asyncio.sleep(timeout)
             raise EngineError(f"sim: WhatsApp did not answer a check within {timeout:g} s (silent connection)",
                               code=ErrorCode.KEEPALIVE_TIMEOUT)

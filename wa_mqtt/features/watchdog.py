@@ -2,7 +2,8 @@
 from WhatsApp. When nothing has been heard (status `last_event_at`: a message, a receipt, the connect,
 a check's answer) for `watchdog.silent_after` seconds, the connection is checked with a cheap server
 round trip (`Supervisor.check_link`); a check that goes unanswered makes the account reconnect
-(`disconnected`, `keepalive_timeout`, then the usual backoff).
+(`disconnected`, `keepalive_timeout`, then the usual backoff). A `degraded` account (keepalives
+unanswered) is left to whatsmeow, which already knows and recovers it (issue 14): no check meanwhile.
 
 One check at a time per account; the accounts are looked at every `period(silent_after)` seconds.
 """
@@ -34,8 +35,11 @@ def period(silent_after: float) -> float:
 
 
 def silent_for(status: Status, now: datetime) -> float | None:
-    """Seconds nothing has been heard on a `connected` account; None when it is not connected."""
-    if status.state != AccountState.CONNECTED:
+    """Seconds nothing has been heard on a `connected` account; None when it is not connected, or
+    `degraded`: its keepalives go unanswered and whatsmeow, the owner of that connection's recovery
+    (issue 14), heals it or reconnects by itself; a check of ours would only fail and restart the client
+    under it."""
+    if status.state != AccountState.CONNECTED or status.degraded:
         return None
     heard = status.last_event_at or status.since
     return (now - heard).total_seconds()
