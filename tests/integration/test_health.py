@@ -211,6 +211,10 @@ async def test_watchdog_requests_and_metrics(env: BridgeEnv, bridge: BridgeProce
         mark = probe.mark()
         await probe.sim(B, "keepalive", {"seconds": 3})
         gap = await probe.wait_for(status_b, lambda r: r.json()["degraded"] is True, after=mark)
+        wait_port(port)
+        during = await asyncio.to_thread(scrape, port)  # Prometheus sees the gap too
+        assert (during[("wa_mqtt_account_degraded", (("phone", B),))],
+                during[("wa_mqtt_account_degraded", (("phone", A),))]) == (1, 0)
         healed = await probe.wait_for(status_b, lambda r: r.json()["degraded"] is False, after=mark, timeout=10)
         assert {r.json()["state"] for r in probe.received[mark:] if r.topic == status_b} == {"connected"}
         assert bridge.log().count("the check failed") == 1
