@@ -35,9 +35,14 @@ async def test_lid_senders_answers_edits_revokes_and_undecryptable_messages(env:
             return (await probe.wait_for(messages, by_id(payload["id"]))).json()
 
         # a LID never seen with a phone: no phone, never its digits
-        first = await incoming({"id": "L1", "sender_lid": STRANGER, "text": "who am I"})
+        first = await incoming({"id": "L1", "sender_lid": STRANGER, "text": "who am I", "sender_name": "Zé"})
         assert (first["sender"], first["sender_lid"], first["sender_jid"], first["chat"]) == (
             None, STRANGER, STRANGER, STRANGER)
+        assert first["chat_name"] == "Zé"  # issue 15's chat_name for a LID chat; its contact is no phone either
+        contacts = (await probe.request(A, "contacts", {}))["data"]["contacts"]
+        assert {"phone": None, "lid": STRANGER.split("@")[0], "jid": STRANGER, "push_name": "Zé", "saved_name": None,
+                "business_name": None} in contacts
+        assert STRANGER.split("@")[0] not in {c["phone"] for c in contacts}
         # with the phone alongside, the LID map learns it: later the LID alone resolves
         taught = await incoming({"id": "L2", "sender": ANA, "sender_lid": LID, "text": "hi"})
         assert (taught["sender"], taught["sender_lid"], taught["sender_jid"]) == (ANA, LID, LID)

@@ -498,7 +498,8 @@ class SimSession:
         return self._names
 
     def _chat_name(self, chat_jid: str, sender: str, sender_name: str | None) -> str | None:
-        """The group's subject, or the contact's name (remembering a push name seen)."""
+        """The group's subject, or the contact's name (remembering a push name seen). `sender` is a phone,
+        or the `…@lid` JID of a sender whose phone is unknown (its digits are no phone: issue 14)."""
         names = self._known_names()
         if sender_name and names.get(sender) != sender_name:
             names[sender] = sender_name
@@ -506,7 +507,7 @@ class SimSession:
         if chat_jid.endswith("@g.us"):
             group = self._groups().get(chat_jid)
             return group.name if group is not None else None
-        return names.get(chat_jid.split("@", 1)[0])
+        return names.get(chat_jid if is_lid(chat_jid) else user_of(chat_jid))
 
     async def close(self) -> None:
         await self.stop()
@@ -811,7 +812,7 @@ class SimSession:
             "account": self.phone,
             "chat": chat,
             "chat_type": "group" if chat.endswith("@g.us") else "private",
-            "chat_name": self._chat_name(chat, sender.phone or user_of(sender.jid), spec.sender_name),
+            "chat_name": self._chat_name(chat, sender.phone or sender.jid, spec.sender_name),
             "sender": sender.phone,
             "sender_lid": sender.lid,
             "sender_jid": sender.jid,
