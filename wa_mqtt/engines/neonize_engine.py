@@ -651,17 +651,17 @@ class NeonizeSession:
 
     def _on_group_info(self, event: Proto) -> None:
         chat = conv.jid_str(event.JID)
-        for change in groups.group_events(event, self._me(), self._group_names.get(chat)):
+        for change in groups.group_events(event, self._me(), self._group_names.get(chat), self._lids):
             log.info("%s: %s in %s", self.phone, change.type, change.group)
             self._put(GroupChanged(event=change))
         self._refresh_groups()
 
     def _on_joined_group(self, event: Proto) -> None:
-        self._put(GroupChanged(event=groups.joined_event(event, self._clock())))
+        self._put(GroupChanged(event=groups.joined_event(event, self._clock(), self._lids)))
         self._refresh_groups()
 
     def _on_call(self, event: Proto) -> EngineEvent:
-        call = groups.call_from_event(event)
+        call = groups.call_from_event(event, self._lids)
         log.info("%s: call %s ringing", self.phone, call.id)
         return CallReceived(call=call)
 
@@ -824,7 +824,7 @@ class NeonizeSession:
     async def group_info(self, jid: str) -> GroupInfo:
         client = self._require_client()
         try:
-            return groups.group_info(await client.get_group_info(conv.parse_jid(jid)))
+            return groups.group_info(await client.get_group_info(conv.parse_jid(jid)), self._lids)
         except Exception as exc:
             raise engine_error(exc) from exc
 
