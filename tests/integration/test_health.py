@@ -153,6 +153,16 @@ async def test_alerts_problem_sensor_and_notify_failures(
         assert sent_to(probe, A, mark) == []
         assert not [m for m in sent_to(probe, B, 0) if f"+{B}" in m["text"]]  # never from the account in trouble
 
+        # logged out on request (the `logout` request, or the web page's button): a person acted, nothing to tell
+        assert (await probe.request(B, "connect", {}))["status"] == "ok"
+        await probe.wait_state(B, "connected", after=mark)
+        mark = probe.mark()
+        assert (await probe.request(B, "logout", {}))["status"] == "ok"
+        await probe.wait_state(B, "logged_out", after=mark)
+        await asyncio.sleep(1)  # twice `after`
+        assert events(probe, "alert", B, mark) == [] and sent_to(probe, A, mark) == []
+        assert not [r for r in probe.received[mark:] if r.topic == problem_b and r.json()["problem"]]
+
         # a restart resumes the open episodes: C, still in `error`, is not alerted again
         mark = probe.mark()
         assert bridge.stop() == 0

@@ -121,7 +121,7 @@ class Supervisor:
         """Unlink on WhatsApp's side (when connected), stop; the caller then removes the store."""
         if self._session is not None and self.state == AccountState.CONNECTED:
             await self._call(lambda s: s.logout())
-        await self.submit(m.LogoutDone(reason="logged out on request"))
+        await self.submit(m.LogoutDone(reason=m.LOGOUT_ON_REQUEST))
 
     async def send(self, message: OutgoingMessage, reply: ev.Reply) -> SendOutcome:
         """`accept` the send, then wait for what became of it."""
