@@ -77,6 +77,9 @@ def test_watchdog_clock() -> None:
     assert silent_for(status(S.CONNECTED, since=NOW - timedelta(seconds=50)), NOW) == 50
     assert silent_for(status(S.CONNECTED, since=NOW - timedelta(hours=1), heard=NOW - timedelta(seconds=5)), NOW) == 5
     assert silent_for(status(S.DISCONNECTED, since=NOW - timedelta(hours=1)), NOW) is None
+    quiet = status(S.CONNECTED, since=NOW - timedelta(hours=1))
+    assert silent_for(quiet.model_copy(update={"degraded": True}), NOW) is None  # whatsmeow's to heal
+    assert silent_for(quiet.model_copy(update={"error_code": ErrorCode.DISK_FULL}), NOW) is None  # engines unread
 
 
 def test_metric_families_round_trip_through_the_prometheus_parser() -> None:
