@@ -52,33 +52,34 @@ class SendService:
             return self._locks.setdefault(target, asyncio.Lock())
         return contextlib.nullcontext()
 
-    def check_recipient(self, to: str, field: str = "to") -> None:
-        """Raise `ApiError` (`forbidden`) when `outgoing.allow_to` does not include `to`."""
-        if not self._listed(to):
-            raise ApiError(ErrorCode.FORBIDDEN, f"{field}: {to} is not in outgoing.allow_to")
-
-    def check(self, message: OutgoingMessage) -> None:
-        """Raise `ApiError` when the policy refuses `message` (`allow_to` compared as written)."""
-        self.check_recipient(message.to)
-        self._check_content(message)
-
     def _listed(self, recipient: str) -> bool:
         allow_to = self._config.outgoing.allow_to
         return allow_to is None or identity(recipient) in {identity(a) for a in allow_to}
 
-    async def _allowed_as_resolved(self, phone: str, message: OutgoingMessage) -> bool:
+    async def allow(self, phone: str, recipient: str, field: str = "to") -> None:
+        """Raise `ApiError` (`forbidden`) unless `outgoing.allow_to` includes `recipient` as written, or as
+        WhatsApp knows the numbers (resolved by account `phone`): the rule of every send, and of an edit
+        or a delete in a chat (a message sent to a number as typed is edited in that chat however written)."""
+        if not self._listed(recipient) and not await self._allowed_as_resolved(phone, recipient):
+            raise ApiError(ErrorCode.FORBIDDEN, f"{field}: {recipient} is not in outgoing.allow_to")
+
+    def check_content(self, message: OutgoingMessage) -> None:
+        """Raise `ApiError` when the text limit or the media policy refuses `message` (not `allow_to`)."""
+        self._check_content(message)
+
+    async def _allowed_as_resolved(self, phone: str, recipient: str) -> bool:
         """`outgoing.allow_to` compared as WhatsApp knows the numbers: the recipient and each listed phone
         resolved by the account (`check`, cached), so a listed phone allows that phone however it is
         written (Brazil's ninth digit). False when the account cannot ask (not connected)."""
         allow_to = self._config.outgoing.allow_to or []
-        to_phone = phone_of(message.to)
+        to_phone = phone_of(recipient)
         listed = [p for p in (phone_of(a) for a in allow_to) if p is not None]
         if to_phone is None or not listed:
             return False
         try:
             checks = await self._manager.get(phone).engine_call(lambda s: s.check([to_phone, *listed]))
         except EngineError as exc:
-            log.info("%s: cannot resolve %s for outgoing.allow_to (%s)", phone, message.to, exc)
+            log.info("%s: cannot resolve %s for outgoing.allow_to (%s)", phone, recipient, exc)
             return False
         resolved = checks[0].jid if checks else None
         return resolved is not None and resolved in {c.jid for c in checks[1:] if c.jid}
@@ -107,8 +108,7 @@ class SendService:
         turn may end once this returns: the account delivers its accepted sends in order."""
         supervisor = self._manager.get(phone)
         self._check_content(message)
-        if not self._listed(message.to) and not await self._allowed_as_resolved(phone, message):
-            raise ApiError(ErrorCode.FORBIDDEN, f"to: {message.to} is not in outgoing.allow_to")
+        await self.allow(phone, message.to)
         return await supervisor.accept(message, reply)
 
     async def typing(self, phone: str, chat: str, state: str) -> None:

@@ -589,6 +589,44 @@ async def test_incoming_media_is_downloaded_with_download_any_before_the_message
     await engine.aclose()
 
 
+async def test_a_lid_senders_media_and_poll_vote_wait_for_the_lid_lookup_and_keep_their_order(tmp_path: Path) -> None:
+    """Issues 14 x 15 x 16 in the pump: an image from a sender named by LID is looked up in the store's LID
+    map, then downloaded (published with its file, its phone, LID and chat name); a vote from a LID sender
+    (a lookup, then a Go decryption: deferred inside deferred) and a later text keep Go's order."""
+    from wa_mqtt.engines.options import DownloadOptions
+
+    engine = NeonizeEngine(stop_timeout=5, downloads=DownloadOptions(dir=tmp_path / "media", max_bytes=1000))
+    session, events = await _restored(tmp_path, engine, {LID_KNOWN: "5511555555555"})
+
+    async def download_any(message: E.Message) -> bytes:  # the network part of a download
+        return b"jpeg!"
+    assert session.client is not None
+    session.client.download_any = download_any
+    image = E.Message(imageMessage=E.ImageMessage(
+        URL="https://mmg.whatsapp.net/v/t62.7118-24/x.enc", directPath="/v/t62.7118-24/x.enc",
+        mimetype="image/jpeg", fileLength=5, mediaKey=b"k" * 32, fileSHA256=b"s" * 32, fileEncSHA256=b"e" * 32))
+    lid = jid(LID_KNOWN, "lid")
+    await go_event(session, message_event(image, msg_id="IMG1", chat=lid, sender=lid))
+    saved = (await events.next()).message
+    assert (saved.id, saved.sender, saved.sender_lid, saved.chat, saved.chat_name) == (
+        "IMG1", "5511555555555", f"{LID_KNOWN}@lid", "5511555555555@s.whatsapp.net", "Ana")
+    assert saved.media.path is not None and Path(saved.media.path).read_bytes() == b"jpeg!"
+
+    key = MessageKey(remoteJID=f"{session.phone}@s.whatsapp.net", fromMe=False, ID="3EB0NOSECRET")
+    vote = E.Message(pollUpdateMessage=E.PollUpdateMessage(
+        pollCreationMessageKey=key, senderTimestampMS=1_795_000_000_000,
+        vote=E.PollEncValue(encPayload=b"x" * 32, encIV=b"i" * 12)))
+    new = jid(LID_NEW, "lid")
+    await go_event(session, message_event(vote, msg_id="V1", chat=new, sender=new))
+    await go_event(session, message_event(E.Message(conversation="after"), msg_id="T1", chat=lid, sender=lid))
+    voted, after = (await events.next()).message, (await events.next()).message
+    assert (voted.id, voted.type, voted.sender, voted.sender_lid) == ("V1", "poll_vote", None, f"{LID_NEW}@lid")
+    assert "decrypt" in voted.payload()["poll_vote"]["error"]  # no secret for that poll: still reported
+    assert (after.id, after.sender) == ("T1", "5511555555555")
+    await session.close()
+    await engine.aclose()
+
+
 async def test_the_watchdog_check_is_a_real_server_round_trip(tmp_path: Path, engine: NeonizeEngine) -> None:
     """`ping` is whatsmeow's GetBlocklist (an IQ to the server): on a restored client that is not
     connected the real library refuses it as `not_connected`, without a client too."""

@@ -27,6 +27,7 @@ from neonize_factories import (
 )
 
 ME, ANA, BIA = "4915100000301", "5511988880001", "5511988880002"
+TYPED, TYPED_REAL = "5511988887777", "551188887777"  # a number as typed, and as WhatsApp knows it
 GROUP = jid("120363012345678901", "g.us")
 GJID = "120363012345678901@g.us"
 
@@ -55,11 +56,19 @@ def test_group_info_events_become_group_events() -> None:
         ("group_subject_changed", [], "New name", ANA),
         ("group_participants_added", [BIA], "New name", ANA),
         ("group_joined", [ME], "New name", ANA),
-        ("group_participants_removed", ["444555666"], "New name", ANA),
+        ("group_participants_removed", ["444555666@lid"], "New name", ANA),  # a LID's digits are no phone
         ("group_participants_promoted", [BIA], "New name", ANA),
     ]
     left = g.group_events(group_info_event(GROUP, leave=[jid(ME)]), [ME], "Old name")
     assert [(c.type, c.name, c.by) for c in left] == [("group_left", "Old name", None)]
+    # people WhatsApp names by LID: the phone where the account's LID map knows it, else the `…@lid` JID;
+    # the account itself by its LID is still the account
+    lid_event = group_info_event(GROUP, sender=jid("111222333", "lid"), join=[jid("444555666", "lid"),
+                                                                                 jid("999000111", "lid")])
+    changes = [(c.type, c.participants, c.by) for c in
+               g.group_events(lid_event, [ME, "999000111"], None, {"111222333": ANA})]
+    assert changes == [("group_participants_added", ["444555666@lid"], ANA),
+                       ("group_joined", ["999000111@lid"], ANA)]
 
 
 def test_calls_and_contacts() -> None:
@@ -67,6 +76,9 @@ def test_calls_and_contacts() -> None:
     assert (voice.id, voice.from_, voice.from_jid, voice.video, voice.group) == (
         "CALLID1", ANA, "777888999:3@lid", False, None)
     assert g.call_from_event(call_offer(jid(ANA), video=True)).video is True
+    hidden = g.call_from_event(call_offer(jid("777888999", "lid", device=3)))  # no phone alongside
+    assert (hidden.from_, hidden.from_jid) == ("777888999@lid", "777888999:3@lid")
+    assert g.call_from_event(call_offer(jid("777888999", "lid")), {"777888999": ANA}).from_ == ANA
     entry = g.contact(contact(jid(ANA), push="Ana P", full="Ana Paula"))
     assert entry.model_dump() == {"phone": ANA, "lid": None, "jid": f"{ANA}@s.whatsapp.net", "push_name": "Ana P",
                                   "saved_name": "Ana Paula", "business_name": None}
@@ -135,6 +147,7 @@ async def test_session_group_events_calls_requests_and_sends(tmp_path: Path) -> 
     assert await session.revoke(GJID, "OUT1") == "OUT3"
     revoke = sent[-1][1].protocolMessage
     assert (revoke.type, revoke.key.ID, revoke.key.fromMe) == (E.ProtocolMessage.REVOKE, "OUT1", True)
+
     await session.send(OutgoingMessage.model_validate({"to": ANA, "location": {"latitude": 1.5, "longitude": -2.5,
                                                                                "name": "Gate"}}))
     pin = sent[-1][1].locationMessage
@@ -142,6 +155,14 @@ async def test_session_group_events_calls_requests_and_sends(tmp_path: Path) -> 
     await session.send(OutgoingMessage.model_validate({"to": ANA, "contact": {"name": "Vet", "phone": BIA}}))
     card = sent[-1][1].contactMessage
     assert card.displayName == "Vet" and f"waid={BIA}:+{BIA}" in card.vcard
+
+    async def ninth_digit(*numbers: str) -> list[N.IsOnWhatsAppResponse]:  # Brazil: WhatsApp knows it without
+        return [N.IsOnWhatsAppResponse(Query=f"{n}@c.us", JID=jid(TYPED_REAL), IsIn=True) for n in numbers]
+    client.is_on_whatsapp = ninth_digit
+    typed_id = (await session.send(OutgoingMessage(to=TYPED, text="hi"))).id
+    await session.edit(TYPED, typed_id, "hi!")  # named as typed: goes to the chat the message went to
+    await session.revoke(TYPED, typed_id)
+    assert [to.User for to, _ in sent[-3:]] == [TYPED_REAL] * 3
     assert events.events.empty()
     await session.close()
     await engine.aclose()

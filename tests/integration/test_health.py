@@ -153,6 +153,16 @@ async def test_alerts_problem_sensor_and_notify_failures(
         assert sent_to(probe, A, mark) == []
         assert not [m for m in sent_to(probe, B, 0) if f"+{B}" in m["text"]]  # never from the account in trouble
 
+        # logged out on request (the `logout` request, or the web page's button): a person acted, nothing to tell
+        assert (await probe.request(B, "connect", {}))["status"] == "ok"
+        await probe.wait_state(B, "connected", after=mark)
+        mark = probe.mark()
+        assert (await probe.request(B, "logout", {}))["status"] == "ok"
+        await probe.wait_state(B, "logged_out", after=mark)
+        await asyncio.sleep(1)  # twice `after`
+        assert events(probe, "alert", B, mark) == [] and sent_to(probe, A, mark) == []
+        assert not [r for r in probe.received[mark:] if r.topic == problem_b and r.json()["problem"]]
+
         # a restart resumes the open episodes: C, still in `error`, is not alerted again
         mark = probe.mark()
         assert bridge.stop() == 0
@@ -204,6 +214,21 @@ async def test_watchdog_requests_and_metrics(env: BridgeEnv, bridge: BridgeProce
         message = await probe.wait_for(f"{env.base}/{A}/message", after=mark)  # the new connection hears it
         assert message.json()["id"] == "SILENT1"
         assert bridge.log().count("the check failed") == 1
+
+        # a keepalive gap (`degraded`) is whatsmeow's to heal: no check of ours restarts the client under it,
+        # though the account is quiet past silent_after and the server answers nothing meanwhile
+        status_b = f"{env.base}/{B}/status"
+        mark = probe.mark()
+        await probe.sim(B, "keepalive", {"seconds": 3})
+        gap = await probe.wait_for(status_b, lambda r: r.json()["degraded"] is True, after=mark)
+        wait_port(port)
+        during = await asyncio.to_thread(scrape, port)  # Prometheus sees the gap too
+        assert (during[("wa_mqtt_account_degraded", (("phone", B),))],
+                during[("wa_mqtt_account_degraded", (("phone", A),))]) == (1, 0)
+        healed = await probe.wait_for(status_b, lambda r: r.json()["degraded"] is False, after=mark, timeout=10)
+        assert {r.json()["state"] for r in probe.received[mark:] if r.topic == status_b} == {"connected"}
+        assert bridge.log().count("the check failed") == 1
+        assert healed.json()["last_event_at"] > gap.json()["last_event_at"]  # a keepalive answered is news
         bad = await probe.request("bridge", "log_level", {"level": "loud"})
         assert bad["status"] == "error" and bad["code"] == "invalid_request", bad
 

@@ -35,9 +35,14 @@ async def test_lid_senders_answers_edits_revokes_and_undecryptable_messages(env:
             return (await probe.wait_for(messages, by_id(payload["id"]))).json()
 
         # a LID never seen with a phone: no phone, never its digits
-        first = await incoming({"id": "L1", "sender_lid": STRANGER, "text": "who am I"})
+        first = await incoming({"id": "L1", "sender_lid": STRANGER, "text": "who am I", "sender_name": "Zé"})
         assert (first["sender"], first["sender_lid"], first["sender_jid"], first["chat"]) == (
             None, STRANGER, STRANGER, STRANGER)
+        assert first["chat_name"] == "Zé"  # issue 15's chat_name for a LID chat; its contact is no phone either
+        contacts = (await probe.request(A, "contacts", {}))["data"]["contacts"]
+        assert {"phone": None, "lid": STRANGER.split("@")[0], "jid": STRANGER, "push_name": "Zé", "saved_name": None,
+                "business_name": None} in contacts
+        assert STRANGER.split("@")[0] not in {c["phone"] for c in contacts}
         # with the phone alongside, the LID map learns it: later the LID alone resolves
         taught = await incoming({"id": "L2", "sender": ANA, "sender_lid": LID, "text": "hi"})
         assert (taught["sender"], taught["sender_lid"], taught["sender_jid"]) == (ANA, LID, LID)
@@ -124,3 +129,20 @@ async def test_numbers_are_resolved_before_a_send_and_allow_to_compares_them(env
             assert (response["status"], response["code"]) == ("error", "invalid_request"), (bad, response)
         # only what reached the simulated WhatsApp is on `sent`: nothing of the refused sends
         assert len([r for r in probe.received[mark:] if r.topic == sent]) == 4
+
+        # an edit or a delete of a message sent to a number as typed goes to the chat it went to, and
+        # `allow_to` compares its chat as a send's `to` (however the listed phone is written)
+        first = (await send(typed))["data"]["id"]
+        mark = probe.mark()
+        for chat in (typed, real):
+            edited = await probe.request(A, "edit", {"chat": chat, "id": first, "text": "hi!"})
+            assert edited["status"] == "ok", (chat, edited)
+            revoked = await probe.request(A, "revoke", {"chat": chat, "id": first})
+            assert revoked["status"] == "ok", (chat, revoked)
+        await probe.wait_count(sent, 9)  # the 4 sends above, `first`, then these
+        assert [(r.json()["type"], r.json()["to"]) for r in probe.received[mark:] if r.topic == sent] == [
+            ("edit", f"{real}@s.whatsapp.net"), ("revoke", f"{real}@s.whatsapp.net")] * 2
+        for command, payload in (("edit", {"chat": "5511777777777", "id": first, "text": "x"}),
+                                 ("revoke", {"chat": "5511777777777", "id": first})):
+            response = await probe.request(A, command, payload)
+            assert (response["status"], response["code"]) == ("error", "forbidden"), (command, response)

@@ -47,6 +47,15 @@ async def test_incoming_media_is_saved_within_the_limits_and_hostile_media_leave
         assert Path(media["path"]).stat().st_mode & 0o777 == 0o600  # private to the bridge's user
         assert not stale.exists()  # pruned: older than keep_days
 
+        # from a sender named by LID (issue 14): downloaded, with its phone, LID and chat name (issue 15)
+        lid = "201234567890123@lid"
+        by_lid = await incoming(probe, {"id": "P2", "sender": "5511988887777", "sender_lid": lid, "sender_name": "Ana",
+                                        "media": {"mimetype": "image/png", "base64": base64.b64encode(b"png").decode()}})
+        assert (by_lid["sender"], by_lid["sender_lid"], by_lid["chat"], by_lid["chat_name"]) == (
+            "5511988887777", lid, "5511988887777@s.whatsapp.net", "Ana")
+        assert Path(by_lid["media"]["path"]).read_bytes() == b"png"
+        Path(by_lid["media"]["path"]).unlink()  # the folder's listing below is about the files that follow
+
         crafted = await incoming(probe, {"id": "../../../../tmp/evil", "type": "document", "media": {
             "mimetype": "application/x-evil", "size": 100, "filename": "../../../../etc/passwd"}})
         path = Path(crafted["media"]["path"])

@@ -177,6 +177,12 @@ async def test_the_page_with_a_token_every_endpoint_and_action(env: BridgeEnv, b
             card = await events.next("account", lambda a: a["messages_out"] == 1)
             assert card["last_event"]["type"] == "message_out"
 
+            # a keepalive gap (issue 14) shows on the card, and when WhatsApp was last heard (issue 17)
+            await probe.sim(A, "keepalive", {"seconds": 0.5})
+            card = await events.next("account", lambda a: a["degraded"] is True)
+            assert card["state"] == "connected" and card["last_event_at"] and card["reconnects_by_itself"] is False
+            await events.next("account", lambda a: a["degraded"] is False)
+
             assert (await post(http, f"{url}/api/request/{A}/disconnect", {}))[0] == 200
             await events.next("account", lambda a: a["state"] == "stopped")
             status, body = await post(http, f"{url}/api/request/{A}/send", {"to": ANA, "text": "when back"})

@@ -77,10 +77,13 @@ def test_watchdog_clock() -> None:
     assert silent_for(status(S.CONNECTED, since=NOW - timedelta(seconds=50)), NOW) == 50
     assert silent_for(status(S.CONNECTED, since=NOW - timedelta(hours=1), heard=NOW - timedelta(seconds=5)), NOW) == 5
     assert silent_for(status(S.DISCONNECTED, since=NOW - timedelta(hours=1)), NOW) is None
+    quiet = status(S.CONNECTED, since=NOW - timedelta(hours=1))
+    assert silent_for(quiet.model_copy(update={"degraded": True}), NOW) is None  # whatsmeow's to heal
+    assert silent_for(quiet.model_copy(update={"error_code": ErrorCode.DISK_FULL}), NOW) is None  # engines unread
 
 
 def test_metric_families_round_trip_through_the_prometheus_parser() -> None:
-    snapshot = Snapshot((AccountFigures(PHONE, "connected", 7, 3, 2, 1, 4.5, 30 << 20),
+    snapshot = Snapshot((AccountFigures(PHONE, "connected", 7, 3, 2, 1, 4.5, 30 << 20, degraded=True),
                          AccountFigures("5511900000002", "logged_out", 0, 0, 0, 0, None, None)), spool_depth=12)
 
     class Fixed(Collector):
@@ -96,6 +99,8 @@ def test_metric_families_round_trip_through_the_prometheus_parser() -> None:
     assert samples[("wa_mqtt_account_state", (("phone", PHONE), ("state", "connected")))] == 1
     assert samples[("wa_mqtt_account_state", (("phone", PHONE), ("state", "stopped")))] == 0
     assert samples[("wa_mqtt_account_state", (("phone", "5511900000002"), ("state", "logged_out")))] == 1
+    assert samples[("wa_mqtt_account_degraded", one)] == 1
+    assert samples[("wa_mqtt_account_degraded", (("phone", "5511900000002"),))] == 0
     assert samples[("wa_mqtt_messages_received_total", one)] == 7
     assert samples[("wa_mqtt_messages_sent_total", one)] == 3
     assert samples[("wa_mqtt_reconnects_total", one)] == 2

@@ -102,6 +102,21 @@ def test_an_account_card_shows_the_status_counters_pairing_and_last_event() -> N
     assert qr["pairing"] == {"kind": "qr", "serial": 8} and "secret-qr-text" not in str(qr)
 
 
+def test_a_card_says_who_retries_and_shows_degraded_and_last_heard() -> None:
+    """Issue 14 meets the page: a dropped linked session is reconnected by whatsmeow (no `next_retry_at`),
+    a pairing window that ran out waits for a person; `degraded` and `last_event_at` (issue 17) are shown."""
+    dropped = Status(phone="5511900000001", state=AccountState.DISCONNECTED, since=NOW, updated_at=NOW, engine="sim",
+                     error_code=ErrorCode.CONNECTION_LOST)
+    assert account_view(dropped, Counters(0, 0, 0), None, None)["reconnects_by_itself"] is True
+    timed_out = dropped.model_copy(update={"error_code": ErrorCode.PAIRING_TIMEOUT})
+    assert account_view(timed_out, Counters(0, 0, 0), None, None)["reconnects_by_itself"] is False
+    backoff = dropped.model_copy(update={"next_retry_at": NOW})
+    assert account_view(backoff, Counters(0, 0, 0), None, None)["reconnects_by_itself"] is False
+    gap = dropped.model_copy(update={"state": AccountState.CONNECTED, "degraded": True, "last_event_at": NOW})
+    view = account_view(gap, Counters(0, 0, 0), None, None)
+    assert (view["degraded"], view["last_event_at"], view["reconnects_by_itself"]) == (True, "2026-12-04T12:00:00Z", False)
+
+
 def test_http_status_by_the_response_code() -> None:
     assert http_status({"status": "ok", "data": {}}) == 200
     expected = {"invalid_json": 400, "invalid_request": 400, "unknown_account": 404, "forbidden": 403,

@@ -58,6 +58,15 @@ class Stop:
     """`disconnect`: stop and stay stopped until `connect`."""
 
 
+LOGOUT_ON_REQUEST = "logged out on request"
+"""The detail of a `logged_out` status that a person asked for (`logout`), as opposed to WhatsApp's."""
+
+
+def logged_out_on_request(status: Status) -> bool:
+    """The account is `logged_out` because a person asked for it (the `logout` request, or the web page's)."""
+    return status.state == S.LOGGED_OUT and status.error_detail == (LOGOUT_ON_REQUEST,)
+
+
 @dataclass(frozen=True)
 class LogoutDone:
     """`logout` finished: unlinked on WhatsApp's side and the store removed (`reason`: the status detail)."""

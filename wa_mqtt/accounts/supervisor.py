@@ -25,6 +25,7 @@ from ..disk_full import DiskFull
 from ..engines.base import (
     CallReceived,
     Connected,
+    Degraded,
     Disconnected,
     Engine,
     EngineError,
@@ -121,7 +122,7 @@ class Supervisor:
         """Unlink on WhatsApp's side (when connected), stop; the caller then removes the store."""
         if self._session is not None and self.state == AccountState.CONNECTED:
             await self._call(lambda s: s.logout())
-        await self.submit(m.LogoutDone(reason="logged out on request"))
+        await self.submit(m.LogoutDone(reason=m.LOGOUT_ON_REQUEST))
 
     async def send(self, message: OutgoingMessage, reply: ev.Reply) -> SendOutcome:
         """`accept` the send, then wait for what became of it."""
@@ -369,8 +370,8 @@ class Supervisor:
         elif isinstance(item, CallReceived):
             self._bus.emit(ev.CallReceived(self.phone, item.call))
         else:
-            if isinstance(item, Connected):
-                self._heard()  # shown with the `connected` status
+            if isinstance(item, Connected) or (isinstance(item, Degraded) and not item.degraded):
+                self._heard()  # shown with the status: the connect, or a keepalive answered again
             await self._step(item)
 
     async def _step(self, event: m.Input) -> None:

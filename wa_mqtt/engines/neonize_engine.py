@@ -651,17 +651,17 @@ class NeonizeSession:
 
     def _on_group_info(self, event: Proto) -> None:
         chat = conv.jid_str(event.JID)
-        for change in groups.group_events(event, self._me(), self._group_names.get(chat)):
+        for change in groups.group_events(event, self._me(), self._group_names.get(chat), self._lids):
             log.info("%s: %s in %s", self.phone, change.type, change.group)
             self._put(GroupChanged(event=change))
         self._refresh_groups()
 
     def _on_joined_group(self, event: Proto) -> None:
-        self._put(GroupChanged(event=groups.joined_event(event, self._clock())))
+        self._put(GroupChanged(event=groups.joined_event(event, self._clock(), self._lids)))
         self._refresh_groups()
 
     def _on_call(self, event: Proto) -> EngineEvent:
-        call = groups.call_from_event(event)
+        call = groups.call_from_event(event, self._lids)
         log.info("%s: call %s ringing", self.phone, call.id)
         return CallReceived(call=call)
 
@@ -824,7 +824,7 @@ class NeonizeSession:
     async def group_info(self, jid: str) -> GroupInfo:
         client = self._require_client()
         try:
-            return groups.group_info(await client.get_group_info(conv.parse_jid(jid)))
+            return groups.group_info(await client.get_group_info(conv.parse_jid(jid)), self._lids)
         except Exception as exc:
             raise engine_error(exc) from exc
 
@@ -836,10 +836,17 @@ class NeonizeSession:
             raise engine_error(exc) from exc
 
     async def edit(self, chat: str, message_id: str, text: str) -> str:
-        return await calls.edit(self._require_client(), chat, message_id, text)
+        client = self._require_client()
+        return await calls.edit(client, await self._chat_of_send(client, chat), message_id, text)
 
     async def revoke(self, chat: str, message_id: str) -> str:
-        return await calls.revoke(self._require_client(), chat, message_id, self._account)
+        client = self._require_client()
+        return await calls.revoke(client, await self._chat_of_send(client, chat), message_id, self._account)
+
+    async def _chat_of_send(self, client: NewAClient, chat: str) -> str:
+        """The chat a send to `chat` went to (a phone as WhatsApp knows it: cached since that send), where
+        an edit or a delete of that message must go."""
+        return await resolving.resolve(chat, self._numbers, lambda phones: calls.is_on_whatsapp(client, phones))
 
     async def reject_call(self, caller: str, call_id: str) -> None:
         client = self._require_client()

@@ -7,7 +7,7 @@ and `CallOfferNoticeEv` → `IncomingCall`. No I/O, no neonize import (see neoni
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -30,12 +30,17 @@ def _user(jid: Proto, server: str) -> str | None:
     return (jid.User.split(":", 1)[0] or None) if jid.User and jid.Server == server else None
 
 
-def person(jid: Proto, alt: Proto | None = None) -> str:
-    """A member or caller as the contract names people: the phone when known, else the LID's user."""
+def person(jid: Proto, alt: Proto | None = None, lids: Mapping[str, str] | None = None) -> str:
+    """A member or caller as the contract names people: the phone when known (the JID, the alt address
+    WhatsApp sent along, or the account's LID map `lids`), else the `…@lid` JID: LID digits are never
+    published as if they were a phone (issue 14), and the JID is a valid `to` that reaches that person."""
     for candidate in (jid, alt):
         if candidate is not None and (phone := _user(candidate, PN_SERVER)):
             return phone
-    return str(jid.User.split(":", 1)[0])
+    user = str(jid.User.split(":", 1)[0])
+    if jid.Server == LID_SERVER:
+        return (lids or {}).get(user) or f"{user}@{LID_SERVER}"
+    return user
 
 
 def participant(item: Proto) -> GroupParticipant:
@@ -58,20 +63,22 @@ def group_summary(info: Proto, me: Iterable[str]) -> GroupSummary:
                         is_admin=any(m.is_admin for m in members if is_member(m, mine)))
 
 
-def group_info(info: Proto) -> GroupInfo:
+def group_info(info: Proto, lids: Mapping[str, str] | None = None) -> GroupInfo:
     created = epoch_to_datetime(info.GroupCreated) if info.GroupCreated else None
-    owner = person(info.OwnerJID, info.OwnerPN) if info.OwnerJID.User else None
+    owner = person(info.OwnerJID, info.OwnerPN, lids) if info.OwnerJID.User else None
     return GroupInfo(jid=jid_str(info.JID), name=info.GroupName.Name or None,
                      description=info.GroupTopic.Topic or None, owner=owner, created=created,
                      participants=[participant(p) for p in info.Participants])
 
 
-def group_events(event: Proto, me: Iterable[str], name: str | None) -> list[GroupEvent]:
-    """A `GroupInfoEv` (whatsmeow's events.GroupInfo) as group events; `name`: the subject known so far."""
+def group_events(event: Proto, me: Iterable[str], name: str | None,
+                 lids: Mapping[str, str] | None = None) -> list[GroupEvent]:
+    """A `GroupInfoEv` (whatsmeow's events.GroupInfo) as group events; `name`: the subject known so far;
+    `me`: the account's own user parts (phone, LID); `lids`: the account's LID map (LID user → phone)."""
     mine = set(me)
     group = jid_str(event.JID)
     when = epoch_to_datetime(event.Timestamp)
-    by = person(event.Sender) if event.Sender.User else None
+    by = person(event.Sender, None, lids) if event.Sender.User else None
     subject = event.Name.Name if event.HasField("Name") and event.Name.Name else name
     out: list[GroupEvent] = []
 
@@ -84,19 +91,20 @@ def group_events(event: Proto, me: Iterable[str], name: str | None) -> list[Grou
                              ("Leave", "group_participants_removed", "group_left"),
                              ("Promote", "group_participants_promoted", None),
                              ("Demote", "group_participants_demoted", None)):
-        people = [person(j) for j in getattr(event, field)]
-        others = [p for p in people if p not in mine]
+        members = list(getattr(event, field))
+        others = [person(j, None, lids) for j in members if j.User.split(":", 1)[0] not in mine]
         if others:
             add(kind, others)  # type: ignore[arg-type]  # (the tuple's literals are GroupEventType's)
-        if own is not None and len(others) < len(people):
-            add(own, [p for p in people if p in mine])  # type: ignore[arg-type]  # (as above)
+        if own is not None and len(others) < len(members):
+            add(own, [person(j, None, lids) for j in members  # type: ignore[arg-type]  # (as above)
+                      if j.User.split(":", 1)[0] in mine])
     return out
 
 
-def joined_event(event: Proto, now: datetime) -> GroupEvent:
+def joined_event(event: Proto, now: datetime, lids: Mapping[str, str] | None = None) -> GroupEvent:
     """A `JoinedGroupEv`: the account was added to (or created) a group."""
     info = event.GroupInfo
-    by = person(event.Sender, event.SenderPN) if event.Sender.User else None
+    by = person(event.Sender, event.SenderPN, lids) if event.Sender.User else None
     return GroupEvent(type="group_joined", group=jid_str(info.JID), name=info.GroupName.Name or None,
                       participants=[], by=by, timestamp=now)
 
@@ -129,7 +137,7 @@ def _is_video(node: Proto) -> bool:
     return any(child.Tag == "video" or _is_video(child) for child in node.Nodes)
 
 
-def call_from_event(event: Proto) -> IncomingCall:
+def call_from_event(event: Proto, lids: Mapping[str, str] | None = None) -> IncomingCall:
     """A `CallOfferEv` (1:1 call) or `CallOfferNoticeEv` (mostly group calls) as the contract's call."""
     meta = event.basicCallMeta
     caller = meta.callCreator if meta.callCreator.User else getattr(meta, "from")
@@ -139,5 +147,5 @@ def call_from_event(event: Proto) -> IncomingCall:
     group_jid = _attrs(event.data).get("group-jid") if event.HasField("data") else None
     if group_jid is None and notice and getattr(meta, "from").Server == "g.us":
         group_jid = jid_str(getattr(meta, "from"))
-    return IncomingCall(id=meta.callID, from_=person(caller, alt), from_jid=full_jid(getattr(meta, "from")),
+    return IncomingCall(id=meta.callID, from_=person(caller, alt, lids), from_jid=full_jid(getattr(meta, "from")),
                         video=video, group=group_jid or None, timestamp=epoch_to_datetime(meta.timestamp))

@@ -325,10 +325,10 @@ class SimSession:
         self._silent_until = None  # the silence was this connection's: the next one is heard again
 
     async def ping(self, timeout: float) -> None:
-        """The server round trip: answered at once, except on a silent connection, where no answer
-        comes (the check fails after `timeout` s, as an unanswered IQ does)."""
+        """The server round trip: answered at once, except on a silent connection or during a keepalive
+        gap, where no answer comes (the check fails after `timeout` s, as an unanswered IQ does)."""
         self._require_connected()
-        if self._is_silent():
+        if self._is_silent() or self._keepalive_heal is not None:  # a keepalive gap: the server answers nothing
             await asyncio.sleep(timeout)
             raise EngineError(f"sim: WhatsApp did not answer a check within {timeout:g} s (silent connection)",
                               code=ErrorCode.KEEPALIVE_TIMEOUT)
@@ -436,15 +436,17 @@ class SimSession:
 
     async def edit(self, chat: str, message_id: str, text: str) -> str:
         self._require_connected()
+        to = await resolving.resolve(chat, self._numbers, self._is_on_whatsapp)  # the chat the message went to
         msg_id = self._new_id()
-        self._emit(SimSent(payload={"to": to_jid(chat), "id": msg_id, "type": "edit", "target_id": message_id,
+        self._emit(SimSent(payload={"to": to, "id": msg_id, "type": "edit", "target_id": message_id,
                                     "text": text}))
         return msg_id
 
     async def revoke(self, chat: str, message_id: str) -> str:
         self._require_connected()
+        to = await resolving.resolve(chat, self._numbers, self._is_on_whatsapp)
         msg_id = self._new_id()
-        self._emit(SimSent(payload={"to": to_jid(chat), "id": msg_id, "type": "revoke", "target_id": message_id}))
+        self._emit(SimSent(payload={"to": to, "id": msg_id, "type": "revoke", "target_id": message_id}))
         return msg_id
 
     async def reject_call(self, caller: str, call_id: str) -> None:
@@ -496,7 +498,8 @@ class SimSession:
         return self._names
 
     def _chat_name(self, chat_jid: str, sender: str, sender_name: str | None) -> str | None:
-        """The group's subject, or the contact's name (remembering a push name seen)."""
+        """The group's subject, or the contact's name (remembering a push name seen). `sender` is a phone,
+        or the `…@lid` JID of a sender whose phone is unknown (its digits are no phone: issue 14)."""
         names = self._known_names()
         if sender_name and names.get(sender) != sender_name:
             names[sender] = sender_name
@@ -504,7 +507,7 @@ class SimSession:
         if chat_jid.endswith("@g.us"):
             group = self._groups().get(chat_jid)
             return group.name if group is not None else None
-        return names.get(chat_jid.split("@", 1)[0])
+        return names.get(chat_jid if is_lid(chat_jid) else user_of(chat_jid))
 
     async def close(self) -> None:
         await self.stop()
@@ -809,7 +812,7 @@ class SimSession:
             "account": self.phone,
             "chat": chat,
             "chat_type": "group" if chat.endswith("@g.us") else "private",
-            "chat_name": self._chat_name(chat, sender.phone or user_of(sender.jid), spec.sender_name),
+            "chat_name": self._chat_name(chat, sender.phone or sender.jid, spec.sender_name),
             "sender": sender.phone,
             "sender_lid": sender.lid,
             "sender_jid": sender.jid,

@@ -24,6 +24,7 @@ from ..model import (
     phone_list,
     to_jid,
 )
+from .addressing import is_lid
 
 
 class SimGroup(BaseModel):
@@ -161,7 +162,8 @@ class SimDirectory:
             db.close()
 
     def saw(self, phone: str, push_name: str | None) -> None:
-        """A sender seen: its push name is remembered (as WhatsApp's contact store does)."""
+        """A sender seen (its phone, or its `…@lid` JID when the phone is unknown): its push name is
+        remembered (as WhatsApp's contact store does)."""
         db = self._db()
         try:
             with db:
@@ -184,4 +186,6 @@ class SimDirectory:
             rows = db.execute("SELECT phone, push_name FROM sim_contacts ORDER BY phone").fetchall()
         finally:
             db.close()
-        return [Contact(phone=phone, jid=to_jid(phone), push_name=name) for phone, name in rows if phone != me]
+        return [Contact(phone=None, lid=key.partition("@")[0], jid=key, push_name=name) if is_lid(key)  # by LID only
+                else Contact(phone=key, jid=to_jid(key), push_name=name)
+                for key, name in rows if key != me]

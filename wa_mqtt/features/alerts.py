@@ -2,12 +2,13 @@
 
 An episode begins when an account enters `logged_out`, `conflict`, `banned` or `error`, or stays
 `disconnected` (retries in `connecting` included) longer than `alerts.after` seconds; it ends when the
-account is `connected` again, or when it is stopped on request or removed (a person acted: nothing to
-tell). For each episode: `bridge/event` `alert` (`phone`, `state`, `error_code`, `since`), the retained
-`<base>/<phone>/problem` turns on (Home Assistant's `problem` binary sensor), and each `alerts.to` gets
-one WhatsApp message from a healthy account (`alerts.via`, or `any` connected one but the account in
-trouble) naming the account, the state, the error and what to do. When it ends by reconnecting:
-`bridge/event` `recovered` and, if the alert message went out, one "recovered" message.
+account is `connected` again, or when it is stopped or logged out on request (the `logout` request,
+or the web page's button) or removed (a person acted: nothing to tell). For each episode:
+`bridge/event` `alert` (`phone`, `state`, `error_code`, `since`), the retained `<base>/<phone>/problem`
+turns on (Home Assistant's `problem` binary sensor), and each `alerts.to` gets one WhatsApp message
+from a healthy account (`alerts.via`, or `any` connected one but the account in trouble) naming the
+account, the state, the error and what to do. When it ends by reconnecting: `bridge/event`
+`recovered` and, if the alert message went out, one "recovered" message.
 
 A message waits (in memory) until a healthy account can send it; an alert still waiting when its
 account recovers is dropped, and no "recovered" message follows it. Sends go through the send
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from .. import events as ev
+from ..accounts.machine import logged_out_on_request
 from ..accounts.manager import AccountManager, UnknownAccount
 from ..alerting import (
     ALERTING,
@@ -137,7 +139,7 @@ class Alerts:
             self._end(status.phone, account, recovered=True)
             self._flush()
             return
-        if state in ENDS_QUIETLY:
+        if state in ENDS_QUIETLY or logged_out_on_request(status):  # a person acted: nothing to tell
             self._clear_timer(account)
             account.down_since = None
             self._end(status.phone, account, recovered=False)

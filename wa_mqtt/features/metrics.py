@@ -48,6 +48,7 @@ class AccountFigures:
     queued_outgoing: int
     last_event_age: float | None  # seconds since the last thing heard from WhatsApp
     engine_rss_bytes: int | None
+    degraded: bool = False  # connected, but keepalives go unanswered (status `degraded`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,8 @@ def families(snapshot: Snapshot) -> Iterator[Metric]:
     state = GaugeMetricFamily("wa_mqtt_account_state", "1 for the state the account is in, 0 for the others",
                               labels=["phone", "state"])
     connected = GaugeMetricFamily("wa_mqtt_account_connected", "1 while the account is connected", labels=["phone"])
+    degraded = GaugeMetricFamily("wa_mqtt_account_degraded",
+                                 "1 while the account is connected but its keepalives go unanswered", labels=["phone"])
     messages_in = CounterMetricFamily("wa_mqtt_messages_received", "Messages received from WhatsApp",
                                       labels=["phone"])
     messages_out = CounterMetricFamily("wa_mqtt_messages_sent", "Messages sent to WhatsApp", labels=["phone"])
@@ -75,6 +78,7 @@ def families(snapshot: Snapshot) -> Iterator[Metric]:
         for name in STATES:
             state.add_metric([account.phone, name], 1.0 if account.state == name else 0.0)
         connected.add_metric([account.phone], 1.0 if account.state == AccountState.CONNECTED else 0.0)
+        degraded.add_metric([account.phone], 1.0 if account.degraded else 0.0)
         messages_in.add_metric([account.phone], account.messages_in)
         messages_out.add_metric([account.phone], account.messages_out)
         reconnects.add_metric([account.phone], account.reconnects)
@@ -87,7 +91,7 @@ def families(snapshot: Snapshot) -> Iterator[Metric]:
     spool.add_metric([], snapshot.spool_depth)
     accounts = GaugeMetricFamily("wa_mqtt_accounts", "Accounts of the bridge")
     accounts.add_metric([], len(snapshot.accounts))
-    yield from (state, connected, messages_in, messages_out, reconnects, queued, age, rss, spool, accounts)
+    yield from (state, connected, degraded, messages_in, messages_out, reconnects, queued, age, rss, spool, accounts)
 
 
 class _LoopCollector(Collector):
@@ -158,5 +162,5 @@ class Metrics:
                 messages_out=supervisor.messages_out, reconnects=supervisor.account.reconnects,
                 queued_outgoing=status.queued_outgoing,
                 last_event_age=None if heard is None else max(0.0, (now - heard).total_seconds()),
-                engine_rss_bytes=None if rss is None else rss * 1024))
+                engine_rss_bytes=None if rss is None else rss * 1024, degraded=status.degraded))
         return Snapshot(tuple(accounts), len(self._spool))

@@ -2,7 +2,9 @@
 from WhatsApp. When nothing has been heard (status `last_event_at`: a message, a receipt, the connect,
 a check's answer) for `watchdog.silent_after` seconds, the connection is checked with a cheap server
 round trip (`Supervisor.check_link`); a check that goes unanswered makes the account reconnect
-(`disconnected`, `keepalive_timeout`, then the usual backoff).
+(`disconnected`, `keepalive_timeout`, then the usual backoff). A `degraded` account (keepalives
+unanswered) is left to whatsmeow, which already knows and recovers it (issue 14): no check meanwhile;
+nor is an account while the data disk is full (the engines may not be read then: not a silent link).
 
 One check at a time per account; the accounts are looked at every `period(silent_after)` seconds.
 """
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING
 from .. import events as ev
 from ..bus import EventBus
 from ..config import Config
+from ..errors import ErrorCode
 from ..model import AccountState, Status
 from ..tasks import BackgroundTasks
 
@@ -34,8 +37,12 @@ def period(silent_after: float) -> float:
 
 
 def silent_for(status: Status, now: datetime) -> float | None:
-    """Seconds nothing has been heard on a `connected` account; None when it is not connected."""
-    if status.state != AccountState.CONNECTED:
+    """Seconds nothing has been heard on a `connected` account; None when it is not connected, or
+    `degraded`: its keepalives go unanswered and whatsmeow, the owner of that connection's recovery
+    (issue 14), heals it or reconnects by itself; a check of ours would only fail and restart the client
+    under it. Nor while the data disk is full: the bridge may have stopped reading the engines then
+    (disk_full.py's back-pressure), so the silence is its own and a check's answer would go unread."""
+    if status.state != AccountState.CONNECTED or status.degraded or status.error_code == ErrorCode.DISK_FULL:
         return None
     heard = status.last_event_at or status.since
     return (now - heard).total_seconds()

@@ -158,14 +158,16 @@ async def _contacts(call: Call, _request: EmptyRequest) -> Result:
 
 
 async def _edit(call: Call, request: EditRequest) -> Result:
-    call.services.sending.check(OutgoingMessage(to=request.chat, text=request.text))  # allow_to, max_text_chars
+    sending = call.services.sending
+    sending.check_content(OutgoingMessage(to=request.chat, text=request.text))  # max_text_chars
+    await sending.allow(call.target, request.chat, "chat")  # allow_to as a send to that chat compares it
     msg_id = await call.services.manager.get(call.target).engine_call(
         lambda s: s.edit(request.chat, request.id, request.text))
     return {"id": msg_id}
 
 
 async def _revoke(call: Call, request: RevokeRequest) -> Result:
-    call.services.sending.check_recipient(request.chat, "chat")
+    await call.services.sending.allow(call.target, request.chat, "chat")
     msg_id = await call.services.manager.get(call.target).engine_call(lambda s: s.revoke(request.chat, request.id))
     return {"id": msg_id}
 

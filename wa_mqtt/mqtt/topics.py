@@ -13,8 +13,6 @@ BRIDGE_COMMANDS |= {"log_level", "restart"}  # operating it (issue 17)
 ACCOUNT_COMMANDS = frozenset({"connect", "disconnect", "logout", "send", "react", "read", "typing",
                               "check"}) | frozenset({
     "groups", "group_info", "contacts", "edit", "revoke"})  # issue 15
-SIM_ACTIONS = frozenset({"scan", "incoming", "drop", "outage", "logout", "replace", "crash", "hang", "balloon",
-                         "contacts"})
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from datetime import datetime
 import segno
 
 from ..errors import ErrorCode
-from ..model import Status, utc_iso
+from ..model import AccountState, Status, utc_iso
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +48,8 @@ def account_view(status: Status, counters: Counters, pairing: Pairing | None, la
         "since": utc_iso(status.since), "last_connected": utc_iso(status.last_connected),
         "error_code": status.error_code, "error": status.error,
         "reconnect_attempt": status.reconnect_attempt, "next_retry_at": utc_iso(status.next_retry_at),
+        "reconnects_by_itself": reconnects_by_itself(status),
+        "degraded": status.degraded, "last_event_at": utc_iso(status.last_event_at),
         "queued_outgoing": status.queued_outgoing,
         "messages_in": counters.messages_in, "messages_out": counters.messages_out, "reconnects": counters.reconnects,
         "last_event": None if last is None else {"type": last.type, "at": utc_iso(last.at)},
@@ -57,6 +59,13 @@ def account_view(status: Status, counters: Counters, pairing: Pairing | None, la
         view["pairing"] = ({"kind": "qr", "serial": pairing.serial} if pairing.kind == "qr"
                            else {"kind": "code", "code": pairing.code, "serial": pairing.serial})
     return view
+
+
+def reconnects_by_itself(status: Status) -> bool:
+    """A linked session that dropped and that whatsmeow reconnects by itself (issue 14: no timer of the
+    bridge, so no `next_retry_at`); not one parked after a pairing window ran out, which waits for a person."""
+    return (status.state == AccountState.DISCONNECTED and status.next_retry_at is None
+            and status.error_code != ErrorCode.PAIRING_TIMEOUT)
 
 
 def event_view(type_: str, data: Mapping[str, object], at: datetime) -> dict[str, object]:

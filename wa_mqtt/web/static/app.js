@@ -11,6 +11,7 @@ const LABELS = {
   since: "In this state since", last_connected: "Last connected", next_retry_at: "Next retry",
   reconnect_attempt: "Retry attempt", messages_in: "Messages in", messages_out: "Messages out",
   reconnects: "Reconnects", queued_outgoing: "Queued to send", last_event: "Last event",
+  last_event_at: "Last heard from WhatsApp",
 };
 const HEALTH = {
   version: "Version", broker_connected: "Broker", pending_publishes: "Waiting for the broker",
@@ -138,7 +139,7 @@ function showAccount(view) {
   $(".phone", node).textContent = "+" + view.phone;
   $(".name", node).textContent = view.name || "";
   const state = $(".state", node);
-  state.textContent = view.state.replace("_", " ");
+  state.textContent = view.state.replace("_", " ") + (view.degraded ? " (degraded)" : "");
   state.className = "state state-" + view.state; // not the state's bare name: `.pairing` is the QR's box
   $(".error", node).textContent = view.error ? view.error : "";
   const pairing = $(".pairing", node);
@@ -161,7 +162,7 @@ function showAccount(view) {
   if (view.next_retry_at) {
     figure(list, "next_retry_at", inSeconds(view.next_retry_at)).dataset.at = view.next_retry_at;
     figure(list, "reconnect_attempt", view.reconnect_attempt);
-  } else if (view.state === "disconnected") {
+  } else if (view.reconnects_by_itself) {
     // a linked session that dropped: WhatsApp's client library reconnects it by itself (no bridge timer)
     figure(list, "next_retry_at", "automatic");
   }
@@ -169,6 +170,7 @@ function showAccount(view) {
   figure(list, "messages_out", view.messages_out);
   figure(list, "reconnects", view.reconnects);
   if (view.queued_outgoing) figure(list, "queued_outgoing", view.queued_outgoing);
+  figure(list, "last_event_at", when(view.last_event_at));
   figure(list, "last_event", view.last_event ? `${view.last_event.type.replaceAll("_", " ")}, ${when(view.last_event.at)}` : "—");
   $('[data-action="connect"]', node).disabled = RUNNING.has(view.state);
   $('[data-action="disconnect"]', node).disabled = STOPPED.has(view.state);
