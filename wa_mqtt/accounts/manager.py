@@ -70,6 +70,7 @@ class AccountManager:
         self._folders = asyncio.Lock()  # folder moves and the reconcile of sessions/ never interleave
         self._backup_locks: dict[str, asyncio.Lock] = {}  # one backup of a store at a time
         self._disk_full: str | None = None  # the data disk's condition, for accounts added meanwhile
+        self._pg_sessions = config.store.url  # `store.url`: the sessions are in PostgreSQL (store/pg_sessions.py)
         bus.subscribe(ev.AccountConnected, lambda event: self.after_connected(event.phone), OWNER)
         bus.subscribe(ev.LinkedElsewhere, self._on_linked_elsewhere, OWNER)
         bus.subscribe(ev.DiskFullChanged, lambda event: self.set_disk_full(event.error), OWNER)
@@ -95,15 +96,19 @@ class AccountManager:
     def restore_all(self) -> list[str]:
         """Create a supervisor for every account folder and configured phone; start the linked ones."""
         self.store.ensure_root()
+        if self._pg_sessions is not None:
+            log.info("sessions in PostgreSQL: no file backups or integrity checks of them here "
+                     "(back PostgreSQL up instead, e.g. pg_dump; see docs/scaling.md)")
         restored: list[str] = []
         for phone in self.store.account_phones():
             if phone in self._accounts or (self._owns is not None and not self._owns(phone)):
                 continue  # already here, or another bridge of the cluster runs it
             paths = self.store.paths(phone)
             meta = self.store.read_meta(phone)
-            if paths.store.exists() and meta.get("stopped_by_user"):
+            stored = paths.store.exists() or self._pg_sessions is not None  # in PostgreSQL: the engine tells
+            if stored and meta.get("stopped_by_user"):
                 self._add(phone, meta, AccountState.STOPPED)  # `disconnect` outlives a restart
-            elif paths.store.exists():
+            elif stored:
                 # `connecting` is published now; the store is checked (and repaired from a backup)
                 # off the loop, then the engine starts: a hundred checks never delay the first status.
                 self._add(phone, meta, AccountState.CONNECTING)
@@ -137,7 +142,7 @@ class AccountManager:
     async def _check_and_start(self, phone: str) -> None:
         """Integrity-check the store; replace a bad one by the newest good backup; then start or `error`."""
         paths = self.store.paths(phone)
-        reason = await asyncio.to_thread(check_store, paths.store)
+        reason = None if self._pg_sessions is not None else await asyncio.to_thread(check_store, paths.store)
         supervisor = self._accounts.get(phone)
         if supervisor is None:
             return
@@ -198,6 +203,9 @@ class AccountManager:
             if item not in self._accounts:
                 continue  # removed (or moved) since the backup was asked for
             paths = self.store.paths(item)
+            if self._pg_sessions is not None:
+                results[item] = "in PostgreSQL (back it up with pg_dump)"
+                continue
             if not paths.store.exists():
                 results[item] = "no store"
                 continue
@@ -322,8 +330,21 @@ class AccountManager:
         await self._drop(phone)
         if delete_files:
             await asyncio.to_thread(self.store.remove, phone)
+            if self._pg_sessions is not None:
+                await asyncio.to_thread(self._drop_pg_session, phone)
         self._outbox.clear(phone)
         self._bus.emit(ev.AccountRemoved(phone))
+
+    def _drop_pg_session(self, phone: str) -> None:
+        """Drop the account's session schema in PostgreSQL (everything of its session goes)."""
+        from ..store.pg_sessions import drop_account
+
+        assert self._pg_sessions is not None
+        try:
+            if drop_account(self._pg_sessions, phone):
+                log.info("%s: session dropped from PostgreSQL", phone)
+        except Exception as exc:  # noqa: BLE001 (the account is gone here; its schema stays for an admin)
+            log.warning("%s: session schema not dropped from PostgreSQL: %s", phone, exc)
 
     async def adopt(self, phone: str) -> bool:
         """A folder appeared in sessions/ (copied in), or this bridge took the account's lease: restore
@@ -331,7 +352,7 @@ class AccountManager:
         if phone in self._accounts or not is_phone(phone) or (self._owns is not None and not self._owns(phone)):
             return False
         paths = self.store.paths(phone)
-        if not paths.store.exists():
+        if not paths.store.exists() and self._pg_sessions is None:  # in PostgreSQL: the engine tells
             return False
         self._add(phone, self.store.read_meta(phone), AccountState.CONNECTING, announce=True)
         self._spawn_check(phone)

@@ -42,9 +42,22 @@ async def join_cluster(coordinator: Coordinator, config: Config, store: SessionS
         if gate is not None:
             gate.changed()
 
+    waiting: set[asyncio.Task[None]] = set()
+
+    async def adopt_when_ready(phone: str) -> None:
+        await manager.wait_ready()
+        if manager.find(phone) is None and coordinator.owns(phone):
+            await manager.adopt(phone)
+
     async def start(phone: str) -> None:
         if manager.find(phone) is None and manager.ready:
             await manager.adopt(phone)
+        elif manager.find(phone) is None:
+            # claimed before the manager restored this folder's accounts: one with no folder here (its
+            # session is in PostgreSQL, store/pg_sessions.py) is adopted once the manager is ready
+            task = asyncio.get_running_loop().create_task(adopt_when_ready(phone), name=f"adopt-{phone}")
+            waiting.add(task)
+            task.add_done_callback(waiting.discard)
 
     phones = await asyncio.to_thread(store.account_phones)
     try:

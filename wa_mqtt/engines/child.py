@@ -56,12 +56,14 @@ def make_inner_engine(name: EngineName, options: EngineOptions, *, crash: Callab
     policy = options.media.policy()
     if name == "sim":
         from .sim import SimEngine
+        from .sim_pg import sim_engine_for
 
-        return SimEngine(crash=crash, media_policy=policy, downloads=options.downloads, presence=options.presence)
+        return sim_engine_for(SimEngine(crash=crash, media_policy=policy, downloads=options.downloads,
+                                        presence=options.presence), options.store_url_value)
     from .neonize_engine import NeonizeEngine
 
     return NeonizeEngine(media_policy=policy, proxy=options.proxy_url, downloads=options.downloads,
-                         presence=options.presence)
+                         presence=options.presence, store_url=options.store_url_value)
 
 
 class ChildServer:

@@ -49,6 +49,7 @@ from .base import (
 )
 from .incoming_media import MediaSaver
 from .neonize_calls import engine_error
+from .neonize_store import account_of, store_for
 from .options import DownloadOptions, EngineOptions, Presence
 from .poll_store import PollStore
 
@@ -136,8 +137,9 @@ class NeonizeEngine:
     def __init__(self, *, clock: Clock = _utcnow, executor_workers: int = 32,
                  stop_timeout: float = 10.0, media_policy: MediaPolicy | None = None,
                  proxy: str | None = None, downloads: DownloadOptions | None = None, presence: Presence = "available",
-                 pairing_stop_grace: float = 2.0) -> None:
+                 pairing_stop_grace: float = 2.0, store_url: str | None = None) -> None:
         self._clock = clock
+        self.store_url = store_url  # config `store.url`: each account's store in PostgreSQL (neonize_store.py)
         self.downloads = downloads or EngineOptions().downloads  # incoming media (config `media`)
         self.proxy = proxy  # config `proxy`: WhatsApp's websocket and media go through it
         self.presence: Presence = presence  # config `presence`: sent on every connect
@@ -150,7 +152,7 @@ class NeonizeEngine:
 
     def has_device(self, store_path: Path) -> bool:
         try:
-            return bool(stored_device_jids(store_path))
+            return bool(store_for(self.store_url, account_of(store_path), store_path).device_jids())
         except sqlite3.DatabaseError as exc:
             log.warning("store %s unreadable: %s", store_path, exc)
             return False
@@ -191,6 +193,7 @@ class NeonizeSession:
                  recent_limit: int = 500) -> None:
         self.phone = phone
         self.store_path = store_path
+        self.store = store_for(engine.store_url, phone, store_path)  # its SQLite file or its PostgreSQL schema
         self._emit = emit
         self._engine = engine
         self._clock = engine._clock
@@ -301,7 +304,7 @@ class NeonizeSession:
         from neonize.aioze.client import ClientFactory, NewAClient
         from neonize.utils.jid import build_jid
 
-        dsn = store_dsn(self.store_path)
+        dsn = await asyncio.to_thread(self.store.dsn)
         self.store_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:  # creates the tables on a fresh store (first connects race on that otherwise)
             await asyncio.to_thread(ClientFactory.get_all_devices_from_db, dsn)
@@ -310,7 +313,7 @@ class NeonizeSession:
         if self.store_path.exists():
             os.chmod(self.store_path, 0o600)
         try:
-            jids = stored_device_jids(self.store_path)
+            jids = await asyncio.to_thread(self.store.device_jids)
         except sqlite3.DatabaseError as exc:
             raise EngineError(f"store unreadable: {exc}") from exc
         if jids:
@@ -676,7 +679,7 @@ class NeonizeSession:
 
     async def _fetch_groups(self, client: NewAClient, contacts: bool) -> None:
         try:  # Go aborts the process on store calls of a client without a device: ask only a linked one
-            linked = bool(await asyncio.to_thread(stored_device_jids, self.store_path))
+            linked = bool(await asyncio.to_thread(self.store.device_jids))
         except sqlite3.Error:
             linked = False
         if not linked:
@@ -758,7 +761,7 @@ class NeonizeSession:
         secret = await self._message_secret(message_id) if message_id is not None else None
         if retry and secret is not None:
             try:
-                known = await asyncio.to_thread(calls.sent_with_secret, self.store_path, secret)
+                known = await asyncio.to_thread(self.store.sent_with_secret, secret)
             except sqlite3.Error as exc:
                 log.warning("%s: cannot tell whether %s went out before (%s); sending it", self.phone, message_id, exc)
                 known = None
@@ -778,7 +781,7 @@ class NeonizeSession:
         except EngineError:
             if secret is not None:
                 try:
-                    await asyncio.to_thread(calls.forget_secret, self.store_path, secret)
+                    await asyncio.to_thread(self.store.forget_secret, secret)
                 except sqlite3.Error as exc:
                     log.warning("%s: could not drop the record of failed send %s: %s", self.phone, message_id, exc)
             raise
@@ -786,7 +789,7 @@ class NeonizeSession:
     async def _message_secret(self, message_id: str) -> bytes | None:
         if self._device_key is None:
             try:
-                self._device_key = await asyncio.to_thread(calls.device_key, self.store_path, self.phone)
+                self._device_key = await asyncio.to_thread(self.store.device_key)
             except sqlite3.Error as exc:
                 log.warning("%s: store unreadable (%s)", self.phone, exc)
         if self._device_key is None:

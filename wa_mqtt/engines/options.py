@@ -76,6 +76,7 @@ class EngineOptions(_Options):
     downloads: DownloadOptions = DownloadOptions()  # incoming media
     proxy: SecretStr | None = _config_default(Config, "proxy")  # WhatsApp traffic through it (neonize)
     presence: Presence = _config_default(Config, "presence")  # sent on every connect (issue 14)
+    store_url: SecretStr | None = None  # `store.url`: each account's session in PostgreSQL (store/pg_sessions.py)
 
     @classmethod
     def from_config(cls, config: Config) -> EngineOptions:
@@ -84,12 +85,18 @@ class EngineOptions(_Options):
                                       block_private_urls=outgoing.block_private_urls),
                    downloads=DownloadOptions.from_config(config),
                    proxy=SecretStr(config.proxy) if config.proxy is not None else None,
-                   presence=config.presence)
+                   presence=config.presence,
+                   store_url=SecretStr(config.store.url) if config.store.url is not None else None)
 
     @property
     def proxy_url(self) -> str | None:
         """The proxy URL with its password: for the engine's connect, never for a log."""
         return self.proxy.get_secret_value() if self.proxy is not None else None
+
+    @property
+    def store_url_value(self) -> str | None:
+        """`store.url` with its password: for the engine's store, never for a log."""
+        return self.store_url.get_secret_value() if self.store_url is not None else None
 
     def to_wire(self) -> str:
         """JSON for the child, secrets included (see the module docstring for where it may travel)."""
@@ -103,7 +110,7 @@ class EngineOptions(_Options):
         except ValidationError as exc:
             raise EngineOptionsError(f"engine options: {describe_validation_error(exc)}") from None
 
-    @field_serializer("proxy")
+    @field_serializer("proxy", "store_url")
     def _dump_proxy(self, proxy: SecretStr | None, info: SerializationInfo) -> str | None:
         if proxy is None:
             return None
@@ -112,4 +119,7 @@ class EngineOptions(_Options):
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
-            yield name, mask_url(self.proxy_url) if name == "proxy" and value is not None else value
+            if name in ("proxy", "store_url") and value is not None:
+                yield name, mask_url(value.get_secret_value())
+            else:
+                yield name, value

@@ -58,6 +58,7 @@ class ProcessEngine:
         self.intake = intake or Intake()
         self.max_rss_kb = settings.max_rss_mb * 1024
         self.log_level = log_level
+        self._store_url = options.store_url_value  # `store.url`: sessions in PostgreSQL
         self._options_wire = options.to_wire()  # serialised once; launch.py keeps it off `ps`
         self._sessions: set[ProcessSession] = set()
         self._fork_server = ForkServer(inner) if settings.fork_server and fork_server_available() else None
@@ -69,7 +70,19 @@ class ProcessEngine:
 
     def has_device(self, store_path: Path) -> bool:
         """Read in the parent without loading the engine (neonize's reader needs no Go)."""
-        if self.name == "sim":
+        if self._store_url is not None:  # `store.url`: the account's schema in PostgreSQL
+            from ..store.pg_sessions import has_device
+            from .sim_pg import account_of
+
+            phone = account_of(store_path)
+            try:
+                known = has_device(self._store_url, phone)
+            except Exception as exc:  # noqa: BLE001 (no server now: "no device"; the next start asks again)
+                log.warning("%s: session store in PostgreSQL unreadable: %s", phone, exc)
+                return False
+            if known is not None or self.name == "neonize":
+                return bool(known)
+        if self.name == "sim":  # (with store.url: a file not yet taken into PostgreSQL, see sim_pg.py)
             from .sim import read_device
 
             return read_device(store_path) is not None

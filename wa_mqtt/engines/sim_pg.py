@@ -1,0 +1,184 @@
+"""The sim engine with its store in PostgreSQL (`store.url`): what makes a cluster testable without
+a shared sessions folder.
+
+The sim keeps its device, LID map, message numbers, the ids WhatsApp already took, its groups and
+its ban in a small SQLite file (engines/sim.py). With `store.url` that file is a working copy: its
+bytes are kept in the account's PostgreSQL schema (`wa_<phone>.sim_store`, store/pg_sessions.py),
+which is what counts.
+
+- Opening a session copies PostgreSQL's version over the local file (the bridge that took the
+  account over has none, or an old one). When PostgreSQL has none yet but the local file holds a
+  device (a setup moving to `store.url`, a store written by a benchmark) the file is taken as it is
+  and saved.
+- After every call into the session (a request, a sim control, a start or stop), every event it
+  emits and on close, a file that changed is saved, in one statement, before the caller hears of
+  the result: what the bridge saw answered is in PostgreSQL, so a bridge killed right after loses
+  nothing its successor needs.
+
+One connection per engine (all the accounts of a bridge running the sims inside it, or the one
+account of an engine child).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any
+
+from ..store import pg_sessions
+from ..store.pg import Locked
+from .base import EmitFn, EngineEvent
+from .sim import SimEngine, SimSession, read_device
+
+log = logging.getLogger(__name__)
+_JOURNALS = ("-journal", "-wal", "-shm")
+
+
+def account_of(store_path: Path) -> str:
+    """The phone whose store this is: `sessions/<phone>/store.db` (accounts/store.py's layout)."""
+    return Path(store_path).parent.name
+
+
+class SimStoreMirror:
+    """One account's sim store file and its copy in PostgreSQL."""
+
+    def __init__(self, db: Locked, phone: str, store_path: Path) -> None:
+        self._db = db
+        self.phone = phone
+        self.path = Path(store_path)
+        self._saved: tuple[int, int] | None = None  # (mtime_ns, size) of the file last saved or loaded
+
+    def load(self) -> None:
+        """PostgreSQL's copy over the local file; the local file saved when PostgreSQL has none."""
+        with self._db.lock:
+            data = _load(self._db, self.phone)
+        if data is None:
+            if read_device(self.path) is not None:
+                log.info("%s: sim store taken from %s into PostgreSQL", self.phone, self.path)
+                self.save(force=True)
+            elif self.path.exists():
+                self._remove_local()
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for suffix in _JOURNALS:
+            self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
+        temporary = self.path.with_name(self.path.name + ".pg")
+        temporary.write_bytes(data)
+        os.replace(temporary, self.path)
+        self._saved = _stamp(self.path)
+        log.debug("%s: sim store loaded from PostgreSQL (%d bytes)", self.phone, len(data))
+
+    def save(self, force: bool = False) -> None:
+        """Save the file when it changed since it was last saved or loaded."""
+        stamp = _stamp(self.path)
+        if stamp is None or (stamp == self._saved and not force):
+            return
+        data = self.path.read_bytes()
+        device = read_device(self.path)
+        with self._db.lock:
+            pg_sessions.save_sim_on(self._db.conn, self.phone, data, device[0] if device else None)
+        self._saved = stamp
+
+    def _remove_local(self) -> None:
+        """A local file without a device and nothing in PostgreSQL: a stale leftover, not the account's."""
+        for suffix in ("", *_JOURNALS):
+            self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
+
+
+def _load(db: Locked, phone: str) -> bytes | None:
+    return pg_sessions.load_sim_on(db.conn, phone)
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    return info.st_mtime_ns, info.st_size
+
+
+class PgSimSession:
+    """A SimSession whose store is saved to PostgreSQL after every call, event and close."""
+
+    def __init__(self, inner: SimSession, mirror: SimStoreMirror) -> None:
+        self._inner = inner
+        self._mirror = mirror
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._inner, name)
+        if not callable(value) or name.startswith("_"):
+            return value
+
+        @functools.wraps(value)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            result = value(*args, **kwargs)
+            if isinstance(result, Awaitable):
+                return self._saving(result)
+            self._mirror.save()
+            return result
+
+        return call
+
+    async def _saving(self, work: Awaitable[Any]) -> Any:
+        try:
+            return await work
+        finally:
+            self._mirror.save()
+
+    async def close(self) -> None:
+        try:
+            await self._inner.close()
+        finally:
+            self._mirror.save()
+
+
+class PgSimEngine:
+    """SimEngine with every account's store in its PostgreSQL schema (see the module docstring)."""
+
+    name = "sim"
+
+    def __init__(self, inner: SimEngine, url: str) -> None:
+        self._inner = inner
+        self._url = url
+        self._db: Locked | None = None
+
+    def _conn(self) -> Locked:
+        if self._db is None:
+            self._db = Locked(self._url)
+        return self._db
+
+    def has_device(self, store_path: Path) -> bool:
+        phone = account_of(store_path)
+        db = self._conn()
+        with db.lock:
+            known = pg_sessions.has_device_on(db.conn, phone)
+        if known is not None:
+            return known
+        return read_device(store_path) is not None  # to be taken into PostgreSQL on open
+
+    def open_session(self, phone: str, store_path: Path, emit: EmitFn) -> PgSimSession:
+        mirror = SimStoreMirror(self._conn(), phone, store_path)
+        mirror.load()
+
+        def emit_saving(event: EngineEvent) -> None:
+            emit(event)
+            try:
+                mirror.save()
+            except Exception as exc:  # noqa: BLE001 - the next call saves it again; the event is out already
+                log.warning("%s: sim store not saved to PostgreSQL after an event: %s", phone, exc)
+
+        return PgSimSession(self._inner.open_session(phone, store_path, emit_saving), mirror)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+        if self._db is not None:
+            self._db.close()
+
+
+def sim_engine_for(inner: SimEngine, store_url: str | None) -> SimEngine | PgSimEngine:
+    """The sim engine itself without `store.url`, else the one keeping its stores in PostgreSQL."""
+    return inner if store_url is None else PgSimEngine(inner, store_url)
+
