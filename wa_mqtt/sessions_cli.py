@@ -32,6 +32,8 @@ def _out(line: str) -> None:
 
 
 def run_sessions_command(config: Config, args: argparse.Namespace) -> int:
+    if config.store.url is not None:
+        return _postgres_sessions(config, args)
     store = SessionStore(config.sessions_dir)
     command = args.sessions_command
     phone = getattr(args, "phone", None)
@@ -115,4 +117,47 @@ def _restore(config: Config, store: SessionStore, phone: str, backup: str | None
 def _remove(store: SessionStore, phone: str) -> int:
     store.remove(phone)
     _out(f"{phone}: removed")
+    return 0
+
+
+def _postgres_sessions(config: Config, args: argparse.Namespace) -> int:
+    """With `store.url` the sessions are schemas in PostgreSQL (store/pg_sessions.py): listed from there;
+    backups and restores are PostgreSQL's (pg_dump / pg_restore); `remove` goes through a bridge."""
+    from .store import pg_sessions
+    from .store.pg import PgUnavailable, masked
+
+    url = config.store.url
+    assert url is not None
+    command = args.sessions_command
+    phone = getattr(args, "phone", None)
+    if phone is not None and not is_phone(phone):
+        print(f"wa_mqtt: {phone!r} is not a phone number (international, digits only)", file=sys.stderr)
+        return 2
+    where = f"PostgreSQL at {masked(url)}"
+    if command in ("backup", "restore"):
+        _out(f"the sessions are in {where} (store.url): no file {command}s of them; "
+             + ("back the database up with pg_dump (e.g. pg_dump -Fc), see docs/scaling.md" if command == "backup"
+                else "restore the database with pg_restore, see docs/scaling.md"))
+        return 0 if command == "backup" else 2
+    if command == "remove" and not args.force:
+        print(f"wa_mqtt: the sessions are in {where}, shared by every bridge of the cluster: remove the account "
+              f"through a bridge ({config.mqtt.base_topic}/bridge/request/remove {{\"phone\": \"{phone}\"}}); "
+              "--force drops its schema anyway", file=sys.stderr)
+        return 2
+    try:
+        if command == "remove" and phone is not None:
+            dropped = pg_sessions.drop_account(url, phone)
+            SessionStore(config.sessions_dir).remove(phone)
+            _out(f"{phone}: {'removed' if dropped else 'no session in PostgreSQL; local folder removed'}")
+            return 0 if dropped else 1
+        schemas = pg_sessions.session_schemas(url)
+        _out(f"sessions in {where}: no file checks or backups here (pg_dump)")
+        if not schemas:
+            _out("no accounts")
+        for item in schemas:
+            linked = pg_sessions.has_device(url, item)
+            _out(f"{item}  schema={pg_sessions.account_schema(item)}  linked={'yes' if linked else 'no'}")
+    except PgUnavailable as exc:
+        print(f"wa_mqtt: {exc}", file=sys.stderr)
+        return 2
     return 0

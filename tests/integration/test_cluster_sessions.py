@@ -6,7 +6,10 @@ removed with its schema."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,6 +31,12 @@ def _sim_device(pg_url: str, phone: str) -> str | None:
     with psycopg.connect(pg_url) as conn:
         row = conn.execute(f"SELECT device FROM wa_{phone}.sim_store").fetchone()
     return row[0] if row else None
+
+
+async def _cli(bridge: BridgeProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "wa_mqtt", "--config", str(bridge.env.config_path), "sessions", *args],
+        capture_output=True, text=True, timeout=30)
 
 
 async def test_a_session_in_postgresql_is_paired_restored_taken_over_and_removed_without_shared_files(
@@ -53,6 +62,13 @@ async def test_a_session_in_postgresql_is_paired_restored_taken_over_and_removed
             assert "no file backups or integrity checks" in b1.log()
             backup = await probe.request("bridge", "backup", {"phone": A})
             assert backup["status"] == "ok" and "pg_dump" in str(backup["data"]), backup
+            listed = await _cli(b1, "list")
+            assert listed.returncode == 0 and f"{A}  schema=wa_{A}  linked=yes" in listed.stdout, listed
+            backed = await _cli(b1, "backup", A)
+            assert backed.returncode == 0 and "pg_dump" in backed.stdout and not (folders["b1"] / A / "backups").exists()
+            refused = await _cli(b1, "remove", A)  # the cluster's session: through a bridge
+            assert refused.returncode == 2 and "bridge/request/remove" in refused.stderr
+            assert _sim_device(pg_url, A) == A
 
             # restarted with its sessions folder gone: restored from PostgreSQL
             assert b1.stop() == 0

@@ -54,6 +54,15 @@ def test_the_wire_round_trip_is_lossless() -> None:
     assert EngineOptions.from_wire(wire.encode()).proxy_url == PROXY
 
 
+def test_the_store_url_reaches_the_engine_with_its_password_masked_everywhere_but_on_the_wire() -> None:
+    url = f"postgres://wa:{SECRET}@db:5432/wa_mqtt"
+    options = EngineOptions.from_config(build_config({"store": {"url": url}}))
+    assert options.store_url_value == url and EngineOptions().store_url_value is None
+    assert EngineOptions.from_wire(options.to_wire()).store_url_value == url  # the child's sessions store
+    for shown in (repr(options), str(options.model_dump()), options.model_dump_json()):
+        assert SECRET not in shown and "postgres://wa:***@db:5432/wa_mqtt" in shown, shown
+
+
 def test_the_proxy_password_is_masked_everywhere_but_on_the_wire() -> None:
     options = EngineOptions.from_config(configured())
     for shown in (repr(options), str(options), str(options.model_dump()), options.model_dump_json(),
