@@ -13,7 +13,7 @@ which is what counts.
 - After every call into the session (a request, a sim control, a start or stop), every event it
   emits and on close, a file that changed is saved, in one statement, before the caller hears of
   the result: what the bridge saw answered is in PostgreSQL, so a bridge killed right after loses
-  nothing its successor needs.
+  nothing its successor needs. (A save the server missed is logged and made with the next change.)
 
 One connection per engine (all the accounts of a bridge running the sims inside it, or the one
 account of an engine child).
@@ -53,8 +53,7 @@ class SimStoreMirror:
 
     def load(self) -> None:
         """PostgreSQL's copy over the local file; the local file saved when PostgreSQL has none."""
-        with self._db.lock:
-            data = _load(self._db, self.phone)
+        data = self._db.read(lambda conn: pg_sessions.load_sim_on(conn, self.phone))
         if data is None:
             if read_device(self.path) is not None:
                 log.info("%s: sim store taken from %s into PostgreSQL", self.phone, self.path)
@@ -72,24 +71,26 @@ class SimStoreMirror:
         log.debug("%s: sim store loaded from PostgreSQL (%d bytes)", self.phone, len(data))
 
     def save(self, force: bool = False) -> None:
-        """Save the file when it changed since it was last saved or loaded."""
+        """Save the file when it changed since it was last saved or loaded. A server that cannot be
+        reached is logged, not raised: the file stays changed, so the next save tries again (the
+        whole store each time, so a repeat is harmless)."""
         stamp = _stamp(self.path)
         if stamp is None or (stamp == self._saved and not force):
             return
         data = self.path.read_bytes()
         device = read_device(self.path)
-        with self._db.lock:
-            pg_sessions.save_sim_on(self._db.conn, self.phone, data, device[0] if device else None)
+        try:  # an upsert of the whole store: as safe to repeat on a new connection as a read
+            self._db.read(lambda conn: pg_sessions.save_sim_on(conn, self.phone, data, device[0] if device else None))
+        except Exception as exc:  # noqa: BLE001 (PostgreSQL away: the bridge fences its engines meanwhile)
+            log.warning("%s: sim store not saved to PostgreSQL (%s); saved with the next change",
+                        self.phone, str(exc).strip())
+            return
         self._saved = stamp
 
     def _remove_local(self) -> None:
         """A local file without a device and nothing in PostgreSQL: a stale leftover, not the account's."""
         for suffix in ("", *_JOURNALS):
             self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
-
-
-def _load(db: Locked, phone: str) -> bytes | None:
-    return pg_sessions.load_sim_on(db.conn, phone)
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
@@ -152,9 +153,11 @@ class PgSimEngine:
 
     def has_device(self, store_path: Path) -> bool:
         phone = account_of(store_path)
-        db = self._conn()
-        with db.lock:
-            known = pg_sessions.has_device_on(db.conn, phone)
+        try:
+            known = self._conn().read(lambda conn: pg_sessions.has_device_on(conn, phone))
+        except Exception as exc:  # noqa: BLE001 (no server now: "no device"; the next start asks again)
+            log.warning("%s: session store in PostgreSQL unreadable: %s", phone, str(exc).strip())
+            return False
         if known is not None:
             return known
         return read_device(store_path) is not None  # to be taken into PostgreSQL on open
@@ -165,10 +168,7 @@ class PgSimEngine:
 
         def emit_saving(event: EngineEvent) -> None:
             emit(event)
-            try:
-                mirror.save()
-            except Exception as exc:  # noqa: BLE001 - the next call saves it again; the event is out already
-                log.warning("%s: sim store not saved to PostgreSQL after an event: %s", phone, exc)
+            mirror.save()
 
         return PgSimSession(self._inner.open_session(phone, store_path, emit_saving), mirror)
 
