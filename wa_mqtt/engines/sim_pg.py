@@ -22,6 +22,7 @@ account of an engine child).
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 from collections.abc import Awaitable
@@ -49,7 +50,7 @@ class SimStoreMirror:
         self._db = db
         self.phone = phone
         self.path = Path(store_path)
-        self._saved: tuple[int, int] | None = None  # (mtime_ns, size) of the file last saved or loaded
+        self._saved: bytes | None = None  # digest of the content last saved or loaded
 
     def load(self) -> None:
         """PostgreSQL's copy over the local file; the local file saved when PostgreSQL has none."""
@@ -67,17 +68,20 @@ class SimStoreMirror:
         temporary = self.path.with_name(self.path.name + ".pg")
         temporary.write_bytes(data)
         os.replace(temporary, self.path)
-        self._saved = _stamp(self.path)
+        self._saved = _digest(data)
         log.debug("%s: sim store loaded from PostgreSQL (%d bytes)", self.phone, len(data))
 
     def save(self, force: bool = False) -> None:
         """Save the file when it changed since it was last saved or loaded. A server that cannot be
         reached is logged, not raised: the file stays changed, so the next save tries again (the
         whole store each time, so a repeat is harmless)."""
-        stamp = _stamp(self.path)
-        if stamp is None or (stamp == self._saved and not force):
+        try:
+            data = self.path.read_bytes()  # a few dozen KB: reading and hashing it costs microseconds
+        except FileNotFoundError:
             return
-        data = self.path.read_bytes()
+        stamp = _digest(data)  # not the mtime: two writes within one clock tick would look like one
+        if stamp == self._saved and not force:
+            return
         device = read_device(self.path)
         try:  # an upsert of the whole store: as safe to repeat on a new connection as a read
             self._db.read(lambda conn: pg_sessions.save_sim_on(conn, self.phone, data, device[0] if device else None))
@@ -93,12 +97,8 @@ class SimStoreMirror:
             self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
 
 
-def _stamp(path: Path) -> tuple[int, int] | None:
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        return None
-    return info.st_mtime_ns, info.st_size
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 class PgSimSession:
