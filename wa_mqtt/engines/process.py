@@ -70,10 +70,10 @@ class ProcessEngine:
     def has_device(self, store_path: Path) -> bool:
         """Read in the parent without loading the engine (neonize's reader needs no Go)."""
         if self.name == "sim":
-            from .sim import read_device
+            from .sim_store import read_device
 
             return read_device(store_path) is not None
-        from .neonize_engine import stored_device_jids
+        from .neonize_store import stored_device_jids
 
         try:
             return bool(stored_device_jids(store_path))
