@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..model import IncomingMessage
 from . import neonize_calls as calls
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 PRESENCE_TRIES, PRESENCE_RETRY = 6, 5.0  # whatsmeow refuses a presence until the push name is known
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 
@@ -45,6 +46,8 @@ class NeonizeRefreshMixin:
     _engine: NeonizeEngine
     _account: str
     _client: NewAClient | None
+    _lock: asyncio.Lock
+    _stopping: bool
     _refresh: asyncio.Task[None] | None
     _side_tasks: set[asyncio.Task[None]]
     _group_names: dict[str, str]
@@ -58,14 +61,28 @@ class NeonizeRefreshMixin:
         self._side_tasks.add(task)
         task.add_done_callback(self._side_tasks.discard)
 
+    async def _go_call(self, client: NewAClient, call: Callable[[], Awaitable[T]]) -> T:
+        """Run a Go call of `client` under the session lock, only while it is the running client: a stop
+        (which takes the lock) then waits for it, since Go aborts the process when a client is freed under
+        a call. Cancelled meanwhile, it still waits for the call to return before the lock is let go."""
+        async with self._lock:
+            if client is not self._client or self._stopping:
+                raise EngineError("the client was stopped")
+            running = asyncio.ensure_future(call())
+            try:
+                return await asyncio.shield(running)
+            except asyncio.CancelledError:
+                await asyncio.wait([running])  # the thread runs on; the lock is held until Go returned
+                raise
+
     async def _send_presence(self, client: NewAClient) -> None:
         """Config `presence` on every connect: whatsmeow sends chat presence (typing) and the push name
         only after an available presence (presence.go)."""
         for attempt in range(PRESENCE_TRIES):
-            if client is not self._client:
+            if client is not self._client or self._stopping:
                 return
             try:
-                await calls.send_presence(client, self._engine.presence)
+                await self._go_call(client, lambda: calls.send_presence(client, self._engine.presence))
             except EngineError as exc:  # right after pairing the push name may not have arrived yet
                 if "pushname" not in str(exc).lower().replace(" ", "") or attempt == PRESENCE_TRIES - 1:
                     log.warning("%s: presence %s not sent: %s", self.phone, self._engine.presence, exc)
@@ -110,13 +127,13 @@ class NeonizeRefreshMixin:
             return
         if contacts:
             try:
-                found = [groups.contact(c) for c in await client.contact.get_all_contacts()]
+                found = [groups.contact(c) for c in await self._go_call(client, client.contact.get_all_contacts)]
                 self._contact_names = {c.phone or c.lid or "": c.saved_name or c.push_name or ""
                                        for c in found if c.saved_name or c.push_name}
             except Exception as exc:  # noqa: BLE001 (the names are a nicety; a failure is logged, never raised)
                 log.warning("%s: contact names unavailable: %s", self.phone, exc)
         try:
-            joined = await client.get_joined_groups()
+            joined = await self._go_call(client, client.get_joined_groups)
         except Exception as exc:  # noqa: BLE001 (as above: Go's error text, logged)
             log.warning("%s: joined groups unavailable: %s", self.phone, exc)
             return
