@@ -670,7 +670,7 @@ async def test_presence_and_pair_codes_reach_go(tmp_path: Path, caplog: pytest.L
     assert refused.value.code == "not_connected"
     with pytest.raises(PairPhoneError, match="not connected"):  # the real binding, with our parameters
         await calls.pair_code(session.client, session.phone)
-    caplog.set_level(logging.DEBUG, logger="wa_mqtt.engines.neonize_engine")
+    caplog.set_level(logging.DEBUG, logger="wa_mqtt.engines.neonize_refresh")
     await go_event(session, N.Connected(status=True))
     assert (await events.next()).kind == "connected"
     for _ in range(100):

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from wa_mqtt.engines.sim import SimEngine, read_device, write_device
+from wa_mqtt.engines.sim import SimEngine
 from wa_mqtt.engines.sim_pg import PgSimEngine
+from wa_mqtt.engines.sim_store import read_device, write_device
 from wa_mqtt.store import pg_sessions
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed: pip install 'psycopg[binary]'")

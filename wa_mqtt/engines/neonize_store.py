@@ -1,13 +1,13 @@
-"""Where one account's whatsmeow store is, and what the neonize engine reads of it directly.
+"""The neonize (whatsmeow) store as the bridge reads it without Go: the DSN neonize is given, and the
+linked devices' JIDs (read-only; the parent process asks it without loading the engine).
 
-Without `store.url` it is the SQLite file `sessions/<phone>/store.db`; with it, the account's schema in
-PostgreSQL (store/pg_sessions.py). Both give neonize its store name (`dsn`) and answer the few reads
-the engine does beside whatsmeow: the linked devices' JIDs (which device to restore), the device's
-noise key (keys `messageSecret`, neonize_calls.py) and the secrets of sends (a retry's "already
-sent?", a failed send's record dropped).
-
-A failure of either raises `sqlite3.Error` (the PostgreSQL one as `StoreError`, a subclass), so the
-engine's handlers treat an unreadable store alike whichever it is.
+Where one account's store is: without `store.url` the SQLite file `sessions/<phone>/store.db`; with it,
+the account's schema in PostgreSQL (store/pg_sessions.py). `store_for` gives either as a
+`NeonizeStore`: neonize's store name (`dsn`) and the few reads the engine does beside whatsmeow (the
+linked devices' JIDs, the device's noise key that keys `messageSecret` in neonize_calls.py, the
+secrets of sends for a retry's "already sent?" and a failed send's record dropped). A failure of
+either raises `sqlite3.Error` (the PostgreSQL one as `StoreError`, a subclass), so the engine's
+handlers treat an unreadable store alike whichever it is.
 """
 
 from __future__ import annotations
@@ -17,7 +17,30 @@ from pathlib import Path
 from typing import Protocol
 
 from . import neonize_calls as calls
+from .base import EngineError
 from .neonize_convert import jid_user
+
+
+def store_dsn(store_path: Path) -> str:
+    """The store name neonize passes to Go (`file:<name>?_foreign_keys=on` is built there)."""
+    path = str(Path(store_path).absolute())
+    if "?" in path or "#" in path:
+        raise EngineError(f"store path may not contain '?' or '#': {path}")
+    # Go appends `?_foreign_keys=on`; the trailing `&` turns that into an ignored key.
+    return f"{path}?_busy_timeout=15000&_foreign_keys=on&"
+
+
+def stored_device_jids(store_path: Path) -> list[str]:
+    """The linked devices' JIDs (`4915…:7@s.whatsapp.net`) in a store, read-only; [] when none or no store."""
+    path = Path(store_path)
+    if not path.is_file():
+        return []
+    with sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True) as db:
+        has_table = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='whatsmeow_device'").fetchone()
+        if not has_table:
+            return []
+        return [row[0] for row in db.execute("SELECT jid FROM whatsmeow_device ORDER BY rowid")]
 
 
 class StoreError(sqlite3.DatabaseError):
@@ -46,13 +69,9 @@ class SqliteNeonizeStore:
         self.path = Path(store_path)
 
     def dsn(self) -> str:
-        from .neonize_engine import store_dsn
-
         return store_dsn(self.path)
 
     def device_jids(self) -> list[str]:
-        from .neonize_engine import stored_device_jids
-
         return stored_device_jids(self.path)
 
     def device_key(self) -> bytes | None:

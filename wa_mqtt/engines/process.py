@@ -83,10 +83,10 @@ class ProcessEngine:
             if known is not None or self.name == "neonize":
                 return bool(known)
         if self.name == "sim":  # (with store.url: a file not yet taken into PostgreSQL, see sim_pg.py)
-            from .sim import read_device
+            from .sim_store import read_device
 
             return read_device(store_path) is not None
-        from .neonize_engine import stored_device_jids
+        from .neonize_store import stored_device_jids
 
         try:
             return bool(stored_device_jids(store_path))

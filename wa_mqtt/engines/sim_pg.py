@@ -32,7 +32,8 @@ from typing import Any
 from ..store import pg_sessions
 from ..store.pg import Locked
 from .base import EmitFn, EngineEvent
-from .sim import SimEngine, SimSession, read_device
+from .sim import SimEngine, SimSession
+from .sim_store import read_device
 
 log = logging.getLogger(__name__)
 _JOURNALS = ("-journal", "-wal", "-shm")
