@@ -89,6 +89,17 @@ async def test_a_session_in_postgresql_is_paired_restored_taken_over_and_removed
             sent = await probe.request(A, "send", {"to": ANA, "text": "two", "id": "s2"}, timeout=15)
             assert sent["status"] == "ok", sent
 
+            # logged out: the store (its schema) goes; linked again: it comes back
+            out = await probe.request(A, "logout", {}, timeout=15)
+            assert out["status"] == "ok", out
+            assert f"wa_{A}" not in _schemas(pg_url)
+            mark = probe.mark()
+            assert (await probe.request(A, "connect", {}))["status"] == "ok"
+            await probe.wait_state(A, "pairing", after=mark)
+            await probe.sim(A, "scan")
+            await probe.wait_state(A, "connected", after=mark)
+            assert _sim_device(pg_url, A) == A
+
             # removed: its schema goes. (The broker may hand a bridge request to the killed bridge's
             # persistent session, a member of the shared subscription until it expires: asked again,
             # the next one goes to b2.)

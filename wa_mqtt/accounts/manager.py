@@ -312,6 +312,8 @@ class AccountManager:
         store = self.store.paths(phone).store
         for path in (store, store.with_name(store.name + "-wal"), store.with_name(store.name + "-shm")):
             path.unlink(missing_ok=True)
+        if self._pg_sessions is not None:  # the store is the account's schema: it goes likewise
+            await asyncio.to_thread(self._drop_pg_session, phone)
         log.info("%s: logged out, store removed", phone)
         return supervisor
 
