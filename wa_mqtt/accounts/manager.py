@@ -158,6 +158,9 @@ class AccountManager:
         if self._engine.has_device(paths.store):
             supervisor.apply(m.Start())
         else:
+            if self._pg_sessions is not None and paths.store.is_file() and paths.store.stat().st_size:
+                log.warning("%s: %s is not used with store.url (the session is read from PostgreSQL, which has "
+                            "no linked device of it): link the account again (docs/scaling.md)", phone, paths.store)
             meta = self.store.read_meta(phone)
             state = AccountState.LOGGED_OUT if meta.get("last_connected") else AccountState.STOPPED
             supervisor.apply(m.Settle(state, "no linked device in the store; send connect to link it"
