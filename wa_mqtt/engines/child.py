@@ -1,8 +1,9 @@
 """An engine session in a child process: `python -m wa_mqtt.engines.child --engine sim --phone P --store S`.
 
 Runs one account's real session (sim or neonize) and speaks the protocol of protocol.py on
-stdin/stdout; logs go to stderr. Requests are handled one at a time, in order. A heartbeat with the
-child's RSS goes out every `--heartbeat` seconds. When stdin closes (the bridge went away, even by
+stdin/stdout; logs go to stderr. Requests are handled one at a time, in order, sends the bridge
+wrote several at once too (a chained one after a send that must wait is refused: `p.SendChain`).
+A heartbeat with the child's RSS goes out every `--heartbeat` seconds. When stdin closes (the bridge went away, even by
 SIGKILL) the session is closed and the process exits: no orphan keeps a WhatsApp session open.
 While it has the store open it holds the account folder's lock (folder_lock.py): a second engine
 process for the same store (one of a killed bridge, still closing) is waited for, never run beside.
@@ -72,6 +73,7 @@ class ChildServer:
         self._options = options
         self._heartbeat = heartbeat
         self._out = sys.stdout.buffer
+        self._chain = p.SendChain()
 
     def _write(self, line: bytes) -> None:
         self._out.write(line)
@@ -104,7 +106,9 @@ class ChildServer:
                 if request.op == "close":
                     self._write(p.encode_reply(p.Reply(request.id, True)))
                     break
-                self._write(p.encode_reply(await self._call(session, request)))
+                reply = self._chain.refusal(request) or await self._call(session, request)
+                self._chain.answered(request, reply)
+                self._write(p.encode_reply(reply))
         finally:
             beat.cancel()
             try:

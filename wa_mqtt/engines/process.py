@@ -147,6 +147,14 @@ class ProcessSession:
         result = await self._call("send", p.SendArgs(message=message, message_id=message_id, retry=retry))
         return SendResult.model_validate(result)
 
+    async def send_in_order(self, message: OutgoingMessage, message_id: str, retry: bool,
+                            chained: bool) -> SendResult:
+        """`SendsInOrder`: the request is written when this starts (tasks start in the order created),
+        before any earlier one is answered; the child carries them out in that order."""
+        result = await self._call(
+            "send", p.SendArgs(message=message, message_id=message_id, retry=retry, chained=chained))
+        return SendResult.model_validate(result)
+
     async def react(self, chat: str, message_id: str, emoji: str, sender: str | None = None) -> str:
         return str(await self._call("react", p.ReactArgs(chat=chat, id=message_id, emoji=emoji, sender=sender)))
 
