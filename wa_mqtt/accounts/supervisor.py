@@ -89,6 +89,8 @@ class Supervisor:
         self._stalled = False  # a send of the pipeline must wait: all after it stay queued too
         self._pipe_room = asyncio.Event()
         self._pipe_task: asyncio.Task[None] | None = None
+        self._sync_task: asyncio.Task[None] | None = None
+        self._synced = asyncio.Event()  # `_sync_begun` synced a batch
         self._closed = False
         self.messages_in = 0
         self.messages_out = 0
@@ -177,13 +179,11 @@ class Supervisor:
 
     def _dispatch(self) -> None:
         """Begin the tries of the accepted sends not begun yet, in order: each stores its WhatsApp id (a
-        commit without fsync), then one fsync makes all of them durable (a group commit) before the
-        engine may have any; then `_hand` them over. Runs at the end of the loop turn a send was
-        accepted in, so the sends accepted in one turn share the fsync."""
+        commit without fsync); `_sync_begun` then makes them durable with one fsync (a group commit)
+        before the engine may have any. Runs at the end of the loop turn a send was accepted in."""
         self._dispatch_due = False
         if self._stalled or self._closed or self.state != AccountState.CONNECTED:
             return
-        begun = 0
         for piped in itertools.islice(self._pipeline, self._begun, None):
             try:
                 piped.started = self._outbox.begin_attempt(piped.entry.id, new_message_id())
@@ -193,10 +193,32 @@ class Supervisor:
                 break
             piped.begun = True
             self._begun += 1
-            begun += 1
-        if begun:
-            self._outbox.sync()  # the entries, their ids and their tries on disk before WhatsApp may have one
-        self._hand()
+        if self._begun and (self._sync_task is None or self._sync_task.done()):
+            self._sync_task = asyncio.create_task(self._sync_begun(), name=f"sync-{self.phone}")
+
+    async def _sync_begun(self) -> None:
+        """fsync the outbox for the begun sends, on a thread: the loop goes on serving meanwhile, and
+        the sends begun during one fsync share the next (an fsync takes ~0.2 ms on an idle disk,
+        milliseconds on a busy one). Then `_hand` them over."""
+        loop = asyncio.get_running_loop()
+        while batch := [piped for piped in itertools.islice(self._pipeline, self._begun) if not piped.synced]:
+            await loop.run_in_executor(None, self._outbox.sync)  # covers every commit made before it
+            for piped in batch:
+                piped.synced = True
+            self._synced.set()
+            self._hand()
+
+    async def _wait_synced(self, piped: _Piped) -> None:
+        while not piped.synced:
+            task = self._sync_task
+            if task is None or task.done():  # not to be: synced here, then
+                self._outbox.sync()
+                for begun in itertools.islice(self._pipeline, self._begun):
+                    begun.synced = True
+                self._hand()
+                return
+            self._synced.clear()
+            await self._synced.wait()
 
     def _hand(self) -> None:
         """Hand the begun sends to a session that `SendsInOrder` (an engine process), in order, up to
@@ -208,6 +230,8 @@ class Supervisor:
             return
         media = False  # a media send is with the engine
         for piped in itertools.islice(self._pipeline, self._begun):
+            if not piped.synced:
+                break
             if piped.reply is not None:
                 media = media or piped.message.kind != "text"
                 continue
@@ -243,6 +267,10 @@ class Supervisor:
                 if started is None:  # gone meanwhile (expired or removed)
                     self._unpipe(piped, None)
                     continue
+                if not piped.synced:  # its try on disk first (`_sync_begun`)
+                    await self._wait_synced(piped)
+                    if piped.reply is None and (self._stalled or self.state != AccountState.CONNECTED):
+                        continue  # taken as above, on the next round
                 try:
                     if piped.reply is not None:
                         result = await piped.reply
@@ -327,7 +355,7 @@ class Supervisor:
         """Stop timers and the engine session; end `run()`."""
         self._closed = True
         self._cancel_timers()
-        for task in (self._flush_task, self._pipe_task):
+        for task in (self._flush_task, self._pipe_task, self._sync_task):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -579,6 +607,7 @@ class _Piped:
     message: OutgoingMessage
     outcome: asyncio.Future[SendOutcome]
     begun: bool = False  # its try was begun (`started`), or it was found gone
+    synced: bool = False  # ... and that is on disk (fsync'd): it may go to the engine
     started: OutboxEntry | None = None  # the entry with its try begun: its WhatsApp id; None when gone
     reply: asyncio.Future[SendResult] | None = None  # its engine call, when handed to a `SendsInOrder` session
 
