@@ -80,6 +80,13 @@ def _sent_db(store_path: Path) -> sqlite3.Connection:
     return db
 
 
+def _inode(path: Path) -> int:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return -1
+
+
 def read_device(store_path: Path) -> tuple[str, str | None] | None:
     """(phone, name) of the linked device in a sim store, or None."""
     if not store_path.exists():
@@ -181,6 +188,7 @@ class SimSession:
         self._numbers_end = 0  # the reserved block is [_next_number, _numbers_end)
         self._tasks: set[asyncio.Task[None]] = set()
         self._reconnect: asyncio.TimerHandle | None = None
+        self._sent: tuple[int, sqlite3.Connection] | None = None  # the store's inode, a connection to its sent ids
 
     # -- EngineSession -------------------------------------------------------------------------
     async def start(self, pair_method: PairMethod = "qr") -> None:
@@ -236,21 +244,30 @@ class SimSession:
         return SendResult(id=msg_id, timestamp=now)
 
     def _delivered_at(self, message_id: str) -> datetime | None:
-        db = _sent_db(self.store_path)
-        try:
-            row = db.execute("SELECT sent_at FROM sim_sent WHERE id = ?", (message_id,)).fetchone()
-        finally:
-            db.close()
+        row = self._sent_ids().execute("SELECT sent_at FROM sim_sent WHERE id = ?", (message_id,)).fetchone()
         return datetime.fromisoformat(row[0]) if row else None
 
     def _record_delivery(self, message_id: str, now: datetime) -> None:
-        db = _sent_db(self.store_path)
-        try:
-            with db:
-                db.execute("INSERT OR REPLACE INTO sim_sent VALUES (?, ?)", (message_id, now.isoformat()))
-                db.execute("DELETE FROM sim_sent WHERE sent_at < ?", ((now - SENT_IDS_KEPT).isoformat(),))
-        finally:
-            db.close()
+        db = self._sent_ids()
+        with db:
+            db.execute("INSERT OR REPLACE INTO sim_sent VALUES (?, ?)", (message_id, now.isoformat()))
+            db.execute("DELETE FROM sim_sent WHERE sent_at < ?", ((now - SENT_IDS_KEPT).isoformat(),))
+
+    def _sent_ids(self) -> sqlite3.Connection:
+        """The store's sent ids, on a connection kept open (opening one cost ~0.5 ms, and a send made two;
+        its journal is kept, not created and removed with each write); a new one for a new store file."""
+        inode = _inode(self.store_path)
+        if self._sent is None or self._sent[0] != inode:
+            self._close_sent()
+            db = _sent_db(self.store_path)
+            db.execute("PRAGMA journal_mode=PERSIST")
+            self._sent = (_inode(self.store_path), db)
+        return self._sent[1]
+
+    def _close_sent(self) -> None:
+        if self._sent is not None:
+            self._sent[1].close()
+            self._sent = None
 
     async def react(self, chat: str, message_id: str, emoji: str, sender: str | None = None) -> str:
         self._require_connected()
@@ -271,6 +288,7 @@ class SimSession:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._close_sent()
 
     # -- control topics ------------------------------------------------------------------------
     async def sim_control(self, action: str, payload: bytes) -> None:
