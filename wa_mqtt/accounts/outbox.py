@@ -20,7 +20,8 @@ Durability: every call commits before it returns, so every change survives a pro
 Against a power loss (`synchronous=FULL`, the default) the fsyncs are placed where a loss would
 double a send or lose an accepted one, not one per change (each cost 0.2 - 0.6 ms on the loop, three
 per send):
-- `enqueue`, `begin_attempt`, `complete` / `complete_and_begin` commit without an fsync (NORMAL);
+- `enqueue` (with its first try begun, or not), `begin_attempt`, `complete` / `complete_and_begin`
+  commit without an fsync (NORMAL);
 - before an engine call the caller runs `sync()` (one fsync of the WAL, which makes every commit
   before it durable, in order): the entry, its `wa_id` and its counted try are on disk before
   WhatsApp may have the message, so after a power loss it is retried under that id and flagged a
@@ -130,8 +131,11 @@ class Outbox:
             log.info("outbox %s: %d sends waiting from before", self.path, waiting)
 
     # -- the queue -------------------------------------------------------------------------------
-    def enqueue(self, account: str, request: dict[str, Any], client_id: str | None) -> tuple[OutboxEntry, bool]:
-        """Queue a send; (entry, False). If `client_id` is already waiting: (that entry, True), nothing added."""
+    def enqueue(self, account: str, request: dict[str, Any], client_id: str | None,
+                wa_id: str | None = None) -> tuple[OutboxEntry, bool]:
+        """Queue a send; (entry, False). If `client_id` is already waiting: (that entry, True), nothing added.
+        `wa_id`: its first try begins at once, in the same commit (as `begin_attempt(entry.id, wa_id)`):
+        a send that goes to the engine now. Like `begin_attempt`, durable only with the next `sync()`."""
         data = json.dumps(request, separators=(",", ":"))
         created = self._now()
         replaced: int | None = None  # a removed entry of the same client id whose delete was held
@@ -148,8 +152,8 @@ class Outbox:
                             replaced = row[0]
                             self._conn.execute("DELETE FROM outbox WHERE id = ?", (replaced,))
                     cursor = self._conn.execute(
-                        "INSERT INTO outbox (account, request, client_id, created_at) VALUES (?, ?, ?, ?)",
-                        (account, data, client_id, created))
+                        "INSERT INTO outbox (account, request, client_id, created_at, wa_id, tries) VALUES (?, ?, ?, ?, ?, ?)",
+                        (account, data, client_id, created, wa_id, 0 if wa_id is None else 1))
                     entry_id = cursor.lastrowid
                 if replaced is not None:  # only once committed: a rolled-back delete must stay held
                     self._removed.pop(replaced, None)
@@ -160,7 +164,8 @@ class Outbox:
                 self._report(self.name, exc)
             raise DiskFull("the data disk is full: the send could not be queued, and nothing was sent") from None
         assert entry_id is not None
-        return OutboxEntry(entry_id, account, json.loads(data), client_id, _datetime(created)), False
+        return OutboxEntry(entry_id, account, json.loads(data), client_id, _datetime(created), wa_id,
+                           0 if wa_id is None else 1), False
 
     def pending(self, account: str) -> list[OutboxEntry]:
         """The account's waiting sends, oldest first."""

@@ -152,14 +152,21 @@ class Supervisor:
         # this one waited must be found here, not queued again under a new WhatsApp id
         if message.id and (known := self._outbox.sent_id(self.phone, message.id)):
             return _done(loop, SendOutcome(id=known, queued=False, duplicate=True))
+        # into the pipeline when connected and nothing waits in the outbox before it but the pipeline's
+        # sends; its try begins with the enqueue then (its WhatsApp id stored in the same commit)
+        piping = self.state == AccountState.CONNECTED and not self._flushing() \
+            and self._outbox.depth(self.phone) == self._piped
+        begin = piping and not self._stalled
         entry, duplicate = self._outbox.enqueue(
             self.phone, {"message": message.model_dump(mode="json", exclude_none=True), "reply": dict(reply)},
-            message.id)
+            message.id, new_message_id() if begin else None)
         if duplicate:
             return _done(loop, SendOutcome(id=None, queued=True, queue_id=entry.id, duplicate=True))
-        if self.state == AccountState.CONNECTED and not self._flushing() \
-                and self._outbox.depth(self.phone) == self._piped + 1:
+        if piping:
             piped = _Piped(entry, message, loop.create_future())
+            if begin:  # the pipeline's begun sends stay its first ones: none is begun after a stall
+                piped.begun, piped.started = True, entry
+                self._begun += 1
             self._pipeline.append(piped)
             self._piped += 1
             self._in_flight.add(entry.id)
@@ -184,7 +191,7 @@ class Supervisor:
         self._dispatch_due = False
         if self._stalled or self._closed or self.state != AccountState.CONNECTED:
             return
-        for piped in itertools.islice(self._pipeline, self._begun, None):
+        for piped in itertools.islice(self._pipeline, self._begun, None):  # those `accept` could not begin
             try:
                 piped.started = self._outbox.begin_attempt(piped.entry.id, new_message_id())
             except DiskFull:
@@ -613,7 +620,8 @@ class _Piped:
 
 
 def _in_order(session: object) -> SendsInOrder | None:
-    return session if isinstance(session, SendsInOrder) else None
+    """`session` if it `SendsInOrder` (checked by its method: isinstance with a protocol is slow)."""
+    return session if callable(getattr(session, "send_in_order", None)) else None  # type: ignore[return-value]  # checked just now
 
 
 def _sending(message: OutgoingMessage, wa_id: str | None, retry: bool) -> Callable[[EngineSession], Awaitable[SendResult]]:
