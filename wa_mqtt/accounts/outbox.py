@@ -25,7 +25,8 @@ per send):
 - before an engine call the caller runs `sync()` (one fsync of the WAL, which makes every commit
   before it durable, in order): the entry, its `wa_id` and its counted try are on disk before
   WhatsApp may have the message, so after a power loss it is retried under that id and flagged a
-  retry (no double send). The sends accepted meanwhile (in order, before it) ride on the same fsync;
+  retry (no double send). Every send begun before it rides on the same fsync: the send pipeline
+  runs it on a thread for all the sends begun meanwhile (a group commit, supervisor.py);
 - before a send is answered `queued: true`, `sync()` again: the queued send that was promised
   survives a power loss;
 - a completion left unsynced can be lost with power: the entry comes back with its `wa_id` and
@@ -33,11 +34,6 @@ per send):
   so it is answered again but not sent again; the client id comes back with it (still deduplicated);
 - `remove` (a refused send), `remember_sent`, expiry and `clear` still fsync on commit: a refused
   send must not come back and go out.
-
-A full disk: a send that cannot be queued is refused (`DiskFull`, nothing was sent). What records a
-send already made (`remove`, `remember_sent`, expiry) cannot be refused: it is held in memory, honoured
-by every read (a removed entry is never sent again, a sent id stays known), reported to `report`, and
-written by `write_held` once there is space (disk_full.DiskFullWatch calls it).
 
 A full disk: a send that cannot be queued is refused (`DiskFull`, nothing was sent). What records a
 send already made (`remove`, `remember_sent`, expiry) cannot be refused: it is held in memory, honoured
