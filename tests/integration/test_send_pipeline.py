@@ -4,6 +4,8 @@ answered with its own WhatsApp id, `queued: false`, as when sent one at a time."
 
 from __future__ import annotations
 
+import pytest
+
 from wa_mqtt.accounts.supervisor import PIPELINE
 
 from harness import BridgeEnv, BridgeProcess, Probe
@@ -13,8 +15,12 @@ ANA = "5511988887777"
 N = 50
 
 
+@pytest.mark.parametrize("in_process", [False, True])
 async def test_sends_fired_at_once_go_out_in_request_order_each_answered_with_its_own_id(
-        env: BridgeEnv, bridge: BridgeProcess) -> None:
+        env: BridgeEnv, bridge: BridgeProcess, in_process: bool) -> None:
+    """With the engine in a child process several sends are with it at once; in process, one at a time."""
+    if in_process:
+        env.write_config(engine_process={"in_process": True})
     env.link_sim_account(A)
     bridge.start()
     async with Probe(env.broker, env.base) as probe:
