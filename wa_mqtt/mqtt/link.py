@@ -215,8 +215,8 @@ class _Client(aiomqtt.Client):
             if not self._disconnected.done():
                 self._disconnected.set_exception(exc)
             return
-        if client.want_write():  # the socket is full: the rest once it is writable, the aiomqtt way
-            super()._on_socket_register_write(client, userdata, sock)
+        if client.want_write() and client.socket() is not None:  # the socket is full: the rest once it is
+            super()._on_socket_register_write(client, userdata, sock)  # writable, the aiomqtt way
 
 
 def coalesce(packets: deque[dict[str, Any]]) -> None:
