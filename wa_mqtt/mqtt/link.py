@@ -178,7 +178,8 @@ def window_size(connack: Any) -> int:
 
 class _Client(aiomqtt.Client):
     """aiomqtt's client, keeping the CONNACK properties (the broker's receive maximum), which aiomqtt
-    does not expose, and writing the packets paho queued in one loop turn with one send.
+    does not expose, reading ahead (`ReadAhead`), and writing the packets paho queued in one loop turn
+    with one send.
 
     aiomqtt has paho write each packet with a send() of its own, once the socket is reported writable:
     per loop turn a wake-up of the loop, two epoll changes and a send per packet. A send goes out as a
@@ -194,6 +195,10 @@ class _Client(aiomqtt.Client):
         properties = args[4] if len(args) > 4 else kwargs.get("properties")
         self.connack = properties
         super()._on_connect(*args, **kwargs)
+
+    def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
+        client._sock = ReadAhead(sock)  # paho's own socket attribute: it reads and writes only through it
+        super()._on_socket_open(client, userdata, sock)
 
     def _on_socket_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
         if self._write_due:
@@ -217,6 +222,37 @@ class _Client(aiomqtt.Client):
             return
         if client.want_write() and client.socket() is not None:  # the socket is full: the rest once it is
             super()._on_socket_register_write(client, userdata, sock)  # writable, the aiomqtt way
+
+
+class ReadAhead:
+    """paho's socket, read in large chunks. paho reads a packet in ~3 recv() calls (its first byte,
+    the length bytes one at a time, the rest): 13 a send. This takes in what has arrived with one and
+    hands it out as paho asks. `pending()` says how much is held, as an SSL socket's does: aiomqtt's
+    reader reads on while it is not zero (nothing would wake it for data already read)."""
+
+    READ = 65536
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._held = b""
+        self._at = 0
+
+    def recv(self, size: int) -> bytes:
+        if self._at >= len(self._held):
+            data: bytes = self._sock.recv(max(size, self.READ))
+            if len(data) <= size:
+                return data
+            self._held, self._at = data, 0
+        chunk = self._held[self._at:self._at + size]
+        self._at += len(chunk)
+        return chunk
+
+    def pending(self) -> int:
+        inner = getattr(self._sock, "pending", None)
+        return len(self._held) - self._at + (inner() if inner is not None else 0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
 
 
 def coalesce(packets: deque[dict[str, Any]]) -> None:
