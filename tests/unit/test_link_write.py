@@ -1,5 +1,6 @@
-"""The link joins the packets paho queued in one loop turn into one write (`coalesce`): checked against a
-real paho client writing into a socket pair, so a paho that changed its packet queue fails here."""
+"""The link joins the packets paho queued in one loop turn into one write (`coalesce`), and reads ahead
+(`ReadAhead`): checked against a real paho client on a socket pair, so a paho that changed its packet
+queue or its reads fails here."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import socket
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from wa_mqtt.mqtt.link import coalesce
+from wa_mqtt.mqtt.link import ReadAhead, coalesce
 
 
 def _paho(sock: socket.socket) -> mqtt.Client:
@@ -71,3 +73,40 @@ def test_nothing_to_join() -> None:
     publishes = [("a/1", b"x", 1)]
     assert _written(True, publishes)[2] == 1
     assert _written(True, [("a/1", b"x", 0), ("a/2", b"y", 0)])[2] == 2
+
+
+def test_read_ahead_hands_out_what_one_recv_took_in_and_says_how_much_it_holds() -> None:
+    ours, theirs = socket.socketpair()
+    try:
+        ours.setblocking(False)
+        reader = ReadAhead(ours)
+        with pytest.raises(BlockingIOError):  # nothing there: as the socket says
+            reader.recv(1)
+        theirs.sendall(b"abcdefgh")
+        assert reader.recv(1) == b"a" and reader.pending() == 7
+        assert reader.recv(3) == b"bcd" and reader.recv(10) == b"efgh" and reader.pending() == 0
+        assert reader.fileno() == ours.fileno()  # the rest is the socket's
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_paho_reads_every_packet_through_read_ahead() -> None:
+    """Publishes written by one paho client, read by another through `ReadAhead`: every one arrives."""
+    ours, theirs = socket.socketpair()
+    try:
+        data, _, _ = _written(True, [(f"t/{i}", bytes([i]) * (i * 50), 0) for i in range(40)])  # QoS 0: no window
+        theirs.sendall(data)
+        reader = _paho(ours)
+        ours.setblocking(False)
+        reader._sock = ReadAhead(ours)  # type: ignore[assignment]  # as the link installs it
+        got: list[tuple[str, bytes]] = []
+        reader.on_message = lambda _c, _u, message: got.append((message.topic, message.payload))
+        reader._in_messages = {}  # private: no session state in a unit test
+        reader.loop_read()
+        while reader.socket().pending():  # type: ignore[union-attr]  # as aiomqtt's reader does
+            reader.loop_read()
+        assert got == [(f"t/{i}", bytes([i]) * (i * 50)) for i in range(40)]
+    finally:
+        ours.close()
+        theirs.close()
