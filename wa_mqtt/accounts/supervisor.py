@@ -3,7 +3,9 @@ engine session, its timers and the account's outgoing queue.
 
 Everything that changes the account goes through one inbox, handled one item at a time, so the state
 machine sees a single ordered stream of engine events, commands and timer expiries. Calls into the
-engine session are serialised by one lock (neonize must never see concurrent connect/stop).
+engine session are serialised by one lock (neonize must never see concurrent connect/stop), but for
+the sends pipelined to an engine process (`SendsInOrder`): its child serves its requests one at a
+time, in order, whatever the bridge writes meanwhile.
 """
 
 from __future__ import annotations
