@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
@@ -172,6 +173,7 @@ class App:
                 link_task = group.create_task(link.run(), name="mqtt-link")
                 manager_task = group.create_task(manager.run(), name="accounts")
                 await manager.wait_ready()
+                gc.freeze()  # what is loaded by now lives as long as the bridge: full collections skip it
                 sessions_watch.start()
                 if config_watch is not None:
                     config_watch.start()
