@@ -191,10 +191,39 @@ class _Client(aiomqtt.Client):
     connack: Any = None
     _write_due = False
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._acked: dict[int, Callable[[], None]] = {}  # QoS 1 publishes waiting for their PUBACK (`publish_then`)
+
     def _on_connect(self, *args: Any, **kwargs: Any) -> None:
         properties = args[4] if len(args) > 4 else kwargs.get("properties")
         self.connack = properties
         super()._on_connect(*args, **kwargs)
+
+    def publish_then(self, topic: str, payload: bytes, qos: int, retain: bool, properties: Properties | None,
+                     acked: Callable[[], None]) -> None:
+        """Publish without a task or an event each (aiomqtt's `publish` makes both, and a timer):
+        `acked()` runs once the broker acknowledged it (QoS 0: once written). A publish paho refuses
+        (a malformed topic) is logged and dropped; one it cannot make because the connection is gone
+        is left unacknowledged: the session ends, and the link publishes it again on the next one."""
+        try:
+            info = self._client.publish(topic, payload, qos, retain, properties)
+        except Exception:  # must not take the link down
+            log.exception("publish to %r refused; dropped", topic)
+            acked()
+            return
+        if info.rc != 0:  # not connected: the receiver sees the connection end
+            return
+        if qos == 0 or info.is_published():
+            acked()
+        else:
+            self._acked[info.mid] = acked
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, *args: Any) -> None:
+        super()._on_publish(client, userdata, mid, *args)
+        acked = self._acked.pop(mid, None)
+        if acked is not None:
+            acked()
 
     def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
         client._sock = ReadAhead(sock)  # paho's own socket attribute: it reads and writes only through it
@@ -457,7 +486,7 @@ class MqttLink:
             max_queued_outgoing_messages=None,
             max_inflight_messages=MAX_WINDOW,  # the window (window_size) is the limit that counts
             logger=_CLIENT_LOG,
-            queue_type=self._new_intake,  # type: ignore[arg-type]  # a factory is all aiomqtt needs
+            queue_type=self._new_intake,  # a factory is all aiomqtt needs
             # MQTT is many small packets (a PUBACK, then a response): with Nagle on, each second write
             # waits for the peer's delayed ACK, ~40 ms a hop (measured: 88 ms request -> response).
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
@@ -523,7 +552,7 @@ class MqttLink:
         except Exception:  # a bug in one handler must not drop the connection
             log.exception("failed to handle a message on %s", incoming.topic)
 
-    async def _publisher(self, client: aiomqtt.Client, window: PublishWindow, group: asyncio.TaskGroup) -> None:
+    async def _publisher(self, client: _Client, window: PublishWindow, group: asyncio.TaskGroup) -> None:
         """Retained state (each change, in order) before responses and events (in order), each
         published as soon as the window has a slot for it."""
         while True:
@@ -538,30 +567,26 @@ class MqttLink:
                 item = self._transient.popleft()
             key = next(self._dispatch_ids)
             self._in_flight[key] = item
-            group.create_task(self._send_control(client, window, key, item))
+            self._send_control(client, window, key, item)
 
-    async def _send_control(self, client: aiomqtt.Client, window: PublishWindow, key: int,
-                            item: _Retained | _Transient) -> None:
-        try:
-            if not is_topic_name(item.topic):  # paho would send an empty one, and the broker hang up on us
-                log.error("dropped a publish to %r: not a valid topic name", item.topic[:200])
-            elif isinstance(item, _Retained):
-                await client.publish(item.topic, item.payload, qos=1, retain=True)
-            else:
-                props = None
-                if item.correlation_data is not None:
-                    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho: no annotations
-                    props.CorrelationData = item.correlation_data
-                await client.publish(item.topic, item.payload, qos=item.qos, properties=props)
-        except aiomqtt.MqttError:
-            raise  # the connection is lost: the item is published again after the reconnect
-        except Exception:  # a publish paho refuses (a malformed topic) must not take the link down
-            log.exception("publish to %r refused; dropped", item.topic)
-        finally:
+    def _send_control(self, client: _Client, window: PublishWindow, key: int, item: _Retained | _Transient) -> None:
+        def acked() -> None:
             window.release(Lane.CONTROL)
-        del self._in_flight[key]
+            self._in_flight.pop(key, None)
 
-    async def _spool_publisher(self, client: aiomqtt.Client, window: PublishWindow,
+        if not is_topic_name(item.topic):  # paho would send an empty one, and the broker hang up on us
+            log.error("dropped a publish to %r: not a valid topic name", item.topic[:200])
+            acked()
+        elif isinstance(item, _Retained):
+            client.publish_then(item.topic, item.payload, 1, True, None, acked)
+        else:
+            props = None
+            if item.correlation_data is not None:
+                props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho: no annotations
+                props.CorrelationData = item.correlation_data
+            client.publish_then(item.topic, item.payload, item.qos, False, props, acked)
+
+    async def _spool_publisher(self, client: _Client, window: PublishWindow,
                                group: asyncio.TaskGroup) -> None:
         """The spool, oldest first, each entry as soon as the window has a slot for it; an entry
         leaves the spool only after its PUBACK and those of all older entries."""
@@ -580,15 +605,15 @@ class MqttLink:
                     continue
                 await window.acquire(Lane.SPOOL)
                 self._spool.publishing(entry.seq)
-                group.create_task(self._send_spooled(client, window, entry))
+                self._send_spooled(client, window, entry)
 
-    async def _send_spooled(self, client: aiomqtt.Client, window: PublishWindow, entry: SpoolEntry) -> None:
-        payload = redelivered_copy(entry.payload) if entry.redelivered else entry.payload
-        try:
-            await client.publish(entry.topic, payload, qos=entry.qos, retain=entry.retain)
-        finally:
+    def _send_spooled(self, client: _Client, window: PublishWindow, entry: SpoolEntry) -> None:
+        def acked() -> None:
             window.release(Lane.SPOOL)
-        self._spool_acked(entry.seq)
+            self._spool_acked(entry.seq)
+
+        payload = redelivered_copy(entry.payload) if entry.redelivered else entry.payload
+        client.publish_then(entry.topic, payload, entry.qos, entry.retain, None, acked)
 
     def _spool_acked(self, seq: int) -> None:
         upto = self._spool_acks.acked(seq)
