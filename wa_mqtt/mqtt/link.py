@@ -515,8 +515,8 @@ class MqttLink:
                      self._url_for_logs, "5" if self._v5 else "3.1.1", window.size)
             try:
                 async with asyncio.TaskGroup() as group:
-                    group.create_task(self._publisher(client, window, group))
-                    group.create_task(self._spool_publisher(client, window, group))
+                    group.create_task(self._publisher(client, window))
+                    group.create_task(self._spool_publisher(client, window))
                     group.create_task(self._receiver(client))
             except ExceptionGroup as errors:
                 lost, other = errors.split(aiomqtt.MqttError)
@@ -552,7 +552,7 @@ class MqttLink:
         except Exception:  # a bug in one handler must not drop the connection
             log.exception("failed to handle a message on %s", incoming.topic)
 
-    async def _publisher(self, client: _Client, window: PublishWindow, group: asyncio.TaskGroup) -> None:
+    async def _publisher(self, client: _Client, window: PublishWindow) -> None:
         """Retained state (each change, in order) before responses and events (in order), each
         published as soon as the window has a slot for it."""
         while True:
@@ -586,8 +586,7 @@ class MqttLink:
                 props.CorrelationData = item.correlation_data
             client.publish_then(item.topic, item.payload, item.qos, False, props, acked)
 
-    async def _spool_publisher(self, client: _Client, window: PublishWindow,
-                               group: asyncio.TaskGroup) -> None:
+    async def _spool_publisher(self, client: _Client, window: PublishWindow) -> None:
         """The spool, oldest first, each entry as soon as the window has a slot for it; an entry
         leaves the spool only after its PUBACK and those of all older entries."""
         self._spool_acks.new_connection()
