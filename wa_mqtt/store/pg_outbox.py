@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..accounts.outbox import IDEMPOTENCY_WINDOW, OutboxEntry
-from .pg import Locked, PgSchema, PgUpgrade, masked, upgrade
+from .pg import Locked, PgSchema, PgUpgrade, masked
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +59,7 @@ class PgOutbox:
         self.path = masked(url)  # what messages name it by
         self._clock = clock
         self._window = idempotency_window
-        self._db = Locked(url)
-        try:
-            upgrade(self._db.conn, SCHEMA)
-        except BaseException:
-            self._db.close()
-            raise
+        self._db = Locked.upgraded(url, SCHEMA)
 
     # -- the queue -------------------------------------------------------------------------------
     def enqueue(self, account: str, request: dict[str, Any], client_id: str | None,
