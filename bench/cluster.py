@@ -43,37 +43,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from pg_server import PgServer, pg_bin  # noqa: E402
+from run import descendants_of, pss_mb  # noqa: E402 - after the path above
 
 from wa_mqtt.engines.sim import write_device  # noqa: E402
 
 from harness import Broker  # noqa: E402 - after the path above
 
 
-def pss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def tree_pss_mb(pid: int) -> float:
     """PSS of a process and every process below it (the fork server and the engine children)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-    tree, frontier = {pid}, [pid]
-    while frontier:
-        parent = frontier.pop()
-        for child, its_parent in parents.items():
-            if its_parent == parent and child not in tree:
-                tree.add(child)
-                frontier.append(child)
     total = 0.0
-    for member in tree:
+    for member in (pid, *descendants_of(pid)):
         try:
             total += pss_mb(member)
         except (FileNotFoundError, ProcessLookupError):

@@ -119,6 +119,15 @@ def available_mb() -> int:
     return proc_kb("/proc/meminfo", "MemAvailable") // 1024
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def descendants_of(pid: int) -> dict[int, bytes]:
     """{pid: command line} of every process below `pid` (engine children are the fork server's)."""
     parents: dict[int, int] = {}
@@ -409,15 +418,24 @@ class Bench:
         try:
             async with Probe(self.broker, env.base, [f"{env.base}/{A}/status"]) as probe:
                 await probe.wait_state(A, "connected", timeout=30)
+            assert bridge.proc is not None
+            processes = [bridge.proc.pid, *descendants_of(bridge.proc.pid)]  # the bridge, its engine child
+            cpu_before = {pid: cpu_seconds(pid) for pid in processes}
             elapsed, lat = await drive_requests(
                 self.broker, n, window, f"{env.base}/{A}/request", f"{env.base}/{A}/response",
                 lambda i: json.dumps({"to": "5511988887777", "text": f"bench {i}", "transaction": i}))
+            cpu = sum(cpu_seconds(pid) - before for pid, before in cpu_before.items())
+            bridge_cpu = cpu_seconds(bridge.proc.pid) - cpu_before[bridge.proc.pid]
         finally:
             bridge.stop()
         self.add(Row(f"send path, {n} sends, {window} in flight (sends/s)", n / elapsed, "sends/s",
                      n / raw_elapsed, "raw request/response responder, pipelined", "≥ 0.8 × raw"))
         self.add(Row("send path p99 (ms)", percentile(lat, 99), "ms", percentile(raw_lat, 99),
                      "raw request/response responder, pipelined", "≤ 2 × raw"))
+        self.add(Row("send path: CPU per send, bridge (ms)", bridge_cpu / n * 1000, "ms", None,
+                     "user + system time of the bridge process"))
+        self.add(Row("send path: CPU per send, bridge + engine child (ms)", cpu / n * 1000, "ms", None,
+                     "and of the processes below it (the sim's engine child, the fork server)"))
 
     async def restore(self) -> None:
         sizes = [1, 10, 100] if self.quick else [1, 10, 100, 500]

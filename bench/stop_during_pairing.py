@@ -26,23 +26,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from harness import BridgeEnv, BridgeProcess, Broker, Probe
+from harness import BridgeEnv, BridgeProcess, Broker, Probe, engine_children
 
 PHONE = "5511900000077"
-
-
-def engine_children(sessions: Path) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"wa_mqtt.engines.child" in cmdline and str(sessions).encode() in cmdline:
-            found.append(int(entry.name))
-    return found
 
 
 def counts(pid: int) -> tuple[int, int]:

@@ -56,6 +56,21 @@ def wait_port(port: int, timeout: float = 10.0, open_: bool = True) -> None:
     raise TimeoutError(f"port {port} did not {'open' if open_ else 'close'} within {timeout} s")
 
 
+def engine_children(sessions: Path) -> list[int]:
+    """PIDs of engine child processes serving stores under `sessions`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()  # exec'd: its argv; forked: the title it set
+        except OSError:
+            continue
+        if b"wa_mqtt.engines.child" in cmdline and str(sessions).encode() in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
 class _MediaHandler(http.server.BaseHTTPRequestHandler):
     """Media URLs for fetch tests: `/small` (b"hello"), `/big` (5,000 bytes), redirects, 404 elsewhere."""
 

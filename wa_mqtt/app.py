@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
@@ -214,6 +215,7 @@ class App:
                 cluster_task = run_cluster(coordinator, bus, group) if coordinator is not None else None
                 manager_task = group.create_task(manager.run(), name="accounts")
                 await manager.wait_ready()
+                gc.freeze()  # what is loaded by now lives as long as the bridge: full collections skip it
                 sessions_watch.start()
                 if config_watch is not None:
                     config_watch.start()

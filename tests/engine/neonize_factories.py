@@ -121,3 +121,17 @@ async def everyone_on_whatsapp(*numbers: str) -> list[N.IsOnWhatsAppResponse]:
     """Stands in for a client's `is_on_whatsapp` (the network part of the lookup before a first send):
     every number has an account under its own digits."""
     return [N.IsOnWhatsAppResponse(Query=f"{n}@c.us", JID=jid(n.lstrip("+")), IsIn=True) for n in numbers]
+
+
+class Sends(list[tuple[N.JID, E.Message]]):
+    """Stands in for a client's `send_message` (the network part of a send): keeps each (to, message)
+    and answers as Go does, with the id given or OUT1, OUT2, ..."""
+
+    def __init__(self, msg_id: str | None = None) -> None:
+        super().__init__()
+        self._id = msg_id
+
+    async def __call__(self, to: N.JID, message: E.Message) -> N.SendResponse:
+        self.append((to, message))
+        return N.SendResponse(ID=self._id or f"OUT{len(self)}", Timestamp=1_795_000_000, ServerID=0,
+                              DebugTimings=N.MessageDebugTimings())

@@ -27,7 +27,7 @@ from wa_mqtt.engines.base import EngineError, EngineEvent, EngineSession, SimCon
 from wa_mqtt.engines.neonize_engine import NeonizeEngine, NeonizeSession, store_dsn
 from wa_mqtt.model import ErrorCode, OutgoingMessage
 
-from neonize_factories import everyone_on_whatsapp, jid, message_event, receipt_event, write_synthetic_device
+from neonize_factories import Sends, everyone_on_whatsapp, jid, message_event, receipt_event, write_synthetic_device
 
 TIMEOUT = 15
 
@@ -62,6 +62,22 @@ _phones = iter(range(4915100000100, 4915100000200))
 
 def next_phone() -> str:
     return str(next(_phones))  # Go keys clients by JID user: one phone per test
+
+
+async def restored(tmp_path: Path, engine: NeonizeEngine, phone: str | None = None,
+                   lid_map: dict[str, str] | None = None) -> tuple[NeonizeSession, Recorder]:
+    """A session on a synthetic stored device (tmp_path/store.db, with `lid_map` in whatsmeow_lid_map),
+    started offline: the dial failure it reports first is taken."""
+    phone = phone or next_phone()
+    store = fresh_store(tmp_path / "store.db")
+    write_synthetic_device(store, phone)
+    with sqlite3.connect(store) as db:
+        db.executemany("INSERT INTO whatsmeow_lid_map (lid, pn) VALUES (?, ?)", list((lid_map or {}).items()))
+    events = Recorder()
+    session = engine.open_session(phone, store, events)
+    await session.start()
+    assert (await events.next()).code == ErrorCode.DIAL_FAILED  # offline
+    return session, events
 
 
 async def go_event(session: NeonizeSession, event: object) -> None:
@@ -238,27 +254,14 @@ async def test_calls_without_a_client(tmp_path: Path, engine: NeonizeEngine) -> 
 
 async def test_replies_reactions_and_reads_on_an_offline_restored_client(tmp_path: Path,
                                                                          engine: NeonizeEngine) -> None:
-    phone = next_phone()
-    store = fresh_store(tmp_path / "store.db")
-    write_synthetic_device(store, phone)
-    events = Recorder()
-    session = engine.open_session(phone, store, events)
-    await session.start()
-    assert (await events.next()).code == ErrorCode.DIAL_FAILED
+    session, events = await restored(tmp_path, engine)
     group = jid("120363012345678901", "g.us")
     await go_event(session, message_event(E.Message(extendedTextMessage=E.ExtendedTextMessage(
         text="lunch?", contextInfo=E.ContextInfo(stanzaID="OLDER"))), msg_id="M1", chat=group,
         sender=jid("5511777777777", device=4)))
     assert (await events.next()).message.id == "M1"
 
-    sent: list[tuple[object, E.Message]] = []
-
-    async def send_message(to: object, message: E.Message) -> N.SendResponse:  # the network part of a send
-        sent.append((to, message))
-        return N.SendResponse(ID=f"OUT{len(sent)}", Timestamp=1_795_000_000, ServerID=0,
-                              DebugTimings=N.MessageDebugTimings())
-
-    session.client.send_message = send_message
+    session.client.send_message = sent = Sends()
     result = await session.send(OutgoingMessage(to="120363012345678901@g.us", text="yes", reply_to="M1"))
     assert result.id == "OUT1" and result.timestamp.year == 2026
     to, reply = sent[0]
@@ -305,15 +308,9 @@ async def test_a_retried_send_is_recognised_by_the_secret_whatsmeow_stored(tmp_p
     Offline, the real Go send gets that far (the recipient's LID is known) and then fails."""
     from wa_mqtt.engines import neonize_calls as calls
 
-    phone = next_phone()
-    store = fresh_store(tmp_path / "store.db")
-    write_synthetic_device(store, phone)
-    with sqlite3.connect(store) as db:  # no usync query for the recipient's LID
-        db.execute("INSERT INTO whatsmeow_lid_map (lid, pn) VALUES ('123456789012345', '5511999999999')")
-    events = Recorder()
-    session = engine.open_session(phone, store, events)
-    await session.start()
-    assert (await events.next()).code == ErrorCode.DIAL_FAILED
+    session, _events = await restored(tmp_path, engine,  # no usync query for the recipient's LID
+                                      lid_map={"123456789012345": "5511999999999"})
+    phone, store = session.phone, tmp_path / "store.db"
     message = OutgoingMessage(to="5511999999999", text="once")
     key = calls.device_key(store, phone)
     first, second = calls.message_secret(key, "3EB0FIRST"), calls.message_secret(key, "3EB0SECOND")
@@ -335,43 +332,22 @@ async def test_a_retried_send_is_recognised_by_the_secret_whatsmeow_stored(tmp_p
     assert failure.value.code == "not_connected"
     assert calls.sent_with_secret(store, second) is None
 
-    sent: list[E.Message] = []
-
-    async def send_message(to: object, built: E.Message) -> N.SendResponse:  # the network part of a send
-        sent.append(built)
-        return N.SendResponse(ID="OUT1", Timestamp=1_795_000_000, ServerID=0, DebugTimings=N.MessageDebugTimings())
-
-    async def is_on_whatsapp(*numbers: str) -> list[N.IsOnWhatsAppResponse]:  # the network part of a lookup
-        return [N.IsOnWhatsAppResponse(Query=f"{n}@c.us", JID=jid(n.lstrip("+")), IsIn=True) for n in numbers]
-
-    session.client.send_message = send_message
-    session.client.is_on_whatsapp = is_on_whatsapp
+    session.client.send_message = sent = Sends()
+    session.client.is_on_whatsapp = everyone_on_whatsapp
     result = await session.send(message, "3EB0SECOND", retry=True)
     assert (result.id, result.already_sent) == ("OUT1", False)
-    assert sent[0].messageContextInfo.messageSecret == second and sent[0].conversation == "once"
+    built = sent[0][1]
+    assert built.messageContextInfo.messageSecret == second and built.conversation == "once"
     await session.close()
 
 
 LID_KNOWN, LID_NEW = "123456789012345", "987654321098765"
 
 
-async def _restored(tmp_path: Path, engine: NeonizeEngine, lid_map: dict[str, str]) -> tuple[NeonizeSession, Recorder]:
-    phone = next_phone()
-    store = fresh_store(tmp_path / "store.db")
-    write_synthetic_device(store, phone)
-    with sqlite3.connect(store) as db:
-        db.executemany("INSERT INTO whatsmeow_lid_map (lid, pn) VALUES (?, ?)", list(lid_map.items()))
-    events = Recorder()
-    session = engine.open_session(phone, store, events)
-    await session.start()
-    assert (await events.next()).code == ErrorCode.DIAL_FAILED
-    return session, events
-
-
 async def test_lid_senders_are_resolved_through_the_store_lid_map_in_order(tmp_path: Path,
                                                                            engine: NeonizeEngine) -> None:
     """get_pn_from_lid against the real store; a message waiting for a lookup keeps its place."""
-    session, events = await _restored(tmp_path, engine, {LID_KNOWN: "5511555555555"})
+    session, events = await restored(tmp_path, engine, lid_map={LID_KNOWN: "5511555555555"})
     text = E.Message(conversation="x")
     await go_event(session, message_event(text, msg_id="M1", chat=jid(LID_KNOWN, "lid"), sender=jid(LID_KNOWN, "lid")))
     await go_event(session, message_event(text, msg_id="M2", chat=jid(LID_NEW, "lid"), sender=jid(LID_NEW, "lid")))
@@ -391,7 +367,7 @@ async def test_lid_senders_are_resolved_through_the_store_lid_map_in_order(tmp_p
 
 async def test_own_device_traffic_is_dropped_and_undecryptable_messages_are_published(tmp_path: Path,
                                                                                        engine: NeonizeEngine) -> None:
-    session, events = await _restored(tmp_path, engine, {})
+    session, events = await restored(tmp_path, engine)
     me = jid(session.phone, device=7)
     sync = E.Message(protocolMessage=E.ProtocolMessage(type=E.ProtocolMessage.HISTORY_SYNC_NOTIFICATION))
     await go_event(session, message_event(sync, msg_id="SYNC", from_me=True, chat=jid(session.phone), sender=me))
@@ -407,19 +383,12 @@ async def test_own_device_traffic_is_dropped_and_undecryptable_messages_are_publ
 
 async def test_answers_use_the_addressing_the_message_came_with(tmp_path: Path, engine: NeonizeEngine) -> None:
     """A message from a LID is replied to and reacted to with the LID, even when asked by phone."""
-    session, events = await _restored(tmp_path, engine, {LID_KNOWN: "5511555555555"})
+    session, events = await restored(tmp_path, engine, lid_map={LID_KNOWN: "5511555555555"})
     await go_event(session, message_event(E.Message(conversation="hi"), msg_id="L1", chat=jid(LID_KNOWN, "lid"),
                                           sender=jid(LID_KNOWN, "lid", device=3)))
     message = (await events.next()).message
     assert (message.chat, message.sender_jid) == ("5511555555555@s.whatsapp.net", f"{LID_KNOWN}@lid")
-    sent: list[tuple[N.JID, E.Message]] = []
-
-    async def send_message(to: N.JID, built: E.Message) -> N.SendResponse:  # the network part of a send
-        sent.append((to, built))
-        return N.SendResponse(ID=f"OUT{len(sent)}", Timestamp=1_795_000_000, ServerID=0,
-                              DebugTimings=N.MessageDebugTimings())
-
-    session.client.send_message = send_message
+    session.client.send_message = sent = Sends()
     assert await session.react(message.chat, "L1", "👍", sender=message.sender) == "OUT1"
     to, reaction = sent[0]
     assert (to.User, to.Server) == (LID_KNOWN, "lid")  # the chat as the message came
@@ -432,9 +401,9 @@ async def test_answers_use_the_addressing_the_message_came_with(tmp_path: Path, 
 
 
 async def test_phones_are_resolved_once_before_sending(tmp_path: Path, engine: NeonizeEngine) -> None:
-    session, _events = await _restored(tmp_path, engine, {})
+    session, _events = await restored(tmp_path, engine)
     asked: list[tuple[str, ...]] = []
-    sent: list[N.JID] = []
+    sent = Sends()
     brazil = {"+5511988887777": "551188887777"}  # typed with the ninth digit; WhatsApp knows it without
 
     async def is_on_whatsapp(*numbers: str) -> list[N.IsOnWhatsAppResponse]:  # the network part of a lookup
@@ -442,15 +411,10 @@ async def test_phones_are_resolved_once_before_sending(tmp_path: Path, engine: N
         return [N.IsOnWhatsAppResponse(Query=f"{n}@c.us", JID=jid(brazil.get(n, n.lstrip("+"))),
                                        IsIn=n != "+5511000000000") for n in numbers]
 
-    async def send_message(to: N.JID, built: E.Message) -> N.SendResponse:
-        sent.append(to)
-        return N.SendResponse(ID=f"OUT{len(sent)}", Timestamp=1_795_000_000, ServerID=0,
-                              DebugTimings=N.MessageDebugTimings())
-
-    session.client.is_on_whatsapp, session.client.send_message = is_on_whatsapp, send_message
+    session.client.is_on_whatsapp, session.client.send_message = is_on_whatsapp, sent
     for to in ("5511988887777", "5511988887777@s.whatsapp.net", "120363012345678901@g.us", f"{LID_NEW}@lid"):
         await session.send(OutgoingMessage(to=to, text="hi"))
-    assert [(j.User, j.Server) for j in sent] == [
+    assert [(j.User, j.Server) for j, _ in sent] == [
         ("551188887777", "s.whatsapp.net"), ("551188887777", "s.whatsapp.net"),
         ("120363012345678901", "g.us"), (LID_NEW, "lid")]
     assert asked == [("+5511988887777",)]  # once: the answer is cached; groups and LIDs are not looked up
@@ -488,29 +452,20 @@ async def test_a_poll_goes_out_and_its_votes_come_back_as_option_texts(tmp_path:
     from wa_mqtt.engines import neonize_calls as calls
     from wa_mqtt.model import Poll
 
-    phone, voter = next_phone(), "5511999999999"
-    store = fresh_store(tmp_path / "store.db")
-    write_synthetic_device(store, phone)
-    events = Recorder()
-    session = engine.open_session(phone, store, events)
-    await session.start()
-    assert (await events.next()).code == ErrorCode.DIAL_FAILED
+    voter = "5511999999999"
+    session, events = await restored(tmp_path, engine)
+    phone, store = session.phone, tmp_path / "store.db"
 
-    sent: list[E.Message] = []
-
-    async def send_message(to: object, built: E.Message) -> N.SendResponse:  # the network part of a send
-        sent.append(built)
-        return N.SendResponse(ID="3EB0POLL1", Timestamp=1_795_000_000, ServerID=0, DebugTimings=N.MessageDebugTimings())
-
-    session.client.send_message, session.client.is_on_whatsapp = send_message, everyone_on_whatsapp
+    sent = Sends("3EB0POLL1")
+    session.client.send_message, session.client.is_on_whatsapp = sent, everyone_on_whatsapp
     poll = Poll(question="Turn the heating on?", options=["Yes", "No", "Later"], selectable=1)
     result = await session.send(OutgoingMessage(to=voter, poll=poll), "3EB0OURS")
     assert result.id == "3EB0POLL1"
-    creation = sent[0].pollCreationMessage
+    creation = sent[0][1].pollCreationMessage
     assert (creation.name, [o.optionName for o in creation.options], creation.selectableOptionsCount) == (
         "Turn the heating on?", ["Yes", "No", "Later"], 1)
     secret = calls.message_secret(calls.device_key(store, phone), "3EB0OURS")
-    assert sent[0].messageContextInfo.messageSecret == secret
+    assert sent[0][1].messageContextInfo.messageSecret == secret
     assert (tmp_path / "polls.db").is_file()  # the options outlive the process
 
     # what whatsmeow records when it sends the poll
@@ -551,13 +506,7 @@ async def test_incoming_media_is_downloaded_with_download_any_before_the_message
     from wa_mqtt.engines.options import DownloadOptions
 
     engine = NeonizeEngine(stop_timeout=5, downloads=DownloadOptions(dir=tmp_path / "media", max_bytes=1000))
-    phone = next_phone()
-    store = fresh_store(tmp_path / "store.db")
-    write_synthetic_device(store, phone)
-    events = Recorder()
-    session = engine.open_session(phone, store, events)
-    await session.start()
-    assert (await events.next()).code == ErrorCode.DIAL_FAILED
+    session, events = await restored(tmp_path, engine)
     image = E.Message(imageMessage=E.ImageMessage(
         URL="https://mmg.whatsapp.net/v/t62.7118-24/x.enc", directPath="/v/t62.7118-24/x.enc",
         mimetype="image/jpeg", fileLength=5, mediaKey=b"k" * 32, fileSHA256=b"s" * 32, fileEncSHA256=b"e" * 32))
@@ -575,7 +524,7 @@ async def test_incoming_media_is_downloaded_with_download_any_before_the_message
     text, saved = (await events.next()).message, (await events.next()).message
     assert text.id == "TXT"  # not held back by the download
     path = Path(saved.media.path)
-    assert path.parent == tmp_path / "media" / phone and path.name == "______IMG2-image.jpg"
+    assert path.parent == tmp_path / "media" / session.phone and path.name == "______IMG2-image.jpg"
     assert path.read_bytes() == b"jpeg!" and saved.media.size == 5
     assert saved.media.sha256 == __import__("hashlib").sha256(b"jpeg!").hexdigest()
 
@@ -596,7 +545,7 @@ async def test_a_lid_senders_media_and_poll_vote_wait_for_the_lid_lookup_and_kee
     from wa_mqtt.engines.options import DownloadOptions
 
     engine = NeonizeEngine(stop_timeout=5, downloads=DownloadOptions(dir=tmp_path / "media", max_bytes=1000))
-    session, events = await _restored(tmp_path, engine, {LID_KNOWN: "5511555555555"})
+    session, events = await restored(tmp_path, engine, lid_map={LID_KNOWN: "5511555555555"})
 
     async def download_any(message: E.Message) -> bytes:  # the network part of a download
         return b"jpeg!"
@@ -635,13 +584,7 @@ async def test_the_watchdog_check_is_a_real_server_round_trip(tmp_path: Path, en
         await bare.ping(1)
     assert failure.value.code == "not_connected"
     await bare.close()
-    phone = next_phone()
-    store = fresh_store(tmp_path / "store.db")
-    write_synthetic_device(store, phone)
-    events = Recorder()
-    session = engine.open_session(phone, store, events)
-    await session.start()
-    assert (await events.next()).code == ErrorCode.DIAL_FAILED
+    session, _events = await restored(tmp_path, engine)
     with pytest.raises(EngineError) as failure:
         await session.ping(5)
     assert failure.value.code == "not_connected", str(failure.value)
@@ -649,22 +592,11 @@ async def test_the_watchdog_check_is_a_real_server_round_trip(tmp_path: Path, en
 
 
 # -- issue 14: presence, a stop during pairing, a dead event pump ---------------------------------------
-async def restored_session(tmp_path: Path, engine: NeonizeEngine, events: Recorder) -> NeonizeSession:
-    phone = next_phone()
-    store = fresh_store(tmp_path / "store.db")
-    write_synthetic_device(store, phone)
-    session = engine.open_session(phone, store, events)
-    await session.start()
-    assert (await events.next()).code == ErrorCode.DIAL_FAILED  # offline
-    return session
-
-
 async def test_presence_and_pair_codes_reach_go(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The configured presence goes to Go's SendPresence on every connect (offline Go answers that the
     websocket is not connected: the call was made, and a failure is only logged)."""
     engine = NeonizeEngine(stop_timeout=5, presence="unavailable")
-    events = Recorder()
-    session = await restored_session(tmp_path, engine, events)
+    session, events = await restored(tmp_path, engine)
     with pytest.raises(EngineError) as refused:
         await calls.send_presence(session.client, "available")
     assert refused.value.code == "not_connected"
@@ -703,7 +635,7 @@ async def test_a_stop_during_pairing_that_cannot_end_neonize_asks_for_a_new_proc
 
 
 async def test_a_clean_stop_keeps_the_process(tmp_path: Path, engine: NeonizeEngine) -> None:
-    session = await restored_session(tmp_path, engine, Recorder())
+    session, _events = await restored(tmp_path, engine)
     await session.stop()
     assert session.recycle_reason is None
     await session.close()
@@ -713,8 +645,7 @@ async def test_a_dead_event_pump_reports_the_lost_ban_and_asks_for_a_new_process
                                                                                  engine: NeonizeEngine) -> None:
     """neonize cannot encode a ban code it does not know: the marshal error ends Go's event pump and
     Neonize() returns it. The ban (code and expiry from whatsmeow's log line) still reaches the bridge."""
-    events = Recorder()
-    session = await restored_session(tmp_path, engine, events)
+    session, events = await restored(tmp_path, engine)
     client = session.client
     logging.getLogger("whatsmeow.Client").warning(
         'Temporary ban connect failure: <failure code="106" expire="7200" reason="402"/>')

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from neonize.proto import Neonize_pb2 as N
 from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as E
-from test_neonize_engine import Recorder, fresh_store, go_event
+from test_neonize_engine import Recorder, fresh_store, go_event, restored
 
 from wa_mqtt.engines import neonize_groups as g
 from wa_mqtt.engines.base import EngineEvent
@@ -15,6 +15,7 @@ from wa_mqtt.engines.neonize_engine import NeonizeEngine
 from wa_mqtt.model import ErrorCode, OutgoingMessage
 
 from neonize_factories import (
+    Sends,
     call_offer,
     contact,
     everyone_on_whatsapp,
@@ -86,12 +87,7 @@ def test_calls_and_contacts() -> None:
 
 async def test_session_group_events_calls_requests_and_sends(tmp_path: Path) -> None:
     engine = NeonizeEngine(stop_timeout=5)
-    store = fresh_store(tmp_path / "store.db")
-    write_synthetic_device(store, ME)
-    events = Recorder()
-    session = engine.open_session(ME, store, events)
-    await session.start()
-    assert (await events.next()).code == ErrorCode.DIAL_FAILED
+    session, events = await restored(tmp_path, engine, ME)
     client = session.client
     joined = [group_info(GROUP, "Família", [participant(jid(ME), admin=True), participant(jid(ANA))])]
 
@@ -102,20 +98,14 @@ async def test_session_group_events_calls_requests_and_sends(tmp_path: Path) -> 
         assert (which.User, which.Server) == (GROUP.User, GROUP.Server)
         return joined[0]
 
-    sent: list[tuple[N.JID, E.Message]] = []
-
-    async def send_message(to: N.JID, message: E.Message) -> N.SendResponse:
-        sent.append((to, message))
-        return N.SendResponse(ID=f"OUT{len(sent)}", Timestamp=1_795_000_000, ServerID=0,
-                              DebugTimings=N.MessageDebugTimings())
-
+    sent = Sends()  # send_message's network part
     rejected: list[tuple[str, str]] = []
 
     async def reject_call(caller: N.JID, call_id: str) -> None:
         rejected.append((f"{caller.User}:{caller.Device}@{caller.Server}", call_id))
 
     client.get_joined_groups, client.get_group_info = get_joined_groups, get_group_info
-    client.send_message, client.reject_call = send_message, reject_call
+    client.send_message, client.reject_call = sent, reject_call
     client.is_on_whatsapp = everyone_on_whatsapp  # the lookup before a first send (issue 14)
 
     assert [s.name for s in await session.groups()] == ["Família"]

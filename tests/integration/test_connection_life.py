@@ -11,9 +11,8 @@ import subprocess
 from datetime import UTC, datetime
 
 import pytest
-from test_engine_process import engine_children
 
-from harness import BridgeEnv, BridgeProcess, Probe
+from harness import BridgeEnv, BridgeProcess, Probe, engine_children
 
 A = "5511900000001"
 B = "5511900000002"

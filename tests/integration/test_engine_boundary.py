@@ -20,6 +20,8 @@ from wa_mqtt.engines.launch import ChildProcess, ForkServer, exec_child, fork_se
 from wa_mqtt.engines.options import EngineName, EngineOptions
 from wa_mqtt.engines.process import ProcessEngine
 
+from harness import engine_children
+
 PHONE = "5511900000001"
 SECRET = "pr0xy-pa55"
 Launcher = Callable[[Sequence[str]], Awaitable[ChildProcess]]
@@ -117,18 +119,6 @@ class _Quiet:
 
     def __getattr__(self, _name: str) -> Callable[..., None]:
         return lambda *args, **kwargs: None
-
-
-def engine_children(store: Path) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            line = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
-        except OSError:
-            continue
-        if b"wa_mqtt.engines.child" in line and str(store).encode() in line:
-            found.append(int(entry.name))
-    return found
 
 
 @pytest.mark.parametrize("name", ["sim", "neonize"])

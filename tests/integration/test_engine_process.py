@@ -8,26 +8,11 @@ import os
 import signal
 from pathlib import Path
 
-from harness import BridgeEnv, BridgeProcess, Probe
+from harness import BridgeEnv, BridgeProcess, Probe, engine_children
 
 A = "5511900000001"
 B = "5511900000002"
 ANA = "5511988887777"
-
-
-def engine_children(sessions: Path) -> list[int]:
-    """PIDs of engine child processes serving stores under `sessions`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()  # exec'd: its argv; forked: the title it set
-        except OSError:
-            continue
-        if b"wa_mqtt.engines.child" in cmdline and str(sessions).encode() in cmdline:
-            found.append(int(entry.name))
-    return found
 
 
 async def wait_no_children(sessions: Path, timeout: float = 15.0) -> None:

@@ -7,10 +7,9 @@ import json
 import os
 import signal
 
-from test_engine_process import engine_children
 from test_request_edge import strict
 
-from harness import BridgeEnv, BridgeProcess, Probe
+from harness import BridgeEnv, BridgeProcess, Probe, engine_children
 
 A = "5511900000001"
 ANA = "5511988887777"

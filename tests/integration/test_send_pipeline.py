@@ -4,6 +4,8 @@ answered with its own WhatsApp id, `queued: false`, as when sent one at a time."
 
 from __future__ import annotations
 
+import pytest
+
 from wa_mqtt.accounts.supervisor import PIPELINE
 
 from harness import BridgeEnv, BridgeProcess, Probe
@@ -13,8 +15,12 @@ ANA = "5511988887777"
 N = 50
 
 
+@pytest.mark.parametrize("in_process", [False, True])
 async def test_sends_fired_at_once_go_out_in_request_order_each_answered_with_its_own_id(
-        env: BridgeEnv, bridge: BridgeProcess) -> None:
+        env: BridgeEnv, bridge: BridgeProcess, in_process: bool) -> None:
+    """With the engine in a child process several sends are with it at once; in process, one at a time."""
+    if in_process:
+        env.write_config(engine_process={"in_process": True})
     env.link_sim_account(A)
     bridge.start()
     async with Probe(env.broker, env.base) as probe:
@@ -59,3 +65,54 @@ async def test_a_repeated_id_waiting_for_room_in_a_full_pipeline_is_not_sent_aga
         assert answers["retry"]["data"]["id"] == answers["first"]["data"]["id"]
         sent_x = [r for r in probe.received if r.topic == f"{env.base}/sim/{A}/sent" and r.json()["text"] == "x"]
         assert len(sent_x) == 1
+
+
+async def test_a_send_that_fails_amid_sends_in_flight_gets_its_own_answer_and_the_order_is_kept(
+        env: BridgeEnv, bridge: BridgeProcess) -> None:
+    """Sends with several at the engine at once: one the engine refuses for good (its media cannot be
+    fetched) is answered with its error and the others go out around it, in order; when the account
+    drops with sends in flight, the first fails `not_connected` and the engine refuses every send
+    chained behind it unattempted: all stay queued and go out after the reconnect, once each, in order."""
+    env.link_sim_account(A)
+    bridge.start()
+    response, sent_topic = f"{env.base}/{A}/response/send", f"{env.base}/sim/{A}/sent"
+    async with Probe(env.broker, env.base) as probe:
+        await probe.wait_state(A, "connected", timeout=15)
+        bad = {"to": ANA, "image": {"url": "http://127.0.0.1:9/nothing.jpg"}, "transaction": "bad"}
+        for i in range(6):
+            body = bad if i == 3 else {"to": ANA, "text": f"a{i}", "transaction": f"a{i}"}
+            await probe.publish(f"{env.base}/{A}/request/send", body)
+        responses = await probe.wait_count(response, 6, timeout=30)
+        assert [r.json()["transaction"] for r in responses] == ["a0", "a1", "a2", "bad", "a4", "a5"]
+        answers = {r.json()["transaction"]: r.json() for r in responses}
+        assert answers["bad"]["status"] == "error", answers["bad"]
+        sent = await probe.wait_count(sent_topic, 5, timeout=30)
+        assert [s.json()["text"] for s in sent] == ["a0", "a1", "a2", "a4", "a5"]
+        for s in sent:
+            assert answers[s.json()["text"]]["data"] == {"id": s.json()["id"], "queued": False}
+
+        mark = probe.mark()
+        await probe.sim(A, "drop")  # the sends below reach the engine behind the drop, or find it down
+        for i in range(10):
+            await probe.publish(f"{env.base}/{A}/request/send", {"to": ANA, "text": f"b{i}", "transaction": f"b{i}"})
+        sent = await probe.wait_count(sent_topic, 5 + 10, timeout=30)
+        expected = 6 + 10  # and one more for each send answered `queued` first
+        while True:
+            await probe.wait_count(response, expected, timeout=30)
+            later = [r.json() for r in probe.received[mark:] if r.topic == response]
+            first = {a["transaction"]: a for a in later if not a.get("data", {}).get("from_queue")}
+            queued = sum(1 for a in first.values() if a["data"]["queued"])
+            if len(first) == 10 and expected == 6 + 10 + queued:
+                break
+            expected = 6 + 10 + queued if len(first) == 10 else expected + 1
+        assert set(first) == {f"b{i}" for i in range(10)}
+        assert all(a["status"] == "ok" for a in first.values()), first
+    texts = [s.json()["text"] for s in sent[5:]]
+    assert texts == [f"b{i}" for i in range(10)]  # each once, in order
+    ids = {s.json()["text"]: s.json()["id"] for s in sent[5:]}
+    for tx, answer in first.items():  # sent at once, or queued and answered again once sent
+        if answer["data"]["queued"]:
+            done = [a for a in later if a["transaction"] == tx and a.get("data", {}).get("from_queue")]
+            assert len(done) == 1 and done[0]["data"]["id"] == ids[tx], (tx, later)
+        else:
+            assert answer["data"]["id"] == ids[tx]

@@ -12,11 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_engine_process import engine_children
-
 from wa_mqtt.folder_lock import LOCK_FILE, lock_folder
 
-from harness import BridgeEnv, BridgeProcess, Probe
+from harness import BridgeEnv, BridgeProcess, Probe, engine_children
 
 A = "5511900000001"
 B = "5511900000002"

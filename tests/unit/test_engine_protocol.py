@@ -67,3 +67,34 @@ def test_child_lines_of_another_version_or_shape_are_refused(line: bytes) -> Non
 def test_bad_requests_are_refused(line: bytes) -> None:
     with pytest.raises(p.ProtocolError):
         p.decode_request(line)
+
+
+def _send(request_id: int, chained: bool) -> p.Request:
+    return p.Request(request_id, "send", {"message": {"to": "5511999999999", "text": "x"}, "chained": chained})
+
+
+def test_a_chained_send_behind_one_that_must_wait_is_refused_unattempted_and_an_unchained_one_clears_that() -> None:
+    chain = p.SendChain()
+    chain.answered(_send(1, False), p.Reply(1, False, error="down", code=ErrorCode.NOT_CONNECTED))
+    refused = chain.refusal(_send(2, True))
+    assert refused is not None and refused.id == 2 and not refused.ok and refused.code == ErrorCode.NOT_CONNECTED
+    chain.answered(_send(2, True), refused)
+    assert chain.refusal(_send(3, True)) is not None  # the whole run behind it waits
+    assert chain.refusal(p.Request(4, "react", {"chained": True})) is None  # only sends are chained
+    assert chain.refusal(_send(5, False)) is None  # the first of a new run goes
+    chain.answered(_send(5, False), p.Reply(5, True, {"id": "X"}))
+    assert chain.refusal(_send(6, True)) is None
+
+
+@pytest.mark.parametrize("reply", [p.Reply(1, True, {"id": "X"}),
+                                   p.Reply(1, False, error="no such media", code=ErrorCode.ENGINE_ERROR)])
+def test_a_chained_send_goes_after_a_send_that_went_out_or_was_refused_for_good(reply: p.Reply) -> None:
+    chain = p.SendChain()
+    chain.answered(_send(1, False), reply)
+    assert chain.refusal(_send(2, True)) is None
+
+
+def test_chained_crosses_as_a_send_argument() -> None:
+    request = p.decode_request(p.encode_request(_send(1, True)))
+    args = request.parsed_args()
+    assert isinstance(args, p.SendArgs) and args.chained

@@ -201,3 +201,18 @@ def test_an_outbox_of_the_previous_version_is_upgraded(tmp_path: Path, clock: Fa
         assert started is not None and started.wa_id == "3EB0NEW"
     finally:
         box.close()
+
+
+def test_a_send_enqueued_with_its_try_begun_keeps_that_whatsapp_id_across_a_reopen(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "outbox.db"
+    box = Outbox(path, clock)
+    entry, duplicate = box.enqueue(A, request("now"), "k", "3EB0FIRST")
+    assert not duplicate and (entry.wa_id, entry.tries) == ("3EB0FIRST", 1)
+    plain, _ = box.enqueue(A, request("later"), None)
+    assert (plain.wa_id, plain.tries) == (None, 0)
+    box.sync()
+    box.close()
+    box = Outbox(path, clock)  # a bridge killed before the answer: the try counts, its id is kept
+    again = box.begin_attempt(entry.id, "3EB0OTHER")
+    assert again is not None and (again.wa_id, again.tries) == ("3EB0FIRST", 2)
+    box.close()

@@ -20,11 +20,13 @@ Durability: every call commits before it returns, so every change survives a pro
 Against a power loss (`synchronous=FULL`, the default) the fsyncs are placed where a loss would
 double a send or lose an accepted one, not one per change (each cost 0.2 - 0.6 ms on the loop, three
 per send):
-- `enqueue`, `begin_attempt`, `complete` / `complete_and_begin` commit without an fsync (NORMAL);
+- `enqueue` (with its first try begun, or not), `begin_attempt`, `complete` / `complete_and_begin`
+  commit without an fsync (NORMAL);
 - before an engine call the caller runs `sync()` (one fsync of the WAL, which makes every commit
   before it durable, in order): the entry, its `wa_id` and its counted try are on disk before
   WhatsApp may have the message, so after a power loss it is retried under that id and flagged a
-  retry (no double send). The sends accepted meanwhile (in order, before it) ride on the same fsync;
+  retry (no double send). Every send begun before it rides on the same fsync: the send pipeline
+  runs it on a thread for all the sends begun meanwhile (a group commit, supervisor.py);
 - before a send is answered `queued: true`, `sync()` again: the queued send that was promised
   survives a power loss;
 - a completion left unsynced can be lost with power: the entry comes back with its `wa_id` and
@@ -32,11 +34,6 @@ per send):
   so it is answered again but not sent again; the client id comes back with it (still deduplicated);
 - `remove` (a refused send), `remember_sent`, expiry and `clear` still fsync on commit: a refused
   send must not come back and go out.
-
-A full disk: a send that cannot be queued is refused (`DiskFull`, nothing was sent). What records a
-send already made (`remove`, `remember_sent`, expiry) cannot be refused: it is held in memory, honoured
-by every read (a removed entry is never sent again, a sent id stays known), reported to `report`, and
-written by `write_held` once there is space (disk_full.DiskFullWatch calls it).
 
 A full disk: a send that cannot be queued is refused (`DiskFull`, nothing was sent). What records a
 send already made (`remove`, `remember_sent`, expiry) cannot be refused: it is held in memory, honoured
@@ -130,8 +127,11 @@ class Outbox:
             log.info("outbox %s: %d sends waiting from before", self.path, waiting)
 
     # -- the queue -------------------------------------------------------------------------------
-    def enqueue(self, account: str, request: dict[str, Any], client_id: str | None) -> tuple[OutboxEntry, bool]:
-        """Queue a send; (entry, False). If `client_id` is already waiting: (that entry, True), nothing added."""
+    def enqueue(self, account: str, request: dict[str, Any], client_id: str | None,
+                wa_id: str | None = None) -> tuple[OutboxEntry, bool]:
+        """Queue a send; (entry, False). If `client_id` is already waiting: (that entry, True), nothing added.
+        `wa_id`: its first try begins at once, in the same commit (as `begin_attempt(entry.id, wa_id)`):
+        a send that goes to the engine now. Like `begin_attempt`, durable only with the next `sync()`."""
         data = json.dumps(request, separators=(",", ":"))
         created = self._now()
         replaced: int | None = None  # a removed entry of the same client id whose delete was held
@@ -148,8 +148,8 @@ class Outbox:
                             replaced = row[0]
                             self._conn.execute("DELETE FROM outbox WHERE id = ?", (replaced,))
                     cursor = self._conn.execute(
-                        "INSERT INTO outbox (account, request, client_id, created_at) VALUES (?, ?, ?, ?)",
-                        (account, data, client_id, created))
+                        "INSERT INTO outbox (account, request, client_id, created_at, wa_id, tries) VALUES (?, ?, ?, ?, ?, ?)",
+                        (account, data, client_id, created, wa_id, 0 if wa_id is None else 1))
                     entry_id = cursor.lastrowid
                 if replaced is not None:  # only once committed: a rolled-back delete must stay held
                     self._removed.pop(replaced, None)
@@ -160,7 +160,8 @@ class Outbox:
                 self._report(self.name, exc)
             raise DiskFull("the data disk is full: the send could not be queued, and nothing was sent") from None
         assert entry_id is not None
-        return OutboxEntry(entry_id, account, json.loads(data), client_id, _datetime(created)), False
+        return OutboxEntry(entry_id, account, json.loads(data), client_id, _datetime(created), wa_id,
+                           0 if wa_id is None else 1), False
 
     def pending(self, account: str) -> list[OutboxEntry]:
         """The account's waiting sends, oldest first."""
@@ -198,8 +199,8 @@ class Outbox:
 
     def sync(self) -> None:
         """Make the relaxed commits so far survive a power loss too: one fsync of the WAL, what a
-        synchronous=FULL commit does (~0.2 - 0.6 ms, on the caller's thread: handing it to a thread
-        put a thread switch into every send's path, and cost a third of the throughput).
+        synchronous=FULL commit does (~0.2 ms on an idle disk, milliseconds on a busy one). Safe on
+        any thread: the send pipeline runs it on one, for every send begun meanwhile (a group commit).
         A failing fsync is logged: the commits still survive a process kill."""
         made = self._commits
         if made == self._synced or self._synchronous != "FULL":
@@ -216,7 +217,8 @@ class Outbox:
             log.warning("outbox %s: cannot sync its WAL (%s); its last changes survive a crash, not a power loss",
                         self.path, exc.strerror or exc)
             return
-        self._synced = max(self._synced, made)
+        with self._lock:  # `_sync_begun` (supervisor.py) runs this on a thread
+            self._synced = max(self._synced, made)
 
     @contextmanager
     def _relaxed(self) -> Iterator[None]:

@@ -275,6 +275,18 @@ class SimControllable(Protocol):
     async def sim_control(self, action: str, payload: bytes) -> None: ...
 
 
+@runtime_checkable
+class SendsInOrder(Protocol):
+    """A session that takes several sends before the first is answered and carries them out one at a
+    time, in the order called (an engine process: its child serves requests in order). The supervisor
+    pipelines an account's sends through it instead of awaiting each (`EngineSession` methods are
+    otherwise called one at a time). `chained`: an earlier send is still unanswered; should that one
+    fail with `not_connected`, this one is not attempted and fails the same way (order kept)."""
+
+    async def send_in_order(self, message: OutgoingMessage, message_id: str, retry: bool,
+                            chained: bool) -> SendResult: ...
+
+
 class Engine(Protocol):
     """Opens sessions; one per account. `name` is `neonize` or `sim`."""
 

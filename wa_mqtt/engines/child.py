@@ -1,8 +1,9 @@
 """An engine session in a child process: `python -m wa_mqtt.engines.child --engine sim --phone P --store S`.
 
 Runs one account's real session (sim or neonize) and speaks the protocol of protocol.py on
-stdin/stdout; logs go to stderr. Requests are handled one at a time, in order. A heartbeat with the
-child's RSS goes out every `--heartbeat` seconds. When stdin closes (the bridge went away, even by
+stdin/stdout; logs go to stderr. Requests are handled one at a time, in order, sends the bridge
+wrote several at once too (a chained one after a send that must wait is refused: `p.SendChain`).
+A heartbeat with the child's RSS goes out every `--heartbeat` seconds. When stdin closes (the bridge went away, even by
 SIGKILL) the session is closed and the process exits: no orphan keeps a WhatsApp session open.
 While it has the store open it holds the account folder's lock (folder_lock.py): a second engine
 process for the same store (one of a killed bridge, still closing) is waited for, never run beside.
@@ -75,9 +76,24 @@ class ChildServer:
         self._options = options
         self._heartbeat = heartbeat
         self._out = sys.stdout.buffer
+        self._chain = p.SendChain()
+        self._flush_due = False
 
     def _write(self, line: bytes) -> None:
+        """Lines written in one loop turn (a send's events and its answer, a burst of messages) go to
+        the bridge with one write at its end: the bridge wakes once for them, not once per line."""
         self._out.write(line)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on the loop (no engine does that now): at once, as ever
+            self._out.flush()
+            return
+        if not self._flush_due:
+            self._flush_due = True
+            loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_due = False
         self._out.flush()
 
     async def run(self) -> int:
@@ -92,8 +108,7 @@ class ChildServer:
                       f"process {exc.pid}" if exc.pid else "another process")
             beat.cancel()
             return STORE_BUSY_EXIT
-        engine = make_inner_engine(self._engine_name, self._options,
-                                   crash=lambda: os._exit(CRASH_EXIT))  # `wa/sim/<phone>/crash`: die abruptly
+        engine = make_inner_engine(self._engine_name, self._options, crash=self._crash)
         session = engine.open_session(self._phone, self._store, lambda event: self._write(p.encode_event(event)))
         gc.freeze()  # what is loaded now lives as long as the process: full collections skip it (no 10 ms pauses)
         self._write(p.encode_hello(os.getpid(), self._engine_name))
@@ -107,7 +122,11 @@ class ChildServer:
                 if request.op == "close":
                     self._write(p.encode_reply(p.Reply(request.id, True)))
                     break
-                self._write(p.encode_reply(await self._call(session, request)))
+                if request.op != "send":  # before an op that may block or end the process (`hang`, `crash`)
+                    self._flush()
+                reply = self._chain.refusal(request) or await self._call(session, request)
+                self._chain.answered(request, reply)
+                self._write(p.encode_reply(reply))
         finally:
             beat.cancel()
             try:
@@ -118,6 +137,11 @@ class ChildServer:
             if store_lock is not None:
                 store_lock.release()  # only now may another engine process open this store
         return 0
+
+    def _crash(self) -> None:
+        """`wa/sim/<phone>/crash`: die abruptly, but with what was written before it out."""
+        self._flush()
+        os._exit(CRASH_EXIT)
 
     async def _lock_store(self) -> FolderLock | None:
         """Hold the account's folder while this process has its store open. An engine process of a

@@ -138,6 +138,8 @@ class ProcessSession:
         self._kill_reason: str | None = None
         self._hello = asyncio.Event()
         self.recycled = 0  # children ended because their engine was no longer sound (diagnostics, tests)
+        self._lines: list[bytes] | None = None  # requests to write at the end of this loop turn (`_write`)
+        self._written: asyncio.Future[None] | None = None
         self.pid: int | None = None
         self.last_rss_kb: int | None = None
 
@@ -168,6 +170,14 @@ class ProcessSession:
 
     async def send(self, message: OutgoingMessage, message_id: str | None = None, retry: bool = False) -> SendResult:
         result = await self._call("send", p.SendArgs(message=message, message_id=message_id, retry=retry))
+        return SendResult.model_validate(result)
+
+    async def send_in_order(self, message: OutgoingMessage, message_id: str, retry: bool,
+                            chained: bool) -> SendResult:
+        """`SendsInOrder`: the request is written when this starts (tasks start in the order created),
+        before any earlier one is answered; the child carries them out in that order."""
+        result = await self._call(
+            "send", p.SendArgs(message=message, message_id=message_id, retry=retry, chained=chained))
         return SendResult.model_validate(result)
 
     async def react(self, chat: str, message_id: str, emoji: str, sender: str | None = None) -> str:
@@ -239,7 +249,7 @@ class ProcessSession:
         future: asyncio.Future[p.Reply] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
-            proc.stdin.write(p.encode_request(p.Request(request_id, op, args.to_json())))
+            await self._write(proc, p.encode_request(p.Request(request_id, op, args.to_json())))
             await proc.stdin.drain()
             reply = await asyncio.wait_for(future, timeout)
         except (BrokenPipeError, ConnectionResetError):  # not connected any more; a send is retried later
@@ -252,6 +262,27 @@ class ProcessSession:
         if not reply.ok:
             raise EngineError(reply.error, code=reply.code)
         return reply.result
+
+    def _write(self, proc: ChildProcess, line: bytes) -> asyncio.Future[None]:
+        """Write `line` to the child at the end of this loop turn, with the others written in it (the
+        sends pipelined in one turn: one write, one wake-up of the child); the future is done then."""
+        if self._lines is None:
+            self._lines = []
+            self._written = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(self._flush_lines, proc)
+        self._lines.append(line)
+        assert self._written is not None
+        return self._written
+
+    def _flush_lines(self, proc: ChildProcess) -> None:
+        lines, written = self._lines or [], self._written
+        self._lines = self._written = None
+        try:
+            if proc.stdin is not None and lines:
+                proc.stdin.write(b"".join(lines))  # a broken pipe shows in `drain`
+        finally:
+            if written is not None and not written.done():
+                written.set_result(None)
 
     async def _read(self, proc: ChildProcess) -> None:
         assert proc.stdout is not None

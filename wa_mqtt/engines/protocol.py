@@ -1,11 +1,11 @@
 """The protocol between the bridge and an engine child process: versioned JSON lines over pipes. Pure.
 
-parent → child (stdin):   {"v": 2, "id": 7, "op": "send", "args": {"message": {...}, "message_id": "3EB0...", "retry": false}}
-child → parent (stdout):  {"v": 2, "id": 7, "ok": true, "result": ...}
-                          {"v": 2, "id": 7, "ok": false, "error": "...", "code": "not_connected"}
-                          {"v": 2, "event": {...an engine event, engines/base.py...}}
-                          {"v": 2, "hb": 12, "rss_kb": 30512}           (heartbeat)
-                          {"v": 2, "hello": {"pid": 123, "engine": "sim"}}
+parent → child (stdin):   {"v": 3, "id": 7, "op": "send", "args": {"message": {...}, "message_id": "3EB0...", "retry": false}}
+child → parent (stdout):  {"v": 3, "id": 7, "ok": true, "result": ...}
+                          {"v": 3, "id": 7, "ok": false, "error": "...", "code": "not_connected"}
+                          {"v": 3, "event": {...an engine event, engines/base.py...}}
+                          {"v": 3, "hb": 12, "rss_kb": 30512}           (heartbeat)
+                          {"v": 3, "hello": {"pid": 123, "engine": "sim"}}
 A line with another `v` is a protocol error: the two sides come from different versions.
 
 Ops: start, stop, logout, send, react, mark_read, typing, check (which phone numbers have a WhatsApp
@@ -13,14 +13,23 @@ account; the result a list of `NumberCheck`s), sim_control, close.
 
 Each op's `args` is a model below (`ARGS`): the bridge builds it, the child validates it, so nothing
 untyped crosses. `sim_control` is answered only by a sim child (engines/child.py); any other child
-refuses it with `invalid_request`. A child's options (`EngineOptions`, engines/options.py) are not
+refuses it with `invalid_request`.
+
+The child serves requests one at a time, in the order written, so the bridge may write several
+`send`s before the first is answered (pipelined); each is answered on its own, in order. A send written
+while an earlier one is unanswered carries `"chained": true`: should the send before it fail so that
+it waits to be sent again (`not_connected`: the bridge keeps it queued), a chained send is not
+attempted but refused the same way (`SendChain`), so no send overtakes one that waits; a send that
+was refused for good (bad media, say) does not hold the ones after it. A child's options (`EngineOptions`, engines/options.py) are not
 sent here: they come with its launch.
 
 Ops `groups`, `group_info`, `contacts`, `edit`, `revoke` and `reject_call` (issue 15) came without a new
 version: bridge and children are always the same release, and an older child would refuse them as unknown.
 
 Versions: 1, the first; 2, `send` carries the WhatsApp `message_id` the bridge chose and `retry`, and its
-result `already_sent` (a version-1 child would ignore the id, and a retried message could go out twice).
+result `already_sent` (a version-1 child would ignore the id, and a retried message could go out twice);
+3, pipelined sends: `send` carries `chained` (a version-2 child would send a chained send after a
+failed one, out of order).
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ from ..errors import ErrorCode
 from ..model import OutgoingMessage
 from .base import EVENT_ADAPTER, EngineEvent, PairMethod
 
-VERSION = 2
+VERSION = 3
 MAX_LINE = 256 * 1024 * 1024  # a 64 MB media file in base64, with room to spare
 
 
@@ -56,6 +65,7 @@ class SendArgs(Args):
     message: OutgoingMessage
     message_id: str | None = None  # the WhatsApp id the bridge chose, the same on every retry
     retry: bool = False
+    chained: bool = False  # written while an earlier send was unanswered: not attempted if that one must wait
 
 
 class ReactArgs(Args):
@@ -240,3 +250,25 @@ def decode_child_line(line: bytes) -> ChildLine:
             raise ProtocolError(f"unknown error code {data.get('code')!r}") from None
         return Reply(data["id"], False, error=str(data.get("error", "")), code=code)
     raise ProtocolError(f"unknown line: {line[:80]!r}")
+
+
+class SendChain:
+    """The child's side of pipelined sends: a chained send is refused, not attempted, when the send
+    before it failed with `not_connected` (it stays queued in the bridge and goes out again later, so
+    the ones behind it must wait too, to keep the account's order). An unchained send (the first of a
+    run) clears that."""
+
+    def __init__(self) -> None:
+        self.held = False
+
+    def refusal(self, request: Request) -> Reply | None:
+        """The answer to `request` without attempting it, or None to carry it out."""
+        if request.op == "send" and self.held and request.args.get("chained") is True:
+            return Reply(request.id, False, error="not sent: a send before it failed and waits to be sent again "
+                                                  "(an account's sends go out in order)", code=ErrorCode.NOT_CONNECTED)
+        return None
+
+    def answered(self, request: Request, reply: Reply) -> None:
+        """Note how a send (attempted or refused) ended."""
+        if request.op == "send":
+            self.held = not reply.ok and reply.code == ErrorCode.NOT_CONNECTED

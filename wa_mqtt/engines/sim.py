@@ -86,6 +86,12 @@ def _sent_db(store_path: Path) -> sqlite3.Connection:
     return db
 
 
+def _inode(path: Path) -> int:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return -1
+
 
 class SimEngine:
     """Opens sim sessions. `crash` is what `wa/sim/<phone>/crash` does (in a child: exit at once)."""
@@ -153,6 +159,7 @@ class SimSession(SimControlsMixin, SimIncomingMixin):
         self._keepalive_heal: asyncio.TimerHandle | None = None
         self._ban: tuple[str, datetime] | None = None  # (code, end) of a temporary ban
         self._recycle_reason: str | None = None
+        self._sent: tuple[int, sqlite3.Connection] | None = None  # the store's inode, a connection to its sent ids
 
     # -- EngineSession -------------------------------------------------------------------------
     async def start(self, pair_method: PairMethod = "qr") -> None:
@@ -242,21 +249,30 @@ class SimSession(SimControlsMixin, SimIncomingMixin):
         return SendResult(id=msg_id, timestamp=now)
 
     def _delivered_at(self, message_id: str) -> datetime | None:
-        db = _sent_db(self.store_path)
-        try:
-            row = db.execute("SELECT sent_at FROM sim_sent WHERE id = ?", (message_id,)).fetchone()
-        finally:
-            db.close()
+        row = self._sent_ids().execute("SELECT sent_at FROM sim_sent WHERE id = ?", (message_id,)).fetchone()
         return datetime.fromisoformat(row[0]) if row else None
 
     def _record_delivery(self, message_id: str, now: datetime) -> None:
-        db = _sent_db(self.store_path)
-        try:
-            with db:
-                db.execute("INSERT OR REPLACE INTO sim_sent VALUES (?, ?)", (message_id, now.isoformat()))
-                db.execute("DELETE FROM sim_sent WHERE sent_at < ?", ((now - SENT_IDS_KEPT).isoformat(),))
-        finally:
-            db.close()
+        db = self._sent_ids()
+        with db:
+            db.execute("INSERT OR REPLACE INTO sim_sent VALUES (?, ?)", (message_id, now.isoformat()))
+            db.execute("DELETE FROM sim_sent WHERE sent_at < ?", ((now - SENT_IDS_KEPT).isoformat(),))
+
+    def _sent_ids(self) -> sqlite3.Connection:
+        """The store's sent ids, on a connection kept open (opening one cost ~0.5 ms, and a send made two;
+        its journal is kept, not created and removed with each write); a new one for a new store file."""
+        inode = _inode(self.store_path)
+        if self._sent is None or self._sent[0] != inode:
+            self._close_sent()
+            db = _sent_db(self.store_path)
+            db.execute("PRAGMA journal_mode=PERSIST")
+            self._sent = (_inode(self.store_path), db)
+        return self._sent[1]
+
+    def _close_sent(self) -> None:
+        if self._sent is not None:
+            self._sent[1].close()
+            self._sent = None
 
     async def react(self, chat: str, message_id: str, emoji: str, sender: str | None = None) -> str:
         self._require_connected()
@@ -344,6 +360,7 @@ class SimSession(SimControlsMixin, SimIncomingMixin):
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._close_sent()
 
     # -- helpers -------------------------------------------------------------------------------
     def _new_id(self) -> str:

@@ -5,7 +5,8 @@ the request table (mqtt/requests.py) and answers on `<base>/<target>/response/<c
 on the request's response topic with its correlation data, when the response topic rule allows it
 (docs/security.md). Requests for one target are served in arrival order (the request queue, and the
 target's turn in the send service, shared with auto-replies); different targets concurrently. A send
-holds the turn only until it is in the outbox (`Later`): its answer is awaited after the turn. How many
+holds the turn only until it is in the outbox (`Later`): its answer is awaited after the turn, and
+published after those of the sends taken before it (in the order taken, whichever is ready first). How many
 wait is bounded (`RequestQueue`): beyond that a request is answered `busy` at once. A send that
 had to wait in the outbox is answered later, from `SendCompleted` / `SendFailed`: the reply route
 (response topic, correlation data, transaction) went down with it as an opaque reference.
@@ -18,6 +19,7 @@ event's `answer` instead of a response topic.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -86,6 +88,7 @@ class RequestServer:
         self._requests: RequestQueue[_Pending] = RequestQueue(lambda _target, item: self._serve(item),
                                                               self._tasks.spawn)
         self._accepting = False
+        self._later: dict[str, deque[_LaterAnswer]] = {}  # per target, the `Later` answers not published yet
 
     def start(self) -> None:
         if self._gate is not None:
@@ -185,16 +188,29 @@ class RequestServer:
             except Exception as exc:  # noqa: BLE001 - every failure is answered; a bug too (`_refusal` logs its trace)
                 result = exc
         if isinstance(result, Later):  # taken in order; its answer is awaited after the target's turn
-            self._tasks.spawn(self._answer_later(pending, route, result), f"answer-{target}-{command}")
+            waiting = _LaterAnswer(pending, route)
+            self._later.setdefault(target, deque()).append(waiting)  # in the order taken (no await since the turn)
+            self._tasks.spawn(self._answer_later(target, waiting, result), f"answer-{target}-{command}")
         else:
             self._answer(pending, route, result)
 
-    async def _answer_later(self, pending: _Pending, route: Route, later: Later) -> None:
+    async def _answer_later(self, target: str, waiting: _LaterAnswer, later: Later) -> None:
+        """Await one answer; then publish the target's answers that are ready, in the order their
+        requests were taken: a send is answered after every send taken before it, even when its
+        result was ready first (its task ran before theirs)."""
         try:
-            result: Result | Exception = await later.result
+            waiting.result = await later.result
         except Exception as exc:  # noqa: BLE001 - as in `_serve`
-            result = exc
-        self._answer(pending, route, result)
+            waiting.result = exc
+        finally:  # cancelled (a stop that timed out): not answered, and not holding the others back
+            waiting.done = True
+            queue = self._later.get(target)
+            while queue and queue[0].done:
+                head = queue.popleft()
+                if head.result is not None:
+                    self._answer(head.pending, head.route, head.result)
+            if not queue:
+                self._later.pop(target, None)
 
     def _answer(self, pending: _Pending, route: Route, result: Result | Exception) -> None:
         target, command = pending.request.target, pending.request.command
@@ -246,6 +262,17 @@ class RequestServer:
             "held_in_memory": self._disk.held if self._disk is not None else 0,
             "requests_waiting": self._requests.held, "requests_busy": self._requests.busy,
         }
+
+
+@dataclass(eq=False)
+class _LaterAnswer:
+    """A deferred answer of a target (a send), in the order its request was taken; `done` once it may be
+    published."""
+
+    pending: _Pending
+    route: Route
+    result: Result | Exception | None = None
+    done: bool = False
 
 
 def _refusal(exc: Exception, what: str) -> BridgeError:

@@ -181,14 +181,141 @@ def window_size(connack: Any) -> int:
 
 class _Client(aiomqtt.Client):
     """aiomqtt's client, keeping the CONNACK properties (the broker's receive maximum), which aiomqtt
-    does not expose."""
+    does not expose, reading ahead (`ReadAhead`), and writing the packets paho queued in one loop turn
+    with one send.
+
+    aiomqtt has paho write each packet with a send() of its own, once the socket is reported writable:
+    per loop turn a wake-up of the loop, two epoll changes and a send per packet. A send goes out as a
+    response, a PUBACK and two or three publishes; on loopback each send() also runs the broker's
+    side of TCP, and that was a fifth of the bridge's time in the send benchmark. Here the packets
+    queued in a turn are joined (`coalesce`) and written at its end; only when the socket cannot take
+    them all is the rest left to aiomqtt's writer."""
 
     connack: Any = None
+    _write_due = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._acked: dict[int, Callable[[], None]] = {}  # QoS 1 publishes waiting for their PUBACK (`publish_then`)
 
     def _on_connect(self, *args: Any, **kwargs: Any) -> None:
         properties = args[4] if len(args) > 4 else kwargs.get("properties")
         self.connack = properties
         super()._on_connect(*args, **kwargs)
+
+    def publish_then(self, topic: str, payload: bytes, qos: int, retain: bool, properties: Properties | None,
+                     acked: Callable[[], None]) -> None:
+        """Publish without a task or an event each (aiomqtt's `publish` makes both, and a timer):
+        `acked()` runs once the broker acknowledged it (QoS 0: once written). A publish paho refuses
+        (a malformed topic) is logged and dropped; one it cannot make because the connection is gone
+        is left unacknowledged: the session ends, and the link publishes it again on the next one."""
+        try:
+            info = self._client.publish(topic, payload, qos, retain, properties)
+        except Exception:  # must not take the link down
+            log.exception("publish to %r refused; dropped", topic)
+            acked()
+            return
+        if info.rc != 0:  # not connected: the receiver sees the connection end
+            return
+        if qos == 0 or info.is_published():
+            acked()
+        else:
+            self._acked[info.mid] = acked
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, *args: Any) -> None:
+        super()._on_publish(client, userdata, mid, *args)
+        acked = self._acked.pop(mid, None)
+        if acked is not None:
+            acked()
+
+    def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
+        client._sock = ReadAhead(sock)  # paho's own socket attribute: it reads and writes only through it
+        super()._on_socket_open(client, userdata, sock)
+
+    def _on_socket_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        if self._write_due:
+            return
+        self._write_due = True
+        try:
+            on_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:  # paho's connect runs in an executor thread
+            on_loop = False
+        (self._loop.call_soon if on_loop else self._loop.call_soon_threadsafe)(
+            self._write_queued, client, userdata, sock)
+
+    def _write_queued(self, client: Any, userdata: Any, sock: Any) -> None:
+        self._write_due = False
+        coalesce(client._out_packet)  # paho's queue of packets to write (see `coalesce`)
+        try:
+            client.loop_write()
+        except Exception as exc:  # noqa: BLE001 (as aiomqtt's writer: a broken connection ends the session)
+            if not self._disconnected.done():
+                self._disconnected.set_exception(exc)
+            return
+        if client.want_write() and client.socket() is not None:  # the socket is full: the rest once it is
+            super()._on_socket_register_write(client, userdata, sock)  # writable, the aiomqtt way
+
+
+class ReadAhead:
+    """paho's socket, read in large chunks. paho reads a packet in ~3 recv() calls (its first byte,
+    the length bytes one at a time, the rest): 13 a send. This takes in what has arrived with one and
+    hands it out as paho asks. `pending()` says how much is held, as an SSL socket's does: aiomqtt's
+    reader reads on while it is not zero (nothing would wake it for data already read)."""
+
+    READ = 65536
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._held = b""
+        self._at = 0
+
+    def recv(self, size: int) -> bytes:
+        if self._at >= len(self._held):
+            data: bytes = self._sock.recv(max(size, self.READ))
+            if len(data) <= size:
+                return data
+            self._held, self._at = data, 0
+        chunk = self._held[self._at:self._at + size]
+        self._at += len(chunk)
+        return chunk
+
+    def pending(self) -> int:
+        inner = getattr(self._sock, "pending", None)
+        return len(self._held) - self._at + (inner() if inner is not None else 0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def coalesce(packets: deque[dict[str, Any]]) -> None:
+    """Join paho's queued packets into as few as possible, in order: every run of packets paho does
+    nothing with once written becomes one. QoS 0 publishes (their `on_publish` fires once written)
+    and DISCONNECT (paho closes the socket) stay as they are. Relies on paho 2's packet dicts
+    (`command`, `qos`, `pos`, `to_process`, `packet`, `mid`, `info`): checked by tests/unit/test_link_write.py."""
+    if len(packets) < 2:
+        return
+    merged: deque[dict[str, Any]] = deque()
+    run: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        if len(run) > 1:
+            data = b"".join(packet["packet"][packet["pos"]:] for packet in run)
+            merged.append({"command": PacketTypes.PUBACK << 4, "mid": 0, "qos": 1, "pos": 0,
+                           "to_process": len(data), "packet": data, "info": None})
+        else:
+            merged.extend(run)
+        run.clear()
+
+    for packet in packets:
+        command = packet["command"] & 0xF0
+        if (command == PacketTypes.PUBLISH << 4 and packet["qos"] == 0) or command == PacketTypes.DISCONNECT << 4:
+            flush()
+            merged.append(packet)
+        else:
+            run.append(packet)
+    flush()
+    packets.clear()
+    packets.extend(merged)
 
 
 class _PendingCallsNote(logging.Filter):
@@ -367,7 +494,7 @@ class MqttLink:
             max_queued_outgoing_messages=None,
             max_inflight_messages=MAX_WINDOW,  # the window (window_size) is the limit that counts
             logger=_CLIENT_LOG,
-            queue_type=self._new_intake,  # type: ignore[arg-type]  # a factory is all aiomqtt needs
+            queue_type=self._new_intake,  # a factory is all aiomqtt needs
             # MQTT is many small packets (a PUBACK, then a response): with Nagle on, each second write
             # waits for the peer's delayed ACK, ~40 ms a hop (measured: 88 ms request -> response).
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
@@ -402,8 +529,8 @@ class MqttLink:
                      self._url_for_logs, "5" if self._v5 else "3.1.1", window.size)
             try:
                 async with asyncio.TaskGroup() as group:
-                    group.create_task(self._publisher(client, window, group))
-                    group.create_task(self._spool_publisher(client, window, group))
+                    group.create_task(self._publisher(client, window))
+                    group.create_task(self._spool_publisher(client, window))
                     group.create_task(self._receiver(client))
             except ExceptionGroup as errors:
                 lost, other = errors.split(aiomqtt.MqttError)
@@ -439,7 +566,7 @@ class MqttLink:
         except Exception:  # a bug in one handler must not drop the connection
             log.exception("failed to handle a message on %s", incoming.topic)
 
-    async def _publisher(self, client: aiomqtt.Client, window: PublishWindow, group: asyncio.TaskGroup) -> None:
+    async def _publisher(self, client: _Client, window: PublishWindow) -> None:
         """Retained state (each change, in order) before responses and events (in order), each
         published as soon as the window has a slot for it."""
         while True:
@@ -454,31 +581,26 @@ class MqttLink:
                 item = self._transient.popleft()
             key = next(self._dispatch_ids)
             self._in_flight[key] = item
-            group.create_task(self._send_control(client, window, key, item))
+            self._send_control(client, window, key, item)
 
-    async def _send_control(self, client: aiomqtt.Client, window: PublishWindow, key: int,
-                            item: _Retained | _Transient) -> None:
-        try:
-            if not is_topic_name(item.topic):  # paho would send an empty one, and the broker hang up on us
-                log.error("dropped a publish to %r: not a valid topic name", item.topic[:200])
-            elif isinstance(item, _Retained):
-                await client.publish(item.topic, item.payload, qos=1, retain=True)
-            else:
-                props = None
-                if item.correlation_data is not None:
-                    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho: no annotations
-                    props.CorrelationData = item.correlation_data
-                await client.publish(item.topic, item.payload, qos=item.qos, properties=props)
-        except aiomqtt.MqttError:
-            raise  # the connection is lost: the item is published again after the reconnect
-        except Exception:  # a publish paho refuses (a malformed topic) must not take the link down
-            log.exception("publish to %r refused; dropped", item.topic)
-        finally:
+    def _send_control(self, client: _Client, window: PublishWindow, key: int, item: _Retained | _Transient) -> None:
+        def acked() -> None:
             window.release(Lane.CONTROL)
-        del self._in_flight[key]
+            self._in_flight.pop(key, None)
 
-    async def _spool_publisher(self, client: aiomqtt.Client, window: PublishWindow,
-                               group: asyncio.TaskGroup) -> None:
+        if not is_topic_name(item.topic):  # paho would send an empty one, and the broker hang up on us
+            log.error("dropped a publish to %r: not a valid topic name", item.topic[:200])
+            acked()
+        elif isinstance(item, _Retained):
+            client.publish_then(item.topic, item.payload, 1, True, None, acked)
+        else:
+            props = None
+            if item.correlation_data is not None:
+                props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho: no annotations
+                props.CorrelationData = item.correlation_data
+            client.publish_then(item.topic, item.payload, item.qos, False, props, acked)
+
+    async def _spool_publisher(self, client: _Client, window: PublishWindow) -> None:
         """The spool, oldest first, each entry as soon as the window has a slot for it; an entry
         leaves the spool only after its PUBACK and those of all older entries."""
         self._spool_acks.new_connection()
@@ -496,15 +618,15 @@ class MqttLink:
                     continue
                 await window.acquire(Lane.SPOOL)
                 self._spool.publishing(entry.seq)
-                group.create_task(self._send_spooled(client, window, entry))
+                self._send_spooled(client, window, entry)
 
-    async def _send_spooled(self, client: aiomqtt.Client, window: PublishWindow, entry: SpoolEntry) -> None:
-        payload = redelivered_copy(entry.payload) if entry.redelivered else entry.payload
-        try:
-            await client.publish(entry.topic, payload, qos=entry.qos, retain=entry.retain)
-        finally:
+    def _send_spooled(self, client: _Client, window: PublishWindow, entry: SpoolEntry) -> None:
+        def acked() -> None:
             window.release(Lane.SPOOL)
-        self._spool_acked(entry.seq)
+            self._spool_acked(entry.seq)
+
+        payload = redelivered_copy(entry.payload) if entry.redelivered else entry.payload
+        client.publish_then(entry.topic, payload, entry.qos, entry.retain, None, acked)
 
     def _spool_acked(self, seq: int) -> None:
         upto = self._spool_acks.acked(seq)

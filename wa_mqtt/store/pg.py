@@ -130,6 +130,17 @@ class Locked:
         self._conn = connect(url)
         self._closed = False
 
+    @classmethod
+    def upgraded(cls, url: str, schema: PgSchema) -> Locked:
+        """A connection whose tables `upgrade` brought to `schema` (closed again when that fails)."""
+        db = cls(url)
+        try:
+            upgrade(db.conn, schema)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
     @property
     def conn(self) -> PgConnection:
         if not self._closed and (self._conn.broken or self._conn.closed):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 
 from ..accounts.dedup import DEFAULT_WINDOW
-from .pg import Locked, PgSchema, PgUpgrade, masked, upgrade
+from .pg import Locked, PgSchema, PgUpgrade, masked
 
 SCHEMA = PgSchema("dedup", [
     PgUpgrade(1, "the seen table", """
@@ -41,12 +41,7 @@ class PgSeenIds:
         self._added: dict[str, int] = {}  # new ids per account since its last trim
         self._held: dict[tuple[str, str], None] = {}  # ids kept in memory (`hold`), oldest first
         self._held_lock = threading.Lock()
-        self._db = Locked(url)
-        try:
-            upgrade(self._db.conn, SCHEMA)
-        except BaseException:
-            self._db.close()
-            raise
+        self._db = Locked.upgraded(url, SCHEMA)
         self.duplicates = 0
 
     def seen(self, account: str, message_id: str) -> bool:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..accounts.outbox import IDEMPOTENCY_WINDOW, OutboxEntry
-from .pg import Locked, PgSchema, PgUpgrade, masked, upgrade
+from .pg import Locked, PgSchema, PgUpgrade, masked
 
 log = logging.getLogger(__name__)
 
@@ -59,30 +59,28 @@ class PgOutbox:
         self.path = masked(url)  # what messages name it by
         self._clock = clock
         self._window = idempotency_window
-        self._db = Locked(url)
-        try:
-            upgrade(self._db.conn, SCHEMA)
-        except BaseException:
-            self._db.close()
-            raise
+        self._db = Locked.upgraded(url, SCHEMA)
 
     # -- the queue -------------------------------------------------------------------------------
-    def enqueue(self, account: str, request: dict[str, Any], client_id: str | None) -> tuple[OutboxEntry, bool]:
-        """Queue a send; (entry, False). If `client_id` is already waiting: (that entry, True), nothing added."""
+    def enqueue(self, account: str, request: dict[str, Any], client_id: str | None,
+                wa_id: str | None = None) -> tuple[OutboxEntry, bool]:
+        """Queue a send; (entry, False). If `client_id` is already waiting: (that entry, True), nothing added.
+        `wa_id`: its first try begins at once, in the same statement (as `begin_attempt`)."""
         data = json.dumps(request, separators=(",", ":"))
         created = self._now()
         with self._db.lock:
             row = self._db.conn.execute(
-                "INSERT INTO wa_mqtt_outbox (account, request, client_id, created_at) VALUES (%s, %s, %s, %s) "
+                "INSERT INTO wa_mqtt_outbox (account, request, client_id, created_at, wa_id, tries) "
+                "VALUES (%s, %s, %s, %s, %s, %s) "
                 f"ON CONFLICT (account, client_id) WHERE client_id IS NOT NULL DO NOTHING RETURNING {_COLUMNS}",
-                (account, data, client_id, created)).fetchone()
+                (account, data, client_id, created, wa_id, 0 if wa_id is None else 1)).fetchone()
             if row is None:  # that client id is waiting already
                 row = self._db.conn.execute(
                     f"SELECT {_COLUMNS} FROM wa_mqtt_outbox WHERE account = %s AND client_id = %s",
                     (account, client_id)).fetchone()
                 if row is not None:
                     return _entry(row), True
-                return self.enqueue(account, request, client_id)  # sent and removed meanwhile
+                return self.enqueue(account, request, client_id, wa_id)  # sent and removed meanwhile
         return _entry(row), False
 
     def pending(self, account: str) -> list[OutboxEntry]:

@@ -1,0 +1,112 @@
+"""The link joins the packets paho queued in one loop turn into one write (`coalesce`), and reads ahead
+(`ReadAhead`): checked against a real paho client on a socket pair, so a paho that changed its packet
+queue or its reads fails here."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from wa_mqtt.mqtt.link import ReadAhead, coalesce
+
+
+def _paho(sock: socket.socket) -> mqtt.Client:
+    """A paho client 'connected' to `sock`: what it publishes is queued, and written by `loop_write`."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="t", protocol=mqtt.MQTTv311)
+    client.on_socket_register_write = lambda *_args: None  # queue only: we write
+    client.on_socket_unregister_write = lambda *_args: None
+    client._sock = sock  # type: ignore[assignment]  # private: no broker in a unit test
+    client._state = mqtt._ConnectionState.MQTT_CS_CONNECTED  # type: ignore[attr-defined]  # private, as above
+    return client
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    sock.setblocking(False)
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except BlockingIOError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def _written(join: bool, publishes: list[tuple[str, bytes, int]]) -> tuple[bytes, list[Any], int]:
+    """What paho writes for `publishes`, joined or not; the QoS 0 on_publish calls; the packets sent as."""
+    ours, theirs = socket.socketpair()
+    published: list[Any] = []
+    try:
+        client = _paho(ours)
+        client.on_publish = lambda _c, _u, mid, *_rest: published.append(mid)
+        for topic, payload, qos in publishes:
+            client.publish(topic, payload, qos=qos)
+        queue = client._out_packet  # private: the queue `coalesce` works on
+        if join:
+            coalesce(queue)
+        packets = len(queue)
+        client.loop_write()
+        assert not client.want_write()
+        return _read_all(theirs), published, packets
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_joined_packets_are_the_same_bytes_in_fewer_writes_and_qos0_publishes_are_still_reported() -> None:
+    publishes = [("a/1", b"x" * 10, 1), ("a/2", b"y" * 300, 1), ("a/3", b"", 1), ("b/0", b"zero", 0),
+                 ("a/4", b"w" * 70_000, 1), ("a/5", b"v", 1)]
+    plain, plain_published, plain_packets = _written(False, publishes)
+    joined, joined_published, joined_packets = _written(True, publishes)
+    assert joined == plain
+    assert plain_packets == 6
+    assert joined_packets == 3  # a/1-a/3, b/0 (QoS 0: paho reports it once written), a/4-a/5
+    assert joined_published == plain_published and len(plain_published) == 1
+
+
+def test_nothing_to_join() -> None:
+    publishes = [("a/1", b"x", 1)]
+    assert _written(True, publishes)[2] == 1
+    assert _written(True, [("a/1", b"x", 0), ("a/2", b"y", 0)])[2] == 2
+
+
+def test_read_ahead_hands_out_what_one_recv_took_in_and_says_how_much_it_holds() -> None:
+    ours, theirs = socket.socketpair()
+    try:
+        ours.setblocking(False)
+        reader = ReadAhead(ours)
+        with pytest.raises(BlockingIOError):  # nothing there: as the socket says
+            reader.recv(1)
+        theirs.sendall(b"abcdefgh")
+        assert reader.recv(1) == b"a" and reader.pending() == 7
+        assert reader.recv(3) == b"bcd" and reader.recv(10) == b"efgh" and reader.pending() == 0
+        assert reader.fileno() == ours.fileno()  # the rest is the socket's
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_paho_reads_every_packet_through_read_ahead() -> None:
+    """Publishes written by one paho client, read by another through `ReadAhead`: every one arrives."""
+    ours, theirs = socket.socketpair()
+    try:
+        data, _, _ = _written(True, [(f"t/{i}", bytes([i]) * (i * 50), 0) for i in range(40)])  # QoS 0: no window
+        theirs.sendall(data)
+        reader = _paho(ours)
+        ours.setblocking(False)
+        reader._sock = ReadAhead(ours)  # type: ignore[assignment]  # as the link installs it
+        got: list[tuple[str, bytes]] = []
+        reader.on_message = lambda _c, _u, message: got.append((message.topic, message.payload))
+        reader._in_messages = {}  # private: no session state in a unit test
+        reader.loop_read()
+        while reader.socket().pending():  # type: ignore[union-attr]  # as aiomqtt's reader does
+            reader.loop_read()
+        assert got == [(f"t/{i}", bytes([i]) * (i * 50)) for i in range(40)]
+    finally:
+        ours.close()
+        theirs.close()
