@@ -28,8 +28,9 @@ from .accounts.manager import AccountManager
 from .accounts.outbox import Outbox
 from .accounts.store import SessionStore
 from .bus import EventBus
+from .cluster.bridge_requests import BridgeRequestLink
 from .cluster.coordinator import Coordinator
-from .cluster.gate import RequestGate
+from .cluster.gate import BRIDGE_SUBSCRIPTION, RequestGate
 from .cluster.publisher import InstanceTopics, instance_state_topic
 from .cluster.setup import instance_name, join_cluster, leave_cluster, run_cluster
 from .config import Config, ConfigError, config_changes, config_file_complete, load_config, without_restart_changes
@@ -79,6 +80,14 @@ def make_engine(config: Config, intake: Intake | None = None) -> Engine:
     from .engines.child import make_inner_engine
 
     return make_inner_engine(config.engine, options)
+
+
+async def _link_when_ready(link: MqttLink, bridge_requests: BridgeRequestLink | None) -> None:
+    """The main link, which says `online` once connected: after the bridge-request subscription (a
+    cluster's), so that `online` still means every request is heard."""
+    if bridge_requests is not None:
+        await bridge_requests.wait_subscribed()
+    await link.run()
 
 
 async def _step(what: str, work: Awaitable[object]) -> None:
@@ -178,6 +187,8 @@ class App:
             sending = SendService(manager, config)
             gate = (RequestGate(coordinator, topics, link, hold_for=2 * config.cluster.takeover_after,
                                 v5=config.mqtt.url is not None) if coordinator is not None else None)
+            bridge_requests = (BridgeRequestLink(config.mqtt, url, gate.bridge_filter, BRIDGE_SUBSCRIPTION, on_message)
+                               if gate is not None and gate.bridge_filter is not None else None)
             own_topics = InstanceTopics(topics.base, coordinator.instance_id) if coordinator is not None else topics
             extensions: list[Extension] = [
                 StatePublisher(bus, config, own_topics, link, manager, seen, started_at, disk),
@@ -211,7 +222,9 @@ class App:
             if coordinator is not None:
                 await join_cluster(coordinator, config, sessions, manager, topics, link, gate)
             async with asyncio.TaskGroup() as group:
-                link_task = group.create_task(link.run(), name="mqtt-link")
+                requests_task = (group.create_task(bridge_requests.run(), name="mqtt-bridge-requests")
+                                 if bridge_requests is not None else None)
+                link_task = group.create_task(_link_when_ready(link, bridge_requests), name="mqtt-link")
                 cluster_task = run_cluster(coordinator, bus, group) if coordinator is not None else None
                 manager_task = group.create_task(manager.run(), name="accounts")
                 await manager.wait_ready()
@@ -221,6 +234,8 @@ class App:
                     config_watch.start()
                 await stop.wait()
                 log.info("shutting down")
+                if requests_task is not None:
+                    requests_task.cancel()  # the broker hands the next bridge requests to the other bridges
                 # each step runs even when one before it failed: engines closed, statuses `stopped`
                 # and `offline` published whatever happened
                 await _step("sessions watcher", sessions_watch.stop())

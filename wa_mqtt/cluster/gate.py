@@ -10,8 +10,11 @@ none is lost in a takeover. A bridge that dies may have served some of its last 
 last renewal: those are served again by the new owner (a send's client `id` makes that harmless: the
 shared outbox answers it as a duplicate).
 
-The two subscriptions overlap (`<base>/+/request/+` also matches bridge requests): their MQTT v5
-subscription identifiers tell which one delivered a message. A bridge request naming an account
+The shared subscription is held on a second connection with session expiry 0
+(cluster/bridge_requests.py): a dead bridge's persistent session would otherwise stay a member of the
+group and keep taking its turn of the requests, unanswered. The two subscriptions overlap
+(`<base>/+/request/+` also matches bridge requests): their MQTT v5 subscription identifiers tell
+which one delivered a message. A bridge request naming an account
 (`pair`, `remove`, `restart_account`, `backup` with a `phone`) that another live bridge runs is
 forwarded to that bridge (`<base>/bridge/instances/<id>/forward`, the request with its response
 topic and correlation data), which serves it as if it had received it. Without MQTT v5 (the embedded broker:
@@ -68,10 +71,14 @@ class RequestGate:
     def filters(self) -> list[tuple[str, int]]:
         base = self._topics.base
         forward = (self._forward_topic(self._coordinator.instance_id), FORWARD_SUBSCRIPTION)
-        if not self._v5:
-            return [(f"{base}/+/request/+", ACCOUNT_SUBSCRIPTION), forward]
-        return [(f"{base}/+/request/+", ACCOUNT_SUBSCRIPTION),
-                (f"$share/wa_mqtt_{base}/{base}/bridge/request/+", BRIDGE_SUBSCRIPTION), forward]
+        return [(f"{base}/+/request/+", ACCOUNT_SUBSCRIPTION), forward]
+
+    @property
+    def bridge_filter(self) -> str | None:
+        """The shared subscription of bridge requests (MQTT v5), held on a connection of its own that
+        leaves no session behind (cluster/bridge_requests.py); None without MQTT v5."""
+        base = self._topics.base
+        return f"$share/wa_mqtt_{base}/{base}/bridge/request/+" if self._v5 else None
 
     def _forward_topic(self, instance_id: str) -> str:
         return f"{self._topics.base}/{BRIDGE}/instances/{instance_id}/forward"
