@@ -60,18 +60,18 @@ def test_a_redelivered_copy_says_so() -> None:
 def test_pending_publish_warnings_are_folded_into_one_line_a_minute(monkeypatch: pytest.MonkeyPatch) -> None:
     import logging
 
-    from wa_mqtt.mqtt import link
+    from wa_mqtt.mqtt import paho_client
 
     now = [1000.0]
-    monkeypatch.setattr(link.time, "monotonic", lambda: now[0])
-    note = link._PendingCallsNote()
+    monkeypatch.setattr(paho_client.time, "monotonic", lambda: now[0])
+    note = paho_client._PendingCallsNote()
 
     def record() -> logging.LogRecord:
         return logging.LogRecord("x", logging.WARNING, __file__, 1, "There are %d pending publish calls.", (11,), None)
 
     assert note.filter(record())
     assert [note.filter(record()) for _ in range(5)] == [False] * 5
-    now[0] += link.WARNING_EVERY
+    now[0] += paho_client.WARNING_EVERY
     shown = record()
     assert note.filter(shown) and "5 such warnings" in shown.getMessage()
     other = logging.LogRecord("x", logging.WARNING, __file__, 1, "something else", (), None)

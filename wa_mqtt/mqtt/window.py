@@ -18,6 +18,10 @@ from __future__ import annotations
 
 import asyncio
 from enum import Enum
+from typing import Any
+
+DEFAULT_WINDOW = 20  # publishes in flight when the broker announces no receive maximum (MQTT 3.1.1)
+MAX_WINDOW = 100  # and never more, whatever it announces (MQTT v5 allows up to 65,535)
 
 
 class Lane(Enum):
@@ -60,3 +64,9 @@ class PublishWindow:
         self._slots.release()
         if lane is Lane.SPOOL:
             self._spool_slots.release()
+
+
+def window_size(connack: Any) -> int:
+    """Publishes in flight at most: the broker's receive maximum (CONNACK, MQTT v5), else 20."""
+    announced = getattr(connack, "ReceiveMaximum", None) if connack is not None else None
+    return max(1, min(MAX_WINDOW, announced or DEFAULT_WINDOW))

@@ -1,0 +1,218 @@
+"""The link's MQTT client: aiomqtt's, extended where it reaches into paho's internals.
+
+`PahoClient` keeps the CONNACK properties, hands publishes to paho with a PUBACK callback each
+(`publish_then`: no task, event or timer per publish), reads the socket ahead (`ReadAhead`) and
+writes the packets queued in one loop turn with one send (`coalesce`). `Intake` is aiomqtt's queue
+of received messages, holding each as a small `Incoming`. aiomqtt's and paho's own log lines go to
+`CLIENT_LOG`, its "pending publish calls" warning folded to one line a minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+log = logging.getLogger(__name__)
+
+WARNING_EVERY = 60.0  # seconds: aiomqtt's "pending publish calls" warning at most once per this
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A message from the broker, reduced to what the bridge needs."""
+
+    topic: str
+    payload: bytes
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    subscription_ids: tuple[int, ...] = ()  # MQTT v5: the identifiers of the subscriptions it matched
+
+
+class Intake(asyncio.Queue[Incoming]):
+    """aiomqtt's queue of received messages holding each as an `Incoming`: its payload and ~0.3 KB, not
+    the ~7 KB of paho's objects, so messages waiting to be handled cost little."""
+
+    def put_nowait(self, item: Any) -> None:
+        message: aiomqtt.Message = item
+        payload = message.payload if isinstance(message.payload, bytes) else str(message.payload or "").encode()
+        props = message.properties
+        response_topic = getattr(props, "ResponseTopic", None) if props else None
+        correlation = getattr(props, "CorrelationData", None) if props else None
+        ids = getattr(props, "SubscriptionIdentifier", None) if props else None
+        super().put_nowait(Incoming(str(message.topic), payload, response_topic, correlation,
+                                    tuple(ids) if isinstance(ids, list) else (ids,) if ids else ()))
+
+
+class PahoClient(aiomqtt.Client):
+    """aiomqtt's client, keeping the CONNACK properties (the broker's receive maximum), which aiomqtt
+    does not expose, reading ahead (`ReadAhead`), and writing the packets paho queued in one loop turn
+    with one send.
+
+    aiomqtt has paho write each packet with a send() of its own, once the socket is reported writable:
+    per loop turn a wake-up of the loop, two epoll changes and a send per packet. A send goes out as a
+    response, a PUBACK and two or three publishes; on loopback each send() also runs the broker's
+    side of TCP, and that was a fifth of the bridge's time in the send benchmark. Here the packets
+    queued in a turn are joined (`coalesce`) and written at its end; only when the socket cannot take
+    them all is the rest left to aiomqtt's writer."""
+
+    connack: Any = None
+    _write_due = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._acked: dict[int, Callable[[], None]] = {}  # QoS 1 publishes waiting for their PUBACK (`publish_then`)
+
+    def _on_connect(self, *args: Any, **kwargs: Any) -> None:
+        properties = args[4] if len(args) > 4 else kwargs.get("properties")
+        self.connack = properties
+        super()._on_connect(*args, **kwargs)
+
+    def publish_then(self, topic: str, payload: bytes, qos: int, retain: bool, properties: Properties | None,
+                     acked: Callable[[], None]) -> None:
+        """Publish without a task or an event each (aiomqtt's `publish` makes both, and a timer):
+        `acked()` runs once the broker acknowledged it (QoS 0: once written). A publish paho refuses
+        (a malformed topic) is logged and dropped; one it cannot make because the connection is gone
+        is left unacknowledged: the session ends, and the link publishes it again on the next one."""
+        try:
+            info = self._client.publish(topic, payload, qos, retain, properties)
+        except Exception:  # must not take the link down
+            log.exception("publish to %r refused; dropped", topic)
+            acked()
+            return
+        if info.rc != 0:  # not connected: the receiver sees the connection end
+            return
+        if qos == 0 or info.is_published():
+            acked()
+        else:
+            self._acked[info.mid] = acked
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, *args: Any) -> None:
+        super()._on_publish(client, userdata, mid, *args)
+        acked = self._acked.pop(mid, None)
+        if acked is not None:
+            acked()
+
+    def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
+        client._sock = ReadAhead(sock)  # paho's own socket attribute: it reads and writes only through it
+        super()._on_socket_open(client, userdata, sock)
+
+    def _on_socket_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        if self._write_due:
+            return
+        self._write_due = True
+        try:
+            on_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:  # paho's connect runs in an executor thread
+            on_loop = False
+        (self._loop.call_soon if on_loop else self._loop.call_soon_threadsafe)(
+            self._write_queued, client, userdata, sock)
+
+    def _write_queued(self, client: Any, userdata: Any, sock: Any) -> None:
+        self._write_due = False
+        coalesce(client._out_packet)  # paho's queue of packets to write (see `coalesce`)
+        try:
+            client.loop_write()
+        except Exception as exc:  # noqa: BLE001 (as aiomqtt's writer: a broken connection ends the session)
+            if not self._disconnected.done():
+                self._disconnected.set_exception(exc)
+            return
+        if client.want_write() and client.socket() is not None:  # the socket is full: the rest once it is
+            super()._on_socket_register_write(client, userdata, sock)  # writable, the aiomqtt way
+
+
+class ReadAhead:
+    """paho's socket, read in large chunks. paho reads a packet in ~3 recv() calls (its first byte,
+    the length bytes one at a time, the rest): 13 a send. This takes in what has arrived with one and
+    hands it out as paho asks. `pending()` says how much is held, as an SSL socket's does: aiomqtt's
+    reader reads on while it is not zero (nothing would wake it for data already read)."""
+
+    READ = 65536
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._held = b""
+        self._at = 0
+
+    def recv(self, size: int) -> bytes:
+        if self._at >= len(self._held):
+            data: bytes = self._sock.recv(max(size, self.READ))
+            if len(data) <= size:
+                return data
+            self._held, self._at = data, 0
+        chunk = self._held[self._at:self._at + size]
+        self._at += len(chunk)
+        return chunk
+
+    def pending(self) -> int:
+        inner = getattr(self._sock, "pending", None)
+        return len(self._held) - self._at + (inner() if inner is not None else 0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def coalesce(packets: deque[dict[str, Any]]) -> None:
+    """Join paho's queued packets into as few as possible, in order: every run of packets paho does
+    nothing with once written becomes one. QoS 0 publishes (their `on_publish` fires once written)
+    and DISCONNECT (paho closes the socket) stay as they are. Relies on paho 2's packet dicts
+    (`command`, `qos`, `pos`, `to_process`, `packet`, `mid`, `info`): checked by tests/unit/test_link_write.py."""
+    if len(packets) < 2:
+        return
+    merged: deque[dict[str, Any]] = deque()
+    run: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        if len(run) > 1:
+            data = b"".join(packet["packet"][packet["pos"]:] for packet in run)
+            merged.append({"command": PacketTypes.PUBACK << 4, "mid": 0, "qos": 1, "pos": 0,
+                           "to_process": len(data), "packet": data, "info": None})
+        else:
+            merged.extend(run)
+        run.clear()
+
+    for packet in packets:
+        command = packet["command"] & 0xF0
+        if (command == PacketTypes.PUBLISH << 4 and packet["qos"] == 0) or command == PacketTypes.DISCONNECT << 4:
+            flush()
+            merged.append(packet)
+        else:
+            run.append(packet)
+    flush()
+    packets.clear()
+    packets.extend(merged)
+
+
+class _PendingCallsNote(logging.Filter):
+    """aiomqtt warns "There are N pending publish calls." for every publish over its threshold (a
+    backlog of 2,000 wrote ~570 lines). The window keeps us under it; should it happen anyway, one
+    line per minute says how many were folded into it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last = float("-inf")
+        self._folded = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "pending publish calls" not in str(record.msg):
+            return True
+        now = time.monotonic()
+        if now - self._last < WARNING_EVERY:
+            self._folded += 1
+            return False
+        if self._folded:
+            record.msg = f"{record.msg} ({self._folded} such warnings in the last minute not shown)"
+        self._last, self._folded = now, 0
+        return True
+
+
+CLIENT_LOG = logging.getLogger("wa_mqtt.mqtt.link.client")  # aiomqtt's and paho's own lines (the name they always had)
+CLIENT_LOG.addFilter(_PendingCallsNote())
