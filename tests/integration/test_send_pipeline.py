@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from wa_mqtt.accounts.supervisor import PIPELINE
+from wa_mqtt.accounts.send_pipeline import PIPELINE
 
 from harness import BridgeEnv, BridgeProcess, Probe
 

@@ -26,7 +26,7 @@ per send):
   before it durable, in order): the entry, its `wa_id` and its counted try are on disk before
   WhatsApp may have the message, so after a power loss it is retried under that id and flagged a
   retry (no double send). Every send begun before it rides on the same fsync: the send pipeline
-  runs it on a thread for all the sends begun meanwhile (a group commit, supervisor.py);
+  runs it on a thread for all the sends begun meanwhile (a group commit, send_pipeline.py);
 - before a send is answered `queued: true`, `sync()` again: the queued send that was promised
   survives a power loss;
 - a completion left unsynced can be lost with power: the entry comes back with its `wa_id` and
@@ -217,7 +217,7 @@ class Outbox:
             log.warning("outbox %s: cannot sync its WAL (%s); its last changes survive a crash, not a power loss",
                         self.path, exc.strerror or exc)
             return
-        with self._lock:  # `_sync_begun` (supervisor.py) runs this on a thread
+        with self._lock:  # `_sync_begun` (send_pipeline.py) runs this on a thread
             self._synced = max(self._synced, made)
 
     @contextmanager
