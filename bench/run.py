@@ -564,6 +564,14 @@ def machine() -> dict[str, Any]:
             "mosquitto": mosquitto[0] if mosquitto else "?", "kernel": platform.release()}
 
 
+def code() -> dict[str, Any]:
+    """The code measured: this checkout (the bridge processes import it first, see harness.bridge_environ)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    return {"checkout": str(ROOT), "commit": git("rev-parse", "HEAD") or "?",
+            "modified": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
 def table(rows: list[Row]) -> str:
     lines = [f"{'figure':<62} {'broker':>8} {'wa_mqtt':>10} {'baseline':>10} {'ratio':>7}  baseline / goal",
              "-" * 130]
@@ -605,7 +613,7 @@ async def main() -> int:
             rows += bench.rows
     print(table(rows))
     result = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "quick": args.quick,
-              "seconds": round(time.monotonic() - started, 1), "machine": machine(),
+              "seconds": round(time.monotonic() - started, 1), "machine": machine(), "code": code(),
               "load_average": {"start": load_at_start, "end": os.getloadavg()},  # 1, 5, 15 min: others' load
               "brokers": {name: "Mosquitto defaults + max_queued_messages 100000" + (
                   f" + {BROKERS[name].strip()}" if BROKERS[name] else "") for name in args.brokers},

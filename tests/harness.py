@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -217,6 +217,22 @@ class BridgeEnv:
                      datetime.now(UTC))
 
 
+CHECKOUT = Path(__file__).resolve().parent.parent  # the repository these tests (and bench/) belong to
+
+
+def bridge_environ(base: Mapping[str, str], extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a bridge process: `base` without WA_MQTT_* variables, with `extra`, and with
+    this checkout first on PYTHONPATH. The bridge runs in its own directory, so without it
+    `python -m wa_mqtt` imports whatever wa_mqtt is installed (a shared editable install may be another
+    clone at another commit): a benchmark run as `python bench/run.py` measured that code, not this."""
+    environ = {k: v for k, v in base.items() if not k.startswith("WA_MQTT_")}
+    environ.update(extra or {})
+    paths = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != CHECKOUT]
+    environ["PYTHONPATH"] = os.pathsep.join([str(CHECKOUT), *paths])
+    environ["PYTHONUNBUFFERED"] = "1"
+    return environ
+
+
 class BridgeProcess:
     """`python -m wa_mqtt` as a child process, with its log in a file."""
 
@@ -228,9 +244,7 @@ class BridgeProcess:
     def start(self, *args: str, extra_env: dict[str, str] | None = None) -> None:
         if not self.env.config_path.exists():
             self.env.write_config()
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("WA_MQTT_")}
-        environ.update(extra_env or {})
-        environ["PYTHONUNBUFFERED"] = "1"
+        environ = bridge_environ(os.environ, extra_env)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(

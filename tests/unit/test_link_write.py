@@ -110,3 +110,47 @@ def test_paho_reads_every_packet_through_read_ahead() -> None:
     finally:
         ours.close()
         theirs.close()
+
+
+class _Recording(socket.socket):
+    """A real TCP socket that notes its TCP_QUICKACK settings."""
+
+    quickacks = 0
+
+    def setsockopt(self, *args: Any) -> None:
+        if args[:2] == (socket.IPPROTO_TCP, getattr(socket, "TCP_QUICKACK", None)):
+            self.quickacks += 1
+        super().setsockopt(*args)
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP_QUICKACK is Linux's")
+def test_read_ahead_acknowledges_each_read_at_once() -> None:
+    """A broker with Nagle on (Mosquitto's default) holds its next small packet until we acknowledged
+    the last: with Linux's delayed ACK, one send at a time took ~44 ms on it. TCP_QUICKACK does not
+    stay set, so `ReadAhead` sets it after every recv() that took data in (not for data it held)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        ours = _Recording(socket.AF_INET, socket.SOCK_STREAM)
+        ours.connect(server.getsockname())
+        theirs, _ = server.accept()
+        try:
+            reader = ReadAhead(ours)
+            assert ours.quickacks == 1  # tried once: the socket takes it
+            theirs.sendall(b"abcd")
+            assert reader.recv(1) == b"a" and ours.quickacks == 2
+            assert reader.recv(3) == b"bcd" and ours.quickacks == 2  # held: no read, nothing to acknowledge
+            theirs.sendall(b"e")
+            assert reader.recv(1) == b"e" and ours.quickacks == 3
+        finally:
+            ours.close()
+            theirs.close()
+
+
+def test_read_ahead_on_a_socket_without_tcp_options_reads_as_before() -> None:
+    ours, theirs = socket.socketpair()  # a Unix socket: TCP_QUICKACK does not apply
+    try:
+        reader = ReadAhead(ours)
+        theirs.sendall(b"xy")
+        assert reader.recv(2) == b"xy"
+    finally:
+        ours.close()
+        theirs.close()
