@@ -43,9 +43,13 @@ class Problem:
     since: datetime
 
 
+def _who(problem: Problem) -> str:
+    return f"+{problem.phone}" + (f" ({problem.name})" if problem.name else "")
+
+
 def alert_text(problem: Problem) -> str:
     """The WhatsApp message of an alert: the account, the state, the error, what to do."""
-    who = f"+{problem.phone}" + (f" ({problem.name})" if problem.name else "")
+    who = _who(problem)
     lines = [f"WhatsApp bridge: account {who} needs attention: it is {problem.state.value} "
              f"since {utc_iso(problem.since)}."]
     if problem.error:
@@ -56,7 +60,7 @@ def alert_text(problem: Problem) -> str:
 
 def recovered_text(problem: Problem, now: datetime) -> str:
     """The WhatsApp message when the account is back."""
-    who = f"+{problem.phone}" + (f" ({problem.name})" if problem.name else "")
+    who = _who(problem)
     return (f"WhatsApp bridge: account {who} has recovered: connected again at {utc_iso(now)} "
             f"(it was {problem.state.value} since {utc_iso(problem.since)}).")
 

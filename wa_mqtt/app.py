@@ -207,7 +207,7 @@ class App:
             if config.metrics.port is not None:
                 from .features.metrics import Metrics  # prometheus_client imported only when metrics are on
 
-                extensions.append(Metrics(bus, config, manager, spool, self._clock))
+                extensions.append(Metrics(config, manager, spool, self._clock))
             if config.web.enabled:  # last: drained first, so no action is taken from the page once stopping
                 extensions.append(WebPage(bus, config, manager, self._clock))
             for extension in extensions:

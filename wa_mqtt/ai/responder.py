@@ -63,12 +63,12 @@ class Responder:
             reply = clip(await openai.complete(self._http(), settings, history, text), limit)
             turns = [Turn("user", text), Turn("assistant", reply)]  # what was sent, as the chat shows it
             await self._remember(lambda m: m.append(account, chat, turns, self._clock()))
-        else:
-            conversation = await self._remembered(lambda m: m.conversation(account, chat), None)
-            reply, conversation = await home_assistant.converse(self._http(), settings, text, conversation)
-            if conversation is not None:
-                new_id = conversation
-                await self._remember(lambda m: m.set_conversation(account, chat, new_id, self._clock()))
+            return reply
+        conversation = await self._remembered(lambda m: m.conversation(account, chat), None)
+        reply, conversation = await home_assistant.converse(self._http(), settings, text, conversation)
+        if conversation is not None:
+            new_id = conversation
+            await self._remember(lambda m: m.set_conversation(account, chat, new_id, self._clock()))
         return clip(reply, limit)
 
     async def _remembered(self, read: Callable[[ChatMemory], T], default: T) -> T:

@@ -21,7 +21,6 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from ..bus import EventBus
 from ..config import Config
 from ..model import AccountState
 from ..mqtt.spool import Spool
@@ -116,9 +115,8 @@ class _LoopCollector(Collector):
 class Metrics:
     """The `/metrics` endpoint; started only with `metrics.port` (a restart-only setting)."""
 
-    def __init__(self, bus: EventBus, config: Config, manager: AccountManager, spool: Spool,
+    def __init__(self, config: Config, manager: AccountManager, spool: Spool,
                  clock: Callable[[], datetime]) -> None:
-        self._bus = bus
         self._config = config
         self._manager = manager
         self._spool = spool

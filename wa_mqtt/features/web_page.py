@@ -306,7 +306,10 @@ class WebPage:
         stream.queue.put_nowait(None)
 
     def _changed(self, phone: str) -> None:
-        """Push the account's card soon: many changes of one account (or of many) go out together."""
+        """Push the account's card soon: many changes of one account (or of many) go out together. With
+        no page open, nothing: a page that opens starts from a snapshot taken after it is listed."""
+        if not self._streams:
+            return
         self._dirty.add(phone)
         if self._flush is None:
             self._flush = asyncio.get_running_loop().call_later(COALESCE, self._push_changed)
