@@ -49,6 +49,10 @@ CREATE INDEX IF NOT EXISTS wa_mqtt_leases_by_token ON wa_mqtt_leases (token);
 """),
 ])
 
+# A released lease: no holder, expired when its engine stopped (`stopped_ago` seconds ago); (stopped_ago, token)
+_RELEASE = ("UPDATE wa_mqtt_leases SET instance_id = '', token = '', expires_at = now() - make_interval(secs => %s) "
+            "WHERE token = %s")
+
 
 class InstanceIdInUse(RuntimeError):
     """Another live bridge runs under this instance_id."""
@@ -156,14 +160,10 @@ class LeaseTable:
     async def release(self, account: str, stopped_ago: float = 0.0) -> None:
         """Give the lease up (its engine is stopped; it served nothing for `stopped_ago` seconds): another
         instance may take it at once, and serves the requests it kept from that moment on."""
-        await self._conn.execute(
-            "UPDATE wa_mqtt_leases SET instance_id = '', token = '', expires_at = now() - make_interval(secs => %s) "
-            "WHERE account = %s AND token = %s", (stopped_ago, account, self.token))
+        await self._conn.execute(_RELEASE + " AND account = %s", (stopped_ago, self.token, account))
 
     async def leave(self, stopped_ago: float = 0.0) -> None:
         """A clean shutdown: every lease is released and this instance's row goes (the others take over at once)."""
         async with self._conn.transaction():
-            await self._conn.execute(
-                "UPDATE wa_mqtt_leases SET instance_id = '', token = '', expires_at = now() - make_interval(secs => %s) "
-                "WHERE token = %s", (stopped_ago, self.token))
+            await self._conn.execute(_RELEASE, (stopped_ago, self.token))
             await self._conn.execute("DELETE FROM wa_mqtt_instances WHERE token = %s", (self.token,))

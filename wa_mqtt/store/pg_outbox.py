@@ -47,6 +47,8 @@ CREATE INDEX IF NOT EXISTS wa_mqtt_sent_by_time ON wa_mqtt_sent (sent_at);
 ])
 
 _COLUMNS = "id, account, request, client_id, created_at, wa_id, tries"
+_BEGIN = ("UPDATE wa_mqtt_outbox SET wa_id = COALESCE(wa_id, %s), tries = tries + 1 WHERE id = %s "
+          f"RETURNING {_COLUMNS}")  # a try begins: (wa_id, entry id)
 
 
 class PgOutbox:
@@ -99,9 +101,7 @@ class PgOutbox:
     def begin_attempt(self, entry_id: int, wa_id: str) -> OutboxEntry | None:
         """Keep the entry's WhatsApp id (`wa_id` if it has none yet) and count the try, durably."""
         with self._db.lock:
-            row = self._db.conn.execute(
-                "UPDATE wa_mqtt_outbox SET wa_id = COALESCE(wa_id, %s), tries = tries + 1 WHERE id = %s "
-                f"RETURNING {_COLUMNS}", (wa_id, entry_id)).fetchone()
+            row = self._db.conn.execute(_BEGIN, (wa_id, entry_id)).fetchone()
         return _entry(row) if row else None
 
     def sync(self) -> None:
@@ -127,9 +127,7 @@ class PgOutbox:
             if entry.client_id is not None:
                 self._write_sent([(entry.account, entry.client_id, wa_id, now)], now)
             if next_attempt is not None:
-                begun = self._db.conn.execute(
-                    "UPDATE wa_mqtt_outbox SET wa_id = COALESCE(wa_id, %s), tries = tries + 1 WHERE id = %s "
-                    f"RETURNING {_COLUMNS}", (next_attempt[1], next_attempt[0])).fetchone()
+                begun = self._db.conn.execute(_BEGIN, (next_attempt[1], next_attempt[0])).fetchone()
         return _entry(begun) if begun else None
 
     def remove(self, entry_id: int) -> None:
