@@ -70,20 +70,21 @@ class PgOutbox:
         `wa_id`: its first try begins at once, in the same statement (as `begin_attempt`)."""
         data = json.dumps(request, separators=(",", ":"))
         created = self._now()
-        with self._db.lock:
-            row = self._db.conn.execute(
-                "INSERT INTO wa_mqtt_outbox (account, request, client_id, created_at, wa_id, tries) "
-                "VALUES (%s, %s, %s, %s, %s, %s) "
-                f"ON CONFLICT (account, client_id) WHERE client_id IS NOT NULL DO NOTHING RETURNING {_COLUMNS}",
-                (account, data, client_id, created, wa_id, 0 if wa_id is None else 1)).fetchone()
-            if row is None:  # that client id is waiting already
+        while True:  # the lock is not reentrant: a second try happens outside it
+            with self._db.lock:
                 row = self._db.conn.execute(
+                    "INSERT INTO wa_mqtt_outbox (account, request, client_id, created_at, wa_id, tries) "
+                    "VALUES (%s, %s, %s, %s, %s, %s) "
+                    f"ON CONFLICT (account, client_id) WHERE client_id IS NOT NULL DO NOTHING RETURNING {_COLUMNS}",
+                    (account, data, client_id, created, wa_id, 0 if wa_id is None else 1)).fetchone()
+                if row is not None:
+                    return _entry(row), False
+                row = self._db.conn.execute(  # that client id is waiting already
                     f"SELECT {_COLUMNS} FROM wa_mqtt_outbox WHERE account = %s AND client_id = %s",
                     (account, client_id)).fetchone()
                 if row is not None:
                     return _entry(row), True
-                return self.enqueue(account, request, client_id, wa_id)  # sent and removed meanwhile
-        return _entry(row), False
+            # sent and removed by another bridge between the two statements: try again
 
     def pending(self, account: str) -> list[OutboxEntry]:
         """The account's waiting sends, oldest first."""
