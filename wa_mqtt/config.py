@@ -214,6 +214,8 @@ class WebConfig(_Section):
             raise ValueError(f"host {self.host or '(every address)'!r} is not a loopback address: set web.token "
                              "(a secret every request must carry), or bind web.host to 127.0.0.1")
         return self
+
+
 class StoreConfig(_Section):
     """Where the bridge keeps its own durable state (outbox, dedup ids, account records, leases)."""
 
@@ -339,7 +341,8 @@ class Config(_Section):
 RESTART_KEYS = ("mqtt", "engine", "engine_process", "proxy", "sessions_dir", "data_dir", "disk_full_hold_mb", "web",
                 "store", "instance_id", "cluster",
                 "outgoing.max_media_bytes", "outgoing.media_dir", "outgoing.block_private_urls",
-                "media", "metrics",  # incoming media: the engine processes keep the values they started with
+                "media",  # incoming media: the engine processes keep the values they started with
+                "metrics",  # the endpoint's server is started once, on metrics.host:metrics.port
                 "presence")  # issue 14: the engine processes send the presence they started with
 
 
