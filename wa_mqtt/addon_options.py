@@ -107,7 +107,7 @@ def options_to_config(
 
     `extra` (the add-on folder's own config.yaml, migrated to the current version) is the base;
     options override it; the sessions and data folders are always under /data, and the web page is the
-ingress panel (every address of the container, answering only the ingress proxy). `mqtt_url` wins over
+    ingress panel (every address of the container, answering only the ingress proxy). `mqtt_url` wins over
     the Supervisor's MQTT service. The result has the current `version`. Unknown options raise
     ConfigError (the manifest and OPTION_PATHS must agree), and so does an `extra` newer than the code.
     """

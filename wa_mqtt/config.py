@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -214,6 +214,8 @@ class WebConfig(_Section):
             raise ValueError(f"host {self.host or '(every address)'!r} is not a loopback address: set web.token "
                              "(a secret every request must carry), or bind web.host to 127.0.0.1")
         return self
+
+
 class StoreConfig(_Section):
     """Where the bridge keeps its own durable state (outbox, dedup ids, account records, leases)."""
 
@@ -326,17 +328,11 @@ class Config(_Section):
     def masked(self) -> dict[str, Any]:
         """The effective config as JSON with every secret replaced by `***` (for bridge/info)."""
         data = self.model_dump(mode="json")
-        data["mqtt"]["url"] = mask_url(self.mqtt.url)
-        data["proxy"] = mask_url(self.proxy)
-        data["store"]["url"] = mask_url(self.store.url)
-        if self.backups.encryption_key:
-            data["backups"]["encryption_key"] = SECRET_MASK
-        for rule in data["auto_reply"]:  # issue 16: an AI rule's api_key / token
-            for key in AI_SECRET_KEYS:
-                if isinstance(rule.get("ai"), dict) and rule["ai"].get(key):
-                    rule["ai"][key] = SECRET_MASK
-        if self.web.token:
-            data["web"]["token"] = SECRET_MASK
+        for path, is_url in _secret_paths(data):
+            *parents, key = path
+            node = _at_path(data, parents)
+            if isinstance(node, dict) and node.get(key):
+                node[key] = mask_url(node[key]) if is_url else SECRET_MASK
         return data
 
 
@@ -345,7 +341,8 @@ class Config(_Section):
 RESTART_KEYS = ("mqtt", "engine", "engine_process", "proxy", "sessions_dir", "data_dir", "disk_full_hold_mb", "web",
                 "store", "instance_id", "cluster",
                 "outgoing.max_media_bytes", "outgoing.media_dir", "outgoing.block_private_urls",
-                "media", "metrics",  # incoming media: the engine processes keep the values they started with
+                "media",  # incoming media: the engine processes keep the values they started with
+                "metrics",  # the endpoint's server is started once, on metrics.host:metrics.port
                 "presence")  # issue 14: the engine processes send the presence they started with
 
 
@@ -488,31 +485,43 @@ def config_file_complete(path: Path) -> bool:
     return True
 
 
-def file_secrets(data: Mapping[str, Any]) -> list[str]:
-    """The keys of a config file's own data that hold a secret (a password in a URL, the backup key)."""
-    mqtt = data.get("mqtt")
-    backups = data.get("backups")
-    candidates = {
-        "mqtt.url": mqtt.get("url") if isinstance(mqtt, Mapping) else None,
-        "proxy": data.get("proxy"),
-        "store.url": data["store"].get("url") if isinstance(data.get("store"), Mapping) else None,
-    }
-    found = []
-    for key, url in candidates.items():
-        try:
-            if isinstance(url, str) and urlsplit(url).password:
-                found.append(key)
-        except ValueError:
-            continue
-    if isinstance(backups, Mapping) and backups.get("encryption_key"):
-        found.append("backups.encryption_key")
+def _secret_paths(data: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], bool]]:
+    """Every place config data (a file's own, or `Config`'s JSON dump) may hold a secret, in order:
+    (key path, whether it is a URL whose password is the secret). The one list `Config.masked` and
+    `file_secrets` both read: a new secret is added here."""
+    paths: list[tuple[tuple[str | int, ...], bool]] = [
+        (("mqtt", "url"), True), (("proxy",), True), (("store", "url"), True), (("backups", "encryption_key"), False)]
     rules = data.get("auto_reply")
-    for index, rule in enumerate(rules if isinstance(rules, list) else []):  # issue 16: AI rules' secrets
-        ai = rule.get("ai") if isinstance(rule, Mapping) else None
-        found += [f"auto_reply.{index}.ai.{key}" for key in AI_SECRET_KEYS if isinstance(ai, Mapping) and ai.get(key)]
-    web = data.get("web")
-    if isinstance(web, Mapping) and web.get("token"):
-        found.append("web.token")
+    for index in range(len(rules) if isinstance(rules, list) else 0):  # issue 16: an AI rule's api_key / token
+        paths += [(("auto_reply", index, "ai", key), False) for key in AI_SECRET_KEYS]
+    paths.append((("web", "token"), False))
+    return paths
+
+
+def _at_path(data: Any, path: Sequence[str | int]) -> Any:
+    """The value at `path` (keys of mappings, indexes of lists), or None where the data has no such place."""
+    for part in path:
+        if isinstance(part, int):
+            data = data[part] if isinstance(data, list) else None
+        else:
+            data = data.get(part) if isinstance(data, Mapping) else None
+    return data
+
+
+def file_secrets(data: Mapping[str, Any]) -> list[str]:
+    """The keys of a config file's own data that hold a secret (a password in a URL, the backup key...)."""
+    found = []
+    for path, is_url in _secret_paths(data):
+        value = _at_path(data, path)
+        if is_url:
+            try:
+                secret = isinstance(value, str) and bool(urlsplit(value).password)
+            except ValueError:  # not a URL (an unclosed "[" ...): validation says so, not this
+                secret = False
+        else:
+            secret = bool(value)
+        if secret:
+            found.append(".".join(str(part) for part in path))
     return found
 
 
