@@ -63,10 +63,6 @@ class SendService:
         if not self._listed(recipient) and not await self._allowed_as_resolved(phone, recipient):
             raise ApiError(ErrorCode.FORBIDDEN, f"{field}: {recipient} is not in outgoing.allow_to")
 
-    def check_content(self, message: OutgoingMessage) -> None:
-        """Raise `ApiError` when the text limit or the media policy refuses `message` (not `allow_to`)."""
-        self._check_content(message)
-
     async def _allowed_as_resolved(self, phone: str, recipient: str) -> bool:
         """`outgoing.allow_to` compared as WhatsApp knows the numbers: the recipient and each listed phone
         resolved by the account (`check`, cached), so a listed phone allows that phone however it is
@@ -84,7 +80,8 @@ class SendService:
         resolved = checks[0].jid if checks else None
         return resolved is not None and resolved in {c.jid for c in checks[1:] if c.jid}
 
-    def _check_content(self, message: OutgoingMessage) -> None:
+    def check_content(self, message: OutgoingMessage) -> None:
+        """Raise `ApiError` when the text limit or the media policy refuses `message` (not `allow_to`)."""
         outgoing = self._config.outgoing
         texts = {"text": message.text}
         if message.media is not None:
@@ -107,7 +104,7 @@ class SendService:
         the returned future is what became of it (an `EngineError` when the engine refused it). The
         turn may end once this returns: the account delivers its accepted sends in order."""
         supervisor = self._manager.get(phone)
-        self._check_content(message)
+        self.check_content(message)
         await self.allow(phone, message.to)
         return await supervisor.accept(message, reply)
 

@@ -18,7 +18,7 @@ from ..model import IncomingMessage
 from . import neonize_calls as calls
 from . import neonize_convert as conv
 from . import neonize_groups as groups
-from .addressing import LID_SERVER, lids_in
+from .addressing import LID_SERVER, lids_in, user_of
 from .base import (
     CallReceived,
     Connected,
@@ -190,7 +190,7 @@ class NeonizeEventsMixin:
         if sender.lid is not None and sender.phone is not None:
             if len(self._lids) >= LID_CACHE_LIMIT:
                 self._lids.clear()  # the store keeps them all; this is only a shortcut
-            self._lids[sender.lid.partition("@")[0]] = sender.phone
+            self._lids[user_of(sender.lid)] = sender.phone
 
     async def _resolve_lids(self, client: NewAClient, users: set[str]) -> None:
         """Ask the store's LID map (`get_pn_from_lid`) for the phones of LID `users`; only while `client`

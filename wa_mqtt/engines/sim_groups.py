@@ -24,7 +24,7 @@ from ..model import (
     phone_list,
     to_jid,
 )
-from .addressing import is_lid
+from .addressing import is_lid, user_of
 
 
 class SimGroup(BaseModel):
@@ -186,6 +186,6 @@ class SimDirectory:
             rows = db.execute("SELECT phone, push_name FROM sim_contacts ORDER BY phone").fetchall()
         finally:
             db.close()
-        return [Contact(phone=None, lid=key.partition("@")[0], jid=key, push_name=name) if is_lid(key)  # by LID only
+        return [Contact(phone=None, lid=user_of(key), jid=key, push_name=name) if is_lid(key)  # by LID only
                 else Contact(phone=key, jid=to_jid(key), push_name=name)
                 for key, name in rows if key != me]

@@ -112,7 +112,7 @@ class SimIncomingMixin:
     def _sender(self, spec: SimIncoming) -> Party:
         """Who sent an incoming message, as whatsmeow reports it: with `sender_lid` the message came
         addressed by LID (`sender_jid` is the LID); given with `sender` too, the LID map learns the pair."""
-        phone = spec.sender.split("@")[0].lstrip("+") if spec.sender and not is_lid(spec.sender) else None
+        phone = user_of(spec.sender).lstrip("+") if spec.sender and not is_lid(spec.sender) else None
         lid_text = spec.sender_lid or (spec.sender if spec.sender and is_lid(spec.sender) else None)
         if lid_text is None:
             phone = phone or "15550000001"

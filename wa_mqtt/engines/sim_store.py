@@ -5,8 +5,10 @@ counter, the LID map (`SimLids`) and a temporary ban, each kept as WhatsApp or w
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
+from types import MappingProxyType
 
 from .addressing import LID_SERVER
 
@@ -83,8 +85,9 @@ class SimLids:
         db.execute("CREATE TABLE IF NOT EXISTS sim_lid_map (lid TEXT PRIMARY KEY, phone TEXT NOT NULL)")
         return db
 
-    def phones(self) -> dict[str, str]:
-        return dict(self._load())
+    def phones(self) -> Mapping[str, str]:
+        """LID user → phone, as known now (a read-only view: no copy per message)."""
+        return MappingProxyType(self._load())
 
     def lid_of(self, phone: str) -> str | None:
         return next((f"{lid}@{LID_SERVER}" for lid, known in self._load().items() if known == phone), None)
