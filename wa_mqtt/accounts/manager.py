@@ -101,7 +101,7 @@ class AccountManager:
                      "(back PostgreSQL up instead, e.g. pg_dump; see docs/scaling.md)")
         restored: list[str] = []
         for phone in self.store.account_phones():
-            if phone in self._accounts or (self._owns is not None and not self._owns(phone)):
+            if phone in self._accounts or self.runs_elsewhere(phone):
                 continue  # already here, or another bridge of the cluster runs it
             paths = self.store.paths(phone)
             meta = self.store.read_meta(phone)
@@ -120,7 +120,7 @@ class AccountManager:
             else:
                 self._add(phone, meta, AccountState.STOPPED)  # pairing was started, never finished
         for phone in self._config.accounts:
-            if phone not in self._accounts and (self._owns is None or self._owns(phone)):
+            if phone not in self._accounts and not self.runs_elsewhere(phone):
                 self._add(phone, {}, AccountState.STOPPED)
         shown = ", ".join(restored[:10]) + (f" and {len(restored) - 10} more" if len(restored) > 10 else "")
         log.info("restoring %d stored account(s): %s", len(restored), shown or "none")
@@ -132,7 +132,7 @@ class AccountManager:
         for supervisor in self._accounts.values():
             supervisor.reconfigure(config)
         for phone in config.accounts:
-            if phone not in self._accounts and (self._owns is None or self._owns(phone)):
+            if phone not in self._accounts and not self.runs_elsewhere(phone):
                 self._add(phone, {}, AccountState.STOPPED, announce=True)
 
     def _spawn_check(self, phone: str) -> None:
@@ -354,7 +354,7 @@ class AccountManager:
     async def adopt(self, phone: str) -> bool:
         """A folder appeared in sessions/ (copied in), or this bridge took the account's lease: restore
         it. False when already known (or another bridge of the cluster holds it)."""
-        if phone in self._accounts or not is_phone(phone) or (self._owns is not None and not self._owns(phone)):
+        if phone in self._accounts or not is_phone(phone) or self.runs_elsewhere(phone):
             return False
         paths = self.store.paths(phone)
         if not paths.store.exists() and self._pg_sessions is None:  # in PostgreSQL: the engine tells

@@ -26,18 +26,9 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..config import MqttConfig, mask_url
 from ..mqtt.link import Incoming, broker_address, tls_context_for
+from ..mqtt.paho_client import incoming_of
 
 log = logging.getLogger(__name__)
-
-
-def to_incoming(message: aiomqtt.Message, subscription_id: int) -> Incoming:
-    """What the bridge needs of a message received here, marked as matched by `subscription_id`."""
-    payload = message.payload if isinstance(message.payload, bytes) else str(message.payload or "").encode()
-    props = message.properties
-    return Incoming(str(message.topic), payload,
-                    getattr(props, "ResponseTopic", None) if props else None,
-                    getattr(props, "CorrelationData", None) if props else None,
-                    (subscription_id,))
 
 
 class BridgeRequestLink:
@@ -85,7 +76,7 @@ class BridgeRequestLink:
                     delay = 0.5
                     log.debug("cluster: bridge requests subscribed on their own connection (%s)", self._filter)
                     async for message in client.messages:
-                        await self._on_message(to_incoming(message, self._subscription_id))
+                        await self._on_message(incoming_of(message, (self._subscription_id,)))
             except aiomqtt.MqttError as exc:
                 self._subscribed.set()  # the main link is not held up by this one's trouble
                 log.warning("MQTT broker %s: the bridge-request connection dropped (%s); retrying in %.1f s",

@@ -109,7 +109,7 @@ class RequestGate:
         except (ValueError, AttributeError):
             return Route.SERVE, None  # served here: the answer says what is wrong with it
         coordinator = self._coordinator
-        if not isinstance(phone, str) or phone in coordinator.running:
+        if not isinstance(phone, str) or coordinator.owns(phone):
             return Route.SERVE, None
         owner = coordinator.view.owners.get(phone)
         if owner is not None and owner != coordinator.instance_id and owner in coordinator.view.live:
@@ -144,8 +144,12 @@ class RequestGate:
             return route is Route.SERVE
         if self._v5 and ACCOUNT_SUBSCRIPTION not in incoming.subscription_ids:
             return False
-        owners = {phone: owner for phone, owner in coordinator.view.owners.items() if owner != me}
-        owners.update((phone, me) for phone in coordinator.running)
+        # the target's owner only (not a copy of every account's, per request): this bridge when it runs
+        # it; a lease still naming this bridge without it running counts as none
+        owner = me if coordinator.owns(request.target) else coordinator.view.owners.get(request.target)
+        if owner == me and not coordinator.owns(request.target):
+            owner = None
+        owners = {request.target: owner} if owner is not None else {}
         route = route_request(request.target, me, owners, coordinator.view.accounts,
                               coordinator.view.live or [me])
         if route is Route.SERVE:

@@ -48,14 +48,20 @@ class Intake(asyncio.Queue[Incoming]):
     the ~7 KB of paho's objects, so messages waiting to be handled cost little."""
 
     def put_nowait(self, item: Any) -> None:
-        message: aiomqtt.Message = item
-        payload = message.payload if isinstance(message.payload, bytes) else str(message.payload or "").encode()
-        props = message.properties
-        response_topic = getattr(props, "ResponseTopic", None) if props else None
-        correlation = getattr(props, "CorrelationData", None) if props else None
+        super().put_nowait(incoming_of(item))
+
+
+def incoming_of(message: aiomqtt.Message, subscription_ids: tuple[int, ...] | None = None) -> Incoming:
+    """What the bridge needs of a received message; `subscription_ids` when the caller knows them,
+    else those the message carries (MQTT v5)."""
+    payload = message.payload if isinstance(message.payload, bytes) else str(message.payload or "").encode()
+    props = message.properties
+    response_topic = getattr(props, "ResponseTopic", None) if props else None
+    correlation = getattr(props, "CorrelationData", None) if props else None
+    if subscription_ids is None:
         ids = getattr(props, "SubscriptionIdentifier", None) if props else None
-        super().put_nowait(Incoming(str(message.topic), payload, response_topic, correlation,
-                                    tuple(ids) if isinstance(ids, list) else (ids,) if ids else ()))
+        subscription_ids = tuple(ids) if isinstance(ids, list) else (ids,) if ids else ()
+    return Incoming(str(message.topic), payload, response_topic, correlation, subscription_ids)
 
 
 class PahoClient(aiomqtt.Client):
