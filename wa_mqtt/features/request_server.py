@@ -18,11 +18,13 @@ event's `answer` instead of a response topic.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING
 
 from .. import events as ev
@@ -105,10 +107,20 @@ class RequestServer:
         self._bus.subscribe(ev.ConfigReloaded, self._on_config, OWNER)
 
     async def drain(self) -> None:
-        """Accept no more requests; finish the ones being served (bounded). Sends that waited in the
+        """Accept no more requests; finish the ones being served and publish their answers (bounded by
+        DRAIN_TIMEOUT in all; an answer still not ready then is not published). Sends that waited in the
         outbox are still answered until `stop()`."""
         self._accepting = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_TIMEOUT
         await self._tasks.finish(DRAIN_TIMEOUT)
+        unanswered = [waiting.later.outcome for queue in self._later.values() for waiting in queue if not waiting.done]
+        if unanswered:
+            _, late = await asyncio.wait(unanswered, timeout=max(0.0, deadline - loop.time()))
+            if late:
+                log.warning("%d sends not answered after %g s; their answers are dropped", len(late), DRAIN_TIMEOUT)
+                for outcome in late:
+                    outcome.cancel()  # as the answer tasks were: the callbacks drop them
 
     async def stop(self) -> None:
         self._bus.unsubscribe(OWNER)
@@ -176,7 +188,7 @@ class RequestServer:
             try:
                 data, transaction, has_transaction = api.decode_payload(
                     pending.payload, self._config.mqtt.max_payload_bytes)
-                route = replace(route, transaction=transaction, has_transaction=has_transaction)
+                route = Route(transaction, has_transaction, route.response_topic, route.correlation_data)
                 if pending.refused is not None:
                     raise pending.refused
                 if not request.is_bridge and not is_phone(target):
@@ -188,29 +200,33 @@ class RequestServer:
             except Exception as exc:  # noqa: BLE001 - every failure is answered; a bug too (`_refusal` logs its trace)
                 result = exc
         if isinstance(result, Later):  # taken in order; its answer is awaited after the target's turn
-            waiting = _LaterAnswer(pending, route)
+            waiting = _LaterAnswer(pending, route, result)
             self._later.setdefault(target, deque()).append(waiting)  # in the order taken (no await since the turn)
-            self._tasks.spawn(self._answer_later(target, waiting, result), f"answer-{target}-{command}")
+            result.outcome.add_done_callback(partial(self._answer_later, target, waiting))
         else:
             self._answer(pending, route, result)
 
-    async def _answer_later(self, target: str, waiting: _LaterAnswer, later: Later) -> None:
-        """Await one answer; then publish the target's answers that are ready, in the order their
-        requests were taken: a send is answered after every send taken before it, even when its
-        result was ready first (its task ran before theirs)."""
+    def _answer_later(self, target: str, waiting: _LaterAnswer, outcome: asyncio.Future[object]) -> None:
+        """`waiting`'s outcome is done (a callback: no task per send); publish the target's answers that
+        are ready, in the order their requests were taken: a send is answered after every send taken
+        before it, even when its result was ready first. A cancelled outcome (a stop that timed out)
+        is not answered, and does not hold the others back."""
+        if not outcome.cancelled():
+            try:
+                waiting.result = waiting.later.result()
+            except Exception as exc:  # noqa: BLE001 - as in `_serve`
+                waiting.result = exc
+        waiting.done = True
+        queue = self._later.get(target)
         try:
-            waiting.result = await later.result
-        except Exception as exc:  # noqa: BLE001 - as in `_serve`
-            waiting.result = exc
-        finally:  # cancelled (a stop that timed out): not answered, and not holding the others back
-            waiting.done = True
-            queue = self._later.get(target)
             while queue and queue[0].done:
                 head = queue.popleft()
                 if head.result is not None:
                     self._answer(head.pending, head.route, head.result)
-            if not queue:
-                self._later.pop(target, None)
+        except Exception:  # a bug (a task logged it before): log it, and do not stall the target's answers
+            log.exception("answering a request for %s failed", target)
+        if not queue:
+            self._later.pop(target, None)
 
     def _answer(self, pending: _Pending, route: Route, result: Result | Exception) -> None:
         target, command = pending.request.target, pending.request.command
@@ -264,13 +280,14 @@ class RequestServer:
         }
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _LaterAnswer:
     """A deferred answer of a target (a send), in the order its request was taken; `done` once it may be
     published."""
 
     pending: _Pending
     route: Route
+    later: Later
     result: Result | Exception | None = None
     done: bool = False
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from pydantic import BaseModel
 
@@ -72,9 +72,14 @@ class Call:
 @dataclass(frozen=True, slots=True)
 class Later:
     """A handler's answer that is not ready yet, and need not hold the target's turn: what the request
-    asked is taken in order already (a send is in the outbox); `result` is awaited after the turn."""
+    asked is taken in order already (a send is in the outbox); its answer is `result()` once `outcome`
+    is done (the request server waits for it after the turn, with a callback: no task per send)."""
 
-    result: Awaitable[Result]
+    outcome: asyncio.Future[SendOutcome]
+
+    def result(self) -> Result:
+        """The answer once `outcome` is done; raises what the send raised."""
+        return self.outcome.result().payload()
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,13 +91,10 @@ class Command:
 
 
 def command(schema: type[R], handler: Callable[[Call, R], Awaitable[Result | Later]]) -> Command:
-    """A table row; the handler is typed with its own request model."""
-
-    async def run(call: Call, request: BaseModel) -> Result | Later:
-        assert isinstance(request, schema)
-        return await handler(call, request)
-
-    return Command(schema, run)
+    """A table row; the handler is typed with its own request model. It is called as it is (no wrapper
+    coroutine per request): the request server validates with `api.parse_command`, which uses the same
+    schema as this row (checked at import, below), so the handler always gets an instance of `schema`."""
+    return Command(schema, cast("Callable[[Call, BaseModel], Awaitable[Result | Later]]", handler))
 
 
 def _state(supervisor: Supervisor) -> Result:
@@ -113,12 +115,7 @@ async def _logout(call: Call, _request: EmptyRequest) -> Result:
 
 
 async def _send(call: Call, request: SendRequest) -> Result | Later:
-    outcome = await call.services.sending.accept(call.target, request, call.reply)
-    return Later(_payload(outcome))
-
-
-async def _payload(outcome: Awaitable[SendOutcome]) -> Result:
-    return (await outcome).payload()
+    return Later(await call.services.sending.accept(call.target, request, call.reply))
 
 
 async def _react(call: Call, request: ReactRequest) -> Result:
