@@ -38,23 +38,29 @@ class SendService:
 
     def __init__(self, manager: AccountManager, config: Config) -> None:
         self._manager = manager
-        self._config = config
         self._locks: dict[str, asyncio.Lock] = {}
+        self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
         """A reloaded config: allow_to and the limits apply from the next send on."""
         self._config = config
+        outgoing = config.outgoing
+        # what every send compares, built once per config rather than per send
+        self._allowed = None if outgoing.allow_to is None else frozenset(identity(a) for a in outgoing.allow_to)
+        self._media_policy = MediaPolicy(outgoing.max_media_bytes, outgoing.media_dir, outgoing.block_private_urls)
 
     def lock(self, target: str) -> asyncio.Lock | contextlib.nullcontext[None]:
         """The turn of `target` (a phone, or `bridge`): hold it while acting on it. Only the bridge and
         existing accounts have one: a flood of made-up targets must not leave a lock behind for each."""
+        lock = self._locks.get(target)
+        if lock is not None:
+            return lock
         if target == BRIDGE or self._manager.find(target) is not None:
             return self._locks.setdefault(target, asyncio.Lock())
         return contextlib.nullcontext()
 
     def _listed(self, recipient: str) -> bool:
-        allow_to = self._config.outgoing.allow_to
-        return allow_to is None or identity(recipient) in {identity(a) for a in allow_to}
+        return self._allowed is None or identity(recipient) in self._allowed
 
     async def allow(self, phone: str, recipient: str, field: str = "to") -> None:
         """Raise `ApiError` (`forbidden`) unless `outgoing.allow_to` includes `recipient` as written, or as
@@ -82,15 +88,15 @@ class SendService:
 
     def check_content(self, message: OutgoingMessage) -> None:
         """Raise `ApiError` when the text limit or the media policy refuses `message` (not `allow_to`)."""
-        outgoing = self._config.outgoing
-        texts = {"text": message.text}
-        if message.media is not None:
-            texts[f"{message.kind}.caption"] = message.media.caption
-        for field, value in texts.items():
-            if value is not None and len(value) > outgoing.max_text_chars:
-                raise ApiError(ErrorCode.TOO_LARGE, f"{field}: {len(value)} characters; the limit is {outgoing.max_text_chars}")
+        limit = self._config.outgoing.max_text_chars
+        text = message.text
+        if text is not None and len(text) > limit:
+            raise ApiError(ErrorCode.TOO_LARGE, f"text: {len(text)} characters; the limit is {limit}")
+        media = message.media
+        if media is not None and media.caption is not None and len(media.caption) > limit:
+            raise ApiError(ErrorCode.TOO_LARGE, f"{message.kind}.caption: {len(media.caption)} characters; the limit is {limit}")
         try:
-            check_message(message, MediaPolicy(outgoing.max_media_bytes, outgoing.media_dir, outgoing.block_private_urls))
+            check_message(message, self._media_policy)
         except MediaRefused as exc:
             raise ApiError(exc.code, str(exc)) from None
 
@@ -105,7 +111,8 @@ class SendService:
         turn may end once this returns: the account delivers its accepted sends in order."""
         supervisor = self._manager.get(phone)
         self.check_content(message)
-        await self.allow(phone, message.to)
+        if not self._listed(message.to):  # `allow` (a coroutine per send only when it has to resolve)
+            await self.allow(phone, message.to)
         return await supervisor.accept(message, reply)
 
     async def typing(self, phone: str, chat: str, state: str) -> None:

@@ -126,10 +126,10 @@ class Supervisor:
         """`accept` the send, then wait for what became of it."""
         return await (await self.accept(message, reply))
 
-    async def accept(self, message: OutgoingMessage, reply: ev.Reply) -> asyncio.Future[SendOutcome]:
-        """Take a send in order (`SendPipeline.accept`): once this returns it is in the outbox; the
-        future says what became of it."""
-        return await self._sends.accept(message, reply)
+    def accept(self, message: OutgoingMessage, reply: ev.Reply) -> Awaitable[asyncio.Future[SendOutcome]]:
+        """Take a send in order (`SendPipeline.accept`, awaited by the caller: no coroutine of its own per
+        send): once that returns it is in the outbox; the future says what became of it."""
+        return self._sends.accept(message, reply)
 
     async def engine_call(self, fn: Callable[[EngineSession], Awaitable[T]]) -> T:
         """react / read / typing: need a connected session, never queued."""

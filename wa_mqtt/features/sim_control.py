@@ -66,4 +66,6 @@ class SimControl:
             log.warning("sim %s/%s refused: %s", phone, action, exc)
 
     def _on_sent(self, event: ev.SimSent) -> None:
-        self._link.publish(self._topics.sim_sent(event.phone), encode(dict(event.payload)), qos=1, durable=True)
+        payload = event.payload  # the engine's dict as it is; any other mapping as a dict, which JSON takes
+        self._link.publish(self._topics.sim_sent(event.phone), encode(payload if isinstance(payload, dict) else dict(payload)),
+                           qos=1, durable=True)
