@@ -116,3 +116,29 @@ async def test_a_send_that_fails_amid_sends_in_flight_gets_its_own_answer_and_th
             assert len(done) == 1 and done[0]["data"]["id"] == ids[tx], (tx, later)
         else:
             assert answer["data"]["id"] == ids[tx]
+
+
+async def test_sends_still_waiting_for_their_turn_when_the_bridge_stops_are_sent_and_answered(
+        env: BridgeEnv, bridge: BridgeProcess) -> None:
+    """A stop drains the request server: the sends it holds (the pipeline full behind a stalled send,
+    more waiting in the request queue) are still taken, sent and answered with their own ids before
+    the bridge exits, the answers taken during the stop too (they are published from a callback)."""
+    env.link_sim_account(A)
+    bridge.start()
+    total = PIPELINE + 3  # the pipeline full, one waiting for room in it, two in the request queue
+    async with Probe(env.broker, env.base) as probe:
+        await probe.wait_state(A, "connected", timeout=15)
+        await probe.sim(A, "stall", {"seconds": 2})
+        for i in range(total):
+            await probe.publish(f"{env.base}/{A}/request/send", {"to": ANA, "text": f"s{i}", "transaction": f"t{i}"})
+        waiting = 0
+        while waiting < 3:  # the request server holds the last three (and this health request)
+            health = await probe.request("bridge", "health")
+            waiting = health["data"]["requests_waiting"] - 1
+        assert bridge.stop() == 0
+        responses = await probe.wait_count(f"{env.base}/{A}/response/send", total, timeout=10)
+        sent = await probe.wait_count(f"{env.base}/sim/{A}/sent", total, timeout=10)
+    ids = {item.json()["text"]: item.json()["id"] for item in sent}
+    assert [r.json()["transaction"] for r in responses] == [f"t{i}" for i in range(total)]
+    for i, response in enumerate(responses):
+        assert response.json()["data"] == {"id": ids[f"s{i}"], "queued": False}, response.json()
