@@ -182,7 +182,7 @@ class RequestServer:
 
     async def _serve(self, pending: _Pending) -> None:
         request = pending.request
-        target, command, route = request.target, request.command, pending.route
+        target, command, route, is_bridge = request.target, request.command, pending.route, request.is_bridge
         result: Result | Later | Exception
         async with self._sending.lock(target):
             try:
@@ -191,10 +191,10 @@ class RequestServer:
                 route = Route(transaction, has_transaction, route.response_topic, route.correlation_data)
                 if pending.refused is not None:
                     raise pending.refused
-                if not request.is_bridge and not is_phone(target):
+                if not is_bridge and not is_phone(target):
                     raise ApiError(ErrorCode.UNKNOWN_ACCOUNT, f"{target!r} is not an account id (a phone number)")
-                parsed = api.parse_command(request.is_bridge, command, data)
-                row = (BRIDGE_REQUESTS if request.is_bridge else ACCOUNT_REQUESTS)[command]
+                parsed = api.parse_command(is_bridge, command, data)
+                row = (BRIDGE_REQUESTS if is_bridge else ACCOUNT_REQUESTS)[command]
                 reply = route.to_dict() if pending.reply is None else pending.reply
                 result = await row.run(Call(self._services, target, reply), parsed)
             except Exception as exc:  # noqa: BLE001 - every failure is answered; a bug too (`_refusal` logs its trace)
