@@ -1,0 +1,29 @@
+"""`OutgoingMessage.kind` (and `media`) is worked out once per message, and never goes stale."""
+
+from __future__ import annotations
+
+import pickle
+
+from wa_mqtt.model import LocationSend, MediaSource, OutgoingMessage
+
+TO = "5511988887777"
+
+
+def test_kind_follows_a_copy_with_changes_and_a_field_set() -> None:
+    text = OutgoingMessage(to=TO, text="hi")
+    assert (text.kind, text.media) == ("text", None)
+    image = text.model_copy(update={"text": None, "image": MediaSource(url="https://example.com/a.jpg")})
+    assert image.kind == "image" and image.media is image.image
+    assert text.model_copy().kind == "text" and text.kind == "text"
+    image.image = None
+    image.location = LocationSend(latitude=1, longitude=2)
+    assert (image.kind, image.media) == ("location", None)
+    assert pickle.loads(pickle.dumps(image)).kind == "location"
+
+
+def test_a_worked_out_kind_is_not_part_of_the_message() -> None:
+    asked, fresh = OutgoingMessage(to=TO, text="hi"), OutgoingMessage(to=TO, text="hi")
+    assert asked.kind == "text"
+    assert asked == fresh and asked.model_dump() == fresh.model_dump()
+    assert "kind" not in asked.model_dump_json()
+    assert OutgoingMessage.model_validate_json(asked.model_dump_json()) == asked
