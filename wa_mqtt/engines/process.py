@@ -282,7 +282,7 @@ class ProcessSession:
         self._pending[request_id] = _Pending(future, answer)
         timer = loop.call_later(timeout, _expire, future, op, timeout)
         future.add_done_callback(functools.partial(self._forget, request_id, timer))
-        self._write(proc, p.encode_request(p.Request(request_id, op, args.to_json())))
+        self._write(proc, p.encode_call(request_id, op, args))
         return future
 
     def _forget(self, request_id: int, timer: asyncio.TimerHandle, _future: asyncio.Future[Any]) -> None:
