@@ -9,6 +9,9 @@ child (engines/child.py) spoken to with the protocol of protocol.py. The parent 
 - a stop the engine could not finish cleanly, or an engine whose event pump died (its `stop` answer
   says `recycle`: neonize stopped during pairing, an unmapped ConnectFailure / TemporaryBan) → the
   child is ended at once and the next start spawns a fresh one (issue 14).
+A call unanswered within its timeout fails `engine_error` (maybe done) and is forgotten, as is one
+cancelled: its late answer is dropped. Sends the pipeline hands over (`send_in_order`) are written in
+the order handed, each a plain future settled by its answer (no task per send).
 While the bridge's `Intake` is paused (a full data disk holding too much in memory) no child is read:
 each blocks on its full stdout pipe, and its silence then is not a hang.
 The supervisor turns `Crashed` into `disconnected` / `engine_crashed` and restarts with backoff by

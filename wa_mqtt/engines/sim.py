@@ -7,7 +7,12 @@ a dropped connection reconnects by itself shortly after; a failed dial is report
 messages that arrive while the account is offline are delivered when it connects again.
 
 Message ids it hands out (`SIM<last 4 digits><8 hex>`) are numbered from a counter kept in the store,
-reserved in blocks, so they never repeat, across engine restarts too. Outgoing media is read as the
+reserved in blocks, so they never repeat, across engine restarts too. The ids WhatsApp already took
+(`sim_sent`: a repeat is dropped, `already_sent`) are committed, one transaction per send, before the
+send's events and answer are emitted, so a killed engine process never forgets an id the bridge heard
+of; they are pruned after SENT_IDS_KEPT, at most once a minute, through an index. They are always those
+of the store file in place when the session last went online (checked there, not on every send: the
+file is replaced only while the session is offline). Outgoing media is read as the
 real engine reads it (`outgoing_media.load_media`: the same policy, fetch and errors); `wa/sim/<phone>/sent`
 shows its `size` and `sha256`.
 
