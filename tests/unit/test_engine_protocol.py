@@ -10,7 +10,7 @@ import pytest
 
 from wa_mqtt.engines import protocol as p
 from wa_mqtt.engines.base import EVENT_ADAPTER, Disconnected, EngineEvent, MessageReceived, Qr, ReceiptReceived, SimSent
-from wa_mqtt.model import ErrorCode, IncomingMessage, Location, LocationSend, OutgoingMessage, Poll, Receipt
+from wa_mqtt.model import ErrorCode, IncomingMessage, Location, LocationSend, OutgoingMessage, Poll, Receipt, SendResult
 from wa_mqtt.mqtt.api import SendRequest
 
 
@@ -167,3 +167,14 @@ def test_a_float_that_is_no_number_still_crosses() -> None:
 def test_event_lines_of_another_version_or_shape_are_refused_with_the_reason(line: bytes, why: str) -> None:
     with pytest.raises(p.ProtocolError, match=why):
         p.decode_child_line(line)
+
+
+@pytest.mark.parametrize("result", [
+    SendResult(id="3EB0A1", timestamp=datetime(2026, 11, 24, 1, 2, 3, 456789, tzinfo=UTC), already_sent=True),
+    SendResult(id="ção"),
+])
+def test_a_result_written_by_its_model_reads_as_its_dump(result: SendResult) -> None:
+    line = p.encode_reply(p.Reply(9, True, result_json=result.__pydantic_serializer__.to_json(result)))
+    assert p.decode_child_line(line) == p.decode_child_line(p.encode_reply(p.Reply(9, True, result.model_dump(mode="json"))))
+    assert p.decode_child_line(line) == p.Reply(9, True, result.model_dump(mode="json"))
+    assert line.endswith(b"}\n") and line.count(b"\n") == 1

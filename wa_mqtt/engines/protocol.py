@@ -35,7 +35,7 @@ failed one, out of order).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
@@ -162,6 +162,8 @@ class Reply:
     result: JsonValue = None
     error: str = ""
     code: ErrorCode = ErrorCode.ENGINE_ERROR  # the response code the failure is answered with
+    # the child's side: `result` already written as JSON (a send's `SendResult` by pydantic: no dict made first)
+    result_json: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,8 @@ def encode_call(request_id: int, op: str, args: Args) -> bytes:
 
 
 def encode_reply(reply: Reply) -> bytes:
+    if reply.ok and reply.result_json is not None:
+        return b'{"v":%d,"id":%d,"ok":true,"result":%s}\n' % (VERSION, reply.id, reply.result_json)
     if reply.ok:
         return _line({"id": reply.id, "ok": True, "result": reply.result})
     return _line({"id": reply.id, "ok": False, "error": reply.error, "code": reply.code})
