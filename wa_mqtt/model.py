@@ -10,7 +10,7 @@ import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal, Self, get_args
 
@@ -45,7 +45,14 @@ def utc_iso(moment: datetime | None) -> str | None:
     """ISO 8601 UTC with a `Z`, seconds precision, as every timestamp on MQTT."""
     if moment is None:
         return None
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if moment.utcoffset() != _NO_OFFSET:  # another zone, or naive (local time)
+        moment = moment.astimezone(UTC)
+    if moment.year < 1000:  # strftime does not pad the year, isoformat does
+        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.isoformat(timespec="seconds")[:19] + "Z"  # a third of strftime's cost (once per send)
+
+
+_NO_OFFSET = timedelta(0)
 
 
 class AccountState(StrEnum):
