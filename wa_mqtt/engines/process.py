@@ -268,7 +268,8 @@ class ProcessSession:
         except (BrokenPipeError, ConnectionResetError):  # not connected any more; a send is retried later
             raise EngineError("the engine process went away", code=ErrorCode.NOT_CONNECTED, maybe_done=True) from None
         finally:
-            answer.cancel()  # cancelled, or the pipe broke: the answer is not waited for (no-op once done)
+            if not answer.cancel() and not answer.cancelled():  # cancelled, or the pipe broke: not waited for
+                answer.exception()  # read: the child's end may be in it while this call left another way
 
     def _request(self, op: str, args: p.Args, timeout: float, answer: Callable[[p.Reply], T]) -> asyncio.Future[T]:
         """Write request `op` (`_write`) and return the future of `answer(reply)`. It fails with an
@@ -421,8 +422,8 @@ class ProcessSession:
         self._kill_reason = None
         for pending in self._pending.values():  # `not_connected`: a send in flight stays queued, retried with its id
             if not pending.future.done():
-                pending.future.set_exception(EngineError(f"the engine process ended ({reason})", code=ErrorCode.NOT_CONNECTED,
-                                                 maybe_done=True))
+                pending.future.set_exception(EngineError(f"the engine process ended ({reason})",
+                                                         code=ErrorCode.NOT_CONNECTED, maybe_done=True))
         if not self._expected_exit:
             log.warning("%s: engine process %d ended unexpectedly: %s", self.phone, proc.pid, reason)
             self._emit(Crashed(error=reason))

@@ -93,7 +93,10 @@ def _sent_db(store_path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(store_path)
     db.execute("PRAGMA synchronous=OFF")
     db.execute("CREATE TABLE IF NOT EXISTS sim_sent (id TEXT PRIMARY KEY, sent_at TEXT NOT NULL)")
-    db.execute("CREATE INDEX IF NOT EXISTS sim_sent_at ON sim_sent (sent_at)")
+    try:
+        db.execute("CREATE INDEX IF NOT EXISTS sim_sent_at ON sim_sent (sent_at)")
+    except sqlite3.OperationalError as exc:  # a full disk, a read-only store: ids are still read (pruning scans)
+        log.debug("sent ids of %s not indexed: %s", store_path, exc)
     db.execute("PRAGMA journal_mode=PERSIST")
     return db
 
