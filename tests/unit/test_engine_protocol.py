@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 
 import pytest
 
 from wa_mqtt.engines import protocol as p
-from wa_mqtt.engines.base import Disconnected, MessageReceived, Qr
-from wa_mqtt.model import ErrorCode, IncomingMessage
+from wa_mqtt.engines.base import EVENT_ADAPTER, Disconnected, EngineEvent, MessageReceived, Qr, ReceiptReceived, SimSent
+from wa_mqtt.model import ErrorCode, IncomingMessage, Location, LocationSend, OutgoingMessage, Poll, Receipt, SendResult
+from wa_mqtt.mqtt.api import SendRequest
 
 
 def test_request_round_trip() -> None:
@@ -98,3 +100,81 @@ def test_chained_crosses_as_a_send_argument() -> None:
     request = p.decode_request(p.encode_request(_send(1, True)))
     args = request.parsed_args()
     assert isinstance(args, p.SendArgs) and args.chained
+
+
+# -- the fast paths of the hot lines write and read the same JSON as the general ones -----------------
+def _outgoing() -> list[OutgoingMessage]:
+    request = SendRequest(to="5511999999999", image={"url": "https://example.com/ã.jpg", "caption": "olá 👋"})
+    assert request.kind == "image"  # worked out (and kept) before it crosses: no part of what is written
+    return [
+        OutgoingMessage(to="5511999999999", text="hé \"quoted\" \\ \n\u2028 👋", mentions=["5511988887777"], id="k1"),
+        request,
+        OutgoingMessage(to="120363000000000000@g.us", location=LocationSend(latitude=-23.5505, longitude=1e-7, name="São")),
+        OutgoingMessage(to="5511999999999", poll=Poll(question="?", options=["a", "b"], selectable=0)),
+    ]
+
+
+@pytest.mark.parametrize("args", [
+    *(p.SendArgs(message=m, message_id="3EB0A1B2C3D4E5F6A7B8C9", retry=True, chained=True) for m in _outgoing()),
+    p.SendArgs(message=OutgoingMessage(to="5511999999999", text="x")), p.PingArgs(timeout=0.1), p.Args(),
+    p.StartArgs(method="code"), p.SimControlArgs(action="incoming", payload='{"text": "\xe9"}'),
+    p.MarkReadArgs(chat="c", ids=["a", "b"]),
+])
+def test_a_call_is_written_as_its_request(args: p.Args) -> None:
+    op = next(op for op, model in p.ARGS.items() if model is type(args))
+    line = p.encode_call(41, op, args)
+    assert json.loads(line) == json.loads(p.encode_request(p.Request(41, op, args.to_json())))  # floats: 1e-7, not 1e-07
+    assert line.endswith(b"}\n") and line.count(b"\n") == 1
+    assert p.decode_request(line).parsed_args().to_json() == args.to_json()
+
+
+def test_a_call_of_an_unknown_op_is_not_written() -> None:
+    with pytest.raises(ValueError, match="unknown op"):
+        p.encode_call(1, 'x","op":"format_disk', p.Args())
+
+
+@pytest.mark.parametrize("event", [
+    ReceiptReceived(receipt=Receipt(ids=["A", "B"], chat="5511988887777@s.whatsapp.net", type="read",
+                                    timestamp=datetime(2026, 11, 24, 1, 2, 3, 456789, tzinfo=UTC), sender="5511988887777")),
+    SimSent(payload={"to": "x@s.whatsapp.net", "text": "olá \"👋\"\n", "location": {"latitude": -23.5, "longitude": 1e-7},
+                     "mentions": ["1"], "n": 3, "ok": True, "none": None}),
+])
+def test_hot_events_are_written_as_the_general_path_writes_them(event: EngineEvent) -> None:
+    line = p.encode_event(event)
+    assert json.loads(line) == json.loads(p._line({"event": EVENT_ADAPTER.dump_python(event, mode="json")}))
+    assert line.endswith(b"}\n") and line.count(b"\n") == 1
+    decoded = p.decode_child_line(line)
+    assert isinstance(decoded, p.Event) and decoded.event == event
+
+
+def test_a_float_that_is_no_number_still_crosses() -> None:
+    """Events with floats take the general path: pydantic would write NaN as null, json.dumps as NaN."""
+    message = IncomingMessage(id="M1", account="5511900000001", chat="c", sender=None, sender_jid="j",
+                              timestamp=datetime(2026, 11, 24, tzinfo=UTC), type="location",
+                              location=Location(latitude=math.nan, longitude=math.inf))
+    decoded = p.decode_child_line(p.encode_event(MessageReceived(message=message)))
+    assert isinstance(decoded, p.Event) and isinstance(decoded.event, MessageReceived)
+    location = decoded.event.message.location
+    assert location is not None and math.isnan(location.latitude) and location.longitude == math.inf
+
+
+@pytest.mark.parametrize(("line", "why"), [
+    (b'{"v":%d,"event":{"kind":"qr","code":"x"}}\n' % (V - 1), "protocol version 2"),
+    (b'{"v":%d,"event":{"kind":"qr","code":"x"}}\n' % (V + 1), "protocol version 4"),
+    (b'{"v":%d,"event":{"kind":"receipt","receipt":{"ids":"A"}}}\n' % V, "bad event"),
+    (b'{"v":%d,"event":{"kind":"qr"' % V, "not JSON"),
+])
+def test_event_lines_of_another_version_or_shape_are_refused_with_the_reason(line: bytes, why: str) -> None:
+    with pytest.raises(p.ProtocolError, match=why):
+        p.decode_child_line(line)
+
+
+@pytest.mark.parametrize("result", [
+    SendResult(id="3EB0A1", timestamp=datetime(2026, 11, 24, 1, 2, 3, 456789, tzinfo=UTC), already_sent=True),
+    SendResult(id="ção"),
+])
+def test_a_result_written_by_its_model_reads_as_its_dump(result: SendResult) -> None:
+    line = p.encode_reply(p.Reply(9, True, result_json=result.__pydantic_serializer__.to_json(result)))
+    assert p.decode_child_line(line) == p.decode_child_line(p.encode_reply(p.Reply(9, True, result.model_dump(mode="json"))))
+    assert p.decode_child_line(line) == p.Reply(9, True, result.model_dump(mode="json"))
+    assert line.endswith(b"}\n") and line.count(b"\n") == 1

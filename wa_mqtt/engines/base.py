@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal, Protocol, runtime_checkable
@@ -283,8 +283,8 @@ class SendsInOrder(Protocol):
     otherwise called one at a time). `chained`: an earlier send is still unanswered; should that one
     fail with `not_connected`, this one is not attempted and fails the same way (order kept)."""
 
-    async def send_in_order(self, message: OutgoingMessage, message_id: str, retry: bool,
-                            chained: bool) -> SendResult: ...
+    def send_in_order(self, message: OutgoingMessage, message_id: str, retry: bool,
+                      chained: bool) -> Awaitable[SendResult]: ...
 
 
 class Engine(Protocol):

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from pydantic import JsonValue
+from pydantic import BaseModel, JsonValue
 
 from ..errors import ErrorCode
 from ..folder_lock import FolderBusy, FolderLock, lock_folder, lock_folder_waiting
@@ -163,6 +163,8 @@ class ChildServer:
     async def _call(session: EngineSession, request: p.Request) -> p.Reply:
         try:
             result = await _perform(session, request.op, request.parsed_args())
+            if isinstance(result, BaseModel):  # the same JSON as its model_dump(mode="json"), written at once
+                return p.Reply(request.id, True, result_json=result.__pydantic_serializer__.to_json(result))
         except p.ProtocolError as exc:  # arguments that do not fit the op: a bridge bug, answered
             return p.Reply(request.id, False, error=str(exc), code=ErrorCode.ENGINE_ERROR)
         except EngineError as exc:
@@ -180,12 +182,12 @@ class ChildServer:
             await asyncio.sleep(self._heartbeat)
 
 
-async def _perform(session: EngineSession, op: str, args: p.Args) -> JsonValue:
-    """Carry out one request on the session; its result as JSON."""
+async def _perform(session: EngineSession, op: str, args: p.Args) -> JsonValue | BaseModel:
+    """Carry out one request on the session; its result as JSON, or as a model to be written as JSON."""
     if isinstance(args, p.StartArgs):
         await session.start(args.method)
     elif isinstance(args, p.SendArgs):
-        return (await session.send(args.message, args.message_id, args.retry)).model_dump(mode="json")
+        return await session.send(args.message, args.message_id, args.retry)
     elif isinstance(args, p.ReactArgs):
         return await session.react(args.chat, args.id, args.emoji, args.sender)
     elif isinstance(args, p.MarkReadArgs):

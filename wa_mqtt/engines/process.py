@@ -9,6 +9,9 @@ child (engines/child.py) spoken to with the protocol of protocol.py. The parent 
 - a stop the engine could not finish cleanly, or an engine whose event pump died (its `stop` answer
   says `recycle`: neonize stopped during pairing, an unmapped ConnectFailure / TemporaryBan) → the
   child is ended at once and the next start spawns a fresh one (issue 14).
+A call unanswered within its timeout fails `engine_error` (maybe done) and is forgotten, as is one
+cancelled: its late answer is dropped. Sends the pipeline hands over (`send_in_order`) are written in
+the order handed, each a plain future settled by its answer (no task per send).
 While the bridge's `Intake` is paused (a full data disk holding too much in memory) no child is read:
 each blocks on its full stdout pipe, and its silence then is not a hang.
 The supervisor turns `Crashed` into `disconnected` / `engine_crashed` and restarts with backoff by
@@ -23,11 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import os
 import signal
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 from pydantic import JsonValue, TypeAdapter
 
@@ -46,6 +53,7 @@ STOP_TIMEOUT = 15.0
 CALL_TIMEOUT = 120.0
 CALL_GRACE = 5.0  # seconds a ping's answer may take beyond its own timeout (the pipe, a busy child)
 ENDS_THE_PROCESS = frozenset({"crash", "hang"})  # sim controls whose call ends with the child gone
+T = TypeVar("T")
 
 
 class ProcessEngine:
@@ -129,7 +137,7 @@ class ProcessSession:
         self._store_path = store_path
         self._emit = emit
         self._proc: ChildProcess | None = None
-        self._pending: dict[int, asyncio.Future[p.Reply]] = {}
+        self._pending: dict[int, _Pending[Any]] = {}  # request id → what its reply settles
         self._ids = itertools.count(1)
         self._tasks: list[asyncio.Task[None]] = []
         self._last_line = 0.0
@@ -172,13 +180,21 @@ class ProcessSession:
         result = await self._call("send", p.SendArgs(message=message, message_id=message_id, retry=retry))
         return SendResult.model_validate(result)
 
-    async def send_in_order(self, message: OutgoingMessage, message_id: str, retry: bool,
-                            chained: bool) -> SendResult:
-        """`SendsInOrder`: the request is written when this starts (tasks start in the order created),
-        before any earlier one is answered; the child carries them out in that order."""
-        result = await self._call(
-            "send", p.SendArgs(message=message, message_id=message_id, retry=retry, chained=chained))
-        return SendResult.model_validate(result)
+    def send_in_order(self, message: OutgoingMessage, message_id: str, retry: bool,
+                      chained: bool) -> asyncio.Future[SendResult]:
+        """`SendsInOrder`: the request is queued for writing now (written at the end of this loop turn,
+        in the order of the calls), before any earlier one is answered; the child carries them out in
+        that order. The future fails as `_call` does (a timeout, the child gone, its refusal). A plain
+        future, not a task: no task and no `wait_for` per send. Nor is the pipe drained for it: the
+        supervisor's engine window bounds what waits in its buffer, and a child that went away
+        fails it (`_child_gone`) as a broken pipe would."""
+        args = p.SendArgs(message=message, message_id=message_id, retry=retry, chained=chained)
+        try:
+            return self._request("send", args, CALL_TIMEOUT, _send_result)
+        except EngineError as exc:
+            failed: asyncio.Future[SendResult] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            return failed
 
     async def react(self, chat: str, message_id: str, emoji: str, sender: str | None = None) -> str:
         return str(await self._call("react", p.ReactArgs(chat=chat, id=message_id, emoji=emoji, sender=sender)))
@@ -243,25 +259,39 @@ class ProcessSession:
 
     async def _call(self, op: str, args: p.Args, timeout: float = CALL_TIMEOUT) -> JsonValue:
         proc = self._proc
-        if proc is None or proc.stdin is None:
-            raise EngineError("the engine process is not running", code=ErrorCode.NOT_CONNECTED)
-        request_id = next(self._ids)
-        future: asyncio.Future[p.Reply] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
+        answer = self._request(op, args, timeout, _result)
+        assert proc is not None and proc.stdin is not None and self._written is not None  # `_request` checked
         try:
-            await self._write(proc, p.encode_request(p.Request(request_id, op, args.to_json())))
+            await self._written
             await proc.stdin.drain()
-            reply = await asyncio.wait_for(future, timeout)
+            return await answer
         except (BrokenPipeError, ConnectionResetError):  # not connected any more; a send is retried later
             raise EngineError("the engine process went away", code=ErrorCode.NOT_CONNECTED, maybe_done=True) from None
-        except TimeoutError:
-            raise EngineError(f"the engine did not answer {op} within {timeout:g} s", code=ErrorCode.ENGINE_ERROR,
-                              maybe_done=True) from None
         finally:
-            self._pending.pop(request_id, None)
-        if not reply.ok:
-            raise EngineError(reply.error, code=reply.code)
-        return reply.result
+            if not answer.cancel() and not answer.cancelled():  # cancelled, or the pipe broke: not waited for
+                answer.exception()  # read: the child's end may be in it while this call left another way
+
+    def _request(self, op: str, args: p.Args, timeout: float, answer: Callable[[p.Reply], T]) -> asyncio.Future[T]:
+        """Write request `op` (`_write`) and return the future of `answer(reply)`. It fails with an
+        `EngineError` when no reply comes within `timeout` s (`engine_error`, maybe done: a timer, not
+        `wait_for`, which made a task per call) or the child ends (`_child_gone`); once done or
+        cancelled the request is forgotten (a late reply is dropped). Raises `EngineError` at once
+        when no child runs."""
+        proc = self._proc
+        if proc is None or proc.stdin is None:
+            raise EngineError("the engine process is not running", code=ErrorCode.NOT_CONNECTED)
+        loop = asyncio.get_running_loop()
+        request_id = next(self._ids)
+        future: asyncio.Future[T] = loop.create_future()
+        self._pending[request_id] = _Pending(future, answer)
+        timer = loop.call_later(timeout, _expire, future, op, timeout)
+        future.add_done_callback(functools.partial(self._forget, request_id, timer))
+        self._write(proc, p.encode_call(request_id, op, args))
+        return future
+
+    def _forget(self, request_id: int, timer: asyncio.TimerHandle, _future: asyncio.Future[Any]) -> None:
+        timer.cancel()
+        self._pending.pop(request_id, None)
 
     def _write(self, proc: ChildProcess, line: bytes) -> asyncio.Future[None]:
         """Write `line` to the child at the end of this loop turn, with the others written in it (the
@@ -330,9 +360,14 @@ class ProcessSession:
 
     def _dispatch(self, item: p.ChildLine) -> None:
         if isinstance(item, p.Reply):
-            future = self._pending.get(item.id)
-            if future is not None and not future.done():
-                future.set_result(item)
+            pending = self._pending.get(item.id)
+            if pending is not None and not pending.future.done():
+                try:
+                    value = pending.answer(item)
+                except Exception as exc:  # noqa: BLE001 (the caller's: a refusal, a result that does not fit)
+                    pending.future.set_exception(exc)
+                else:
+                    pending.future.set_result(value)
         elif isinstance(item, p.Event):
             self._note(item.event)
             self._emit(item.event)
@@ -385,10 +420,10 @@ class ProcessSession:
         self._hello.set()  # a child that died before reporting in frees its start slot
         reason = self._kill_reason or how
         self._kill_reason = None
-        for future in self._pending.values():  # `not_connected`: a send in flight stays queued, retried with its id
-            if not future.done():
-                future.set_exception(EngineError(f"the engine process ended ({reason})", code=ErrorCode.NOT_CONNECTED,
-                                                 maybe_done=True))
+        for pending in self._pending.values():  # `not_connected`: a send in flight stays queued, retried with its id
+            if not pending.future.done():
+                pending.future.set_exception(EngineError(f"the engine process ended ({reason})",
+                                                         code=ErrorCode.NOT_CONNECTED, maybe_done=True))
         if not self._expected_exit:
             log.warning("%s: engine process %d ended unexpectedly: %s", self.phone, proc.pid, reason)
             self._emit(Crashed(error=reason))
@@ -441,6 +476,31 @@ class SimProcessSession(ProcessSession):
             if action in ENDS_THE_PROCESS and self._proc is not proc:
                 return  # it died (or was killed, hung) as asked: that is the answer, not a failure
             raise
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending(Generic[T]):
+    """A request waiting for its reply: the future it settles, with what `answer` makes of the reply."""
+
+    future: asyncio.Future[T]
+    answer: Callable[[p.Reply], T]
+
+
+def _result(reply: p.Reply) -> JsonValue:
+    """A reply's result, or the `EngineError` it answers with."""
+    if not reply.ok:
+        raise EngineError(reply.error, code=reply.code)
+    return reply.result
+
+
+def _send_result(reply: p.Reply) -> SendResult:
+    return SendResult.model_validate(_result(reply))
+
+
+def _expire(future: asyncio.Future[Any], op: str, timeout: float) -> None:
+    if not future.done():
+        future.set_exception(EngineError(f"the engine did not answer {op} within {timeout:g} s",
+                                         code=ErrorCode.ENGINE_ERROR, maybe_done=True))
 
 
 def _describe_exit(code: int) -> str:

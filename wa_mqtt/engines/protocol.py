@@ -35,14 +35,14 @@ failed one, out of order).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
 
 from ..errors import ErrorCode
 from ..model import OutgoingMessage
-from .base import EVENT_ADAPTER, EngineEvent, PairMethod
+from .base import EVENT_ADAPTER, EngineEvent, PairMethod, ReceiptReceived, SimSent
 
 VERSION = 3
 MAX_LINE = 256 * 1024 * 1024  # a 64 MB media file in base64, with room to spare
@@ -162,6 +162,8 @@ class Reply:
     result: JsonValue = None
     error: str = ""
     code: ErrorCode = ErrorCode.ENGINE_ERROR  # the response code the failure is answered with
+    # the child's side: `result` already written as JSON (a send's `SendResult` by pydantic: no dict made first)
+    result_json: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -192,13 +194,26 @@ def encode_request(request: Request) -> bytes:
     return _line({"id": request.id, "op": request.op, "args": request.args})
 
 
+def encode_call(request_id: int, op: str, args: Args) -> bytes:
+    """`encode_request(Request(request_id, op, args.to_json()))`, the same JSON, with `args` written
+    by pydantic's own JSON writer (no dict of it made first: the bridge's cost of each send)."""
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}")
+    body = args.__pydantic_serializer__.to_json(args, exclude_none=True)
+    return b'{"v":%d,"id":%d,"op":"%s","args":%s}\n' % (VERSION, request_id, op.encode(), body)
+
+
 def encode_reply(reply: Reply) -> bytes:
+    if reply.ok and reply.result_json is not None:
+        return b'{"v":%d,"id":%d,"ok":true,"result":%s}\n' % (VERSION, reply.id, reply.result_json)
     if reply.ok:
         return _line({"id": reply.id, "ok": True, "result": reply.result})
     return _line({"id": reply.id, "ok": False, "error": reply.error, "code": reply.code})
 
 
 def encode_event(event: EngineEvent) -> bytes:
+    if isinstance(event, _WRITTEN_BY_PYDANTIC):  # the same JSON, 5 times faster (two per send)
+        return _EVENT_PREFIX + event.__pydantic_serializer__.to_json(event) + b"}\n"
     return _line({"event": EVENT_ADAPTER.dump_python(event, mode="json")})
 
 
@@ -231,6 +246,11 @@ def decode_request(line: bytes) -> Request:
 
 
 def decode_child_line(line: bytes) -> ChildLine:
+    if line.startswith(_EVENT_PREFIX):  # as encode_event writes it: parsed and validated in one step
+        try:
+            return Event(_EventLine.model_validate_json(line).event)
+        except ValidationError:
+            pass  # refused below, with the reason
     data = _load(line)
     if "event" in data:
         try:
@@ -250,6 +270,21 @@ def decode_child_line(line: bytes) -> ChildLine:
             raise ProtocolError(f"unknown error code {data.get('code')!r}") from None
         return Reply(data["id"], False, error=str(data.get("error", "")), code=code)
     raise ProtocolError(f"unknown line: {line[:80]!r}")
+
+
+# Events with no float that could be NaN or infinite: pydantic writes the same JSON for them as
+# json.dumps (but for a float's exponent: 1e-7, not 1e-07). It would write NaN and infinities as null,
+# where json.dumps writes NaN and Infinity, which the bridge reads back as they were.
+_WRITTEN_BY_PYDANTIC = (ReceiptReceived, SimSent)
+_EVENT_PREFIX = b'{"v":%d,"event":' % VERSION
+
+
+class _EventLine(BaseModel):
+    """An event line as encode_event writes it (any other line, or a line of another version, takes
+    the long way and is refused there with its reason)."""
+
+    v: Literal[3]  # VERSION
+    event: EngineEvent
 
 
 class SendChain:

@@ -7,7 +7,12 @@ a dropped connection reconnects by itself shortly after; a failed dial is report
 messages that arrive while the account is offline are delivered when it connects again.
 
 Message ids it hands out (`SIM<last 4 digits><8 hex>`) are numbered from a counter kept in the store,
-reserved in blocks, so they never repeat, across engine restarts too. Outgoing media is read as the
+reserved in blocks, so they never repeat, across engine restarts too. The ids WhatsApp already took
+(`sim_sent`: a repeat is dropped, `already_sent`) are committed, one transaction per send, before the
+send's events and answer are emitted, so a killed engine process never forgets an id the bridge heard
+of; they are pruned after SENT_IDS_KEPT, at most once a minute, through an index. They are always those
+of the store file in place when the session last went online (checked there, not on every send: the
+file is replaced only while the session is offline). Outgoing media is read as the
 real engine reads it (`outgoing_media.load_media`: the same policy, fetch and errors); `wa/sim/<phone>/sent`
 shows its `size` and `sha256`.
 
@@ -68,6 +73,7 @@ log = logging.getLogger(__name__)
 
 RECONNECT_AFTER_DROP = 0.2  # seconds; whatsmeow's own reconnect after a dropped connection
 SENT_IDS_KEPT = timedelta(days=2)  # how long a delivered message id is remembered (a repeat is dropped)
+PRUNE_EVERY = timedelta(minutes=1)  # (sim clock) ids older than SENT_IDS_KEPT are removed at most this often
 ID_BLOCK = 1024  # message numbers reserved per store write: one write per 1,024 sends; a crash skips the rest
 Clock = Callable[[], datetime]
 
@@ -79,10 +85,19 @@ def _utcnow() -> datetime:
 
 def _sent_db(store_path: Path) -> sqlite3.Connection:
     """The ids the simulated WhatsApp already took from this device (it drops a repeated one, as
-    WhatsApp does). Written without fsync: it must outlive a killed process, not a power cut."""
+    WhatsApp does). Written without fsync: it must outlive a killed process, not a power cut (each
+    send is its own transaction, committed before the send is answered). The rollback journal is
+    kept (PERSIST: not created and removed per write); not WAL: the store must stay one
+    self-contained file (sim_pg.py saves its bytes, folders are copied between bridges). Indexed by
+    `sent_at` (created on stores made before it too) so a prune reads only what it removes."""
     db = sqlite3.connect(store_path)
     db.execute("PRAGMA synchronous=OFF")
     db.execute("CREATE TABLE IF NOT EXISTS sim_sent (id TEXT PRIMARY KEY, sent_at TEXT NOT NULL)")
+    try:
+        db.execute("CREATE INDEX IF NOT EXISTS sim_sent_at ON sim_sent (sent_at)")
+    except sqlite3.OperationalError as exc:  # a full disk, a read-only store: ids are still read (pruning scans)
+        log.debug("sent ids of %s not indexed: %s", store_path, exc)
+    db.execute("PRAGMA journal_mode=PERSIST")
     return db
 
 
@@ -160,6 +175,7 @@ class SimSession(SimControlsMixin, SimIncomingMixin):
         self._ban: tuple[str, datetime] | None = None  # (code, end) of a temporary ban
         self._recycle_reason: str | None = None
         self._sent: tuple[int, sqlite3.Connection] | None = None  # the store's inode, a connection to its sent ids
+        self._pruned_at: datetime | None = None  # (sim clock) when old sent ids were last removed
 
     # -- EngineSession -------------------------------------------------------------------------
     async def start(self, pair_method: PairMethod = "qr") -> None:
@@ -253,21 +269,32 @@ class SimSession(SimControlsMixin, SimIncomingMixin):
         return datetime.fromisoformat(row[0]) if row else None
 
     def _record_delivery(self, message_id: str, now: datetime) -> None:
+        """Remember `message_id` as taken (committed before the send is answered); ids older than
+        SENT_IDS_KEPT are pruned with it, at most once a PRUNE_EVERY (a minute of the sim clock: an id
+        may so be remembered up to that much longer; pruning on every send cost a scan per send)."""
         db = self._sent_ids()
         with db:
             db.execute("INSERT OR REPLACE INTO sim_sent VALUES (?, ?)", (message_id, now.isoformat()))
-            db.execute("DELETE FROM sim_sent WHERE sent_at < ?", ((now - SENT_IDS_KEPT).isoformat(),))
+            if self._pruned_at is None or not self._pruned_at <= now < self._pruned_at + PRUNE_EVERY:
+                db.execute("DELETE FROM sim_sent WHERE sent_at < ?", ((now - SENT_IDS_KEPT).isoformat(),))
+                self._pruned_at = now
 
     def _sent_ids(self) -> sqlite3.Connection:
-        """The store's sent ids, on a connection kept open (opening one cost ~0.5 ms, and a send made two;
-        its journal is kept, not created and removed with each write); a new one for a new store file."""
-        inode = _inode(self.store_path)
-        if self._sent is None or self._sent[0] != inode:
-            self._close_sent()
-            db = _sent_db(self.store_path)
-            db.execute("PRAGMA journal_mode=PERSIST")
-            self._sent = (_inode(self.store_path), db)
+        """The store's sent ids, on a connection kept open (opening one cost ~0.5 ms, and a send made two).
+        The store file may be replaced under the session (a logout removes it and a new link writes a
+        new one; a backup is restored before a start): that happens only while it is not connected,
+        and sends need a connection, so the file is looked at (`_check_store_file`) whenever the
+        session goes online, not on every send."""
+        if self._sent is None:
+            self._sent = (_inode(self.store_path), _sent_db(self.store_path))
+            self._pruned_at = None
         return self._sent[1]
+
+    def _check_store_file(self) -> None:
+        """Drop the connection to the sent ids when the store file is not the one it has open (its
+        inode: a replaced file gets another while the old one is held open)."""
+        if self._sent is not None and self._sent[0] != _inode(self.store_path):
+            self._close_sent()
 
     def _close_sent(self) -> None:
         if self._sent is not None:
@@ -372,6 +399,7 @@ class SimSession(SimControlsMixin, SimIncomingMixin):
         return f"SIM{self.phone[-4:]}{number:08X}"
 
     def _go_online(self, name: str | None) -> None:
+        self._check_store_file()  # replaced while offline (a logout and a new link, a restore)?
         self._connected = True
         log.debug("%s: presence %s", self.phone, self.presence)
         self._emit(Connected(name=name))
