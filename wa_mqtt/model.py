@@ -40,10 +40,16 @@ def phone_list(value: Any, jids: bool = False) -> Any:
 
 
 def utc_iso(moment: datetime | None) -> str | None:
-    """ISO 8601 UTC with a `Z`, seconds precision, as every timestamp on MQTT."""
+    """ISO 8601 UTC with a `Z`, seconds precision, as every timestamp on MQTT (a naive datetime is
+    local time, as `astimezone` reads it)."""
     if moment is None:
         return None
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    if moment.year < 1000:  # strftime's %Y does not pad these (isoformat would): same text as always
+        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat is ~3x faster than strftime (one per incoming message and receipt); "+00:00" cut off
+    return f"{moment.isoformat(timespec='seconds')[:19]}Z"
 
 
 class AccountState(StrEnum):
@@ -204,7 +210,9 @@ class Receipt(BaseModel):
     sender_lid: str | None = None
 
     def payload(self) -> dict[str, Any]:
-        data = self.model_dump(mode="json")
+        # every field but `timestamp` (replaced) is a str, a list of str or None: the python dump is
+        # the JSON one, without formatting a timestamp that is thrown away
+        data = self.model_dump()
         data["timestamp"] = utc_iso(self.timestamp)
         return data
 
