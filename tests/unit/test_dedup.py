@@ -73,3 +73,31 @@ def test_survives_restart_and_sigkill(tmp_path: Path) -> None:
 def test_window_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         SeenIds(tmp_path / "seen.db", window=0)
+
+
+def test_a_full_window_is_trimmed_in_steps_not_per_id(tmp_path: Path) -> None:
+    """Past `window` it trims back to `window` once `window // 256` more were added: one DELETE per
+    that many new ids (not a DELETE per message), never fewer than the newest `window` kept."""
+    seen = SeenIds(tmp_path / "seen.db", window=1024)  # trimmed at 1028
+    deletes: list[str] = []
+    seen._conn.set_trace_callback(lambda sql: deletes.append(sql) if sql.startswith("DELETE") else None)
+    try:
+        counts = []
+        for i in range(1100):
+            assert seen.first_time(A, f"id{i}")
+            counts.append(seen._conn.execute("SELECT COUNT(*) FROM seen").fetchone()[0])
+        assert max(counts) == 1028 and min(counts[1023:]) == 1024
+        assert len(deletes) == (1100 - 1028 - 1) // 5 + 1  # every fifth id past 1028, not 72
+        assert not any(seen.first_time(A, f"id{i}") for i in range(1100 - 1024, 1100))  # the newest window kept
+        assert seen.first_time(A, "id0") is True  # trimmed: new again
+    finally:
+        seen.close()
+
+
+def test_seen_asks_for_two_ids_at_once(seen: SeenIds) -> None:
+    seen.remember(A, "U1")
+    assert seen.seen(A, "U1#undecryptable", "U1") and seen.seen(A, "U1", "other")
+    assert not seen.seen(A, "U2#undecryptable", "U2") and not seen.seen(B, "U1#undecryptable", "U1")
+    seen.remember(A, "H", hold=True)  # held in memory: counted as seen too
+    assert seen.seen(A, "H#undecryptable", "H")
+    assert seen.duplicates == 3  # counted once per question
