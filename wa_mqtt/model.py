@@ -42,7 +42,8 @@ def phone_list(value: Any, jids: bool = False) -> Any:
 
 
 def utc_iso(moment: datetime | None) -> str | None:
-    """ISO 8601 UTC with a `Z`, seconds precision, as every timestamp on MQTT."""
+    """ISO 8601 UTC with a `Z`, seconds precision, as every timestamp on MQTT (a naive datetime is
+    local time, as `astimezone` reads it)."""
     if moment is None:
         return None
     if moment.utcoffset() != _NO_OFFSET:  # another zone, or naive (local time)
@@ -213,7 +214,9 @@ class Receipt(BaseModel):
     sender_lid: str | None = None
 
     def payload(self) -> dict[str, Any]:
-        data = self.model_dump(mode="json")
+        # every field but `timestamp` (replaced) is a str, a list of str or None: the python dump is
+        # the JSON one, without formatting a timestamp that is thrown away
+        data = self.model_dump()
         data["timestamp"] = utc_iso(self.timestamp)
         return data
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from wa_mqtt.accounts import dedup
 from wa_mqtt.accounts.dedup import SeenIds
 
 A, B = "557996277210", "5511999999999"
@@ -73,3 +75,54 @@ def test_survives_restart_and_sigkill(tmp_path: Path) -> None:
 def test_window_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         SeenIds(tmp_path / "seen.db", window=0)
+
+
+def test_a_full_window_is_trimmed_in_steps_not_per_id(tmp_path: Path) -> None:
+    """Past `window` it trims back to `window` once `window // 256` more were added: one DELETE per
+    that many new ids (not a DELETE per message), never fewer than the newest `window` kept."""
+    seen = SeenIds(tmp_path / "seen.db", window=1024)  # trimmed at 1028
+    deletes: list[str] = []
+    seen._conn.set_trace_callback(lambda sql: deletes.append(sql) if sql.startswith("DELETE") else None)
+    try:
+        counts = []
+        for i in range(1100):
+            assert seen.first_time(A, f"id{i}")
+            counts.append(seen._conn.execute("SELECT COUNT(*) FROM seen").fetchone()[0])
+        assert max(counts) == 1028 and min(counts[1023:]) == 1024
+        assert len(deletes) == (1100 - 1028 - 1) // 5 + 1  # every fifth id past 1028, not 72
+        assert not any(seen.first_time(A, f"id{i}") for i in range(1100 - 1024, 1100))  # the newest window kept
+        assert seen.first_time(A, "id0") is True  # trimmed: new again
+    finally:
+        seen.close()
+
+
+def test_seen_asks_for_two_ids_at_once(seen: SeenIds) -> None:
+    seen.remember(A, "U1")
+    assert seen.seen(A, "U1#undecryptable", "U1") and seen.seen(A, "U1", "other")
+    assert not seen.seen(A, "U2#undecryptable", "U2") and not seen.seen(B, "U1#undecryptable", "U1")
+    seen.remember(A, "H", hold=True)  # held in memory: counted as seen too
+    assert seen.seen(A, "H#undecryptable", "H")
+    assert seen.duplicates == 3  # counted once per question
+
+
+def test_a_version_1_file_keeps_its_ids_and_their_order(tmp_path: Path) -> None:
+    """Upgrade 2 (the table keyed by account and id) keeps every id and its age: the oldest is still
+    the first trimmed, and new ids count after the old ones."""
+    path = tmp_path / "seen.db"
+    conn = sqlite3.connect(path)  # a file at version 1, written as version 1 did (rowid order)
+    conn.executescript(dedup._SCHEMA)
+    conn.executemany("INSERT INTO seen (account, message_id) VALUES (?, ?)", [(A, "old0"), (B, "b"), (A, "old1")])
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    assert dedup.SCHEMA.version == 2
+    seen = SeenIds(path, window=3)
+    try:
+        assert not seen.first_time(A, "old0") and not seen.first_time(A, "old1") and not seen.first_time(B, "b")
+        assert seen.first_time(A, "new0") and seen.first_time(A, "new1")  # old0 is the oldest: trimmed
+        assert [seen.first_time(A, i) for i in ("old1", "new0", "new1", "old0")] == [False, False, False, True]
+    finally:
+        seen.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    conn.close()

@@ -121,6 +121,7 @@ def test_dedup_ids_are_held_and_still_seen(tmp_path: Path) -> None:
     reports = Reports()
     seen = SeenIds(tmp_path / "seen.db", window=3, report=reports)
     seen.remember(A, "a")
+    seen._conn.execute("VACUUM")  # no free pages (a new file's upgrade 2 frees version 1's): each id needs a new one
     fill(seen._conn)
     long_ids = [f"{i}-" + "x" * 3000 for i in range(4)]  # big enough to need new pages
     for message_id in long_ids:

@@ -70,6 +70,14 @@ def test_keeps_the_newest_window_ids_per_account(seen: PgSeenIds, pg_url: str) -
     assert row is not None and row[0] == 5
 
 
+def test_seen_asks_for_two_ids_in_one_round_trip(seen: PgSeenIds) -> None:
+    seen.remember(A, "U1")
+    assert seen.seen(A, "U1#undecryptable", "U1") and seen.seen(A, "U1", "other")
+    assert not seen.seen(A, "U2#undecryptable", "U2") and not seen.seen(B, "U1#undecryptable", "U1")
+    seen.remember(A, "H", hold=True)
+    assert seen.seen(A, "H#undecryptable", "H") and seen.duplicates == 3
+
+
 def test_sent_ids_are_remembered_for_the_window_and_pruned(outbox: PgOutbox, clock: FakeClock, pg_url: str) -> None:
     outbox.remember_sent(A, "k", "3EB0AAA")
     assert outbox.sent_id(B, "k") is None

@@ -1,6 +1,9 @@
 """Incoming message ids already handled, per account, across restarts (SQLite, WAL): each id is published once.
 
-Bounded: keeps the newest `window` ids per account (the engine only re-delivers recent messages).
+Bounded: keeps the newest `window` ids per account (the engine only re-delivers recent messages),
+trimmed back to `window` once it holds `window // 256` more (up to 0.4 % more: one DELETE per 79 new
+ids at the default window instead of a transaction with a DELETE for every message once it is full;
+an id kept a little longer is only ever dropped as a duplicate, as it was published).
 `remember` records an id, committed before it returns (a process kill afterwards keeps it): ask
 `seen` first, hand the message on, then `remember` it, so a crash in between repeats a message
 rather than losing it. `first_time` does both steps at once (`forget` undoes it).
@@ -32,9 +35,26 @@ CREATE TABLE IF NOT EXISTS seen (
 );
 CREATE INDEX IF NOT EXISTS seen_by_age ON seen (account, n);
 """
+# Version 2: the ids are the table's key (WITHOUT ROWID), so remembering one writes two b-trees (the
+# table, the age index), not three (rowid table, unique index, age index): ~5 us less per message
+# (measured: seen + remember of a new id 33.7 -> 29.0 us CPU). `n` (insertion order) is now given by
+# SeenIds, one past the largest on open.
+_KEYED = """
+CREATE TABLE seen_keyed (
+    account    TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    n          INTEGER NOT NULL,
+    PRIMARY KEY (account, message_id)
+) WITHOUT ROWID;
+INSERT INTO seen_keyed (account, message_id, n) SELECT account, message_id, n FROM seen;
+DROP TABLE seen;
+ALTER TABLE seen_keyed RENAME TO seen;
+CREATE INDEX seen_by_age ON seen (account, n);
+"""
 # Append-only (see schema.py): a change to the table is a new Upgrade at the end, never an edit above.
 SCHEMA = Schema("dedup", "message ids already handled", [
     Upgrade(1, "the seen table", _SCHEMA),
+    Upgrade(2, "the seen table keyed by account and id (one index less to write per id)", _KEYED),
 ])
 
 
@@ -49,18 +69,21 @@ class SeenIds:
             raise ValueError("window must be at least 1")
         self.path = Path(path)
         self.window = window
+        self._trim_at = window + window // 256  # an account holding more is trimmed back to `window`
         self._report = report
         self._lock = threading.Lock()
         self._conn = open_versioned(self.path, SCHEMA, synchronous)
-        self._counts: dict[str, int] = dict(
-            self._conn.execute("SELECT account, COUNT(*) FROM seen GROUP BY account").fetchall())
+        rows = self._conn.execute("SELECT account, COUNT(*), MAX(n) FROM seen GROUP BY account").fetchall()
+        self._counts: dict[str, int] = {account: count for account, count, _ in rows}
+        self._next_n = max((last for _, _, last in rows), default=0) + 1  # the insertion order of the next id
         self._held: dict[tuple[str, str], None] = {}  # (account, id) not written yet (disk full), oldest first
         self.duplicates = 0  # how often `seen` said yes since start: messages delivered again, dropped
 
-    def seen(self, account: str, message_id: str) -> bool:
-        """True when `message_id` was already remembered for `account` (counted in `duplicates`)."""
+    def seen(self, account: str, message_id: str, also: str | None = None) -> bool:
+        """True when `message_id` (or `also`, when given: one query for both) was already remembered
+        for `account` (counted once in `duplicates`)."""
         with self._lock:
-            found = self._seen(account, message_id)
+            found = self._seen(account, message_id, also)
         if found:
             self.duplicates += 1
         return found
@@ -133,25 +156,32 @@ class SeenIds:
         for key in batch:
             del self._held[key]
 
-    def _seen(self, account: str, message_id: str) -> bool:
-        return (account, message_id) in self._held or self._conn.execute(
-            "SELECT 1 FROM seen WHERE account = ? AND message_id = ?", (account, message_id)).fetchone() is not None
+    def _seen(self, account: str, message_id: str, also: str | None = None) -> bool:
+        if also is None:
+            return (account, message_id) in self._held or self._conn.execute(
+                "SELECT 1 FROM seen WHERE account = ? AND message_id = ?", (account, message_id)).fetchone() is not None
+        return (account, message_id) in self._held or (account, also) in self._held or self._conn.execute(
+            "SELECT 1 FROM seen WHERE account = ? AND message_id IN (?, ?)",
+            (account, message_id, also)).fetchone() is not None
 
     def _write(self, ids: list[tuple[str, str]]) -> None:
-        """Insert ids (known ones are skipped) and trim each account to the window, in one commit;
-        raises with nothing changed."""
-        single = len(ids) == 1 and self._counts.get(ids[0][0], 0) < self.window  # the common case: one commit
+        """Insert ids (known ones are skipped) and trim an account that went past `_trim_at` back to the
+        window, in one commit; raises with nothing changed."""
+        single = len(ids) == 1 and self._counts.get(ids[0][0], 0) < self._trim_at  # the common case: one commit
         added: dict[str, int] = {}
         with nullcontext() if single else transaction(self._conn):
             for account, message_id in ids:
-                if self._conn.execute("INSERT OR IGNORE INTO seen (account, message_id) VALUES (?, ?)",
-                                      (account, message_id)).rowcount:
+                if self._conn.execute("INSERT OR IGNORE INTO seen (account, message_id, n) VALUES (?, ?, ?)",
+                                      (account, message_id, self._next_n)).rowcount:
+                    self._next_n += 1  # (a batch rolled back leaves a gap: only the order counts)
                     added[account] = added.get(account, 0) + 1
             for account, n in added.items():
-                excess = self._counts.get(account, 0) + n - self.window
-                if excess > 0:
+                total = self._counts.get(account, 0) + n
+                if total > self._trim_at:
                     self._conn.execute(
-                        "DELETE FROM seen WHERE n IN (SELECT n FROM seen WHERE account = ? ORDER BY n LIMIT ?)",
-                        (account, excess))
+                        "DELETE FROM seen WHERE account = ? AND n IN "
+                        "(SELECT n FROM seen WHERE account = ? ORDER BY n LIMIT ?)",
+                        (account, account, total - self.window))
         for account, n in added.items():
-            self._counts[account] = min(self.window, self._counts.get(account, 0) + n)
+            total = self._counts.get(account, 0) + n
+            self._counts[account] = self.window if total > self._trim_at else total

@@ -195,7 +195,7 @@ class StatePublisher:
     def _on_message(self, event: ev.MessageReceived) -> None:
         phone, message = event.phone, event.message
         key = dedup_key(message)
-        if self._seen.seen(phone, key) or (key != message.id and self._seen.seen(phone, message.id)):
+        if self._seen.seen(phone, key, None if key == message.id else message.id):  # one query for both
             log.debug("%s: duplicate message %s dropped", phone, message.id)
             return
         # spooled (or held in memory while the disk is full), then its id remembered, never on disk

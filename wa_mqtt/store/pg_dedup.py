@@ -26,6 +26,9 @@ CREATE INDEX IF NOT EXISTS wa_mqtt_seen_by_age ON wa_mqtt_seen (account, n);
 """),
 ])
 
+_SEEN = "SELECT 1 FROM wa_mqtt_seen WHERE account = %s AND message_id = %s"
+_SEEN_EITHER = "SELECT 1 FROM wa_mqtt_seen WHERE account = %s AND message_id IN (%s, %s)"
+
 
 class PgSeenIds:
     """accounts.dedup.SeenIds on PostgreSQL. Sync: call it from asyncio code like that one."""
@@ -44,13 +47,14 @@ class PgSeenIds:
         self._db = Locked.upgraded(url, SCHEMA)
         self.duplicates = 0
 
-    def seen(self, account: str, message_id: str) -> bool:
-        """True when `message_id` was already remembered for `account` (counted in `duplicates`)."""
-        found = (account, message_id) in self._held
+    def seen(self, account: str, message_id: str, also: str | None = None) -> bool:
+        """True when `message_id` (or `also`, when given: one round trip for both) was already
+        remembered for `account` (counted once in `duplicates`)."""
+        ids = (message_id,) if also is None else (message_id, also)
+        found = any((account, id_) in self._held for id_ in ids)
         if not found:
-            found = self._db.read(lambda conn: conn.execute(
-                "SELECT 1 FROM wa_mqtt_seen WHERE account = %s AND message_id = %s",
-                (account, message_id)).fetchone()) is not None
+            query = _SEEN if also is None else _SEEN_EITHER
+            found = self._db.read(lambda conn: conn.execute(query, (account, *ids)).fetchone()) is not None
         if found:
             self.duplicates += 1
         return found
