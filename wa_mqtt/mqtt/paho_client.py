@@ -19,8 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import LogLevel, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,7 @@ class PahoClient(aiomqtt.Client):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        Paho.adopt(self._client)
         self._acked: dict[int, Callable[[], None]] = {}  # QoS 1 publishes waiting for their PUBACK (`publish_then`)
 
     def _on_connect(self, *args: Any, **kwargs: Any) -> None:
@@ -144,6 +148,50 @@ class PahoClient(aiomqtt.Client):
             return
         if client.want_write() and client.socket() is not None:  # the socket is full: the rest once it is
             super()._on_socket_register_write(client, userdata, sock)  # writable, the aiomqtt way
+
+
+PUBACK = PacketTypes.PUBACK << 4
+SIMPLE_PUBACK_REASONS = (0x00, 0x10)  # Success, No matching subscribers: no properties follow
+
+
+class Paho(mqtt.Client):
+    """paho's client, handling the common PUBACK without building what it never needs.
+
+    paho decodes every PUBACK into a `ReasonCode` and a `Properties` (~20 us; a send gets three
+    back). A PUBACK that is just the packet id (MQTT 3.1.1, or v5's success), or the id and a
+    success reason (`SIMPLE_PUBACK_REASONS`) with no properties, is handled here as paho would:
+    the same `_do_on_publish` (its in-flight count, its queued publishes, the `on_publish` callback)
+    with the same reason and an empty `Properties`, made once per client. Anything else (an error
+    reason, properties, a malformed packet) goes to paho's own path. aiomqtt makes the client; the
+    link's `PahoClient` turns it into this class (`adopt`), which adds no state of its own but two
+    objects."""
+
+    _reasons: dict[int, ReasonCode]
+    _no_properties: Properties
+
+    @classmethod
+    def adopt(cls, client: mqtt.Client) -> Paho:
+        client.__class__ = cls
+        assert isinstance(client, cls)
+        client._reasons = {code: ReasonCode(PacketTypes.PUBACK, identifier=code)
+                           for code in SIMPLE_PUBACK_REASONS}
+        client._no_properties = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]  # paho: no annotations
+        return client
+
+    def _packet_handle(self) -> MQTTErrorCode:
+        packet = self._in_packet
+        if packet["command"] & 0xF0 == PUBACK:
+            body = packet["packet"]
+            size = len(body)
+            if size == 2 or (size == 3 and body[2] in self._reasons and self._protocol == MQTTProtocolVersion.MQTTv5):
+                mid = (body[0] << 8) | body[1]
+                self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Received PUBACK (Mid: %d)", mid)
+                with self._out_message_mutex:
+                    if mid in self._out_messages:
+                        return self._do_on_publish(mid, self._reasons[body[2] if size == 3 else 0],
+                                                   self._no_properties)
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return super()._packet_handle()
 
 
 class ReadAhead:
