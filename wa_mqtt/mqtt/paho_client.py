@@ -193,6 +193,14 @@ class Paho(mqtt.Client):
                 return MQTTErrorCode.MQTT_ERR_SUCCESS
         return super()._packet_handle()
 
+    def _easy_log(self, level: LogLevel, fmt: str, *args: Any) -> None:
+        # paho logs every packet at debug (a send: 8 lines), the logger filtering them out; skipped here
+        # before its call unless the logger (aiomqtt hands it ours, CLIENT_LOG) or an on_log takes debug
+        if level is LogLevel.MQTT_LOG_DEBUG and self._on_log is None and (
+                self._logger is None or not self._logger.isEnabledFor(logging.DEBUG)):
+            return
+        super()._easy_log(level, fmt, *args)
+
 
 class ReadAhead:
     """paho's socket, read in large chunks. paho reads a packet in ~3 recv() calls (its first byte,
