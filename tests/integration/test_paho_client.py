@@ -98,6 +98,44 @@ def test_pubacks_success_and_no_subscribers_skip_the_decoder_an_error_reason_doe
         _stop(client)
 
 
+def test_publish_acked_is_acknowledged_whatever_the_reason_and_arrives_intact(
+        acl_broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The link's own QoS 1 publishes (`publish_acked`, not in paho's table): each callback runs once
+    its PUBACK is back, also one with an error reason (as paho's on_publish reports it); the message
+    arrives with its correlation data."""
+    decoded: list[bytes] = []
+    decode = paho_packet.decode_puback
+    monkeypatch.setattr(paho_packet, "decode_puback",
+                        lambda header, packet, protocol: decoded.append(bytes(packet)) or decode(header, packet, protocol))
+    client = _connected(acl_broker, mqtt.MQTTv5)
+    try:
+        received: list[tuple[str, bytes, Any]] = []
+        arrived = threading.Event()
+
+        def on_message(_client: Any, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+            received.append((message.topic, message.payload, getattr(message.properties, "CorrelationData", None)))
+            arrived.set()
+
+        client.on_message = on_message
+        acked: list[str] = []
+        all_acked = threading.Event()
+
+        def note(topic: str) -> None:
+            acked.append(topic)
+            if len(acked) == 3:
+                all_acked.set()
+
+        for topic in ("ok/subscribed", "ok/nobody", "denied/x"):
+            assert client.publish_acked(topic, b'{"n":1}', False, b"corr-1", lambda topic=topic: note(topic))  # type: ignore[misc]  # default binds topic
+        assert all_acked.wait(WAIT) and arrived.wait(WAIT)
+        assert sorted(acked) == ["denied/x", "ok/nobody", "ok/subscribed"]
+        assert received == [("ok/subscribed", b'{"n":1}', b"corr-1")]
+        assert client._acked == {} and client._out_messages == {}
+        assert [packet[2:] for packet in decoded] == [b"\x87"]
+    finally:
+        _stop(client)
+
+
 def test_mqtt_311_pubacks_take_the_short_path(acl_broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
     decoded: list[bytes] = []
     decode = paho_packet.decode_puback

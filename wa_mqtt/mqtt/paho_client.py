@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -84,21 +85,29 @@ class PahoClient(aiomqtt.Client):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        Paho.adopt(self._client)
-        self._acked: dict[int, Callable[[], None]] = {}  # QoS 1 publishes waiting for their PUBACK (`publish_then`)
+        self._paho = Paho.adopt(self._client)
+        self._acked: dict[int, Callable[[], None]] = {}  # QoS 2 publishes through paho awaiting theirs (`publish_then`)
 
     def _on_connect(self, *args: Any, **kwargs: Any) -> None:
         properties = args[4] if len(args) > 4 else kwargs.get("properties")
         self.connack = properties
         super()._on_connect(*args, **kwargs)
 
-    def publish_then(self, topic: str, payload: bytes, qos: int, retain: bool, properties: Properties | None,
+    def publish_then(self, topic: str, payload: bytes, qos: int, retain: bool, correlation_data: bytes | None,
                      acked: Callable[[], None]) -> None:
         """Publish without a task or an event each (aiomqtt's `publish` makes both, and a timer):
-        `acked()` runs once the broker acknowledged it (QoS 0: once written). A publish paho refuses
+        `acked()` runs once the broker acknowledged it (QoS 0: once queued). A publish paho refuses
         (a malformed topic) is logged and dropped; one it cannot make because the connection is gone
-        is left unacknowledged: the session ends, and the link publishes it again on the next one."""
+        is left unacknowledged: the session ends, and the link publishes it again on the next one.
+        QoS 1 (every publish of the bridge) is `Paho.publish_acked`; other levels go through paho."""
         try:
+            if qos == 1:
+                self._paho.publish_acked(topic, payload, retain, correlation_data, acked)
+                return
+            properties = None
+            if correlation_data is not None:
+                properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho: no annotations
+                properties.CorrelationData = correlation_data
             info = self._client.publish(topic, payload, qos, retain, properties)
         except Exception:  # must not take the link down
             log.exception("publish to %r refused; dropped", topic)
@@ -168,6 +177,7 @@ class Paho(mqtt.Client):
 
     _reasons: dict[int, ReasonCode]
     _no_properties: Properties
+    _acked: dict[int, Callable[[], None]]  # our QoS 1 publishes (`publish_acked`) by packet id
 
     @classmethod
     def adopt(cls, client: mqtt.Client) -> Paho:
@@ -176,22 +186,69 @@ class Paho(mqtt.Client):
         client._reasons = {code: ReasonCode(PacketTypes.PUBACK, identifier=code)
                            for code in SIMPLE_PUBACK_REASONS}
         client._no_properties = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]  # paho: no annotations
+        client._acked = {}
         return client
+
+    def publish_acked(self, topic: str, payload: bytes, retain: bool, correlation_data: bytes | None,
+                      acked: Callable[[], None]) -> bool:
+        """Publish at QoS 1 and call `acked()` when its PUBACK comes back; False (nothing sent) when
+        not connected. Raises ValueError for what paho's `publish` refuses (a wildcard, a topic or
+        payload too long; an empty topic before MQTT v5).
+
+        paho's `publish` makes an `MQTTMessage` and an `MQTTMessageInfo` (with a threading
+        `Condition`) per publish, keeps it in its in-flight table and logs it. The link keeps its
+        own record (the `acked` callback, by packet id) and its own limit (the publish window, at
+        most the broker's receive maximum and `MAX_WINDOW`), so this writes the same bytes paho
+        would (packet ids from paho's counter, so never one of its own in flight) straight into
+        paho's queue of packets; the PUBACK comes back to `_packet_handle`. A lost connection
+        drops this client with everything in flight: the link publishes it again on the next."""
+        encoded = topic.encode()
+        v5 = self._protocol == MQTTProtocolVersion.MQTTv5
+        if (not encoded and not v5) or b"+" in encoded or b"#" in encoded or len(encoded) > 65535:
+            raise ValueError(f"invalid topic name for a publish: {topic[:200]!r}")
+        if self._sock is None:
+            return False
+        if not v5:
+            properties = b""
+        elif correlation_data is None:
+            properties = b"\x00"
+        elif len(correlation_data) < 125:  # the properties' length fits one byte
+            properties = _CORRELATION.pack(len(correlation_data) + 3, 9, len(correlation_data)) + correlation_data
+        else:
+            properties = _properties(correlation_data)
+        mid = self._mid_generate()
+        length = 4 + len(encoded) + len(properties) + len(payload)
+        packet = b"".join((_fixed_header(0x32 | retain, length), len(encoded).to_bytes(2, "big"), encoded,
+                           mid.to_bytes(2, "big"), properties, payload))
+        self._acked[mid] = acked
+        self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Sending PUBLISH (d0, q1, r%d, m%d), '%s', ... (%d bytes)",
+                       retain, mid, encoded, len(payload))
+        self._packet_queue(PacketTypes.PUBLISH << 4, packet, mid, 1)
+        return True
 
     def _packet_handle(self) -> MQTTErrorCode:
         packet = self._in_packet
-        if packet["command"] & 0xF0 == PUBACK:
-            body = packet["packet"]
-            size = len(body)
-            if size == 2 or (size == 3 and body[2] in self._reasons and self._protocol == MQTTProtocolVersion.MQTTv5):
-                mid = (body[0] << 8) | body[1]
-                self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Received PUBACK (Mid: %d)", mid)
-                with self._out_message_mutex:
-                    if mid in self._out_messages:
-                        return self._do_on_publish(mid, self._reasons[body[2] if size == 3 else 0],
-                                                   self._no_properties)
-                return MQTTErrorCode.MQTT_ERR_SUCCESS
-        return super()._packet_handle()
+        if packet["command"] & 0xF0 != PUBACK or len(packet["packet"]) < 2:
+            return super()._packet_handle()
+        body = packet["packet"]
+        size = len(body)
+        mid = (body[0] << 8) | body[1]
+        acked = self._acked.get(mid)
+        if not (size == 2 or (size == 3 and body[2] in self._reasons and self._protocol == MQTTProtocolVersion.MQTTv5)):
+            rc = super()._packet_handle()  # paho decodes it (a malformed one raises: the connection ends)
+            if acked is not None and rc == MQTTErrorCode.MQTT_ERR_SUCCESS:  # ours, even with an error
+                del self._acked[mid]  # reason: acknowledged, as paho's on_publish reports it too
+                acked()
+            return rc
+        self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Received PUBACK (Mid: %d)", mid)
+        if acked is not None:  # ours (`publish_acked`): unknown to paho's in-flight table
+            del self._acked[mid]
+            acked()
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        with self._out_message_mutex:
+            if mid in self._out_messages:
+                return self._do_on_publish(mid, self._reasons[body[2] if size == 3 else 0], self._no_properties)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _easy_log(self, level: LogLevel, fmt: str, *args: Any) -> None:
         # paho logs every packet at debug (a send: 8 lines), the logger filtering them out; skipped here
@@ -200,6 +257,29 @@ class Paho(mqtt.Client):
                 self._logger is None or not self._logger.isEnabledFor(logging.DEBUG)):
             return
         super()._easy_log(level, fmt, *args)
+
+
+_CORRELATION = struct.Struct("!BBH")  # properties length (< 128), CorrelationData (9), its length
+
+
+def _properties(correlation_data: bytes) -> bytes:
+    """A PUBLISH's MQTT v5 properties holding only `correlation_data`, packed as paho packs them."""
+    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho: no annotations
+    properties.CorrelationData = correlation_data
+    packed: bytes = properties.pack()  # type: ignore[no-untyped-call]  # paho: no annotations
+    return packed
+
+
+def _fixed_header(command: int, length: int) -> bytes:
+    """An MQTT fixed header: the command byte and the remaining length (variable byte integer)."""
+    if length < 128:
+        return bytes((command, length))
+    header = bytearray((command,))
+    while True:
+        length, byte = divmod(length, 128)
+        header.append(byte | 0x80 if length else byte)
+        if not length:
+            return bytes(header)
 
 
 class ReadAhead:
