@@ -1,18 +1,22 @@
 """`Paho.publish_acked` writes, byte for byte, the PUBLISH paho's own `publish` writes (MQTT 3.1.1 and
 v5, retained or not, with correlation data short and long, payloads whose length takes 1 to 3 bytes),
-and refuses what paho refuses. Checked against a real paho client on a socket pair."""
+and refuses what paho refuses. Checked against a real paho client on a socket pair. `incoming`
+decodes a received PUBLISH into the `Incoming` that paho's decoder, aiomqtt's Message and
+`incoming_of` made of it, and leaves to paho what it does not decode."""
 
 from __future__ import annotations
 
 import socket
 
+import aiomqtt
+import paho.mqtt._packet as paho_packet
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from wa_mqtt.mqtt.paho_client import Paho
+from wa_mqtt.mqtt.paho_client import Incoming, Paho, incoming, incoming_of
 
 
 def _client(sock: socket.socket, protocol: mqtt.MQTTProtocolVersion, ours: bool) -> mqtt.Client:
@@ -80,3 +84,77 @@ def test_publish_acked_without_a_connection_sends_nothing() -> None:
     client = Paho.adopt(mqtt.Client(CallbackAPIVersion.VERSION2, client_id="t", protocol=mqtt.MQTTv5))
     assert client.publish_acked("a/b", b"x", False, None, lambda: None) is False
     assert not client._out_packet and not client._acked
+
+
+def _publish_body(topic: bytes, qos: int, properties: Properties | None, payload: bytes) -> bytes:
+    body = len(topic).to_bytes(2, "big") + topic + (b"\x00\x07" if qos else b"")
+    if properties is not None:
+        body += properties.pack()  # type: ignore[no-untyped-call]  # paho: no annotations
+    return body + payload
+
+
+def _paho_incoming(header: int, body: bytes, v5: bool) -> Incoming:
+    """What the link made of a publish before: paho's decoder, aiomqtt's Message, `incoming_of`."""
+    protocol = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
+    decoded = paho_packet.decode_publish(header, body, protocol)
+    message = mqtt.MQTTMessage(decoded.mid, decoded.topic)
+    message.qos, message.payload, message.properties = decoded.qos, decoded.payload, decoded.properties
+    return incoming_of(aiomqtt.Message._from_paho_message(message))  # private: as aiomqtt's on_message does
+
+
+def _properties(**values: object) -> Properties:
+    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho: no annotations
+    for name, value in values.items():
+        setattr(properties, name, value)
+    return properties
+
+
+DECODED = [
+    (b"wa/bridge/request/send", 1, {}, b'{"to":"x"}'),
+    (b"wa/r", 0, {}, b""),
+    ("wa/réponse/ü".encode(), 1, {"ResponseTopic": "reply/ü", "CorrelationData": b"\x00c" * 40}, b"p" * 300),
+    (b"c/x", 1, {"SubscriptionIdentifier": 7}, b"{}"),
+    (b"c/x", 1, {"SubscriptionIdentifier": 200_000, "ResponseTopic": "r"}, b"y" * 70_000),
+    (b"c/x", 0, {"CorrelationData": b""}, b"z"),
+]
+
+
+@pytest.mark.parametrize(("topic", "qos", "values", "payload"), DECODED)
+def test_incoming_decodes_what_paho_and_aiomqtt_made_of_a_publish(
+        topic: bytes, qos: int, values: dict[str, object], payload: bytes) -> None:
+    header = 0x30 | qos << 1
+    body = _publish_body(topic, qos, _properties(**values), payload)
+    decoded = incoming(header, body, True)
+    assert decoded is not None
+    assert decoded == (_paho_incoming(header, body, True), qos, 7 if qos else 0)
+    plain = _publish_body(topic, qos, None, payload)  # MQTT 3.1.1: no properties
+    assert incoming(header, plain, False) == (_paho_incoming(header, plain, False), qos, 7 if qos else 0)
+
+
+def test_incoming_with_several_subscription_identifiers() -> None:
+    props = bytes([4, 0x0B, 3, 0x0B, 9])  # two identifiers: 3 and 9
+    body = (3).to_bytes(2, "big") + b"c/x" + b"\x00\x07" + props + b"pl"
+    assert incoming(0x32, body, True) == (Incoming("c/x", b"pl", None, None, (3, 9)), 1, 7)
+    assert _paho_incoming(0x32, body, True) == Incoming("c/x", b"pl", None, None, (3, 9))
+
+
+@pytest.mark.parametrize(("header", "body"), [
+    (0x34, _publish_body(b"a", 2, _properties(), b"x")),  # QoS 2: paho's
+    (0x32, _publish_body(b"a", 1, _properties(UserProperty=[("k", "v")]), b"x")),  # other properties: paho's
+    (0x32, _publish_body(b"a", 1, _properties(ContentType="text/plain"), b"x")),
+    (0x32, _publish_body(b"a", 1, _properties(MessageExpiryInterval=5), b"x")),
+    (0x32, _publish_body(b"\xff\xfe", 1, _properties(), b"x")),  # not UTF-8
+    (0x32, _publish_body(b"a", 1, _properties(ResponseTopic="r"), b"")[:-1]),  # properties cut short
+    (0x32, b"\x00"),
+    (0x32, b"\x00\x05ab"),
+])
+def test_incoming_leaves_to_paho_what_it_does_not_decode(header: int, body: bytes) -> None:
+    assert incoming(header, body, True) is None
+
+
+def test_incoming_never_raises_on_a_truncated_packet() -> None:
+    body = _publish_body("t/ü".encode(), 1, _properties(ResponseTopic="rt", CorrelationData=b"cd",
+                                                        SubscriptionIdentifier=300), b"payload")
+    for cut in range(len(body)):
+        result = incoming(0x32, body[:cut], True)
+        assert result is None or result[0].payload == body[len(body) - 7:cut]

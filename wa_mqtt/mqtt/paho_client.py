@@ -52,7 +52,7 @@ class Intake(asyncio.Queue[Incoming]):
     the ~7 KB of paho's objects, so messages waiting to be handled cost little."""
 
     def put_nowait(self, item: Any) -> None:
-        super().put_nowait(incoming_of(item))
+        super().put_nowait(item if isinstance(item, Incoming) else incoming_of(item))
 
 
 def incoming_of(message: aiomqtt.Message, subscription_ids: tuple[int, ...] | None = None) -> Incoming:
@@ -86,7 +86,17 @@ class PahoClient(aiomqtt.Client):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._paho = Paho.adopt(self._client)
+        queue: Any = self._queue  # aiomqtt types it as holding its Messages
+        if isinstance(queue, Intake):  # what the link gives aiomqtt: it holds `Incoming`s
+            self._paho.receive = self._receive
         self._acked: dict[int, Callable[[], None]] = {}  # QoS 2 publishes through paho awaiting theirs (`publish_then`)
+
+    def _receive(self, message: Incoming) -> None:
+        """A received publish decoded by `Paho`, queued as aiomqtt's `_on_message` queues its own."""
+        try:
+            self._queue.put_nowait(message)  # type: ignore[arg-type]  # our queue (Intake) holds Incoming
+        except asyncio.QueueFull:
+            self._logger.warning("Message queue is full. Discarding message.")
 
     def _on_connect(self, *args: Any, **kwargs: Any) -> None:
         properties = args[4] if len(args) > 4 else kwargs.get("properties")
@@ -178,6 +188,7 @@ class Paho(mqtt.Client):
     _reasons: dict[int, ReasonCode]
     _no_properties: Properties
     _acked: dict[int, Callable[[], None]]  # our QoS 1 publishes (`publish_acked`) by packet id
+    receive: Callable[[Incoming], None] | None  # takes received publishes, decoded here (`_handle_publish`)
 
     @classmethod
     def adopt(cls, client: mqtt.Client) -> Paho:
@@ -187,6 +198,7 @@ class Paho(mqtt.Client):
                            for code in SIMPLE_PUBACK_REASONS}
         client._no_properties = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]  # paho: no annotations
         client._acked = {}
+        client.receive = None
         return client
 
     def publish_acked(self, topic: str, payload: bytes, retain: bool, correlation_data: bytes | None,
@@ -250,6 +262,28 @@ class Paho(mqtt.Client):
                 return self._do_on_publish(mid, self._reasons[body[2] if size == 3 else 0], self._no_properties)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
+    def _handle_publish(self) -> MQTTErrorCode:
+        """A received QoS 0 or 1 PUBLISH goes to `receive` as an `Incoming`, decoded here: paho makes a
+        `Properties` (~25 us), an `MQTTMessage` and aiomqtt a `Message` of it, and the bridge keeps
+        four fields. The PUBACK follows, as paho sends it. Anything `incoming` does not decode
+        (QoS 2, a property other than those the bridge reads, a topic not UTF-8, a malformed packet)
+        goes to paho's path, and from there to aiomqtt's callback, as before."""
+        receive = self.receive
+        packet = self._in_packet
+        decoded = None if receive is None else incoming(
+            packet["command"], packet["packet"], self._protocol == MQTTProtocolVersion.MQTTv5)
+        if decoded is None:
+            return super()._handle_publish()
+        message, qos, mid = decoded
+        self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Received PUBLISH (q%d, m%d), '%s', ...  (%d bytes)",
+                       qos, mid, message.topic, len(message.payload))
+        assert receive is not None
+        with self._in_callback_mutex:
+            receive(message)
+        if qos == 0 or self._manual_ack:
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return self._send_puback(mid)
+
     def _easy_log(self, level: LogLevel, fmt: str, *args: Any) -> None:
         # paho logs every packet at debug (a send: 8 lines), the logger filtering them out; skipped here
         # before its call unless the logger (aiomqtt hands it ours, CLIENT_LOG) or an on_log takes debug
@@ -257,6 +291,74 @@ class Paho(mqtt.Client):
                 self._logger is None or not self._logger.isEnabledFor(logging.DEBUG)):
             return
         super()._easy_log(level, fmt, *args)
+
+
+RESPONSE_TOPIC, CORRELATION_DATA, SUBSCRIPTION_IDENTIFIER = 0x08, 0x09, 0x0B  # MQTT v5 property ids
+
+
+def incoming(header: int, body: bytes | bytearray, v5: bool) -> tuple[Incoming, int, int] | None:
+    """A received PUBLISH (its first byte and what follows the remaining length) as (`Incoming`, QoS,
+    packet id), as `incoming_of` makes it of paho's and aiomqtt's objects; None for what is left to
+    paho: QoS 2, a property other than ResponseTopic, CorrelationData and SubscriptionIdentifier,
+    a topic that is not UTF-8, anything malformed."""
+    qos = (header & 0x06) >> 1
+    if qos > 1 or len(body) < 2:
+        return None
+    end = 2 + ((body[0] << 8) | body[1])
+    mid = 0
+    at = end + 2 if qos else end
+    if at > len(body) or (end == 2 and not v5):
+        return None
+    if qos:
+        mid = (body[end] << 8) | body[end + 1]
+    response_topic = correlation = None
+    ids: list[int] = []
+    if v5:
+        length, at = _varint(body, at)
+        stop = at + length
+        if length < 0 or stop > len(body):
+            return None
+        while at < stop:
+            kind = body[at]
+            at += 1
+            if kind == SUBSCRIPTION_IDENTIFIER:
+                value, at = _varint(body, at)
+                if value <= 0:
+                    return None
+                ids.append(value)
+                continue
+            if kind not in (RESPONSE_TOPIC, CORRELATION_DATA) or at + 2 > stop:
+                return None
+            size = (body[at] << 8) | body[at + 1]
+            value_bytes, at = body[at + 2:at + 2 + size], at + 2 + size
+            if at > stop:
+                return None
+            if kind == CORRELATION_DATA:
+                correlation = bytes(value_bytes)
+            else:
+                try:
+                    response_topic = value_bytes.decode()
+                except UnicodeDecodeError:
+                    return None
+        if at != stop:
+            return None
+    try:
+        topic = body[2:end].decode()
+    except UnicodeDecodeError:
+        return None
+    return Incoming(topic, bytes(body[at:]), response_topic, correlation, tuple(ids)), qos, mid
+
+
+def _varint(data: bytes | bytearray, at: int) -> tuple[int, int]:
+    """An MQTT variable byte integer at `at`: (value, where it ends); (-1, at) when malformed."""
+    value = shift = 0
+    for index in range(at, min(at + 4, len(data))):
+        byte = data[index]
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, index + 1
+        shift += 7
+    return -1, at
 
 
 _CORRELATION = struct.Struct("!BBH")  # properties length (< 128), CorrelationData (9), its length
