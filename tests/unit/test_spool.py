@@ -104,6 +104,56 @@ def test_survives_reopen_and_sequence_never_goes_back(tmp_path: Path) -> None:
         again.close()
 
 
+def test_numbers_are_never_reused_after_the_spool_is_emptied_whatever_the_way_it_ended(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No AUTOINCREMENT (upgrade 3): the "issued up to" mark, written with the append that passes it,
+    keeps numbers unique across restarts, after a clean close or a kill, the spool emptied or not,
+    so an entry never takes the number of one already published (the "published up to" mark)."""
+    from wa_mqtt.mqtt import spool as spool_module
+
+    monkeypatch.setattr(spool_module, "ISSUED_LEASE", 4)  # the mark passed several times below
+    path = tmp_path / "spool.db"
+    last = 0
+    for run in range(3):
+        running = Spool(path)
+        seqs = [running.append("t", b"x", 1, False) for _ in range(6 + run)]
+        assert seqs[0] > last and seqs == sorted(seqs)
+        running.publishing(seqs[-1])
+        running.ack(seqs[-1])  # emptied: nothing on disk tells the numbers any more but the marks
+        assert len(running) == 0
+        last = seqs[-1]
+        if run == 1:
+            running.close()  # a clean close; the other runs end as a kill would (never closed)
+    after = Spool(path)
+    try:
+        fresh = after.append("t", b"y", 1, False)
+        assert fresh > last
+        assert after.peek(10) == [SpoolEntry(fresh, "t", b"y", 1, False)]  # not marked as maybe delivered
+        table = after._conn.execute("SELECT sql FROM sqlite_master WHERE name = 'spool'").fetchone()[0]
+        assert "AUTOINCREMENT" not in table  # private: the schema
+    finally:
+        after.close()
+
+
+def test_the_issued_mark_is_written_only_with_the_append_that_passes_it(tmp_path: Path) -> None:
+    """One write of the mark per ISSUED_LEASE appends, in the same transaction as that append."""
+    from wa_mqtt.mqtt.spool import ISSUED_LEASE
+
+    spool = Spool(tmp_path / "spool.db")
+    try:
+        statements: list[str] = []
+        spool._conn.set_trace_callback(statements.append)  # private: the SQL an append runs
+        for _ in range(ISSUED_LEASE * 2):
+            spool.append("t", b"x", 1, False)
+        marks = [s for s in statements if "issued_upto" in s]
+        assert len(marks) == 2
+        inserts = sum(1 for s in statements if s.startswith("INSERT INTO spool "))
+        assert inserts == ISSUED_LEASE * 2
+        assert statements[statements.index(marks[1]) - 2].startswith("BEGIN")  # insert + mark: one commit
+    finally:
+        spool.close()
+
+
 def test_stays_under_max_bytes_by_dropping_oldest_with_one_warning(tmp_path: Path, caplog) -> None:
     spool = Spool(tmp_path / "spool.db", max_bytes=100)  # each entry: 1 + 19 = 20 bytes
     try:
