@@ -154,6 +154,50 @@ def test_the_issued_mark_is_written_only_with_the_append_that_passes_it(tmp_path
         spool.close()
 
 
+@pytest.mark.parametrize("tail_entries", [0, 3, 512])
+def test_peek_from_the_tail_in_memory_is_what_the_file_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            tail_entries: int) -> None:
+    """`peek` reads the entries this process wrote from memory (the tail); after any mix of appends,
+    acks, overflow drops, peeks and lost connections it returns what a query of the file returns
+    (checked against a second Spool opened on the same file, which has no tail), marked as before."""
+    import random
+
+    from wa_mqtt.mqtt import spool as spool_module
+
+    monkeypatch.setattr(spool_module, "TAIL_ENTRIES", tail_entries)
+    monkeypatch.setattr(spool_module, "TAIL_BYTES", 3_000)  # a big entry pushes the tail back too
+    rng = random.Random(12)
+    path = tmp_path / "spool.db"
+    spool = Spool(path, max_bytes=20_000)  # overflow drops happen too
+    try:
+        seqs: list[int] = []
+        for step in range(400):
+            action = rng.random()
+            if action < 0.5:
+                seqs.append(spool.append(f"t/{step}", bytes([step % 256]) * rng.choice([1, 50, 900, 2_500]), 1,
+                                         step % 7 == 0))
+            elif action < 0.65 and seqs:
+                spool.ack(rng.choice(seqs))
+            elif action < 0.8:
+                for entry in spool.peek(rng.randint(1, 5)):
+                    spool.publishing(entry.seq)
+            elif action < 0.85:
+                spool.connection_lost()
+            limit, after = rng.randint(1, 70), rng.choice([0, *seqs[-30:]])
+            got = spool.peek(limit, after)
+            reader = Spool(path)
+            try:
+                on_disk = reader.peek(limit, max(after, spool._acked))  # private: what it acknowledged
+            finally:
+                reader._conn.close()  # not close(): that would rewrite the "published" mark
+            assert [(e.seq, e.topic, e.payload, e.qos, e.retain) for e in got] == \
+                [(e.seq, e.topic, e.payload, e.qos, e.retain) for e in on_disk]
+            assert [e.redelivered for e in got] == [e.seq <= spool._redeliver_upto for e in got]
+        assert spool.dropped > 0  # the overflow path was taken
+    finally:
+        spool.close()
+
+
 def test_stays_under_max_bytes_by_dropping_oldest_with_one_warning(tmp_path: Path, caplog) -> None:
     spool = Spool(tmp_path / "spool.db", max_bytes=100)  # each entry: 1 + 19 = 20 bytes
     try:

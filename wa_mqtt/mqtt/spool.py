@@ -19,6 +19,12 @@ upgrade 3): an "issued up to" mark (`spool_state`) runs `ISSUED_LEASE` numbers a
 written in the same transaction as the append that passes it, so no number is ever committed
 above it; a new process starts above the mark, the newest entry and the "published up to" mark.
 
+The newest entries this process wrote are also kept in memory (the tail: up to `TAIL_ENTRIES` and
+`TAIL_BYTES`), so the publisher's `peek` right behind the appends reads them without a query. Every
+entry on disk above `_tail_floor` is in the tail (entries enter it once committed, leave it when
+acknowledged, dropped for room or pushed out by newer ones, which raises the floor); a `peek` that
+starts below the floor reads the file as before.
+
 A full disk loses nothing: an entry that cannot be written is held in memory with its sequence number
 (and every later one behind it, so the order stays), reported to `report` (disk_full.DiskFullWatch),
 returned by `peek` after the entries on disk (so it is published from memory when the broker is
@@ -50,6 +56,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 PUBLISHED_LEASE = 64  # entries the persisted "published up to" mark runs ahead: one write per 64 publishes
 ISSUED_LEASE = 1024  # numbers the persisted "issued up to" mark runs ahead: one write per 1,024 appends
+TAIL_ENTRIES = 512  # the newest entries written also kept in memory (`peek` reads them without a query) ...
+TAIL_BYTES = 1 << 20  # ... up to this many topic + payload bytes
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (
@@ -121,6 +129,9 @@ class Spool:
         self._issued: int = state.get("issued_upto", 0)  # persisted: no number above it was ever stored
         self._last_seq: int = max(last, self._issued, state.get("published_upto", 0))  # numbers are never reused
         self._held: deque[SpoolEntry] = deque()  # could not be written (disk full), oldest first
+        self._tail: deque[SpoolEntry] = deque()  # the newest entries on disk, oldest first: every one
+        self._tail_floor = self._last_seq  # above this is in `_tail` (or held); none of this process yet
+        self._tail_bytes = 0
         self._held_bytes = 0
         self._acked = 0  # everything up to here is acknowledged (its delete may still be pending)
         self._delete_pending = False
@@ -156,12 +167,17 @@ class Spool:
         """The oldest `limit` entries newer than `after`, oldest first: on disk, then held in memory
         (nothing is removed)."""
         with self._lock:
-            rows = self._conn.execute(
-                "SELECT seq, topic, payload, qos, retain FROM spool WHERE seq > ? ORDER BY seq LIMIT ?",
-                (max(self._acked, after), limit)).fetchall()
+            lower = max(self._acked, after)
             upto = self._redeliver_upto
-            entries = [SpoolEntry(seq, topic, bytes(payload), qos, bool(retain), seq <= upto)
-                       for seq, topic, payload, qos, retain in rows]
+            if lower >= self._tail_floor:  # all of it is in the tail: this process wrote it
+                entries = [entry if entry.seq > upto else replace(entry, redelivered=True)
+                           for entry in islice((e for e in self._tail if e.seq > lower), limit)]
+            else:
+                rows = self._conn.execute(
+                    "SELECT seq, topic, payload, qos, retain FROM spool WHERE seq > ? ORDER BY seq LIMIT ?",
+                    (lower, limit)).fetchall()
+                entries = [SpoolEntry(seq, topic, bytes(payload), qos, bool(retain), seq <= upto)
+                           for seq, topic, payload, qos, retain in rows]
             if len(entries) < limit:
                 held = (replace(e, redelivered=e.seq <= upto) for e in self._held if e.seq > after)
                 entries.extend(islice(held, limit - len(entries)))
@@ -185,6 +201,7 @@ class Spool:
         with self._lock:
             while self._held and self._held[0].seq <= seq:
                 self._held_bytes -= _size(self._held.popleft())
+            self._trim_tail(seq)
             self._overflowing = False
             if seq <= self._acked:
                 return
@@ -254,11 +271,12 @@ class Spool:
         issued = entries[-1].seq + ISSUED_LEASE if entries[-1].seq > self._issued else None
         if self._count and self._bytes + size > self.max_bytes:
             with transaction(self._conn):
-                freed, removed = self._drop_oldest(self._bytes + size - self.max_bytes)
+                freed, removed, dropped_upto = self._drop_oldest(self._bytes + size - self.max_bytes)
                 self._insert_all(entries, issued)
             self._note_dropped(removed)
             self._bytes -= freed
             self._count -= removed
+            self._trim_tail(dropped_upto)
         elif len(entries) == 1 and issued is None:
             self._insert(entries[0])  # autocommit: the common case, one commit
         else:
@@ -268,6 +286,17 @@ class Spool:
             self._issued = issued
         self._bytes += size
         self._count += len(entries)
+        self._tail.extend(entries)  # committed: now on disk, and the newest there
+        self._tail_bytes += size
+        while len(self._tail) > TAIL_ENTRIES or (self._tail_bytes > TAIL_BYTES and self._tail):
+            oldest = self._tail.popleft()
+            self._tail_bytes -= _size(oldest)
+            self._tail_floor = oldest.seq  # from here on only on disk
+
+    def _trim_tail(self, upto: int) -> None:
+        """Entries up to `upto` left the spool (acknowledged, or dropped for room)."""
+        while self._tail and self._tail[0].seq <= upto:
+            self._tail_bytes -= _size(self._tail.popleft())
 
     def _insert_all(self, entries: list[SpoolEntry], issued: int | None) -> None:
         """Insert entries (in the caller's transaction) and, when they pass it, the new "issued up to"
@@ -311,8 +340,9 @@ class Spool:
             self._lease_failed = False
         self._lease = value
 
-    def _drop_oldest(self, need: int) -> tuple[int, int]:
-        """Delete the fewest oldest entries freeing at least `need` bytes (or all); (bytes, count)."""
+    def _drop_oldest(self, need: int) -> tuple[int, int, int]:
+        """Delete the fewest oldest entries freeing at least `need` bytes (or all); (bytes, count, the
+        newest deleted)."""
         freed = removed = 0
         last = self._acked
         while freed < need:
@@ -328,7 +358,7 @@ class Spool:
                     break
         if removed:
             self._conn.execute("DELETE FROM spool WHERE seq <= ?", (last,))
-        return freed, removed
+        return freed, removed, last
 
     def _note_dropped(self, removed: int) -> None:
         self.dropped += removed
