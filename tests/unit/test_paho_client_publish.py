@@ -16,7 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from wa_mqtt.mqtt.paho_client import Incoming, Paho, incoming, incoming_of
+from wa_mqtt.mqtt.paho_client import Incoming, Paho, ReadAhead, incoming, incoming_of
 
 
 def _client(sock: socket.socket, protocol: mqtt.MQTTProtocolVersion, ours: bool) -> mqtt.Client:
@@ -158,3 +158,60 @@ def test_incoming_never_raises_on_a_truncated_packet() -> None:
     for cut in range(len(body)):
         result = incoming(0x32, body[:cut], True)
         assert result is None or result[0].payload == body[len(body) - 7:cut]
+
+
+def test_packets_read_ahead_are_handled_whole_or_by_paho_wherever_the_reads_split_them() -> None:
+    """A stream of publishes (with and without properties, one paho must decode, one whose length
+    takes 3 bytes), PUBACKs and a PINGRESP, arriving in random pieces: `Paho` handles each once, in
+    order, taking the whole ones read ahead itself and leaving split ones to paho."""
+    import random
+
+    big = b"B" * 20_000
+    stream = [
+        (0x32, _publish_body(b"wa/req", 1, _properties(ResponseTopic="r", CorrelationData=b"c"), b"one")),
+        (0x30, _publish_body(b"wa/q0", 0, _properties(), b"two")),
+        (0x32, _publish_body(b"wa/ud", 1, _properties(UserProperty=[("k", "v")]), b"three")),  # paho's decoder
+        (0x40, b"\x00\x01"), (0x40, b"\x00\x02\x10"),  # PUBACKs of our publishes 1 and 2
+        (0xD0, b""),  # PINGRESP
+        (0x32, _publish_body(b"wa/big", 1, _properties(SubscriptionIdentifier=5), big)),
+    ]
+    data = b"".join(bytes([header]) + _varint_bytes(len(body)) + body for header, body in stream)
+    for seed in range(30):
+        rng = random.Random(seed)
+        ours, theirs = socket.socketpair()
+        try:
+            client = _client(ours, mqtt.MQTTv5, True)
+            assert isinstance(client, Paho)
+            ours.setblocking(False)
+            client._sock = ReadAhead(ours)  # type: ignore[assignment]  # as the link installs it
+            got: list[object] = []
+            client.receive = got.append
+            client.on_message = lambda _c, _u, message: got.append(("paho", message.topic, message.payload))
+            client._in_messages = {}  # private: no session state in a unit test
+            for mid in (1, 2):
+                client._mid_generate()
+                client._acked[mid] = lambda mid=mid: got.append(("acked", mid))  # type: ignore[misc]  # default binds mid
+            at = 0
+            while at < len(data):
+                step = rng.choice([1, 2, 3, 7, 50, 4_000, 30_000])
+                theirs.sendall(data[at:at + step])
+                at += step
+                client.loop_read()
+                while client.socket().pending():  # type: ignore[union-attr]  # as aiomqtt's reader does
+                    client.loop_read()
+            assert got == [
+                Incoming("wa/req", b"one", "r", b"c"), Incoming("wa/q0", b"two"), ("paho", "wa/ud", b"three"),
+                ("acked", 1), ("acked", 2), Incoming("wa/big", big, None, None, (5,))], seed
+            assert client._in_packet["command"] == 0 and client._ping_t == 0
+        finally:
+            ours.close()
+            theirs.close()
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        value, byte = divmod(value, 128)
+        out.append(byte | 0x80 if value else byte)
+        if not value:
+            return bytes(out)

@@ -22,6 +22,7 @@ from typing import Any
 import aiomqtt
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import LogLevel, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -262,6 +263,31 @@ class Paho(mqtt.Client):
                 return self._do_on_publish(mid, self._reasons[body[2] if size == 3 else 0], self._no_properties)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
+    def _packet_read(self) -> MQTTErrorCode:
+        """A packet already read ahead (`ReadAhead.packet`) is taken whole: paho reads it in three
+        or more `recv` calls and a loop per length byte. What is not all there (the start of a
+        read, a packet split between reads) paho reads its own way, as before."""
+        sock = self._sock
+        if self._in_packet["command"] != 0 or not isinstance(sock, ReadAhead):
+            return super()._packet_read()
+        taken = sock.packet()
+        if taken is None:
+            return super()._packet_read()
+        command, body = taken
+        self._in_packet = {"command": command, "have_remaining": 1, "remaining_count": [],
+                           "remaining_mult": 1, "remaining_length": len(body), "packet": body,  # type: ignore[typeddict-item]  # bytes: as paho's decoders take
+                           "to_process": 0, "pos": 0}
+        try:
+            rc = self._packet_handle()
+        except MalformedPacket as exc:
+            self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Received malformed packet: %s", exc)
+            rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
+        self._in_packet = {"command": 0, "have_remaining": 0, "remaining_count": [], "remaining_mult": 1,
+                           "remaining_length": 0, "packet": bytearray(b""), "to_process": 0, "pos": 0}
+        with self._msgtime_mutex:
+            self._last_bytes_received = mqtt.time_func()
+        return rc
+
     def _handle_publish(self) -> MQTTErrorCode:
         """A received QoS 0 or 1 PUBLISH goes to `receive` as an `Incoming`, decoded here: paho makes a
         `Properties` (~25 us), an `MQTTMessage` and aiomqtt a `Message` of it, and the bridge keeps
@@ -410,6 +436,26 @@ class ReadAhead:
         chunk = self._held[self._at:self._at + size]
         self._at += len(chunk)
         return chunk
+
+    def packet(self) -> tuple[int, bytes] | None:
+        """The next whole MQTT packet among the bytes held, taken: (its first byte, what follows its
+        remaining length); None, taking nothing, when they do not hold a whole packet."""
+        held, at = self._held, self._at
+        end = len(held)
+        index, length, shift = at + 1, 0, 0
+        while True:
+            if index >= end or index > at + 4:  # not all here (or a length over 4 bytes: paho's error)
+                return None
+            byte = held[index]
+            index += 1
+            length |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                break
+            shift += 7
+        if index + length > end:
+            return None
+        self._at = index + length
+        return held[at], held[index:self._at]
 
     def pending(self) -> int:
         inner = getattr(self._sock, "pending", None)
