@@ -310,10 +310,14 @@ def encode(data: object) -> bytes:
     cannot be both (a non-finite number, a lone surrogate from a file name) is replaced, not raised:
     null for the number, U+FFFD for the surrogate, so a response always goes out and always parses."""
     try:
-        return json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+        return _JSON.encode(data).encode()
     except (ValueError, UnicodeEncodeError):  # rare: clean a copy, keep the fast path fast
         log.debug("publishing a body with a non-finite number or a lone surrogate, replaced")
-        return json.dumps(_clean(data), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+        return _JSON.encode(_clean(data)).encode()
+
+
+# what json.dumps(..., ensure_ascii=False, allow_nan=False, separators=(",", ":")) builds on every call
+_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
 def _clean(value: Any) -> Any:
