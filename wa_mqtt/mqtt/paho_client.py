@@ -1,10 +1,13 @@
 """The link's MQTT client: aiomqtt's, extended where it reaches into paho's internals.
 
-`PahoClient` keeps the CONNACK properties, hands publishes to paho with a PUBACK callback each
-(`publish_then`: no task, event or timer per publish), reads the socket ahead and acknowledges what
-it read at once (`ReadAhead`), and writes the packets queued in one loop turn with one send
-(`coalesce`). `Intake` is aiomqtt's queue of received messages, holding each as a small `Incoming`. aiomqtt's and paho's own log lines go to
-`CLIENT_LOG`, its "pending publish calls" warning folded to one line a minute.
+`PahoClient` keeps the CONNACK properties, publishes with a PUBACK callback each (`publish_then`:
+no task, event or timer per publish), reads the socket ahead and acknowledges what it read at once
+(`ReadAhead`), and writes the packets queued in one loop turn with one send (`coalesce`). Its paho
+client is a `Paho`: the common packets of a send (QoS 1 publishes out, PUBACKs and publishes in, a
+packet read ahead) handled without the objects paho builds for each; anything else goes to paho.
+`Intake` is aiomqtt's queue of received messages, holding each as a small `Incoming`. aiomqtt's and
+paho's own log lines go to `CLIENT_LOG`, its "pending publish calls" warning folded to one line a
+minute.
 """
 
 from __future__ import annotations
