@@ -75,7 +75,8 @@ def _without_autoincrement(conn: sqlite3.Connection) -> None:
     """Upgrade 3 (shipped: never edited): the spool table without AUTOINCREMENT (its sqlite_sequence
     write cost ~7 us of each append's ~25 us); the highest number it issued becomes the
     `issued_upto` mark, which `Spool` keeps ahead of every number it stores."""
-    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'spool'").fetchone()
+    sequences = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone()
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'spool'").fetchone() if sequences else None
     (last,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM spool").fetchone()
     conn.execute("CREATE TABLE spool_v3 (seq INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL,"
                  " qos INTEGER NOT NULL, retain INTEGER NOT NULL, size INTEGER NOT NULL)")
