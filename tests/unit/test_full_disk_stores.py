@@ -33,7 +33,10 @@ class Reports(list[tuple[str, BaseException | None]]):
 
 
 def fill(conn: sqlite3.Connection) -> None:
-    """The file may not grow any more (SQLite answers SQLITE_FULL, as on a full disk)."""
+    """The file may not grow any more (SQLite answers SQLITE_FULL, as on a full disk), and has no free
+    pages left to write into (a schema upgrade that rebuilt a table leaves some)."""
+    if conn.execute("PRAGMA freelist_count").fetchone()[0]:
+        conn.execute("VACUUM")
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
     conn.execute(f"PRAGMA max_page_count = {pages}")
 

@@ -54,6 +54,16 @@ def test_every_published_body_is_strict_json(value: Any) -> None:
 
 
 @given(values)
+def test_a_body_that_is_strict_json_is_encoded_as_json_dumps_does(value: Any) -> None:
+    data = {"status": "ok", "data": {"value": value}}
+    try:
+        expected = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    except (ValueError, UnicodeEncodeError):
+        return
+    assert api.encode(data) == expected  # one encoder kept, not one built per call: the same bytes
+
+
+@given(values)
 def test_a_request_is_accepted_exactly_when_it_is_strict(value: Any) -> None:
     raw = json.dumps({"transaction": value}).encode()  # ensure_ascii: lone surrogates as \\u escapes
     try:

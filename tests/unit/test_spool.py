@@ -104,6 +104,100 @@ def test_survives_reopen_and_sequence_never_goes_back(tmp_path: Path) -> None:
         again.close()
 
 
+def test_numbers_are_never_reused_after_the_spool_is_emptied_whatever_the_way_it_ended(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No AUTOINCREMENT (upgrade 3): the "issued up to" mark, written with the append that passes it,
+    keeps numbers unique across restarts, after a clean close or a kill, the spool emptied or not,
+    so an entry never takes the number of one already published (the "published up to" mark)."""
+    from wa_mqtt.mqtt import spool as spool_module
+
+    monkeypatch.setattr(spool_module, "ISSUED_LEASE", 4)  # the mark passed several times below
+    path = tmp_path / "spool.db"
+    last = 0
+    for run in range(3):
+        running = Spool(path)
+        seqs = [running.append("t", b"x", 1, False) for _ in range(6 + run)]
+        assert seqs[0] > last and seqs == sorted(seqs)
+        running.publishing(seqs[-1])
+        running.ack(seqs[-1])  # emptied: nothing on disk tells the numbers any more but the marks
+        assert len(running) == 0
+        last = seqs[-1]
+        if run == 1:
+            running.close()  # a clean close; the other runs end as a kill would (never closed)
+    after = Spool(path)
+    try:
+        fresh = after.append("t", b"y", 1, False)
+        assert fresh > last
+        assert after.peek(10) == [SpoolEntry(fresh, "t", b"y", 1, False)]  # not marked as maybe delivered
+        table = after._conn.execute("SELECT sql FROM sqlite_master WHERE name = 'spool'").fetchone()[0]
+        assert "AUTOINCREMENT" not in table  # private: the schema
+    finally:
+        after.close()
+
+
+def test_the_issued_mark_is_written_only_with_the_append_that_passes_it(tmp_path: Path) -> None:
+    """One write of the mark per ISSUED_LEASE appends, in the same transaction as that append."""
+    from wa_mqtt.mqtt.spool import ISSUED_LEASE
+
+    spool = Spool(tmp_path / "spool.db")
+    try:
+        statements: list[str] = []
+        spool._conn.set_trace_callback(statements.append)  # private: the SQL an append runs
+        for _ in range(ISSUED_LEASE * 2):
+            spool.append("t", b"x", 1, False)
+        marks = [s for s in statements if "issued_upto" in s]
+        assert len(marks) == 2
+        inserts = sum(1 for s in statements if s.startswith("INSERT INTO spool "))
+        assert inserts == ISSUED_LEASE * 2
+        assert statements[statements.index(marks[1]) - 2].startswith("BEGIN")  # insert + mark: one commit
+    finally:
+        spool.close()
+
+
+@pytest.mark.parametrize("tail_entries", [0, 3, 512])
+def test_peek_from_the_tail_in_memory_is_what_the_file_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            tail_entries: int) -> None:
+    """`peek` reads the entries this process wrote from memory (the tail); after any mix of appends,
+    acks, overflow drops, peeks and lost connections it returns what a query of the file returns
+    (checked against a second Spool opened on the same file, which has no tail), marked as before."""
+    import random
+
+    from wa_mqtt.mqtt import spool as spool_module
+
+    monkeypatch.setattr(spool_module, "TAIL_ENTRIES", tail_entries)
+    monkeypatch.setattr(spool_module, "TAIL_BYTES", 3_000)  # a big entry pushes the tail back too
+    rng = random.Random(12)
+    path = tmp_path / "spool.db"
+    spool = Spool(path, max_bytes=20_000)  # overflow drops happen too
+    try:
+        seqs: list[int] = []
+        for step in range(400):
+            action = rng.random()
+            if action < 0.5:
+                seqs.append(spool.append(f"t/{step}", bytes([step % 256]) * rng.choice([1, 50, 900, 2_500]), 1,
+                                         step % 7 == 0))
+            elif action < 0.65 and seqs:
+                spool.ack(rng.choice(seqs))
+            elif action < 0.8:
+                for entry in spool.peek(rng.randint(1, 5)):
+                    spool.publishing(entry.seq)
+            elif action < 0.85:
+                spool.connection_lost()
+            limit, after = rng.randint(1, 70), rng.choice([0, *seqs[-30:]])
+            got = spool.peek(limit, after)
+            reader = Spool(path)
+            try:
+                on_disk = reader.peek(limit, max(after, spool._acked))  # private: what it acknowledged
+            finally:
+                reader._conn.close()  # not close(): that would rewrite the "published" mark
+            assert [(e.seq, e.topic, e.payload, e.qos, e.retain) for e in got] == \
+                [(e.seq, e.topic, e.payload, e.qos, e.retain) for e in on_disk]
+            assert [e.redelivered for e in got] == [e.seq <= spool._redeliver_upto for e in got]
+        assert spool.dropped > 0  # the overflow path was taken
+    finally:
+        spool.close()
+
+
 def test_stays_under_max_bytes_by_dropping_oldest_with_one_warning(tmp_path: Path, caplog) -> None:
     spool = Spool(tmp_path / "spool.db", max_bytes=100)  # each entry: 1 + 19 = 20 bytes
     try:

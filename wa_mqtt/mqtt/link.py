@@ -317,11 +317,7 @@ class MqttLink:
         elif isinstance(item, _Retained):
             client.publish_then(item.topic, item.payload, 1, True, None, acked)
         else:
-            props = None
-            if item.correlation_data is not None:
-                props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho: no annotations
-                props.CorrelationData = item.correlation_data
-            client.publish_then(item.topic, item.payload, item.qos, False, props, acked)
+            client.publish_then(item.topic, item.payload, item.qos, False, item.correlation_data, acked)
 
     async def _spool_publisher(self, client: PahoClient, window: PublishWindow) -> None:
         """The spool, oldest first, each entry as soon as the window has a slot for it; an entry

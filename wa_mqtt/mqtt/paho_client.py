@@ -1,10 +1,13 @@
 """The link's MQTT client: aiomqtt's, extended where it reaches into paho's internals.
 
-`PahoClient` keeps the CONNACK properties, hands publishes to paho with a PUBACK callback each
-(`publish_then`: no task, event or timer per publish), reads the socket ahead and acknowledges what
-it read at once (`ReadAhead`), and writes the packets queued in one loop turn with one send
-(`coalesce`). `Intake` is aiomqtt's queue of received messages, holding each as a small `Incoming`. aiomqtt's and paho's own log lines go to
-`CLIENT_LOG`, its "pending publish calls" warning folded to one line a minute.
+`PahoClient` keeps the CONNACK properties, publishes with a PUBACK callback each (`publish_then`:
+no task, event or timer per publish), reads the socket ahead and acknowledges what it read at once
+(`ReadAhead`), and writes the packets queued in one loop turn with one send (`coalesce`). Its paho
+client is a `Paho`: the common packets of a send (QoS 1 publishes out, PUBACKs and publishes in, a
+packet read ahead) handled without the objects paho builds for each; anything else goes to paho.
+`Intake` is aiomqtt's queue of received messages, holding each as a small `Incoming`. aiomqtt's and
+paho's own log lines go to `CLIENT_LOG`, its "pending publish calls" warning folded to one line a
+minute.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -19,8 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import LogLevel, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +56,7 @@ class Intake(asyncio.Queue[Incoming]):
     the ~7 KB of paho's objects, so messages waiting to be handled cost little."""
 
     def put_nowait(self, item: Any) -> None:
-        super().put_nowait(incoming_of(item))
+        super().put_nowait(item if isinstance(item, Incoming) else incoming_of(item))
 
 
 def incoming_of(message: aiomqtt.Message, subscription_ids: tuple[int, ...] | None = None) -> Incoming:
@@ -81,20 +89,39 @@ class PahoClient(aiomqtt.Client):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._acked: dict[int, Callable[[], None]] = {}  # QoS 1 publishes waiting for their PUBACK (`publish_then`)
+        self._paho = Paho.adopt(self._client)
+        queue: Any = self._queue  # aiomqtt types it as holding its Messages
+        if isinstance(queue, Intake):  # what the link gives aiomqtt: it holds `Incoming`s
+            self._paho.receive = self._receive
+        self._acked: dict[int, Callable[[], None]] = {}  # QoS 2 publishes through paho awaiting theirs (`publish_then`)
+
+    def _receive(self, message: Incoming) -> None:
+        """A received publish decoded by `Paho`, queued as aiomqtt's `_on_message` queues its own."""
+        try:
+            self._queue.put_nowait(message)  # type: ignore[arg-type]  # our queue (Intake) holds Incoming
+        except asyncio.QueueFull:
+            self._logger.warning("Message queue is full. Discarding message.")
 
     def _on_connect(self, *args: Any, **kwargs: Any) -> None:
         properties = args[4] if len(args) > 4 else kwargs.get("properties")
         self.connack = properties
         super()._on_connect(*args, **kwargs)
 
-    def publish_then(self, topic: str, payload: bytes, qos: int, retain: bool, properties: Properties | None,
+    def publish_then(self, topic: str, payload: bytes, qos: int, retain: bool, correlation_data: bytes | None,
                      acked: Callable[[], None]) -> None:
         """Publish without a task or an event each (aiomqtt's `publish` makes both, and a timer):
-        `acked()` runs once the broker acknowledged it (QoS 0: once written). A publish paho refuses
+        `acked()` runs once the broker acknowledged it (QoS 0: once queued). A publish paho refuses
         (a malformed topic) is logged and dropped; one it cannot make because the connection is gone
-        is left unacknowledged: the session ends, and the link publishes it again on the next one."""
+        is left unacknowledged: the session ends, and the link publishes it again on the next one.
+        QoS 1 (every publish of the bridge) is `Paho.publish_acked`; other levels go through paho."""
         try:
+            if qos == 1:
+                self._paho.publish_acked(topic, payload, retain, correlation_data, acked)
+                return
+            properties = None
+            if correlation_data is not None:
+                properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho: no annotations
+                properties.CorrelationData = correlation_data
             info = self._client.publish(topic, payload, qos, retain, properties)
         except Exception:  # must not take the link down
             log.exception("publish to %r refused; dropped", topic)
@@ -146,6 +173,246 @@ class PahoClient(aiomqtt.Client):
             super()._on_socket_register_write(client, userdata, sock)  # writable, the aiomqtt way
 
 
+PUBACK = PacketTypes.PUBACK << 4
+SIMPLE_PUBACK_REASONS = (0x00, 0x10)  # Success, No matching subscribers: no properties follow
+
+
+class Paho(mqtt.Client):
+    """paho's client, handling the common PUBACK without building what it never needs.
+
+    paho decodes every PUBACK into a `ReasonCode` and a `Properties` (~20 us; a send gets three
+    back). A PUBACK that is just the packet id (MQTT 3.1.1, or v5's success), or the id and a
+    success reason (`SIMPLE_PUBACK_REASONS`) with no properties, is handled here as paho would:
+    the same `_do_on_publish` (its in-flight count, its queued publishes, the `on_publish` callback)
+    with the same reason and an empty `Properties`, made once per client. Anything else (an error
+    reason, properties, a malformed packet) goes to paho's own path. aiomqtt makes the client; the
+    link's `PahoClient` turns it into this class (`adopt`), which adds no state of its own but two
+    objects."""
+
+    _reasons: dict[int, ReasonCode]
+    _no_properties: Properties
+    _acked: dict[int, Callable[[], None]]  # our QoS 1 publishes (`publish_acked`) by packet id
+    receive: Callable[[Incoming], None] | None  # takes received publishes, decoded here (`_handle_publish`)
+
+    @classmethod
+    def adopt(cls, client: mqtt.Client) -> Paho:
+        client.__class__ = cls
+        assert isinstance(client, cls)
+        client._reasons = {code: ReasonCode(PacketTypes.PUBACK, identifier=code)
+                           for code in SIMPLE_PUBACK_REASONS}
+        client._no_properties = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]  # paho: no annotations
+        client._acked = {}
+        client.receive = None
+        return client
+
+    def publish_acked(self, topic: str, payload: bytes, retain: bool, correlation_data: bytes | None,
+                      acked: Callable[[], None]) -> bool:
+        """Publish at QoS 1 and call `acked()` when its PUBACK comes back; False (nothing sent) when
+        not connected. Raises ValueError for what paho's `publish` refuses (a wildcard, a topic or
+        payload too long; an empty topic before MQTT v5).
+
+        paho's `publish` makes an `MQTTMessage` and an `MQTTMessageInfo` (with a threading
+        `Condition`) per publish, keeps it in its in-flight table and logs it. The link keeps its
+        own record (the `acked` callback, by packet id) and its own limit (the publish window, at
+        most the broker's receive maximum and `MAX_WINDOW`), so this writes the same bytes paho
+        would (packet ids from paho's counter, so never one of its own in flight) straight into
+        paho's queue of packets; the PUBACK comes back to `_packet_handle`. A lost connection
+        drops this client with everything in flight: the link publishes it again on the next."""
+        encoded = topic.encode()
+        v5 = self._protocol == MQTTProtocolVersion.MQTTv5
+        if (not encoded and not v5) or b"+" in encoded or b"#" in encoded or len(encoded) > 65535:
+            raise ValueError(f"invalid topic name for a publish: {topic[:200]!r}")
+        if self._sock is None:
+            return False
+        if not v5:
+            properties = b""
+        elif correlation_data is None:
+            properties = b"\x00"
+        elif len(correlation_data) < 125:  # the properties' length fits one byte
+            properties = _CORRELATION.pack(len(correlation_data) + 3, 9, len(correlation_data)) + correlation_data
+        else:
+            properties = _properties(correlation_data)
+        mid = self._mid_generate()
+        length = 4 + len(encoded) + len(properties) + len(payload)
+        packet = b"".join((_fixed_header(0x32 | retain, length), len(encoded).to_bytes(2, "big"), encoded,
+                           mid.to_bytes(2, "big"), properties, payload))
+        self._acked[mid] = acked
+        self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Sending PUBLISH (d0, q1, r%d, m%d), '%s', ... (%d bytes)",
+                       retain, mid, encoded, len(payload))
+        self._packet_queue(PacketTypes.PUBLISH << 4, packet, mid, 1)
+        return True
+
+    def _packet_handle(self) -> MQTTErrorCode:
+        packet = self._in_packet
+        if packet["command"] & 0xF0 != PUBACK or len(packet["packet"]) < 2:
+            return super()._packet_handle()
+        body = packet["packet"]
+        size = len(body)
+        mid = (body[0] << 8) | body[1]
+        acked = self._acked.get(mid)
+        if not (size == 2 or (size == 3 and body[2] in self._reasons and self._protocol == MQTTProtocolVersion.MQTTv5)):
+            rc = super()._packet_handle()  # paho decodes it (a malformed one raises: the connection ends)
+            if acked is not None and rc == MQTTErrorCode.MQTT_ERR_SUCCESS:  # ours, even with an error
+                del self._acked[mid]  # reason: acknowledged, as paho's on_publish reports it too
+                acked()
+            return rc
+        self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Received PUBACK (Mid: %d)", mid)
+        if acked is not None:  # ours (`publish_acked`): unknown to paho's in-flight table
+            del self._acked[mid]
+            acked()
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        with self._out_message_mutex:
+            if mid in self._out_messages:
+                return self._do_on_publish(mid, self._reasons[body[2] if size == 3 else 0], self._no_properties)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _packet_read(self) -> MQTTErrorCode:
+        """A packet already read ahead (`ReadAhead.packet`) is taken whole: paho reads it in three
+        or more `recv` calls and a loop per length byte. What is not all there (the start of a
+        read, a packet split between reads) paho reads its own way, as before."""
+        sock = self._sock
+        if self._in_packet["command"] != 0 or not isinstance(sock, ReadAhead):
+            return super()._packet_read()
+        taken = sock.packet()
+        if taken is None:
+            return super()._packet_read()
+        command, body = taken
+        self._in_packet = {"command": command, "have_remaining": 1, "remaining_count": [],
+                           "remaining_mult": 1, "remaining_length": len(body), "packet": body,  # type: ignore[typeddict-item]  # bytes: as paho's decoders take
+                           "to_process": 0, "pos": 0}
+        try:
+            rc = self._packet_handle()
+        except MalformedPacket as exc:
+            self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Received malformed packet: %s", exc)
+            rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
+        self._in_packet = {"command": 0, "have_remaining": 0, "remaining_count": [], "remaining_mult": 1,
+                           "remaining_length": 0, "packet": bytearray(b""), "to_process": 0, "pos": 0}
+        with self._msgtime_mutex:
+            self._last_bytes_received = mqtt.time_func()
+        return rc
+
+    def _handle_publish(self) -> MQTTErrorCode:
+        """A received QoS 0 or 1 PUBLISH goes to `receive` as an `Incoming`, decoded here: paho makes a
+        `Properties` (~25 us), an `MQTTMessage` and aiomqtt a `Message` of it, and the bridge keeps
+        four fields. The PUBACK follows, as paho sends it. Anything `incoming` does not decode
+        (QoS 2, a property other than those the bridge reads, a topic not UTF-8, a malformed packet)
+        goes to paho's path, and from there to aiomqtt's callback, as before."""
+        receive = self.receive
+        packet = self._in_packet
+        decoded = None if receive is None else incoming(
+            packet["command"], packet["packet"], self._protocol == MQTTProtocolVersion.MQTTv5)
+        if decoded is None:
+            return super()._handle_publish()
+        message, qos, mid = decoded
+        self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Received PUBLISH (q%d, m%d), '%s', ...  (%d bytes)",
+                       qos, mid, message.topic, len(message.payload))
+        assert receive is not None
+        with self._in_callback_mutex:
+            receive(message)
+        if qos == 0 or self._manual_ack:
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return self._send_puback(mid)
+
+    def _easy_log(self, level: LogLevel, fmt: str, *args: Any) -> None:
+        # paho logs every packet at debug (a send: 8 lines), the logger filtering them out; skipped here
+        # before its call unless the logger (aiomqtt hands it ours, CLIENT_LOG) or an on_log takes debug
+        if level is LogLevel.MQTT_LOG_DEBUG and self._on_log is None and (
+                self._logger is None or not self._logger.isEnabledFor(logging.DEBUG)):
+            return
+        super()._easy_log(level, fmt, *args)
+
+
+RESPONSE_TOPIC, CORRELATION_DATA, SUBSCRIPTION_IDENTIFIER = 0x08, 0x09, 0x0B  # MQTT v5 property ids
+
+
+def incoming(header: int, body: bytes | bytearray, v5: bool) -> tuple[Incoming, int, int] | None:
+    """A received PUBLISH (its first byte and what follows the remaining length) as (`Incoming`, QoS,
+    packet id), as `incoming_of` makes it of paho's and aiomqtt's objects; None for what is left to
+    paho: QoS 2, a property other than ResponseTopic, CorrelationData and SubscriptionIdentifier,
+    a topic that is not UTF-8, anything malformed."""
+    qos = (header & 0x06) >> 1
+    if qos > 1 or len(body) < 2:
+        return None
+    end = 2 + ((body[0] << 8) | body[1])
+    mid = 0
+    at = end + 2 if qos else end
+    if at > len(body) or (end == 2 and not v5):
+        return None
+    if qos:
+        mid = (body[end] << 8) | body[end + 1]
+    response_topic = correlation = None
+    ids: list[int] = []
+    if v5:
+        length, at = _varint(body, at)
+        stop = at + length
+        if length < 0 or stop > len(body):
+            return None
+        while at < stop:
+            kind = body[at]
+            at += 1
+            if kind == SUBSCRIPTION_IDENTIFIER:
+                value, at = _varint(body, at)
+                if value <= 0:
+                    return None
+                ids.append(value)
+                continue
+            if kind not in (RESPONSE_TOPIC, CORRELATION_DATA) or at + 2 > stop:
+                return None
+            size = (body[at] << 8) | body[at + 1]
+            value_bytes, at = body[at + 2:at + 2 + size], at + 2 + size
+            if at > stop:
+                return None
+            if kind == CORRELATION_DATA:
+                correlation = bytes(value_bytes)
+            else:
+                try:
+                    response_topic = value_bytes.decode()
+                except UnicodeDecodeError:
+                    return None
+        if at != stop:
+            return None
+    try:
+        topic = body[2:end].decode()
+    except UnicodeDecodeError:
+        return None
+    return Incoming(topic, bytes(body[at:]), response_topic, correlation, tuple(ids)), qos, mid
+
+
+def _varint(data: bytes | bytearray, at: int) -> tuple[int, int]:
+    """An MQTT variable byte integer at `at`: (value, where it ends); (-1, at) when malformed."""
+    value = shift = 0
+    for index in range(at, min(at + 4, len(data))):
+        byte = data[index]
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, index + 1
+        shift += 7
+    return -1, at
+
+
+_CORRELATION = struct.Struct("!BBH")  # properties length (< 128), CorrelationData (9), its length
+
+
+def _properties(correlation_data: bytes) -> bytes:
+    """A PUBLISH's MQTT v5 properties holding only `correlation_data`, packed as paho packs them."""
+    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho: no annotations
+    properties.CorrelationData = correlation_data
+    packed: bytes = properties.pack()  # type: ignore[no-untyped-call]  # paho: no annotations
+    return packed
+
+
+def _fixed_header(command: int, length: int) -> bytes:
+    """An MQTT fixed header: the command byte and the remaining length (variable byte integer)."""
+    if length < 128:
+        return bytes((command, length))
+    header = bytearray((command,))
+    while True:
+        length, byte = divmod(length, 128)
+        header.append(byte | 0x80 if length else byte)
+        if not length:
+            return bytes(header)
+
+
 class ReadAhead:
     """paho's socket, read in large chunks. paho reads a packet in ~3 recv() calls (its first byte,
     the length bytes one at a time, the rest): 13 a send. This takes in what has arrived with one and
@@ -172,6 +439,26 @@ class ReadAhead:
         chunk = self._held[self._at:self._at + size]
         self._at += len(chunk)
         return chunk
+
+    def packet(self) -> tuple[int, bytes] | None:
+        """The next whole MQTT packet among the bytes held, taken: (its first byte, what follows its
+        remaining length); None, taking nothing, when they do not hold a whole packet."""
+        held, at = self._held, self._at
+        end = len(held)
+        index, length, shift = at + 1, 0, 0
+        while True:
+            if index >= end or index > at + 4:  # not all here (or a length over 4 bytes: paho's error)
+                return None
+            byte = held[index]
+            index += 1
+            length |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                break
+            shift += 7
+        if index + length > end:
+            return None
+        self._at = index + length
+        return held[at], held[index:self._at]
 
     def pending(self) -> int:
         inner = getattr(self._sock, "pending", None)

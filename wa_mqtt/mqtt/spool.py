@@ -12,6 +12,19 @@ it is marked: at most that many of them were never published. The spool stays un
 its oldest entries, counted in `dropped` and reported by one warning per overflow episode (an
 episode ends at the next `ack`). An entry larger than `max_bytes` on its own is still kept (alone).
 
+Sequence numbers are never reused, across restarts too (the "published up to" mark relies on it:
+a new entry must never take a number at or below it). They are the spool's own (`_last_seq`), not
+SQLite's AUTOINCREMENT (a sqlite_sequence write on every insert, ~7 us of ~23; removed by schema
+upgrade 3): an "issued up to" mark (`spool_state`) runs `ISSUED_LEASE` numbers ahead and is
+written in the same transaction as the append that passes it, so no number is ever committed
+above it; a new process starts above the mark, the newest entry and the "published up to" mark.
+
+The newest entries this process wrote are also kept in memory (the tail: up to `TAIL_ENTRIES` and
+`TAIL_BYTES`), so the publisher's `peek` right behind the appends reads them without a query. Every
+entry on disk above `_tail_floor` is in the tail (entries enter it once committed, leave it when
+acknowledged, dropped for room or pushed out by newer ones, which raises the floor); a `peek` that
+starts below the floor reads the file as before.
+
 A full disk loses nothing: an entry that cannot be written is held in memory with its sequence number
 (and every later one behind it, so the order stays), reported to `report` (disk_full.DiskFullWatch),
 returned by `peek` after the entries on disk (so it is published from memory when the broker is
@@ -42,6 +55,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 PUBLISHED_LEASE = 64  # entries the persisted "published up to" mark runs ahead: one write per 64 publishes
+ISSUED_LEASE = 1024  # numbers the persisted "issued up to" mark runs ahead: one write per 1,024 appends
+TAIL_ENTRIES = 512  # the newest entries written also kept in memory (`peek` reads them without a query) ...
+TAIL_BYTES = 1 << 20  # ... up to this many topic + payload bytes
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (
@@ -53,11 +69,30 @@ CREATE TABLE IF NOT EXISTS spool (
     size    INTEGER NOT NULL
 )
 """
+
+
+def _without_autoincrement(conn: sqlite3.Connection) -> None:
+    """Upgrade 3 (shipped: never edited): the spool table without AUTOINCREMENT (its sqlite_sequence
+    write cost ~7 us of each append's ~25 us); the highest number it issued becomes the
+    `issued_upto` mark, which `Spool` keeps ahead of every number it stores."""
+    sequences = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone()
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'spool'").fetchone() if sequences else None
+    (last,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM spool").fetchone()
+    conn.execute("CREATE TABLE spool_v3 (seq INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL,"
+                 " qos INTEGER NOT NULL, retain INTEGER NOT NULL, size INTEGER NOT NULL)")
+    conn.execute("INSERT INTO spool_v3 SELECT seq, topic, payload, qos, retain, size FROM spool")
+    conn.execute("DROP TABLE spool")
+    conn.execute("ALTER TABLE spool_v3 RENAME TO spool")
+    conn.execute("INSERT OR REPLACE INTO spool_state (key, value) VALUES ('issued_upto', ?)",
+                 (max(last, row[0] if row else 0),))
+
+
 # Append-only (see schema.py): a change to the table is a new Upgrade at the end, never an edit above.
 SCHEMA = Schema("spool", "MQTT messages not yet published", [
     Upgrade(1, "the spool table", _SCHEMA),
     Upgrade(2, "what was published, for redelivery marks after a crash",
             "CREATE TABLE spool_state (key TEXT PRIMARY KEY, value INTEGER NOT NULL)"),
+    Upgrade(3, "sequence numbers kept unique by a mark, not AUTOINCREMENT", _without_autoincrement),
 ])
 
 
@@ -89,16 +124,19 @@ class Spool:
         self._conn = open_versioned(self.path, SCHEMA, synchronous)
         count, total, last = self._conn.execute(
             "SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(MAX(seq), 0) FROM spool").fetchone()
-        issued = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'spool'").fetchone()
+        state = dict(self._conn.execute("SELECT key, value FROM spool_state").fetchall())
         self._count: int = count
         self._bytes: int = total
-        self._last_seq: int = max(last, issued[0] if issued else 0)  # numbers are never reused
+        self._issued: int = state.get("issued_upto", 0)  # persisted: no number above it was ever stored
+        self._last_seq: int = max(last, self._issued, state.get("published_upto", 0))  # numbers are never reused
         self._held: deque[SpoolEntry] = deque()  # could not be written (disk full), oldest first
+        self._tail: deque[SpoolEntry] = deque()  # the newest entries on disk, oldest first: every one
+        self._tail_floor = self._last_seq  # above this is in `_tail` (or held); none of this process yet
+        self._tail_bytes = 0
         self._held_bytes = 0
         self._acked = 0  # everything up to here is acknowledged (its delete may still be pending)
         self._delete_pending = False
-        row = self._conn.execute("SELECT value FROM spool_state WHERE key = 'published_upto'").fetchone()
-        self._lease: int = row[0] if row else 0  # persisted: no entry above it was published
+        self._lease: int = state.get("published_upto", 0)  # persisted: no entry above it was published
         self._redeliver_upto = self._lease  # entries up to it may have reached the broker
         self._published_upto = 0  # the newest entry published in this process
         self._lease_failed = False
@@ -130,12 +168,17 @@ class Spool:
         """The oldest `limit` entries newer than `after`, oldest first: on disk, then held in memory
         (nothing is removed)."""
         with self._lock:
-            rows = self._conn.execute(
-                "SELECT seq, topic, payload, qos, retain FROM spool WHERE seq > ? ORDER BY seq LIMIT ?",
-                (max(self._acked, after), limit)).fetchall()
+            lower = max(self._acked, after)
             upto = self._redeliver_upto
-            entries = [SpoolEntry(seq, topic, bytes(payload), qos, bool(retain), seq <= upto)
-                       for seq, topic, payload, qos, retain in rows]
+            if lower >= self._tail_floor:  # all of it is in the tail: this process wrote it
+                entries = [entry if entry.seq > upto else replace(entry, redelivered=True)
+                           for entry in islice((e for e in self._tail if e.seq > lower), limit)]
+            else:
+                rows = self._conn.execute(
+                    "SELECT seq, topic, payload, qos, retain FROM spool WHERE seq > ? ORDER BY seq LIMIT ?",
+                    (lower, limit)).fetchall()
+                entries = [SpoolEntry(seq, topic, bytes(payload), qos, bool(retain), seq <= upto)
+                           for seq, topic, payload, qos, retain in rows]
             if len(entries) < limit:
                 held = (replace(e, redelivered=e.seq <= upto) for e in self._held if e.seq > after)
                 entries.extend(islice(held, limit - len(entries)))
@@ -159,6 +202,7 @@ class Spool:
         with self._lock:
             while self._held and self._held[0].seq <= seq:
                 self._held_bytes -= _size(self._held.popleft())
+            self._trim_tail(seq)
             self._overflowing = False
             if seq <= self._acked:
                 return
@@ -225,22 +269,44 @@ class Spool:
         """Insert entries with their numbers (committed), dropping the oldest if over `max_bytes`.
         Raises the write's error with nothing changed."""
         size = sum(_size(e) for e in entries)
+        issued = entries[-1].seq + ISSUED_LEASE if entries[-1].seq > self._issued else None
         if self._count and self._bytes + size > self.max_bytes:
             with transaction(self._conn):
-                freed, removed = self._drop_oldest(self._bytes + size - self.max_bytes)
-                for entry in entries:
-                    self._insert(entry)
+                freed, removed, dropped_upto = self._drop_oldest(self._bytes + size - self.max_bytes)
+                self._insert_all(entries, issued)
             self._note_dropped(removed)
             self._bytes -= freed
             self._count -= removed
-        elif len(entries) == 1:
+            self._trim_tail(dropped_upto)
+        elif len(entries) == 1 and issued is None:
             self._insert(entries[0])  # autocommit: the common case, one commit
         else:
             with transaction(self._conn):
-                for entry in entries:
-                    self._insert(entry)
+                self._insert_all(entries, issued)
+        if issued is not None:
+            self._issued = issued
         self._bytes += size
         self._count += len(entries)
+        self._tail.extend(entries)  # committed: now on disk, and the newest there
+        self._tail_bytes += size
+        while len(self._tail) > TAIL_ENTRIES or (self._tail_bytes > TAIL_BYTES and self._tail):
+            oldest = self._tail.popleft()
+            self._tail_bytes -= _size(oldest)
+            self._tail_floor = oldest.seq  # from here on only on disk
+
+    def _trim_tail(self, upto: int) -> None:
+        """Entries up to `upto` left the spool (acknowledged, or dropped for room)."""
+        while self._tail and self._tail[0].seq <= upto:
+            self._tail_bytes -= _size(self._tail.popleft())
+
+    def _insert_all(self, entries: list[SpoolEntry], issued: int | None) -> None:
+        """Insert entries (in the caller's transaction) and, when they pass it, the new "issued up to"
+        mark with them: a number is never stored unless the mark covers it."""
+        for entry in entries:
+            self._insert(entry)
+        if issued is not None:
+            self._conn.execute("INSERT OR REPLACE INTO spool_state (key, value) VALUES ('issued_upto', ?)",
+                               (issued,))
 
     def _insert(self, entry: SpoolEntry) -> None:
         self._conn.execute(
@@ -275,8 +341,9 @@ class Spool:
             self._lease_failed = False
         self._lease = value
 
-    def _drop_oldest(self, need: int) -> tuple[int, int]:
-        """Delete the fewest oldest entries freeing at least `need` bytes (or all); (bytes, count)."""
+    def _drop_oldest(self, need: int) -> tuple[int, int, int]:
+        """Delete the fewest oldest entries freeing at least `need` bytes (or all); (bytes, count, the
+        newest deleted)."""
         freed = removed = 0
         last = self._acked
         while freed < need:
@@ -292,7 +359,7 @@ class Spool:
                     break
         if removed:
             self._conn.execute("DELETE FROM spool WHERE seq <= ?", (last,))
-        return freed, removed
+        return freed, removed, last
 
     def _note_dropped(self, removed: int) -> None:
         self.dropped += removed
