@@ -216,3 +216,42 @@ def test_a_send_enqueued_with_its_try_begun_keeps_that_whatsapp_id_across_a_reop
     again = box.begin_attempt(entry.id, "3EB0OTHER")
     assert again is not None and (again.wa_id, again.tries) == ("3EB0FIRST", 2)
     box.close()
+
+
+def test_depth_is_counted_in_memory_and_matches_the_file(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "outbox.db"
+    box = Outbox(path, clock)
+
+    def on_file(account: str) -> int:
+        return int(box._conn.execute("SELECT COUNT(*) FROM outbox WHERE account = ?", (account,)).fetchone()[0])
+
+    def check() -> None:
+        for account in (A, B):
+            assert box.depth(account) == on_file(account)
+        assert box.accounts() == [a for a in sorted((A, B)) if on_file(a)]
+
+    a1, _ = box.enqueue(A, request("a1"), None)
+    a2, _ = box.enqueue(A, request("a2"), "k2", "3EB0A2")
+    box.enqueue(A, request("a2 again"), "k2")  # a duplicate: nothing added
+    b1, _ = box.enqueue(B, request("b1"), None)
+    check()
+    box.complete(a1, "3EB0A1")
+    box.complete(a1, "3EB0A1")  # gone already: counted once
+    check()
+    box.complete_and_begin(a2, "3EB0A2", (b1.id, "3EB0B1"))
+    box.remove(b1.id)
+    box.remove(b1.id)
+    check()
+    old, _ = box.enqueue(A, request("old"), None)
+    clock.advance(100)
+    box.enqueue(A, request("new"), None)
+    box.enqueue(B, request("b2"), None)
+    assert box.take_expired(A, 50) == [old]
+    check()
+    box.clear(B)
+    check()
+    box.close()
+    box = Outbox(path, clock)  # counted from the file at open
+    check()
+    assert box.depth(A) == 1
+    box.close()

@@ -122,7 +122,9 @@ class Outbox:
         self._commits = 0  # relaxed commits made (see `_relaxed`), and how many of them are synced
         self._synced = 0
         self._conn = open_versioned(self.path, SCHEMA, synchronous)
-        waiting = self._conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        self._rows: dict[str, int] = {}  # account -> its rows in the table (held removals included)
+        self._recount()
+        waiting = sum(self._rows.values())
         if waiting:
             log.info("outbox %s: %d sends waiting from before", self.path, waiting)
 
@@ -151,8 +153,10 @@ class Outbox:
                         "INSERT INTO outbox (account, request, client_id, created_at, wa_id, tries) VALUES (?, ?, ?, ?, ?, ?)",
                         (account, data, client_id, created, wa_id, 0 if wa_id is None else 1))
                     entry_id = cursor.lastrowid
+                self._rows[account] = self._rows.get(account, 0) + 1
                 if replaced is not None:  # only once committed: a rolled-back delete must stay held
                     self._removed.pop(replaced, None)
+                    self._rows[account] -= 1
         except sqlite3.Error as exc:
             if not is_disk_full(exc, self.path):
                 raise
@@ -261,7 +265,7 @@ class Outbox:
         with self._lock:
             try:
                 with self._relaxed(), transaction(self._conn):
-                    self._conn.execute("DELETE FROM outbox WHERE id = ?", (entry.id,))
+                    gone = self._conn.execute("DELETE FROM outbox WHERE id = ?", (entry.id,)).rowcount
                     if entry.client_id is not None:
                         self._write_sent([(entry.account, entry.client_id, wa_id, now)], now)
                     if next_attempt is not None and next_attempt[0] not in self._removed:
@@ -269,6 +273,8 @@ class Outbox:
                             f"UPDATE outbox SET wa_id = COALESCE(wa_id, ?), tries = tries + 1 WHERE id = ? "
                             f"RETURNING {_COLUMNS}", (next_attempt[1], next_attempt[0])).fetchone()
                 self._removed.pop(entry.id, None)
+                if gone:
+                    self._rows[entry.account] -= 1
                 return _entry(begun) if begun else None
             except sqlite3.Error as exc:
                 if not is_disk_full(exc, self.path):
@@ -284,8 +290,10 @@ class Outbox:
         """Forget one entry (sent, or answered with an error). Unknown ids are ignored."""
         with self._lock:
             try:
-                self._conn.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
+                rows = self._conn.execute("DELETE FROM outbox WHERE id = ? RETURNING account", (entry_id,)).fetchall()
                 self._removed.pop(entry_id, None)  # a delete held before is done now
+                for (account,) in rows:
+                    self._rows[account] -= 1
                 return
             except sqlite3.Error as exc:
                 if not is_disk_full(exc, self.path):
@@ -310,16 +318,16 @@ class Outbox:
         return self._take("account = ?", (account,))
 
     def depth(self, account: str) -> int:
-        with self._lock:
-            count: int = self._conn.execute("SELECT COUNT(*) FROM outbox WHERE account = ?", (account,)).fetchone()[0]
-        return count - sum(1 for owner in self._removed.values() if owner == account)
+        """How many sends of the account wait: counted in memory (this instance is the file's only
+        writer), no query."""
+        count = self._rows.get(account, 0)
+        if self._removed:
+            count -= sum(1 for owner in self._removed.values() if owner == account)
+        return count
 
     def accounts(self) -> list[str]:
         """Accounts with waiting entries, sorted."""
-        with self._lock:
-            rows = self._conn.execute("SELECT account, COUNT(*) FROM outbox GROUP BY account ORDER BY account").fetchall()
-        return [account for account, count in rows
-                if count > sum(1 for owner in self._removed.values() if owner == account)]
+        return sorted(account for account in self._rows if self.depth(account) > 0)
 
     # -- idempotency -----------------------------------------------------------------------------
     def remember_sent(self, account: str, client_id: str, wa_id: str) -> None:
@@ -387,6 +395,8 @@ class Outbox:
             del self._removed[entry_id]
         for key, _ in sent:
             del self._sent[key]
+        if removed:
+            self._recount()
 
     def _take(self, where: str, args: tuple[Any, ...]) -> list[OutboxEntry]:
         """Delete and return the entries matching `where`, oldest first; the delete is held if the disk is full."""
@@ -403,11 +413,16 @@ class Outbox:
             if error is None:
                 for row in rows:
                     self._removed.pop(row[0], None)
+                    self._rows[row[1]] -= 1
             else:
                 self._removed.update((row[0], row[1]) for row in taken)
         if error is not None and taken:
             self._held_one(error)
         return sorted((_entry(row) for row in taken), key=lambda e: e.id)
+
+    def _recount(self) -> None:
+        """Count the rows of each account again (at open, and after held removals were written)."""
+        self._rows = dict(self._conn.execute("SELECT account, COUNT(*) FROM outbox GROUP BY account").fetchall())
 
     def _write_sent(self, records: list[tuple[str, str, str, float]], now: float) -> None:
         """Within a transaction: record sends and prune records past the window."""
