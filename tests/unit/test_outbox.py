@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -255,3 +257,51 @@ def test_depth_is_counted_in_memory_and_matches_the_file(tmp_path: Path, clock: 
     check()
     assert box.depth(A) == 1
     box.close()
+
+
+def test_fsyncs_follow_the_commits_that_promise_them(tmp_path: Path, clock: FakeClock,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite runs at synchronous=NORMAL; the outbox fsyncs its WAL itself, after the commit, exactly
+    where a power loss must not undo a change (remove, expiry, clear, remember_sent) and on `sync()`."""
+    path = tmp_path / "outbox.db"
+    box = Outbox(path, clock)
+    assert box._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL: no PRAGMA per call
+    seen: list[int] = []  # rows on the file (as another connection sees them) at each fsync
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        reader = sqlite3.connect(path)
+        seen.append(reader.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        reader.close()
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    first, _ = box.enqueue(A, request("one"), None, "3EB0ONE")
+    second, _ = box.enqueue(A, request("two"), "k2")
+    box.begin_attempt(second.id, "3EB0TWO")
+    box.end_attempt(second.id)
+    box.complete(first, "3EB0ONE")
+    assert seen == []  # none of these waits for the disk
+    box.sync()
+    box.sync()  # nothing new: no second fsync
+    assert seen == [1]
+    box.remove(second.id)
+    assert seen == [1, 0]  # after the commit: the delete is what gets synced
+    box.remove(second.id)  # nothing removed: nothing to sync
+    box.remember_sent(A, "k9", "3EB0NINE")
+    assert len(seen) == 3
+    box.sync()  # covered by the last fsync already
+    assert len(seen) == 3
+    box.enqueue(A, request("old"), None)
+    clock.advance(100)
+    box.enqueue(A, request("b"), None)
+    assert len(box.take_expired(A, 50)) == 1 and seen[-1] == 1 and len(seen) == 4
+    assert box.take_expired(A, 50) == [] and len(seen) == 4
+    assert len(box.clear(A)) == 1 and seen[-1] == 0 and len(seen) == 5
+    box.close()
+    relaxed = Outbox(tmp_path / "relaxed.db", clock, synchronous="NORMAL")
+    entry, _ = relaxed.enqueue(A, request("one"), None)
+    relaxed.sync()
+    relaxed.remove(entry.id)
+    assert len(seen) == 5  # NORMAL: the outbox never fsyncs
+    relaxed.close()

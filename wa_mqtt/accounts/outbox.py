@@ -19,9 +19,11 @@ finds the entry again on restart and sends it with the same `wa_id`, which Whats
 Durability: every call commits before it returns, so every change survives a process kill (WAL).
 Against a power loss (`synchronous=FULL`, the default) the fsyncs are placed where a loss would
 double a send or lose an accepted one, not one per change (each cost 0.2 - 0.6 ms on the loop, three
-per send):
-- `enqueue` (with its first try begun, or not), `begin_attempt`, `complete` / `complete_and_begin`
-  commit without an fsync (NORMAL);
+per send). The connection always runs at SQLite's synchronous=NORMAL (no fsync on commit) and the
+outbox fsyncs the WAL file itself where one is due, after the commit: what a synchronous=FULL commit
+does, and it covers every commit before it too (no PRAGMA is switched per call):
+- `enqueue` (with its first try begun, or not), `begin_attempt`, `end_attempt` (a lost one only
+  flags the next try a retry, harmless), `complete` / `complete_and_begin` commit without an fsync;
 - before an engine call the caller runs `sync()` (one fsync of the WAL, which makes every commit
   before it durable, in order): the entry, its `wa_id` and its counted try are on disk before
   WhatsApp may have the message, so after a power loss it is retried under that id and flagged a
@@ -32,8 +34,9 @@ per send):
 - a completion left unsynced can be lost with power: the entry comes back with its `wa_id` and
   `tries`, and its retry is recognised as sent (sim, WhatsApp by id; neonize by the messageSecret),
   so it is answered again but not sent again; the client id comes back with it (still deduplicated);
-- `remove` (a refused send), `remember_sent`, expiry and `clear` still fsync on commit: a refused
-  send must not come back and go out.
+- `remove` (a refused send), `remember_sent`, expiry, `clear` and the writing of held records fsync
+  right after their commit, before they return: a refused send must not come back and go out.
+With `synchronous="NORMAL"` nothing is fsync'd by the outbox (a power loss may lose the last commits).
 
 A full disk: a send that cannot be queued is refused (`DiskFull`, nothing was sent). What records a
 send already made (`remove`, `remember_sent`, expiry) cannot be refused: it is held in memory, honoured
@@ -48,8 +51,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -118,10 +120,13 @@ class Outbox:
         self._removed: dict[int, str] = {}  # entry id -> account: removed, its delete held (disk full)
         self._sent: dict[tuple[str, str], tuple[str, float]] = {}  # held sent records: (account, client_id) -> (wa_id, at)
         self._lock = threading.Lock()
-        self._synchronous = synchronous
-        self._commits = 0  # relaxed commits made (see `_relaxed`), and how many of them are synced
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
+        self._full = synchronous == "FULL"  # fsync where the module's docstring says (else never)
+        self._wal = f"{self.path}-wal"
+        self._commits = 0  # commits made without an fsync, and how many of them are synced
         self._synced = 0
-        self._conn = open_versioned(self.path, SCHEMA, synchronous)
+        self._conn = open_versioned(self.path, SCHEMA, "NORMAL")  # fsyncs are made here, not by SQLite
         self._rows: dict[str, int] = {}  # account -> its rows in the table (held removals included)
         self._recount()
         waiting = sum(self._rows.values())
@@ -139,7 +144,7 @@ class Outbox:
         replaced: int | None = None  # a removed entry of the same client id whose delete was held
         try:
             with self._lock:
-                with self._relaxed(), transaction(self._conn):
+                with transaction(self._conn):
                     if client_id is not None:
                         row = self._conn.execute(
                             f"SELECT {_COLUMNS} FROM outbox WHERE account = ? AND client_id = ?",
@@ -153,6 +158,7 @@ class Outbox:
                         "INSERT INTO outbox (account, request, client_id, created_at, wa_id, tries) VALUES (?, ?, ?, ?, ?, ?)",
                         (account, data, client_id, created, wa_id, 0 if wa_id is None else 1))
                     entry_id = cursor.lastrowid
+                self._commits += 1
                 self._rows[account] = self._rows.get(account, 0) + 1
                 if replaced is not None:  # only once committed: a rolled-back delete must stay held
                     self._removed.pop(replaced, None)
@@ -188,12 +194,13 @@ class Outbox:
         try, durably. Returns the updated entry (its `wa_id` is the one to send with), None if it is gone.
         Raises DiskFull when that cannot be written: the try must not begin unrecorded."""
         try:
-            with self._lock, self._relaxed():
+            with self._lock:
                 if entry_id in self._removed:
                     return None
                 row = self._conn.execute(
                     f"UPDATE outbox SET wa_id = COALESCE(wa_id, ?), tries = tries + 1 WHERE id = ? RETURNING {_COLUMNS}",
                     (wa_id, entry_id)).fetchone()
+                self._commits += 1
         except sqlite3.Error as exc:
             if not is_disk_full(exc, self.path):
                 raise
@@ -207,10 +214,20 @@ class Outbox:
         any thread: the send pipeline runs it on one, for every send begun meanwhile (a group commit).
         A failing fsync is logged: the commits still survive a process kill."""
         made = self._commits
-        if made == self._synced or self._synchronous != "FULL":
-            return
+        if made != self._synced and self._full:
+            self._fsync(made)
+
+    def _durable(self) -> None:
+        """After a commit that must survive a power loss before the call returns: fsync the WAL now
+        (what a synchronous=FULL commit does; it covers every commit before it too)."""
+        if self._full:
+            self._fsync(self._commits)
+
+    def _fsync(self, made: int) -> None:
+        """fsync the WAL, covering the first `made` commits. A failing fsync is logged: the commits
+        still survive a process kill."""
         try:
-            fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+            fd = os.open(self._wal, os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
@@ -221,22 +238,8 @@ class Outbox:
             log.warning("outbox %s: cannot sync its WAL (%s); its last changes survive a crash, not a power loss",
                         self.path, exc.strerror or exc)
             return
-        with self._lock:  # `_sync_begun` (send_pipeline.py) runs this on a thread
-            self._synced = max(self._synced, made)
-
-    @contextmanager
-    def _relaxed(self) -> Iterator[None]:
-        """Within: commits without fsync (synchronous=NORMAL: they survive a process kill at once, a
-        power loss with the next FULL commit or `sync`)."""
-        if self._synchronous != "FULL":
-            yield
-            return
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        try:
-            yield
-        finally:
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._commits += 1
+        # no lock: `sync` runs on a thread too (send_pipeline.py), and a lost race only costs an extra fsync
+        self._synced = max(self._synced, made)
 
     def end_attempt(self, entry_id: int) -> None:
         """The engine answered that the try failed: it did not reach WhatsApp, so it does not count.
@@ -244,6 +247,7 @@ class Outbox:
         try:
             with self._lock:
                 self._conn.execute("UPDATE outbox SET tries = MAX(tries - 1, 0) WHERE id = ?", (entry_id,))
+                self._commits += 1
         except sqlite3.Error as exc:
             if not is_disk_full(exc, self.path):
                 raise
@@ -264,7 +268,7 @@ class Outbox:
         begun = None
         with self._lock:
             try:
-                with self._relaxed(), transaction(self._conn):
+                with transaction(self._conn):
                     gone = self._conn.execute("DELETE FROM outbox WHERE id = ?", (entry.id,)).rowcount
                     if entry.client_id is not None:
                         self._write_sent([(entry.account, entry.client_id, wa_id, now)], now)
@@ -272,6 +276,7 @@ class Outbox:
                         begun = self._conn.execute(
                             f"UPDATE outbox SET wa_id = COALESCE(wa_id, ?), tries = tries + 1 WHERE id = ? "
                             f"RETURNING {_COLUMNS}", (next_attempt[1], next_attempt[0])).fetchone()
+                self._commits += 1
                 self._removed.pop(entry.id, None)
                 if gone:
                     self._rows[entry.account] -= 1
@@ -288,13 +293,13 @@ class Outbox:
 
     def remove(self, entry_id: int) -> None:
         """Forget one entry (sent, or answered with an error). Unknown ids are ignored."""
+        error: sqlite3.Error | None = None
         with self._lock:
             try:
                 rows = self._conn.execute("DELETE FROM outbox WHERE id = ? RETURNING account", (entry_id,)).fetchall()
                 self._removed.pop(entry_id, None)  # a delete held before is done now
                 for (account,) in rows:
                     self._rows[account] -= 1
-                return
             except sqlite3.Error as exc:
                 if not is_disk_full(exc, self.path):
                     raise
@@ -303,6 +308,10 @@ class Outbox:
                 if row is None:
                     return
                 self._removed[entry_id] = row[0]
+        if error is None:
+            if rows:
+                self._durable()  # a refused send must not come back and go out
+            return
         self._held_one(error)
 
     def take_expired(self, account: str, ttl_seconds: float) -> list[OutboxEntry]:
@@ -333,16 +342,19 @@ class Outbox:
     def remember_sent(self, account: str, client_id: str, wa_id: str) -> None:
         """Record that `client_id` went out as WhatsApp message `wa_id`; prune records past the window."""
         now = self._now()
+        error: sqlite3.Error | None = None
         with self._lock:
             try:
                 with transaction(self._conn):
                     self._write_sent([(account, client_id, wa_id, now)], now)
-                return
             except sqlite3.Error as exc:
                 if not is_disk_full(exc, self.path):
                     raise
                 error = exc
                 self._sent[(account, client_id)] = (wa_id, now)
+        if error is None:
+            self._durable()
+            return
         self._held_one(error)
 
     def sent_id(self, account: str, client_id: str) -> str | None:
@@ -397,6 +409,7 @@ class Outbox:
             del self._sent[key]
         if removed:
             self._recount()
+        self._durable()
 
     def _take(self, where: str, args: tuple[Any, ...]) -> list[OutboxEntry]:
         """Delete and return the entries matching `where`, oldest first; the delete is held if the disk is full."""
@@ -416,6 +429,8 @@ class Outbox:
                     self._rows[row[1]] -= 1
             else:
                 self._removed.update((row[0], row[1]) for row in taken)
+        if error is None and rows:
+            self._durable()  # an expired or cleared send must not come back and go out
         if error is not None and taken:
             self._held_one(error)
         return sorted((_entry(row) for row in taken), key=lambda e: e.id)
