@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from wa_mqtt.accounts.outbox import Outbox
+from wa_mqtt.disk_full import DiskFull
 
 T0 = datetime(2026, 11, 24, 10, 0, 0, tzinfo=UTC)
 A, B = "557996277210", "5511999999999"
@@ -305,3 +306,34 @@ def test_fsyncs_follow_the_commits_that_promise_them(tmp_path: Path, clock: Fake
     relaxed.remove(entry.id)
     assert len(seen) == 5  # NORMAL: the outbox never fsyncs
     relaxed.close()
+
+
+def test_sent_records_past_the_window_are_pruned_at_most_once_a_minute(outbox: Outbox, clock: FakeClock) -> None:
+    def on_file() -> list[str]:
+        return sorted(row[0] for row in outbox._conn.execute("SELECT client_id FROM sent"))
+
+    outbox.remember_sent(A, "old", "3EB0OLD")
+    clock.advance(24 * 3600 - 10)
+    outbox.remember_sent(A, "x", "3EB0X")  # pruned now: nothing past the window yet
+    clock.advance(20)  # "old" is past the window
+    entry, _ = outbox.enqueue(A, request("y"), "y")
+    outbox.complete(entry, "3EB0Y")  # 20 s after the last prune: no prune
+    assert outbox.sent_id(A, "old") is None and outbox.sent_id(A, "y") == "3EB0Y"
+    assert on_file() == ["old", "x", "y"]
+    clock.advance(41)
+    outbox.remember_sent(A, "z", "3EB0Z")  # a minute on: pruned
+    assert on_file() == ["x", "y", "z"]
+
+
+def test_a_single_statement_enqueue_or_completion_on_a_full_disk(tmp_path: Path, clock: FakeClock) -> None:
+    box = Outbox(tmp_path / "outbox.db", clock)
+    waiting, _ = box.enqueue(A, request("waiting"), None)
+    pages = box._conn.execute("PRAGMA page_count").fetchone()[0]
+    box._conn.execute(f"PRAGMA max_page_count = {pages}")  # the file may not grow: SQLITE_FULL
+    with pytest.raises(DiskFull):
+        box.enqueue(A, {"message": {"text": "x" * 5000}}, None)
+    assert [e.id for e in box.pending(A)] == [waiting.id] and box.depth(A) == 1 and not box._conn.in_transaction
+    box._conn.execute("PRAGMA max_page_count = 1073741823")
+    box.complete(waiting, "3EB0W")
+    assert box.pending(A) == [] and box.depth(A) == 0 and box.held == 0
+    box.close()

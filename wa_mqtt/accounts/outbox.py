@@ -14,7 +14,9 @@ WhatsApp message id the send goes out with (`wa_id`, chosen once and then kept) 
 (`end_attempt` uncounts one the engine refused). A bridge killed after handing a message to WhatsApp
 finds the entry again on restart and sends it with the same `wa_id`, which WhatsApp deduplicates;
 `tries > 1` tells the engine an earlier try may have gone out.
-`complete` removes the entry and records its client id in one transaction.
+`complete` removes the entry and records its client id in one transaction. Without a client id an
+enqueue is one INSERT and a completion one DELETE (each a transaction of its own). Sent records past
+the window are pruned at most once a minute (`PRUNE_EVERY`); `sent_id` ignores them meanwhile.
 
 Durability: every call commits before it returns, so every change survives a process kill (WAL).
 Against a power loss (`synchronous=FULL`, the default) the fsyncs are placed where a loss would
@@ -64,6 +66,7 @@ from ..schema import Schema, Upgrade, open_versioned
 log = logging.getLogger(__name__)
 
 IDEMPOTENCY_WINDOW = 24 * 3600.0
+PRUNE_EVERY = 60.0  # seconds (by the clock) between prunes of the sent records past the window
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -92,6 +95,7 @@ SCHEMA = Schema("outbox", "queued sends", [
 ])
 
 _COLUMNS = "id, account, request, client_id, created_at, wa_id, tries"
+_INSERT = "INSERT INTO outbox (account, request, client_id, created_at, wa_id, tries) VALUES (?, ?, ?, ?, ?, ?)"
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,7 @@ class Outbox:
         self._report = report
         self._removed: dict[int, str] = {}  # entry id -> account: removed, its delete held (disk full)
         self._sent: dict[tuple[str, str], tuple[str, float]] = {}  # held sent records: (account, client_id) -> (wa_id, at)
+        self._pruned_at = float("-inf")  # when the sent records were last pruned (clock seconds)
         self._lock = threading.Lock()
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
@@ -141,11 +146,14 @@ class Outbox:
         a send that goes to the engine now. Like `begin_attempt`, durable only with the next `sync()`."""
         data = json.dumps(request, separators=(",", ":"))
         created = self._now()
+        tries = 0 if wa_id is None else 1
         replaced: int | None = None  # a removed entry of the same client id whose delete was held
         try:
             with self._lock:
-                with transaction(self._conn):
-                    if client_id is not None:
+                if client_id is None:  # one INSERT: a transaction of its own
+                    entry_id = self._conn.execute(_INSERT, (account, data, None, created, wa_id, tries)).lastrowid
+                else:
+                    with transaction(self._conn):
                         row = self._conn.execute(
                             f"SELECT {_COLUMNS} FROM outbox WHERE account = ? AND client_id = ?",
                             (account, client_id)).fetchone()
@@ -154,15 +162,12 @@ class Outbox:
                         if row is not None:  # removed, its delete still held: that delete goes first
                             replaced = row[0]
                             self._conn.execute("DELETE FROM outbox WHERE id = ?", (replaced,))
-                    cursor = self._conn.execute(
-                        "INSERT INTO outbox (account, request, client_id, created_at, wa_id, tries) VALUES (?, ?, ?, ?, ?, ?)",
-                        (account, data, client_id, created, wa_id, 0 if wa_id is None else 1))
-                    entry_id = cursor.lastrowid
+                        entry_id = self._conn.execute(_INSERT, (account, data, client_id, created, wa_id, tries)).lastrowid
+                    if replaced is not None:  # only once committed: a rolled-back delete must stay held
+                        self._removed.pop(replaced, None)
+                        self._rows[account] -= 1
                 self._commits += 1
                 self._rows[account] = self._rows.get(account, 0) + 1
-                if replaced is not None:  # only once committed: a rolled-back delete must stay held
-                    self._removed.pop(replaced, None)
-                    self._rows[account] -= 1
         except sqlite3.Error as exc:
             if not is_disk_full(exc, self.path):
                 raise
@@ -170,8 +175,7 @@ class Outbox:
                 self._report(self.name, exc)
             raise DiskFull("the data disk is full: the send could not be queued, and nothing was sent") from None
         assert entry_id is not None
-        return OutboxEntry(entry_id, account, json.loads(data), client_id, _datetime(created), wa_id,
-                           0 if wa_id is None else 1), False
+        return OutboxEntry(entry_id, account, json.loads(data), client_id, _datetime(created), wa_id, tries), False
 
     def pending(self, account: str) -> list[OutboxEntry]:
         """The account's waiting sends, oldest first."""
@@ -268,14 +272,17 @@ class Outbox:
         begun = None
         with self._lock:
             try:
-                with transaction(self._conn):
+                if entry.client_id is None and next_attempt is None:  # one DELETE: a transaction of its own
                     gone = self._conn.execute("DELETE FROM outbox WHERE id = ?", (entry.id,)).rowcount
-                    if entry.client_id is not None:
-                        self._write_sent([(entry.account, entry.client_id, wa_id, now)], now)
-                    if next_attempt is not None and next_attempt[0] not in self._removed:
-                        begun = self._conn.execute(
-                            f"UPDATE outbox SET wa_id = COALESCE(wa_id, ?), tries = tries + 1 WHERE id = ? "
-                            f"RETURNING {_COLUMNS}", (next_attempt[1], next_attempt[0])).fetchone()
+                else:
+                    with transaction(self._conn):
+                        gone = self._conn.execute("DELETE FROM outbox WHERE id = ?", (entry.id,)).rowcount
+                        if entry.client_id is not None:
+                            self._write_sent([(entry.account, entry.client_id, wa_id, now)], now)
+                        if next_attempt is not None and next_attempt[0] not in self._removed:
+                            begun = self._conn.execute(
+                                f"UPDATE outbox SET wa_id = COALESCE(wa_id, ?), tries = tries + 1 WHERE id = ? "
+                                f"RETURNING {_COLUMNS}", (next_attempt[1], next_attempt[0])).fetchone()
                 self._commits += 1
                 self._removed.pop(entry.id, None)
                 if gone:
@@ -440,10 +447,13 @@ class Outbox:
         self._rows = dict(self._conn.execute("SELECT account, COUNT(*) FROM outbox GROUP BY account").fetchall())
 
     def _write_sent(self, records: list[tuple[str, str, str, float]], now: float) -> None:
-        """Within a transaction: record sends and prune records past the window."""
+        """Within a transaction: record sends and prune records past the window, at most once every
+        `PRUNE_EVERY` seconds (`sent_id` ignores records past the window in between)."""
         self._conn.executemany(
             "INSERT OR REPLACE INTO sent (account, client_id, wa_id, sent_at) VALUES (?, ?, ?, ?)", records)
-        self._conn.execute("DELETE FROM sent WHERE sent_at < ?", (now - self._window,))
+        if not 0 <= now - self._pruned_at < PRUNE_EVERY:
+            self._conn.execute("DELETE FROM sent WHERE sent_at < ?", (now - self._window,))
+            self._pruned_at = now
 
     def _held_one(self, exc: BaseException) -> None:
         if self._report is not None:
