@@ -95,6 +95,7 @@ SCHEMA = Schema("outbox", "queued sends", [
 ])
 
 _COLUMNS = "id, account, request, client_id, created_at, wa_id, tries"
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # stateless: json.dumps would build one per call
 _INSERT = "INSERT INTO outbox (account, request, client_id, created_at, wa_id, tries) VALUES (?, ?, ?, ?, ?, ?)"
 
 
@@ -143,8 +144,9 @@ class Outbox:
                 wa_id: str | None = None) -> tuple[OutboxEntry, bool]:
         """Queue a send; (entry, False). If `client_id` is already waiting: (that entry, True), nothing added.
         `wa_id`: its first try begins at once, in the same commit (as `begin_attempt(entry.id, wa_id)`):
-        a send that goes to the engine now. Like `begin_attempt`, durable only with the next `sync()`."""
-        data = json.dumps(request, separators=(",", ":"))
+        a send that goes to the engine now. Like `begin_attempt`, durable only with the next `sync()`.
+        The entry returned holds `request` itself (not a copy read back): the caller must not change it."""
+        data = _ENCODE(request)
         created = self._now()
         tries = 0 if wa_id is None else 1
         replaced: int | None = None  # a removed entry of the same client id whose delete was held
@@ -175,7 +177,7 @@ class Outbox:
                 self._report(self.name, exc)
             raise DiskFull("the data disk is full: the send could not be queued, and nothing was sent") from None
         assert entry_id is not None
-        return OutboxEntry(entry_id, account, json.loads(data), client_id, _datetime(created), wa_id, tries), False
+        return OutboxEntry(entry_id, account, request, client_id, _datetime(created), wa_id, tries), False
 
     def pending(self, account: str) -> list[OutboxEntry]:
         """The account's waiting sends, oldest first."""
