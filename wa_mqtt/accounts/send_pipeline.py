@@ -104,7 +104,7 @@ class SendPipeline:
         if duplicate:
             return _done(loop, SendOutcome(id=None, queued=True, queue_id=entry.id, duplicate=True))
         if piping:
-            piped = _Piped(entry, message, loop.create_future())
+            piped = _Piped(entry, message, loop.create_future(), message.kind != "text")
             if begin:  # the pipeline's begun sends stay its first ones: none is begun after a stall
                 piped.begun, piped.started = True, entry
                 self._begun += 1
@@ -181,12 +181,12 @@ class SendPipeline:
             if not piped.synced:
                 break
             if piped.reply is not None:
-                media = media or piped.message.kind != "text"
+                media = media or piped.media
                 continue
             started = piped.started
             if started is None:  # gone meanwhile (expired or removed)
                 continue
-            if self._handed >= ENGINE_WINDOW or (self._handed and (media or piped.message.kind != "text")):
+            if self._handed >= ENGINE_WINDOW or (self._handed and (media or piped.media)):
                 break
             reply = asyncio.ensure_future(in_order.send_in_order(
                 piped.message, started.wa_id or new_message_id(), started.tries > 1, self._handed > 0))
@@ -352,6 +352,7 @@ class _Piped:
     entry: OutboxEntry
     message: OutgoingMessage
     outcome: asyncio.Future[SendOutcome]
+    media: bool  # not a text: it goes to the engine alone (`_hand`); `message.kind` read once, it is not free
     begun: bool = False  # its try was begun (`started`), or it was found gone
     synced: bool = False  # ... and that is on disk (fsync'd): it may go to the engine
     started: OutboxEntry | None = None  # the entry with its try begun: its WhatsApp id; None when gone
