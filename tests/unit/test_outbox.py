@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from wa_mqtt.accounts.outbox import Outbox
+from wa_mqtt.accounts.outbox import PAGE_SIZE, Outbox
 from wa_mqtt.disk_full import DiskFull
 
 T0 = datetime(2026, 11, 24, 10, 0, 0, tzinfo=UTC)
@@ -336,4 +336,24 @@ def test_a_single_statement_enqueue_or_completion_on_a_full_disk(tmp_path: Path,
     box._conn.execute("PRAGMA max_page_count = 1073741823")
     box.complete(waiting, "3EB0W")
     assert box.pending(A) == [] and box.depth(A) == 0 and box.held == 0
+    box.close()
+
+
+def test_a_new_file_gets_small_pages_and_an_existing_one_is_kept_as_it_is(tmp_path: Path, clock: FakeClock) -> None:
+    box = Outbox(tmp_path / "new" / "outbox.db", clock)
+    entry, _ = box.enqueue(A, request("x" * 5000), None)  # a row larger than a page
+    assert box._conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE < 4096
+    assert box._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert stat.S_IMODE((tmp_path / "new" / "outbox.db").stat().st_mode) == 0o600
+    box.close()
+    box = Outbox(tmp_path / "new" / "outbox.db", clock)
+    assert box.pending(A) == [entry]
+    box.close()
+    old = sqlite3.connect(tmp_path / "old.db")  # written before: SQLite's default page size
+    old.execute("CREATE TABLE unrelated (x)")
+    old.close()
+    box = Outbox(tmp_path / "old.db", clock)
+    assert box._conn.execute("PRAGMA page_size").fetchone()[0] == 4096
+    box.enqueue(A, request("one"), None)
+    assert box.depth(A) == 1
     box.close()

