@@ -14,8 +14,9 @@ WhatsApp message id the send goes out with (`wa_id`, chosen once and then kept) 
 (`end_attempt` uncounts one the engine refused). A bridge killed after handing a message to WhatsApp
 finds the entry again on restart and sends it with the same `wa_id`, which WhatsApp deduplicates;
 `tries > 1` tells the engine an earlier try may have gone out.
-`complete` removes the entry and records its client id in one transaction. Without a client id an
-enqueue is one INSERT and a completion one DELETE (each a transaction of its own). Sent records past
+`complete` removes the entry and records its client id in one transaction. An enqueue is one INSERT
+(with a client id not waiting yet, `ON CONFLICT DO NOTHING`), a completion without a client id one
+DELETE: each a transaction of its own. Sent records past
 the window are pruned at most once a minute (`PRUNE_EVERY`); `sent_id` ignores them meanwhile.
 
 Durability: every call commits before it returns, so every change survives a process kill (WAL).
@@ -101,6 +102,7 @@ SCHEMA = Schema("outbox", "queued sends", [
 _COLUMNS = "id, account, request, client_id, created_at, wa_id, tries"
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # stateless: json.dumps would build one per call
 _INSERT = "INSERT INTO outbox (account, request, client_id, created_at, wa_id, tries) VALUES (?, ?, ?, ?, ?, ?)"
+_INSERT_NEW = f"{_INSERT} ON CONFLICT (account, client_id) WHERE client_id IS NOT NULL DO NOTHING RETURNING id"
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,9 @@ class Outbox:
             with self._lock:
                 if client_id is None:  # one INSERT: a transaction of its own
                     entry_id = self._conn.execute(_INSERT, (account, data, None, created, wa_id, tries)).lastrowid
-                else:
+                elif added := self._conn.execute(_INSERT_NEW, (account, data, client_id, created, wa_id, tries)).fetchall():
+                    entry_id = added[0][0]  # one INSERT too, when the client id was not waiting
+                else:  # it is: that entry, unless its removal is held
                     with transaction(self._conn):
                         row = self._conn.execute(
                             f"SELECT {_COLUMNS} FROM outbox WHERE account = ? AND client_id = ?",
