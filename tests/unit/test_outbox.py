@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -11,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from wa_mqtt.accounts.outbox import Outbox
+from wa_mqtt.accounts.outbox import PAGE_SIZE, Outbox
+from wa_mqtt.disk_full import DiskFull
 
 T0 = datetime(2026, 11, 24, 10, 0, 0, tzinfo=UTC)
 A, B = "557996277210", "5511999999999"
@@ -215,4 +218,142 @@ def test_a_send_enqueued_with_its_try_begun_keeps_that_whatsapp_id_across_a_reop
     box = Outbox(path, clock)  # a bridge killed before the answer: the try counts, its id is kept
     again = box.begin_attempt(entry.id, "3EB0OTHER")
     assert again is not None and (again.wa_id, again.tries) == ("3EB0FIRST", 2)
+    box.close()
+
+
+def test_depth_is_counted_in_memory_and_matches_the_file(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "outbox.db"
+    box = Outbox(path, clock)
+
+    def on_file(account: str) -> int:
+        return int(box._conn.execute("SELECT COUNT(*) FROM outbox WHERE account = ?", (account,)).fetchone()[0])
+
+    def check() -> None:
+        for account in (A, B):
+            assert box.depth(account) == on_file(account)
+        assert box.accounts() == [a for a in sorted((A, B)) if on_file(a)]
+
+    a1, _ = box.enqueue(A, request("a1"), None)
+    a2, _ = box.enqueue(A, request("a2"), "k2", "3EB0A2")
+    box.enqueue(A, request("a2 again"), "k2")  # a duplicate: nothing added
+    b1, _ = box.enqueue(B, request("b1"), None)
+    check()
+    box.complete(a1, "3EB0A1")
+    box.complete(a1, "3EB0A1")  # gone already: counted once
+    check()
+    box.complete_and_begin(a2, "3EB0A2", (b1.id, "3EB0B1"))
+    box.remove(b1.id)
+    box.remove(b1.id)
+    check()
+    old, _ = box.enqueue(A, request("old"), None)
+    clock.advance(100)
+    box.enqueue(A, request("new"), None)
+    box.enqueue(B, request("b2"), None)
+    assert box.take_expired(A, 50) == [old]
+    check()
+    box.clear(B)
+    check()
+    box.close()
+    box = Outbox(path, clock)  # counted from the file at open
+    check()
+    assert box.depth(A) == 1
+    box.close()
+
+
+def test_fsyncs_follow_the_commits_that_promise_them(tmp_path: Path, clock: FakeClock,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite runs at synchronous=NORMAL; the outbox fsyncs its WAL itself, after the commit, exactly
+    where a power loss must not undo a change (remove, expiry, clear, remember_sent) and on `sync()`."""
+    path = tmp_path / "outbox.db"
+    box = Outbox(path, clock)
+    assert box._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL: no PRAGMA per call
+    seen: list[int] = []  # rows on the file (as another connection sees them) at each fsync
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        reader = sqlite3.connect(path)
+        seen.append(reader.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        reader.close()
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    first, _ = box.enqueue(A, request("one"), None, "3EB0ONE")
+    second, _ = box.enqueue(A, request("two"), "k2")
+    box.begin_attempt(second.id, "3EB0TWO")
+    box.end_attempt(second.id)
+    box.complete(first, "3EB0ONE")
+    assert seen == []  # none of these waits for the disk
+    box.sync()
+    box.sync()  # nothing new: no second fsync
+    assert seen == [1]
+    box.remove(second.id)
+    assert seen == [1, 0]  # after the commit: the delete is what gets synced
+    box.remove(second.id)  # nothing removed: nothing to sync
+    box.remember_sent(A, "k9", "3EB0NINE")
+    assert len(seen) == 3
+    box.sync()  # covered by the last fsync already
+    assert len(seen) == 3
+    box.enqueue(A, request("old"), None)
+    clock.advance(100)
+    box.enqueue(A, request("b"), None)
+    assert len(box.take_expired(A, 50)) == 1 and seen[-1] == 1 and len(seen) == 4
+    assert box.take_expired(A, 50) == [] and len(seen) == 4
+    assert len(box.clear(A)) == 1 and seen[-1] == 0 and len(seen) == 5
+    box.close()
+    relaxed = Outbox(tmp_path / "relaxed.db", clock, synchronous="NORMAL")
+    entry, _ = relaxed.enqueue(A, request("one"), None)
+    relaxed.sync()
+    relaxed.remove(entry.id)
+    assert len(seen) == 5  # NORMAL: the outbox never fsyncs
+    relaxed.close()
+
+
+def test_sent_records_past_the_window_are_pruned_at_most_once_a_minute(outbox: Outbox, clock: FakeClock) -> None:
+    def on_file() -> list[str]:
+        return sorted(row[0] for row in outbox._conn.execute("SELECT client_id FROM sent"))
+
+    outbox.remember_sent(A, "old", "3EB0OLD")
+    clock.advance(24 * 3600 - 10)
+    outbox.remember_sent(A, "x", "3EB0X")  # pruned now: nothing past the window yet
+    clock.advance(20)  # "old" is past the window
+    entry, _ = outbox.enqueue(A, request("y"), "y")
+    outbox.complete(entry, "3EB0Y")  # 20 s after the last prune: no prune
+    assert outbox.sent_id(A, "old") is None and outbox.sent_id(A, "y") == "3EB0Y"
+    assert on_file() == ["old", "x", "y"]
+    clock.advance(41)
+    outbox.remember_sent(A, "z", "3EB0Z")  # a minute on: pruned
+    assert on_file() == ["x", "y", "z"]
+
+
+def test_a_single_statement_enqueue_or_completion_on_a_full_disk(tmp_path: Path, clock: FakeClock) -> None:
+    box = Outbox(tmp_path / "outbox.db", clock)
+    waiting, _ = box.enqueue(A, request("waiting"), None)
+    pages = box._conn.execute("PRAGMA page_count").fetchone()[0]
+    box._conn.execute(f"PRAGMA max_page_count = {pages}")  # the file may not grow: SQLITE_FULL
+    with pytest.raises(DiskFull):
+        box.enqueue(A, {"message": {"text": "x" * 5000}}, None)
+    assert [e.id for e in box.pending(A)] == [waiting.id] and box.depth(A) == 1 and not box._conn.in_transaction
+    box._conn.execute("PRAGMA max_page_count = 1073741823")
+    box.complete(waiting, "3EB0W")
+    assert box.pending(A) == [] and box.depth(A) == 0 and box.held == 0
+    box.close()
+
+
+def test_a_new_file_gets_small_pages_and_an_existing_one_is_kept_as_it_is(tmp_path: Path, clock: FakeClock) -> None:
+    box = Outbox(tmp_path / "new" / "outbox.db", clock)
+    entry, _ = box.enqueue(A, request("x" * 5000), None)  # a row larger than a page
+    assert box._conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE < 4096
+    assert box._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert stat.S_IMODE((tmp_path / "new" / "outbox.db").stat().st_mode) == 0o600
+    box.close()
+    box = Outbox(tmp_path / "new" / "outbox.db", clock)
+    assert box.pending(A) == [entry]
+    box.close()
+    old = sqlite3.connect(tmp_path / "old.db")  # written before: SQLite's default page size
+    old.execute("CREATE TABLE unrelated (x)")
+    old.close()
+    box = Outbox(tmp_path / "old.db", clock)
+    assert box._conn.execute("PRAGMA page_size").fetchone()[0] == 4096
+    box.enqueue(A, request("one"), None)
+    assert box.depth(A) == 1
     box.close()
