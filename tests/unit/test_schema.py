@@ -245,10 +245,7 @@ def test_an_unversioned_spool_is_upgraded_with_its_entries(tmp_path: Path,
 def test_a_version_2_spool_emptied_keeps_its_numbers_through_upgrade_3(tmp_path: Path) -> None:
     """A spool written with AUTOINCREMENT and emptied: only sqlite_sequence knew how far its numbers
     went; upgrade 3 carries that into the "issued up to" mark, so no number is given out again."""
-    path = v0_file(tmp_path / "spool.db", V0_SPOOL, lambda c: (
-        c.executemany("INSERT INTO spool (topic, payload, qos, retain, size) VALUES (?, ?, ?, ?, ?)",
-                      [("t", b"x", 1, 0, 2)] * 5),
-        c.execute("DELETE FROM spool WHERE seq <= 4")))
+    path = _v0_spool(tmp_path / "spool.db", appended=5, deleted_upto=4)
     spool = Spool(path)
     try:
         assert spool.peek(10) == [SpoolEntry(5, "t", b"x", 1, False)]
@@ -256,15 +253,19 @@ def test_a_version_2_spool_emptied_keeps_its_numbers_through_upgrade_3(tmp_path:
         assert spool.append("t", b"y", 1, False) == 6
     finally:
         spool.close()
-    emptied = v0_file(tmp_path / "empty.db", V0_SPOOL, lambda c: (
-        c.executemany("INSERT INTO spool (topic, payload, qos, retain, size) VALUES (?, ?, ?, ?, ?)",
-                      [("t", b"x", 1, 0, 2)] * 7),
-        c.execute("DELETE FROM spool")))
-    spool = Spool(emptied)
+    spool = Spool(_v0_spool(tmp_path / "empty.db", appended=7, deleted_upto=7))
     try:
         assert spool.append("t", b"y", 1, False) == 8
     finally:
         spool.close()
+
+
+def _v0_spool(path: Path, appended: int, deleted_upto: int) -> Path:
+    """An unversioned spool (AUTOINCREMENT) that gave out `appended` numbers and lost those up to `deleted_upto`."""
+    return v0_file(path, V0_SPOOL, lambda c: (
+        c.executemany("INSERT INTO spool (topic, payload, qos, retain, size) VALUES (?, ?, ?, ?, ?)",
+                      [("t", b"x", 1, 0, 2)] * appended),
+        c.execute("DELETE FROM spool WHERE seq <= ?", (deleted_upto,))))
 
 
 def test_an_unversioned_outbox_is_upgraded_from_version_1_with_its_queue_and_sent_ids(tmp_path: Path) -> None:
