@@ -91,9 +91,11 @@ class WalConnection(sqlite3.Connection):
         super().close()
 
 
-def open_wal(path: Path, synchronous: Synchronous = "NORMAL") -> sqlite3.Connection:
+def open_wal(path: Path, synchronous: Synchronous = "NORMAL", page_size: int | None = None) -> sqlite3.Connection:
     """Open (creating 0600 if missing) an SQLite file in WAL mode, autocommit, usable from any thread,
-    checkpointed in the background (see the module's docstring).
+    checkpointed in the background (see the module's docstring). `page_size`: what a new (empty) file
+    gets, before WAL mode fixes it; an existing file keeps its own. A commit writes every page it
+    changed whole to the WAL, so files of small rows written often are cheaper with small pages.
 
     The caller serialises access (one connection, one owner); transactions go through `transaction()`.
     """
@@ -103,8 +105,11 @@ def open_wal(path: Path, synchronous: Synchronous = "NORMAL") -> sqlite3.Connect
     path.parent.mkdir(parents=True, exist_ok=True)
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
     os.chmod(path, 0o600)
+    new = path.stat().st_size == 0
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, factory=WalConnection)
     try:
+        if new and page_size is not None:
+            conn.execute(f"PRAGMA page_size={int(page_size)}")
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise sqlite3.OperationalError(f"{path}: cannot switch to WAL (journal_mode={mode})")

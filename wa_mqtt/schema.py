@@ -85,9 +85,10 @@ class SchemaUpgradeError(SchemaError):
             f"the file stays at version {upgrade.version - 1}, nothing in it lost; the next start tries again")
 
 
-def open_versioned(path: Path, schema: Schema, synchronous: Synchronous = "NORMAL") -> sqlite3.Connection:
+def open_versioned(path: Path, schema: Schema, synchronous: Synchronous = "NORMAL",
+                   page_size: int | None = None) -> sqlite3.Connection:
     """`durable.open_wal`, then `upgrade` to the code's version; raises SchemaError (closing the file)."""
-    conn = open_wal(path, synchronous)
+    conn = open_wal(path, synchronous, page_size)
     try:
         upgrade(conn, schema, Path(path))
     except BaseException:

@@ -126,3 +126,26 @@ def test_a_version_1_file_keeps_its_ids_and_their_order(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
     conn.close()
+
+
+def test_a_new_file_gets_small_pages_and_an_existing_one_keeps_its_own(tmp_path: Path) -> None:
+    fresh = SeenIds(tmp_path / "new" / "seen.db")
+    assert fresh._conn.execute("PRAGMA page_size").fetchone()[0] == dedup.PAGE_SIZE < 4096
+    assert fresh.seen("5511900000001", "3EB0A") is False
+    fresh.remember("5511900000001", "3EB0A")
+    fresh.close()
+    fresh = SeenIds(tmp_path / "new" / "seen.db")
+    assert fresh.seen("5511900000001", "3EB0A") is True
+    fresh.close()
+    old = SeenIds(tmp_path / "old.db")  # made as before: SQLite's default pages
+    old.close()
+    conn = sqlite3.connect(tmp_path / "old.db")
+    conn.execute("PRAGMA journal_mode=DELETE")
+    conn.execute("PRAGMA page_size=4096")
+    conn.execute("VACUUM")
+    conn.close()
+    kept = SeenIds(tmp_path / "old.db")
+    assert kept._conn.execute("PRAGMA page_size").fetchone()[0] == 4096
+    kept.remember("5511900000001", "3EB0B")
+    assert kept.seen("5511900000001", "3EB0B") is True
+    kept.close()

@@ -51,6 +51,11 @@ DROP TABLE seen;
 ALTER TABLE seen_keyed RENAME TO seen;
 CREATE INDEX seen_by_age ON seen (account, n);
 """
+# A new file's pages: each id's commit writes the pages it changed whole to the WAL (a leaf of the
+# table, one of the age index), 10.5 KiB with 4 KiB pages, 3.7 KiB with these; seen + remember of a new
+# id in a full 20,000-id window 27.5 -> 24.2 us CPU, measured, and less for the checkpointer to copy.
+PAGE_SIZE = 1024
+
 # Append-only (see schema.py): a change to the table is a new Upgrade at the end, never an edit above.
 SCHEMA = Schema("dedup", "message ids already handled", [
     Upgrade(1, "the seen table", _SCHEMA),
@@ -72,7 +77,7 @@ class SeenIds:
         self._trim_at = window + window // 256  # an account holding more is trimmed back to `window`
         self._report = report
         self._lock = threading.Lock()
-        self._conn = open_versioned(self.path, SCHEMA, synchronous)
+        self._conn = open_versioned(self.path, SCHEMA, synchronous, PAGE_SIZE)
         rows = self._conn.execute("SELECT account, COUNT(*), MAX(n) FROM seen GROUP BY account").fetchall()
         self._counts: dict[str, int] = {account: count for account, count, _ in rows}
         self._next_n = max((last for _, _, last in rows), default=0) + 1  # the insertion order of the next id

@@ -138,8 +138,7 @@ class Outbox:
         self._wal = f"{self.path}-wal"
         self._commits = 0  # commits made without an fsync, and how many of them are synced
         self._synced = 0
-        _create(self.path)
-        self._conn = open_versioned(self.path, SCHEMA, "NORMAL")  # fsyncs are made here, not by SQLite
+        self._conn = open_versioned(self.path, SCHEMA, "NORMAL", PAGE_SIZE)  # fsyncs are made here, not by SQLite
         self._rows: dict[str, int] = {}  # account -> its rows in the table (held removals included)
         self._recount()
         waiting = sum(self._rows.values())
@@ -475,21 +474,6 @@ class Outbox:
         if moment.tzinfo is None:
             raise ValueError("the outbox clock must return timezone-aware datetimes")
         return moment.timestamp()
-
-
-def _create(path: Path) -> None:
-    """A new outbox file gets `PAGE_SIZE` pages (before WAL mode fixes its page size); an existing
-    one is opened as it is. Created 0600, like every file of durable.open_wal."""
-    if path.exists() and path.stat().st_size:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
-        conn.execute("PRAGMA journal_mode=WAL")
-    finally:
-        conn.close()
 
 
 def _datetime(timestamp: float) -> datetime:
