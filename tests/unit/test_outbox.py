@@ -357,3 +357,21 @@ def test_a_new_file_gets_small_pages_and_an_existing_one_is_kept_as_it_is(tmp_pa
     box.enqueue(A, request("one"), None)
     assert box.depth(A) == 1
     box.close()
+
+
+def test_completing_an_entry_that_expired_meanwhile_on_a_full_disk_holds_no_removal(
+        tmp_path: Path, clock: FakeClock) -> None:
+    """Found in review: the send of an entry that expired while it was with the engine comes back on a
+    full disk; no row is left to remove, so none may be held (depth would count one too few)."""
+    box = Outbox(tmp_path / "outbox.db", clock)
+    gone, _ = box.enqueue(A, request("one"), "c" * 20000)
+    other, _ = box.enqueue(A, request("two"), None)
+    assert box.take_expired(A, -1) == [gone, other]
+    box.enqueue(A, request("three"), None)
+    for i in range(200):  # use up the file's free pages, then forbid growth
+        box.remember_sent(A, f"fill{i}" * 20, "W")
+    pages = box._conn.execute("PRAGMA page_count").fetchone()[0]
+    box._conn.execute(f"PRAGMA max_page_count = {pages}")
+    box.complete(gone, "3EB0")  # its sent record cannot be written: held in memory
+    assert len(box.pending(A)) == 1 and box.depth(A) == 1 and box.sent_id(A, "c" * 20000) == "3EB0"
+    box.close()

@@ -288,3 +288,55 @@ def test_wal_checkpoints_run_off_the_writer_and_rewind_the_wal(tmp_path: Path) -
     assert "checkpoint-x.db" in names
     conn.close()
     assert "checkpoint-x.db" not in {t.name for t in threading.enumerate()}
+
+
+def _version_2_spool(path: Path, entries: int, size: int) -> None:
+    """A spool as version 2 left it: AUTOINCREMENT, `entries` waiting."""
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript("""
+CREATE TABLE spool (seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL,
+                    qos INTEGER NOT NULL, retain INTEGER NOT NULL, size INTEGER NOT NULL);
+CREATE TABLE spool_state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+PRAGMA user_version = 2;
+""")
+    with db:
+        db.executemany("INSERT INTO spool (topic, payload, qos, retain, size) VALUES ('t', ?, 1, 0, ?)",
+                       [(b"x" * size, size + 1)] * entries)
+    db.close()
+
+
+def test_a_full_spool_upgrades_on_a_nearly_full_disk_and_loses_autoincrement_once_empty(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Upgrade 3 must not copy the table: a spool is largest when the broker was away and the disk
+    filled, and a failed upgrade keeps the bridge from starting. The file may grow by 64 KiB only."""
+    from wa_mqtt import schema
+
+    path = tmp_path / "spool.db"
+    _version_2_spool(path, 2000, 1000)  # ~2 MB waiting
+    real = schema.open_wal
+
+    def tight(*args: object) -> object:
+        conn = real(*args)  # type: ignore[arg-type]
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages + 16}")
+        return conn
+
+    monkeypatch.setattr(schema, "open_wal", tight)
+    spool = Spool(path)
+    assert len(spool) == 2000 and spool.peek(1)[0].seq == 1
+    assert spool.append("t", b"y", 1, False) == 2001
+    spool.close()
+    monkeypatch.undo()
+    spool = Spool(path)  # entries still waiting: the table stays as it is
+    (sql,) = spool._conn.execute("SELECT sql FROM sqlite_master WHERE name = 'spool'").fetchone()
+    assert "AUTOINCREMENT" in sql.upper()
+    spool.ack(2001)
+    spool.close()
+    spool = Spool(path)  # empty now: rebuilt without AUTOINCREMENT, and the numbers go on
+    (sql,) = spool._conn.execute("SELECT sql FROM sqlite_master WHERE name = 'spool'").fetchone()
+    assert "AUTOINCREMENT" not in sql.upper()
+    assert spool.append("t", b"z", 1, False) > 2001  # above the "issued up to" mark, never reused
+    spool.close()

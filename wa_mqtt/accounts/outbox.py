@@ -302,7 +302,8 @@ class Outbox:
                 if not is_disk_full(exc, self.path):
                     raise
                 error = exc
-                self._removed[entry.id] = entry.account
+                if self._conn.execute("SELECT 1 FROM outbox WHERE id = ?", (entry.id,)).fetchone() is not None:
+                    self._removed[entry.id] = entry.account  # else gone already (expired meanwhile): nothing to hold
                 if entry.client_id is not None:
                     self._sent[(entry.account, entry.client_id)] = (wa_id, now)
         self._held_one(error)

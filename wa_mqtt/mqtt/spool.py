@@ -72,19 +72,31 @@ CREATE TABLE IF NOT EXISTS spool (
 
 
 def _without_autoincrement(conn: sqlite3.Connection) -> None:
-    """Upgrade 3 (shipped: never edited): the spool table without AUTOINCREMENT (its sqlite_sequence
-    write cost ~7 us of each append's ~25 us); the highest number it issued becomes the
-    `issued_upto` mark, which `Spool` keeps ahead of every number it stores."""
+    """Upgrade 3 (shipped: never edited): sequence numbers kept unique by the `issued_upto` mark, which
+    `Spool` keeps ahead of every number it stores; the highest number issued so far (AUTOINCREMENT's
+    sqlite_sequence) becomes it. The table itself loses AUTOINCREMENT (its sqlite_sequence write cost
+    ~7 us of each append's ~25 us) only when it is empty (`_rebuild_if_empty`, here and at each open):
+    a copy of a large spool (the broker away for days, the disk nearly full: when a spool matters)
+    would need its size again in free space, and a failed upgrade keeps the bridge from starting.
+    Numbers are always given explicitly, so either table works."""
     sequences = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone()
     row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'spool'").fetchone() if sequences else None
     (last,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM spool").fetchone()
-    conn.execute("CREATE TABLE spool_v3 (seq INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL,"
-                 " qos INTEGER NOT NULL, retain INTEGER NOT NULL, size INTEGER NOT NULL)")
-    conn.execute("INSERT INTO spool_v3 SELECT seq, topic, payload, qos, retain, size FROM spool")
-    conn.execute("DROP TABLE spool")
-    conn.execute("ALTER TABLE spool_v3 RENAME TO spool")
     conn.execute("INSERT OR REPLACE INTO spool_state (key, value) VALUES ('issued_upto', ?)",
                  (max(last, row[0] if row else 0),))
+    _rebuild_if_empty(conn)
+
+
+def _rebuild_if_empty(conn: sqlite3.Connection) -> bool:
+    """Make an empty spool table one without AUTOINCREMENT (see upgrade 3); True when it was rebuilt.
+    Within the caller's transaction."""
+    (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'spool'").fetchone()
+    if "AUTOINCREMENT" not in sql.upper() or conn.execute("SELECT 1 FROM spool LIMIT 1").fetchone() is not None:
+        return False
+    conn.execute("DROP TABLE spool")
+    conn.execute("CREATE TABLE spool (seq INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL,"
+                 " qos INTEGER NOT NULL, retain INTEGER NOT NULL, size INTEGER NOT NULL)")
+    return True
 
 
 # Append-only (see schema.py): a change to the table is a new Upgrade at the end, never an edit above.
@@ -122,6 +134,7 @@ class Spool:
         self._overflowing = False
         self._lock = threading.Lock()
         self._conn = open_versioned(self.path, SCHEMA, synchronous)
+        self._drop_autoincrement()
         count, total, last = self._conn.execute(
             "SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(MAX(seq), 0) FROM spool").fetchone()
         state = dict(self._conn.execute("SELECT key, value FROM spool_state").fetchall())
@@ -142,6 +155,18 @@ class Spool:
         self._lease_failed = False
         if count:
             log.info("spool %s: %d publishes (%d bytes) waiting from before", self.path, count, total)
+
+    def _drop_autoincrement(self) -> None:
+        """A spool upgraded to version 3 while it held entries keeps its AUTOINCREMENT table until it is
+        found empty at an open (upgrade 3's docstring); a failure (a full disk) leaves it for the next."""
+        try:
+            with transaction(self._conn):
+                rebuilt = _rebuild_if_empty(self._conn)
+        except sqlite3.Error as exc:
+            log.debug("spool %s: table kept as it is for now (%s)", self.path, exc)
+            return
+        if rebuilt:
+            log.debug("spool %s: empty table rebuilt without AUTOINCREMENT", self.path)
 
     def append(self, topic: str, payload: bytes, qos: int, retain: bool) -> int:
         """Store one publish (committed when this returns, or held in memory while the disk is full);
