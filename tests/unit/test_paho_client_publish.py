@@ -80,6 +80,27 @@ def test_publish_acked_refuses_what_paho_refuses(topic: str) -> None:
         two.close()
 
 
+class _Huge(bytes):
+    """A payload that says it is over MQTT's packet limit (no 256 MB buffer in a unit test)."""
+
+    def __len__(self) -> int:
+        return 268_435_456
+
+
+def test_publish_acked_refuses_a_payload_over_the_packet_limit() -> None:
+    """Found in review: paho's publish refuses it (the link logs and drops it); framed anyway, it was a
+    malformed packet: the broker hangs up, and a spooled one would go out again on every reconnect."""
+    one, two = socket.socketpair()
+    try:
+        ours = _client(two, mqtt.MQTTv5, True)
+        with pytest.raises(ValueError):
+            ours.publish_acked("a/b", _Huge(b"x"), False, None, lambda: None)  # type: ignore[attr-defined]  # adopted
+        assert not ours._out_packet
+    finally:
+        one.close()
+        two.close()
+
+
 def test_publish_acked_without_a_connection_sends_nothing() -> None:
     client = Paho.adopt(mqtt.Client(CallbackAPIVersion.VERSION2, client_id="t", protocol=mqtt.MQTTv5))
     assert client.publish_acked("a/b", b"x", False, None, lambda: None) is False

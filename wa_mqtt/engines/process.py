@@ -276,17 +276,22 @@ class ProcessSession:
         `EngineError` when no reply comes within `timeout` s (`engine_error`, maybe done: a timer, not
         `wait_for`, which made a task per call) or the child ends (`_child_gone`); once done or
         cancelled the request is forgotten (a late reply is dropped). Raises `EngineError` at once
-        when no child runs."""
+        when no child runs or the request cannot be encoded (nothing is registered then)."""
         proc = self._proc
         if proc is None or proc.stdin is None:
             raise EngineError("the engine process is not running", code=ErrorCode.NOT_CONNECTED)
         loop = asyncio.get_running_loop()
         request_id = next(self._ids)
+        try:  # before it is registered: a request that cannot be written leaves nothing pending
+            line = p.encode_call(request_id, op, args)
+        except ValueError as exc:  # pydantic's serialisation error (a lone surrogate from a config text)
+            raise EngineError(f"the {op} request cannot be written to the engine: {exc}",
+                              code=ErrorCode.ENGINE_ERROR) from exc
         future: asyncio.Future[T] = loop.create_future()
         self._pending[request_id] = _Pending(future, answer)
         timer = loop.call_later(timeout, _expire, future, op, timeout)
         future.add_done_callback(functools.partial(self._forget, request_id, timer))
-        self._write(proc, p.encode_call(request_id, op, args))
+        self._write(proc, line)
         return future
 
     def _forget(self, request_id: int, timer: asyncio.TimerHandle, _future: asyncio.Future[Any]) -> None:

@@ -174,6 +174,7 @@ class PahoClient(aiomqtt.Client):
 
 
 PUBACK = PacketTypes.PUBACK << 4
+MAX_PACKET = 268_435_455  # the largest remaining length MQTT can frame (four length bytes)
 SIMPLE_PUBACK_REASONS = (0x00, 0x10)  # Success, No matching subscribers: no properties follow
 
 
@@ -222,6 +223,8 @@ class Paho(mqtt.Client):
         v5 = self._protocol == MQTTProtocolVersion.MQTTv5
         if (not encoded and not v5) or b"+" in encoded or b"#" in encoded or len(encoded) > 65535:
             raise ValueError(f"invalid topic name for a publish: {topic[:200]!r}")
+        if len(payload) > MAX_PACKET - 6 - len(encoded) - (0 if correlation_data is None else len(correlation_data)):
+            raise ValueError("payload too large for an MQTT packet")  # paho's publish refuses it the same way
         if self._sock is None:
             return False
         if not v5:
