@@ -36,7 +36,7 @@ async def test_an_unencodable_send_fails_its_future_and_leaves_nothing_pending(s
     bad = OutgoingMessage(to=ANA, text="a\ud800b")
     try:
         reply = session.send_in_order(bad, "3EB0" + "F" * 18, False, False)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raised: BaseException | None = exc
     else:
         raised = None
