@@ -100,3 +100,23 @@ async def test_a_dying_child_fails_the_sends_it_holds_as_not_connected(session: 
         assert (gone.value.code, gone.value.maybe_done) == ("not_connected", True)
     with pytest.raises(EngineError, match="not running"):
         await session.send_in_order(message("no child"), "3EB1" + "F" * 18, False, False)
+
+
+async def test_every_answered_send_is_recorded_when_the_child_is_killed_at_once(
+        session: SimProcessSession, tmp_path: Path) -> None:
+    """The sim child commits the sent ids of a turn's sends together, before any of their answers and
+    events leave it: killed right after the answers came, it has every one on disk (a repeat is
+    dropped), though it never got to close its store."""
+    import sqlite3
+
+    ids = [f"3EB1{n:018X}" for n in range(12)]
+    replies = [session.send_in_order(message(str(n)), wa_id, False, n > 0) for n, wa_id in enumerate(ids)]
+    assert [(await reply).id for reply in replies] == ids
+    assert session.pid is not None
+    os.kill(session.pid, signal.SIGKILL)
+    store = sqlite3.connect(tmp_path / A / "store.db")
+    try:
+        recorded = {row[0] for row in store.execute("SELECT id FROM sim_sent")}
+    finally:
+        store.close()
+    assert recorded >= set(ids)

@@ -78,22 +78,37 @@ class ChildServer:
         self._out = sys.stdout.buffer
         self._chain = p.SendChain()
         self._flush_due = False
+        self._lines: list[bytes] = []
+        self._before_output: Callable[[], None] | None = None  # the session's `commit_sent_ids` (sim)
 
     def _write(self, line: bytes) -> None:
         """Lines written in one loop turn (a send's events and its answer, a burst of messages) go to
         the bridge with one write at its end: the bridge wakes once for them, not once per line."""
-        self._out.write(line)
+        self._lines.append(line)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # not on the loop (no engine does that now): at once, as ever
-            self._out.flush()
+            self._flush()
             return
         if not self._flush_due:
             self._flush_due = True
             loop.call_soon(self._flush)
 
     def _flush(self) -> None:
+        """Write the lines held, after what they report is durable: the sim commits the sent ids of
+        this turn's sends first (`batch_sent_ids`). If that fails, nothing of the turn goes out and
+        the process ends: the bridge retries those sends under the same ids, none of them recorded."""
         self._flush_due = False
+        if self._before_output is not None:
+            try:
+                self._before_output()
+            except Exception:
+                log.exception("the sends of this turn could not be recorded; ending without answering them")
+                sys.stderr.flush()
+                os._exit(CRASH_EXIT)
+        if self._lines:
+            self._out.write(b"".join(self._lines))
+            self._lines.clear()
         self._out.flush()
 
     async def run(self) -> int:
@@ -107,9 +122,14 @@ class ChildServer:
             log.error("giving up: the store folder %s is still in use by %s", exc.folder,
                       f"process {exc.pid}" if exc.pid else "another process")
             beat.cancel()
+            self._flush()
             return STORE_BUSY_EXIT
         engine = make_inner_engine(self._engine_name, self._options, crash=self._crash)
         session = engine.open_session(self._phone, self._store, lambda event: self._write(p.encode_event(event)))
+        batch = getattr(session, "batch_sent_ids", None)
+        if callable(batch):  # the sim: its sent ids committed once a turn, before the turn's output
+            batch()
+            self._before_output = session.commit_sent_ids  # type: ignore[attr-defined]  # the sim's, with batch_sent_ids
         gc.freeze()  # what is loaded now lives as long as the process: full collections skip it (no 10 ms pauses)
         self._write(p.encode_hello(os.getpid(), self._engine_name))
         try:
@@ -136,6 +156,7 @@ class ChildServer:
                 log.exception("session did not close cleanly")
             if store_lock is not None:
                 store_lock.release()  # only now may another engine process open this store
+            self._flush()  # what the last turn wrote (a `close` answer): after the session closed
         return 0
 
     def _crash(self) -> None:

@@ -124,6 +124,12 @@ class PgSimSession:
 
         return call
 
+    def batch_sent_ids(self) -> None:
+        """Not here: the store is saved to PostgreSQL after every call, so each send commits its own."""
+
+    def commit_sent_ids(self) -> None:
+        """Nothing waits (see `batch_sent_ids`)."""
+
     async def _saving(self, work: Awaitable[Any]) -> Any:
         try:
             return await work
