@@ -13,7 +13,7 @@ from pathlib import Path
 
 from wa_mqtt.config import MqttConfig
 from wa_mqtt.mqtt.link import MqttLink, ReadAhead
-from wa_mqtt.mqtt.paho_client import Incoming
+from wa_mqtt.mqtt.packets import Incoming
 from wa_mqtt.mqtt.spool import Spool
 
 from harness import Broker

@@ -16,7 +16,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from wa_mqtt.mqtt.paho_client import Incoming, Paho, ReadAhead, incoming, incoming_of
+from wa_mqtt.mqtt.packets import Incoming, incoming
+from wa_mqtt.mqtt.paho_client import Paho, ReadAhead, incoming_of
 
 
 def _client(sock: socket.socket, protocol: mqtt.MQTTProtocolVersion, ours: bool) -> mqtt.Client:

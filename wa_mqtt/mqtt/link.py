@@ -35,7 +35,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..config import MqttConfig, mask_url
 from .broker import BrokerAddress, broker_address, login_refused, tls_context_for
-from .paho_client import CLIENT_LOG, WARNING_EVERY, Incoming, Intake, PahoClient, ReadAhead, coalesce
+from .packets import Incoming
+from .paho_client import CLIENT_LOG, WARNING_EVERY, Intake, PahoClient, ReadAhead, coalesce
 from .spool import Spool, SpoolEntry
 from .spool_acks import SpoolAcks, redelivered_copy
 from .topics import is_topic_name

@@ -4,7 +4,8 @@
 no task, event or timer per publish), reads the socket ahead and acknowledges what it read at once
 (`ReadAhead`), and writes the packets queued in one loop turn with one send (`coalesce`). Its paho
 client is a `Paho`: the common packets of a send (QoS 1 publishes out, PUBACKs and publishes in, a
-packet read ahead) handled without the objects paho builds for each; anything else goes to paho.
+packet read ahead) handled without the objects paho builds for each (the packets: packets.py);
+anything else goes to paho.
 `Intake` is aiomqtt's queue of received messages, holding each as a small `Incoming`. aiomqtt's and
 paho's own log lines go to `CLIENT_LOG`, its "pending publish calls" warning folded to one line a
 minute.
@@ -15,11 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import struct
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
@@ -30,6 +29,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from .packets import Incoming, check_publish, incoming, publish_packet
+
 log = logging.getLogger(__name__)
 
 # Acknowledge what we read at once, not ~40 ms later (Linux's delayed ACK). A broker with Nagle's
@@ -38,17 +39,6 @@ log = logging.getLogger(__name__)
 # delayed ACK (one send at a time: ~44 ms each). Linux only; elsewhere the delayed ACK stays.
 QUICKACK = (socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1) if hasattr(socket, "TCP_QUICKACK") else None
 WARNING_EVERY = 60.0  # seconds: aiomqtt's "pending publish calls" warning at most once per this
-
-
-@dataclass(frozen=True)
-class Incoming:
-    """A message from the broker, reduced to what the bridge needs."""
-
-    topic: str
-    payload: bytes
-    response_topic: str | None = None
-    correlation_data: bytes | None = None
-    subscription_ids: tuple[int, ...] = ()  # MQTT v5: the identifiers of the subscriptions it matched
 
 
 class Intake(asyncio.Queue[Incoming]):
@@ -174,7 +164,6 @@ class PahoClient(aiomqtt.Client):
 
 
 PUBACK = PacketTypes.PUBACK << 4
-MAX_PACKET = 268_435_455  # the largest remaining length MQTT can frame (four length bytes)
 SIMPLE_PUBACK_REASONS = (0x00, 0x10)  # Success, No matching subscribers: no properties follow
 
 
@@ -219,26 +208,12 @@ class Paho(mqtt.Client):
         would (packet ids from paho's counter, so never one of its own in flight) straight into
         paho's queue of packets; the PUBACK comes back to `_packet_handle`. A lost connection
         drops this client with everything in flight: the link publishes it again on the next."""
-        encoded = topic.encode()
         v5 = self._protocol == MQTTProtocolVersion.MQTTv5
-        if (not encoded and not v5) or b"+" in encoded or b"#" in encoded or len(encoded) > 65535:
-            raise ValueError(f"invalid topic name for a publish: {topic[:200]!r}")
-        if len(payload) > MAX_PACKET - 6 - len(encoded) - (0 if correlation_data is None else len(correlation_data)):
-            raise ValueError("payload too large for an MQTT packet")  # paho's publish refuses it the same way
+        encoded = check_publish(topic, payload, correlation_data, v5)
         if self._sock is None:
             return False
-        if not v5:
-            properties = b""
-        elif correlation_data is None:
-            properties = b"\x00"
-        elif len(correlation_data) < 125:  # the properties' length fits one byte
-            properties = _CORRELATION.pack(len(correlation_data) + 3, 9, len(correlation_data)) + correlation_data
-        else:
-            properties = _properties(correlation_data)
         mid = self._mid_generate()
-        length = 4 + len(encoded) + len(properties) + len(payload)
-        packet = b"".join((_fixed_header(0x32 | retain, length), len(encoded).to_bytes(2, "big"), encoded,
-                           mid.to_bytes(2, "big"), properties, payload))
+        packet = publish_packet(encoded, payload, retain, mid, correlation_data, v5)
         self._acked[mid] = acked
         self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Sending PUBLISH (d0, q1, r%d, m%d), '%s', ... (%d bytes)",
                        retain, mid, encoded, len(payload))
@@ -323,97 +298,6 @@ class Paho(mqtt.Client):
                 self._logger is None or not self._logger.isEnabledFor(logging.DEBUG)):
             return
         super()._easy_log(level, fmt, *args)
-
-
-RESPONSE_TOPIC, CORRELATION_DATA, SUBSCRIPTION_IDENTIFIER = 0x08, 0x09, 0x0B  # MQTT v5 property ids
-
-
-def incoming(header: int, body: bytes | bytearray, v5: bool) -> tuple[Incoming, int, int] | None:
-    """A received PUBLISH (its first byte and what follows the remaining length) as (`Incoming`, QoS,
-    packet id), as `incoming_of` makes it of paho's and aiomqtt's objects; None for what is left to
-    paho: QoS 2, a property other than ResponseTopic, CorrelationData and SubscriptionIdentifier,
-    a topic that is not UTF-8, anything malformed."""
-    qos = (header & 0x06) >> 1
-    if qos > 1 or len(body) < 2:
-        return None
-    end = 2 + ((body[0] << 8) | body[1])
-    mid = 0
-    at = end + 2 if qos else end
-    if at > len(body) or (end == 2 and not v5):
-        return None
-    if qos:
-        mid = (body[end] << 8) | body[end + 1]
-    response_topic = correlation = None
-    ids: list[int] = []
-    if v5:
-        length, at = _varint(body, at)
-        stop = at + length
-        if length < 0 or stop > len(body):
-            return None
-        while at < stop:
-            kind = body[at]
-            at += 1
-            if kind == SUBSCRIPTION_IDENTIFIER:
-                value, at = _varint(body, at)
-                if value <= 0:
-                    return None
-                ids.append(value)
-                continue
-            if kind not in (RESPONSE_TOPIC, CORRELATION_DATA) or at + 2 > stop:
-                return None
-            size = (body[at] << 8) | body[at + 1]
-            value_bytes, at = body[at + 2:at + 2 + size], at + 2 + size
-            if at > stop:
-                return None
-            if kind == CORRELATION_DATA:
-                correlation = bytes(value_bytes)
-            else:
-                try:
-                    response_topic = value_bytes.decode()
-                except UnicodeDecodeError:
-                    return None
-        if at != stop:
-            return None
-    try:
-        topic = body[2:end].decode()
-    except UnicodeDecodeError:
-        return None
-    return Incoming(topic, bytes(body[at:]), response_topic, correlation, tuple(ids)), qos, mid
-
-
-def _varint(data: bytes | bytearray, at: int) -> tuple[int, int]:
-    """An MQTT variable byte integer at `at`: (value, where it ends); (-1, at) when malformed."""
-    value = shift = 0
-    for index in range(at, min(at + 4, len(data))):
-        byte = data[index]
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, index + 1
-        shift += 7
-    return -1, at
-
-
-_CORRELATION = struct.Struct("!BBH")  # properties length (< 128), CorrelationData (9), its length
-
-
-def _properties(correlation_data: bytes) -> bytes:
-    """A PUBLISH's MQTT v5 properties holding only `correlation_data`, packed as paho packs them."""
-    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho: no annotations
-    properties.CorrelationData = correlation_data
-    packed: bytes = properties.pack()  # type: ignore[no-untyped-call]  # paho: no annotations
-    return packed
-
-
-def _fixed_header(command: int, length: int) -> bytes:
-    """An MQTT fixed header: the command byte and the remaining length (variable byte integer)."""
-    if length < 128:
-        return bytes((command, length))
-    header = bytearray((command,))
-    while True:
-        length, byte = divmod(length, 128)
-        header.append(byte | 0x80 if length else byte)
-        if not length:
-            return bytes(header)
 
 
 class ReadAhead:
