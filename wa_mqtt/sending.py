@@ -7,7 +7,8 @@ WhatsApp knows both as one JID). A refusal is an `ApiError` and changes nothing.
 Used by the request server and by auto-replies, so neither needs the other.
 
 It also keeps each target's turn (`lock`): one account's requests and auto-replies are carried out one
-at a time, in arrival order; different accounts concurrently.
+at a time, in arrival order; different accounts concurrently. The bridge's own sends (auto-replies,
+alerts, a call's reply) take their turn with `send_in_turn` and catch `SEND_REFUSALS`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
+from .accounts.manager import UnknownAccount
 from .config import Config
+from .disk_full import DiskFull
 from .engines.base import EngineError
 from .engines.resolving import phone_of
 from .errors import ErrorCode
@@ -31,6 +34,8 @@ if TYPE_CHECKING:
     from .accounts.manager import AccountManager
 
 log = logging.getLogger(__name__)
+
+SEND_REFUSALS = (ApiError, EngineError, UnknownAccount, DiskFull)  # what `send` raises: nothing was sent
 
 
 class SendService:
@@ -104,6 +109,12 @@ class SendService:
         """Policy, then now or into the outbox; `reply` comes back in `SendCompleted` / `SendFailed`
         when a queued send is done. Raises `UnknownAccount`, `ApiError`, `EngineError`, `DiskFull`."""
         return await (await self.accept(phone, message, reply))
+
+    async def send_in_turn(self, phone: str, message: OutgoingMessage, reply: Reply) -> SendOutcome:
+        """`send` in `phone`'s turn (`lock`), behind the requests and sends before it: the bridge's own
+        sends. Raises as `send` (`SEND_REFUSALS`)."""
+        async with self.lock(phone):
+            return await self.send(phone, message, reply)
 
     async def accept(self, phone: str, message: OutgoingMessage, reply: Reply) -> asyncio.Future[SendOutcome]:
         """`send` in two steps: policy and the outbox now, in the caller's turn (raising as `send`);

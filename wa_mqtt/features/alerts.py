@@ -30,7 +30,7 @@ from datetime import datetime
 
 from .. import events as ev
 from ..accounts.machine import logged_out_on_request
-from ..accounts.manager import AccountManager, UnknownAccount
+from ..accounts.manager import AccountManager
 from ..alerting import (
     ALERTING,
     ENDS_QUIETLY,
@@ -43,14 +43,12 @@ from ..alerting import (
 )
 from ..bus import EventBus
 from ..config import Config
-from ..disk_full import DiskFull
-from ..engines.base import EngineError
 from ..health_config import ANY
 from ..model import AccountState, OutgoingMessage, Status, utc_iso
-from ..mqtt.api import ApiError, encode
+from ..mqtt.api import encode
 from ..mqtt.link import MqttLink
 from ..mqtt.topics import Topics
-from ..sending import SendService
+from ..sending import SEND_REFUSALS, SendService
 from ..tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
@@ -254,13 +252,12 @@ class Alerts:
                 self._tasks.spawn(self._send(sender, notice, message), f"alert-{notice.subject}")
 
     async def _send(self, sender: str, notice: _Notice, message: OutgoingMessage) -> None:
-        async with self._sending.lock(sender):
-            try:
-                outcome = await self._sending.send(sender, message, {"alert": notice.subject})
-            except (ApiError, EngineError, UnknownAccount, DiskFull) as exc:
-                log.warning("alerts: the %s about %s to %s was not sent from %s: %s", notice.kind, notice.subject,
-                            message.to, sender, exc)
-                return
+        try:
+            outcome = await self._sending.send_in_turn(sender, message, {"alert": notice.subject})
+        except SEND_REFUSALS as exc:
+            log.warning("alerts: the %s about %s to %s was not sent from %s: %s", notice.kind, notice.subject,
+                        message.to, sender, exc)
+            return
         how = "already sent" if outcome.duplicate else "queued" if outcome.queued else "sent"
         log.info("alerts: %s about %s %s to %s from %s", notice.kind, notice.subject, how, message.to, sender)
 

@@ -26,11 +26,9 @@ from ..ai.responder import Responder
 from ..automations import PlannedReply, ReplyHistory, decide
 from ..bus import EventBus
 from ..config import Config
-from ..disk_full import DiskFull
 from ..engines.base import EngineError
 from ..model import OutgoingMessage
-from ..mqtt.api import ApiError
-from ..sending import SendService
+from ..sending import SEND_REFUSALS, SendService
 from ..tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
@@ -165,12 +163,11 @@ class AutoReply:
             log.debug("%s: typing %s in %s not shown: %s", phone, state, chat, exc)
 
     async def _send(self, phone: str, rule: str, outgoing: OutgoingMessage) -> None:
-        async with self._sending.lock(phone):
-            try:
-                result = await self._sending.send(phone, outgoing, reply_ref(rule))
-            except (ApiError, EngineError, UnknownAccount, DiskFull) as exc:
-                log.warning("%s: auto-reply %r not sent: %s", phone, rule, exc)
-                return
+        try:
+            result = await self._sending.send_in_turn(phone, outgoing, reply_ref(rule))
+        except SEND_REFUSALS as exc:
+            log.warning("%s: auto-reply %r not sent: %s", phone, rule, exc)
+            return
         log.info("%s: auto-reply %r %s", phone, rule, "queued" if result.queued else "sent")
         self._bus.emit(ev.AutoReplySent(phone, rule, outgoing.to, result.id, result.queued))
 

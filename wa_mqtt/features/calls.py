@@ -11,13 +11,12 @@ from .. import events as ev
 from ..accounts.manager import AccountManager, UnknownAccount
 from ..bus import EventBus
 from ..config import Config
-from ..disk_full import DiskFull
 from ..engines.base import EngineError
 from ..model import IncomingCall, OutgoingMessage, identity
-from ..mqtt.api import ApiError, encode
+from ..mqtt.api import encode
 from ..mqtt.link import MqttLink
 from ..mqtt.topics import Topics
-from ..sending import SendService
+from ..sending import SEND_REFUSALS, SendService
 from ..tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
@@ -69,9 +68,8 @@ class Calls:
         reply = self._config.calls.reply
         if not reply or call.group is not None:
             return
-        async with self._sending.lock(phone):
-            try:
-                await self._sending.send(phone, OutgoingMessage(to=identity(call.from_jid), text=reply),
-                                         {"call": call.id})  # to the person: WhatsApp refuses a device JID
-            except (ApiError, EngineError, UnknownAccount, DiskFull) as exc:
-                log.warning("%s: reply to call %s not sent: %s", phone, call.id, exc)
+        try:
+            await self._sending.send_in_turn(phone, OutgoingMessage(to=identity(call.from_jid), text=reply),
+                                             {"call": call.id})  # to the person: WhatsApp refuses a device JID
+        except SEND_REFUSALS as exc:
+            log.warning("%s: reply to call %s not sent: %s", phone, call.id, exc)
