@@ -87,11 +87,16 @@ def _without_autoincrement(conn: sqlite3.Connection) -> None:
     _rebuild_if_empty(conn)
 
 
+def _autoincrement(conn: sqlite3.Connection) -> bool:
+    """Whether the spool table still has AUTOINCREMENT (see upgrade 3)."""
+    (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'spool'").fetchone()
+    return "AUTOINCREMENT" in sql.upper()
+
+
 def _rebuild_if_empty(conn: sqlite3.Connection) -> bool:
     """Make an empty spool table one without AUTOINCREMENT (see upgrade 3); True when it was rebuilt.
     Within the caller's transaction."""
-    (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'spool'").fetchone()
-    if "AUTOINCREMENT" not in sql.upper() or conn.execute("SELECT 1 FROM spool LIMIT 1").fetchone() is not None:
+    if not _autoincrement(conn) or conn.execute("SELECT 1 FROM spool LIMIT 1").fetchone() is not None:
         return False
     conn.execute("DROP TABLE spool")
     conn.execute("CREATE TABLE spool (seq INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL,"
@@ -159,6 +164,8 @@ class Spool:
     def _drop_autoincrement(self) -> None:
         """A spool upgraded to version 3 while it held entries keeps its AUTOINCREMENT table until it is
         found empty at an open (upgrade 3's docstring); a failure (a full disk) leaves it for the next."""
+        if not _autoincrement(self._conn):  # the common case: no transaction at each start
+            return
         try:
             with transaction(self._conn):
                 rebuilt = _rebuild_if_empty(self._conn)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from ..accounts.outbox import IDEMPOTENCY_WINDOW, OutboxEntry
+from ..accounts.outbox import IDEMPOTENCY_WINDOW, OutboxEntry, encode_request
 from .pg import Locked, PgSchema, PgUpgrade, masked
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class PgOutbox:
                 wa_id: str | None = None) -> tuple[OutboxEntry, bool]:
         """Queue a send; (entry, False). If `client_id` is already waiting: (that entry, True), nothing added.
         `wa_id`: its first try begins at once, in the same statement (as `begin_attempt`)."""
-        data = json.dumps(request, separators=(",", ":"))
+        data = encode_request(request)
         created = self._now()
         while True:  # the lock is not reentrant: a second try happens outside it
             with self._db.lock:
