@@ -102,7 +102,7 @@ SCHEMA = Schema("outbox", "queued sends", [
 _COLUMNS = "id, account, request, client_id, created_at, wa_id, tries"
 # A send request as both outboxes store it (this file and store/pg_outbox.py); one encoder, stateless:
 # json.dumps would build one per call.
-encode_request = json.JSONEncoder(separators=(",", ":")).encode
+request_json = json.JSONEncoder(separators=(",", ":")).encode
 _INSERT = "INSERT INTO outbox (account, request, client_id, created_at, wa_id, tries) VALUES (?, ?, ?, ?, ?, ?)"
 _INSERT_NEW = f"{_INSERT} ON CONFLICT (account, client_id) WHERE client_id IS NOT NULL DO NOTHING RETURNING id"
 
@@ -154,7 +154,7 @@ class Outbox:
         `wa_id`: its first try begins at once, in the same commit (as `begin_attempt(entry.id, wa_id)`):
         a send that goes to the engine now. Like `begin_attempt`, durable only with the next `sync()`.
         The entry returned holds `request` itself (not a copy read back): the caller must not change it."""
-        data = encode_request(request)
+        data = request_json(request)
         created = self._now()
         tries = 0 if wa_id is None else 1
         replaced: int | None = None  # a removed entry of the same client id whose delete was held

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from ..accounts.outbox import IDEMPOTENCY_WINDOW, OutboxEntry, encode_request
+from ..accounts.outbox import IDEMPOTENCY_WINDOW, OutboxEntry, request_json
 from .pg import Locked, PgSchema, PgUpgrade, masked
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class PgOutbox:
                 wa_id: str | None = None) -> tuple[OutboxEntry, bool]:
         """Queue a send; (entry, False). If `client_id` is already waiting: (that entry, True), nothing added.
         `wa_id`: its first try begins at once, in the same statement (as `begin_attempt`)."""
-        data = encode_request(request)
+        data = request_json(request)
         created = self._now()
         while True:  # the lock is not reentrant: a second try happens outside it
             with self._db.lock:
