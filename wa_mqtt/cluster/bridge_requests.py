@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable
 
 import aiomqtt
@@ -25,6 +24,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..config import MqttConfig, mask_url
+from ..mqtt.broker import Backoff
 from ..mqtt.link import Incoming, broker_address, tls_context_for
 from ..mqtt.paho_client import incoming_of
 
@@ -61,7 +61,7 @@ class BridgeRequestLink:
             logger=log.getChild("client"))
 
     async def run(self) -> None:
-        delay = 0.5
+        backoff = Backoff()
         while True:
             try:
                 async with self._client() as client:
@@ -73,13 +73,12 @@ class BridgeRequestLink:
                         log.error("MQTT broker refused the bridge-request subscription %s (%s): this bridge "
                                   "answers no bridge request; check the broker's access rules", self._filter, granted)
                     self._subscribed.set()
-                    delay = 0.5
+                    backoff.reset()
                     log.debug("cluster: bridge requests subscribed on their own connection (%s)", self._filter)
                     async for message in client.messages:
                         await self._on_message(incoming_of(message, (self._subscription_id,)))
             except aiomqtt.MqttError as exc:
                 self._subscribed.set()  # the main link is not held up by this one's trouble
                 log.warning("MQTT broker %s: the bridge-request connection dropped (%s); retrying in %.1f s",
-                            self._url_for_logs, exc, delay)
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, 30.0)
+                            self._url_for_logs, exc, backoff.delay)
+            await backoff.wait()

@@ -1,8 +1,11 @@
-"""Where the broker is and how to log in: the `mqtt.url` parsed, the TLS context for mqtts://, and
-whether a refused connection was a refused login (no connection made here)."""
+"""Where the broker is and how to log in: the `mqtt.url` parsed, the TLS context for mqtts://,
+whether a refused connection was a refused login, and how long to wait before the next try
+(`Backoff`; no connection made here)."""
 
 from __future__ import annotations
 
+import asyncio
+import random
 import ssl
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
@@ -18,6 +21,24 @@ def login_refused(exc: aiomqtt.MqttError) -> bool:
     134, 135): a credentials problem, not an unreachable broker."""
     rc = getattr(exc, "rc", None)
     return isinstance(exc, MqttConnectError) and getattr(rc, "value", rc) in (4, 5, 134, 135)
+
+
+class Backoff:
+    """The wait between connection attempts: `FIRST` s, doubling up to `CAP` s, each wait ±20 %
+    (bridges restarted together do not come back in step); `reset()` after a connection that worked."""
+
+    FIRST = 0.5
+    CAP = 30.0
+
+    def __init__(self) -> None:
+        self.delay = self.FIRST  # the next wait, before its jitter (what a log line says)
+
+    def reset(self) -> None:
+        self.delay = self.FIRST
+
+    async def wait(self) -> None:
+        await asyncio.sleep(self.delay * random.uniform(0.8, 1.2))
+        self.delay = min(self.delay * 2, self.CAP)
 
 
 @dataclass(frozen=True)

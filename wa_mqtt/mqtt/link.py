@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import random
 import socket
 import sqlite3
 from collections import deque
@@ -34,7 +33,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..config import MqttConfig, mask_url
-from .broker import BrokerAddress, broker_address, login_refused, tls_context_for
+from .broker import Backoff, BrokerAddress, broker_address, login_refused, tls_context_for
 from .packets import Incoming
 from .paho_client import CLIENT_LOG, WARNING_EVERY, Intake, PahoClient, ReadAhead, coalesce
 from .spool import Spool, SpoolEntry
@@ -164,11 +163,11 @@ class MqttLink:
 
     # -- the connection loop -------------------------------------------------------------------
     async def run(self) -> None:
-        delay = 0.5
+        backoff = Backoff()
         while True:
             try:
                 await self._session()
-                delay = 0.5
+                backoff.reset()
             except aiomqtt.MqttError as exc:
                 self._mark_disconnected()
                 if self.connects == 0 and self._v5 and "protocol" in str(exc).lower():
@@ -177,11 +176,10 @@ class MqttLink:
                     continue
                 if login_refused(exc):
                     log.error("MQTT broker %s refused the login (%s): check the user name and password in mqtt.url "
-                              "and the broker's access rules; retrying in %.1f s", self._url_for_logs, exc, delay)
+                              "and the broker's access rules; retrying in %.1f s", self._url_for_logs, exc, backoff.delay)
                 else:
-                    log.warning("MQTT broker %s unreachable (%s); retrying in %.1f s", self._url_for_logs, exc, delay)
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, 30.0)
+                    log.warning("MQTT broker %s unreachable (%s); retrying in %.1f s", self._url_for_logs, exc, backoff.delay)
+            await backoff.wait()
 
     async def shutdown(self, drain_timeout: float = 5.0) -> None:
         """Publish what is queued (bounded), then `offline` (retained), then disconnect."""
