@@ -2,6 +2,9 @@
 
     python bench/raw_clients.py relay PORT PREFIX [--respond]
         republishes every `PREFIX/in/...` message (QoS 1) on `PREFIX/out/...` (`PREFIX/resp/...`)
+    python bench/raw_clients.py floor PORT PREFIX DIR
+        answers every `PREFIX/in/...` request on `PREFIX/resp/...` after the send path's mandatory
+        steps, at their cheapest (see `floor`), keeping its SQLite file in DIR
     python bench/raw_clients.py produce PORT TOPIC COUNT [--interval S] [--stamp]
         publishes COUNT payloads (QoS 1) when it reads a line on stdin, every S seconds or at once;
         `--stamp` adds `sim_emitted_at` (CLOCK_MONOTONIC at publish) as the sim does
@@ -16,10 +19,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import selectors
 import socket
+import sqlite3
+import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -68,6 +76,103 @@ def relay(port: int, prefix: str, respond: bool) -> None:
     client.loop_stop()
 
 
+# The floor's engine: a child process that hands every line back as it reads it (it does no work).
+ECHO = "import os\nwhile chunk := os.read(0, 65536):\n    os.write(1, chunk)\n"
+
+
+def floor(port: int, prefix: str, directory: Path) -> None:
+    """The cheapest client that does what the bridge must do for each send, nothing more: the
+    request recorded durably (an SQLite WAL insert, committed) before it is handed to a child process
+    over a pipe, the child's answer read back, the record deleted (committed), then the response and
+    two more QoS 1 publishes (the bridge's receipt and the sim's `sent` echo), each of those two
+    spooled durably first (inserted, committed; deleted once acknowledged, one delete per loop turn).
+    One thread runs it all on one `select` (paho's socket, the child's pipe), so nothing is handed
+    between threads, and the pipe writes of a turn go out together. It skips what the bridge also
+    does: validation, the fsync before the engine call, the engine's own work, ordering, retries,
+    statuses. So it is a floor: a Python send path with these steps costs at least this much."""
+    directory.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(directory / "floor.db", isolation_level=None)
+    for pragma in ("page_size=1024", "journal_mode=WAL", "synchronous=NORMAL"):
+        db.execute(f"PRAGMA {pragma}")
+    db.execute("CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY, request BLOB NOT NULL)")
+    db.execute("CREATE TABLE IF NOT EXISTS spool (seq INTEGER PRIMARY KEY, topic TEXT NOT NULL, "
+               "payload BLOB NOT NULL)")
+    engine = subprocess.Popen([sys.executable, "-c", ECHO], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+    assert engine.stdin is not None and engine.stdout is not None
+    to_engine, from_engine = engine.stdin.fileno(), engine.stdout.fileno()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"raw-floor-{time.monotonic_ns()}",
+                         protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(RECEIVE_MAXIMUM)
+    client.max_queued_messages_set(0)
+    client.on_socket_open = lambda _c, _u, sock: sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    waiting: dict[int, str] = {}  # outbox id: the response topic
+    lines: list[bytes] = []  # for the engine, written once per turn
+    spool = {"newest": 0, "acked": 0, "deleted": 0}
+    state = {"subscribed": False}
+
+    def on_message(_c: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
+        json.loads(message.payload)
+        entry = db.execute("INSERT INTO outbox (request) VALUES (?)", (message.payload,)).lastrowid
+        assert entry is not None
+        waiting[entry] = message.topic.replace("/in/", "/resp/", 1)
+        lines.append(json.dumps({"id": entry, "send": message.payload.decode()}).encode() + b"\n")
+
+    def answer(line: bytes) -> None:
+        reply = json.loads(line)
+        db.execute("DELETE FROM outbox WHERE id = ?", (reply["id"],))
+        client.publish(waiting.pop(reply["id"]), reply["send"], qos=1)
+        for kind in ("receipt", "sent"):
+            body = json.dumps({"id": "3EB0C767D26A1B2C0000", "kind": kind, "at": time.time()}).encode()
+            spool["newest"] += 1
+            db.execute("INSERT INTO spool VALUES (?, ?, ?)", (spool["newest"], f"{prefix}/events/{kind}", body))
+            client.publish(f"{prefix}/events/{kind}", body, qos=1)
+
+    def on_publish(*_args: object) -> None:
+        spool["acked"] += 1
+
+    client.on_message = on_message
+    client.on_publish = on_publish
+    client.on_subscribe = lambda *_args: state.update(subscribed=True)
+    client.on_connect = lambda c, *_args: c.subscribe(f"{prefix}/in/#", qos=1)
+    client.connect("127.0.0.1", port)
+    selector = selectors.DefaultSelector()
+    selector.register(client.socket(), selectors.EVENT_READ, "mqtt")
+    selector.register(from_engine, selectors.EVENT_READ, "engine")
+    selector.register(sys.stdin, selectors.EVENT_READ, "stdin")
+    partial = b""
+    ready_at: float | None = None
+    while True:
+        for key, _ in selector.select(0.1 if ready_at is None else 1.0):
+            if key.data == "mqtt":
+                client.loop_read()
+            elif key.data == "engine":
+                chunk = partial + os.read(from_engine, 65536)
+                *complete, partial = chunk.split(b"\n")
+                for line in complete:
+                    answer(line)
+            elif not sys.stdin.readline():  # the benchmark closed our stdin
+                client.disconnect()
+                engine.stdin.close()
+                engine.wait()
+                return
+        if lines:
+            os.write(to_engine, b"".join(lines))
+            lines.clear()
+        # one delete per turn for what was acknowledged (spool entries are 2 of each send's 3 publishes)
+        acked = spool["acked"] * 2 // 3
+        if acked > spool["deleted"]:
+            db.execute("DELETE FROM spool WHERE seq <= ?", (acked,))
+            spool["deleted"] = acked
+        while client.want_write():
+            client.loop_write()
+        client.loop_misc()
+        if state["subscribed"] and ready_at is None:
+            ready_at = time.monotonic() + 0.25  # as `relay`
+        if ready_at is not None and ready_at <= time.monotonic() and ready_at > 0:
+            print("ready", flush=True)
+            ready_at = 0.0
+
+
 def produce(port: int, topic: str, count: int, interval: float, stamp: bool) -> None:
     client, _ = connect(port, "raw-producer")
     acked = threading.Semaphore(0)
@@ -97,6 +202,10 @@ def main() -> None:
     relay_args.add_argument("port", type=int)
     relay_args.add_argument("prefix")
     relay_args.add_argument("--respond", action="store_true")
+    floor_args = sub.add_parser("floor")
+    floor_args.add_argument("port", type=int)
+    floor_args.add_argument("prefix")
+    floor_args.add_argument("directory", type=Path)
     produce_args = sub.add_parser("produce")
     produce_args.add_argument("port", type=int)
     produce_args.add_argument("topic")
@@ -106,6 +215,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "relay":
         relay(args.port, args.prefix, args.respond)
+    elif args.command == "floor":
+        floor(args.port, args.prefix, args.directory)
     else:
         produce(args.port, args.topic, args.count, args.interval, args.stamp)
 
