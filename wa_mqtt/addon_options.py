@@ -1,5 +1,5 @@
 """Home Assistant add-on start: maps the add-on options and the Supervisor's MQTT service onto the
-bridge's config (`config.yaml` keys), validated by `wa_mqtt.config.build_config`.
+bridge's config (`config.yaml` keys), validated by `wa_mqtt.config_loading.build_config`.
 
 `OPTION_PATHS` is the whole mapping, option → config key; `options_to_config` applies it (pure).
 `main` is the add-on's edge: it reads `/data/options.json`, asks the Supervisor for the MQTT
@@ -24,7 +24,8 @@ from urllib.parse import quote
 import yaml
 
 from .ai.settings import SUPERVISOR_TOKEN_VARIABLE
-from .config import ConfigError, build_config, deep_merge, read_yaml
+from .config import ConfigError
+from .config_loading import build_config, deep_merge, read_yaml
 from .config_migrations import VERSION_KEY, ConfigVersionError, Migration, current_version, describe, migrate
 
 SESSIONS_DIR = "/data/sessions"

@@ -33,7 +33,8 @@ from .cluster.coordinator import Coordinator
 from .cluster.gate import BRIDGE_SUBSCRIPTION, RequestGate
 from .cluster.publisher import InstanceTopics, instance_state_topic
 from .cluster.setup import instance_name, join_cluster, leave_cluster, run_cluster
-from .config import Config, ConfigError, config_changes, config_file_complete, load_config, without_restart_changes
+from .config import Config, ConfigError, config_changes, without_restart_changes
+from .config_loading import config_file_complete, load_config
 from .disk_full import DiskFullWatch
 from .engines.base import Engine, Intake
 from .engines.options import EngineOptions

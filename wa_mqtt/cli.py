@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import ENV_PREFIX, Config, ConfigError, file_secrets, load_config, read_yaml
+from .config import ENV_PREFIX, Config, ConfigError
+from .config_loading import load_config, read_yaml
 from .config_migrations import describe
+from .config_secrets import file_secrets
 
 log = logging.getLogger("wa_mqtt")
 

@@ -1,32 +1,27 @@
-"""The bridge's configuration: pydantic models of config.yaml, loading from file + environment, errors.
+"""The bridge's configuration: pydantic models of config.yaml, and what a live reload may change.
 
-One validated `Config` object is built here and passed down; no other module reads the environment
-or config files. Environment variables `WA_MQTT_<SECTION>__<KEY>` (or `WA_MQTT_<KEY>` for top-level
-keys) override the file; their values are parsed as YAML scalars (`true`, `5`, `[a, b]`). The file's
-own data is first brought to the current `version` (config_migrations.py).
+One validated `Config` object is built (config_loading.py: file, environment, flags) and passed down.
+A reload applies what it can and names the settings that need a restart (`RESTART_KEYS`,
+`config_changes`). Secrets are masked by config_secrets.py's list.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from .ai.settings import SECRET_KEYS as AI_SECRET_KEYS
-from .ai.settings import supervisor_defaults
 from .auto_reply_rules import AutoReplyLimits, AutoReplyRules
-from .config_migrations import CONFIG_VERSION, ConfigVersionError, Migration, current_version, migrate
+from .config_migrations import CONFIG_VERSION, Migration, current_version
+from .config_secrets import SECRET_MASK, at_path, mask_url, secret_paths
 from .health_config import AlertsConfig, MetricsConfig, WatchdogConfig
 from .model import phone_list
 
 ENV_PREFIX = "WA_MQTT_"
-SECRET_MASK = "***"
 PROXY_SCHEMES = ("http", "https", "socks5")
 
 
@@ -328,9 +323,9 @@ class Config(_Section):
     def masked(self) -> dict[str, Any]:
         """The effective config as JSON with every secret replaced by `***` (for bridge/info)."""
         data = self.model_dump(mode="json")
-        for path, is_url in _secret_paths(data):
+        for path, is_url in secret_paths(data):
             *parents, key = path
-            node = _at_path(data, parents)
+            node = at_path(data, parents)
             if isinstance(node, dict) and node.get(key):
                 node[key] = mask_url(node[key]) if is_url else SECRET_MASK
         return data
@@ -371,191 +366,3 @@ def without_restart_changes(old: Config, new: Config) -> Config:
     return new.model_copy(update=update)
 
 
-def mask_url(url: str | None) -> str | None:
-    """`mqtt://user:secret@host` → `mqtt://user:***@host`."""
-    if not url:
-        return url
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    netloc = f"{parts.username}:{SECRET_MASK}@{host}" if parts.username else f":{SECRET_MASK}@{host}"
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
-    """The overrides from `WA_MQTT_*` variables, and which variable set each key path (for errors)."""
-    overrides: dict[str, Any] = {}
-    sources: dict[tuple[str, ...], str] = {}
-    for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX):
-            continue
-        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
-        if not path:
-            continue
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
-            value = raw
-        if path[-1] in ("url", "proxy", "client_id", "base_topic", "token") and value is not None:
-            value = raw  # never reinterpret strings that only look like YAML
-        node = overrides
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = value
-        sources[tuple(path)] = name
-    return overrides, sources
-
-
-def deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """`extra` over `base`, mappings merged key by key."""
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def describe_validation_error(exc: ValidationError, env_sources: Mapping[tuple[str, ...], str] | None = None) -> str:
-    """One line per problem: `mqtt.embedded_port: Input should be less than or equal to 65535`; a value
-    that came from the environment names its variable."""
-    lines = []
-    for err in exc.errors():
-        loc = tuple(str(p) for p in err["loc"])
-        key = ".".join(loc) or "(top level)"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        variable = next((name for path, name in (env_sources or {}).items() if loc[:len(path)] == path), None)
-        if variable is not None:
-            msg += f" (from the environment variable {variable}{_section_hint(loc)})"
-        lines.append(f"{key}: {msg}")
-    return "; ".join(lines)
-
-
-def _section_hint(loc: tuple[str, ...]) -> str:
-    """`WA_MQTT_MQTT_URL` meant `WA_MQTT_MQTT__URL`: say so when an unknown top-level key starts with a
-    section's name."""
-    if len(loc) != 1:
-        return ""
-    sections = [name for name, field in Config.model_fields.items()
-                if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)]
-    section = max((name for name in sections if loc[0].startswith(name + "_")), key=len, default=None)
-    if section is None:
-        return ""
-    inner = loc[0][len(section) + 1:].upper()
-    return f"; a key inside a section takes two underscores: {ENV_PREFIX}{section.upper()}__{inner}"
-
-
-def read_yaml(path: Path, *, missing_ok: bool = True, empty_ok: bool = True) -> dict[str, Any]:
-    """The mapping in a YAML file. A missing file, or one with no settings at all (empty, only
-    comments), is an empty config unless `missing_ok` / `empty_ok` say it is an error."""
-    if not path.exists():
-        if missing_ok:
-            return {}
-        raise ConfigError(f"{path}: no such file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    if data is None:
-        if empty_ok:
-            return {}
-        raise ConfigError(f"{path}: the file is empty (no settings); a half-written file is not applied")
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys")
-    return data
-
-
-def config_file_complete(path: Path) -> bool:
-    """Whether `path` holds a readable mapping of settings (not missing, empty or broken YAML), as a
-    file half-way through being rewritten in place would not."""
-    try:
-        read_yaml(path, missing_ok=False, empty_ok=False)
-    except ConfigError:
-        return False
-    return True
-
-
-def _secret_paths(data: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], bool]]:
-    """Every place config data (a file's own, or `Config`'s JSON dump) may hold a secret, in order:
-    (key path, whether it is a URL whose password is the secret). The one list `Config.masked` and
-    `file_secrets` both read: a new secret is added here."""
-    paths: list[tuple[tuple[str | int, ...], bool]] = [
-        (("mqtt", "url"), True), (("proxy",), True), (("store", "url"), True), (("backups", "encryption_key"), False)]
-    rules = data.get("auto_reply")
-    for index in range(len(rules) if isinstance(rules, list) else 0):  # issue 16: an AI rule's api_key / token
-        paths += [(("auto_reply", index, "ai", key), False) for key in AI_SECRET_KEYS]
-    paths.append((("web", "token"), False))
-    return paths
-
-
-def _at_path(data: Any, path: Sequence[str | int]) -> Any:
-    """The value at `path` (keys of mappings, indexes of lists), or None where the data has no such place."""
-    for part in path:
-        if isinstance(part, int):
-            data = data[part] if isinstance(data, list) else None
-        else:
-            data = data.get(part) if isinstance(data, Mapping) else None
-    return data
-
-
-def file_secrets(data: Mapping[str, Any]) -> list[str]:
-    """The keys of a config file's own data that hold a secret (a password in a URL, the backup key...)."""
-    found = []
-    for path, is_url in _secret_paths(data):
-        value = _at_path(data, path)
-        if is_url:
-            try:
-                secret = isinstance(value, str) and bool(urlsplit(value).password)
-            except ValueError:  # not a URL (an unclosed "[" ...): validation says so, not this
-                secret = False
-        else:
-            secret = bool(value)
-        if secret:
-            found.append(".".join(str(part) for part in path))
-    return found
-
-
-def build_config(
-    data: Mapping[str, Any],
-    environ: Mapping[str, str] | None = None,
-    cli_overrides: Mapping[str, Any] | None = None,
-) -> Config:
-    """File data (migrated to the current `version`), then environment, then command-line flags;
-    validated. Raises ConfigError."""
-    try:
-        current, applied = migrate(data)
-    except ConfigVersionError as exc:
-        raise ConfigError(str(exc)) from None
-    env, env_sources = _env_overrides(environ or {})
-    merged = deep_merge(current, env)
-    merged = deep_merge(merged, cli_overrides or {})
-    merged = supervisor_defaults(merged, environ or {})  # the add-on: Home Assistant through the Supervisor
-    try:
-        config = Config.model_validate(merged)
-    except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, env_sources)) from None
-    config._migrations = tuple(applied)
-    return config
-
-
-def load_config(
-    path: Path,
-    environ: Mapping[str, str] | None = None,
-    cli_overrides: Mapping[str, Any] | None = None,
-    *,
-    missing_ok: bool = True,
-    empty_ok: bool = True,
-) -> Config:
-    """Load and validate `path` with environment and flag overrides (see `read_yaml` for the flags)."""
-    data = read_yaml(path, missing_ok=missing_ok, empty_ok=empty_ok)
-    return build_config(data, os.environ if environ is None else environ, cli_overrides)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from wa_mqtt.app import App, make_engine
-from wa_mqtt.config import build_config
+from wa_mqtt.config_loading import build_config
 from wa_mqtt.engines.neonize_engine import NeonizeEngine
 
 from harness import Broker, Probe

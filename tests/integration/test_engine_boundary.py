@@ -13,7 +13,8 @@ import pytest
 
 from wa_mqtt.accounts.outbox import Outbox
 from wa_mqtt.accounts.supervisor import Supervisor
-from wa_mqtt.config import Config, EngineProcessConfig, build_config
+from wa_mqtt.config import Config, EngineProcessConfig
+from wa_mqtt.config_loading import build_config
 from wa_mqtt.engines import protocol as p
 from wa_mqtt.engines.base import EngineError
 from wa_mqtt.engines.launch import ChildProcess, ForkServer, exec_child, fork_server_available

@@ -29,7 +29,8 @@ import yaml
 
 import wa_mqtt
 from wa_mqtt import addon_options as ao
-from wa_mqtt.config import ConfigError, build_config
+from wa_mqtt.config import ConfigError
+from wa_mqtt.config_loading import build_config
 
 ROOT = Path(__file__).resolve().parents[2]
 ADDON = ROOT / "addon"

@@ -20,7 +20,8 @@ from wa_mqtt.ai.responder import Responder, clip
 from wa_mqtt.ai.settings import SUPERVISOR_CORE_URL, HomeAssistantSettings, OpenAiSettings
 from wa_mqtt.auto_reply_rules import AutoReplyLimits
 from wa_mqtt.automations import ReplyHistory, decide
-from wa_mqtt.config import build_config, file_secrets
+from wa_mqtt.config_loading import build_config
+from wa_mqtt.config_secrets import file_secrets
 from wa_mqtt.model import IncomingMessage
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)

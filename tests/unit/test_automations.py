@@ -10,7 +10,8 @@ import yaml
 
 from wa_mqtt.auto_reply_rules import AutoReplyLimits, AutoReplyRule, Window
 from wa_mqtt.automations import PlannedReply, ReplyHistory, decide
-from wa_mqtt.config import ConfigError, build_config
+from wa_mqtt.config import ConfigError
+from wa_mqtt.config_loading import build_config
 from wa_mqtt.model import IncomingMessage
 
 ME = "557996277210"

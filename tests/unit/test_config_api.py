@@ -6,16 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from wa_mqtt.config import (
-    ConfigError,
-    build_config,
-    config_changes,
-    file_secrets,
-    load_config,
-    mask_url,
-    read_yaml,
-    without_restart_changes,
-)
+from wa_mqtt.config import ConfigError, config_changes, without_restart_changes
+from wa_mqtt.config_loading import build_config, load_config, read_yaml
+from wa_mqtt.config_secrets import file_secrets, mask_url
 from wa_mqtt.mqtt import api
 from wa_mqtt.mqtt.topics import Topics, parse_request_topic, parse_sim_topic
 

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from wa_mqtt import addon_options, cli, config_migrations
-from wa_mqtt.config import ConfigError, build_config, load_config
+from wa_mqtt.config import ConfigError
+from wa_mqtt.config_loading import build_config, load_config
 from wa_mqtt.config_migrations import CONFIG_VERSION, Migration, describe, migrate
 
 REPO = Path(__file__).resolve().parents[2]

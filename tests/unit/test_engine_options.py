@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from wa_mqtt.config import Config, EngineProcessConfig, OutgoingConfig, build_config
+from wa_mqtt.config import Config, EngineProcessConfig, OutgoingConfig
+from wa_mqtt.config_loading import build_config
 from wa_mqtt.engines import protocol as p
 from wa_mqtt.engines.base import EngineSession, SimControllable
 from wa_mqtt.engines.neonize_engine import NeonizeEngine

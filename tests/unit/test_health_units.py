@@ -13,7 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from wa_mqtt.alerting import Problem, alert_text, episodes_from_json, episodes_json, problem_of, recovered_text
-from wa_mqtt.config import ConfigError, build_config
+from wa_mqtt.config import ConfigError
+from wa_mqtt.config_loading import build_config
 from wa_mqtt.errors import ErrorCode
 from wa_mqtt.features.metrics import AccountFigures, Snapshot, families
 from wa_mqtt.features.watchdog import period, silent_for

@@ -25,7 +25,8 @@ from test_outbox import (
     test_the_whatsapp_id_is_chosen_once_and_kept_for_every_try,
 )
 
-from wa_mqtt.config import ConfigError, build_config
+from wa_mqtt.config import ConfigError
+from wa_mqtt.config_loading import build_config
 from wa_mqtt.store.pg import PgSchema, PgSchemaTooNew, PgUnavailable, PgUpgrade, connect, masked, upgrade
 from wa_mqtt.store.pg_dedup import PgSeenIds
 from wa_mqtt.store.pg_outbox import PgOutbox

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from wa_mqtt.config import ConfigError, WebConfig, build_config
+from wa_mqtt.config import ConfigError, WebConfig
+from wa_mqtt.config_loading import build_config
 from wa_mqtt.engines.base import EngineError, Paired, Qr
 from wa_mqtt.engines.sim import SimEngine
 from wa_mqtt.errors import ErrorCode

@@ -23,7 +23,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from ..config import MqttConfig, mask_url
+from ..config import MqttConfig
+from ..config_secrets import mask_url
 from ..mqtt.broker import Backoff
 from ..mqtt.link import Incoming, broker_address, tls_context_for
 from ..mqtt.paho_client import incoming_of

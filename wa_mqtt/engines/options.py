@@ -18,7 +18,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, SerializationInfo, ValidationError, field_serializer
 
-from ..config import Config, MediaConfig, OutgoingConfig, describe_validation_error, mask_url
+from ..config import Config, MediaConfig, OutgoingConfig
+from ..config_loading import describe_validation_error
+from ..config_secrets import mask_url
 from ..media import MediaPolicy
 
 EngineName = Literal["neonize", "sim"]

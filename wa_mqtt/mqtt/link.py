@@ -32,7 +32,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from ..config import MqttConfig, mask_url
+from ..config import MqttConfig
+from ..config_secrets import mask_url
 from .broker import Backoff, BrokerAddress, broker_address, login_refused, tls_context_for
 from .packets import Incoming
 from .paho_client import CLIENT_LOG, WARNING_EVERY, Intake, PahoClient, ReadAhead, coalesce
