@@ -257,18 +257,20 @@ async def raw_request_response(broker: Broker, n: int, window: int) -> tuple[flo
                                     lambda i: json.dumps({"to": "5511988887777", "text": "x", "transaction": i}))
 
 
-async def floor_request_response(broker: Broker, n: int, window: int, directory: Path) -> tuple[float, float]:
+async def floor_request_response(broker: Broker, n: int, window: int,
+                                 directory: Path) -> tuple[float, list[float], float]:
     """The send path's floor (raw_clients.py `floor`: a plain client doing the bridge's mandatory steps
-    for each send, at their cheapest), driven like the send benchmark: (seconds, CPU seconds of it and
-    its child)."""
+    for each send, at their cheapest), driven like the send benchmark: (seconds, latencies in ms, CPU
+    seconds of it and its child)."""
     prefix = f"floor{time.monotonic_ns()}"
     async with RawClient("floor", str(broker.port), prefix, str(directory)) as floor:
         processes = [floor.pid, *descendants_of(floor.pid)]
         before = sum(cpu_seconds(pid) for pid in processes)
-        elapsed, _ = await drive_requests(broker, n, window, f"{prefix}/in", f"{prefix}/resp",
-                                          lambda i: json.dumps({"to": "5511988887777", "text": "x", "transaction": i}))
+        elapsed, latencies = await drive_requests(
+            broker, n, window, f"{prefix}/in", f"{prefix}/resp",
+            lambda i: json.dumps({"to": "5511988887777", "text": "x", "transaction": i}))
         cpu = sum(cpu_seconds(pid) for pid in processes) - before
-    return elapsed, cpu
+    return elapsed, latencies, cpu
 
 
 async def drive_requests(broker: Broker, n: int, window: int, request_prefix: str, response_prefix: str,
@@ -431,7 +433,7 @@ class Bench:
     async def sends(self) -> None:
         n, window = (500, 20) if self.quick else (2000, 20)
         raw_elapsed, raw_lat = await raw_request_response(self.broker, n, window)
-        floor_elapsed, floor_cpu = await floor_request_response(self.broker, n, window,
+        floor_elapsed, floor_lat, floor_cpu = await floor_request_response(self.broker, n, window,
                                                                 self.work / f"{self.broker_name}-floor")
         env = self.env("sends")
         bridge = BridgeProcess(env)
@@ -455,6 +457,8 @@ class Bench:
                      "raw request/response responder, pipelined", "≤ 2 × raw"))
         self.add(Row("send path floor: a plain client doing a send's mandatory steps (sends/s)", n / floor_elapsed,
                      "sends/s", n / raw_elapsed, "raw request/response responder, pipelined"))
+        self.add(Row("send path floor p99 (ms)", percentile(floor_lat, 99), "ms", percentile(raw_lat, 99),
+                     "raw request/response responder, pipelined"))
         self.add(Row(f"send path, {n} sends: wa_mqtt against that floor (sends/s)", n / elapsed, "sends/s",
                      n / floor_elapsed, "the floor (raw_clients.py floor: 4 durable writes, a child process, "
                      "3 publishes per send)"))
