@@ -228,7 +228,7 @@ class SimSession(SimControlsMixin, SimIncomingMixin):
 
     async def send(self, message: OutgoingMessage, message_id: str | None = None, retry: bool = False) -> SendResult:
         self._require_connected()
-        if message_id is not None and (first := self._delivered_at(message_id)) is not None:
+        if message_id is not None and (first := self._delivered_at(message_id, message.media is None)) is not None:
             log.info("%s: message %s was delivered before; dropped as WhatsApp does", self.phone, message_id)
             return SendResult(id=message_id, timestamp=first, already_sent=True)
         to = await resolving.resolve(message.to, self._numbers, self._is_on_whatsapp)
@@ -269,8 +269,18 @@ class SimSession(SimControlsMixin, SimIncomingMixin):
             await asyncio.sleep(seconds)  # WhatsApp has it; the bridge hears of it only now
         return SendResult(id=msg_id, timestamp=now)
 
-    def _delivered_at(self, message_id: str) -> datetime | None:
-        row = self._sent_ids().execute("SELECT sent_at FROM sim_sent WHERE id = ?", (message_id,)).fetchone()
+    def _delivered_at(self, message_id: str, in_batch: bool = False) -> datetime | None:
+        """When `message_id` was delivered, if it was (and is not pruned yet). Batched, with `in_batch`
+        (a send that waits for nothing before it records its id: no media, and the sim's number check
+        answers at once), the look-up begins the turn's transaction, so the turn takes the store's
+        lock once, not once for it and again for the write (each time checking the journal: ~20
+        system calls). Not a media send: it may wait (a fetch), and a transaction held open across it
+        would block the store's other writers (its groups, contacts, LID map) until it ends."""
+        db = self._sent_ids()
+        if in_batch and self._batched and not db.in_transaction:
+            db.execute("BEGIN")
+            self._uncommitted = True  # ended by `commit_sent_ids`, before this turn's output, as a write
+        row = db.execute("SELECT sent_at FROM sim_sent WHERE id = ?", (message_id,)).fetchone()
         return datetime.fromisoformat(row[0]) if row else None
 
     def _record_delivery(self, message_id: str, now: datetime) -> None:
