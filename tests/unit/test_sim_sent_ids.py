@@ -4,11 +4,15 @@ file in place when the session went online (a logout and a new link, a restored 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from wa_mqtt.accounts.backups import backup_store, restore_from_backup
+from wa_mqtt.engines.base import EngineError
 from wa_mqtt.engines.sim import SENT_IDS_KEPT, SimEngine, SimSession
 from wa_mqtt.engines.sim_store import write_device
 from wa_mqtt.model import OutgoingMessage
@@ -108,4 +112,27 @@ async def test_a_store_replaced_while_offline_is_the_one_used_after(tmp_path: Pa
     assert not await already_sent(session, "X1")
     assert await already_sent(session, "X2")
     assert stored_ids(store) == {"X1", "X2"}
+    await session.close()
+
+
+async def test_a_batched_turn_holds_the_store_only_until_its_ids_are_committed(tmp_path: Path) -> None:
+    """In an engine child a turn's sent ids are committed at once (`batch_sent_ids`), and a text send's
+    look-up begins that transaction: a repeat or a refused send, which write nothing, end it too, so
+    the store's other writers (its groups, contacts, LID map, a backup's reader) are never held."""
+    store, clock = tmp_path / "store.db", FakeClock()
+    session = await linked_session(store, clock)
+    session.batch_sent_ids()
+    await session.sim_control("contacts", json.dumps({"not_on_whatsapp": ["5511977776666"]}).encode())
+    assert not await already_sent(session, "B1")
+    session.commit_sent_ids()
+    assert stored_ids(store) == {"B1"}
+    assert await already_sent(session, "B1")  # a repeat: a look-up only
+    with pytest.raises(EngineError):
+        await session.send(OutgoingMessage(to="5511977776666", text="hi"), "B2")  # no account: refused
+    session.commit_sent_ids()
+    writer = sqlite3.connect(store, timeout=0)  # no wait: the store is free at once
+    with writer:
+        writer.execute("CREATE TABLE probe (x)")
+    writer.close()
+    assert stored_ids(store) == {"B1"}
     await session.close()
