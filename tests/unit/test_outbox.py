@@ -375,3 +375,36 @@ def test_completing_an_entry_that_expired_meanwhile_on_a_full_disk_holds_no_remo
     box.complete(gone, "3EB0")  # its sent record cannot be written: held in memory
     assert len(box.pending(A)) == 1 and box.depth(A) == 1 and box.sent_id(A, "c" * 20000) == "3EB0"
     box.close()
+
+
+def test_complete_all_is_one_commit_for_the_sends_answered_together(tmp_path: Path, clock: FakeClock,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `complete` does to each, in one statement (or one transaction with client ids): entries gone
+    meanwhile skipped, client ids remembered, the count kept; on a full disk all of it held."""
+    box = Outbox(tmp_path / "outbox.db", clock)
+    gone, _ = box.enqueue(A, request("gone"), None)
+    clock.advance(10)
+    kept, _ = box.enqueue(A, request("kept"), None)
+    one, _ = box.enqueue(A, request("one"), None, "3EB0ONE")
+    two, _ = box.enqueue(A, request("two"), "k2", "3EB0TWO")
+    three, _ = box.enqueue(A, request("three"), None)
+    assert box.take_expired(A, 5) == [gone]  # expired while it was with the engine
+    commits = box._commits
+    statements: list[str] = []
+    box._conn.set_trace_callback(statements.append)
+    box.complete_all([(one, "3EB0ONE"), (gone, "3EB0GONE"), (two, "3EB0TWO")])
+    box._conn.set_trace_callback(None)
+    assert box._commits == commits + 1 and sum(s.startswith("DELETE FROM outbox") for s in statements) == 1
+    assert [e.id for e in box.pending(A)] == [kept.id, three.id] and box.depth(A) == 2
+    assert box.sent_id(A, "k2") == "3EB0TWO"
+    box.complete_all([(three, "3EB0THREE")])
+    assert box.depth(A) == 1
+    last, _ = box.enqueue(A, request("last"), "k9")
+    first = box.pending(A)[0]
+    monkeypatch.setattr("wa_mqtt.accounts.outbox.is_disk_full", lambda exc, path: True)  # what a full disk raises
+    box._conn.execute("CREATE TEMP TRIGGER refuse BEFORE DELETE ON outbox BEGIN SELECT RAISE(FAIL, 'full'); END")
+    box.complete_all([(first, "3EB0FIRST"), (last, "3EB0LAST")])  # held in memory, honoured by every read
+    assert box.pending(A) == [] and box.depth(A) == 0 and box.held == 3 and box.sent_id(A, "k9") == "3EB0LAST"
+    box._conn.execute("DROP TRIGGER refuse")
+    assert box.write_held(10) and box.held == 0 and box.pending(A) == [] and box.sent_id(A, "k9") == "3EB0LAST"
+    box.close()

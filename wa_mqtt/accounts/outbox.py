@@ -26,7 +26,8 @@ per send). The connection always runs at SQLite's synchronous=NORMAL (no fsync o
 outbox fsyncs the WAL file itself where one is due, after the commit: what a synchronous=FULL commit
 does, and it covers every commit before it too (no PRAGMA is switched per call):
 - `enqueue` (with its first try begun, or not), `begin_attempt`, `end_attempt` (a lost one only
-  flags the next try a retry, harmless), `complete` / `complete_and_begin` commit without an fsync;
+  flags the next try a retry, harmless), `complete` / `complete_and_begin` / `complete_all` commit
+  without an fsync;
 - before an engine call the caller runs `sync()` (one fsync of the WAL, which makes every commit
   before it durable, in order): the entry, its `wa_id` and its counted try are on disk before
   WhatsApp may have the message, so after a power loss it is retried under that id and flagged a
@@ -54,7 +55,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -310,6 +311,43 @@ class Outbox:
                     self._sent[(entry.account, entry.client_id)] = (wa_id, now)
         self._held_one(error)
         return None
+
+    def complete_all(self, done: Sequence[tuple[OutboxEntry, str]]) -> None:
+        """`complete(entry, wa_id)` of each pair in one transaction: the sends the engine answered
+        together (one commit for all, not one each; committed before any of them is answered, as
+        `complete`). Entries gone already (expired meanwhile) are skipped. On a full disk every
+        completion is held as in `complete`."""
+        if len(done) == 1:
+            self.complete_and_begin(done[0][0], done[0][1], None)
+            return
+        now = self._now()
+        ids = [entry.id for entry, _ in done]
+        sent = [(entry.account, entry.client_id, wa_id, now) for entry, wa_id in done if entry.client_id is not None]
+        delete = f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(ids))}) RETURNING account"
+        with self._lock:
+            try:
+                if not sent:  # one DELETE: a transaction of its own
+                    gone = self._conn.execute(delete, ids).fetchall()
+                else:
+                    with transaction(self._conn):
+                        gone = self._conn.execute(delete, ids).fetchall()
+                        self._write_sent(sent, now)
+                self._commits += 1
+                for entry_id in ids:
+                    self._removed.pop(entry_id, None)
+                for (account,) in gone:
+                    self._rows[account] -= 1
+                return
+            except sqlite3.Error as exc:
+                if not is_disk_full(exc, self.path):
+                    raise
+                error = exc
+                for entry, wa_id in done:
+                    if self._conn.execute("SELECT 1 FROM outbox WHERE id = ?", (entry.id,)).fetchone() is not None:
+                        self._removed[entry.id] = entry.account  # else gone already: nothing to hold
+                    if entry.client_id is not None:
+                        self._sent[(entry.account, entry.client_id)] = (wa_id, now)
+        self._held_one(error)
 
     def remove(self, entry_id: int) -> None:
         """Forget one entry (sent, or answered with an error). Unknown ids are ignored."""

@@ -11,7 +11,7 @@ import asyncio
 import itertools
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from .. import events as ev
@@ -201,7 +201,9 @@ class SendPipeline:
         that must wait (not connected, the engine went away mid-call, a full disk) stays queued, and so
         does every send after it that was not with the engine yet (the engine refuses the chained ones
         it has: `SendsInOrder`); they are answered `queued: true` and go out in order with the next
-        flush. A send the engine refused for good is answered with its error; the ones after it go on."""
+        flush. A send the engine refused for good is answered with its error; the ones after it go on.
+        The successful answers found in at once leave the outbox in one commit (`complete_all`), before
+        any of them is answered: what a kill or power loss does to them is what it does to one."""
         try:
             while self._pipeline:
                 piped = self._pipeline[0]
@@ -236,9 +238,11 @@ class SendPipeline:
                     self._outbox.remove(piped.entry.id)  # refused: nothing to retry
                     self._unpipe(piped, exc)
                     continue
-                self._outbox.complete(started, result.id)
-                self._sent(piped.entry, result)
-                self._unpipe(piped, SendOutcome(id=result.id, queued=False))
+                done = [(piped, started, result), *_answered(self._pipeline)]
+                self._outbox.complete_all([(started, result.id) for _, started, result in done])
+                for piped, _, result in done:
+                    self._sent(piped.entry, result)
+                    self._unpipe(piped, SendOutcome(id=result.id, queued=False))
                 self._hand()  # room in the engine window
         finally:
             for piped in list(self._pipeline):  # cancelled (closing): they wait in the outbox for the next start
@@ -359,6 +363,16 @@ class _Piped:
     synced: bool = False  # ... and that is on disk (fsync'd): it may go to the engine
     started: OutboxEntry | None = None  # the entry with its try begun: its WhatsApp id; None when gone
     reply: asyncio.Future[SendResult] | None = None  # its engine call, when handed to a `SendsInOrder` session
+
+
+def _answered(pipeline: deque[_Piped]) -> Iterator[tuple[_Piped, OutboxEntry, SendResult]]:
+    """The sends right behind the first one the engine answered already, successfully, in order: they
+    are completed with it (one commit, `Outbox.complete_all`), as the loop in `_pipe` would one by one."""
+    for piped in itertools.islice(pipeline, 1, None):
+        reply, started = piped.reply, piped.started
+        if reply is None or started is None or not reply.done() or reply.cancelled() or reply.exception() is not None:
+            return
+        yield piped, started, reply.result()
 
 
 def _in_order(session: object) -> SendsInOrder | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -130,6 +130,15 @@ class PgOutbox:
             if next_attempt is not None:
                 begun = self._db.conn.execute(_BEGIN, (next_attempt[1], next_attempt[0])).fetchone()
         return _entry(begun) if begun else None
+
+    def complete_all(self, done: Sequence[tuple[OutboxEntry, str]]) -> None:
+        """`complete(entry, wa_id)` of each pair, in one transaction."""
+        now = self._now()
+        sent = [(entry.account, entry.client_id, wa_id, now) for entry, wa_id in done if entry.client_id is not None]
+        with self._db.lock, self._db.conn.transaction():
+            self._db.conn.execute("DELETE FROM wa_mqtt_outbox WHERE id = ANY(%s)", ([entry.id for entry, _ in done],))
+            if sent:
+                self._write_sent(sent, now)
 
     def remove(self, entry_id: int) -> None:
         """Forget one entry (sent, or answered with an error). Unknown ids are ignored."""
