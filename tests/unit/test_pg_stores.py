@@ -92,6 +92,16 @@ def test_sent_ids_are_remembered_for_the_window_and_pruned(outbox: PgOutbox, clo
     assert rows == [("k2",)]
 
 
+def test_complete_all_removes_the_sends_answered_together_and_keeps_their_client_ids(outbox: PgOutbox) -> None:
+    one, _ = outbox.enqueue(A, request("one"), None, "3EB0ONE")
+    kept, _ = outbox.enqueue(A, request("kept"), None)
+    two, _ = outbox.enqueue(A, request("two"), "k2", "3EB0TWO")
+    outbox.remove(one.id)  # gone meanwhile: skipped
+    outbox.complete_all([(one, "3EB0ONE"), (two, "3EB0TWO")])
+    assert [e.id for e in outbox.pending(A)] == [kept.id] and outbox.depth(A) == 1
+    assert outbox.sent_id(A, "k2") == "3EB0TWO"
+
+
 def test_two_bridges_share_one_queue_one_client_id_and_one_set_of_seen_ids(pg_url: str, clock: FakeClock) -> None:
     first, second = PgOutbox(pg_url, clock), PgOutbox(pg_url, clock)
     seen_1, seen_2 = PgSeenIds(pg_url), PgSeenIds(pg_url)
