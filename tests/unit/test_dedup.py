@@ -12,6 +12,7 @@ import pytest
 
 from wa_mqtt.accounts import dedup
 from wa_mqtt.accounts.dedup import SeenIds
+from wa_mqtt.store.protocols import SeenStore
 
 A, B = "557996277210", "5511999999999"
 
@@ -23,30 +24,32 @@ def seen(tmp_path: Path):
     ids.close()
 
 
-def test_first_time_only_once_per_account(seen: SeenIds) -> None:
-    assert seen.first_time(A, "3EB0X") is True
-    assert seen.first_time(A, "3EB0X") is False
-    assert seen.first_time(B, "3EB0X") is True
-    assert seen.first_time(A, "3EB0Y") is True
+def handled(seen: SeenStore, account: str, message_id: str) -> bool:
+    """An incoming id as features/state_publisher.py's `_on_message` takes it: `seen` first (a duplicate
+    is dropped: False), else the message is handed on and its id then remembered (True)."""
+    if seen.seen(account, message_id):
+        return False
+    seen.remember(account, message_id)
+    return True
+
+
+def test_an_id_is_handled_once_per_account(seen: SeenIds) -> None:
+    assert handled(seen, A, "3EB0X") is True
+    assert handled(seen, A, "3EB0X") is False
+    assert handled(seen, B, "3EB0X") is True
+    assert handled(seen, A, "3EB0Y") is True
 
 
 def test_keeps_the_newest_window_ids_per_account(seen: SeenIds) -> None:
     for i in range(8):
-        assert seen.first_time(A, f"m{i}")
-    seen.first_time(B, "b0")
+        assert handled(seen, A, f"m{i}")
+    handled(seen, B, "b0")
     # m0..m2 were pushed out (window 5): they count as new again; the newest five do not
-    assert [seen.first_time(A, f"m{i}") for i in range(3, 8)] == [False] * 5
-    assert seen.first_time(A, "m0") is True
-    assert seen.first_time(B, "b0") is False  # another account's ids are not pushed out by A
+    assert [handled(seen, A, f"m{i}") for i in range(3, 8)] == [False] * 5
+    assert handled(seen, A, "m0") is True
+    assert handled(seen, B, "b0") is False  # another account's ids are not pushed out by A
     count = seen._conn.execute("SELECT COUNT(*) FROM seen WHERE account = ?", (A,)).fetchone()[0]
     assert count == 5
-
-
-def test_forget_makes_an_id_new_again(seen: SeenIds) -> None:
-    assert seen.first_time(A, "x")
-    seen.forget(A, "x")
-    seen.forget(A, "never-seen")
-    assert seen.first_time(A, "x") is True
 
 
 def test_survives_restart_and_sigkill(tmp_path: Path) -> None:
@@ -57,15 +60,16 @@ def test_survives_restart_and_sigkill(tmp_path: Path) -> None:
         from wa_mqtt.accounts.dedup import SeenIds
         seen = SeenIds(Path({str(path)!r}), window=100)
         for i in range(150):
-            assert seen.first_time({A!r}, "id%d" % i)
+            assert not seen.seen({A!r}, "id%d" % i)
+            seen.remember({A!r}, "id%d" % i)
         os.kill(os.getpid(), signal.SIGKILL)
     """)
     assert subprocess.run([sys.executable, "-c", child], timeout=30).returncode == -9
     seen = SeenIds(path, window=100)
     try:
-        assert not any(seen.first_time(A, f"id{i}") for i in range(50, 150))
-        assert seen.first_time(A, "id49") is True  # out of the window
-        assert seen.first_time(A, "id150") is True
+        assert not any(handled(seen, A, f"id{i}") for i in range(50, 150))
+        assert handled(seen, A, "id49") is True  # out of the window
+        assert handled(seen, A, "id150") is True
         count = seen._conn.execute("SELECT COUNT(*) FROM seen").fetchone()[0]
         assert count == 100  # the count loaded on open keeps the bound exact
     finally:
@@ -86,12 +90,12 @@ def test_a_full_window_is_trimmed_in_steps_not_per_id(tmp_path: Path) -> None:
     try:
         counts = []
         for i in range(1100):
-            assert seen.first_time(A, f"id{i}")
+            assert handled(seen, A, f"id{i}")
             counts.append(seen._conn.execute("SELECT COUNT(*) FROM seen").fetchone()[0])
         assert max(counts) == 1028 and min(counts[1023:]) == 1024
         assert len(deletes) == (1100 - 1028 - 1) // 5 + 1  # every fifth id past 1028, not 72
-        assert not any(seen.first_time(A, f"id{i}") for i in range(1100 - 1024, 1100))  # the newest window kept
-        assert seen.first_time(A, "id0") is True  # trimmed: new again
+        assert not any(handled(seen, A, f"id{i}") for i in range(1100 - 1024, 1100))  # the newest window kept
+        assert handled(seen, A, "id0") is True  # trimmed: new again
     finally:
         seen.close()
 
@@ -118,9 +122,9 @@ def test_a_version_1_file_keeps_its_ids_and_their_order(tmp_path: Path) -> None:
     assert dedup.SCHEMA.version == 2
     seen = SeenIds(path, window=3)
     try:
-        assert not seen.first_time(A, "old0") and not seen.first_time(A, "old1") and not seen.first_time(B, "b")
-        assert seen.first_time(A, "new0") and seen.first_time(A, "new1")  # old0 is the oldest: trimmed
-        assert [seen.first_time(A, i) for i in ("old1", "new0", "new1", "old0")] == [False, False, False, True]
+        assert not handled(seen, A, "old0") and not handled(seen, A, "old1") and not handled(seen, B, "b")
+        assert handled(seen, A, "new0") and handled(seen, A, "new1")  # old0 is the oldest: trimmed
+        assert [handled(seen, A, i) for i in ("old1", "new0", "new1", "old0")] == [False, False, False, True]
     finally:
         seen.close()
     conn = sqlite3.connect(path)

@@ -15,6 +15,7 @@ import pytest
 
 from wa_mqtt.accounts.outbox import PAGE_SIZE, Outbox
 from wa_mqtt.disk_full import DiskFull
+from wa_mqtt.store.protocols import OutboxStore
 
 T0 = datetime(2026, 11, 24, 10, 0, 0, tzinfo=UTC)
 A, B = "557996277210", "5511999999999"
@@ -46,6 +47,14 @@ def outbox(tmp_path: Path, clock: FakeClock):
 def request(text: str) -> dict:
     return {"message": {"to": B, "text": text}, "transaction": {"t": text},
             "route": {"response_topic": "reply/here", "correlation": "00ff"}}
+
+
+def send(box: OutboxStore, account: str, client_id: str, wa_id: str) -> None:
+    """A send that went out, recorded as the bridge records it: queued with its client id and its
+    WhatsApp id, then completed (which remembers the client id as sent)."""
+    entry, duplicate = box.enqueue(account, request(client_id), client_id, wa_id)
+    assert not duplicate
+    box.complete(entry, wa_id)
 
 
 def test_enqueue_keeps_order_per_account(outbox: Outbox, clock: FakeClock) -> None:
@@ -105,14 +114,14 @@ def test_clear_account(outbox: Outbox) -> None:
 
 def test_sent_ids_are_remembered_for_the_window(outbox: Outbox, clock: FakeClock) -> None:
     assert outbox.sent_id(A, "k") is None
-    outbox.remember_sent(A, "k", "3EB0AAA")
+    send(outbox, A, "k", "3EB0AAA")
     assert outbox.sent_id(A, "k") == "3EB0AAA"
     assert outbox.sent_id(B, "k") is None
     clock.advance(24 * 3600 - 1)
     assert outbox.sent_id(A, "k") == "3EB0AAA"
     clock.advance(2)
     assert outbox.sent_id(A, "k") is None
-    outbox.remember_sent(A, "k2", "3EB0BBB")  # prunes the expired record
+    send(outbox, A, "k2", "3EB0BBB")  # prunes the expired record
     rows = outbox._conn.execute("SELECT client_id FROM sent").fetchall()
     assert rows == [("k2",)]
 
@@ -129,7 +138,7 @@ def test_naive_clock_is_refused(tmp_path: Path) -> None:
 def test_persists_across_reopen_and_is_private(tmp_path: Path, clock: FakeClock) -> None:
     box = Outbox(tmp_path / "outbox.db", clock)
     entry, _ = box.enqueue(A, request("one"), "key")
-    box.remember_sent(A, "sent-key", "3EB0CCC")
+    send(box, A, "sent-key", "3EB0CCC")
     box.close()
     assert stat.S_IMODE((tmp_path / "outbox.db").stat().st_mode) == 0o600
     box = Outbox(tmp_path / "outbox.db", clock)
@@ -151,7 +160,8 @@ def test_survives_sigkill(tmp_path: Path, clock: FakeClock) -> None:
         box = Outbox(Path({str(path)!r}), lambda: datetime(2026, 11, 24, 10, tzinfo=timezone.utc))
         for i in range(20):
             box.enqueue({A!r}, {{"message": {{"text": "m%d" % i}}}}, "k%d" % i)
-        box.remember_sent({A!r}, "done", "3EB0DDD")
+        done, _ = box.enqueue({A!r}, {{"message": {{"text": "done"}}}}, "done", "3EB0DDD")
+        box.complete(done, "3EB0DDD")
         os.kill(os.getpid(), signal.SIGKILL)
     """)
     assert subprocess.run([sys.executable, "-c", child], timeout=30).returncode == -9
@@ -263,7 +273,7 @@ def test_depth_is_counted_in_memory_and_matches_the_file(tmp_path: Path, clock: 
 def test_fsyncs_follow_the_commits_that_promise_them(tmp_path: Path, clock: FakeClock,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """SQLite runs at synchronous=NORMAL; the outbox fsyncs its WAL itself, after the commit, exactly
-    where a power loss must not undo a change (remove, expiry, clear, remember_sent) and on `sync()`."""
+    where a power loss must not undo a change (remove, expiry, clear) and on `sync()`."""
     path = tmp_path / "outbox.db"
     box = Outbox(path, clock)
     assert box._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL: no PRAGMA per call
@@ -289,8 +299,11 @@ def test_fsyncs_follow_the_commits_that_promise_them(tmp_path: Path, clock: Fake
     box.remove(second.id)
     assert seen == [1, 0]  # after the commit: the delete is what gets synced
     box.remove(second.id)  # nothing removed: nothing to sync
-    box.remember_sent(A, "k9", "3EB0NINE")
-    assert len(seen) == 3
+    assert len(seen) == 2
+    send(box, A, "k9", "3EB0NINE")  # a completion that records a client id waits for no disk either
+    assert len(seen) == 2
+    box.sync()
+    assert seen == [1, 0, 0]
     box.sync()  # covered by the last fsync already
     assert len(seen) == 3
     box.enqueue(A, request("old"), None)
@@ -312,16 +325,16 @@ def test_sent_records_past_the_window_are_pruned_at_most_once_a_minute(outbox: O
     def on_file() -> list[str]:
         return sorted(row[0] for row in outbox._conn.execute("SELECT client_id FROM sent"))
 
-    outbox.remember_sent(A, "old", "3EB0OLD")
+    send(outbox, A, "old", "3EB0OLD")
     clock.advance(24 * 3600 - 10)
-    outbox.remember_sent(A, "x", "3EB0X")  # pruned now: nothing past the window yet
+    send(outbox, A, "x", "3EB0X")  # pruned now: nothing past the window yet
     clock.advance(20)  # "old" is past the window
     entry, _ = outbox.enqueue(A, request("y"), "y")
     outbox.complete(entry, "3EB0Y")  # 20 s after the last prune: no prune
     assert outbox.sent_id(A, "old") is None and outbox.sent_id(A, "y") == "3EB0Y"
     assert on_file() == ["old", "x", "y"]
     clock.advance(41)
-    outbox.remember_sent(A, "z", "3EB0Z")  # a minute on: pruned
+    send(outbox, A, "z", "3EB0Z")  # a minute on: pruned
     assert on_file() == ["x", "y", "z"]
 
 
@@ -369,11 +382,12 @@ def test_completing_an_entry_that_expired_meanwhile_on_a_full_disk_holds_no_remo
     assert box.take_expired(A, -1) == [gone, other]
     box.enqueue(A, request("three"), None)
     for i in range(200):  # use up the file's free pages, then forbid growth
-        box.remember_sent(A, f"fill{i}" * 20, "W")
+        send(box, A, f"fill{i}" * 20, "W")
     pages = box._conn.execute("PRAGMA page_count").fetchone()[0]
     box._conn.execute(f"PRAGMA max_page_count = {pages}")
     box.complete(gone, "3EB0")  # its sent record cannot be written: held in memory
     assert len(box.pending(A)) == 1 and box.depth(A) == 1 and box.sent_id(A, "c" * 20000) == "3EB0"
+    assert box.held == 1  # the sent record only
     box.close()
 
 

@@ -10,12 +10,13 @@ import textwrap
 from collections.abc import Iterator
 
 import pytest
-from test_dedup import test_first_time_only_once_per_account, test_forget_makes_an_id_new_again
+from test_dedup import handled, test_an_id_is_handled_once_per_account
 from test_outbox import (
     A,
     B,
     FakeClock,
     request,
+    send,
     test_clear_account,
     test_duplicate_client_id_returns_the_waiting_entry,
     test_enqueue_keeps_order_per_account,
@@ -36,7 +37,7 @@ REUSED = (  # the SQLite stores' tests, collected again here with the PostgreSQL
     test_next_pending_sees_entries_queued_meanwhile, test_remove_and_accounts,
     test_take_expired_uses_the_clock,
     test_the_whatsapp_id_is_chosen_once_and_kept_for_every_try,
-    test_first_time_only_once_per_account, test_forget_makes_an_id_new_again,
+    test_an_id_is_handled_once_per_account,
 )
 
 
@@ -61,11 +62,11 @@ def seen(pg_url: str) -> Iterator[PgSeenIds]:
 
 def test_keeps_the_newest_window_ids_per_account(seen: PgSeenIds, pg_url: str) -> None:
     for i in range(8):
-        assert seen.first_time(A, f"m{i}")
-    seen.first_time(B, "b0")
-    assert [seen.first_time(A, f"m{i}") for i in range(3, 8)] == [False] * 5
-    assert seen.first_time(A, "m0") is True  # pushed out, new again
-    assert seen.first_time(B, "b0") is False
+        assert handled(seen, A, f"m{i}")
+    handled(seen, B, "b0")
+    assert [handled(seen, A, f"m{i}") for i in range(3, 8)] == [False] * 5
+    assert handled(seen, A, "m0") is True  # pushed out, new again
+    assert handled(seen, B, "b0") is False
     with connect(pg_url) as conn:
         row = conn.execute("SELECT COUNT(*) FROM wa_mqtt_seen WHERE account = %s", (A,)).fetchone()
     assert row is not None and row[0] == 5
@@ -80,13 +81,13 @@ def test_seen_asks_for_two_ids_in_one_round_trip(seen: PgSeenIds) -> None:
 
 
 def test_sent_ids_are_remembered_for_the_window_and_pruned(outbox: PgOutbox, clock: FakeClock, pg_url: str) -> None:
-    outbox.remember_sent(A, "k", "3EB0AAA")
+    send(outbox, A, "k", "3EB0AAA")
     assert outbox.sent_id(B, "k") is None
     clock.advance(24 * 3600 - 1)
     assert outbox.sent_id(A, "k") == "3EB0AAA"
     clock.advance(2)
     assert outbox.sent_id(A, "k") is None
-    outbox.remember_sent(A, "k2", "3EB0BBB")  # prunes the expired record
+    send(outbox, A, "k2", "3EB0BBB")  # prunes the expired record
     with connect(pg_url) as conn:
         rows = conn.execute("SELECT client_id FROM wa_mqtt_sent").fetchall()
     assert rows == [("k2",)]
@@ -115,7 +116,7 @@ def test_two_bridges_share_one_queue_one_client_id_and_one_set_of_seen_ids(pg_ur
         assert begun is not None and begun.tries == 1
         second.complete(begun, "WAID1")
         assert first.sent_id(A, "c1") == "WAID1" and first.depth(A) == 0
-        assert seen_1.first_time(A, "in-1") and not seen_2.first_time(A, "in-1")
+        assert handled(seen_1, A, "in-1") and not handled(seen_2, A, "in-1")
     finally:
         for store in (first, second, seen_1, seen_2):
             store.close()

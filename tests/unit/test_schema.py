@@ -295,9 +295,11 @@ def test_an_unversioned_dedup_file_is_taken_as_version_1_with_its_ids(tmp_path: 
         "INSERT INTO seen (account, message_id) VALUES (?, ?)", [(A, "m1"), (A, "m2")]))
     seen = SeenIds(path, window=3)
     try:
-        assert not seen.first_time(A, "m1") and not seen.first_time(A, "m2")
-        assert seen.first_time(A, "m3") and seen.first_time(A, "m4")  # the window counted the old rows:
-        assert seen.first_time(A, "m1")  # m1 was the oldest of 4 and is gone
+        assert seen.seen(A, "m1") and seen.seen(A, "m2")
+        for new in ("m3", "m4"):  # as features/state_publisher.py: asked, handed on, then remembered
+            assert not seen.seen(A, new)
+            seen.remember(A, new)
+        assert not seen.seen(A, "m1")  # the window counted the old rows: m1 was the oldest of 4 and is gone
     finally:
         seen.close()
     assert version_of(path) == dedup.SCHEMA.version  # and upgrade 2 (the keyed table) kept them too

@@ -6,7 +6,7 @@ ids at the default window instead of a transaction with a DELETE for every messa
 an id kept a little longer is only ever dropped as a duplicate, as it was published).
 `remember` records an id, committed before it returns (a process kill afterwards keeps it): ask
 `seen` first, hand the message on, then `remember` it, so a crash in between repeats a message
-rather than losing it. `first_time` does both steps at once (`forget` undoes it).
+rather than losing it.
 
 A full disk: an id that cannot be written is held in memory (still counted as seen) and reported to
 `report`; `write_held` writes the held ids once there is space (disk_full.DiskFullWatch calls it).
@@ -112,23 +112,6 @@ class SeenIds:
             self._held[(account, message_id)] = None
         if self._report is not None:
             self._report(self.name, error)
-
-    def first_time(self, account: str, message_id: str) -> bool:
-        """True the first time `message_id` is seen for `account` (and remember it), else False."""
-        if self.seen(account, message_id):
-            return False
-        self.remember(account, message_id)
-        return True
-
-    def forget(self, account: str, message_id: str) -> None:
-        """Un-see an id (handing the message on failed), so its redelivery is handled."""
-        with self._lock:
-            if self._held.pop((account, message_id), 0) is None:
-                return
-            removed = self._conn.execute("DELETE FROM seen WHERE account = ? AND message_id = ?",
-                                         (account, message_id)).rowcount
-            if removed:
-                self._counts[account] -= removed
 
     @property
     def held(self) -> int:

@@ -38,12 +38,12 @@ does, and it covers every commit before it too (no PRAGMA is switched per call):
 - a completion left unsynced can be lost with power: the entry comes back with its `wa_id` and
   `tries`, and its retry is recognised as sent (sim, WhatsApp by id; neonize by the messageSecret),
   so it is answered again but not sent again; the client id comes back with it (still deduplicated);
-- `remove` (a refused send), `remember_sent`, expiry, `clear` and the writing of held records fsync
+- `remove` (a refused send), expiry, `clear` and the writing of held records fsync
   right after their commit, before they return: a refused send must not come back and go out.
 With `synchronous="NORMAL"` nothing is fsync'd by the outbox (a power loss may lose the last commits).
 
 A full disk: a send that cannot be queued is refused (`DiskFull`, nothing was sent). What records a
-send already made (`remove`, `remember_sent`, expiry) cannot be refused: it is held in memory, honoured
+send already made (`complete`, `remove`, expiry) cannot be refused: it is held in memory, honoured
 by every read (a removed entry is never sent again, a sent id stays known), reported to `report`, and
 written by `write_held` once there is space (disk_full.DiskFullWatch calls it).
 """
@@ -397,24 +397,6 @@ class Outbox:
         return sorted(account for account in self._rows if self.depth(account) > 0)
 
     # -- idempotency -----------------------------------------------------------------------------
-    def remember_sent(self, account: str, client_id: str, wa_id: str) -> None:
-        """Record that `client_id` went out as WhatsApp message `wa_id`; prune records past the window."""
-        now = self._now()
-        error: sqlite3.Error | None = None
-        with self._lock:
-            try:
-                with transaction(self._conn):
-                    self._write_sent([(account, client_id, wa_id, now)], now)
-            except sqlite3.Error as exc:
-                if not is_disk_full(exc, self.path):
-                    raise
-                error = exc
-                self._sent[(account, client_id)] = (wa_id, now)
-        if error is None:
-            self._durable()
-            return
-        self._held_one(error)
-
     def sent_id(self, account: str, client_id: str) -> str | None:
         """The WhatsApp id `client_id` was sent as within the window, else None."""
         cutoff = self._now() - self._window

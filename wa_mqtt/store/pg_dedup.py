@@ -67,22 +67,6 @@ class PgSeenIds:
             return
         self._write([(account, message_id)])
 
-    def first_time(self, account: str, message_id: str) -> bool:
-        """True the first time `message_id` is seen for `account` (and remember it), else False."""
-        if self.seen(account, message_id):
-            return False
-        self.remember(account, message_id)
-        return True
-
-    def forget(self, account: str, message_id: str) -> None:
-        """Un-see an id (handing the message on failed), so its redelivery is handled."""
-        with self._held_lock:
-            if self._held.pop((account, message_id), 0) is None:
-                return
-        with self._db.lock:
-            self._db.conn.execute("DELETE FROM wa_mqtt_seen WHERE account = %s AND message_id = %s",
-                                  (account, message_id))
-
     @property
     def held(self) -> int:
         return len(self._held)

@@ -168,12 +168,6 @@ class PgOutbox:
         return [str(row[0]) for row in rows]
 
     # -- idempotency -----------------------------------------------------------------------------
-    def remember_sent(self, account: str, client_id: str, wa_id: str) -> None:
-        """Record that `client_id` went out as WhatsApp message `wa_id`; prune records past the window."""
-        now = self._now()
-        with self._db.lock, self._db.conn.transaction():
-            self._write_sent([(account, client_id, wa_id, now)], now)
-
     def sent_id(self, account: str, client_id: str) -> str | None:
         """The WhatsApp id `client_id` was sent as within the window, else None."""
         cutoff = self._now() - self._window
