@@ -97,6 +97,8 @@ def floor(port: int, prefix: str, directory: Path) -> None:
     db.execute("CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY, request BLOB NOT NULL)")
     db.execute("CREATE TABLE IF NOT EXISTS spool (seq INTEGER PRIMARY KEY, topic TEXT NOT NULL, "
                "payload BLOB NOT NULL)")
+    for table in ("outbox", "spool"):  # an earlier run's last entries: its spool numbers start at 1 again
+        db.execute(f"DELETE FROM {table}")
     engine = subprocess.Popen([sys.executable, "-c", ECHO], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
     assert engine.stdin is not None and engine.stdout is not None
     to_engine, from_engine = engine.stdin.fileno(), engine.stdout.fileno()
@@ -146,7 +148,10 @@ def floor(port: int, prefix: str, directory: Path) -> None:
             if key.data == "mqtt":
                 client.loop_read()
             elif key.data == "engine":
-                chunk = partial + os.read(from_engine, 65536)
+                read = os.read(from_engine, 65536)
+                if not read:
+                    raise SystemExit("the floor's engine process ended")
+                chunk = partial + read
                 *complete, partial = chunk.split(b"\n")
                 for line in complete:
                     answer(line)

@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import cast
 
 import pytest
 
+from wa_mqtt import events as ev
 from wa_mqtt.accounts.outbox import Outbox
 from wa_mqtt.accounts.send_pipeline import SendPipeline
 from wa_mqtt.bus import EventBus
@@ -80,3 +81,51 @@ async def test_no_send_reaches_the_engine_before_its_try_is_fsyncd(tmp_path: Pat
     assert [r.id for r in results] == engine.handed  # in order, each with its own id
     assert engine.unsynced == []  # none before its try was on disk
     assert 1 <= fsyncs < N  # a group commit: the sends accepted together share an fsync
+
+
+class GatedEngine:
+    """An in-order engine session whose answers wait for `gate`."""
+
+    def __init__(self) -> None:
+        self.gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.handed: list[str] = []
+
+    async def send_in_order(self, message: OutgoingMessage, message_id: str, retry: bool,
+                            chained: bool) -> SendResult:
+        self.handed.append(message_id)
+        await self.gate
+        return SendResult(id=message_id)
+
+
+async def test_a_send_with_the_engine_is_not_expired_by_outgoing_ttl(tmp_path: Path) -> None:
+    """`outgoing.ttl` fails sends still queued; one the engine has may be out already: it is answered
+    with its result, once, not also `expired` (it was not "still queued")."""
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    outbox = Outbox(tmp_path / "outbox.db", lambda: now[0])
+    engine = GatedEngine()
+    bus = EventBus()
+    failed: list[ev.SendFailed] = []
+    bus.subscribe(ev.SendFailed, failed.append, "test")
+
+    async def send(message: OutgoingMessage, wa_id: str | None, retry: bool) -> SendResult:
+        raise AssertionError("an in-order session gets its sends by send_in_order")
+
+    session = cast(EngineSession, engine)
+    pipeline = SendPipeline(A, outbox, bus, state=lambda: AccountState.CONNECTED, session=lambda: session,
+                            send=send, ttl=lambda: 60.0, show_depth=lambda depth: None)
+    try:
+        outcome = await pipeline.accept(OutgoingMessage(to=ANA, text="slow"), {"transaction": "t1"})
+        for _ in range(100):  # until the engine has it
+            if engine.handed:
+                break
+            await asyncio.sleep(0.01)
+        assert engine.handed
+        now[0] += timedelta(seconds=120)  # older than outgoing.ttl while WhatsApp takes it
+        pipeline.expire_queued()  # a heartbeat
+        engine.gate.set_result(None)
+        result = await asyncio.wait_for(outcome, 10)
+    finally:
+        await pipeline.close()
+    assert not result.queued and result.id == engine.handed[0]
+    assert failed == [] and outbox.depth(A) == 0 and outbox.pending(A) == []
+    outbox.close()

@@ -55,7 +55,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -372,10 +372,16 @@ class Outbox:
             return
         self._held_one(error)
 
-    def take_expired(self, account: str, ttl_seconds: float) -> list[OutboxEntry]:
-        """Remove and return the account's entries older than `ttl_seconds`, oldest first."""
+    def take_expired(self, account: str, ttl_seconds: float, keep: Collection[int] = ()) -> list[OutboxEntry]:
+        """Remove and return the account's entries older than `ttl_seconds`, oldest first; not those of
+        `keep` (sends with the engine now: they are answered with its result, not `expired`)."""
         cutoff = self._now() - ttl_seconds
-        rows = self._take("account = ? AND created_at < ?", (account, cutoff))
+        where = "account = ? AND created_at < ?"
+        args: tuple[Any, ...] = (account, cutoff)
+        if keep:
+            where += f" AND id NOT IN ({','.join('?' * len(keep))})"
+            args += tuple(keep)
+        rows = self._take(where, args)
         if rows:
             log.info("outbox: %d queued sends of %s expired (older than %g s)", len(rows), account, ttl_seconds)
         return rows

@@ -336,8 +336,9 @@ class SendPipeline:
             self._bus.emit(ev.StatsChanged(self.phone))
 
     def expire_queued(self) -> None:
-        """Fail the queued sends older than `outgoing.ttl` (`expired`)."""
-        for entry in self._outbox.take_expired(self.phone, self._ttl()):
+        """Fail the queued sends older than `outgoing.ttl` (`expired`); not one with the engine now (it
+        may be out already: it is answered with the engine's result)."""
+        for entry in self._outbox.take_expired(self.phone, self._ttl(), self._in_flight):
             self._bus.emit(ev.SendFailed(
                 self.phone, _reply_of(entry), ErrorCode.EXPIRED,
                 f"not sent: still queued after outgoing.ttl ({self._ttl():g} s)"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -145,9 +145,11 @@ class PgOutbox:
         with self._db.lock:
             self._db.conn.execute("DELETE FROM wa_mqtt_outbox WHERE id = %s", (entry_id,))
 
-    def take_expired(self, account: str, ttl_seconds: float) -> list[OutboxEntry]:
-        """Remove and return the account's entries older than `ttl_seconds`, oldest first."""
-        taken = self._take("account = %s AND created_at < %s", (account, self._now() - ttl_seconds))
+    def take_expired(self, account: str, ttl_seconds: float, keep: Collection[int] = ()) -> list[OutboxEntry]:
+        """Remove and return the account's entries older than `ttl_seconds`, oldest first; not those of
+        `keep` (sends with the engine now)."""
+        taken = self._take("account = %s AND created_at < %s AND NOT (id = ANY(%s))",
+                           (account, self._now() - ttl_seconds, list(keep)))
         if taken:
             log.info("outbox: %d queued sends of %s expired (older than %g s)", len(taken), account, ttl_seconds)
         return taken
