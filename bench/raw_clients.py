@@ -83,16 +83,22 @@ ECHO = "import os\nwhile chunk := os.read(0, 65536):\n    os.write(1, chunk)\n"
 def floor(port: int, prefix: str, directory: Path) -> None:
     """The cheapest client that does what the bridge must do for each send, nothing more: the
     request recorded durably (an SQLite WAL insert, committed) before it is handed to a child process
-    over a pipe, the child's answer read back, the record deleted (committed), then the response and
-    two more QoS 1 publishes (the bridge's receipt and the sim's `sent` echo), each of those two
-    spooled durably first (inserted, committed; deleted once acknowledged, one delete per loop turn).
+    over a pipe, the child's answer read back, the record deleted (committed; the answers read together
+    in one statement, as the bridge's `complete_all`), then the response and two more QoS 1 publishes
+    (the bridge's receipt and the sim's `sent` echo), each of those two spooled durably first
+    (inserted, committed; deleted once acknowledged, one delete per loop turn).
     One thread runs it all on one `select` (paho's socket, the child's pipe), so nothing is handed
-    between threads, and the pipe writes of a turn go out together. It skips what the bridge also
-    does: validation, the fsync before the engine call, the engine's own work, ordering, retries,
-    statuses. So it is a floor: a Python send path with these steps costs at least this much."""
+    between threads; the pipe writes of a turn go out together, and so do its MQTT packets, which are
+    also read ahead, with the bridge's own helpers for paho's socket (`ReadAhead`, `coalesce`). It
+    skips what the bridge also does: validation, the fsync before the engine call, the engine's own
+    work, ordering, retries, statuses, WAL checkpoints. So it is a floor: a Python send path with
+    these steps costs at least this much."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's wa_mqtt
+    from wa_mqtt.mqtt.paho_client import ReadAhead, coalesce
+
     directory.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(directory / "floor.db", isolation_level=None)
-    for pragma in ("page_size=1024", "journal_mode=WAL", "synchronous=NORMAL"):
+    for pragma in ("page_size=1024", "journal_mode=WAL", "synchronous=NORMAL", "wal_autocheckpoint=0"):
         db.execute(f"PRAGMA {pragma}")
     db.execute("CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY, request BLOB NOT NULL)")
     db.execute("CREATE TABLE IF NOT EXISTS spool (seq INTEGER PRIMARY KEY, topic TEXT NOT NULL, "
@@ -106,7 +112,12 @@ def floor(port: int, prefix: str, directory: Path) -> None:
                          protocol=mqtt.MQTTv5)
     client.max_inflight_messages_set(RECEIVE_MAXIMUM)
     client.max_queued_messages_set(0)
-    client.on_socket_open = lambda _c, _u, sock: sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def opened(c: mqtt.Client, _userdata: object, sock: socket.socket) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        c._sock = ReadAhead(sock)  # paho reads through it: one recv for what has arrived
+
+    client.on_socket_open = opened
+    client.on_socket_register_write = lambda *_args: None  # queued, written once per turn (below)
     waiting: dict[int, str] = {}  # outbox id: the response topic
     lines: list[bytes] = []  # for the engine, written once per turn
     spool = {"newest": 0, "acked": 0, "deleted": 0}
@@ -119,15 +130,18 @@ def floor(port: int, prefix: str, directory: Path) -> None:
         waiting[entry] = message.topic.replace("/in/", "/resp/", 1)
         lines.append(json.dumps({"id": entry, "send": message.payload.decode()}).encode() + b"\n")
 
-    def answer(line: bytes) -> None:
-        reply = json.loads(line)
-        db.execute("DELETE FROM outbox WHERE id = ?", (reply["id"],))
-        client.publish(waiting.pop(reply["id"]), reply["send"], qos=1)
-        for kind in ("receipt", "sent"):
-            body = json.dumps({"id": "3EB0C767D26A1B2C0000", "kind": kind, "at": time.time()}).encode()
-            spool["newest"] += 1
-            db.execute("INSERT INTO spool VALUES (?, ?, ?)", (spool["newest"], f"{prefix}/events/{kind}", body))
-            client.publish(f"{prefix}/events/{kind}", body, qos=1)
+    def answer(lines_in: list[bytes]) -> None:
+        replies = [json.loads(line) for line in lines_in]
+        ids = [reply["id"] for reply in replies]
+        db.execute(f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(ids))})", ids)
+        for reply in replies:
+            client.publish(waiting.pop(reply["id"]), reply["send"], qos=1)
+            for kind in ("receipt", "sent"):
+                body = json.dumps({"id": "3EB0C767D26A1B2C0000", "kind": kind, "at": time.time()}).encode()
+                spool["newest"] += 1
+                db.execute("INSERT INTO spool VALUES (?, ?, ?)",
+                           (spool["newest"], f"{prefix}/events/{kind}", body))
+                client.publish(f"{prefix}/events/{kind}", body, qos=1)
 
     def on_publish(*_args: object) -> None:
         spool["acked"] += 1
@@ -147,14 +161,16 @@ def floor(port: int, prefix: str, directory: Path) -> None:
         for key, _ in selector.select(0.1 if ready_at is None else 1.0):
             if key.data == "mqtt":
                 client.loop_read()
+                while client._sock is not None and client._sock.pending():  # read ahead: nothing wakes us for it
+                    client.loop_read()
             elif key.data == "engine":
                 read = os.read(from_engine, 65536)
                 if not read:
                     raise SystemExit("the floor's engine process ended")
                 chunk = partial + read
                 *complete, partial = chunk.split(b"\n")
-                for line in complete:
-                    answer(line)
+                if complete:
+                    answer(complete)
             elif not sys.stdin.readline():  # the benchmark closed our stdin
                 client.disconnect()
                 engine.stdin.close()
@@ -168,6 +184,7 @@ def floor(port: int, prefix: str, directory: Path) -> None:
         if acked > spool["deleted"]:
             db.execute("DELETE FROM spool WHERE seq <= ?", (acked,))
             spool["deleted"] = acked
+        coalesce(client._out_packet)  # the turn's packets in one send
         while client.want_write():
             client.loop_write()
         client.loop_misc()

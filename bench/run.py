@@ -455,7 +455,7 @@ class Bench:
                      n / raw_elapsed, "raw request/response responder, pipelined", "≥ 0.8 × raw"))
         self.add(Row("send path p99 (ms)", percentile(lat, 99), "ms", percentile(raw_lat, 99),
                      "raw request/response responder, pipelined", "≤ 2 × raw"))
-        self.add(Row("send path floor: a plain client doing a send's mandatory steps (sends/s)", n / floor_elapsed,
+        self.add(Row("send path floor: the leanest client doing a send's mandatory steps (sends/s)", n / floor_elapsed,
                      "sends/s", n / raw_elapsed, "raw request/response responder, pipelined"))
         self.add(Row("send path floor p99 (ms)", percentile(floor_lat, 99), "ms", percentile(raw_lat, 99),
                      "raw request/response responder, pipelined"))
