@@ -460,7 +460,7 @@ class Bench:
         self.add(Row("send path floor p99 (ms)", percentile(floor_lat, 99), "ms", percentile(raw_lat, 99),
                      "raw request/response responder, pipelined"))
         self.add(Row(f"send path, {n} sends: wa_mqtt against that floor (sends/s)", n / elapsed, "sends/s",
-                     n / floor_elapsed, "the floor (raw_clients.py floor: 4 durable writes, a child process, "
+                     n / floor_elapsed, "the floor (raw_clients.py floor: durable writes, a child process, "
                      "3 publishes per send)"))
         self.add(Row("send path floor: CPU per send (ms)", floor_cpu / n * 1000, "ms", None,
                      "user + system time of the floor client and its child"))
