@@ -4,7 +4,9 @@ queue or its reads fails here."""
 
 from __future__ import annotations
 
+import select
 import socket
+import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -154,3 +156,31 @@ def test_read_ahead_on_a_socket_without_tcp_options_reads_as_before() -> None:
     finally:
         ours.close()
         theirs.close()
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP_QUICKACK is Linux's")
+def test_read_ahead_fill_reads_once_holding_nothing_and_leaves_a_failed_or_ended_read_to_paho() -> None:
+    """`fill` (the client's first read of a read event) takes in what arrived with one recv() and
+    acknowledges it at once; with nothing there, or the peer gone, it holds nothing: paho's own read
+    meets the same and handles it as before."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        ours = _Recording(socket.AF_INET, socket.SOCK_STREAM)
+        ours.connect(server.getsockname())
+        ours.setblocking(False)
+        theirs, _ = server.accept()
+        try:
+            reader = ReadAhead(ours)
+            assert not reader.fill() and reader.pending() == 0  # nothing arrived: BlockingIOError, held nothing
+            theirs.sendall(b"\x40\x02\x00\x01")
+            deadline = time.monotonic() + 5
+            while not reader.fill():
+                assert time.monotonic() < deadline
+            assert ours.quickacks == 2 and reader.pending() == 4
+            assert reader.fill() and ours.quickacks == 2  # held: no read
+            assert reader.packet() == (0x40, b"\x00\x01") and reader.pending() == 0
+            theirs.close()
+            assert select.select([ours], [], [], 5)[0]  # the end of the stream arrived
+            assert not reader.fill() and reader.pending() == 0
+            assert reader.recv(1) == b""  # what paho's read sees again: the connection ended
+        finally:
+            ours.close()

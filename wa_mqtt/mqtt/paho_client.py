@@ -245,13 +245,14 @@ class Paho(mqtt.Client):
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _packet_read(self) -> MQTTErrorCode:
-        """A packet already read ahead (`ReadAhead.packet`) is taken whole: paho reads it in three
-        or more `recv` calls and a loop per length byte. What is not all there (the start of a
-        read, a packet split between reads) paho reads its own way, as before."""
+        """A packet read ahead (`ReadAhead.fill`, then `ReadAhead.packet`) is taken whole: paho reads
+        it in three or more `recv` calls and a loop per length byte. What is not all there (a packet
+        split between reads) or a read that fails or ends (paho reads again, and handles it as
+        before) goes paho's own way."""
         sock = self._sock
         if self._in_packet["command"] != 0 or not isinstance(sock, ReadAhead):
             return super()._packet_read()
-        taken = sock.packet()
+        taken = sock.packet() if sock.fill() else None
         if taken is None:
             return super()._packet_read()
         command, body = taken
@@ -326,6 +327,22 @@ class ReadAhead:
         chunk = self._held[self._at:self._at + size]
         self._at += len(chunk)
         return chunk
+
+    def fill(self) -> bool:
+        """Holding nothing, read what has arrived (one recv); True when something is held. A read
+        that fails or finds the connection closed holds nothing: paho reads again and sees it too."""
+        if self._at < len(self._held):
+            return True
+        try:
+            data: bytes = self._sock.recv(self.READ)
+        except OSError:  # BlockingIOError, an SSL want-read, a reset: paho's recv meets it again
+            return False
+        if not data:
+            return False
+        if self._quickack:
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)  # Linux clears it: again each read
+        self._held, self._at = data, 0
+        return True
 
     def packet(self) -> tuple[int, bytes] | None:
         """The next whole MQTT packet among the bytes held, taken: (its first byte, what follows its
