@@ -238,15 +238,21 @@ class Spool:
         with self._lock:
             while self._held and self._held[0].seq <= seq:
                 self._held_bytes -= _size(self._held.popleft())
-            self._trim_tail(seq)
+            known = self._acked >= self._tail_floor  # every row it removes is in the tail: sizes known
+            removed = self._trim_tail(seq)
             self._overflowing = False
             if seq <= self._acked:
                 return
             try:
-                rows = self._conn.execute("DELETE FROM spool WHERE seq <= ? RETURNING seq, size", (seq,)).fetchall()
-                # rows up to `_acked` may be left from an acknowledgement whose delete was held: they
-                # were counted out then, and are deleted now
-                sizes = [(size,) for row_seq, size in rows if row_seq > self._acked]
+                if known:
+                    self._conn.execute("DELETE FROM spool WHERE seq <= ?", (seq,))
+                    sizes = [(size,) for size in removed]
+                else:
+                    rows = self._conn.execute("DELETE FROM spool WHERE seq <= ? RETURNING seq, size",
+                                              (seq,)).fetchall()
+                    # rows up to `_acked` may be left from an acknowledgement whose delete was held:
+                    # they were counted out then, and are deleted now
+                    sizes = [(size,) for row_seq, size in rows if row_seq > self._acked]
                 self._delete_pending = False
             except sqlite3.Error as exc:
                 if not is_disk_full(exc, self.path):
@@ -330,10 +336,14 @@ class Spool:
             self._tail_bytes -= _size(oldest)
             self._tail_floor = oldest.seq  # from here on only on disk
 
-    def _trim_tail(self, upto: int) -> None:
-        """Entries up to `upto` left the spool (acknowledged, or dropped for room)."""
+    def _trim_tail(self, upto: int) -> list[int]:
+        """Entries up to `upto` left the spool (acknowledged, or dropped for room): their sizes."""
+        sizes = []
         while self._tail and self._tail[0].seq <= upto:
-            self._tail_bytes -= _size(self._tail.popleft())
+            size = _size(self._tail.popleft())
+            self._tail_bytes -= size
+            sizes.append(size)
+        return sizes
 
     def _insert_all(self, entries: list[SpoolEntry], issued: int | None) -> None:
         """Insert entries (in the caller's transaction) and, when they pass it, the new "issued up to"
