@@ -89,3 +89,38 @@ def test_the_spool_is_acknowledged_by_prefix_and_nothing_acknowledged_goes_out_t
     assert acks.read(4) is False  # acknowledged before: not published again ...
     assert acks.acked(4) is None  # ... and reported again, which waits for 3
     assert acks.acked(3) == 4
+
+
+async def test_slots_go_to_waiters_in_order_and_take_never_passes_one() -> None:
+    window = PublishWindow(4)  # the spool takes at most 3
+    assert all(window.take(Lane.SPOOL) for _ in range(3)) and not window.take(Lane.SPOOL)
+    assert window.take(Lane.CONTROL) and not window.take(Lane.CONTROL)  # the whole window in flight
+    spool = asyncio.create_task(window.acquire(Lane.SPOOL))
+    control = asyncio.create_task(window.acquire(Lane.CONTROL))
+    await asyncio.sleep(0)
+    window.release(Lane.CONTROL)  # the spool is still at its limit: the control waiter behind it gets it
+    await asyncio.wait_for(control, 1)
+    assert not spool.done() and window.in_flight == {Lane.CONTROL: 1, Lane.SPOOL: 3}
+    window.release(Lane.SPOOL)
+    assert not window.take(Lane.CONTROL)  # given to the spool waiter as it was released
+    await asyncio.wait_for(spool, 1)
+    assert window.in_flight == {Lane.CONTROL: 1, Lane.SPOOL: 3}
+
+
+async def test_a_cancelled_waiter_takes_no_slot_even_one_given_as_it_was_cancelled() -> None:
+    window = PublishWindow(1)
+    assert window.take(Lane.CONTROL)
+    first = asyncio.create_task(window.acquire(Lane.CONTROL))
+    second = asyncio.create_task(window.acquire(Lane.CONTROL))
+    await asyncio.sleep(0)
+    first.cancel()  # cancelled while waiting
+    await asyncio.sleep(0)
+    window.release(Lane.CONTROL)  # goes past the cancelled one, to the second
+    await asyncio.wait_for(second, 1)
+    third = asyncio.create_task(window.acquire(Lane.CONTROL))
+    await asyncio.sleep(0)
+    window.release(Lane.CONTROL)  # the slot is given to the third ...
+    third.cancel()  # ... which is cancelled before it runs: the slot comes back
+    with pytest.raises(asyncio.CancelledError):
+        await third
+    assert window.in_flight == {Lane.CONTROL: 0, Lane.SPOOL: 0} and window.take(Lane.CONTROL)

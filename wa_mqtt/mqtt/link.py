@@ -296,7 +296,8 @@ class MqttLink:
             while not (self._retained_queue or self._transient):
                 self._wake.clear()
                 await self._wake.wait()
-            await window.acquire(Lane.CONTROL)
+            if not window.take(Lane.CONTROL):
+                await window.acquire(Lane.CONTROL)
             item: _Retained | _Transient
             if self._retained_queue:
                 item = _Retained(*self._retained_queue.popleft())
@@ -335,7 +336,8 @@ class MqttLink:
                 if not self._spool_acks.read(entry.seq):  # acknowledged on an earlier connection
                     self._spool_acked(entry.seq)
                     continue
-                await window.acquire(Lane.SPOOL)
+                if not window.take(Lane.SPOOL):
+                    await window.acquire(Lane.SPOOL)
                 self._spool.publishing(entry.seq)
                 self._send_spooled(client, window, entry)
 
