@@ -194,6 +194,7 @@ def test_packets_read_ahead_are_handled_whole_or_by_paho_wherever_the_reads_spli
         (0x30, _publish_body(b"wa/q0", 0, _properties(), b"two")),
         (0x32, _publish_body(b"wa/ud", 1, _properties(UserProperty=[("k", "v")]), b"three")),  # paho's decoder
         (0x40, b"\x00\x01"), (0x40, b"\x00\x02\x10"),  # PUBACKs of our publishes 1 and 2
+        (0x40, b"\x00\x09"), (0x40, b"\x00\x03\x87"),  # one of nobody's (ignored); 3: an error reason (paho's decoder)
         (0xD0, b""),  # PINGRESP
         (0x32, _publish_body(b"wa/big", 1, _properties(SubscriptionIdentifier=5), big)),
     ]
@@ -210,7 +211,7 @@ def test_packets_read_ahead_are_handled_whole_or_by_paho_wherever_the_reads_spli
             client.receive = got.append
             client.on_message = lambda _c, _u, message: got.append(("paho", message.topic, message.payload))
             client._in_messages = {}  # private: no session state in a unit test
-            for mid in (1, 2):
+            for mid in (1, 2, 3):
                 client._mid_generate()
                 client._acked[mid] = lambda mid=mid: got.append(("acked", mid))  # type: ignore[misc]  # default binds mid
             at = 0
@@ -223,7 +224,8 @@ def test_packets_read_ahead_are_handled_whole_or_by_paho_wherever_the_reads_spli
                     client.loop_read()
             assert got == [
                 Incoming("wa/req", b"one", "r", b"c"), Incoming("wa/q0", b"two"), ("paho", "wa/ud", b"three"),
-                ("acked", 1), ("acked", 2), Incoming("wa/big", big, None, None, (5,))], seed
+                ("acked", 1), ("acked", 2), ("acked", 3), Incoming("wa/big", big, None, None, (5,))], seed
+            assert client._acked == {}
             assert client._in_packet["command"] == 0 and client._ping_t == 0
         finally:
             ours.close()

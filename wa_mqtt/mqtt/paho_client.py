@@ -254,17 +254,43 @@ class Paho(mqtt.Client):
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _packet_read(self) -> MQTTErrorCode:
-        """A packet read ahead (`ReadAhead.fill`, then `ReadAhead.packet`) is taken whole: paho reads
-        it in three or more `recv` calls and a loop per length byte. What is not all there (a packet
-        split between reads) or a read that fails or ends (paho reads again, and handles it as
-        before) goes paho's own way."""
+        """The packets read ahead (`ReadAhead.fill`, then `ReadAhead.packet`) are taken whole, every
+        whole one held in one call: paho reads a packet in three or more `recv` calls and a loop per
+        length byte, and aiomqtt's reader calls `loop_read` once per packet. The PUBACK of one of our
+        publishes (`publish_acked`) with no reason or a simple one is matched to its callback here,
+        without the packet state paho keeps for the others (as `_packet_handle` would, debug line
+        included). What is not all there (a packet split between reads) or a read that fails or
+        ends (paho reads again, and handles it as before) goes paho's own way."""
         sock = self._sock
-        if self._in_packet["command"] != 0 or not isinstance(sock, ReadAhead):
+        if self._in_packet["command"] != 0 or not isinstance(sock, ReadAhead) or not sock.fill():
             return super()._packet_read()
-        taken = sock.packet() if sock.fill() else None
+        taken = sock.packet()
         if taken is None:
             return super()._packet_read()
-        command, body = taken
+        rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+        acks = self._acked
+        while taken is not None:
+            command, body = taken
+            size = len(body)
+            if command & 0xF0 == PUBACK and (size == 2 or (size == 3 and body[2] in self._reasons and
+                                                           self._protocol == MQTTProtocolVersion.MQTTv5)):
+                mid = (body[0] << 8) | body[1]
+                acked = acks.pop(mid, None)
+                if acked is not None:  # ours: unknown to paho's in-flight table
+                    self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Received PUBACK (Mid: %d)", mid)
+                    acked()
+                    taken = sock.packet() if self._sock is sock else None
+                    continue
+            rc = self._handle_taken(command, body)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._sock is not sock:
+                break
+            taken = sock.packet()
+        with self._msgtime_mutex:
+            self._last_bytes_received = mqtt.time_func()
+        return rc
+
+    def _handle_taken(self, command: int, body: bytes) -> MQTTErrorCode:
+        """One whole packet taken from `ReadAhead`, handled as paho would once it has read it."""
         self._in_packet = {"command": command, "have_remaining": 1, "remaining_count": [],
                            "remaining_mult": 1, "remaining_length": len(body), "packet": body,  # type: ignore[typeddict-item]  # bytes: as paho's decoders take
                            "to_process": 0, "pos": 0}
@@ -275,8 +301,6 @@ class Paho(mqtt.Client):
             rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
         self._in_packet = {"command": 0, "have_remaining": 0, "remaining_count": [], "remaining_mult": 1,
                            "remaining_length": 0, "packet": bytearray(b""), "to_process": 0, "pos": 0}
-        with self._msgtime_mutex:
-            self._last_bytes_received = mqtt.time_func()
         return rc
 
     def _handle_publish(self) -> MQTTErrorCode:
