@@ -264,7 +264,8 @@ class Paho(mqtt.Client):
         sock = self._sock
         if self._in_packet["command"] != 0 or not isinstance(sock, ReadAhead) or not sock.fill():
             return super()._packet_read()
-        taken = sock.packet()
+        next_packet = sock.packet
+        taken = next_packet()
         if taken is None:
             return super()._packet_read()
         rc = MQTTErrorCode.MQTT_ERR_SUCCESS
@@ -279,12 +280,12 @@ class Paho(mqtt.Client):
                 if acked is not None:  # ours: unknown to paho's in-flight table
                     self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Received PUBACK (Mid: %d)", mid)
                     acked()
-                    taken = sock.packet() if self._sock is sock else None
+                    taken = next_packet() if self._sock is sock else None
                     continue
             rc = self._handle_taken(command, body)
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._sock is not sock:
                 break
-            taken = sock.packet()
+            taken = next_packet()
         with self._msgtime_mutex:
             self._last_bytes_received = mqtt.time_func()
         return rc
