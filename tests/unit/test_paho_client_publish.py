@@ -97,6 +97,10 @@ def test_publish_acked_refuses_a_payload_over_the_packet_limit() -> None:
         with pytest.raises(ValueError):
             ours.publish_acked("a/b", _Huge(b"x"), False, None, lambda: None)  # type: ignore[attr-defined]  # adopted
         assert not ours._out_packet
+        assert ours.publish_acked("a/b", b"x", False, None, lambda: None)  # type: ignore[attr-defined]  # adopted
+        with pytest.raises(ValueError):  # a topic published to before (its checks kept): the payload still is checked
+            ours.publish_acked("a/b", _Huge(b"x"), False, None, lambda: None)  # type: ignore[attr-defined]  # adopted
+        assert len(ours._out_packet) == 1
     finally:
         one.close()
         two.close()

@@ -29,7 +29,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from .packets import Incoming, check_publish, incoming, publish_packet
+from .packets import MAX_PACKET, Incoming, check_publish, incoming, publish_packet
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +173,8 @@ class PahoClient(aiomqtt.Client):
 
 
 PUBACK = PacketTypes.PUBACK << 4
+PUBLISH = PacketTypes.PUBLISH << 4
+TOPICS_KEPT = 4096  # topics checked and encoded, kept by `publish_acked` (a bridge publishes to a few per account)
 SIMPLE_PUBACK_REASONS = (0x00, 0x10)  # Success, No matching subscribers: no properties follow
 
 
@@ -191,6 +193,7 @@ class Paho(mqtt.Client):
     _reasons: dict[int, ReasonCode]
     _no_properties: Properties
     _acked: dict[int, Callable[[], None]]  # our QoS 1 publishes (`publish_acked`) by packet id
+    _topics: dict[str, bytes]  # topics `publish_acked` checked, encoded
     receive: Callable[[Incoming], None] | None  # takes received publishes, decoded here (`_handle_publish`)
 
     @classmethod
@@ -201,6 +204,7 @@ class Paho(mqtt.Client):
                            for code in SIMPLE_PUBACK_REASONS}
         client._no_properties = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]  # paho: no annotations
         client._acked = {}
+        client._topics = {}
         client.receive = None
         return client
 
@@ -218,7 +222,12 @@ class Paho(mqtt.Client):
         paho's queue of packets; the PUBACK comes back to `_packet_handle`. A lost connection
         drops this client with everything in flight: the link publishes it again on the next."""
         v5 = self._protocol == MQTTProtocolVersion.MQTTv5
-        encoded = check_publish(topic, payload, correlation_data, v5)
+        encoded = self._topics.get(topic)
+        if encoded is None or len(payload) > MAX_PACKET - 6 - len(encoded) - len(correlation_data or b""):
+            encoded = check_publish(topic, payload, correlation_data, v5)  # raises for what paho refuses
+            if len(self._topics) >= TOPICS_KEPT:
+                self._topics.clear()
+            self._topics[topic] = encoded
         if self._sock is None:
             return False
         mid = self._mid_generate()
@@ -226,7 +235,13 @@ class Paho(mqtt.Client):
         self._acked[mid] = acked
         self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Sending PUBLISH (d0, q1, r%d, m%d), '%s', ... (%d bytes)",
                        retain, mid, encoded, len(payload))
-        self._packet_queue(PacketTypes.PUBLISH << 4, packet, mid, 1)
+        if self._sockpairW is None and self._on_socket_register_write is not None:  # always, under aiomqtt
+            # what paho's `_packet_queue` does then, without its checks for a threaded or no loop
+            self._out_packet.append({"command": PUBLISH, "mid": mid, "qos": 1, "pos": 0, "to_process": len(packet),
+                                     "packet": packet, "info": None})
+            self._call_socket_register_write()
+        else:
+            self._packet_queue(PUBLISH, packet, mid, 1)
         return True
 
     def _packet_handle(self) -> MQTTErrorCode:
