@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from wa_mqtt.mqtt.spool import PAGE_SIZE, Spool, SpoolEntry
+from wa_mqtt.mqtt.spool import Spool, SpoolEntry
 
 
 @pytest.fixture
@@ -341,29 +340,6 @@ def test_a_full_spool_upgrades_on_a_nearly_full_disk_and_loses_autoincrement_onc
     assert "AUTOINCREMENT" not in sql.upper()
     assert spool.append("t", b"z", 1, False) > 2001  # above the "issued up to" mark, never reused
     spool.close()
-
-
-def test_a_new_file_gets_small_pages_and_an_existing_one_is_kept_as_it_is(tmp_path: Path) -> None:
-    """A commit writes the pages it changed whole to the WAL: a new spool has 1 KiB pages (entries
-    larger than a page still round-trip); a file made before keeps its 4 KiB pages and its entries."""
-    new = Spool(tmp_path / "new" / "spool.db")
-    big = b"x" * 5000
-    seq = new.append("t/big", big, 1, False)
-    assert new._conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE < 4096
-    assert new._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert stat.S_IMODE((tmp_path / "new" / "spool.db").stat().st_mode) == 0o600
-    new.close()
-    new = Spool(tmp_path / "new" / "spool.db")
-    assert [(e.seq, e.payload) for e in new.peek(10)] == [(seq, big)]
-    new.close()
-    old = sqlite3.connect(tmp_path / "old.db")  # written before: SQLite's default page size
-    old.execute("CREATE TABLE unrelated (x)")
-    old.close()
-    kept = Spool(tmp_path / "old.db")
-    assert kept._conn.execute("PRAGMA page_size").fetchone()[0] == 4096
-    kept.append("t", b"one", 1, False)
-    assert [e.payload for e in kept.peek(10)] == [b"one"]
-    kept.close()
 
 
 def test_counts_after_removals_in_and_beyond_the_in_memory_tail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -58,10 +58,6 @@ PUBLISHED_LEASE = 64  # entries the persisted "published up to" mark runs ahead:
 ISSUED_LEASE = 1024  # numbers the persisted "issued up to" mark runs ahead: one write per 1,024 appends
 TAIL_ENTRIES = 512  # the newest entries written also kept in memory (`peek` reads them without a query) ...
 TAIL_BYTES = 1 << 20  # ... up to this many topic + payload bytes
-# A commit writes every page it changed whole to the WAL (and a checkpoint copies it back): an append
-# or a removal changes the table's last or first leaf (a spool that keeps up holds a few rows). A new
-# file gets 1 KiB pages, as the outbox and the dedup ids do; an existing one keeps its own.
-PAGE_SIZE = 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (
@@ -142,7 +138,7 @@ class Spool:
         self._report = report
         self._overflowing = False
         self._lock = threading.Lock()
-        self._conn = open_versioned(self.path, SCHEMA, synchronous, PAGE_SIZE)
+        self._conn = open_versioned(self.path, SCHEMA, synchronous)
         self._drop_autoincrement()
         count, total, last = self._conn.execute(
             "SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(MAX(seq), 0) FROM spool").fetchone()
