@@ -243,3 +243,35 @@ def _varint_bytes(value: int) -> bytes:
         out.append(byte | 0x80 if value else byte)
         if not value:
             return bytes(out)
+
+
+def test_whole_packets_read_with_the_end_of_the_connection_are_all_handled_before_it_ends() -> None:
+    """The broker's last packets (the last one cut short) and the end of the connection arrive together:
+    every whole packet read ahead is handled, in order, then the connection is reported lost, and
+    what our PUBACK left unacknowledged stays so (the link publishes it again)."""
+    ours, theirs = socket.socketpair()
+    try:
+        client = _client(ours, mqtt.MQTTv5, True)
+        assert isinstance(client, Paho)
+        ours.setblocking(False)
+        client._sock = ReadAhead(ours)  # type: ignore[assignment]  # as the link installs it
+        got: list[object] = []
+        client.receive = got.append
+        client._in_messages = {}  # private: no session state in a unit test
+        client.on_disconnect = lambda *_args: got.append("lost")
+        for mid in (1, 2, 3):
+            client._mid_generate()
+            client._acked[mid] = lambda mid=mid: got.append(("acked", mid))  # type: ignore[misc]  # default binds mid
+        body = _publish_body(b"wa/req", 1, _properties(), b"one")
+        theirs.sendall(b"\x40\x02\x00\x02" + bytes([0x32, len(body)]) + body + b"\x40\x02\x00\x01" + b"\x40\x02")
+        theirs.close()
+        for _ in range(5):  # as aiomqtt's reader: called while the socket is readable
+            if client.socket() is None:
+                break
+            client.loop_read()
+            while client.socket() is not None and client.socket().pending():  # type: ignore[union-attr]  # checked
+                client.loop_read()
+        assert got == [("acked", 2), Incoming("wa/req", b"one"), ("acked", 1), "lost"]
+        assert list(client._acked) == [3] and client.socket() is None
+    finally:
+        ours.close()

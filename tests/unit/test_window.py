@@ -124,3 +124,51 @@ async def test_a_cancelled_waiter_takes_no_slot_even_one_given_as_it_was_cancell
     with pytest.raises(asyncio.CancelledError):
         await third
     assert window.in_flight == {Lane.CONTROL: 0, Lane.SPOOL: 0} and window.take(Lane.CONTROL)
+
+
+@pytest.mark.parametrize("seed", range(40))
+async def test_random_takes_waits_releases_and_cancels_keep_every_rule(seed: int) -> None:
+    """Whatever the order of takes, waits, releases and cancellations: never over the window or the
+    spool's share, no waiter left waiting that the window allows, and every slot back at the end."""
+    import random
+
+    rng = random.Random(seed)
+    window = PublishWindow(rng.choice([1, 2, 3, 4, 8]))
+    spool_limit = window.size - window.reserved
+    held: list[Lane] = []
+    waiting: list[tuple[asyncio.Task[None], Lane]] = []
+
+    async def wait(lane: Lane) -> None:
+        await window.acquire(lane)
+        held.append(lane)
+
+    def allows(lane: Lane) -> bool:
+        free = window.size - sum(window.in_flight.values())
+        return free > 0 and (lane is Lane.CONTROL or window.in_flight[Lane.SPOOL] < spool_limit)
+
+    for _ in range(200):
+        action = rng.random()
+        lane = rng.choice([Lane.CONTROL, Lane.SPOOL])
+        if action < 0.4:
+            if rng.random() < 0.5 and window.take(lane):
+                held.append(lane)
+            else:
+                waiting.append((asyncio.create_task(wait(lane)), lane))
+        elif action < 0.75 and held:
+            window.release(held.pop(rng.randrange(len(held))))
+        elif action < 0.85 and (pending := [task for task, _ in waiting if not task.done()]):
+            rng.choice(pending).cancel()
+        for _ in range(rng.choice([0, 1, 3])):
+            await asyncio.sleep(0)
+        assert sum(window.in_flight.values()) <= window.size and window.in_flight[Lane.SPOOL] <= spool_limit
+        if rng.random() < 0.3:  # settled: each waiter has run or still waits because the window says so
+            for _ in range(3):
+                await asyncio.sleep(0)
+            assert not [lane for task, lane in waiting if not task.done() and allows(lane)]
+    for task, _ in waiting:
+        task.cancel()
+    await asyncio.gather(*(task for task, _ in waiting), return_exceptions=True)
+    for lane in held:
+        window.release(lane)
+    assert window.in_flight == {Lane.CONTROL: 0, Lane.SPOOL: 0}
+    assert sum(window.take(Lane.CONTROL) for _ in range(window.size + 1)) == window.size
