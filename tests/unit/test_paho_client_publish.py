@@ -207,17 +207,8 @@ def test_packets_read_ahead_are_handled_whole_or_by_paho_wherever_the_reads_spli
         rng = random.Random(seed)
         ours, theirs = socket.socketpair()
         try:
-            client = _client(ours, mqtt.MQTTv5, True)
-            assert isinstance(client, Paho)
-            ours.setblocking(False)
-            client._sock = ReadAhead(ours)  # type: ignore[assignment]  # as the link installs it
-            got: list[object] = []
-            client.receive = got.append
+            client, got = _reading_client(ours)
             client.on_message = lambda _c, _u, message: got.append(("paho", message.topic, message.payload))
-            client._in_messages = {}  # private: no session state in a unit test
-            for mid in (1, 2, 3):
-                client._mid_generate()
-                client._acked[mid] = lambda mid=mid: got.append(("acked", mid))  # type: ignore[misc]  # default binds mid
             at = 0
             while at < len(data):
                 step = rng.choice([1, 2, 3, 7, 50, 4_000, 30_000])
@@ -236,6 +227,22 @@ def test_packets_read_ahead_are_handled_whole_or_by_paho_wherever_the_reads_spli
             theirs.close()
 
 
+def _reading_client(ours: socket.socket) -> tuple[Paho, list[object]]:
+    """A client reading `ours` ahead as the link installs it, awaiting the PUBACKs of publishes 1 to 3;
+    what it hands on (received publishes, acknowledgements) goes into the list."""
+    client = _client(ours, mqtt.MQTTv5, True)
+    assert isinstance(client, Paho)
+    ours.setblocking(False)
+    client._sock = ReadAhead(ours)  # type: ignore[assignment]  # as the link installs it
+    got: list[object] = []
+    client.receive = got.append
+    client._in_messages = {}  # private: no session state in a unit test
+    for mid in (1, 2, 3):
+        client._mid_generate()
+        client._acked[mid] = lambda mid=mid: got.append(("acked", mid))  # type: ignore[misc]  # default binds mid
+    return client, got
+
+
 def _varint_bytes(value: int) -> bytes:
     out = bytearray()
     while True:
@@ -251,17 +258,8 @@ def test_whole_packets_read_with_the_end_of_the_connection_are_all_handled_befor
     what our PUBACK left unacknowledged stays so (the link publishes it again)."""
     ours, theirs = socket.socketpair()
     try:
-        client = _client(ours, mqtt.MQTTv5, True)
-        assert isinstance(client, Paho)
-        ours.setblocking(False)
-        client._sock = ReadAhead(ours)  # type: ignore[assignment]  # as the link installs it
-        got: list[object] = []
-        client.receive = got.append
-        client._in_messages = {}  # private: no session state in a unit test
+        client, got = _reading_client(ours)
         client.on_disconnect = lambda *_args: got.append("lost")
-        for mid in (1, 2, 3):
-            client._mid_generate()
-            client._acked[mid] = lambda mid=mid: got.append(("acked", mid))  # type: ignore[misc]  # default binds mid
         body = _publish_body(b"wa/req", 1, _properties(), b"one")
         theirs.sendall(b"\x40\x02\x00\x02" + bytes([0x32, len(body)]) + body + b"\x40\x02\x00\x01" + b"\x40\x02")
         theirs.close()
