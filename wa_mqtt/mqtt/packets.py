@@ -1,7 +1,7 @@
 """MQTT packets the link's client writes and reads itself (pure: bytes in, bytes or values out).
 
-`publish_packet` builds a QoS 1 PUBLISH byte for byte as paho builds it (`check_publish` refuses
-what paho's `publish` refuses); `incoming` decodes a received QoS 0/1 PUBLISH into an `Incoming`, the
+`publish_packet` builds a QoS 1 PUBLISH byte for byte as paho builds it (`check_topic` and
+`check_payload` refuse what paho's `publish` refuses); `incoming` decodes a received QoS 0/1 PUBLISH into an `Incoming`, the
 bridge's small form of a message, or returns None for what it leaves to paho (QoS 2, properties the
 bridge does not read, a topic that is not UTF-8, anything malformed). paho_client.py puts them in
 paho's packet queue and takes them out of its reads.
@@ -29,20 +29,24 @@ class Incoming:
     subscription_ids: tuple[int, ...] = ()  # MQTT v5: the identifiers of the subscriptions it matched
 
 
-def check_publish(topic: str, payload: bytes, correlation_data: bytes | None, v5: bool) -> bytes:
-    """The topic's bytes, or ValueError for what paho's `publish` refuses: a wildcard, a topic or a
-    payload too long for a packet, an empty topic before MQTT v5."""
+def check_topic(topic: str, v5: bool) -> bytes:
+    """The topic's bytes, or ValueError for a topic paho's `publish` refuses: a wildcard, one too
+    long for a packet, an empty one before MQTT v5."""
     encoded = topic.encode()
     if (not encoded and not v5) or b"+" in encoded or b"#" in encoded or len(encoded) > 65535:
         raise ValueError(f"invalid topic name for a publish: {topic[:200]!r}")
-    if len(payload) > MAX_PACKET - 6 - len(encoded) - (0 if correlation_data is None else len(correlation_data)):
-        raise ValueError("payload too large for an MQTT packet")
     return encoded
+
+
+def check_payload(topic: bytes, payload: bytes, correlation_data: bytes | None) -> None:
+    """ValueError for a payload that paho's `publish` refuses: too long for a packet on `topic`."""
+    if len(payload) > MAX_PACKET - 6 - len(topic) - (0 if correlation_data is None else len(correlation_data)):
+        raise ValueError("payload too large for an MQTT packet")
 
 
 def publish_packet(topic: bytes, payload: bytes, retain: bool, mid: int, correlation_data: bytes | None,
                    v5: bool) -> bytes:
-    """A QoS 1 PUBLISH (`check_publish`ed), with `correlation_data` as its only MQTT v5 property."""
+    """A QoS 1 PUBLISH (its topic and payload checked), with `correlation_data` as its only MQTT v5 property."""
     if not v5:
         properties = b""
     elif correlation_data is None:

@@ -29,7 +29,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from .packets import MAX_PACKET, Incoming, check_publish, incoming, publish_packet
+from .packets import Incoming, check_payload, check_topic, incoming, publish_packet
 
 log = logging.getLogger(__name__)
 
@@ -223,11 +223,12 @@ class Paho(mqtt.Client):
         drops this client with everything in flight: the link publishes it again on the next."""
         v5 = self._protocol == MQTTProtocolVersion.MQTTv5
         encoded = self._topics.get(topic)
-        if encoded is None or len(payload) > MAX_PACKET - 6 - len(encoded) - len(correlation_data or b""):
-            encoded = check_publish(topic, payload, correlation_data, v5)  # raises for what paho refuses
+        if encoded is None:
+            encoded = check_topic(topic, v5)  # raises for what paho refuses
             if len(self._topics) >= TOPICS_KEPT:
                 self._topics.clear()
             self._topics[topic] = encoded
+        check_payload(encoded, payload, correlation_data)
         if self._sock is None:
             return False
         mid = self._mid_generate()
@@ -367,9 +368,7 @@ class ReadAhead:
 
     def recv(self, size: int) -> bytes:
         if self._at >= len(self._held):
-            data: bytes = self._sock.recv(max(size, self.READ))
-            if data and self._quickack:
-                self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)  # Linux clears it: again each read
+            data = self._take_in(max(size, self.READ))
             if len(data) <= size:
                 return data
             self._held, self._at = data, 0
@@ -383,15 +382,20 @@ class ReadAhead:
         if self._at < len(self._held):
             return True
         try:
-            data: bytes = self._sock.recv(self.READ)
+            data = self._take_in(self.READ)
         except OSError:  # BlockingIOError, an SSL want-read, a reset: paho's recv meets it again
             return False
         if not data:
             return False
-        if self._quickack:
-            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)  # Linux clears it: again each read
         self._held, self._at = data, 0
         return True
+
+    def _take_in(self, size: int) -> bytes:
+        """One recv from the socket, acknowledged at once when it brought data."""
+        data: bytes = self._sock.recv(size)
+        if data and self._quickack:
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)  # Linux clears it: again each read
+        return data
 
     def packet(self) -> tuple[int, bytes] | None:
         """The next whole MQTT packet among the bytes held, taken: (its first byte, what follows its
