@@ -305,10 +305,7 @@ class Outbox:
                 if not is_disk_full(exc, self.path):
                     raise
                 error = exc
-                if self._conn.execute("SELECT 1 FROM outbox WHERE id = ?", (entry.id,)).fetchone() is not None:
-                    self._removed[entry.id] = entry.account  # else gone already (expired meanwhile): nothing to hold
-                if entry.client_id is not None:
-                    self._sent[(entry.account, entry.client_id)] = (wa_id, now)
+                self._hold_completion(entry, wa_id, now)
         self._held_one(error)
         return None
 
@@ -343,11 +340,16 @@ class Outbox:
                     raise
                 error = exc
                 for entry, wa_id in done:
-                    if self._conn.execute("SELECT 1 FROM outbox WHERE id = ?", (entry.id,)).fetchone() is not None:
-                        self._removed[entry.id] = entry.account  # else gone already: nothing to hold
-                    if entry.client_id is not None:
-                        self._sent[(entry.account, entry.client_id)] = (wa_id, now)
+                    self._hold_completion(entry, wa_id, now)
         self._held_one(error)
+
+    def _hold_completion(self, entry: OutboxEntry, wa_id: str, now: float) -> None:
+        """A completion the full disk refused, held in memory (with the lock held): the entry's removal,
+        unless it is gone already (expired meanwhile), and its client id's sent record."""
+        if self._conn.execute("SELECT 1 FROM outbox WHERE id = ?", (entry.id,)).fetchone() is not None:
+            self._removed[entry.id] = entry.account
+        if entry.client_id is not None:
+            self._sent[(entry.account, entry.client_id)] = (wa_id, now)
 
     def remove(self, entry_id: int) -> None:
         """Forget one entry (sent, or answered with an error). Unknown ids are ignored."""
