@@ -42,11 +42,17 @@ PAYLOAD: dict[str, Any] = {  # the size and shape of a bridge message payload
     "location": None}
 
 
-def connect(port: int, name: str) -> tuple[mqtt.Client, threading.Event]:
+def new_client(name: str) -> mqtt.Client:
+    """A paho client at its best: MQTT v5, 20 publishes in flight, no limit on what queues behind."""
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{name}-{time.monotonic_ns()}",
                          protocol=mqtt.MQTTv5)
     client.max_inflight_messages_set(RECEIVE_MAXIMUM)
     client.max_queued_messages_set(0)  # no limit on what paho queues behind the window
+    return client
+
+
+def connect(port: int, name: str) -> tuple[mqtt.Client, threading.Event]:
+    client = new_client(name)
     client.on_socket_open = lambda _c, _u, sock: sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     connected = threading.Event()
     client.on_connect = lambda *_args: connected.set()
@@ -108,10 +114,7 @@ def floor(port: int, prefix: str, directory: Path) -> None:
     engine = subprocess.Popen([sys.executable, "-c", ECHO], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
     assert engine.stdin is not None and engine.stdout is not None
     to_engine, from_engine = engine.stdin.fileno(), engine.stdout.fileno()
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"raw-floor-{time.monotonic_ns()}",
-                         protocol=mqtt.MQTTv5)
-    client.max_inflight_messages_set(RECEIVE_MAXIMUM)
-    client.max_queued_messages_set(0)
+    client = new_client("raw-floor")
     def opened(c: mqtt.Client, _userdata: object, sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         c._sock = ReadAhead(sock)  # paho reads through it: one recv for what has arrived
