@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -365,8 +366,12 @@ class ReadAhead:
         self._held = b""
         self._at = 0
         self._quickack = quickack(sock)
+        self._failed: OSError | None = None  # what `fill`'s read met, raised to paho's next recv
 
     def recv(self, size: int) -> bytes:
+        if self._failed is not None:
+            failed, self._failed = self._failed, None
+            raise failed
         if self._at >= len(self._held):
             data = self._take_in(max(size, self.READ))
             if len(data) <= size:
@@ -378,12 +383,17 @@ class ReadAhead:
 
     def fill(self) -> bool:
         """Holding nothing, read what has arrived (one recv); True when something is held. A read
-        that fails or finds the connection closed holds nothing: paho reads again and sees it too."""
+        that fails or finds the connection closed holds nothing: paho reads again and sees it too (a
+        failure other than "nothing yet" is kept for that read: the kernel reports a reset only once,
+        and the link's log must name it rather than a plain close)."""
         if self._at < len(self._held):
             return True
         try:
             data = self._take_in(self.READ)
-        except OSError:  # BlockingIOError, an SSL want-read, a reset: paho's recv meets it again
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):  # nothing yet: paho's recv meets it again
+            return False
+        except OSError as exc:  # a reset, a timeout: paho's recv raises it
+            self._failed = exc
             return False
         if not data:
             return False
