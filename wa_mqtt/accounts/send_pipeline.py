@@ -89,12 +89,21 @@ class SendPipeline:
         if self._closed:  # removed or restarted meanwhile: nothing may start a session or a pipe again
             raise EngineError(f"account {self.phone} was closed (removed or restarted); send it again",
                               code=ErrorCode.NOT_CONNECTED)
-        loop = asyncio.get_running_loop()
         while self._piped >= PIPELINE:
             self._pipe_room.clear()
             await self._pipe_room.wait()
         # after the wait, with no await before `enqueue`: a send with the same id that completed while
         # this one waited must be found here, not queued again under a new WhatsApp id
+        return self._take(message, reply)
+
+    def accept_now(self, message: OutgoingMessage, reply: ev.Reply) -> asyncio.Future[SendOutcome] | None:
+        """`accept` when it need not wait (open, and fewer than `PIPELINE` sends waiting for the engine),
+        as it; None, having done nothing, when it would wait or refuse (the caller awaits `accept`)."""
+        return None if self._closed or self._piped >= PIPELINE else self._take(message, reply)
+
+    def _take(self, message: OutgoingMessage, reply: ev.Reply) -> asyncio.Future[SendOutcome]:
+        """`accept`'s work once there is room, without an await (see `accept`)."""
+        loop = asyncio.get_running_loop()
         if message.id and (known := self._outbox.sent_id(self.phone, message.id)):
             return _done(loop, SendOutcome(id=known, queued=False, duplicate=True))
         # into the pipeline when connected and nothing waits in the outbox before it but the pipeline's
