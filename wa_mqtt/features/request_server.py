@@ -7,7 +7,11 @@ on the request's response topic with its correlation data, when the response top
 target's turn in the send service, shared with auto-replies); different targets concurrently. A send
 holds the turn only until it is in the outbox (`Later`): its answer is awaited after the turn, and
 published after those of the sends taken before it (in the order taken, whichever is ready first). How many
-wait is bounded (`RequestQueue`): beyond that a request is answered `busy` at once. A send that
+wait is bounded (`RequestQueue`): beyond that a request is answered `busy` at once. A plain `send`
+whose target has nothing waiting and whose turn is free is served at once, where it arrives
+(`_serve_now`: no task, no lock taken; nothing else runs meanwhile, so it is taken exactly where the
+turn would take it, through the same checks and policy), unless it would have to wait (its pipeline
+full, `allow_to` to resolve): then it is queued as any request. A send that
 had to wait in the outbox is answered later, from `SendCompleted` / `SendFailed`: the reply route
 (response topic, correlation data, transaction) went down with it as an opaque reference.
 
