@@ -32,6 +32,7 @@ from .mqtt.topics import BRIDGE
 
 if TYPE_CHECKING:
     from .accounts.manager import AccountManager
+    from .accounts.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +121,31 @@ class SendService:
         """`send` in two steps: policy and the outbox now, in the caller's turn (raising as `send`);
         the returned future is what became of it (an `EngineError` when the engine refused it). The
         turn may end once this returns: the account delivers its accepted sends in order."""
-        supervisor = self._manager.get(phone)
-        self.check_content(message)
-        if not self._listed(message.to):  # `allow` (a coroutine per send only when it has to resolve)
+        supervisor, listed = self._checked(phone, message)
+        if not listed:  # `allow` (a coroutine per send only when it has to resolve)
             await self.allow(phone, message.to)
         return await supervisor.accept(message, reply)
+
+    def accept_now(self, phone: str, message: OutgoingMessage, reply: Reply) -> asyncio.Future[SendOutcome] | None:
+        """`accept` when it need not wait, with the same policy and refusals (raised): None when it would
+        have to (`allow_to` must be resolved by the account, or the account's pipeline is full), and then
+        nothing was done: the caller `accept`s it instead. The request server's path for a plain send."""
+        supervisor, listed = self._checked(phone, message)
+        return supervisor.accept_now(message, reply) if listed else None
+
+    def _checked(self, phone: str, message: OutgoingMessage) -> tuple[Supervisor, bool]:
+        """The account (`UnknownAccount`), the content policy (`ApiError`), and whether `allow_to` lists
+        the recipient as written (if not, `allow` decides)."""
+        supervisor = self._manager.get(phone)
+        self.check_content(message)
+        return supervisor, self._listed(message.to)
+
+    def turn_free(self, target: str) -> bool:
+        """Nobody holds `target`'s turn (`lock`) or waits for it: what is done now, without an await, is
+        done in that turn's order."""
+        lock = self._locks.get(target)
+        # asyncio.Lock's own queue (typed in typeshed): a waiter it woke owns the turn before it runs
+        return lock is None or (not lock.locked() and not lock._waiters)
 
     async def typing(self, phone: str, chat: str, state: str) -> None:
         """Show (`composing`) or stop (`paused`) typing in `chat`; raises as `react` does (never queued)."""

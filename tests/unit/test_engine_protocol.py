@@ -128,6 +128,18 @@ def test_a_call_is_written_as_its_request(args: p.Args) -> None:
     assert p.decode_request(line).parsed_args().to_json() == args.to_json()
 
 
+@pytest.mark.parametrize("message", _outgoing())
+@pytest.mark.parametrize(("retry", "chained"), [(False, False), (True, False), (False, True)])
+def test_a_send_written_around_its_message_json_is_its_call(message: OutgoingMessage, retry: bool,
+                                                             chained: bool) -> None:
+    """The send pipeline writes a message once (pydantic, exclude_none): the outbox stores it in place of
+    `model_dump`'s JSON, and the engine's line is written around it, byte for byte the general call."""
+    written = message.__pydantic_serializer__.to_json(message, exclude_none=True)
+    assert json.loads(written) == message.model_dump(mode="json", exclude_none=True)
+    args = p.SendArgs(message=message, message_id="3EB0A1B2C3D4E5F6A7B8C9", retry=retry, chained=chained)
+    assert p.encode_send(41, written, "3EB0A1B2C3D4E5F6A7B8C9", retry, chained) == p.encode_call(41, "send", args)
+
+
 def test_a_call_of_an_unknown_op_is_not_written() -> None:
     with pytest.raises(ValueError, match="unknown op"):
         p.encode_call(1, 'x","op":"format_disk', p.Args())

@@ -33,7 +33,7 @@ class InOrderEngine:
         self.unsynced: list[str] = []
 
     async def send_in_order(self, message: OutgoingMessage, message_id: str, retry: bool,
-                            chained: bool) -> SendResult:
+                            chained: bool, message_json: bytes | None = None) -> SendResult:
         self.handed.append(message_id)
         if message_id not in self.synced:
             self.unsynced.append(message_id)
@@ -91,7 +91,7 @@ class GatedEngine:
         self.handed: list[str] = []
 
     async def send_in_order(self, message: OutgoingMessage, message_id: str, retry: bool,
-                            chained: bool) -> SendResult:
+                            chained: bool, message_json: bytes | None = None) -> SendResult:
         self.handed.append(message_id)
         await self.gate
         return SendResult(id=message_id)

@@ -58,6 +58,7 @@ import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -108,15 +109,27 @@ _INSERT = "INSERT INTO outbox (account, request, client_id, created_at, wa_id, t
 _INSERT_NEW = f"{_INSERT} ON CONFLICT (account, client_id) WHERE client_id IS NOT NULL DO NOTHING RETURNING id"
 
 
+def request_text(request: dict[str, Any] | str) -> str:
+    """A send request as both outboxes store it: a dict written by `request_json`, or (a str) the
+    request written as JSON already (the send pipeline writes each message once, send_pipeline.py)."""
+    return request if isinstance(request, str) else request_json(request)
+
+
 @dataclass(frozen=True)
 class OutboxEntry:
     id: int
     account: str
-    request: dict[str, Any] = field(hash=False)
+    stored: str = field(hash=False, repr=False)  # the send request as stored: JSON, read by `request`
     client_id: str | None
     created_at: datetime
     wa_id: str | None = None  # the WhatsApp message id it goes out with, stored before the first try
     tries: int = 0  # tries that may have reached WhatsApp (begun, and not refused by the engine)
+
+    @cached_property
+    def request(self) -> dict[str, Any]:
+        """The send request, decoded when first read (a send sent at once never is)."""
+        request: dict[str, Any] = json.loads(self.stored)
+        return request
 
 
 class Outbox:
@@ -149,13 +162,13 @@ class Outbox:
             log.info("outbox %s: %d sends waiting from before", self.path, waiting)
 
     # -- the queue -------------------------------------------------------------------------------
-    def enqueue(self, account: str, request: dict[str, Any], client_id: str | None,
+    def enqueue(self, account: str, request: dict[str, Any] | str, client_id: str | None,
                 wa_id: str | None = None) -> tuple[OutboxEntry, bool]:
         """Queue a send; (entry, False). If `client_id` is already waiting: (that entry, True), nothing added.
         `wa_id`: its first try begins at once, in the same commit (as `begin_attempt(entry.id, wa_id)`):
         a send that goes to the engine now. Like `begin_attempt`, durable only with the next `sync()`.
-        The entry returned holds `request` itself (not a copy read back): the caller must not change it."""
-        data = request_json(request)
+        `request` is a dict, or that written as JSON already (`request_text`)."""
+        data = request_text(request)
         created = self._now()
         tries = 0 if wa_id is None else 1
         replaced: int | None = None  # a removed entry of the same client id whose delete was held
@@ -188,7 +201,7 @@ class Outbox:
                 self._report(self.name, exc)
             raise DiskFull("the data disk is full: the send could not be queued, and nothing was sent") from None
         assert entry_id is not None
-        return OutboxEntry(entry_id, account, request, client_id, _datetime(created), wa_id, tries), False
+        return OutboxEntry(entry_id, account, data, client_id, _datetime(created), wa_id, tries), False
 
     def pending(self, account: str) -> list[OutboxEntry]:
         """The account's waiting sends, oldest first."""
@@ -513,4 +526,4 @@ def _datetime(timestamp: float) -> datetime:
 
 def _entry(row: tuple[Any, ...]) -> OutboxEntry:
     entry_id, account, request, client_id, created_at, wa_id, tries = row
-    return OutboxEntry(entry_id, account, json.loads(request), client_id, _datetime(created_at), wa_id, tries)
+    return OutboxEntry(entry_id, account, request, client_id, _datetime(created_at), wa_id, tries)

@@ -21,7 +21,7 @@ from ..engines.base import EngineError, EngineSession, SendsInOrder, new_message
 from ..errors import ErrorCode
 from ..model import AccountState, OutgoingMessage, SendOutcome, SendResult
 from ..store.protocols import OutboxStore as Outbox
-from .outbox import OutboxEntry
+from .outbox import OutboxEntry, request_json
 from .sync_thread import SyncThread
 
 log = logging.getLogger(__name__)
@@ -89,25 +89,36 @@ class SendPipeline:
         if self._closed:  # removed or restarted meanwhile: nothing may start a session or a pipe again
             raise EngineError(f"account {self.phone} was closed (removed or restarted); send it again",
                               code=ErrorCode.NOT_CONNECTED)
-        loop = asyncio.get_running_loop()
         while self._piped >= PIPELINE:
             self._pipe_room.clear()
             await self._pipe_room.wait()
         # after the wait, with no await before `enqueue`: a send with the same id that completed while
         # this one waited must be found here, not queued again under a new WhatsApp id
+        return self._take(message, reply)
+
+    def accept_now(self, message: OutgoingMessage, reply: ev.Reply) -> asyncio.Future[SendOutcome] | None:
+        """`accept` when it need not wait (open, and fewer than `PIPELINE` sends waiting for the engine),
+        as it; None, having done nothing, when it would wait or refuse (the caller awaits `accept`)."""
+        return None if self._closed or self._piped >= PIPELINE else self._take(message, reply)
+
+    def _take(self, message: OutgoingMessage, reply: ev.Reply) -> asyncio.Future[SendOutcome]:
+        """`accept`'s work once there is room, without an await (see `accept`)."""
+        loop = asyncio.get_running_loop()
         if message.id and (known := self._outbox.sent_id(self.phone, message.id)):
             return _done(loop, SendOutcome(id=known, queued=False, duplicate=True))
         # into the pipeline when connected and nothing waits in the outbox before it but the pipeline's
         # sends; its try begins with the enqueue then (its WhatsApp id stored in the same commit)
         piping = self._connected and not self._flushing() and self._outbox.depth(self.phone) == self._piped
         begin = piping and not self._stalled
-        entry, duplicate = self._outbox.enqueue(
-            self.phone, {"message": message.model_dump(mode="json", exclude_none=True), "reply": dict(reply)},
-            message.id, new_message_id() if begin else None)
+        written = _message_json(message)  # once: in the outbox's request, and in the engine's line (`_hand`)
+        request: dict[str, object] | str = \
+            {"message": message.model_dump(mode="json", exclude_none=True), "reply": dict(reply)} if written is None \
+            else f'{{"message":{written.decode()},"reply":{request_json(dict(reply))}}}'
+        entry, duplicate = self._outbox.enqueue(self.phone, request, message.id, new_message_id() if begin else None)
         if duplicate:
             return _done(loop, SendOutcome(id=None, queued=True, queue_id=entry.id, duplicate=True))
         if piping:
-            piped = _Piped(entry, message, loop.create_future(), message.kind != "text")
+            piped = _Piped(entry, message, written, loop.create_future(), message.kind != "text")
             if begin:  # the pipeline's begun sends stay its first ones: none is begun after a stall
                 piped.begun, piped.started = True, entry
                 self._begun += 1
@@ -191,7 +202,7 @@ class SendPipeline:
             if self._handed >= ENGINE_WINDOW or (self._handed and (media or piped.media)):
                 break
             reply = asyncio.ensure_future(in_order.send_in_order(
-                piped.message, started.wa_id or new_message_id(), started.tries > 1, self._handed > 0))
+                piped.message, started.wa_id or new_message_id(), started.tries > 1, self._handed > 0, piped.written))
             reply.add_done_callback(_retrieved)  # awaited by `_pipe`, unless it was cancelled first
             piped.reply = reply
             self._handed += 1
@@ -358,6 +369,7 @@ class _Piped:
 
     entry: OutboxEntry
     message: OutgoingMessage
+    written: bytes | None  # `message` as JSON (`_message_json`), as the outbox stored it; None if it could not be
     outcome: asyncio.Future[SendOutcome]
     media: bool  # not a text: it goes to the engine alone (`_hand`); `message.kind` read once, it is not free
     begun: bool = False  # its try was begun (`started`), or it was found gone
@@ -374,6 +386,16 @@ def _answered(pipeline: deque[_Piped]) -> Iterator[tuple[_Piped, OutboxEntry, Se
         if reply is None or started is None or not reply.done() or reply.cancelled() or reply.exception() is not None:
             return
         yield piped, started, reply.result()
+
+
+def _message_json(message: OutgoingMessage) -> bytes | None:
+    """`message` as pydantic writes it (exclude_none: the JSON `model_dump(mode="json", exclude_none=True)`
+    is), written once for the outbox and the engine's line; None when it cannot be written so (a lone
+    surrogate, from a config text): the outbox then escapes it as before, and the engine refuses it."""
+    try:
+        return message.__pydantic_serializer__.to_json(message, exclude_none=True)
+    except ValueError:  # pydantic's serialisation error
+        return None
 
 
 def _in_order(session: object) -> SendsInOrder | None:

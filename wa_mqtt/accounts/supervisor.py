@@ -131,6 +131,10 @@ class Supervisor:
         send): once that returns it is in the outbox; the future says what became of it."""
         return self._sends.accept(message, reply)
 
+    def accept_now(self, message: OutgoingMessage, reply: ev.Reply) -> asyncio.Future[SendOutcome] | None:
+        """`accept` without waiting (`SendPipeline.accept_now`); None when it would have to."""
+        return self._sends.accept_now(message, reply)
+
     async def engine_call(self, fn: Callable[[EngineSession], Awaitable[T]]) -> T:
         """react / read / typing: need a connected session, never queued."""
         if self.state != AccountState.CONNECTED:

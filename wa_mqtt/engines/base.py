@@ -281,10 +281,11 @@ class SendsInOrder(Protocol):
     time, in the order called (an engine process: its child serves requests in order). The supervisor
     pipelines an account's sends through it instead of awaiting each (`EngineSession` methods are
     otherwise called one at a time). `chained`: an earlier send is still unanswered; should that one
-    fail with `not_connected`, this one is not attempted and fails the same way (order kept)."""
+    fail with `not_connected`, this one is not attempted and fails the same way (order kept).
+    `message_json`: the message as pydantic writes it (exclude_none), when the caller has it already."""
 
     def send_in_order(self, message: OutgoingMessage, message_id: str, retry: bool,
-                      chained: bool) -> Awaitable[SendResult]: ...
+                      chained: bool, message_json: bytes | None = None) -> Awaitable[SendResult]: ...
 
 
 class Engine(Protocol):

@@ -181,15 +181,20 @@ class ProcessSession:
         return SendResult.model_validate(result)
 
     def send_in_order(self, message: OutgoingMessage, message_id: str, retry: bool,
-                      chained: bool) -> asyncio.Future[SendResult]:
+                      chained: bool, message_json: bytes | None = None) -> asyncio.Future[SendResult]:
         """`SendsInOrder`: the request is queued for writing now (written at the end of this loop turn,
         in the order of the calls), before any earlier one is answered; the child carries them out in
         that order. The future fails as `_call` does (a timeout, the child gone, its refusal). A plain
         future, not a task: no task and no `wait_for` per send. Nor is the pipe drained for it: the
         supervisor's engine window bounds what waits in its buffer, and a child that went away
-        fails it (`_child_gone`) as a broken pipe would."""
-        args = p.SendArgs(message=message, message_id=message_id, retry=retry, chained=chained)
+        fails it (`_child_gone`) as a broken pipe would. With `message_json` the line is written around
+        it (`encode_send`): the message is neither validated nor written again."""
         try:
+            if message_json is not None:
+                return self._request_line("send", functools.partial(
+                    p.encode_send, message_json=message_json, message_id=message_id, retry=retry, chained=chained),
+                    CALL_TIMEOUT, _send_result)
+            args = p.SendArgs(message=message, message_id=message_id, retry=retry, chained=chained)
             return self._request("send", args, CALL_TIMEOUT, _send_result)
         except EngineError as exc:
             failed: asyncio.Future[SendResult] = asyncio.get_running_loop().create_future()
@@ -277,13 +282,18 @@ class ProcessSession:
         `wait_for`, which made a task per call) or the child ends (`_child_gone`); once done or
         cancelled the request is forgotten (a late reply is dropped). Raises `EngineError` at once
         when no child runs or the request cannot be encoded (nothing is registered then)."""
+        return self._request_line(op, lambda request_id: p.encode_call(request_id, op, args), timeout, answer)
+
+    def _request_line(self, op: str, line_of: Callable[[int], bytes], timeout: float,
+                      answer: Callable[[p.Reply], T]) -> asyncio.Future[T]:
+        """`_request` with the request written by `line_of(request_id)`."""
         proc = self._proc
         if proc is None or proc.stdin is None:
             raise EngineError("the engine process is not running", code=ErrorCode.NOT_CONNECTED)
         loop = asyncio.get_running_loop()
         request_id = next(self._ids)
         try:  # before it is registered: a request that cannot be written leaves nothing pending
-            line = p.encode_call(request_id, op, args)
+            line = line_of(request_id)
         except ValueError as exc:  # pydantic's serialisation error (a lone surrogate from a config text)
             raise EngineError(f"the {op} request cannot be written to the engine: {exc}",
                               code=ErrorCode.ENGINE_ERROR) from exc

@@ -203,6 +203,18 @@ def encode_call(request_id: int, op: str, args: Args) -> bytes:
     return b'{"v":%d,"id":%d,"op":"%s","args":%s}\n' % (VERSION, request_id, op.encode(), body)
 
 
+def encode_send(request_id: int, message_json: bytes, message_id: str, retry: bool, chained: bool) -> bytes:
+    """`encode_call(request_id, "send", SendArgs(message=..., message_id=..., retry=..., chained=...))`,
+    the same line, for a message pydantic wrote as JSON already (`message_json`, exclude_none): the
+    bridge writes each send's message once, for the outbox and for this line (send_pipeline.py)."""
+    return b'{"v":%d,"id":%d,"op":"send","args":{"message":%s,"message_id":%s,"retry":%s,"chained":%s}}\n' % (
+        VERSION, request_id, message_json, _STRING.encode(message_id).encode(), _BOOL[retry], _BOOL[chained])
+
+
+_STRING = json.JSONEncoder(ensure_ascii=False)  # a JSON string as pydantic writes it
+_BOOL = {True: b"true", False: b"false"}
+
+
 def encode_reply(reply: Reply) -> bytes:
     if reply.ok and reply.result_json is not None:
         return b'{"v":%d,"id":%d,"ok":true,"result":%s}\n' % (VERSION, reply.id, reply.result_json)

@@ -7,7 +7,11 @@ on the request's response topic with its correlation data, when the response top
 target's turn in the send service, shared with auto-replies); different targets concurrently. A send
 holds the turn only until it is in the outbox (`Later`): its answer is awaited after the turn, and
 published after those of the sends taken before it (in the order taken, whichever is ready first). How many
-wait is bounded (`RequestQueue`): beyond that a request is answered `busy` at once. A send that
+wait is bounded (`RequestQueue`): beyond that a request is answered `busy` at once. A plain `send`
+whose target has nothing waiting and whose turn is free is served at once, where it arrives
+(`_serve_now`: no task, no lock taken; nothing else runs meanwhile, so it is taken exactly where the
+turn would take it, through the same checks and policy), unless it would have to wait (its pipeline
+full, `allow_to` to resolve): then it is queued as any request. A send that
 had to wait in the outbox is answered later, from `SendCompleted` / `SendFailed`: the reply route
 (response topic, correlation data, transaction) went down with it as an opaque reference.
 
@@ -25,7 +29,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
+
+from pydantic import BaseModel
 
 from .. import events as ev
 from ..bus import EventBus
@@ -34,7 +40,7 @@ from ..disk_full import DiskFullWatch
 from ..errors import BridgeError, ErrorCode
 from ..model import is_phone
 from ..mqtt import api
-from ..mqtt.api import ApiError, Route, encode
+from ..mqtt.api import ApiError, Route, SendRequest, encode
 from ..mqtt.link import Incoming, MqttLink
 from ..mqtt.request_queue import RequestQueue
 from ..mqtt.requests import ACCOUNT_REQUESTS, BRIDGE_REQUESTS, Call, Later, Result, Services
@@ -157,7 +163,11 @@ class RequestServer:
         self._offer(pending)
 
     def _offer(self, pending: _Pending) -> None:
-        busy = self._requests.offer(pending.request.target, pending, len(pending.payload))
+        request = pending.request
+        if request.command == "send" and not request.is_bridge and self._requests.idle(request.target) \
+                and self._sending.turn_free(request.target) and self._serve_now(pending):
+            return
+        busy = self._requests.offer(request.target, pending, len(pending.payload))
         if busy is not None:
             self._answer_busy(pending, busy)
 
@@ -181,25 +191,69 @@ class RequestServer:
         self._respond(pending, route, api.error(route, ErrorCode.BUSY, f"not done: {why}; send it again later"))
 
     async def _serve(self, pending: _Pending) -> None:
-        request = pending.request
-        target, command, route, is_bridge = request.target, request.command, pending.route, request.is_bridge
-        result: Result | Later | Exception
+        target = pending.request.target
         async with self._sending.lock(target):
+            route, parsed = self._parse(pending)
+            result: Result | Later | Exception = parsed if isinstance(parsed, Exception) else \
+                await self._run(pending, route, parsed)
+        self._taken(pending, route, result)
+
+    def _serve_now(self, pending: _Pending) -> bool:
+        """A `send` served at once, as `_serve` would: nothing waits for its target in the queue and
+        nobody holds or waits for its turn, and all of it runs without an await here, so it is taken in
+        the turn's order (the same checks, policy and answers; no task, no turn taken). False, having
+        changed nothing, when the send would wait (its pipeline full, `allow_to` to resolve): queue it."""
+        route, parsed = self._parse(pending)
+        result: Later | Exception
+        if isinstance(parsed, Exception):
+            result = parsed
+        else:
             try:
-                data, transaction, has_transaction = api.decode_payload(
-                    pending.payload, self._config.mqtt.max_payload_bytes)
-                route = Route(transaction, has_transaction, route.response_topic, route.correlation_data)
-                if pending.refused is not None:
-                    raise pending.refused
-                if not is_bridge and not is_phone(target):
-                    raise ApiError(ErrorCode.UNKNOWN_ACCOUNT, f"{target!r} is not an account id (a phone number)")
-                parsed = api.parse_command(is_bridge, command, data)
-                row = (BRIDGE_REQUESTS if is_bridge else ACCOUNT_REQUESTS)[command]
-                reply = route.to_dict() if pending.reply is None else pending.reply
-                result = await row.run(Call(self._services, target, reply), parsed)
-            except Exception as exc:  # noqa: BLE001 - every failure is answered; a bug too (`_refusal` logs its trace)
+                outcome = self._sending.accept_now(pending.request.target, cast("SendRequest", parsed),  # `send`'s schema
+                                                   self._reply(pending, route))
+            except Exception as exc:  # noqa: BLE001 - answered, as in `_run`
                 result = exc
-        if isinstance(result, Later):  # taken in order; its answer is awaited after the target's turn
+            else:
+                if outcome is None:
+                    return False
+                result = Later(outcome)
+        self._taken(pending, route, result)
+        return True
+
+    def _parse(self, pending: _Pending) -> tuple[Route, BaseModel | Exception]:
+        """Decode and validate a request: where to answer (its transaction, once read), and the request
+        as its command's schema, or the refusal to answer with."""
+        request, route = pending.request, pending.route
+        try:
+            data, transaction, has_transaction = api.decode_payload(pending.payload, self._config.mqtt.max_payload_bytes)
+            route = Route(transaction, has_transaction, route.response_topic, route.correlation_data)
+            if pending.refused is not None:
+                raise pending.refused
+            if not request.is_bridge and not is_phone(request.target):
+                raise ApiError(ErrorCode.UNKNOWN_ACCOUNT, f"{request.target!r} is not an account id (a phone number)")
+            return route, api.parse_command(request.is_bridge, request.command, data)
+        except Exception as exc:  # noqa: BLE001 - every failure is answered; a bug too (`_refusal` logs its trace)
+            return route, exc
+
+    async def _run(self, pending: _Pending, route: Route, parsed: BaseModel) -> Result | Later | Exception:
+        """Carry out a validated request (the request table), or the failure to answer with."""
+        request = pending.request
+        row = (BRIDGE_REQUESTS if request.is_bridge else ACCOUNT_REQUESTS)[request.command]
+        try:
+            return await row.run(Call(self._services, request.target, self._reply(pending, route)), parsed)
+        except Exception as exc:  # noqa: BLE001 - as in `_parse`
+            return exc
+
+    @staticmethod
+    def _reply(pending: _Pending, route: Route) -> ev.Reply:
+        """What a send waiting in the outbox stores to be answered: the route, or a local request's own."""
+        return route.to_dict() if pending.reply is None else pending.reply
+
+    def _taken(self, pending: _Pending, route: Route, result: Result | Later | Exception) -> None:
+        """Answer a request served, or, for a send taken in order (`Later`), once it is done and every
+        send of its target taken before it is answered."""
+        if isinstance(result, Later):  # its answer is awaited after the target's turn
+            target = pending.request.target
             waiting = _LaterAnswer(pending, route, result)
             self._later.setdefault(target, deque()).append(waiting)  # in the order taken (no await since the turn)
             result.outcome.add_done_callback(partial(self._answer_later, target, waiting))

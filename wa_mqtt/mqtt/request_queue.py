@@ -44,6 +44,10 @@ class RequestQueue(Generic[T]):
         self.busy = 0  # requests refused since the start
         self._refusing = 0  # refused since the flood began (the first refusal while nothing was refused)
 
+    def idle(self, target: str) -> bool:
+        """Nothing of `target` is held (waiting or being served)."""
+        return target not in self._queues
+
     def offer(self, target: str, item: T, size: int) -> str | None:
         """Hold `item` to be served after the target's earlier requests; None when held, else why not."""
         queue = self._queues.get(target)

@@ -115,6 +115,8 @@ async def _logout(call: Call, _request: EmptyRequest) -> Result:
 
 
 async def _send(call: Call, request: SendRequest) -> Result | Later:
+    # a plain send that need not wait is taken without this row (`RequestServer._serve_now`, the same
+    # `SendService` policy, `accept_now`); this is its way when it must wait for its turn or its pipeline
     return Later(await call.services.sending.accept(call.target, request, call.reply))
 
 

@@ -10,13 +10,12 @@ lease owns it (cluster/), the unique index keeps a client id queued once across 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from ..accounts.outbox import IDEMPOTENCY_WINDOW, OutboxEntry, request_json
+from ..accounts.outbox import IDEMPOTENCY_WINDOW, OutboxEntry, request_text
 from .pg import Locked, PgSchema, PgUpgrade, masked
 
 log = logging.getLogger(__name__)
@@ -64,11 +63,11 @@ class PgOutbox:
         self._db = Locked.upgraded(url, SCHEMA)
 
     # -- the queue -------------------------------------------------------------------------------
-    def enqueue(self, account: str, request: dict[str, Any], client_id: str | None,
+    def enqueue(self, account: str, request: dict[str, Any] | str, client_id: str | None,
                 wa_id: str | None = None) -> tuple[OutboxEntry, bool]:
         """Queue a send; (entry, False). If `client_id` is already waiting: (that entry, True), nothing added.
         `wa_id`: its first try begins at once, in the same statement (as `begin_attempt`)."""
-        data = request_json(request)
+        data = request_text(request)
         created = self._now()
         while True:  # the lock is not reentrant: a second try happens outside it
             with self._db.lock:
@@ -217,5 +216,5 @@ class PgOutbox:
 
 def _entry(row: tuple[Any, ...]) -> OutboxEntry:
     entry_id, account, request, client_id, created_at, wa_id, tries = row
-    return OutboxEntry(int(entry_id), account, json.loads(request), client_id,
+    return OutboxEntry(int(entry_id), account, request, client_id,
                        datetime.fromtimestamp(created_at, UTC), wa_id, int(tries))
