@@ -104,16 +104,25 @@ async def test_a_dying_child_fails_the_sends_it_holds_as_not_connected(session: 
 
 async def test_every_answered_send_is_recorded_when_the_child_is_killed_at_once(
         session: SimProcessSession, tmp_path: Path) -> None:
-    """The sim child commits the sent ids of a turn's sends together, before any of their answers and
-    events leave it: killed right after the answers came, it has every one on disk (a repeat is
-    dropped), though it never got to close its store."""
+    """The sim child records the sent ids of a turn's sends together (one write of its sent-id log),
+    before any of their answers and events leave it: killed right after the answers came, it has every
+    one on disk (a repeat is dropped), though it never got to close its store. The next engine process
+    reads them (and moves them into the store)."""
     import sqlite3
 
+    from wa_mqtt.engines.sim_sent import SentIds
+
+    await session.send_in_order(message("first"), "3EB1" + "F" * 18, False, False)  # the first prune is behind
     ids = [f"3EB1{n:018X}" for n in range(12)]
     replies = [session.send_in_order(message(str(n)), wa_id, False, n > 0) for n, wa_id in enumerate(ids)]
     assert [(await reply).id for reply in replies] == ids
     assert session.pid is not None
     os.kill(session.pid, signal.SIGKILL)
+    known = SentIds(tmp_path / A / "store.db")  # as the next engine process opens the store
+    try:
+        assert [wa_id for wa_id in ids if known.delivered_at(wa_id) is None] == []
+    finally:
+        known.close()
     store = sqlite3.connect(tmp_path / A / "store.db")
     try:
         recorded = {row[0] for row in store.execute("SELECT id FROM sim_sent")}

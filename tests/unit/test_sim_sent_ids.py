@@ -1,9 +1,11 @@
 """The sim's memory of the message ids WhatsApp already took (a repeat is dropped, `already_sent`):
-kept in the store, pruned after two days without a scan per send, and always that of the store
-file in place when the session went online (a logout and a new link, a restored backup)."""
+kept in the store (an engine child's through its sent-id log), pruned after two days without a scan
+per send, and always that of the store file in place when the session went online (a logout and a
+new link, a restored backup)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
@@ -12,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from wa_mqtt.accounts.backups import backup_store, restore_from_backup
+from wa_mqtt.engines import sim_sent
 from wa_mqtt.engines.base import EngineError
 from wa_mqtt.engines.sim import SENT_IDS_KEPT, SimEngine, SimSession
+from wa_mqtt.engines.sim_sent import log_path
 from wa_mqtt.engines.sim_store import write_device
 from wa_mqtt.model import OutgoingMessage
 
@@ -135,4 +139,98 @@ async def test_a_batched_turn_holds_the_store_only_until_its_ids_are_committed(t
         writer.execute("CREATE TABLE probe (x)")
     writer.close()
     assert stored_ids(store) == {"B1"}
+    await session.close()
+
+
+async def test_batched_ids_outlive_a_killed_process_through_the_log(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batched turn's ids are written to the sent-id log by `commit_sent_ids`, not to the store: a
+    process killed then (the session never closed) has them all the same; the next session moves them
+    into the store. Ids recorded but not committed were never answered: they are not remembered."""
+    monkeypatch.setattr(sim_sent, "FOLD_AFTER", 3600.0)  # the killed process never gets there
+    store, clock = tmp_path / "store.db", FakeClock()
+    session = await linked_session(store, clock)
+    session.batch_sent_ids()
+    assert not await already_sent(session, "FIRST")  # the first record prunes: in the store at once
+    clock.advance(timedelta(seconds=1))
+    assert not await already_sent(session, "L1")
+    assert not await already_sent(session, "L2")
+    session.commit_sent_ids()
+    assert not await already_sent(session, "UNANSWERED")  # recorded, never committed: the process dies first
+    assert await already_sent(session, "L1")  # this process knows them (logged, in memory)
+    assert stored_ids(store) == {"FIRST"}
+    assert log_path(store).read_text().split() == [clock().isoformat(), "L1", clock().isoformat(), "L2"]
+
+    again = await linked_session(store, clock)  # the next engine process (the killed one never closed)
+    assert await already_sent(again, "L2")
+    assert await already_sent(again, "L1")
+    assert not await already_sent(again, "UNANSWERED")  # it goes out: the bridge never heard of it
+    assert stored_ids(store) >= {"FIRST", "L1", "L2"}
+    assert log_path(store).read_bytes() == b""
+    await again.close()
+
+
+async def test_logged_ids_go_into_the_store_in_one_transaction(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FOLD_AT logged ids are moved into the store together (the log emptied), the rest when the
+    session closes; an id stored before the session opened is found (the filter says "maybe")."""
+    monkeypatch.setattr(sim_sent, "FOLD_AT", 3)
+    monkeypatch.setattr(sim_sent, "FOLD_AFTER", 3600.0)
+    store, clock = tmp_path / "store.db", FakeClock()
+    write_device(store, PHONE, "Sim", clock())
+    with sqlite3.connect(store) as db:
+        db.execute("CREATE TABLE sim_sent (id TEXT PRIMARY KEY, sent_at TEXT NOT NULL)")
+        db.execute("INSERT INTO sim_sent VALUES ('BEFORE', ?)", (clock().isoformat(),))
+    db.close()
+    session = await linked_session(store, clock)
+    session.batch_sent_ids()
+    assert await already_sent(session, "BEFORE")
+    assert not await already_sent(session, "A0")  # the first record prunes: stored at once
+    clock.advance(timedelta(seconds=1))
+    for n in range(1, 4):
+        assert not await already_sent(session, f"A{n}")
+        session.commit_sent_ids()
+    assert stored_ids(store) == {"BEFORE", "A0", "A1", "A2", "A3"}
+    assert log_path(store).read_bytes() == b""
+    assert not await already_sent(session, "A4")
+    session.commit_sent_ids()
+    assert "A4" not in stored_ids(store)
+    await session.close()
+    assert "A4" in stored_ids(store)
+    assert log_path(store).read_bytes() == b""
+
+
+async def test_logged_ids_go_into_the_store_when_no_send_follows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At rest the store holds every id (a backup of it, a copy of the folder, misses none)."""
+    monkeypatch.setattr(sim_sent, "FOLD_AFTER", 0.05)
+    store, clock = tmp_path / "store.db", FakeClock()
+    session = await linked_session(store, clock)
+    session.batch_sent_ids()
+    assert not await already_sent(session, "FIRST")
+    clock.advance(timedelta(seconds=1))
+    assert not await already_sent(session, "IDLE")
+    session.commit_sent_ids()
+    assert "IDLE" not in stored_ids(store)
+    async with asyncio.timeout(5):
+        while "IDLE" not in stored_ids(store):
+            await asyncio.sleep(0.01)
+    assert log_path(store).read_bytes() == b""
+    await session.close()
+
+
+async def test_a_torn_log_line_is_ignored(tmp_path: Path) -> None:
+    """A write the disk took only in part (full) was never answered: its torn line is skipped (and an
+    id no log line can hold goes into the store at once)."""
+    store, clock = tmp_path / "store.db", FakeClock()
+    write_device(store, PHONE, "Sim", clock())
+    log_path(store).write_text(f"{clock().isoformat()} GOOD ID\n2026-13-01 BAD\n{clock().isoformat()} TOR")
+    session = await linked_session(store, clock)
+    assert await already_sent(session, "GOOD ID")
+    assert not await already_sent(session, "TOR")
+    session.batch_sent_ids()
+    clock.advance(timedelta(seconds=1))
+    assert not await already_sent(session, "TWO\nLINES")  # no log line holds it: stored at once
+    assert "TWO\nLINES" in stored_ids(store)
+    assert not await already_sent(session, "BAD")
     await session.close()

@@ -8,19 +8,18 @@ messages that arrive while the account is offline are delivered when it connects
 
 Message ids it hands out (`SIM<last 4 digits><8 hex>`) are numbered from a counter kept in the store,
 reserved in blocks, so they never repeat, across engine restarts too. The ids WhatsApp already took
-(`sim_sent`: a repeat is dropped, `already_sent`) are committed, one transaction per send, before the
-send's events and answer are emitted (in an engine child, one transaction for the sends of a loop
-turn, committed before any of their events and answers leave the process: `batch_sent_ids`), so a
-killed engine process never forgets an id the bridge heard of; they are pruned after SENT_IDS_KEPT,
-at most once a minute, through an index. They are always those of the store file in place when the
-session last went online (checked there, not on every send: the file is replaced only while the
-session is offline). Outgoing media is read as the
+(a repeat is dropped, `already_sent`) are sim_sent's: recorded before the send's events and answer
+are emitted (in an engine child, with one write for the sends of a loop turn, before any of their
+events and answers leave the process: `batch_sent_ids`), so a killed engine process never forgets an
+id the bridge heard of; pruned after SENT_IDS_KEPT. They are always those of the store file in place
+when the session last went online (checked there, not on every send: the file is replaced only while
+the session is offline). Outgoing media is read as the
 real engine reads it (`outgoing_media.load_media`: the same policy, fetch and errors); `wa/sim/<phone>/sent`
 shows its `size` and `sha256`.
 
 This module is the engine and the session's lifecycle, sends and queries; the session mixes in its
 control topics (sim_controls) and incoming messages (sim_incoming); its stores are sim_store's, its
-groups sim_groups', its incoming media sim_media's.
+sent ids sim_sent's, its groups sim_groups', its incoming media sim_media's.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ import hashlib
 import logging
 import sqlite3
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +66,9 @@ from .outgoing_media import load_media
 from .sim_controls import SimContacts, SimControlsMixin
 from .sim_groups import SimDirectory, SimGroup
 from .sim_incoming import SimIncomingMixin
+from .sim_sent import PRUNE_EVERY as PRUNE_EVERY  # re-exported: tests use them
+from .sim_sent import SENT_IDS_KEPT as SENT_IDS_KEPT
+from .sim_sent import SentIds
 from .sim_store import SimLids, read_device, reserve_ids, unlink_device
 from .sim_store import write_device as write_device  # re-exported: tests and benchmarks link devices with it
 from .voice_note import VOICE_NOTE_MIMETYPE, to_voice_note
@@ -74,8 +76,6 @@ from .voice_note import VOICE_NOTE_MIMETYPE, to_voice_note
 log = logging.getLogger(__name__)
 
 RECONNECT_AFTER_DROP = 0.2  # seconds; whatsmeow's own reconnect after a dropped connection
-SENT_IDS_KEPT = timedelta(days=2)  # how long a delivered message id is remembered (a repeat is dropped)
-PRUNE_EVERY = timedelta(minutes=1)  # (sim clock) ids older than SENT_IDS_KEPT are removed at most this often
 ID_BLOCK = 1024  # message numbers reserved per store write: one write per 1,024 sends; a crash skips the rest
 Clock = Callable[[], datetime]
 
@@ -83,31 +83,6 @@ Clock = Callable[[], datetime]
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
-
-
-def _sent_db(store_path: Path) -> sqlite3.Connection:
-    """The ids the simulated WhatsApp already took from this device (it drops a repeated one, as
-    WhatsApp does). Written without fsync: it must outlive a killed process, not a power cut (each
-    send is its own transaction, committed before the send is answered). The rollback journal is
-    kept (PERSIST: not created and removed per write); not WAL: the store must stay one
-    self-contained file (sim_pg.py saves its bytes, folders are copied between bridges). Indexed by
-    `sent_at` (created on stores made before it too) so a prune reads only what it removes."""
-    db = sqlite3.connect(store_path)
-    db.execute("PRAGMA synchronous=OFF")
-    db.execute("CREATE TABLE IF NOT EXISTS sim_sent (id TEXT PRIMARY KEY, sent_at TEXT NOT NULL)")
-    try:
-        db.execute("CREATE INDEX IF NOT EXISTS sim_sent_at ON sim_sent (sent_at)")
-    except sqlite3.OperationalError as exc:  # a full disk, a read-only store: ids are still read (pruning scans)
-        log.debug("sent ids of %s not indexed: %s", store_path, exc)
-    db.execute("PRAGMA journal_mode=PERSIST")
-    return db
-
-
-def _inode(path: Path) -> int:
-    try:
-        return path.stat().st_ino
-    except FileNotFoundError:
-        return -1
 
 
 class SimEngine:
@@ -176,11 +151,7 @@ class SimSession(SimControlsMixin, SimIncomingMixin):
         self._keepalive_heal: asyncio.TimerHandle | None = None
         self._ban: tuple[str, datetime] | None = None  # (code, end) of a temporary ban
         self._recycle_reason: str | None = None
-        self._sent: tuple[int, sqlite3.Connection] | None = None  # the store's inode, a connection to its sent ids
-        self._pruned_at: datetime | None = None  # (sim clock) when old sent ids were last removed
-        self._batched = False  # sent ids committed by `commit_sent_ids` (an engine child), not per send
-        self._uncommitted = False  # ... and some wait for it
-        self._batch_failed: BaseException | None = None  # a write of the batch failed: it must not be answered
+        self._sent = SentIds(store_path)  # the ids WhatsApp already took
 
     # -- EngineSession -------------------------------------------------------------------------
     async def start(self, pair_method: PairMethod = "qr") -> None:
@@ -228,7 +199,7 @@ class SimSession(SimControlsMixin, SimIncomingMixin):
 
     async def send(self, message: OutgoingMessage, message_id: str | None = None, retry: bool = False) -> SendResult:
         self._require_connected()
-        if message_id is not None and (first := self._delivered_at(message_id, message.media is None)) is not None:
+        if message_id is not None and (first := self._delivered_at(message_id)) is not None:
             log.info("%s: message %s was delivered before; dropped as WhatsApp does", self.phone, message_id)
             return SendResult(id=message_id, timestamp=first, already_sent=True)
         to = await resolving.resolve(message.to, self._numbers, self._is_on_whatsapp)
@@ -269,84 +240,26 @@ class SimSession(SimControlsMixin, SimIncomingMixin):
             await asyncio.sleep(seconds)  # WhatsApp has it; the bridge hears of it only now
         return SendResult(id=msg_id, timestamp=now)
 
-    def _delivered_at(self, message_id: str, in_batch: bool = False) -> datetime | None:
-        """When `message_id` was delivered, if it was (and is not pruned yet). Batched, with `in_batch`
-        (a send that waits for nothing before it records its id: no media, and the sim's number check
-        answers at once), the look-up begins the turn's transaction, so the turn takes the store's
-        lock once, not once for it and again for the write (each time checking the journal: ~20
-        system calls). Not a media send: it may wait (a fetch), and a transaction held open across it
-        would block the store's other writers (its groups, contacts, LID map) until it ends."""
-        db = self._sent_ids()
-        if in_batch and self._batched and not db.in_transaction:
-            db.execute("BEGIN")
-            self._uncommitted = True  # ended by `commit_sent_ids`, before this turn's output, as a write
-        row = db.execute("SELECT sent_at FROM sim_sent WHERE id = ?", (message_id,)).fetchone()
-        return datetime.fromisoformat(row[0]) if row else None
+    def _delivered_at(self, message_id: str) -> datetime | None:
+        return self._sent.delivered_at(message_id)
 
     def _record_delivery(self, message_id: str, now: datetime) -> None:
-        """Remember `message_id` as taken (committed before the send is answered); ids older than
-        SENT_IDS_KEPT are pruned with it, at most once a PRUNE_EVERY (a minute of the sim clock: an id
-        may so be remembered up to that much longer; pruning on every send cost a scan per send).
-        Batched (`batch_sent_ids`): left in the open transaction for `commit_sent_ids`."""
-        db = self._sent_ids()
-        if not self._batched:
-            with db:
-                self._write_delivery(db, message_id, now)
-            return
-        try:
-            self._write_delivery(db, message_id, now)
-        except BaseException as exc:  # the batch may be rolled back whole: none of it may be answered
-            self._batch_failed = exc
-            raise
-        self._uncommitted = True
-
-    def _write_delivery(self, db: sqlite3.Connection, message_id: str, now: datetime) -> None:
-        db.execute("INSERT OR REPLACE INTO sim_sent VALUES (?, ?)", (message_id, now.isoformat()))
-        if self._pruned_at is None or not self._pruned_at <= now < self._pruned_at + PRUNE_EVERY:
-            db.execute("DELETE FROM sim_sent WHERE sent_at < ?", ((now - SENT_IDS_KEPT).isoformat(),))
-            self._pruned_at = now
+        self._sent.record(message_id, now)
 
     def batch_sent_ids(self) -> None:
-        """Commit the sent ids of several sends at once (an engine child: each commit of the store's
-        rollback journal cost ~60 us, a third of the child's CPU per send). The caller promises to run
-        `commit_sent_ids` before any answer or event of those sends leaves its process, so no id the
-        bridge hears of is ever forgotten, as with a commit per send."""
-        self._batched = True
+        """Record the sent ids of a turn's sends with one write (an engine child, see sim_sent). The
+        caller promises to run `commit_sent_ids` before any answer or event of those sends leaves its
+        process, so no id the bridge hears of is ever forgotten, as with a commit per send."""
+        self._sent.batch()
 
     def commit_sent_ids(self) -> None:
-        """Commit the sent ids written since the last call; raises (sqlite3.Error) when one of them
-        could not be written or the commit fails: the sends they belong to must then not be answered."""
-        failed, self._batch_failed = self._batch_failed, None
-        if failed is not None:
-            raise sqlite3.OperationalError(f"a sent id could not be written: {failed}") from failed
-        if self._uncommitted and self._sent is not None:
-            self._uncommitted = False
-            self._sent[1].commit()
+        """Make the sent ids recorded since the last call outlive the process; raises (OSError,
+        sqlite3.Error) when one could not be recorded: the sends they belong to must then not be answered."""
+        self._sent.commit()
 
     def _sent_ids(self) -> sqlite3.Connection:
-        """The store's sent ids, on a connection kept open (opening one cost ~0.5 ms, and a send made two).
-        The store file may be replaced under the session (a logout removes it and a new link writes a
-        new one; a backup is restored before a start): that happens only while it is not connected,
-        and sends need a connection, so the file is looked at (`_check_store_file`) whenever the
-        session goes online, not on every send."""
-        if self._sent is None:
-            self._sent = (_inode(self.store_path), _sent_db(self.store_path))
-            self._pruned_at = None
-        return self._sent[1]
-
-    def _check_store_file(self) -> None:
-        """Drop the connection to the sent ids when the store file is not the one it has open (its
-        inode: a replaced file gets another while the old one is held open)."""
-        if self._sent is not None and self._sent[0] != _inode(self.store_path):
-            self._close_sent()
-
-    def _close_sent(self) -> None:
-        if self._sent is not None:
-            if self._uncommitted:  # batched ids of sends made on the file being let go
-                self._uncommitted = False
-                self._sent[1].commit()
-            self._sent[1].close()
-            self._sent = None
+        """The store's sent ids (a connection kept open, see sim_sent.SentIds)."""
+        return self._sent.db()
 
     async def react(self, chat: str, message_id: str, emoji: str, sender: str | None = None) -> str:
         self._require_connected()
@@ -434,7 +347,7 @@ class SimSession(SimControlsMixin, SimIncomingMixin):
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._close_sent()
+        self._sent.close()
 
     # -- helpers -------------------------------------------------------------------------------
     def _new_id(self) -> str:
@@ -446,7 +359,7 @@ class SimSession(SimControlsMixin, SimIncomingMixin):
         return f"SIM{self.phone[-4:]}{number:08X}"
 
     def _go_online(self, name: str | None) -> None:
-        self._check_store_file()  # replaced while offline (a logout and a new link, a restore)?
+        self._sent.check_file()  # replaced while offline (a logout and a new link, a restore)?
         self._connected = True
         log.debug("%s: presence %s", self.phone, self.presence)
         self._emit(Connected(name=name))

@@ -1,0 +1,272 @@
+"""The message ids the simulated WhatsApp already took from a device (it drops a repeated one, as
+WhatsApp does): the `sim_sent` table of the sim store (`sessions/<phone>/store.db`), pruned after
+SENT_IDS_KEPT, at most once a PRUNE_EVERY (of the sim clock), through an index.
+
+Written without fsync: the ids must outlive a killed process, not a power cut. The store keeps its
+rollback journal (PERSIST: not created and removed per write); not WAL: the store must stay one
+self-contained file (sim_pg.py saves its bytes, folders are copied between bridges).
+
+Each id is recorded before its send is answered. Unbatched (a sim in the bridge's process, or with
+`store.url`), as one SQLite transaction per send. Batched (an engine child, `batch`), a loop turn's
+ids are appended with ONE write to a side log (`store.db-sent`) by `commit`, which the child runs
+before any answer or event of the turn leaves its process: a write of the log is in the kernel's
+hands as soon as it returns, so a killed process never forgets an id the bridge heard of, and it
+costs one system call where a store transaction cost ~50 (locks, journal, page writes; ~60 us a
+turn, half of the child's CPU per send). The logged ids are kept in memory (`_pending`, bounded:
+FOLD_AT, more only while the store cannot be written) and moved into `sim_sent` in one transaction
+(`fold`) when FOLD_AT of them gathered, at most FOLD_AFTER seconds after they were logged, on a
+prune, and when the store is let go (close, a replaced file); the log is emptied after that commit.
+A log found when the store is opened (a killed process's) is moved in first: so the ids are always
+those of the store file in place when the session went online (plus, after a kill, the logged ones,
+which WhatsApp took all the same). At rest (FOLD_AFTER after the last send) the store holds them
+all: a backup or a copy of it misses none.
+
+A look-up asks the logged ids, then a Bloom filter of the stored ones (`_MaybeStored`, 1 MB, filled
+by a scan when the store is opened): the store is read only on its "maybe" (a repeat, or ~0.1 % of
+new ids), not for every new id (a read transaction: ~20 us of locks and journal checks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
+from datetime import datetime, timedelta
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SENT_IDS_KEPT = timedelta(days=2)  # how long a delivered message id is remembered (a repeat is dropped)
+PRUNE_EVERY = timedelta(minutes=1)  # (sim clock) ids older than SENT_IDS_KEPT are removed at most this often
+FOLD_AT = 512  # logged ids moved into the store in one transaction (and the memory they take is freed)
+FOLD_AFTER = 1.0  # seconds after an id is logged by which it is in the store (if its process lives)
+FILTER_BITS = 23  # the filter of ids that may be stored: 2^23 bits (1 MB); ~0.1 % false "maybe" at 100,000 ids
+REFILL_AFTER = 1_000_000  # ids added to the filter after which a prune fills it anew (it keeps pruned ids)
+
+
+def log_path(store_path: Path) -> Path:
+    return Path(f"{store_path}-sent")
+
+
+def _open_db(store_path: Path) -> sqlite3.Connection:
+    """The store's sent ids (indexed by `sent_at`, on stores made before that index too, so a prune
+    reads only what it removes)."""
+    db = sqlite3.connect(store_path)
+    db.execute("PRAGMA synchronous=OFF")
+    db.execute("CREATE TABLE IF NOT EXISTS sim_sent (id TEXT PRIMARY KEY, sent_at TEXT NOT NULL)")
+    try:
+        db.execute("CREATE INDEX IF NOT EXISTS sim_sent_at ON sim_sent (sent_at)")
+    except sqlite3.OperationalError as exc:  # a full disk, a read-only store: ids are still read (pruning scans)
+        log.debug("sent ids of %s not indexed: %s", store_path, exc)
+    db.execute("PRAGMA journal_mode=PERSIST")
+    return db
+
+
+def _is_time(text: str) -> bool:
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _inode(path: Path) -> int:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return -1
+
+
+class _MaybeStored:
+    """A Bloom filter (2 bits an id) of the ids in `sim_sent`: an id it has not seen is certainly not
+    stored, so a new id (nearly every send) is known new without a store read (~20 us: a read
+    transaction's locks and journal check). Never a false "no": every id stored goes through `add`."""
+
+    def __init__(self) -> None:
+        self._bits = bytearray(1 << (FILTER_BITS - 3))
+        self.added = 0
+
+    def add(self, key: str) -> None:
+        h = hash(key)
+        a, b = h & _MASK, (h >> FILTER_BITS) & _MASK
+        self._bits[a >> 3] |= 1 << (a & 7)
+        self._bits[b >> 3] |= 1 << (b & 7)
+        self.added += 1
+
+    def __contains__(self, key: str) -> bool:
+        h = hash(key)
+        a, b = h & _MASK, (h >> FILTER_BITS) & _MASK
+        return bool(self._bits[a >> 3] & (1 << (a & 7)) and self._bits[b >> 3] & (1 << (b & 7)))
+
+
+_MASK = (1 << FILTER_BITS) - 1
+
+
+class SentIds:
+    """The sent ids of one store file, on a connection kept open (opening one cost ~0.5 ms). The file
+    may be replaced under the session (a logout and a new link, a restored backup): only while it is
+    offline, so `check_file` is asked when it goes online, not on every send."""
+
+    def __init__(self, store_path: Path) -> None:
+        self._store_path = store_path
+        self._log_path = log_path(store_path)
+        self._open: tuple[int, sqlite3.Connection] | None = None  # the store's inode, a connection to it
+        self._pruned_at: datetime | None = None  # (sim clock) when old ids were last removed
+        self._batched = False
+        self._pending: dict[str, str] = {}  # logged (batched) ids not moved into the store yet → sent_at (ISO)
+        self._turn: list[str] = []  # log lines of this turn's ids, written by `commit`
+        self._log_fd: int | None = None
+        self._failed: BaseException | None = None  # an id of the turn was not recorded: it must not be answered
+        self._fold_timer: asyncio.TimerHandle | None = None
+        self._filter = _MaybeStored()
+        self._fold_at = FOLD_AT  # logged ids that make `commit` move them in (further on after a failed try)
+
+    def batch(self) -> None:
+        """Record ids with one log write a turn (`commit`); the caller promises to run `commit` before
+        any answer or event of the turn's sends leaves its process."""
+        self._batched = True
+
+    def db(self) -> sqlite3.Connection:
+        if self._open is None:
+            self._open = (_inode(self._store_path), _open_db(self._store_path))
+            self._pruned_at = None
+            self._recover(self._open[1])
+            self._fill(self._open[1])
+        return self._open[1]
+
+    def delivered_at(self, message_id: str) -> datetime | None:
+        """When `message_id` was delivered, if it was (and is not pruned yet)."""
+        if (at := self._pending.get(message_id)) is not None:
+            return datetime.fromisoformat(at)
+        db = self.db()
+        if message_id not in self._filter:
+            return None
+        row = db.execute("SELECT sent_at FROM sim_sent WHERE id = ?", (message_id,)).fetchone()
+        return datetime.fromisoformat(row[0]) if row else None
+
+    def record(self, message_id: str, now: datetime) -> None:
+        """Remember `message_id` as taken; ids older than SENT_IDS_KEPT are pruned, at most once a
+        PRUNE_EVERY (an id may so be remembered up to a minute longer; a prune per send was a scan)."""
+        db = self.db()
+        self._filter.add(message_id)
+        prune = self._pruned_at is None or not self._pruned_at <= now < self._pruned_at + PRUNE_EVERY
+        if not self._batched:
+            with db:
+                db.execute("INSERT OR REPLACE INTO sim_sent VALUES (?, ?)", (message_id, now.isoformat()))
+                if prune:
+                    self._prune(db, now)
+            return
+        self._pending[message_id] = at = now.isoformat()
+        if "\n" not in message_id:  # (a log line could not hold it: into the store at once)
+            self._turn.append(f"{at} {message_id}\n")
+            if not prune:
+                return
+        try:
+            self.fold(now if prune else None)  # the turn's ids with it: committed, before any answer
+        except BaseException as exc:  # none of the turn's sends may be answered
+            self._failed = exc
+            raise
+
+    def commit(self) -> None:
+        """Make the ids recorded since the last call outlive the process (one write of the log); raises
+        (OSError, sqlite3.Error) when one of them was not recorded: their sends must not be answered."""
+        failed, self._failed = self._failed, None
+        if failed is not None:
+            raise sqlite3.OperationalError(f"a sent id could not be written: {failed}") from failed
+        if not self._turn:
+            return
+        data = "".join(self._turn).encode()
+        self._turn.clear()
+        if self._log_fd is None:
+            self._log_fd = os.open(self._log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if os.write(self._log_fd, data) != len(data):  # a full disk: a short write
+            raise OSError(f"the sent-id log {self._log_path} took only part of a write")
+        if len(self._pending) >= self._fold_at:
+            self._fold_quietly()
+        elif self._fold_timer is None:
+            with contextlib.suppress(RuntimeError):  # not on a loop: moved in at FOLD_AT or on close
+                self._fold_timer = asyncio.get_running_loop().call_later(FOLD_AFTER, self._fold_later)
+
+    def fold(self, prune_at: datetime | None = None) -> None:
+        """Move the logged ids into the store in one transaction (with a prune as of `prune_at`), then
+        empty the log."""
+        db = self.db()
+        with db:
+            db.executemany("INSERT OR REPLACE INTO sim_sent VALUES (?, ?)",
+                           self._pending.items())
+            if prune_at is not None:
+                self._prune(db, prune_at)
+        self._pending.clear()
+        self._turn.clear()  # in the store now: no need to log them
+        if self._log_fd is not None:
+            os.ftruncate(self._log_fd, 0)
+        elif self._log_path.exists():
+            self._log_path.write_bytes(b"")
+
+    def _fold_quietly(self) -> None:
+        """A fold that fails (a full disk) keeps the ids logged and in memory: tried again FOLD_AT ids later."""
+        try:
+            self.fold()
+        except (sqlite3.Error, OSError) as exc:
+            self._fold_at = len(self._pending) + FOLD_AT
+            log.warning("%d sent ids stay in %s for now: %s", len(self._pending), self._log_path, exc)
+        else:
+            self._fold_at = FOLD_AT
+
+    def _fold_later(self) -> None:
+        self._fold_timer = None
+        if self._pending:
+            self._fold_quietly()
+
+    def _prune(self, db: sqlite3.Connection, now: datetime) -> None:
+        db.execute("DELETE FROM sim_sent WHERE sent_at < ?", ((now - SENT_IDS_KEPT).isoformat(),))
+        self._pruned_at = now
+        if self._filter.added > REFILL_AFTER:  # full of pruned ids: "maybe" to nearly every id
+            self._fill(db)
+
+    def _fill(self, db: sqlite3.Connection) -> None:
+        """The filter made anew from the ids stored and logged (a scan: on open, and once a million sends)."""
+        self._filter = _MaybeStored()
+        for (stored,) in db.execute("SELECT id FROM sim_sent"):
+            self._filter.add(stored)
+        for logged in self._pending:
+            self._filter.add(logged)
+
+    def _recover(self, db: sqlite3.Connection) -> None:
+        """Move the ids a killed process logged (and never moved in) into the store just opened."""
+        try:
+            logged = self._log_path.read_bytes()
+        except FileNotFoundError:
+            return
+        for line in logged.split(b"\n")[:-1]:  # after the last newline: a torn write, never answered
+            at, _, message_id = line.decode(errors="replace").partition(" ")
+            if message_id and _is_time(at):
+                self._pending.setdefault(message_id, at)
+        if self._pending:
+            log.info("%d sent ids recovered from %s", len(self._pending), self._log_path)
+        self._fold_quietly()
+
+    def check_file(self) -> None:
+        """Let go of the store when the file is not the one open (a replaced file gets another inode
+        while the old one is held open)."""
+        if self._open is not None and self._open[0] != _inode(self._store_path):
+            self.close()
+
+    def close(self) -> None:
+        """Move the logged ids into the store and let go of it (ids that could not be moved stay logged)."""
+        if self._fold_timer is not None:
+            self._fold_timer.cancel()
+            self._fold_timer = None
+        if self._open is None:
+            return
+        if self._pending:
+            self._fold_quietly()
+        self._pending.clear()
+        self._turn.clear()
+        if self._log_fd is not None:
+            os.close(self._log_fd)
+            self._log_fd = None
+        self._open[1].close()
+        self._open = None
