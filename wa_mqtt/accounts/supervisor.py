@@ -2,13 +2,7 @@
 engine session and its timers; its sends go through its `SendPipeline` (send_pipeline.py).
 
 Everything that changes the account goes through one inbox, handled one item at a time, so the state
-machine sees a single ordered stream of engine events, commands and timer expiries. The engine events
-handled without awaiting anything (`_AT_ONCE`: messages, receipts, the sim's `sent`; two or three per
-send) are handled as they are emitted when the inbox is empty and no item is being handled: an item
-queued then would be the next one handled, before anything emitted after it, so handling it now is the
-same order, without a queue put, a get and a wake-up of the inbox's task (`_emit`). Otherwise, behind
-an item in the inbox or while one is being handled (it may await: a command's engine call), it is
-queued like any other, so it never overtakes what came before it. Calls into the
+machine sees a single ordered stream of engine events, commands and timer expiries. Calls into the
 engine session are serialised by one lock (neonize must never see concurrent connect/stop), but for
 the sends the pipeline hands to an engine process (`SendsInOrder`): its child serves its requests one
 at a time, in order, whatever the bridge writes meanwhile.
@@ -85,7 +79,6 @@ class Supervisor:
         self._session: EngineSession | None = None
         self._session_lock = asyncio.Lock()
         self._inbox: asyncio.Queue[Any] = asyncio.Queue()
-        self._idle = False  # `run` waits for an item (and handles none): `_emit` may handle one at once
         self._retry: asyncio.TimerHandle | None = None
         self._pairing_timer: asyncio.TimerHandle | None = None
         self._sends = SendPipeline(phone, outbox, bus, state=lambda: self.state, session=lambda: self._session,
@@ -204,11 +197,7 @@ class Supervisor:
         """Handle the inbox until `close()`, then show the account `stopped` if it was running;
         never raises for one bad item."""
         while True:
-            self._idle = True
-            try:
-                item = await self._inbox.get()
-            finally:
-                self._idle = False
+            item = await self._inbox.get()
             if item is None:
                 break
             try:
@@ -238,9 +227,7 @@ class Supervisor:
 
     # -- the loop ------------------------------------------------------------------------------
     async def _handle(self, item: Any) -> None:
-        if type(item) in _AT_ONCE:
-            self._handle_at_once(item)
-        elif isinstance(item, _Call):
+        if isinstance(item, _Call):
             try:
                 if item.input is not None:
                     await self._step(item.input)
@@ -257,6 +244,16 @@ class Supervisor:
             self._publish_status()
             if self.state == AccountState.CONNECTED:
                 self._sends.start_flush()  # what a full disk held back (begin_attempt could not be recorded)
+        elif isinstance(item, MessageReceived):
+            self._heard()
+            self.messages_in += 1
+            self._bus.emit(ev.MessageReceived(self.phone, item.message))
+            self._bus.emit(ev.StatsChanged(self.phone))
+        elif isinstance(item, ReceiptReceived):
+            self._heard()
+            self._bus.emit(ev.ReceiptReceived(self.phone, item.receipt))
+        elif isinstance(item, SimSent):
+            self._bus.emit(ev.SimSent(self.phone, item.payload))
         elif isinstance(item, GroupsUpdated):
             self._bus.emit(ev.GroupsChanged(self.phone, tuple(item.groups)))
         elif isinstance(item, GroupChanged):
@@ -267,19 +264,6 @@ class Supervisor:
             if isinstance(item, Connected) or (isinstance(item, Degraded) and not item.degraded):
                 self._heard()  # shown with the status: the connect, or a keepalive answered again
             await self._step(item)
-
-    def _handle_at_once(self, item: MessageReceived | ReceiptReceived | SimSent) -> None:
-        """An `_AT_ONCE` engine event: nothing awaited, so it may run inside `_emit` (see the module)."""
-        if type(item) is ReceiptReceived:
-            self._heard()
-            self._bus.emit(ev.ReceiptReceived(self.phone, item.receipt))
-        elif type(item) is SimSent:
-            self._bus.emit(ev.SimSent(self.phone, item.payload))
-        elif type(item) is MessageReceived:
-            self._heard()
-            self.messages_in += 1
-            self._bus.emit(ev.MessageReceived(self.phone, item.message))
-            self._bus.emit(ev.StatsChanged(self.phone))
 
     async def _step(self, event: m.Input) -> None:
         before = self.account
@@ -348,20 +332,7 @@ class Supervisor:
         return self._session
 
     def _emit(self, event: EngineEvent) -> None:
-        """An engine event, in the order the engine emits them: handled now when it is an `_AT_ONCE`
-        event and nothing is queued or being handled (the same order: see the module), else queued.
-        Handled now, a failure is logged as `run` logs one and never reaches the engine's reader."""
-        if self._closed:
-            return
-        if self._idle and type(event) in _AT_ONCE and self._inbox.empty():
-            self._idle = False  # an event emitted while this one is handled (by a subscriber) waits for it
-            try:
-                self._handle_at_once(event)  # type: ignore[arg-type]  # `_AT_ONCE` holds its three types
-            except Exception:  # one bad item must not kill the account
-                log.exception("%s: failed to handle %s", self.phone, type(event).__name__)
-            finally:
-                self._idle = True  # (`run` still waits: only it clears this for good)
-        else:
+        if not self._closed:
             self._inbox.put_nowait(event)
 
     async def _call(self, fn: Callable[[EngineSession], Awaitable[T]]) -> T:
@@ -416,9 +387,6 @@ class Supervisor:
         for handle in (self._retry, self._pairing_timer):
             self._cancel(handle)
         self._retry = self._pairing_timer = None
-
-
-_AT_ONCE: frozenset[type] = frozenset((MessageReceived, ReceiptReceived, SimSent))  # see the module
 
 
 @dataclass(frozen=True)
