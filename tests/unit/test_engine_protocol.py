@@ -59,6 +59,26 @@ def test_child_lines_of_another_version_or_shape_are_refused(line: bytes) -> Non
         p.decode_child_line(line)
 
 
+QR = b'{"kind":"qr","code":"2@abc"}'
+
+
+def test_an_event_line_as_written_is_read_straight_from_its_bytes() -> None:
+    assert p.decode_child_line(b'{"v":%d,"event":%s}\n' % (V, QR)) == p.Event(Qr(code="2@abc"))
+
+
+@pytest.mark.parametrize("line", [
+    b'{"v":%d,"event":%s,"v":%d}\n' % (V, QR, V + 1),  # the event, then another version: the last one counts
+    b'{"v":%d,"event":%s}}\n' % (V, QR),  # not JSON
+    b'{"v":%d,"event":%s' % (V, QR),  # cut off
+    b'{"v":%d,"event":{"kind":"nonsense"}}\n' % V,
+])
+def test_lines_that_only_begin_like_an_event_line_are_refused(line: bytes) -> None:
+    """The event is validated straight from the bytes between `{"v":3,"event":` and `}\n` only when they
+    are one JSON value; anything else takes the long way and is refused there."""
+    with pytest.raises(p.ProtocolError):
+        p.decode_child_line(line)
+
+
 @pytest.mark.parametrize("line", [
     json.dumps({"v": V - 1, "id": 1, "op": "send", "args": {"message": {"to": "5511999999999", "text": "x"}}}).encode(),
     json.dumps({"v": V + 1, "id": 1, "op": "start", "args": {}}).encode(),

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
 
@@ -258,9 +258,9 @@ def decode_request(line: bytes) -> Request:
 
 
 def decode_child_line(line: bytes) -> ChildLine:
-    if line.startswith(_EVENT_PREFIX):  # as encode_event writes it: parsed and validated in one step
+    if line.startswith(_EVENT_PREFIX) and line.endswith(b"}\n"):  # as encode_event writes it: see _EVENT_PREFIX
         try:
-            return Event(_EventLine.model_validate_json(line).event)
+            return Event(EVENT_ADAPTER.validate_json(line[_EVENT_START:-2]))
         except ValidationError:
             pass  # refused below, with the reason
     data = _load(line)
@@ -288,15 +288,13 @@ def decode_child_line(line: bytes) -> ChildLine:
 # json.dumps (but for a float's exponent: 1e-7, not 1e-07). It would write NaN and infinities as null,
 # where json.dumps writes NaN and Infinity, which the bridge reads back as they were.
 _WRITTEN_BY_PYDANTIC = (ReceiptReceived, SimSent)
+# An event line as encode_event writes it (every event, most of the child's lines): `_EVENT_PREFIX`, the
+# event, `}` and the newline. Between them must be exactly one JSON value, so a line the event validates
+# from is `{"v": 3, "event": <that value>}` and nothing else: its event is parsed and validated in one step,
+# straight from the bytes (no model of the line around it). Any other line (another version, another
+# key, a bad event) takes the long way and is refused there with its reason.
 _EVENT_PREFIX = b'{"v":%d,"event":' % VERSION
-
-
-class _EventLine(BaseModel):
-    """An event line as encode_event writes it (any other line, or a line of another version, takes
-    the long way and is refused there with its reason)."""
-
-    v: Literal[3]  # VERSION
-    event: EngineEvent
+_EVENT_START = len(_EVENT_PREFIX)
 
 
 class SendChain:

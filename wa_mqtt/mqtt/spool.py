@@ -43,6 +43,7 @@ import logging
 import sqlite3
 import threading
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
@@ -59,6 +60,7 @@ ISSUED_LEASE = 1024  # numbers the persisted "issued up to" mark runs ahead: one
 TAIL_ENTRIES = 512  # the newest entries written also kept in memory (`peek` reads them without a query) ...
 TAIL_BYTES = 1 << 20  # ... up to this many topic + payload bytes
 
+_INSERT = "INSERT INTO spool (seq, topic, payload, qos, retain, size) VALUES (?, ?, ?, ?, ?, ?)"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (
     seq     INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -180,12 +182,20 @@ class Spool:
         returns its sequence number."""
         with self._lock:
             self._last_seq += 1
-            entry = SpoolEntry(self._last_seq, topic, payload, qos, retain)
+            seq = self._last_seq
+            entry = SpoolEntry(seq, topic, payload, qos, retain)
             error: BaseException | None = None
             if not self._held:
                 try:
-                    self._store([entry])
-                    return entry.seq
+                    size = len(topic.encode()) + len(payload)  # `_size(entry)`
+                    if seq <= self._issued and (not self._count or self._bytes + size <= self.max_bytes):
+                        # the common case of `_store([entry])`, without its list, sums and calls: one
+                        # INSERT (autocommit: committed when it returns), then the same bookkeeping
+                        self._conn.execute(_INSERT, (seq, topic, payload, qos, int(retain), size))
+                        self._stored((entry,), size)
+                    else:
+                        self._store([entry])
+                    return seq
                 except sqlite3.Error as exc:
                     if not is_disk_full(exc, self.path):
                         raise
@@ -323,6 +333,10 @@ class Spool:
                 self._insert_all(entries, issued)
         if issued is not None:
             self._issued = issued
+        self._stored(entries, size)
+
+    def _stored(self, entries: Sequence[SpoolEntry], size: int) -> None:
+        """Entries (of `size` bytes together) are committed: counted, and the newest in the tail."""
         self._bytes += size
         self._count += len(entries)
         self._tail.extend(entries)  # committed: now on disk, and the newest there
@@ -351,9 +365,7 @@ class Spool:
                                (issued,))
 
     def _insert(self, entry: SpoolEntry) -> None:
-        self._conn.execute(
-            "INSERT INTO spool (seq, topic, payload, qos, retain, size) VALUES (?, ?, ?, ?, ?, ?)",
-            (entry.seq, entry.topic, entry.payload, entry.qos, int(entry.retain), _size(entry)))
+        self._conn.execute(_INSERT, (entry.seq, entry.topic, entry.payload, entry.qos, int(entry.retain), _size(entry)))
 
     def _write_held(self, limit: int) -> None:
         if self._delete_pending:
