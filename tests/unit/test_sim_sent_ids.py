@@ -113,12 +113,15 @@ async def test_a_store_replaced_while_offline_is_the_one_used_after(tmp_path: Pa
 
     assert not await already_sent(session, "X2")
     await session.stop()
+    log_path(store).write_text(f"{clock().isoformat()} X3\n")  # logged by a killed engine process: the old store's
     assert restore_from_backup(store, tmp_path / "backups", now=clock()) is not None
+    assert not log_path(store).exists()
     await session.start()
+    assert not await already_sent(session, "X3")  # set aside with the store it belonged to
     assert not await already_sent(session, "X2")  # the restored store never had it
     assert not await already_sent(session, "X1")
     assert await already_sent(session, "X2")
-    assert stored_ids(store) == {"X1", "X2"}
+    assert stored_ids(store) == {"X1", "X2", "X3"}
     await session.close()
 
 
