@@ -205,10 +205,14 @@ async def test_disconnect_connect_logout(env: BridgeEnv, bridge: BridgeProcess) 
         assert flushed
         assert status["error"] is None
         mark = probe.mark()
+        assert (await probe.request(A, "send", {"to": "5511988887777", "text": "again"}))["status"] == "ok"
+        await probe.wait_for(f"{env.base}/sim/{A}/sent", lambda r: r.json().get("text") == "again")
+        assert (env.sessions / A / "store.db-sent").exists()  # (not the first send: that one is stored at once)
         assert (await probe.request(A, "logout", {}))["status"] == "ok"
         out = await probe.wait_state(A, "logged_out", after=mark)
         assert out["error_code"] == "logged_out"
-        assert not (env.sessions / A / "store.db").exists()
+        assert (env.sessions / A / "account.json").exists()
+        assert not list((env.sessions / A).glob("store.db*"))  # its journal and the sim's sent-id log too
         mark = probe.mark()
         await probe.request(A, "connect", {})
         await probe.wait_state(A, "pairing", after=mark)  # a logged-out account pairs anew

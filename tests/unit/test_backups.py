@@ -122,6 +122,7 @@ def test_restore_uses_the_newest_good_backup_and_keeps_the_broken_store(paths) -
     paths.store.write_bytes(b"garbage" * 100)
     Path(f"{paths.store}-wal").write_bytes(b"stale wal")
     Path(f"{paths.store}-shm").write_bytes(b"stale shm")
+    Path(f"{paths.store}-sent").write_bytes(b"2026-11-24T11:00:00+00:00 OLD\n")  # the sim's sent-id log: that store's
 
     used = restore_from_backup(paths.store, paths.backups, now=T0 + timedelta(hours=2))
     assert used == good
@@ -130,7 +131,9 @@ def test_restore_uses_the_newest_good_backup_and_keeps_the_broken_store(paths) -
     aside = paths.root / "store.db.corrupt-20261124T120000Z"
     assert aside.read_bytes() == b"garbage" * 100
     assert Path(f"{aside}-wal").read_bytes() == b"stale wal"
+    assert Path(f"{aside}-sent").read_bytes() == b"2026-11-24T11:00:00+00:00 OLD\n"
     assert not Path(f"{paths.store}-shm").exists() and not Path(f"{paths.store}-wal").exists()
+    assert not Path(f"{paths.store}-sent").exists()
     assert not list(paths.root.glob("*restore-tmp*"))
 
 

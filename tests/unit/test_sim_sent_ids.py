@@ -6,7 +6,10 @@ new link, a restored backup)."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import logging
+import os
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -61,7 +64,7 @@ async def test_ids_are_pruned_after_two_days_with_one_delete_a_minute(tmp_path: 
         old.execute("CREATE TABLE sim_sent (id TEXT PRIMARY KEY, sent_at TEXT NOT NULL)")
     session = await linked_session(store, clock)
     statements: list[str] = []
-    session._sent_ids().set_trace_callback(statements.append)  # the statements run on the sent ids
+    session._sent.db().set_trace_callback(statements.append)  # the statements run on the sent ids
     assert not await already_sent(session, "OLD")
     for n in range(50):  # a burst within a minute: pruned once
         clock.advance(timedelta(seconds=1))
@@ -110,12 +113,15 @@ async def test_a_store_replaced_while_offline_is_the_one_used_after(tmp_path: Pa
 
     assert not await already_sent(session, "X2")
     await session.stop()
+    log_path(store).write_text(f"{clock().isoformat()} X3\n")  # logged by a killed engine process: the old store's
     assert restore_from_backup(store, tmp_path / "backups", now=clock()) is not None
+    assert not log_path(store).exists()
     await session.start()
+    assert not await already_sent(session, "X3")  # set aside with the store it belonged to
     assert not await already_sent(session, "X2")  # the restored store never had it
     assert not await already_sent(session, "X1")
     assert await already_sent(session, "X2")
-    assert stored_ids(store) == {"X1", "X2"}
+    assert stored_ids(store) == {"X1", "X2", "X3"}
     await session.close()
 
 
@@ -233,4 +239,119 @@ async def test_a_torn_log_line_is_ignored(tmp_path: Path) -> None:
     assert not await already_sent(session, "TWO\nLINES")  # no log line holds it: stored at once
     assert "TWO\nLINES" in stored_ids(store)
     assert not await already_sent(session, "BAD")
+    await session.close()
+
+
+async def test_a_log_write_the_disk_took_in_part_is_cut_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk takes the first line of a turn's write and part of the next: `commit` raises (the
+    turn is not answered, the process ends) and the log is as before, so the next process does not
+    find those ids either (the bridge's retry goes out, not `already_sent`)."""
+    monkeypatch.setattr(sim_sent, "FOLD_AFTER", 3600.0)
+    store, clock = tmp_path / "store.db", FakeClock()
+    session = await linked_session(store, clock)
+    session.batch_sent_ids()
+    assert not await already_sent(session, "FIRST")  # the first record prunes: in the store at once
+    clock.advance(timedelta(seconds=1))
+    assert not await already_sent(session, "L0")
+    session.commit_sent_ids()
+    before = log_path(store).read_bytes()
+    assert not await already_sent(session, "L1")
+    assert not await already_sent(session, "L2")
+    real_write = os.write
+
+    def full_disk(fd: int, data: bytes) -> int:
+        return real_write(fd, data[: data.index(b"\n") + 5])
+
+    with monkeypatch.context() as disk:
+        disk.setattr(sim_sent.os, "write", full_disk)
+        with pytest.raises(OSError, match="took only"):
+            session.commit_sent_ids()
+    assert log_path(store).read_bytes() == before
+    assert not await already_sent(session, "L1")  # not known to this process either
+
+    again = await linked_session(store, clock)  # the next engine process (the failed one exits)
+    assert await already_sent(again, "L0")
+    assert not await already_sent(again, "L2")
+    await again.close()
+
+
+async def test_a_turn_closed_while_the_store_cannot_be_written_stays_logged(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The session closes before the turn's answers leave (the child's last flush comes after): the
+    turn's ids are logged first, so a store that cannot take them leaves them in the log for the next
+    process. If the log cannot take them either, the last `commit` raises: nothing is answered."""
+    monkeypatch.setattr(sim_sent, "FOLD_AFTER", 3600.0)
+    store, clock = tmp_path / "store.db", FakeClock()
+    session = await linked_session(store, clock)
+    session.batch_sent_ids()
+    assert not await already_sent(session, "FIRST")
+    clock.advance(timedelta(seconds=1))
+    assert not await already_sent(session, "X")  # this turn's; its answer goes out after the close
+    session._sent.db().execute("PRAGMA query_only=1")  # the store cannot be written (a full disk, say)
+    with caplog.at_level(logging.WARNING, logger=sim_sent.__name__):
+        await session.close()
+    assert "1 sent ids stay in" in caplog.text and "until the store is opened again" in caplog.text
+    session.commit_sent_ids()  # the child's last flush: X is answered
+    again = await linked_session(store, clock)
+    assert await already_sent(again, "X")
+    assert stored_ids(store) >= {"FIRST", "X"}
+    await again.close()
+
+    session = await linked_session(store, clock)
+    session.batch_sent_ids()
+    assert not await already_sent(session, "SECOND")
+    clock.advance(timedelta(seconds=1))
+    assert not await already_sent(session, "Y")
+    session._sent.db().execute("PRAGMA query_only=1")
+
+    def no_space(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as disk:
+        disk.setattr(sim_sent.os, "write", no_space)
+        await session.close()
+    with pytest.raises(sqlite3.OperationalError, match="No space"):
+        session.commit_sent_ids()  # Y is recorded nowhere: it must not be answered
+    again = await linked_session(store, clock)
+    assert not await already_sent(again, "Y")
+    await again.close()
+
+
+async def test_the_filter_is_filled_anew_only_when_that_is_worth_a_scan(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store holding more ids than the filter is of use for has none (each look-up reads the store)
+    and is not scanned again on every prune, only once as many ids were added as it held; a prune that
+    leaves few ids brings the filter back (a new id then reads nothing)."""
+    monkeypatch.setattr(sim_sent, "REFILL_AFTER", 4)
+    fills: list[int] = []
+    fill = sim_sent.SentIds._fill
+
+    def counted(self: sim_sent.SentIds, db: sqlite3.Connection) -> None:
+        fills.append(1)
+        fill(self, db)
+
+    monkeypatch.setattr(sim_sent.SentIds, "_fill", counted)
+    store, clock = tmp_path / "store.db", FakeClock()
+    write_device(store, PHONE, "Sim", clock())
+    with sqlite3.connect(store) as db:
+        db.execute("CREATE TABLE sim_sent (id TEXT PRIMARY KEY, sent_at TEXT NOT NULL)")
+        db.executemany("INSERT INTO sim_sent VALUES (?, ?)",
+                       ((f"S{n}", (clock() - timedelta(days=1)).isoformat()) for n in range(6)))
+    db.close()
+    session = await linked_session(store, clock)
+    assert await already_sent(session, "S5")  # no filter: read from the store
+    for n in range(5):  # a prune each (a minute apart): no scan
+        clock.advance(timedelta(minutes=1))
+        assert not await already_sent(session, f"N{n}")
+    assert len(fills) == 1  # the one when the store was opened
+    clock.advance(SENT_IDS_KEPT + timedelta(minutes=1))
+    assert not await already_sent(session, "LATE")  # the 6th id added: this prune (all but LATE) fills it
+    assert len(fills) == 2
+    assert stored_ids(store) == {"LATE"}
+    statements: list[str] = []
+    session._sent.db().set_trace_callback(statements.append)
+    assert not await already_sent(session, "NEWER")
+    assert not [s for s in statements if s.startswith("SELECT")]  # the filter knows it is new
+    assert await already_sent(session, "LATE")
+    assert await already_sent(session, "NEWER")
     await session.close()

@@ -5,7 +5,9 @@ store.AccountPaths). Backups are named `store-<UTC yyyymmddThhmmssZ>[-n].db`, ve
 `PRAGMA integrity_check` before they count, kept newest `keep`, files 0600 in a 0700 folder, and
 written in rollback-journal mode so a backup is one self-contained file.
 
-Restore never deletes: the broken store (and its -wal) is set aside as `store.db.corrupt-<stamp>`.
+Restore never deletes: the broken store (and its -wal, -journal and the sim's sent-id log -sent) is set
+aside as `store.db.corrupt-<stamp>`. The restored store knows the sent ids its backup knew, not the old
+store's logged ones (as it knows none of the old store's stored ones: they were that file's).
 The engine must not hold the store open during a restore. Functions are synchronous and take
 milliseconds for a session store; call them via `asyncio.to_thread` from the event loop.
 """
@@ -19,6 +21,8 @@ import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from .store import STORE_SIDE_FILES
 
 if TYPE_CHECKING:
     from cryptography.fernet import Fernet
@@ -118,7 +122,8 @@ def restore_from_backup(store: Path, backups_dir: Path, name: str | None = None,
                         *, now: datetime | None = None, key: bytes | None = None) -> Path | None:
     """Put the named backup, or the newest good one, in place of `store`; the backup used, or None.
 
-    The old store (if any) is kept as `store.db.corrupt-<stamp>` (its -wal alongside), its -shm removed.
+    The old store (if any) is kept as `store.db.corrupt-<stamp>` (its -wal, -journal, -sent alongside),
+    its -shm removed.
     """
     store, backups_dir = Path(store), Path(backups_dir)
     if name is not None and Path(name).name != name:
@@ -214,15 +219,15 @@ def _copy(source: Path, target: Path) -> None:
 
 
 def _set_aside(store: Path, now: datetime) -> None:
-    """Move a broken store and its -wal out of the way (kept for inspection); drop its -shm."""
+    """Move a broken store and its side files out of the way (kept for inspection); drop its -shm."""
     if store.exists():
         aside = _free_name(store.parent, f"{store.name}.corrupt-{_stamp(now)}", "")
         os.replace(store, aside)
         log.warning("kept the replaced store as %s", aside.name)
-        for side in ("-wal", "-journal"):
-            if Path(f"{store}{side}").exists():
+        for side in STORE_SIDE_FILES:
+            if side != "-shm" and Path(f"{store}{side}").exists():
                 os.replace(f"{store}{side}", f"{aside}{side}")
-    for side in ("-wal", "-journal", "-shm"):
+    for side in STORE_SIDE_FILES:
         _unlink(Path(f"{store}{side}"))
 
 

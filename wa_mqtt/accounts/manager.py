@@ -25,7 +25,7 @@ from ..store.protocols import OutboxStore as Outbox
 from ..tasks import BackgroundTasks
 from . import machine as m
 from .backups import BackupError, backup_store, check_store, list_backups, restore_from_backup
-from .store import SessionStore, StorageError
+from .store import SessionStore, StorageError, store_files
 from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -312,9 +312,8 @@ class AccountManager:
         """Unlink on WhatsApp's side, stop, and remove the store (account.json and backups stay)."""
         supervisor = self.get(phone)
         await supervisor.logout()
-        store = self.store.paths(phone).store
-        for path in (store, store.with_name(store.name + "-wal"), store.with_name(store.name + "-shm")):
-            path.unlink(missing_ok=True)
+        for path in store_files(self.store.paths(phone).store):  # a log left by a killed engine process too:
+            path.unlink(missing_ok=True)  # the next linked device's store must not take its ids
         if self._pg_sessions is not None:  # the store is the account's schema: it goes likewise
             await asyncio.to_thread(self._drop_pg_session, phone)
         log.info("%s: logged out, store removed", phone)

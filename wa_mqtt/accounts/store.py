@@ -4,6 +4,7 @@ Layout (contract section 9):
     sessions/<phone>/store.db        the engine's session store (SQLite)
     sessions/<phone>/account.json    phone, name, engine, created_at, last_connected
     sessions/<phone>/backups/        consistent copies of store.db
+    sessions/<phone>/store.db-*      the store's side files (STORE_SIDE_FILES): they go with it
 Folders are 0700 and files 0600: a store is a key to someone's WhatsApp.
 """
 
@@ -30,6 +31,14 @@ log = logging.getLogger(__name__)
 STORE_FILE = "store.db"
 META_FILE = "account.json"
 BACKUP_DIR = "backups"
+# SQLite's side files of store.db, and the sim engine child's sent-id log (engines/sim_sent.py): part of
+# that store file (removed with it, set aside with it); another store in its place must not take them.
+STORE_SIDE_FILES = ("-journal", "-wal", "-shm", "-sent")
+
+
+def store_files(store: Path) -> tuple[Path, ...]:
+    """`store` and its side files (STORE_SIDE_FILES)."""
+    return (store, *(store.with_name(store.name + side) for side in STORE_SIDE_FILES))
 
 
 class StorageError(BridgeError, OSError):

@@ -97,7 +97,8 @@ class ChildServer:
     def _flush(self) -> None:
         """Write the lines held, after what they report is durable: the sim commits the sent ids of
         this turn's sends first (`batch_sent_ids`). If that fails, nothing of the turn goes out and
-        the process ends: the bridge retries those sends under the same ids, none of them recorded."""
+        the process ends: the bridge retries those sends under the same ids, none of them recorded
+        (a log write the disk took only in part is cut off again first, see sim_sent)."""
         self._flush_due = False
         if self._before_output is not None:
             try:

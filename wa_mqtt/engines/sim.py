@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -256,10 +255,6 @@ class SimSession(SimControlsMixin, SimIncomingMixin):
         """Make the sent ids recorded since the last call outlive the process; raises (OSError,
         sqlite3.Error) when one could not be recorded: the sends they belong to must then not be answered."""
         self._sent.commit()
-
-    def _sent_ids(self) -> sqlite3.Connection:
-        """The store's sent ids (a connection kept open, see sim_sent.SentIds)."""
-        return self._sent.db()
 
     async def react(self, chat: str, message_id: str, emoji: str, sender: str | None = None) -> str:
         self._require_connected()

@@ -36,7 +36,7 @@ from .sim import SimEngine, SimSession
 from .sim_store import read_device
 
 log = logging.getLogger(__name__)
-_JOURNALS = ("-journal", "-wal", "-shm")
+_JOURNALS = ("-journal", "-wal", "-shm", "-sent")  # and the sent-id log (sim_sent.py): the local file's
 
 
 def account_of(store_path: Path) -> str:

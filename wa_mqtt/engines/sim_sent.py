@@ -21,9 +21,16 @@ those of the store file in place when the session went online (plus, after a kil
 which WhatsApp took all the same). At rest (FOLD_AFTER after the last send) the store holds them
 all: a backup or a copy of it misses none.
 
+A write of the log the disk took only in part (full) is cut back off (ftruncate) before `commit`
+raises: the turn is not answered, so none of its ids may be found by the next process either.
+
 A look-up asks the logged ids, then a Bloom filter of the stored ones (`_MaybeStored`, 1 MB, filled
 by a scan when the store is opened): the store is read only on its "maybe" (a repeat, or ~0.1 % of
-new ids), not for every new id (a read transaction: ~20 us of locks and journal checks).
+new ids), not for every new id (a read transaction: ~20 us of locks and journal checks). The filter
+keeps pruned ids: past REFILL_AFTER ids in it, a prune fills it anew, but only once as many ids were
+added since the last fill as were stored then (a scan costs at most two rows an added id). A store
+holding more than REFILL_AFTER ids has no filter (each look-up reads the store) until a prune leaves
+fewer.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ PRUNE_EVERY = timedelta(minutes=1)  # (sim clock) ids older than SENT_IDS_KEPT a
 FOLD_AT = 512  # logged ids moved into the store in one transaction (and the memory they take is freed)
 FOLD_AFTER = 1.0  # seconds after an id is logged by which it is in the store (if its process lives)
 FILTER_BITS = 23  # the filter of ids that may be stored: 2^23 bits (1 MB); ~0.1 % false "maybe" at 100,000 ids
-REFILL_AFTER = 1_000_000  # ids added to the filter after which a prune fills it anew (it keeps pruned ids)
+REFILL_AFTER = 1_000_000  # ids in the filter (~5 % false "maybe") past which a prune may fill it anew (it keeps pruned ids)
 
 
 def log_path(store_path: Path) -> Path:
@@ -116,11 +123,14 @@ class SentIds:
         self._pruned_at: datetime | None = None  # (sim clock) when old ids were last removed
         self._batched = False
         self._pending: dict[str, str] = {}  # logged (batched) ids not moved into the store yet → sent_at (ISO)
-        self._turn: list[str] = []  # log lines of this turn's ids, written by `commit`
+        self._turn: list[str] = []  # this turn's ids (in `_pending` too), logged by `commit`
         self._log_fd: int | None = None
         self._failed: BaseException | None = None  # an id of the turn was not recorded: it must not be answered
         self._fold_timer: asyncio.TimerHandle | None = None
-        self._filter = _MaybeStored()
+        self._filter: _MaybeStored | None = _MaybeStored()  # None: more ids stored than it is of use for
+        self._filled = 0  # ids stored (and logged) at the last fill
+        self._added = 0  # ids recorded since the last fill
+        self._log_size = 0  # bytes in the log (as this process wrote it): where a failed write is cut back to
         self._fold_at = FOLD_AT  # logged ids that make `commit` move them in (further on after a failed try)
 
     def batch(self) -> None:
@@ -141,7 +151,7 @@ class SentIds:
         if (at := self._pending.get(message_id)) is not None:
             return datetime.fromisoformat(at)
         db = self.db()
-        if message_id not in self._filter:
+        if self._filter is not None and message_id not in self._filter:
             return None
         row = db.execute("SELECT sent_at FROM sim_sent WHERE id = ?", (message_id,)).fetchone()
         return datetime.fromisoformat(row[0]) if row else None
@@ -150,7 +160,9 @@ class SentIds:
         """Remember `message_id` as taken; ids older than SENT_IDS_KEPT are pruned, at most once a
         PRUNE_EVERY (an id may so be remembered up to a minute longer; a prune per send was a scan)."""
         db = self.db()
-        self._filter.add(message_id)
+        if self._filter is not None:
+            self._filter.add(message_id)
+        self._added += 1
         prune = self._pruned_at is None or not self._pruned_at <= now < self._pruned_at + PRUNE_EVERY
         if not self._batched:
             with db:
@@ -158,15 +170,17 @@ class SentIds:
                 if prune:
                     self._prune(db, now)
             return
-        self._pending[message_id] = at = now.isoformat()
+        self._pending[message_id] = now.isoformat()
         if "\n" not in message_id:  # (a log line could not hold it: into the store at once)
-            self._turn.append(f"{at} {message_id}\n")
+            self._turn.append(message_id)
             if not prune:
                 return
         try:
             self.fold(now if prune else None)  # the turn's ids with it: committed, before any answer
-        except BaseException as exc:  # none of the turn's sends may be answered
+        except BaseException as exc:  # none of the turn's sends may be answered (nor remembered)
             self._failed = exc
+            self._pending.pop(message_id, None)
+            self._forget_turn()
             raise
 
     def commit(self) -> None:
@@ -174,20 +188,45 @@ class SentIds:
         (OSError, sqlite3.Error) when one of them was not recorded: their sends must not be answered."""
         failed, self._failed = self._failed, None
         if failed is not None:
+            self._forget_turn()
             raise sqlite3.OperationalError(f"a sent id could not be written: {failed}") from failed
         if not self._turn:
             return
-        data = "".join(self._turn).encode()
-        self._turn.clear()
-        if self._log_fd is None:
-            self._log_fd = os.open(self._log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        if os.write(self._log_fd, data) != len(data):  # a full disk: a short write
-            raise OSError(f"the sent-id log {self._log_path} took only part of a write")
+        try:
+            self._write_turn()
+        except BaseException:
+            self._forget_turn()
+            raise
         if len(self._pending) >= self._fold_at:
             self._fold_quietly()
         elif self._fold_timer is None:
             with contextlib.suppress(RuntimeError):  # not on a loop: moved in at FOLD_AT or on close
                 self._fold_timer = asyncio.get_running_loop().call_later(FOLD_AFTER, self._fold_later)
+
+    def _write_turn(self) -> None:
+        """Append the turn's ids to the log with one write; one the disk took in part is cut off again
+        (its whole lines would otherwise make the next process remember ids never answered)."""
+        data = "".join(f"{self._pending[message_id]} {message_id}\n" for message_id in self._turn).encode()
+        if self._log_fd is None:
+            self._log_fd = os.open(self._log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._log_size = os.fstat(self._log_fd).st_size
+        try:
+            if (written := os.write(self._log_fd, data)) != len(data):  # a full disk: a short write
+                raise OSError(f"the sent-id log {self._log_path} took only {written} of {len(data)} bytes")
+        except OSError as exc:
+            try:
+                os.ftruncate(self._log_fd, self._log_size)
+            except OSError as cut:
+                raise OSError(f"{exc}; its start could not be cut off again ({cut})") from exc
+            raise
+        self._log_size += len(data)
+        self._turn.clear()
+
+    def _forget_turn(self) -> None:
+        """The turn's ids, not recorded (nor answered): not known to this process either."""
+        for message_id in self._turn:
+            self._pending.pop(message_id, None)
+        self._turn.clear()
 
     def fold(self, prune_at: datetime | None = None) -> None:
         """Move the logged ids into the store in one transaction (with a prune as of `prune_at`), then
@@ -200,18 +239,22 @@ class SentIds:
                 self._prune(db, prune_at)
         self._pending.clear()
         self._turn.clear()  # in the store now: no need to log them
-        if self._log_fd is not None:
-            os.ftruncate(self._log_fd, 0)
-        elif self._log_path.exists():
-            self._log_path.write_bytes(b"")
+        try:  # (stored now, whatever comes: a log not emptied is only moved in again, unchanged)
+            if self._log_fd is not None:
+                os.ftruncate(self._log_fd, 0)
+                self._log_size = 0
+            elif self._log_path.exists():
+                self._log_path.write_bytes(b"")
+        except OSError as exc:
+            log.warning("%s not emptied (its ids are in the store): %s", self._log_path, exc)
 
-    def _fold_quietly(self) -> None:
+    def _fold_quietly(self, until: str = "for now") -> None:
         """A fold that fails (a full disk) keeps the ids logged and in memory: tried again FOLD_AT ids later."""
         try:
             self.fold()
         except (sqlite3.Error, OSError) as exc:
             self._fold_at = len(self._pending) + FOLD_AT
-            log.warning("%d sent ids stay in %s for now: %s", len(self._pending), self._log_path, exc)
+            log.warning("%d sent ids stay in %s %s: %s", len(self._pending), self._log_path, until, exc)
         else:
             self._fold_at = FOLD_AT
 
@@ -223,16 +266,25 @@ class SentIds:
     def _prune(self, db: sqlite3.Connection, now: datetime) -> None:
         db.execute("DELETE FROM sim_sent WHERE sent_at < ?", ((now - SENT_IDS_KEPT).isoformat(),))
         self._pruned_at = now
-        if self._filter.added > REFILL_AFTER:  # full of pruned ids: "maybe" to nearly every id
-            self._fill(db)
+        if self._filled + self._added > REFILL_AFTER and self._added >= self._filled:
+            self._fill(db)  # full of pruned ids ("maybe" to ever more new ids), or none: see the module's doc
 
     def _fill(self, db: sqlite3.Connection) -> None:
-        """The filter made anew from the ids stored and logged (a scan: on open, and once a million sends)."""
-        self._filter = _MaybeStored()
+        """The filter made anew from the ids stored and logged (a scan: on open, and after a prune
+        when it is due); none when more are stored than REFILL_AFTER."""
+        self._added = 0
+        self._filled = db.execute("SELECT count(*) FROM sim_sent").fetchone()[0] + len(self._pending)
+        if self._filled > REFILL_AFTER:
+            if self._filter is not None:
+                log.info("%d sent ids in %s: each look-up reads the store (more than its filter holds)",
+                         self._filled, self._store_path)
+            self._filter = None
+            return
+        self._filter = maybe = _MaybeStored()
         for (stored,) in db.execute("SELECT id FROM sim_sent"):
-            self._filter.add(stored)
+            maybe.add(stored)
         for logged in self._pending:
-            self._filter.add(logged)
+            maybe.add(logged)
 
     def _recover(self, db: sqlite3.Connection) -> None:
         """Move the ids a killed process logged (and never moved in) into the store just opened."""
@@ -255,14 +307,26 @@ class SentIds:
             self.close()
 
     def close(self) -> None:
-        """Move the logged ids into the store and let go of it (ids that could not be moved stay logged)."""
+        """Move the logged ids into the store and let go of it. The turn's ids (not logged yet: their
+        answers still to go out) are logged first, so ids that cannot be moved in all stay logged for
+        the next opening; if even that write fails, the next `commit` raises (none is answered)."""
         if self._fold_timer is not None:
             self._fold_timer.cancel()
             self._fold_timer = None
         if self._open is None:
             return
+        unlogged: OSError | None = None
+        if self._failed is not None:
+            self._forget_turn()  # never to be answered: not to be stored either
+        elif self._turn:
+            try:
+                self._write_turn()
+            except OSError as exc:
+                unlogged = exc
         if self._pending:
-            self._fold_quietly()
+            self._fold_quietly("until the store is opened again")
+        if self._turn and unlogged is not None:  # neither logged nor stored: the turn must not be answered
+            self._failed = unlogged
         self._pending.clear()
         self._turn.clear()
         if self._log_fd is not None:
