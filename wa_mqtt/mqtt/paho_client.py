@@ -30,7 +30,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from .packets import Incoming, check_payload, check_topic, incoming, publish_packet
+from .packets import PAYLOAD_FITS, Incoming, check_payload, check_topic, framed_topic, incoming, publish_packet
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ class Paho(mqtt.Client):
     _reasons: dict[int, ReasonCode]
     _no_properties: Properties
     _acked: dict[int, Callable[[], None]]  # our QoS 1 publishes (`publish_acked`) by packet id
-    _topics: dict[str, bytes]  # topics `publish_acked` checked, encoded
+    _topics: dict[str, bytes]  # topics `publish_acked` checked, encoded and framed (`framed_topic`)
     receive: Callable[[Incoming], None] | None  # takes received publishes, decoded here (`_handle_publish`)
 
     @classmethod
@@ -223,25 +223,29 @@ class Paho(mqtt.Client):
         paho's queue of packets; the PUBACK comes back to `_packet_handle`. A lost connection
         drops this client with everything in flight: the link publishes it again on the next."""
         v5 = self._protocol == MQTTProtocolVersion.MQTTv5
-        encoded = self._topics.get(topic)
-        if encoded is None:
-            encoded = check_topic(topic, v5)  # raises for what paho refuses
+        framed = self._topics.get(topic)
+        if framed is None:
+            framed = framed_topic(check_topic(topic, v5))  # raises for what paho refuses
             if len(self._topics) >= TOPICS_KEPT:
                 self._topics.clear()
-            self._topics[topic] = encoded
-        check_payload(encoded, payload, correlation_data)
+            self._topics[topic] = framed
+        if len(payload) > PAYLOAD_FITS:
+            check_payload(framed[2:], payload, correlation_data)
         if self._sock is None:
             return False
         mid = self._mid_generate()
-        packet = publish_packet(encoded, payload, retain, mid, correlation_data, v5)
+        packet = publish_packet(framed, payload, retain, mid, correlation_data, v5)
         self._acked[mid] = acked
-        self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Sending PUBLISH (d0, q1, r%d, m%d), '%s', ... (%d bytes)",
-                       retain, mid, encoded, len(payload))
+        if self._on_log is not None or (self._logger is not None and self._logger.isEnabledFor(logging.DEBUG)):  # as `_easy_log`
+            self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Sending PUBLISH (d0, q1, r%d, m%d), '%s', ... (%d bytes)",
+                           retain, mid, framed[2:], len(payload))
         if self._sockpairW is None and self._on_socket_register_write is not None:  # always, under aiomqtt
-            # what paho's `_packet_queue` does then, without its checks for a threaded or no loop
+            # what paho's `_packet_queue` does then, without its checks for a threaded or no loop (and
+            # its `_call_socket_register_write` returns at once while a write is registered)
             self._out_packet.append({"command": PUBLISH, "mid": mid, "qos": 1, "pos": 0, "to_process": len(packet),
                                      "packet": packet, "info": None})
-            self._call_socket_register_write()
+            if not self._registered_write:
+                self._call_socket_register_write()
         else:
             self._packet_queue(PUBLISH, packet, mid, 1)
         return True
