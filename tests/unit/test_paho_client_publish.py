@@ -273,3 +273,18 @@ def test_whole_packets_read_with_the_end_of_the_connection_are_all_handled_befor
         assert list(client._acked) == [3] and client.socket() is None
     finally:
         ours.close()
+
+
+@pytest.mark.parametrize("protocol", [mqtt.MQTTv5, mqtt.MQTTv311])
+def test_puback_sent_is_what_paho_sends(protocol: mqtt.MQTTProtocolVersion) -> None:
+    """`Paho._send_puback` queues the PUBACK paho's own queues (the packet id), in order with publishes."""
+    one, two = socket.socketpair()
+    try:
+        theirs, ours = _client(one, protocol, False), _client(two, protocol, True)
+        for mid in (1, 255, 256, 65535):
+            assert theirs._send_puback(mid) == ours._send_puback(mid) == mqtt.MQTT_ERR_SUCCESS
+        assert _packets(ours._out_packet) == _packets(theirs._out_packet)
+        assert [p["command"] for p in ours._out_packet] == [p["command"] for p in theirs._out_packet]
+    finally:
+        one.close()
+        two.close()

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import socket
 import ssl
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -175,6 +176,7 @@ class PahoClient(aiomqtt.Client):
 
 PUBACK = PacketTypes.PUBACK << 4
 PUBLISH = PacketTypes.PUBLISH << 4
+_PUBACK_PACKET = struct.Struct("!BBH")  # a PUBACK: its command, remaining length 2, the packet id
 TOPICS_KEPT = 4096  # topics checked and encoded, kept by `publish_acked` (a bridge publishes to a few per account)
 SIMPLE_PUBACK_REASONS = (0x00, 0x10)  # Success, No matching subscribers: no properties follow
 
@@ -291,11 +293,13 @@ class Paho(mqtt.Client):
             return super()._packet_read()
         rc = MQTTErrorCode.MQTT_ERR_SUCCESS
         acks = self._acked
+        receive = self.receive
+        v5 = self._protocol == MQTTProtocolVersion.MQTTv5
         while taken is not None:
             command, body = taken
+            kind = command & 0xF0
             size = len(body)
-            if command & 0xF0 == PUBACK and (size == 2 or (size == 3 and body[2] in self._reasons and
-                                                           self._protocol == MQTTProtocolVersion.MQTTv5)):
+            if kind == PUBACK and (size == 2 or (size == 3 and body[2] in self._reasons and v5)):
                 mid = (body[0] << 8) | body[1]
                 acked = acks.pop(mid, None)
                 if acked is not None:  # ours: unknown to paho's in-flight table
@@ -303,7 +307,11 @@ class Paho(mqtt.Client):
                     acked()
                     taken = next_packet() if self._sock is sock else None
                     continue
-            rc = self._handle_taken(command, body)
+            decoded = incoming(command, body, v5) if kind == PUBLISH and receive is not None else None
+            if decoded is not None:  # what `_handle_publish` does, without paho's packet state and dispatch
+                rc = self._received(receive, *decoded)  # type: ignore[arg-type]  # not None: decoded is
+            else:
+                rc = self._handle_taken(command, body)
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._sock is not sock:
                 break
             taken = next_packet()
@@ -337,15 +345,31 @@ class Paho(mqtt.Client):
             packet["command"], packet["packet"], self._protocol == MQTTProtocolVersion.MQTTv5)
         if decoded is None:
             return super()._handle_publish()
-        message, qos, mid = decoded
+        assert receive is not None
+        return self._received(receive, *decoded)
+
+    def _received(self, receive: Callable[[Incoming], None], message: Incoming, qos: int, mid: int) -> MQTTErrorCode:
+        """A received publish, decoded: to `receive`, then its PUBACK, as paho's `_handle_publish` does."""
         self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Received PUBLISH (q%d, m%d), '%s', ...  (%d bytes)",
                        qos, mid, message.topic, len(message.payload))
-        assert receive is not None
         with self._in_callback_mutex:
             receive(message)
         if qos == 0 or self._manual_ack:
             return MQTTErrorCode.MQTT_ERR_SUCCESS
         return self._send_puback(mid)
+
+    def _send_puback(self, mid: int) -> MQTTErrorCode:
+        """The PUBACK paho sends (the packet id: success, MQTT 3.1.1 and 5), queued as `publish_acked`
+        queues a publish rather than through paho's generic `_send_command_with_mid`/`_packet_queue`."""
+        self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Sending PUBACK (Mid: %d)", mid)
+        packet = _PUBACK_PACKET.pack(PUBACK, 2, mid)
+        if self._sockpairW is None and self._on_socket_register_write is not None:  # always, under aiomqtt
+            self._out_packet.append({"command": PUBACK, "mid": mid, "qos": 1, "pos": 0, "to_process": 4,
+                                     "packet": packet, "info": None})
+            if not self._registered_write:
+                self._call_socket_register_write()
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return self._packet_queue(PUBACK, packet, mid, 1)
 
     def _easy_log(self, level: LogLevel, fmt: str, *args: Any) -> None:
         # paho logs every packet at debug (a send: 8 lines), the logger filtering them out; skipped here
