@@ -155,6 +155,8 @@ class PahoClient(aiomqtt.Client):
 
     def _write_queued(self, client: Any, userdata: Any, sock: Any) -> None:
         self._write_due = False
+        if write_joined(client):  # the common case: all of it, with one send
+            return
         coalesce(client._out_packet)  # paho's queue of packets to write (see `coalesce`)
         try:
             client.loop_write()
@@ -176,6 +178,7 @@ class PahoClient(aiomqtt.Client):
 
 PUBACK = PacketTypes.PUBACK << 4
 PUBLISH = PacketTypes.PUBLISH << 4
+DISCONNECT = PacketTypes.DISCONNECT << 4
 _PUBACK_PACKET = struct.Struct("!BBH")  # a PUBACK: its command, remaining length 2, the packet id
 TOPICS_KEPT = 4096  # topics checked and encoded, kept by `publish_acked` (a bridge publishes to a few per account)
 SIMPLE_PUBACK_REASONS = (0x00, 0x10)  # Success, No matching subscribers: no properties follow
@@ -471,6 +474,39 @@ def quickack(sock: Any) -> bool:
         sock.setsockopt(*QUICKACK)
     except (OSError, AttributeError):
         return False
+    return True
+
+
+def write_joined(client: mqtt.Client) -> bool:
+    """Write paho's queued packets with one send, as paho's `loop_write` would write them one by one,
+    when every one is a packet paho does nothing with once written (see `coalesce`): True when all
+    went. Otherwise (one of the others queued, no socket, a send that took part of them or failed)
+    False, and what is left is in paho's queue as one packet for paho's own write, which meets the
+    same full socket or error and handles it as it always has. Skips, per write, paho's per-packet
+    loop with its locks and callbacks (`loop_write`, `_packet_write`, `_sock_send`)."""
+    packets = client._out_packet
+    sock = client._sock
+    if not packets or sock is None:
+        return False
+    parts = []
+    for packet in packets:
+        command = packet["command"] & 0xF0
+        if (command == PUBLISH and packet["qos"] == 0) or command == DISCONNECT:
+            return False
+        parts.append(packet["packet"][packet["pos"]:] if packet["pos"] else packet["packet"])
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    packets.clear()
+    try:
+        sent: int = sock.send(data)
+    except Exception:  # noqa: BLE001 (not yet, or a broken connection: paho's write meets it again below)
+        sent = 0
+    if sent < len(data):
+        packets.append({"command": PUBACK, "mid": 0, "qos": 1, "pos": sent, "to_process": len(data) - sent,
+                        "packet": data, "info": None})
+        return False
+    with client._msgtime_mutex:
+        client._last_msg_out = mqtt.time_func()  # as paho's write: the keepalive counts from here
+    client._call_socket_unregister_write()
     return True
 
 
