@@ -241,7 +241,7 @@ class Paho(mqtt.Client):
         mid = self._mid_generate()
         packet = publish_packet(framed, payload, retain, mid, correlation_data, v5)
         self._acked[mid] = acked
-        if self._on_log is not None or (self._logger is not None and self._logger.isEnabledFor(logging.DEBUG)):  # as `_easy_log`
+        if self._logs_debug():
             self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Sending PUBLISH (d0, q1, r%d, m%d), '%s', ... (%d bytes)",
                            retain, mid, framed[2:], len(payload))
         if self._sockpairW is None and self._on_socket_register_write is not None:  # always, under aiomqtt
@@ -298,6 +298,7 @@ class Paho(mqtt.Client):
         acks = self._acked
         receive = self.receive
         v5 = self._protocol == MQTTProtocolVersion.MQTTv5
+        debug = self._logs_debug()  # once for all the packets of this read
         while taken is not None:
             command, body = taken
             kind = command & 0xF0
@@ -306,13 +307,14 @@ class Paho(mqtt.Client):
                 mid = (body[0] << 8) | body[1]
                 acked = acks.pop(mid, None)
                 if acked is not None:  # ours: unknown to paho's in-flight table
-                    self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Received PUBACK (Mid: %d)", mid)
+                    if debug:
+                        self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Received PUBACK (Mid: %d)", mid)
                     acked()
                     taken = next_packet() if self._sock is sock else None
                     continue
             decoded = incoming(command, body, v5) if kind == PUBLISH and receive is not None else None
             if decoded is not None:  # what `_handle_publish` does, without paho's packet state and dispatch
-                rc = self._received(receive, *decoded)  # type: ignore[arg-type]  # not None: decoded is
+                rc = self._received(receive, *decoded, debug)  # type: ignore[arg-type]  # not None: decoded is
             else:
                 rc = self._handle_taken(command, body)
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._sock is not sock:
@@ -349,22 +351,30 @@ class Paho(mqtt.Client):
         if decoded is None:
             return super()._handle_publish()
         assert receive is not None
-        return self._received(receive, *decoded)
+        return self._received(receive, *decoded, self._logs_debug())
 
-    def _received(self, receive: Callable[[Incoming], None], message: Incoming, qos: int, mid: int) -> MQTTErrorCode:
-        """A received publish, decoded: to `receive`, then its PUBACK, as paho's `_handle_publish` does."""
-        self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Received PUBLISH (q%d, m%d), '%s', ...  (%d bytes)",
-                       qos, mid, message.topic, len(message.payload))
+    def _received(self, receive: Callable[[Incoming], None], message: Incoming, qos: int, mid: int,
+                  debug: bool) -> MQTTErrorCode:
+        """A received publish, decoded: to `receive`, then its PUBACK, as paho's `_handle_publish` does
+        (its debug lines when `debug`)."""
+        if debug:
+            self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Received PUBLISH (q%d, m%d), '%s', ...  (%d bytes)",
+                           qos, mid, message.topic, len(message.payload))
         with self._in_callback_mutex:
             receive(message)
         if qos == 0 or self._manual_ack:
             return MQTTErrorCode.MQTT_ERR_SUCCESS
-        return self._send_puback(mid)
+        if debug:
+            self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Sending PUBACK (Mid: %d)", mid)
+        return self._queue_puback(mid)
 
     def _send_puback(self, mid: int) -> MQTTErrorCode:
+        self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Sending PUBACK (Mid: %d)", mid)
+        return self._queue_puback(mid)
+
+    def _queue_puback(self, mid: int) -> MQTTErrorCode:
         """The PUBACK paho sends (the packet id: success, MQTT 3.1.1 and 5), queued as `publish_acked`
         queues a publish rather than through paho's generic `_send_command_with_mid`/`_packet_queue`."""
-        self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Sending PUBACK (Mid: %d)", mid)
         packet = _PUBACK_PACKET.pack(PUBACK, 2, mid)
         if self._sockpairW is None and self._on_socket_register_write is not None:  # always, under aiomqtt
             self._out_packet.append({"command": PUBACK, "mid": mid, "qos": 1, "pos": 0, "to_process": 4,
@@ -374,11 +384,15 @@ class Paho(mqtt.Client):
             return MQTTErrorCode.MQTT_ERR_SUCCESS
         return self._packet_queue(PUBACK, packet, mid, 1)
 
+    def _logs_debug(self) -> bool:
+        """Whether paho's debug lines go anywhere: the logger (aiomqtt hands it ours, CLIENT_LOG) or an
+        on_log takes them. The hot paths ask once and skip `_easy_log`'s call when not."""
+        return self._on_log is not None or (self._logger is not None and self._logger.isEnabledFor(logging.DEBUG))
+
     def _easy_log(self, level: LogLevel, fmt: str, *args: Any) -> None:
         # paho logs every packet at debug (a send: 8 lines), the logger filtering them out; skipped here
-        # before its call unless the logger (aiomqtt hands it ours, CLIENT_LOG) or an on_log takes debug
-        if level is LogLevel.MQTT_LOG_DEBUG and self._on_log is None and (
-                self._logger is None or not self._logger.isEnabledFor(logging.DEBUG)):
+        # before its call unless the logger or an on_log takes debug (`_logs_debug`)
+        if level is LogLevel.MQTT_LOG_DEBUG and not self._logs_debug():
             return
         super()._easy_log(level, fmt, *args)
 
