@@ -14,6 +14,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from wa_mqtt.mqtt.link import ReadAhead, coalesce
+from wa_mqtt.mqtt.paho_client import write_joined
 
 
 def _paho(sock: socket.socket) -> mqtt.Client:
@@ -75,6 +76,38 @@ def test_nothing_to_join() -> None:
     publishes = [("a/1", b"x", 1)]
     assert _written(True, publishes)[2] == 1
     assert _written(True, [("a/1", b"x", 0), ("a/2", b"y", 0)])[2] == 2
+
+
+def test_write_joined_sends_what_paho_sends_and_leaves_it_the_rest() -> None:
+    """`write_joined`: QoS 1 publishes (and the like) in one send, the same bytes as paho's own writes;
+    a queue holding a QoS 0 publish is left to paho; a socket that takes part of it leaves paho the
+    rest, which paho then writes."""
+    publishes = [("a/1", b"x" * 10, 1), ("a/2", b"y" * 300, 1), ("a/3", b"", 1)]
+    plain, _, _ = _written(False, publishes)
+    ours, theirs = socket.socketpair()
+    try:
+        client = _paho(ours)
+        for topic, payload, qos in publishes:
+            client.publish(topic, payload, qos=qos)
+        client._registered_write = True  # private: as queuing under aiomqtt leaves it
+        assert write_joined(client) and not client.want_write() and not client._registered_write
+        assert _read_all(theirs) == plain
+        client.publish("b/0", b"zero", qos=0)
+        assert not write_joined(client) and len(client._out_packet) == 1  # paho's: it reports QoS 0 once written
+        client.loop_write()
+        big = b"z" * 3_000_000
+        client.publish("c/1", big, qos=1)
+        ours.setblocking(False)
+        assert not write_joined(client)  # more than the socket takes at once
+        assert len(client._out_packet) == 1 and client._out_packet[0]["pos"] > 0
+        received = b""
+        while client.want_write() or select.select([theirs], [], [], 0)[0]:
+            client.loop_write()
+            received += _read_all(theirs)
+        assert received.startswith(_written(False, [("b/0", b"zero", 0)])[0]) and received.endswith(big)
+    finally:
+        ours.close()
+        theirs.close()
 
 
 def test_read_ahead_hands_out_what_one_recv_took_in_and_says_how_much_it_holds() -> None:

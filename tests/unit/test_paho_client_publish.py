@@ -6,6 +6,7 @@ decodes a received PUBLISH into the `Incoming` that paho's decoder, aiomqtt's Me
 
 from __future__ import annotations
 
+import logging
 import socket
 
 import aiomqtt
@@ -273,3 +274,57 @@ def test_whole_packets_read_with_the_end_of_the_connection_are_all_handled_befor
         assert list(client._acked) == [3] and client.socket() is None
     finally:
         ours.close()
+
+
+@pytest.mark.parametrize("protocol", [mqtt.MQTTv5, mqtt.MQTTv311])
+def test_puback_sent_is_what_paho_sends(protocol: mqtt.MQTTProtocolVersion) -> None:
+    """`Paho._send_puback` queues the PUBACK paho's own queues (the packet id), in order with publishes."""
+    one, two = socket.socketpair()
+    try:
+        theirs, ours = _client(one, protocol, False), _client(two, protocol, True)
+        for mid in (1, 255, 256, 65535):
+            assert theirs._send_puback(mid) == ours._send_puback(mid) == mqtt.MQTT_ERR_SUCCESS
+        assert _packets(ours._out_packet) == _packets(theirs._out_packet)
+        assert [p["command"] for p in ours._out_packet] == [p["command"] for p in theirs._out_packet]
+    finally:
+        one.close()
+        two.close()
+
+
+@pytest.mark.parametrize("level", [logging.INFO, logging.DEBUG])
+def test_read_ahead_path_logs_paho_debug_lines_only_at_debug(level: int) -> None:
+    """A PUBLISH and a PUBACK of ours read through `ReadAhead`: the lines paho logs for them (and the
+    PUBACK we send) at debug, nothing below it."""
+    logger = logging.getLogger("wa_mqtt.test.read_ahead_debug")
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    handler = Keep()
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(level)
+    one, two = socket.socketpair()
+    try:
+        client = _client(two, mqtt.MQTTv5, True)
+        assert isinstance(client, Paho)
+        client.enable_logger(logger)
+        client._sock = ReadAhead(two)  # type: ignore[assignment]  # as the link installs it
+        two.setblocking(False)
+        got: list[Incoming] = []
+        client.receive = got.append
+        acked: list[int] = []
+        client._acked[7] = lambda: acked.append(7)
+        body = _publish_body(b"a/b", 1, _properties(), b"x")
+        one.sendall(bytes((0x32, len(body))) + body + bytes((0x40, 2, 0, 7)))
+        client._packet_read()
+        assert [m.topic for m in got] == ["a/b"] and acked == [7] and len(client._out_packet) == 1
+        debug_lines = ["Received PUBLISH", "Sending PUBACK", "Received PUBACK (Mid: 7)"]
+        logged = [line for line in debug_lines if any(record.startswith(line) for record in records)]
+        assert logged == (debug_lines if level == logging.DEBUG else [])
+    finally:
+        logger.removeHandler(handler)
+        one.close()
+        two.close()

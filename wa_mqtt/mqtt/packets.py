@@ -44,9 +44,18 @@ def check_payload(topic: bytes, payload: bytes, correlation_data: bytes | None) 
         raise ValueError("payload too large for an MQTT packet")
 
 
+PAYLOAD_FITS = MAX_PACKET - 6 - 2 * 65535  # a payload up to this fits whatever the topic and correlation data
+
+
+def framed_topic(topic: bytes) -> bytes:
+    """A topic as a PUBLISH carries it: its length (two bytes), then its bytes."""
+    return len(topic).to_bytes(2, "big") + topic
+
+
 def publish_packet(topic: bytes, payload: bytes, retain: bool, mid: int, correlation_data: bytes | None,
                    v5: bool) -> bytes:
-    """A QoS 1 PUBLISH (its topic and payload checked), with `correlation_data` as its only MQTT v5 property."""
+    """A QoS 1 PUBLISH (its topic `framed_topic`, topic and payload checked), with `correlation_data` as
+    its only MQTT v5 property."""
     if not v5:
         properties = b""
     elif correlation_data is None:
@@ -55,9 +64,14 @@ def publish_packet(topic: bytes, payload: bytes, retain: bool, mid: int, correla
         properties = _CORRELATION.pack(len(correlation_data) + 3, 9, len(correlation_data)) + correlation_data
     else:
         properties = _properties(correlation_data)
-    length = 4 + len(topic) + len(properties) + len(payload)
-    return b"".join((_fixed_header(0x32 | retain, length), len(topic).to_bytes(2, "big"), topic,
-                     mid.to_bytes(2, "big"), properties, payload))
+    length = 2 + len(topic) + len(properties) + len(payload)
+    if length < 128:
+        header = bytes((0x32 | retain, length))
+    elif length < 16384:  # two length bytes: most of a bridge's publishes
+        header = bytes((0x32 | retain, (length & 0x7F) | 0x80, length >> 7))
+    else:
+        header = _fixed_header(0x32 | retain, length)
+    return b"".join((header, topic, _MID.pack(mid), properties, payload))
 
 
 RESPONSE_TOPIC, CORRELATION_DATA, SUBSCRIPTION_IDENTIFIER = 0x08, 0x09, 0x0B  # MQTT v5 property ids
@@ -128,6 +142,7 @@ def _varint(data: bytes | bytearray, at: int) -> tuple[int, int]:
     return -1, at
 
 
+_MID = struct.Struct("!H")  # a packet id
 _CORRELATION = struct.Struct("!BBH")  # properties length (< 128), CorrelationData (9), its length
 
 

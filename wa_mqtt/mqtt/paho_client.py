@@ -17,6 +17,7 @@ import asyncio
 import logging
 import socket
 import ssl
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from .packets import Incoming, check_payload, check_topic, incoming, publish_packet
+from .packets import PAYLOAD_FITS, Incoming, check_payload, check_topic, framed_topic, incoming, publish_packet
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,8 @@ class PahoClient(aiomqtt.Client):
 
     def _write_queued(self, client: Any, userdata: Any, sock: Any) -> None:
         self._write_due = False
+        if write_joined(client):  # the common case: all of it, with one send
+            return
         coalesce(client._out_packet)  # paho's queue of packets to write (see `coalesce`)
         try:
             client.loop_write()
@@ -175,6 +178,8 @@ class PahoClient(aiomqtt.Client):
 
 PUBACK = PacketTypes.PUBACK << 4
 PUBLISH = PacketTypes.PUBLISH << 4
+DISCONNECT = PacketTypes.DISCONNECT << 4
+_PUBACK_PACKET = struct.Struct("!BBH")  # a PUBACK: its command, remaining length 2, the packet id
 TOPICS_KEPT = 4096  # topics checked and encoded, kept by `publish_acked` (a bridge publishes to a few per account)
 SIMPLE_PUBACK_REASONS = (0x00, 0x10)  # Success, No matching subscribers: no properties follow
 
@@ -194,7 +199,7 @@ class Paho(mqtt.Client):
     _reasons: dict[int, ReasonCode]
     _no_properties: Properties
     _acked: dict[int, Callable[[], None]]  # our QoS 1 publishes (`publish_acked`) by packet id
-    _topics: dict[str, bytes]  # topics `publish_acked` checked, encoded
+    _topics: dict[str, bytes]  # topics `publish_acked` checked, encoded and framed (`framed_topic`)
     receive: Callable[[Incoming], None] | None  # takes received publishes, decoded here (`_handle_publish`)
 
     @classmethod
@@ -223,25 +228,29 @@ class Paho(mqtt.Client):
         paho's queue of packets; the PUBACK comes back to `_packet_handle`. A lost connection
         drops this client with everything in flight: the link publishes it again on the next."""
         v5 = self._protocol == MQTTProtocolVersion.MQTTv5
-        encoded = self._topics.get(topic)
-        if encoded is None:
-            encoded = check_topic(topic, v5)  # raises for what paho refuses
+        framed = self._topics.get(topic)
+        if framed is None:
+            framed = framed_topic(check_topic(topic, v5))  # raises for what paho refuses
             if len(self._topics) >= TOPICS_KEPT:
                 self._topics.clear()
-            self._topics[topic] = encoded
-        check_payload(encoded, payload, correlation_data)
+            self._topics[topic] = framed
+        if len(payload) > PAYLOAD_FITS:
+            check_payload(framed[2:], payload, correlation_data)
         if self._sock is None:
             return False
         mid = self._mid_generate()
-        packet = publish_packet(encoded, payload, retain, mid, correlation_data, v5)
+        packet = publish_packet(framed, payload, retain, mid, correlation_data, v5)
         self._acked[mid] = acked
-        self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Sending PUBLISH (d0, q1, r%d, m%d), '%s', ... (%d bytes)",
-                       retain, mid, encoded, len(payload))
+        if self._logs_debug():
+            self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Sending PUBLISH (d0, q1, r%d, m%d), '%s', ... (%d bytes)",
+                           retain, mid, framed[2:], len(payload))
         if self._sockpairW is None and self._on_socket_register_write is not None:  # always, under aiomqtt
-            # what paho's `_packet_queue` does then, without its checks for a threaded or no loop
+            # what paho's `_packet_queue` does then, without its checks for a threaded or no loop (and
+            # its `_call_socket_register_write` returns at once while a write is registered)
             self._out_packet.append({"command": PUBLISH, "mid": mid, "qos": 1, "pos": 0, "to_process": len(packet),
                                      "packet": packet, "info": None})
-            self._call_socket_register_write()
+            if not self._registered_write:
+                self._call_socket_register_write()
         else:
             self._packet_queue(PUBLISH, packet, mid, 1)
         return True
@@ -287,19 +296,27 @@ class Paho(mqtt.Client):
             return super()._packet_read()
         rc = MQTTErrorCode.MQTT_ERR_SUCCESS
         acks = self._acked
+        receive = self.receive
+        v5 = self._protocol == MQTTProtocolVersion.MQTTv5
+        debug = self._logs_debug()  # once for all the packets of this read
         while taken is not None:
             command, body = taken
+            kind = command & 0xF0
             size = len(body)
-            if command & 0xF0 == PUBACK and (size == 2 or (size == 3 and body[2] in self._reasons and
-                                                           self._protocol == MQTTProtocolVersion.MQTTv5)):
+            if kind == PUBACK and (size == 2 or (size == 3 and body[2] in self._reasons and v5)):
                 mid = (body[0] << 8) | body[1]
                 acked = acks.pop(mid, None)
                 if acked is not None:  # ours: unknown to paho's in-flight table
-                    self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Received PUBACK (Mid: %d)", mid)
+                    if debug:
+                        self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Received PUBACK (Mid: %d)", mid)
                     acked()
                     taken = next_packet() if self._sock is sock else None
                     continue
-            rc = self._handle_taken(command, body)
+            decoded = incoming(command, body, v5) if kind == PUBLISH and receive is not None else None
+            if decoded is not None:  # what `_handle_publish` does, without paho's packet state and dispatch
+                rc = self._received(receive, *decoded, debug)  # type: ignore[arg-type]  # not None: decoded is
+            else:
+                rc = self._handle_taken(command, body)
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._sock is not sock:
                 break
             taken = next_packet()
@@ -333,21 +350,49 @@ class Paho(mqtt.Client):
             packet["command"], packet["packet"], self._protocol == MQTTProtocolVersion.MQTTv5)
         if decoded is None:
             return super()._handle_publish()
-        message, qos, mid = decoded
-        self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Received PUBLISH (q%d, m%d), '%s', ...  (%d bytes)",
-                       qos, mid, message.topic, len(message.payload))
         assert receive is not None
+        return self._received(receive, *decoded, self._logs_debug())
+
+    def _received(self, receive: Callable[[Incoming], None], message: Incoming, qos: int, mid: int,
+                  debug: bool) -> MQTTErrorCode:
+        """A received publish, decoded: to `receive`, then its PUBACK, as paho's `_handle_publish` does
+        (its debug lines when `debug`)."""
+        if debug:
+            self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Received PUBLISH (q%d, m%d), '%s', ...  (%d bytes)",
+                           qos, mid, message.topic, len(message.payload))
         with self._in_callback_mutex:
             receive(message)
         if qos == 0 or self._manual_ack:
             return MQTTErrorCode.MQTT_ERR_SUCCESS
-        return self._send_puback(mid)
+        if debug:
+            self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Sending PUBACK (Mid: %d)", mid)
+        return self._queue_puback(mid)
+
+    def _send_puback(self, mid: int) -> MQTTErrorCode:
+        self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Sending PUBACK (Mid: %d)", mid)
+        return self._queue_puback(mid)
+
+    def _queue_puback(self, mid: int) -> MQTTErrorCode:
+        """The PUBACK paho sends (the packet id: success, MQTT 3.1.1 and 5), queued as `publish_acked`
+        queues a publish rather than through paho's generic `_send_command_with_mid`/`_packet_queue`."""
+        packet = _PUBACK_PACKET.pack(PUBACK, 2, mid)
+        if self._sockpairW is None and self._on_socket_register_write is not None:  # always, under aiomqtt
+            self._out_packet.append({"command": PUBACK, "mid": mid, "qos": 1, "pos": 0, "to_process": 4,
+                                     "packet": packet, "info": None})
+            if not self._registered_write:
+                self._call_socket_register_write()
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return self._packet_queue(PUBACK, packet, mid, 1)
+
+    def _logs_debug(self) -> bool:
+        """Whether paho's debug lines go anywhere: the logger (aiomqtt hands it ours, CLIENT_LOG) or an
+        on_log takes them. The hot paths ask once and skip `_easy_log`'s call when not."""
+        return self._on_log is not None or (self._logger is not None and self._logger.isEnabledFor(logging.DEBUG))
 
     def _easy_log(self, level: LogLevel, fmt: str, *args: Any) -> None:
         # paho logs every packet at debug (a send: 8 lines), the logger filtering them out; skipped here
-        # before its call unless the logger (aiomqtt hands it ours, CLIENT_LOG) or an on_log takes debug
-        if level is LogLevel.MQTT_LOG_DEBUG and self._on_log is None and (
-                self._logger is None or not self._logger.isEnabledFor(logging.DEBUG)):
+        # before its call unless the logger or an on_log takes debug (`_logs_debug`)
+        if level is LogLevel.MQTT_LOG_DEBUG and not self._logs_debug():
             return
         super()._easy_log(level, fmt, *args)
 
@@ -443,6 +488,39 @@ def quickack(sock: Any) -> bool:
         sock.setsockopt(*QUICKACK)
     except (OSError, AttributeError):
         return False
+    return True
+
+
+def write_joined(client: mqtt.Client) -> bool:
+    """Write paho's queued packets with one send, as paho's `loop_write` would write them one by one,
+    when every one is a packet paho does nothing with once written (see `coalesce`): True when all
+    went. Otherwise (one of the others queued, no socket, a send that took part of them or failed)
+    False, and what is left is in paho's queue as one packet for paho's own write, which meets the
+    same full socket or error and handles it as it always has. Skips, per write, paho's per-packet
+    loop with its locks and callbacks (`loop_write`, `_packet_write`, `_sock_send`)."""
+    packets = client._out_packet
+    sock = client._sock
+    if not packets or sock is None:
+        return False
+    parts = []
+    for packet in packets:
+        command = packet["command"] & 0xF0
+        if (command == PUBLISH and packet["qos"] == 0) or command == DISCONNECT:
+            return False
+        parts.append(packet["packet"][packet["pos"]:] if packet["pos"] else packet["packet"])
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    packets.clear()
+    try:
+        sent: int = sock.send(data)
+    except Exception:  # noqa: BLE001 (not yet, or a broken connection: paho's write meets it again below)
+        sent = 0
+    if sent < len(data):
+        packets.append({"command": PUBACK, "mid": 0, "qos": 1, "pos": sent, "to_process": len(data) - sent,
+                        "packet": data, "info": None})
+        return False
+    with client._msgtime_mutex:
+        client._last_msg_out = mqtt.time_func()  # as paho's write: the keepalive counts from here
+    client._call_socket_unregister_write()
     return True
 
 

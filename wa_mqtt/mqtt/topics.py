@@ -104,8 +104,10 @@ class Topics:
 def is_topic_name(topic: str) -> bool:
     """True for a name a client may publish to (MQTT 4.7): not empty, no wildcard (`+`, `#`), no U+0000,
     encodable as UTF-8 (no lone surrogate) in at most 65,535 bytes."""
-    if not topic or any(c in topic for c in "+#\x00"):
+    if not topic or "+" in topic or "#" in topic or "\x00" in topic:
         return False
+    if topic.isascii():  # one byte a character (the common case: no encode)
+        return len(topic) <= 65535
     try:
         return len(topic.encode("utf-8")) <= 65535
     except UnicodeEncodeError:
