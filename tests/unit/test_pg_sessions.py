@@ -1,6 +1,7 @@
 """Sessions in PostgreSQL (store/pg_sessions.py, engines/sim_pg.py) against the real server: the name
-neonize gets, and the sim's store kept in the account's schema (loaded over a stale working copy,
-a pre-existing linked file taken in, a leftover without a device dropped, saved after calls)."""
+neonize gets, and the sim's store kept in the account's schema (loaded over a stale working copy and
+its sent-id log, a pre-existing linked file taken in, a leftover without a device dropped, saved after
+calls)."""
 
 from __future__ import annotations
 
