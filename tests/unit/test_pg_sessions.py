@@ -1,6 +1,7 @@
 """Sessions in PostgreSQL (store/pg_sessions.py, engines/sim_pg.py) against the real server: the name
-neonize gets, and the sim's store kept in the account's schema (loaded over a stale working copy,
-a pre-existing linked file taken in, a leftover without a device dropped, saved after calls)."""
+neonize gets, and the sim's store kept in the account's schema (loaded over a stale working copy and
+its sent-id log, a pre-existing linked file taken in, a leftover without a device dropped, saved after
+calls)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from pathlib import Path
 import pytest
 
 from wa_mqtt.engines.sim import SimEngine
-from wa_mqtt.engines.sim_pg import PgSimEngine
+from wa_mqtt.engines.sim_pg import PgSimEngine, SimStoreMirror
+from wa_mqtt.engines.sim_sent import SentIds, log_path
 from wa_mqtt.engines.sim_store import read_device, write_device
 from wa_mqtt.store import pg_sessions
+from wa_mqtt.store.pg import Locked
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed: pip install 'psycopg[binary]'")
 
@@ -58,3 +61,23 @@ async def test_the_sims_store_lives_in_the_accounts_schema(pg_url: str, tmp_path
         assert pg_sessions.drop_account(pg_url, A) is True and pg_sessions.has_device(pg_url, A) is None
     finally:
         await engine.aclose()
+
+
+def test_loading_postgresqls_copy_drops_the_local_sent_id_log(pg_url: str, tmp_path: Path) -> None:
+    """A sent-id log next to the working copy (an engine child killed on another bridge's copy) belongs
+    to the file PostgreSQL's replaces: it goes with it, so its ids are not moved into the account's store."""
+    store = tmp_path / A / "store.db"
+    write_device(store, A, "Ana", NOW)
+    db = Locked(pg_url)
+    try:
+        SimStoreMirror(db, A, store).load()  # PostgreSQL has none: the linked file is taken in
+        assert pg_sessions.load_sim(pg_url, A) is not None
+        log_path(store).write_text(f"{NOW.isoformat()} STALE\n")
+        SimStoreMirror(db, A, store).load()
+        assert not log_path(store).exists()
+        assert read_device(store) is not None
+        sent = SentIds(store)
+        assert sent.delivered_at("STALE") is None
+        sent.close()
+    finally:
+        db.close()

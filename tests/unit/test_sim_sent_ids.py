@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from wa_mqtt.accounts.backups import backup_store, restore_from_backup
+from wa_mqtt.accounts.store import store_files
 from wa_mqtt.engines import sim_sent
 from wa_mqtt.engines.base import EngineError
 from wa_mqtt.engines.sim import SENT_IDS_KEPT, SimEngine, SimSession
@@ -320,15 +321,15 @@ async def test_a_turn_closed_while_the_store_cannot_be_written_stays_logged(
 async def test_the_filter_is_filled_anew_only_when_that_is_worth_a_scan(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A store holding more ids than the filter is of use for has none (each look-up reads the store)
-    and is not scanned again on every prune, only once as many ids were added as it held; a prune that
-    leaves few ids brings the filter back (a new id then reads nothing)."""
+    and is not scanned again on a prune that leaves it as full; a prune that leaves few ids brings the
+    filter back (a new id then reads nothing)."""
     monkeypatch.setattr(sim_sent, "REFILL_AFTER", 4)
     fills: list[int] = []
     fill = sim_sent.SentIds._fill
 
-    def counted(self: sim_sent.SentIds, db: sqlite3.Connection) -> None:
+    def counted(self: sim_sent.SentIds, db: sqlite3.Connection, folding: bool = False) -> None:
         fills.append(1)
-        fill(self, db)
+        fill(self, db, folding)
 
     monkeypatch.setattr(sim_sent.SentIds, "_fill", counted)
     store, clock = tmp_path / "store.db", FakeClock()
@@ -345,7 +346,7 @@ async def test_the_filter_is_filled_anew_only_when_that_is_worth_a_scan(
         assert not await already_sent(session, f"N{n}")
     assert len(fills) == 1  # the one when the store was opened
     clock.advance(SENT_IDS_KEPT + timedelta(minutes=1))
-    assert not await already_sent(session, "LATE")  # the 6th id added: this prune (all but LATE) fills it
+    assert not await already_sent(session, "LATE")  # this prune leaves LATE alone: the filter is back
     assert len(fills) == 2
     assert stored_ids(store) == {"LATE"}
     statements: list[str] = []
@@ -355,3 +356,67 @@ async def test_the_filter_is_filled_anew_only_when_that_is_worth_a_scan(
     assert await already_sent(session, "LATE")
     assert await already_sent(session, "NEWER")
     await session.close()
+
+
+async def test_a_prune_that_leaves_few_ids_brings_the_filter_back_however_few_were_added(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ids a prune removes are counted off the store's: a store too full for a filter gets it back
+    with the first prune leaving at most REFILL_AFTER ids, not only once as many were added as it held
+    (an engine child's batched sends: each later look-up of a new id reads nothing)."""
+    monkeypatch.setattr(sim_sent, "REFILL_AFTER", 4)
+    monkeypatch.setattr(sim_sent, "FOLD_AFTER", 3600.0)
+    store, clock = tmp_path / "store.db", FakeClock()
+    write_device(store, PHONE, "Sim", clock())
+    with sqlite3.connect(store) as db:
+        db.execute("CREATE TABLE sim_sent (id TEXT PRIMARY KEY, sent_at TEXT NOT NULL)")
+        db.executemany("INSERT INTO sim_sent VALUES (?, ?)",
+                       ((f"OLD{n}", (clock() - timedelta(days=3)).isoformat()) for n in range(6)))
+    db.close()
+    session = await linked_session(store, clock)
+    session.batch_sent_ids()
+    statements: list[str] = []
+    session._sent.db().set_trace_callback(statements.append)
+    assert session._sent._filter is None  # 6 ids stored: more than REFILL_AFTER
+    for n in range(4):  # a prune each (a minute apart); the first removes the 6 old ids
+        statements.clear()
+        assert not await already_sent(session, f"N{n}")
+        session.commit_sent_ids()
+        assert session._sent._filter is not None
+        assert bool([s for s in statements if "WHERE id" in s]) == (n == 0)  # only N0's look-up read the store
+        clock.advance(timedelta(minutes=1))
+    assert stored_ids(store) == {"N0", "N1", "N2", "N3"}
+    await session.close()
+
+
+async def test_a_logout_lets_go_of_the_store_before_its_files_are_removed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A logout within FOLD_AFTER of a send moves the logged ids into the store while it is there and
+    lets go of it (no fold timer, connection or log handle left for the files the manager removes next:
+    no "stay in ...-sent" warning); a new link of the same session opens the new store."""
+    monkeypatch.setattr(sim_sent, "FOLD_AFTER", 3600.0)
+    store, clock = tmp_path / "store.db", FakeClock()
+    session = await linked_session(store, clock)
+    session.batch_sent_ids()
+    assert not await already_sent(session, "FIRST")  # (its prune stores it at once)
+    clock.advance(timedelta(seconds=1))
+    assert not await already_sent(session, "BEFORE")
+    session.commit_sent_ids()  # logged; the fold timer armed
+    assert "BEFORE" not in stored_ids(store)
+    with caplog.at_level(logging.WARNING, logger=sim_sent.__name__):
+        await session.logout()
+        assert "BEFORE" in stored_ids(store) and log_path(store).read_bytes() == b""
+        sent = session._sent
+        assert (sent._open, sent._fold_timer, sent._log_fd) == (None, None, None)
+        for path in store_files(store):  # as the manager does after a logout
+            path.unlink(missing_ok=True)
+        write_device(store, PHONE, "Sim", clock())  # linked anew
+        await session.start()
+        assert not await already_sent(session, "BEFORE")  # the new store's ids: none yet
+        session.commit_sent_ids()
+        clock.advance(timedelta(seconds=1))
+        assert not await already_sent(session, "AFTER")
+        session.commit_sent_ids()
+        assert log_path(store).read_bytes().endswith(b" AFTER\n")  # the new store's log
+        await session.close()
+    assert stored_ids(store) == {"BEFORE", "AFTER"}
+    assert not caplog.records

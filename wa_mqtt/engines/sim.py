@@ -193,8 +193,11 @@ class SimSession(SimControlsMixin, SimIncomingMixin):
                               code=ErrorCode.KEEPALIVE_TIMEOUT)
 
     async def logout(self) -> None:
+        """Unlink the device, then let go of the store: its logged sent ids are moved in now, while it is
+        there (the manager removes the store's files next), and a new link opens the new store."""
         await self.stop()
         unlink_device(self.store_path)
+        self._sent.close()
 
     async def send(self, message: OutgoingMessage, message_id: str | None = None, retry: bool = False) -> SendResult:
         self._require_connected()

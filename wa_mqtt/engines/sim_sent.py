@@ -15,11 +15,11 @@ costs one system call where a store transaction cost ~50 (locks, journal, page w
 turn, half of the child's CPU per send). The logged ids are kept in memory (`_pending`, bounded:
 FOLD_AT, more only while the store cannot be written) and moved into `sim_sent` in one transaction
 (`fold`) when FOLD_AT of them gathered, at most FOLD_AFTER seconds after they were logged, on a
-prune, and when the store is let go (close, a replaced file); the log is emptied after that commit.
-A log found when the store is opened (a killed process's) is moved in first: so the ids are always
-those of the store file in place when the session went online (plus, after a kill, the logged ones,
-which WhatsApp took all the same). At rest (FOLD_AFTER after the last send) the store holds them
-all: a backup or a copy of it misses none.
+prune, and when the store is let go (close, a logout, a replaced file); the log is emptied after that
+commit. A log found when the store is opened (a killed process's) is moved in first: so the ids are
+always those of the store file in place when the session went online (plus, after a kill, the logged
+ones, which WhatsApp took all the same). At rest (FOLD_AFTER after the last send) the store holds
+them all: a backup or a copy of it misses none.
 
 A write of the log the disk took only in part (full) is cut back off (ftruncate) before `commit`
 raises: the turn is not answered, so none of its ids may be found by the next process either.
@@ -28,9 +28,11 @@ A look-up asks the logged ids, then a Bloom filter of the stored ones (`_MaybeSt
 by a scan when the store is opened): the store is read only on its "maybe" (a repeat, or ~0.1 % of
 new ids), not for every new id (a read transaction: ~20 us of locks and journal checks). The filter
 keeps pruned ids: past REFILL_AFTER ids in it, a prune fills it anew, but only once as many ids were
-added since the last fill as were stored then (a scan costs at most two rows an added id). A store
-holding more than REFILL_AFTER ids has no filter (each look-up reads the store) until a prune leaves
-fewer.
+added since the last fill as are left of those it was filled with (a scan costs at most two rows an
+added id). A store holding more than REFILL_AFTER ids has no filter (each look-up reads the store)
+until a prune leaves fewer: the ids stored are counted (those of the last fill, plus those added,
+less those pruned), and the first prune that leaves at most REFILL_AFTER fills it anew (a scan of at
+most that many rows).
 """
 
 from __future__ import annotations
@@ -128,7 +130,7 @@ class SentIds:
         self._failed: BaseException | None = None  # an id of the turn was not recorded: it must not be answered
         self._fold_timer: asyncio.TimerHandle | None = None
         self._filter: _MaybeStored | None = _MaybeStored()  # None: more ids stored than it is of use for
-        self._filled = 0  # ids stored (and logged) at the last fill
+        self._filled = 0  # ids stored (and logged) at the last fill, less those pruned since (+ _added: the store's)
         self._added = 0  # ids recorded since the last fill
         self._log_size = 0  # bytes in the log (as this process wrote it): where a failed write is cut back to
         self._fold_at = FOLD_AT  # logged ids that make `commit` move them in (further on after a failed try)
@@ -264,16 +266,22 @@ class SentIds:
             self._fold_quietly()
 
     def _prune(self, db: sqlite3.Connection, now: datetime) -> None:
-        db.execute("DELETE FROM sim_sent WHERE sent_at < ?", ((now - SENT_IDS_KEPT).isoformat(),))
+        pruned = db.execute("DELETE FROM sim_sent WHERE sent_at < ?", ((now - SENT_IDS_KEPT).isoformat(),))
         self._pruned_at = now
-        if self._filled + self._added > REFILL_AFTER and self._added >= self._filled:
-            self._fill(db)  # full of pruned ids ("maybe" to ever more new ids), or none: see the module's doc
+        self._filled -= max(pruned.rowcount, 0)
+        if self._filter is None:  # too many ids stored for one: back once a prune leaves few enough
+            if self._filled + self._added <= REFILL_AFTER:
+                self._fill(db, folding=True)  # (a scan of at most REFILL_AFTER rows)
+        elif self._filter.added > REFILL_AFTER and self._added >= self._filled:
+            self._fill(db, folding=True)  # full of pruned ids ("maybe" to ever more new ids): see the module's doc
 
-    def _fill(self, db: sqlite3.Connection) -> None:
+    def _fill(self, db: sqlite3.Connection, folding: bool = False) -> None:
         """The filter made anew from the ids stored and logged (a scan: on open, and after a prune
-        when it is due); none when more are stored than REFILL_AFTER."""
+        when it is due); none when more are stored than REFILL_AFTER. `folding`: in a fold's
+        transaction, where the logged ids are stored already (not to be counted twice)."""
+        logged = () if folding else tuple(self._pending)
         self._added = 0
-        self._filled = db.execute("SELECT count(*) FROM sim_sent").fetchone()[0] + len(self._pending)
+        self._filled = db.execute("SELECT count(*) FROM sim_sent").fetchone()[0] + len(logged)
         if self._filled > REFILL_AFTER:
             if self._filter is not None:
                 log.info("%d sent ids in %s: each look-up reads the store (more than its filter holds)",
@@ -283,8 +291,8 @@ class SentIds:
         self._filter = maybe = _MaybeStored()
         for (stored,) in db.execute("SELECT id FROM sim_sent"):
             maybe.add(stored)
-        for logged in self._pending:
-            maybe.add(logged)
+        for message_id in logged:
+            maybe.add(message_id)
 
     def _recover(self, db: sqlite3.Connection) -> None:
         """Move the ids a killed process logged (and never moved in) into the store just opened."""
