@@ -318,6 +318,17 @@ async def test_a_turn_closed_while_the_store_cannot_be_written_stays_logged(
     await again.close()
 
 
+def store_holding(tmp_path: Path, clock: FakeClock, ids: list[str], age: timedelta) -> Path:
+    """A linked sim store whose `sim_sent` holds `ids`, sent `age` ago."""
+    store = tmp_path / "store.db"
+    write_device(store, PHONE, "Sim", clock())
+    with sqlite3.connect(store) as db:
+        db.execute("CREATE TABLE sim_sent (id TEXT PRIMARY KEY, sent_at TEXT NOT NULL)")
+        db.executemany("INSERT INTO sim_sent VALUES (?, ?)", ((i, (clock() - age).isoformat()) for i in ids))
+    db.close()
+    return store
+
+
 async def test_the_filter_is_filled_anew_only_when_that_is_worth_a_scan(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A store holding more ids than the filter is of use for has none (each look-up reads the store)
@@ -332,13 +343,8 @@ async def test_the_filter_is_filled_anew_only_when_that_is_worth_a_scan(
         fill(self, db, folding)
 
     monkeypatch.setattr(sim_sent.SentIds, "_fill", counted)
-    store, clock = tmp_path / "store.db", FakeClock()
-    write_device(store, PHONE, "Sim", clock())
-    with sqlite3.connect(store) as db:
-        db.execute("CREATE TABLE sim_sent (id TEXT PRIMARY KEY, sent_at TEXT NOT NULL)")
-        db.executemany("INSERT INTO sim_sent VALUES (?, ?)",
-                       ((f"S{n}", (clock() - timedelta(days=1)).isoformat()) for n in range(6)))
-    db.close()
+    clock = FakeClock()
+    store = store_holding(tmp_path, clock, [f"S{n}" for n in range(6)], timedelta(days=1))
     session = await linked_session(store, clock)
     assert await already_sent(session, "S5")  # no filter: read from the store
     for n in range(5):  # a prune each (a minute apart): no scan
@@ -365,13 +371,8 @@ async def test_a_prune_that_leaves_few_ids_brings_the_filter_back_however_few_we
     (an engine child's batched sends: each later look-up of a new id reads nothing)."""
     monkeypatch.setattr(sim_sent, "REFILL_AFTER", 4)
     monkeypatch.setattr(sim_sent, "FOLD_AFTER", 3600.0)
-    store, clock = tmp_path / "store.db", FakeClock()
-    write_device(store, PHONE, "Sim", clock())
-    with sqlite3.connect(store) as db:
-        db.execute("CREATE TABLE sim_sent (id TEXT PRIMARY KEY, sent_at TEXT NOT NULL)")
-        db.executemany("INSERT INTO sim_sent VALUES (?, ?)",
-                       ((f"OLD{n}", (clock() - timedelta(days=3)).isoformat()) for n in range(6)))
-    db.close()
+    clock = FakeClock()
+    store = store_holding(tmp_path, clock, [f"OLD{n}" for n in range(6)], timedelta(days=3))
     session = await linked_session(store, clock)
     session.batch_sent_ids()
     statements: list[str] = []
