@@ -149,17 +149,24 @@ async def test_a_batched_turn_holds_the_store_only_until_its_ids_are_committed(t
     await session.close()
 
 
+async def batched_past_first(tmp_path: Path) -> tuple[Path, FakeClock, SimSession]:
+    """A linked session batching its sent ids, past its first record (which prunes, so it is stored at
+    once) and a second later."""
+    store, clock = tmp_path / "store.db", FakeClock()
+    session = await linked_session(store, clock)
+    session.batch_sent_ids()
+    assert not await already_sent(session, "FIRST")
+    clock.advance(timedelta(seconds=1))
+    return store, clock, session
+
+
 async def test_batched_ids_outlive_a_killed_process_through_the_log(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A batched turn's ids are written to the sent-id log by `commit_sent_ids`, not to the store: a
     process killed then (the session never closed) has them all the same; the next session moves them
     into the store. Ids recorded but not committed were never answered: they are not remembered."""
     monkeypatch.setattr(sim_sent, "FOLD_AFTER", 3600.0)  # the killed process never gets there
-    store, clock = tmp_path / "store.db", FakeClock()
-    session = await linked_session(store, clock)
-    session.batch_sent_ids()
-    assert not await already_sent(session, "FIRST")  # the first record prunes: in the store at once
-    clock.advance(timedelta(seconds=1))
+    store, clock, session = await batched_past_first(tmp_path)
     assert not await already_sent(session, "L1")
     assert not await already_sent(session, "L2")
     session.commit_sent_ids()
@@ -211,11 +218,7 @@ async def test_logged_ids_go_into_the_store_when_no_send_follows(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """At rest the store holds every id (a backup of it, a copy of the folder, misses none)."""
     monkeypatch.setattr(sim_sent, "FOLD_AFTER", 0.05)
-    store, clock = tmp_path / "store.db", FakeClock()
-    session = await linked_session(store, clock)
-    session.batch_sent_ids()
-    assert not await already_sent(session, "FIRST")
-    clock.advance(timedelta(seconds=1))
+    store, _, session = await batched_past_first(tmp_path)
     assert not await already_sent(session, "IDLE")
     session.commit_sent_ids()
     assert "IDLE" not in stored_ids(store)
@@ -248,11 +251,7 @@ async def test_a_log_write_the_disk_took_in_part_is_cut_off(tmp_path: Path, monk
     turn is not answered, the process ends) and the log is as before, so the next process does not
     find those ids either (the bridge's retry goes out, not `already_sent`)."""
     monkeypatch.setattr(sim_sent, "FOLD_AFTER", 3600.0)
-    store, clock = tmp_path / "store.db", FakeClock()
-    session = await linked_session(store, clock)
-    session.batch_sent_ids()
-    assert not await already_sent(session, "FIRST")  # the first record prunes: in the store at once
-    clock.advance(timedelta(seconds=1))
+    store, clock, session = await batched_past_first(tmp_path)
     assert not await already_sent(session, "L0")
     session.commit_sent_ids()
     before = log_path(store).read_bytes()
@@ -282,11 +281,7 @@ async def test_a_turn_closed_while_the_store_cannot_be_written_stays_logged(
     turn's ids are logged first, so a store that cannot take them leaves them in the log for the next
     process. If the log cannot take them either, the last `commit` raises: nothing is answered."""
     monkeypatch.setattr(sim_sent, "FOLD_AFTER", 3600.0)
-    store, clock = tmp_path / "store.db", FakeClock()
-    session = await linked_session(store, clock)
-    session.batch_sent_ids()
-    assert not await already_sent(session, "FIRST")
-    clock.advance(timedelta(seconds=1))
+    store, clock, session = await batched_past_first(tmp_path)
     assert not await already_sent(session, "X")  # this turn's; its answer goes out after the close
     session._sent.db().execute("PRAGMA query_only=1")  # the store cannot be written (a full disk, say)
     with caplog.at_level(logging.WARNING, logger=sim_sent.__name__):
