@@ -512,28 +512,25 @@ def write_joined(client: mqtt.Client) -> bool:
         parts.append(packet["packet"][packet["pos"]:] if packet["pos"] else packet["packet"])
     data = parts[0] if len(parts) == 1 else b"".join(parts)
     packets.clear()
+    failed: OSError | None = None
     try:
         sent: int = sock.send(data)
     except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):  # not yet: paho's write meets it again
         sent = 0
-    except OSError:  # a reset, a broken pipe: reported once (a second send sees EPIPE), so raised as met
-        _put_back(packets, data, 0)
-        raise
+    except OSError as exc:  # a reset: reported once (paho's send after it would meet EPIPE), so raised as met
+        sent, failed = 0, exc
     except Exception:  # noqa: BLE001 (not a socket error, e.g. a closed one's ValueError: paho's write handles it)
         sent = 0
     if sent < len(data):
-        _put_back(packets, data, sent)
+        packets.append({"command": PUBACK, "mid": 0, "qos": 1, "pos": sent, "to_process": len(data) - sent,
+                        "packet": data, "info": None})
+        if failed is not None:
+            raise failed
         return False
     with client._msgtime_mutex:
         client._last_msg_out = mqtt.time_func()  # as paho's write: the keepalive counts from here
     client._call_socket_unregister_write()
     return True
-
-
-def _put_back(packets: deque[dict[str, Any]], data: bytes, sent: int) -> None:
-    """What `write_joined` did not send, back in paho's (emptied) queue as one packet for paho's write."""
-    packets.append({"command": PUBACK, "mid": 0, "qos": 1, "pos": sent, "to_process": len(data) - sent,
-                    "packet": data, "info": None})
 
 
 def coalesce(packets: deque[dict[str, Any]]) -> None:
