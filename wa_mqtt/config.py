@@ -20,6 +20,7 @@ from .config_migrations import CONFIG_VERSION, Migration, current_version
 from .config_secrets import SECRET_MASK, at_path, mask_url, secret_paths
 from .health_config import AlertsConfig, MetricsConfig, WatchdogConfig
 from .model import phone_list
+from .mqtt.topics import is_topic_name
 
 ENV_PREFIX = "WA_MQTT_"
 PROXY_SCHEMES = ("http", "https", "socks5")
@@ -77,8 +78,9 @@ class MqttConfig(_Section):
     @field_validator("base_topic", "discovery_prefix")
     @classmethod
     def _topic_root(cls, value: str) -> str:
-        if not value or any(c in value for c in "+#\x00") or value.startswith("/") or value.endswith("/"):
-            raise ValueError("must be a plain topic prefix without wildcards or leading/trailing '/'")
+        if not is_topic_name(value) or value.startswith("/") or value.endswith("/"):
+            raise ValueError("must be a plain topic prefix without wildcards, control characters or "
+                             "leading/trailing '/'")
         return value
 
 

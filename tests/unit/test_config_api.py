@@ -31,6 +31,8 @@ def test_defaults_without_a_file(tmp_path: Path) -> None:
     ({"mqtt": {"embedded_port": 0}}, "mqtt.embedded_port"),
     ({"mqtt": {"url": "http://x"}}, "mqtt.url"),
     ({"mqtt": {"base_topic": "wa/#"}}, "mqtt.base_topic"),
+    ({"mqtt": {"base_topic": "wa\x01"}}, "mqtt.base_topic"),  # a control character: the broker would hang up
+    ({"mqtt": {"discovery_prefix": "ha\ufffe"}}, "mqtt.discovery_prefix"),  # a noncharacter, likewise
     ({"engine": "selenium"}, "engine"),
     ({"accounts": ["12ab"]}, "accounts"),
     ({"reconnect": {"factor": "fast"}}, "reconnect.factor"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import select
 import socket
+import struct
 import time
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from wa_mqtt.mqtt.link import ReadAhead, coalesce
-from wa_mqtt.mqtt.paho_client import write_joined
+from wa_mqtt.mqtt.paho_client import PahoClient, write_joined
 
 
 def _paho(sock: socket.socket) -> mqtt.Client:
@@ -217,3 +218,82 @@ def test_read_ahead_fill_reads_once_holding_nothing_and_leaves_a_failed_or_ended
             assert reader.recv(1) == b""  # what paho's read sees again: the connection ended
         finally:
             ours.close()
+
+
+def test_write_joined_counts_the_keepalive_from_its_write() -> None:
+    """paho's keepalive counts from its last write: `write_joined` moves it as paho's write does."""
+    ours, theirs = socket.socketpair()
+    try:
+        client = _paho(ours)
+        client.publish("a/1", b"x", qos=1)
+        client._last_msg_out = 0  # private: paho's time of its last write
+        assert write_joined(client)
+        assert client._last_msg_out > 0
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_write_joined_on_a_full_socket_keeps_every_byte_for_paho() -> None:
+    """A socket already full makes the send raise BlockingIOError: nothing is lost, paho writes it
+    all once the peer read."""
+    publishes = [("a/1", b"x" * 10, 1), ("a/2", b"y" * 300, 1)]
+    plain, _, _ = _written(False, publishes)
+    ours, theirs = socket.socketpair()
+    try:
+        ours.setblocking(False)
+        filler = b""
+        with pytest.raises(BlockingIOError):
+            while True:
+                filler += b"f" * ours.send(b"f" * 65536)
+        client = _paho(ours)
+        for topic, payload, qos in publishes:
+            client.publish(topic, payload, qos=qos)
+        assert not write_joined(client) and client.want_write()
+        received = b""
+        while client.want_write() or select.select([theirs], [], [], 0)[0]:
+            received += _read_all(theirs)
+            client.loop_write()
+        received += _read_all(theirs)
+        assert received == filler + plain
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def _reset_pair() -> tuple[socket.socket, socket.socket]:
+    """A TCP connection whose peer has reset it (closed with linger 0): the kernel reports it once."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        ours = socket.create_connection(server.getsockname())
+        peer, _ = server.accept()
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()
+    return ours, peer
+
+
+def test_write_joined_raises_a_reset_and_keeps_the_data() -> None:
+    """A reset is raised as met, not left for paho's next send (which would see a broken pipe), and
+    the data stays queued (the link publishes again what was not acknowledged)."""
+    ours, _ = _reset_pair()
+    with ours:
+        client = _paho(ours)
+        client.publish("a/1", b"x", qos=1)
+        queued = bytes(client._out_packet[0]["packet"])
+        with pytest.raises(ConnectionResetError):
+            write_joined(client)
+        assert [bytes(packet["packet"][packet["pos"]:]) for packet in client._out_packet] == [queued]
+
+
+async def test_a_reset_met_by_the_joined_write_ends_the_session_as_a_reset() -> None:
+    """The link's write (`_write_queued`) ends the session on the reset itself, not on the broken pipe
+    a second send would meet."""
+    ours, _ = _reset_pair()
+    with ours:
+        link = PahoClient("127.0.0.1")
+        client = link._client
+        client._sock = ours  # type: ignore[assignment]  # private: no broker in a unit test
+        client._state = mqtt._ConnectionState.MQTT_CS_CONNECTED  # type: ignore[attr-defined]  # private, as above
+        client.publish("a/1", b"x", qos=1)
+        link._write_queued(client, None, ours)
+        assert link._disconnected.done()
+        assert isinstance(link._disconnected.exception(), ConnectionResetError)

@@ -223,6 +223,8 @@ def test_packets_read_ahead_are_handled_whole_or_by_paho_wherever_the_reads_spli
                 ("acked", 1), ("acked", 2), ("acked", 3), Incoming("wa/big", big, None, None, (5,))], seed
             assert client._acked == {}
             assert client._in_packet["command"] == 0 and client._ping_t == 0
+            # a PUBACK (packet id 7) for each QoS 1 publish (ours or paho's decoder), none for the QoS 0 one
+            assert _packets(client._out_packet) == [b"\x40\x02\x00\x07"] * 3, seed
         finally:
             ours.close()
             theirs.close()

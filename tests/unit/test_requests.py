@@ -81,7 +81,8 @@ def test_a_request_is_accepted_exactly_when_it_is_strict(value: Any) -> None:
 
 @pytest.mark.parametrize(("topic", "code"), [
     ("wa/#", "invalid_request"), ("replies/+/me", "invalid_request"), ("#", "invalid_request"),
-    ("replies/\x00", "invalid_request"), ("$SYS/broker/x", "invalid_request"),
+    ("replies/\x00", "invalid_request"), ("$SYS/broker/x", "invalid_request"), ("replies/\x01", "invalid_request"),
+    ("replies/\x85", "invalid_request"), ("replies/\ufdd0", "invalid_request"), ("replies/\U0010ffff", "invalid_request"),
     ("wa/bridge/state", "forbidden"), ("wa/bridge/event", "forbidden"), ("wa/5511900000001/message", "forbidden"),
     ("wa", "forbidden"), ("homeassistant/device/x/config", "forbidden"), ("homeassistant", "forbidden"),
     ("replies/me", None), ("wax/replies", None), ("home/wa", None), ("", None), (None, None),

@@ -305,7 +305,7 @@ def check_response_topic(topic: str | None, reserved: Iterable[str]) -> None:
         return
     if not is_topic_name(topic):
         raise ApiError(ErrorCode.INVALID_REQUEST, f"response topic {_printable(topic)[:200]!r} is not a topic name "
-                                          "(it has a wildcard + or #, a U+0000, or over 65,535 bytes)")
+                                          "(it has a wildcard + or #, a control character or a noncharacter, or over 65,535 bytes)")
     if topic.startswith("$"):
         raise ApiError(ErrorCode.INVALID_REQUEST, f"response topic {topic[:200]!r}: $ topics belong to the broker")
     for root in reserved:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from .topics import has_unfit_character
+
 MAX_PACKET = 268_435_455  # the largest remaining length MQTT can frame (four length bytes)
 
 
@@ -30,8 +32,11 @@ class Incoming:
 
 
 def check_topic(topic: str, v5: bool) -> bytes:
-    """The topic's bytes, or ValueError for a topic paho's `publish` refuses: a wildcard, one too
-    long for a packet, an empty one before MQTT v5."""
+    """The topic's bytes, or ValueError for a topic paho's `publish` refuses (a wildcard, one too
+    long for a packet, an empty one before MQTT v5) or that the broker would hang up on (a character
+    `has_unfit_character` refuses)."""
+    if has_unfit_character(topic):
+        raise ValueError(f"invalid topic name for a publish: {topic[:200]!r}")
     encoded = topic.encode()
     if (not encoded and not v5) or b"+" in encoded or b"#" in encoded or len(encoded) > 65535:
         raise ValueError(f"invalid topic name for a publish: {topic[:200]!r}")

@@ -155,12 +155,12 @@ class PahoClient(aiomqtt.Client):
 
     def _write_queued(self, client: Any, userdata: Any, sock: Any) -> None:
         self._write_due = False
-        if write_joined(client):  # the common case: all of it, with one send
-            return
-        coalesce(client._out_packet)  # paho's queue of packets to write (see `coalesce`)
         try:
+            if write_joined(client):  # the common case: all of it, with one send
+                return
+            coalesce(client._out_packet)  # paho's queue of packets to write (see `coalesce`)
             client.loop_write()
-        except Exception as exc:  # noqa: BLE001 (as aiomqtt's writer: a broken connection ends the session)
+        except Exception as exc:  # noqa: BLE001 (as aiomqtt's writer: a broken connection ends the session, on its own error)
             if not self._disconnected.done():
                 self._disconnected.set_exception(exc)
             return
@@ -494,10 +494,12 @@ def quickack(sock: Any) -> bool:
 def write_joined(client: mqtt.Client) -> bool:
     """Write paho's queued packets with one send, as paho's `loop_write` would write them one by one,
     when every one is a packet paho does nothing with once written (see `coalesce`): True when all
-    went. Otherwise (one of the others queued, no socket, a send that took part of them or failed)
-    False, and what is left is in paho's queue as one packet for paho's own write, which meets the
-    same full socket or error and handles it as it always has. Skips, per write, paho's per-packet
-    loop with its locks and callbacks (`loop_write`, `_packet_write`, `_sock_send`)."""
+    went. Otherwise (one of the others queued, no socket, a send that took part of them or found the
+    socket full) False, and what is left is in paho's queue as one packet for paho's own write, which
+    meets the same full socket and handles it as it always has. A send that fails otherwise (a reset)
+    leaves the data there too and raises: the kernel reports a reset once (paho's send after it would
+    meet a broken pipe), so the session ends on the error the connection met. Skips, per write,
+    paho's per-packet loop with its locks and callbacks (`loop_write`, `_packet_write`, `_sock_send`)."""
     packets = client._out_packet
     sock = client._sock
     if not packets or sock is None:
@@ -510,13 +512,20 @@ def write_joined(client: mqtt.Client) -> bool:
         parts.append(packet["packet"][packet["pos"]:] if packet["pos"] else packet["packet"])
     data = parts[0] if len(parts) == 1 else b"".join(parts)
     packets.clear()
+    failed: OSError | None = None
     try:
         sent: int = sock.send(data)
-    except Exception:  # noqa: BLE001 (not yet, or a broken connection: paho's write meets it again below)
+    except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):  # not yet: paho's write meets it again
+        sent = 0
+    except OSError as exc:  # a reset: reported once (paho's send after it would meet EPIPE), so raised as met
+        sent, failed = 0, exc
+    except Exception:  # noqa: BLE001 (not a socket error, e.g. a closed one's ValueError: paho's write handles it)
         sent = 0
     if sent < len(data):
         packets.append({"command": PUBACK, "mid": 0, "qos": 1, "pos": sent, "to_process": len(data) - sent,
                         "packet": data, "info": None})
+        if failed is not None:
+            raise failed
         return False
     with client._msgtime_mutex:
         client._last_msg_out = mqtt.time_func()  # as paho's write: the keepalive counts from here

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 BRIDGE = "bridge"
@@ -101,17 +102,28 @@ class Topics:
         return f"{self.base}/{SIM}/+/+"
 
 
+# Characters MQTT forbids in a topic (U+0000; a lone surrogate is not UTF-8) or says SHOULD NOT be there
+# (1.5.4: control characters, noncharacters), and which Mosquitto answers with a disconnect: a publish
+# to such a topic, sent again first on every reconnect, would keep the bridge from ever connecting.
+_UNFIT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef"
+                    + "".join(chr(plane << 16 | 0xFFFE) + chr(plane << 16 | 0xFFFF) for plane in range(17)) + "]")
+
+
+def has_unfit_character(topic: str) -> bool:
+    """True when `topic` holds a character MQTT forbids or advises against in a topic: U+0000, a control
+    character (U+0001-U+001F, U+007F-U+009F), a noncharacter (U+FDD0-U+FDEF, U+xFFFE, U+xFFFF), a lone
+    surrogate (not UTF-8). One rule for a topic we publish to (`is_topic_name`, `packets.check_topic`)."""
+    if topic.isascii():  # ASCII's unfit ones are exactly its non-printable ones (U+0000-U+001F, U+007F)
+        return not topic.isprintable()
+    return _UNFIT.search(topic) is not None
+
+
 def is_topic_name(topic: str) -> bool:
-    """True for a name a client may publish to (MQTT 4.7): not empty, no wildcard (`+`, `#`), no U+0000,
-    encodable as UTF-8 (no lone surrogate) in at most 65,535 bytes."""
-    if not topic or "+" in topic or "#" in topic or "\x00" in topic:
+    """True for a name a client may publish to (MQTT 4.7): not empty, no wildcard (`+`, `#`), no
+    character `has_unfit_character` refuses, at most 65,535 bytes of UTF-8."""
+    if not topic or "+" in topic or "#" in topic or has_unfit_character(topic):
         return False
-    if topic.isascii():  # one byte a character (the common case: no encode)
-        return len(topic) <= 65535
-    try:
-        return len(topic.encode("utf-8")) <= 65535
-    except UnicodeEncodeError:
-        return False
+    return len(topic) <= 65535 if topic.isascii() else len(topic.encode()) <= 65535  # ASCII: no encode
 
 
 def within(topic: str, root: str) -> bool:
