@@ -5,19 +5,19 @@ trimmed back to `window` once it holds `window // 256` more (up to 0.4 % more: o
 ids at the default window instead of a transaction with a DELETE for every message once it is full;
 an id kept a little longer is only ever dropped as a duplicate, as it was published).
 Ask `seen` first, hand the message on, then `remember` it, so a crash in between repeats a message
-rather than losing it. Inside a running event loop `remember` writes the id into the loop turn's
-transaction: the first id of a turn opens it and schedules its COMMIT for the end of the turn
-(`call_soon`), the turn's later ids join it (a burst of incoming messages arrives many per turn: one
-commit for tens of ids, ~5 us CPU per id instead of ~19 us for an autocommit INSERT each). So a
-process kill within the turn can lose the turn's ids, never a message: each was spooled (committed)
-before its id was remembered, and an id lost only makes a message delivered again be published
-again, the direction above. `seen` sees the turn's ids at once (same connection). Outside a loop
-(scripts, tools) each id is committed before `remember` returns; `close` commits what is pending.
+rather than losing it. Inside a running event loop `remember` keeps the id in memory for the rest of
+the loop turn (`seen` counts it at once) and the turn's ids are written together at its end (one
+`call_soon` scheduled by the turn's first id): a burst of incoming messages arrives many per turn,
+so one transaction for tens of ids, ~5 us CPU per id instead of ~19 us for an autocommit INSERT
+each. A process kill within the turn can lose the turn's ids, never a message: each was spooled
+(committed) before its id was remembered, and a lost id only makes a message delivered again be
+published again, the direction above. Outside a loop (scripts, tools) each id is committed before
+`remember` returns; `commit` writes the turn's ids at once, `close` does too.
 
 A full disk: an id that cannot be written is held in memory (still counted as seen) and reported to
 `report`; `write_held` writes the held ids once there is space (disk_full.DiskFullWatch calls it).
-A turn's transaction that fails (its COMMIT, or an INSERT in it) on a full disk is rolled back and
-all its ids are held the same way, in order.
+A turn's write that fails on a full disk (it changes nothing) holds all the turn's ids the same way,
+oldest first.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class SeenIds:
         self._counts: dict[str, int] = {account: count for account, count, _ in rows}
         self._next_n = max((last for _, _, last in rows), default=0) + 1  # the insertion order of the next id
         self._held: dict[tuple[str, str], None] = {}  # (account, id) not written yet (disk full), oldest first
-        self._turn: dict[tuple[str, str], None] | None = None  # ids in the loop turn's open transaction
+        self._turn: dict[tuple[str, str], None] | None = None  # the loop turn's ids, written at its end
         self.duplicates = 0  # how often `seen` said yes since start: messages delivered again, dropped
 
     def seen(self, account: str, message_id: str, also: str | None = None) -> bool:
@@ -108,46 +108,53 @@ class SeenIds:
         return found
 
     def remember(self, account: str, message_id: str, hold: bool = False) -> None:
-        """Record `message_id` for `account` (committed at the end of the loop turn, or at once outside a
-        loop; held in memory while the disk is full).
-        `hold`: keep it in memory anyway (its message is only in memory: its id must not reach the
-        disk first)."""
+        """Record `message_id` for `account` (written at the end of the loop turn, or at once outside a
+        loop; held in memory while the disk is full). `hold`: keep it in memory anyway (its message is
+        only in memory: its id must not reach the disk first)."""
         error: BaseException | None = None
         key = (account, message_id)
         with self._lock:
-            if key in self._held:
+            if key in self._held or (self._turn is not None and key in self._turn):
                 return
             if not self._held and not hold:
-                try:
-                    self._add(key)
+                if self._turn is not None:
+                    self._turn[key] = None
                     return
-                except sqlite3.Error as exc:
-                    if not is_disk_full(exc, self.path):
-                        raise
-                    error = exc
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:  # no loop: written now
+                    try:
+                        self._write([key])
+                        return
+                    except sqlite3.Error as exc:
+                        if not is_disk_full(exc, self.path):
+                            raise
+                        error = exc
+                else:
+                    self._turn = {key: None}
+                    loop.call_soon(self.commit)
+                    return
             self._held[key] = None
         if self._report is not None:
             self._report(self.name, error)
 
     def commit(self) -> None:
-        """Commit the loop turn's ids now (it happens by itself at the end of the turn); on a full disk
-        they are held and reported."""
-        error: BaseException | None = None
+        """Write the loop turn's ids now, in one transaction (it happens by itself at the end of the
+        turn); on a full disk they are held (before any held since) and reported."""
         with self._lock:
-            turn = self._turn
-            if turn is None:
+            turn, self._turn = self._turn, None
+            if not turn:
                 return
-            self._turn = None
             try:
-                self._trim(self._added(turn))
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if not self._rollback(turn, exc):
-                    return
-                error = exc
-            else:
-                self._count(self._added(turn))
+                self._write(list(turn))
                 return
+            except sqlite3.Error as exc:
+                if not is_disk_full(exc, self.path):
+                    log.error("%d dedup ids not recorded (their messages would be published again if "
+                              "delivered again): %s", len(turn), exc)
+                    return
+                self._held = {**turn, **self._held}
+                error = exc
         if self._report is not None:
             self._report(self.name, error)
 
@@ -163,7 +170,7 @@ class SeenIds:
     def write_held(self, limit: int) -> bool:
         """Write up to `limit` held ids (one transaction); holding none, prove the disk writable. True when
         nothing is held any more; False while the disk is still full."""
-        self.commit()  # first the turn's ids (held too if that fails): `_write` opens a transaction of its own
+        self.commit()  # first the turn's ids (held too if that fails)
         with self._lock:
             return written(self.path, lambda: self._write_held(limit)) and not self._held
 
@@ -185,58 +192,15 @@ class SeenIds:
             del self._held[key]
 
     def _seen(self, account: str, message_id: str, also: str | None = None) -> bool:
+        turn = self._turn
+        if turn is not None and ((account, message_id) in turn or (account, also) in turn):
+            return True
         if also is None:
             return (account, message_id) in self._held or self._conn.execute(
                 "SELECT 1 FROM seen WHERE account = ? AND message_id = ?", (account, message_id)).fetchone() is not None
         return (account, message_id) in self._held or (account, also) in self._held or self._conn.execute(
             "SELECT 1 FROM seen WHERE account = ? AND message_id IN (?, ?)",
             (account, message_id, also)).fetchone() is not None
-
-    def _add(self, key: tuple[str, str]) -> None:
-        """Insert an id into the loop turn's transaction (opened, its commit scheduled, by the turn's
-        first id); outside a loop, commit it at once. A failure rolls the turn back: its ids are held
-        and the error raised."""
-        if self._turn is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                self._write([key])
-                return
-            self._conn.execute("BEGIN IMMEDIATE")
-            self._turn = {}
-            loop.call_soon(self.commit)
-        turn = self._turn
-        try:
-            inserted = self._conn.execute("INSERT OR IGNORE INTO seen (account, message_id, n) VALUES (?, ?, ?)",
-                                          (*key, self._next_n)).rowcount
-        except sqlite3.Error as exc:
-            self._turn = None
-            self._rollback(turn, exc)
-            raise
-        if inserted:
-            self._next_n += 1  # (a turn rolled back leaves a gap: only the order counts)
-            turn[key] = None
-
-    def _rollback(self, turn: dict[tuple[str, str], None], exc: sqlite3.Error) -> bool:
-        """Roll the turn's transaction back after `exc`. A full disk: hold its ids, oldest first, before
-        any held since (True). Anything else: they are lost (a message delivered again would be
-        published again), logged (False)."""
-        if self._conn.in_transaction:
-            self._conn.execute("ROLLBACK")
-        if is_disk_full(exc, self.path):
-            self._held = {**turn, **self._held}
-            return True
-        if turn:
-            log.error("%d dedup ids not recorded (their messages would be published again if delivered "
-                      "again): %s", len(turn), exc)
-        return False
-
-    @staticmethod
-    def _added(ids: dict[tuple[str, str], None]) -> dict[str, int]:
-        added: dict[str, int] = {}
-        for account, _ in ids:
-            added[account] = added.get(account, 0) + 1
-        return added
 
     def _write(self, ids: list[tuple[str, str]]) -> None:
         """Insert ids (known ones are skipped) and trim an account that went past `_trim_at` back to the
