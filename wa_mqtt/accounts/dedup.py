@@ -77,7 +77,7 @@ SCHEMA = Schema("dedup", "message ids already handled", [
 
 class SeenIds:
     """Which message ids each account has already seen. Sync and fast: call it from the event loop's
-    thread (the turn's transaction is committed there); the lock keeps a call from another thread safe."""
+    thread (a turn's ids are written there, at its end); the lock keeps a call from another thread safe."""
 
     name = "dedup ids"
 
