@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import subprocess
 import sys
@@ -73,6 +74,32 @@ def test_survives_restart_and_sigkill(tmp_path: Path) -> None:
         count = seen._conn.execute("SELECT COUNT(*) FROM seen").fetchone()[0]
         assert count == 100  # the count loaded on open keeps the bound exact
     finally:
+        seen.close()
+
+
+async def test_a_loop_turns_ids_are_one_transaction_seen_at_once_and_trimmed(tmp_path: Path) -> None:
+    """In a running loop the ids remembered in one turn (a burst of incoming messages) share one
+    transaction, committed at the end of the turn; `seen` knows them at once; the window holds."""
+    seen = SeenIds(tmp_path / "seen.db", window=5)
+    statements: list[str] = []
+    seen._conn.set_trace_callback(statements.append)
+    other = sqlite3.connect(tmp_path / "seen.db")  # what a process killed now would find on disk
+    try:
+        for i in range(40):  # one turn: no await in between
+            assert handled(seen, A, f"a{i}") and not handled(seen, A, f"a{i}")
+        for i in range(3):
+            assert handled(seen, B, f"b{i}")
+        assert other.execute("SELECT COUNT(*) FROM seen").fetchone()[0] == 0  # not committed yet
+        await asyncio.sleep(0)  # the end of the turn
+        assert [s for s in statements if s in ("BEGIN IMMEDIATE", "COMMIT")] == ["BEGIN IMMEDIATE", "COMMIT"]
+        rows = other.execute("SELECT account, message_id FROM seen ORDER BY n").fetchall()
+        assert rows == [(A, f"a{i}") for i in range(35, 40)] + [(B, f"b{i}") for i in range(3)]
+        assert handled(seen, A, "a34") and not handled(seen, A, "a39")
+        handled(seen, A, "pending")
+        seen.close()  # commits what the turn holds
+        assert other.execute("SELECT COUNT(*) FROM seen WHERE message_id = 'pending'").fetchone()[0] == 1
+    finally:
+        other.close()
         seen.close()
 
 

@@ -141,6 +141,56 @@ def test_dedup_ids_are_held_and_still_seen(tmp_path: Path) -> None:
     seen.close()
 
 
+async def test_dedup_ids_of_a_turn_whose_commit_fails_on_a_full_disk_are_held(small_disk: SmallDisk) -> None:
+    """The loop turn's ids share one transaction: when its COMMIT finds the disk full, every id of the
+    turn is held in memory (still seen, reported) exactly as a refused INSERT's id is, and written later."""
+    reports = Reports()
+    seen = SeenIds(small_disk.path / "seen.db", report=reports)
+    seen.remember(A, "before")
+    seen.commit()
+    seen._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the commit must grow the WAL
+    small_disk.fill()
+    ids = [f"3EB0{i:04d}" for i in range(50)]
+    for message_id in ids:  # one turn, as a burst of incoming messages
+        assert seen.seen(A, message_id) is False
+        seen.remember(A, message_id)
+    assert reports == [] and seen.held == 0  # kept for the end of the turn
+    await asyncio.sleep(0)  # the end of the turn: its COMMIT fails
+    assert len(reports) == 1 and reports[0][0] == "dedup ids" and is_disk_full(reports[0][1])
+    assert seen.held == 50 and list(seen._held) == [(A, i) for i in ids] and not seen._conn.in_transaction
+    assert all(seen.seen(A, i) for i in ids)
+    seen.remember(A, "next")  # queues behind the held ones, not written first
+    assert seen.held == 51 and len(reports) == 2 and reports[1][1] is None
+    assert seen.write_held(100) is False
+    small_disk.free()
+    assert seen.write_held(100) is True and seen.held == 0
+    seen.close()
+    again = SeenIds(small_disk.path / "seen.db")
+    assert all(again.seen(A, i) for i in ("before", *ids, "next"))
+    again.close()
+
+
+async def test_dedup_ids_of_a_turn_are_held_together_when_one_needs_space(tmp_path: Path) -> None:
+    """The turn's ids are written in one transaction: one id refused for space holds them all, oldest
+    first (SQLite's own limit: no root needed)."""
+    reports = Reports()
+    seen = SeenIds(tmp_path / "seen.db", report=reports)
+    seen.remember(A, "a")
+    seen.commit()
+    seen._conn.execute("VACUUM")
+    fill(seen._conn)
+    seen.remember(A, "small")  # fits in a page the file has
+    seen.remember(A, "x" * 3000)  # needs new pages
+    assert reports == [] and seen.seen(A, "small") and seen.seen(A, "x" * 3000)
+    await asyncio.sleep(0)  # the end of the turn: its write is refused, nothing of it is written
+    assert seen.held == 2 and list(seen._held) == [(A, "small"), (A, "x" * 3000)] and is_disk_full(reports[0][1])
+    assert seen._conn.execute("SELECT COUNT(*) FROM seen").fetchone()[0] == 1 and seen.seen(A, "small")
+    make_room(seen._conn)
+    assert seen.write_held(10) is True
+    assert seen._conn.execute("SELECT COUNT(*) FROM seen").fetchone()[0] == 3
+    seen.close()
+
+
 def test_outbox_refuses_a_new_send_but_keeps_what_records_a_sent_one(tmp_path: Path) -> None:
     reports, clock = Reports(), Clock()
     box = Outbox(tmp_path / "outbox.db", clock, report=reports)

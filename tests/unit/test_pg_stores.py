@@ -4,6 +4,7 @@ only a shared database has: two bridges' stores see one queue, one client id, on
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import textwrap
@@ -101,6 +102,26 @@ def test_complete_all_removes_the_sends_answered_together_and_keeps_their_client
     outbox.complete_all([(one, "3EB0ONE"), (two, "3EB0TWO")])
     assert [e.id for e in outbox.pending(A)] == [kept.id] and outbox.depth(A) == 1
     assert outbox.sent_id(A, "k2") == "3EB0TWO"
+
+
+async def test_a_loop_turns_ids_are_written_together_at_its_end(seen: PgSeenIds, pg_url: str) -> None:
+    """In a running loop the turn's ids are seen at once and written in one transaction at its end."""
+    other = PgSeenIds(pg_url)  # another bridge of the cluster: what is in the table
+    try:
+        for i in range(20):
+            assert handled(seen, A, f"t{i}") and not handled(seen, A, f"t{i}")
+        assert not other.seen(A, "t0")  # not written yet
+        await asyncio.sleep(0)  # the end of the turn
+        assert all(other.seen(A, f"t{i}") for i in range(15, 20))  # the newest window (5) of them
+        with connect(pg_url) as conn:  # rows written by one transaction share its id (xmin)
+            row = conn.execute("SELECT COUNT(*), COUNT(DISTINCT xmin::text) FROM wa_mqtt_seen WHERE account = %s",
+                               (A,)).fetchone()
+        assert row == (5, 1)
+        handled(seen, A, "pending")
+        seen.close()  # writes what the turn holds
+        assert other.seen(A, "pending")
+    finally:
+        other.close()
 
 
 def test_two_bridges_share_one_queue_one_client_id_and_one_set_of_seen_ids(pg_url: str, clock: FakeClock) -> None:

@@ -5,14 +5,24 @@ instance keeps its ids, so a message WhatsApp delivers again after the takeover 
 Bounded like the SQLite file: each account keeps about its newest `window` ids (trimmed every
 `window // 100` new ids, so up to 1 % more). `hold=True` keeps an id in memory until `write_held`,
 as there (its message is only in memory); there is no full disk to hold ids for otherwise.
+
+Batched per loop turn like the SQLite file: inside a running loop `remember` keeps the id in memory
+(`seen` counts it at once) and the turn's ids are written in one transaction at the end of the turn
+(one round trip for a burst, not one each); outside a loop each id is written before `remember`
+returns. A write that fails (the server gone) loses the turn's ids, logged: a message delivered
+again would then be published again, never lost.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
 
 from ..accounts.dedup import DEFAULT_WINDOW
 from .pg import Locked, PgSchema, PgUpgrade, masked
+
+log = logging.getLogger(__name__)
 
 SCHEMA = PgSchema("dedup", [
     PgUpgrade(1, "the seen table", """
@@ -43,6 +53,7 @@ class PgSeenIds:
         self._trim_every = max(1, window // 100)
         self._added: dict[str, int] = {}  # new ids per account since its last trim
         self._held: dict[tuple[str, str], None] = {}  # ids kept in memory (`hold`), oldest first
+        self._turn: dict[tuple[str, str], None] | None = None  # the loop turn's ids, written at its end
         self._held_lock = threading.Lock()
         self._db = Locked.upgraded(url, SCHEMA)
         self.duplicates = 0
@@ -51,7 +62,8 @@ class PgSeenIds:
         """True when `message_id` (or `also`, when given: one round trip for both) was already
         remembered for `account` (counted once in `duplicates`)."""
         ids = (message_id,) if also is None else (message_id, also)
-        found = any((account, id_) in self._held for id_ in ids)
+        turn = self._turn or {}
+        found = any((account, id_) in self._held or (account, id_) in turn for id_ in ids)
         if not found:
             query = _SEEN if also is None else _SEEN_EITHER
             found = self._db.read(lambda conn: conn.execute(query, (account, *ids)).fetchone()) is not None
@@ -60,12 +72,36 @@ class PgSeenIds:
         return found
 
     def remember(self, account: str, message_id: str, hold: bool = False) -> None:
-        """Record `message_id` for `account` (committed), or keep it in memory with `hold`."""
+        """Record `message_id` for `account` (committed at the end of the loop turn, or at once outside a
+        loop), or keep it in memory with `hold`."""
         if hold:
             with self._held_lock:
                 self._held[(account, message_id)] = None
             return
-        self._write([(account, message_id)])
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._write([(account, message_id)])
+            return
+        with self._held_lock:
+            if self._turn is None:
+                self._turn = {}
+                loop.call_soon(self.commit)
+            self._turn[(account, message_id)] = None
+
+    def commit(self) -> None:
+        """Write the loop turn's ids now, in one transaction (it happens by itself at the end of the turn)."""
+        with self._held_lock:
+            turn, self._turn = self._turn, None
+        if not turn:
+            return
+        import psycopg  # (as store/pg.py: imported only where PostgreSQL is used)
+
+        try:
+            self._write(list(turn))
+        except psycopg.Error as exc:  # the server gone: the ids are lost, their messages were published
+            log.error("%d dedup ids not recorded (their messages would be published again if delivered "
+                      "again): %s", len(turn), exc)
 
     @property
     def held(self) -> int:
@@ -87,6 +123,7 @@ class PgSeenIds:
         return not self._held
 
     def close(self) -> None:
+        self.commit()
         if self._held:
             self.write_held(len(self._held))
         self._db.close()
