@@ -103,6 +103,16 @@ async def test_a_loop_turns_ids_are_one_transaction_seen_at_once_and_trimmed(tmp
         seen.close()
 
 
+async def test_an_id_remembered_this_turn_is_seen_under_its_other_key(seen: SeenStore) -> None:
+    """An undecryptable message's redelivery is looked up under its own key and its message id at once
+    (`also`): the real message remembered earlier in the same turn (a burst) counts."""
+    seen.remember(A, "X")
+    assert seen.seen(A, "X#undecryptable", "X")
+    assert not seen.seen(A, "Y#undecryptable", "Y")
+    await asyncio.sleep(0)  # written now: still seen
+    assert seen.seen(A, "X#undecryptable", "X")
+
+
 def test_window_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         SeenIds(tmp_path / "seen.db", window=0)

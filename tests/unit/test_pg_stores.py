@@ -5,13 +5,18 @@ only a shared database has: two bridges' stores see one queue, one client id, on
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
 
 import pytest
-from test_dedup import handled, test_an_id_is_handled_once_per_account
+from test_dedup import (
+    handled,
+    test_an_id_is_handled_once_per_account,
+    test_an_id_remembered_this_turn_is_seen_under_its_other_key,
+)
 from test_outbox import (
     A,
     B,
@@ -38,7 +43,7 @@ REUSED = (  # the SQLite stores' tests, collected again here with the PostgreSQL
     test_next_pending_sees_entries_queued_meanwhile, test_remove_and_accounts,
     test_take_expired_uses_the_clock,
     test_the_whatsapp_id_is_chosen_once_and_kept_for_every_try,
-    test_an_id_is_handled_once_per_account,
+    test_an_id_is_handled_once_per_account, test_an_id_remembered_this_turn_is_seen_under_its_other_key,
 )
 
 
@@ -192,3 +197,22 @@ def test_store_url_is_checked_and_masked_in_info() -> None:
     for bad in ({"store": {"url": "mysql://db/x"}}, {"store": {"url": "postgres://db"}}, {"instance_id": "a/b"}):
         with pytest.raises(ConfigError):
             build_config(bad, environ={})
+
+
+async def test_a_turn_written_while_the_server_is_gone_is_logged_not_raised(
+        pg_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The connection dropped and the server unreachable: the end of the turn logs the lost ids (their
+    messages were published) rather than raising into the event loop, and a close still closes."""
+    seen = PgSeenIds(pg_url)
+    failures: list[object] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, context: failures.append(context))
+    seen._db.url = "postgresql://nobody@127.0.0.1:1/none"  # the server gone: no reconnect either
+    seen._db._conn.close()
+    with caplog.at_level(logging.ERROR, logger="wa_mqtt.store.pg_dedup"):
+        seen.remember(A, "lost")  # (`seen` itself raises meanwhile: the state publisher logs that)
+        await asyncio.sleep(0)  # the end of the turn
+        seen.remember(A, "lost too")
+        seen.close()
+    assert failures == []
+    assert [r.getMessage().split(" dedup ids")[0] for r in caplog.records] == ["1", "1"]
+    assert seen._db._closed

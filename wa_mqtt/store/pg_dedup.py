@@ -20,7 +20,7 @@ import logging
 import threading
 
 from ..accounts.dedup import DEFAULT_WINDOW
-from .pg import Locked, PgSchema, PgUpgrade, masked
+from .pg import Locked, PgSchema, PgUnavailable, PgUpgrade, masked
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,8 @@ class PgSeenIds:
 
         try:
             self._write(list(turn))
-        except psycopg.Error as exc:  # the server gone: the ids are lost, their messages were published
+        except (psycopg.Error, PgUnavailable) as exc:  # the server gone (mid-write, or no reconnect): the ids
+            # are lost, their messages were published
             log.error("%d dedup ids not recorded (their messages would be published again if delivered "
                       "again): %s", len(turn), exc)
 
