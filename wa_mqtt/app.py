@@ -261,8 +261,11 @@ class App:
             async with contextlib.AsyncExitStack() as closing:  # every file closed even if one fails
                 if broker is not None:
                     closing.push_async_callback(broker.shutdown)
-                for store in (seen, outbox, spool):
-                    closing.callback(store.close)
+                # closed in reverse: the spool first; the ids of messages it lost (held in memory on a
+                # disk full to the end) must not be written, or their redelivery would be dropped
+                closing.callback(lambda: seen.close(write_held=not spool.lost))
+                closing.callback(outbox.close)
+                closing.callback(spool.close)
                 closing.push_async_callback(disk.close)  # first: it writes what it holds into the files
             log.info("wa_mqtt stopped")
 

@@ -174,10 +174,16 @@ class SeenIds:
         with self._lock:
             return written(self.path, lambda: self._write_held(limit)) and not self._held
 
-    def close(self) -> None:
+    def close(self, write_held: bool = True) -> None:
+        """Write the turn's ids and the held ones, then close. `write_held=False`: the held ids are
+        dropped, not written: the spool lost messages held in memory (a disk full to the end), and an
+        id written for one of those would drop its redelivery after a restart (app.py)."""
         self.commit()
-        if self._held:
+        if self._held and write_held:
             self.write_held(len(self._held))
+        elif self._held:
+            log.warning("%d dedup ids held in memory not written: the spool could not keep their messages",
+                        len(self._held))
         with self._lock:
             self._conn.close()
 

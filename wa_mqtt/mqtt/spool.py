@@ -137,6 +137,7 @@ class Spool:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.dropped = 0
+        self.lost = 0  # publishes held in memory when the file was closed on a full disk (never written)
         self._report = report
         self._overflowing = False
         self._lock = threading.Lock()
@@ -299,12 +300,14 @@ class Spool:
             return written(self.path, lambda: self._write_held(limit)) and not self._held
 
     def close(self) -> None:
-        """Close the file; what is still held (the disk full to the end) is written now or reported lost;
+        """Close the file; what is still held (the disk full to the end) is written now or reported lost
+        (counted in `lost`: the dedup ids of those messages must not be written then, app.py);
         the "maybe delivered" mark is written exact (what was published and is still here)."""
         if self._held or self._delete_pending:
             self.write_held(len(self._held) or 1)
         with self._lock:
             if self._held:
+                self.lost = len(self._held)
                 log.error("spool %s: the disk is still full; %d publishes held in memory are lost", self.path,
                           len(self._held))
             exact = max(self._redeliver_upto, self._published_upto)

@@ -123,10 +123,14 @@ class PgSeenIds:
                     self._held.pop(key, None)
         return not self._held
 
-    def close(self) -> None:
+    def close(self, write_held: bool = True) -> None:
+        """As accounts/dedup.py's `SeenIds.close`."""
         self.commit()
-        if self._held:
+        if self._held and write_held:
             self.write_held(len(self._held))
+        elif self._held:
+            log.warning("%d dedup ids held in memory not written: the spool could not keep their messages",
+                        len(self._held))
         self._db.close()
 
     def _write(self, ids: list[tuple[str, str]]) -> None:
