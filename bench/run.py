@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
@@ -59,12 +59,38 @@ class Row:
     baseline_name: str
     goal: str = ""
     broker: str = "default"  # the Mosquitto configuration: "default" or "nodelay" (set_tcp_nodelay true)
+    rounds: list[float] = field(default_factory=list)  # with --rounds: every round's ratio (or value), sorted
 
     @property
     def ratio(self) -> float | None:
         if self.baseline in (None, 0):
             return None
         return self.value / self.baseline  # type: ignore[operator]
+
+    @property
+    def figure(self) -> float:
+        """What a round is compared by: its ratio to the baseline of the same round, else its value."""
+        ratio = self.ratio
+        return self.value if ratio is None else ratio
+
+
+def median_rounds(rounds: list[list[Row]]) -> list[Row]:
+    """One row per figure (name and broker, in the order first measured) from several rounds of the
+    same scenarios: the round whose ratio (or value, for a row without a baseline) is the median, the
+    lower one of an even count, so value, baseline and ratio stay those of one round; `rounds` holds
+    every round's. Each round compares the bridge with a baseline measured right before it: the median
+    of those ratios is what a shared, noisy machine still lets one read."""
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for rows in rounds:
+        for row in rows:
+            groups.setdefault((row.broker, row.name), []).append(row)
+    merged = []
+    for group in groups.values():
+        ordered = sorted(group, key=lambda row: row.figure)
+        median = ordered[(len(ordered) - 1) // 2]
+        median.rounds = [row.figure for row in ordered]
+        merged.append(median)
+    return merged
 
 
 def client(broker: Broker, name: str) -> aiomqtt.Client:
@@ -610,7 +636,8 @@ def table(rows: list[Row]) -> str:
     for row in rows:
         ratio = f"{row.ratio:.2f}" if row.ratio is not None else "-"
         base = f"{row.baseline:.2f}" if row.baseline is not None else "-"
-        lines.append(f"{row.name:<62} {row.broker:>8} {row.value:>10.2f} {base:>10} {ratio:>7}  {row.baseline_name}"
+        spread = f" [{row.rounds[0]:.2f} – {row.rounds[-1]:.2f} over {len(row.rounds)} rounds]" if len(row.rounds) > 1 else ""
+        lines.append(f"{row.name:<62} {row.broker:>8} {row.value:>10.2f} {base:>10} {ratio:>7}{spread}  {row.baseline_name}"
                      + (f"; goal {row.goal}" if row.goal else ""))
     return "\n".join(lines)
 
@@ -624,7 +651,12 @@ async def main() -> int:
                              "(inbound, latency and sends only)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     parser.add_argument("--in-process", action="store_true", help="engines inside the bridge (no child processes)")
+    parser.add_argument("--rounds", type=int, default=1, metavar="N",
+                        help="measure inbound, latency and sends N times (each against its own baseline) and report "
+                             "the median round of each figure, with the range")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     rows: list[Row] = []
     started, load_at_start = time.monotonic(), os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="wa-bench-") as tmp:
@@ -632,19 +664,24 @@ async def main() -> int:
         for broker_name in args.brokers:
             broker = Broker(work / f"broker-{broker_name}", options=BROKERS[broker_name])
             broker.start()
-            bench = Bench(broker, work, args.quick, broker_name)
-            bench.in_process = args.in_process
             wanted = args.only or ["inbound", "latency", "sends", "restore", "memory"]
             if broker_name != "default":  # restore and memory do not depend on the broker's socket options
                 wanted = [name for name in wanted if name in ("inbound", "latency", "sends")]
+            rounds: list[list[Row]] = []
             try:
-                for name in wanted:
-                    await getattr(bench, name)()
+                for round_number in range(args.rounds):  # restore and memory once: they are not ratios to a run
+                    (work / f"round-{round_number}").mkdir(exist_ok=True)
+                    bench = Bench(broker, work / f"round-{round_number}", args.quick, broker_name)
+                    bench.in_process = args.in_process
+                    for name in wanted:
+                        if round_number == 0 or name in ("inbound", "latency", "sends"):
+                            await getattr(bench, name)()
+                    rounds.append(bench.rows)
             finally:
                 broker.stop()
-            rows += bench.rows
+            rows += median_rounds(rounds) if args.rounds > 1 else rounds[0]
     print(table(rows))
-    result = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "quick": args.quick,
+    result = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "quick": args.quick, "rounds": args.rounds,
               "seconds": round(time.monotonic() - started, 1), "machine": machine(), "code": code(),
               "load_average": {"start": load_at_start, "end": os.getloadavg()},  # 1, 5, 15 min: others' load
               "brokers": {name: "Mosquitto defaults + max_queued_messages 100000" + (
