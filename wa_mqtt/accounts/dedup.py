@@ -29,8 +29,9 @@ import threading
 from contextlib import nullcontext
 from itertools import islice
 from pathlib import Path
+from typing import Protocol
 
-from ..disk_full import Report, is_disk_full, prove_writable, written
+from ..disk_full import Holder, Report, is_disk_full, prove_writable, written
 from ..durable import Synchronous, transaction
 from ..schema import Schema, Upgrade, open_versioned
 
@@ -73,6 +74,20 @@ SCHEMA = Schema("dedup", "message ids already handled", [
     Upgrade(1, "the seen table", _SCHEMA),
     Upgrade(2, "the seen table keyed by account and id (one index less to write per id)", _KEYED),
 ])
+
+
+class _Batched(Holder, Protocol):
+    def commit(self) -> None: ...
+
+
+def settle(ids: _Batched, write_held: bool) -> None:
+    """What `close` does before letting go, here and in store/pg_dedup.py: the loop turn's ids written,
+    then the held ones, or (`write_held` False: the spool lost their messages) dropped, logged."""
+    ids.commit()
+    if ids.held and write_held:
+        ids.write_held(ids.held)
+    elif ids.held:
+        log.warning("%d dedup ids held in memory not written: the spool could not keep their messages", ids.held)
 
 
 class SeenIds:
@@ -178,12 +193,7 @@ class SeenIds:
         """Write the turn's ids and the held ones, then close. `write_held=False`: the held ids are
         dropped, not written: the spool lost messages held in memory (a disk full to the end), and an
         id written for one of those would drop its redelivery after a restart (app.py)."""
-        self.commit()
-        if self._held and write_held:
-            self.write_held(len(self._held))
-        elif self._held:
-            log.warning("%d dedup ids held in memory not written: the spool could not keep their messages",
-                        len(self._held))
+        settle(self, write_held)
         with self._lock:
             self._conn.close()
 

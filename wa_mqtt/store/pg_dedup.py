@@ -19,7 +19,7 @@ import asyncio
 import logging
 import threading
 
-from ..accounts.dedup import DEFAULT_WINDOW
+from ..accounts.dedup import DEFAULT_WINDOW, settle
 from .pg import Locked, PgSchema, PgUnavailable, PgUpgrade, masked
 
 log = logging.getLogger(__name__)
@@ -125,12 +125,7 @@ class PgSeenIds:
 
     def close(self, write_held: bool = True) -> None:
         """As accounts/dedup.py's `SeenIds.close`."""
-        self.commit()
-        if self._held and write_held:
-            self.write_held(len(self._held))
-        elif self._held:
-            log.warning("%d dedup ids held in memory not written: the spool could not keep their messages",
-                        len(self._held))
+        settle(self, write_held)
         self._db.close()
 
     def _write(self, ids: list[tuple[str, str]]) -> None:
