@@ -21,7 +21,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 import paho.mqtt.client as mqtt
@@ -32,6 +32,9 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from .packets import PAYLOAD_FITS, Incoming, check_payload, check_topic, framed_topic, incoming, publish_packet
+
+if TYPE_CHECKING:
+    from paho.mqtt.client import _OutPacket  # paho's queued packet (a TypedDict it defines for type checkers only)
 
 log = logging.getLogger(__name__)
 
@@ -244,16 +247,20 @@ class Paho(mqtt.Client):
         if self._logs_debug():
             self._easy_log(LogLevel.MQTT_LOG_DEBUG, "Sending PUBLISH (d0, q1, r%d, m%d), '%s', ... (%d bytes)",
                            retain, mid, framed[2:], len(payload))
+        self._queue(PUBLISH, packet, mid)
+        return True
+
+    def _queue(self, command: int, packet: bytes, mid: int) -> MQTTErrorCode:
+        """Queue a QoS 1 packet of ours (a publish, a PUBACK) for writing: under aiomqtt, what paho's
+        `_packet_queue` does then, without its checks for a threaded or no loop (and its
+        `_call_socket_register_write` returns at once while a write is registered)."""
         if self._sockpairW is None and self._on_socket_register_write is not None:  # always, under aiomqtt
-            # what paho's `_packet_queue` does then, without its checks for a threaded or no loop (and
-            # its `_call_socket_register_write` returns at once while a write is registered)
-            self._out_packet.append({"command": PUBLISH, "mid": mid, "qos": 1, "pos": 0, "to_process": len(packet),
+            self._out_packet.append({"command": command, "mid": mid, "qos": 1, "pos": 0, "to_process": len(packet),
                                      "packet": packet, "info": None})
             if not self._registered_write:
                 self._call_socket_register_write()
-        else:
-            self._packet_queue(PUBLISH, packet, mid, 1)
-        return True
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return self._packet_queue(command, packet, mid, 1)
 
     def _packet_handle(self) -> MQTTErrorCode:
         packet = self._in_packet
@@ -263,7 +270,7 @@ class Paho(mqtt.Client):
         size = len(body)
         mid = (body[0] << 8) | body[1]
         acked = self._acked.get(mid)
-        if not (size == 2 or (size == 3 and body[2] in self._reasons and self._protocol == MQTTProtocolVersion.MQTTv5)):
+        if not self._simple_puback(body, self._protocol == MQTTProtocolVersion.MQTTv5):
             rc = super()._packet_handle()  # paho decodes it (a malformed one raises: the connection ends)
             if acked is not None and rc == MQTTErrorCode.MQTT_ERR_SUCCESS:  # ours, even with an error
                 del self._acked[mid]  # reason: acknowledged, as paho's on_publish reports it too
@@ -278,6 +285,12 @@ class Paho(mqtt.Client):
             if mid in self._out_messages:
                 return self._do_on_publish(mid, self._reasons[body[2] if size == 3 else 0], self._no_properties)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _simple_puback(self, body: bytes | bytearray, v5: bool) -> bool:
+        """A PUBACK's body (after its remaining length) that is just the packet id, or (MQTT v5) the id
+        and a `SIMPLE_PUBACK_REASONS` reason with no properties: handled here, not decoded by paho."""
+        size = len(body)
+        return size == 2 or (size == 3 and v5 and body[2] in self._reasons)
 
     def _packet_read(self) -> MQTTErrorCode:
         """The packets read ahead (`ReadAhead.fill`, then `ReadAhead.packet`) are taken whole, every
@@ -302,8 +315,7 @@ class Paho(mqtt.Client):
         while taken is not None:
             command, body = taken
             kind = command & 0xF0
-            size = len(body)
-            if kind == PUBACK and (size == 2 or (size == 3 and body[2] in self._reasons and v5)):
+            if kind == PUBACK and self._simple_puback(body, v5):
                 mid = (body[0] << 8) | body[1]
                 acked = acks.pop(mid, None)
                 if acked is not None:  # ours: unknown to paho's in-flight table
@@ -374,15 +386,8 @@ class Paho(mqtt.Client):
 
     def _queue_puback(self, mid: int) -> MQTTErrorCode:
         """The PUBACK paho sends (the packet id: success, MQTT 3.1.1 and 5), queued as `publish_acked`
-        queues a publish rather than through paho's generic `_send_command_with_mid`/`_packet_queue`."""
-        packet = _PUBACK_PACKET.pack(PUBACK, 2, mid)
-        if self._sockpairW is None and self._on_socket_register_write is not None:  # always, under aiomqtt
-            self._out_packet.append({"command": PUBACK, "mid": mid, "qos": 1, "pos": 0, "to_process": 4,
-                                     "packet": packet, "info": None})
-            if not self._registered_write:
-                self._call_socket_register_write()
-            return MQTTErrorCode.MQTT_ERR_SUCCESS
-        return self._packet_queue(PUBACK, packet, mid, 1)
+        queues a publish (`_queue`) rather than through paho's generic `_send_command_with_mid`."""
+        return self._queue(PUBACK, _PUBACK_PACKET.pack(PUBACK, 2, mid), mid)
 
     def _logs_debug(self) -> bool:
         """Whether paho's debug lines go anywhere: the logger (aiomqtt hands it ours, CLIENT_LOG) or an
@@ -506,8 +511,7 @@ def write_joined(client: mqtt.Client) -> bool:
         return False
     parts = []
     for packet in packets:
-        command = packet["command"] & 0xF0
-        if (command == PUBLISH and packet["qos"] == 0) or command == DISCONNECT:
+        if _acts_once_written(packet):
             return False
         parts.append(packet["packet"][packet["pos"]:] if packet["pos"] else packet["packet"])
     data = parts[0] if len(parts) == 1 else b"".join(parts)
@@ -522,8 +526,7 @@ def write_joined(client: mqtt.Client) -> bool:
     except Exception:  # noqa: BLE001 (not a socket error, e.g. a closed one's ValueError: paho's write handles it)
         sent = 0
     if sent < len(data):
-        packets.append({"command": PUBACK, "mid": 0, "qos": 1, "pos": sent, "to_process": len(data) - sent,
-                        "packet": data, "info": None})
+        packets.append(_joined(data, sent))
         if failed is not None:
             raise failed
         return False
@@ -533,28 +536,25 @@ def write_joined(client: mqtt.Client) -> bool:
     return True
 
 
-def coalesce(packets: deque[dict[str, Any]]) -> None:
+def coalesce(packets: deque[_OutPacket]) -> None:
     """Join paho's queued packets into as few as possible, in order: every run of packets paho does
     nothing with once written becomes one. QoS 0 publishes (their `on_publish` fires once written)
     and DISCONNECT (paho closes the socket) stay as they are. Relies on paho 2's packet dicts
     (`command`, `qos`, `pos`, `to_process`, `packet`, `mid`, `info`): checked by tests/unit/test_link_write.py."""
     if len(packets) < 2:
         return
-    merged: deque[dict[str, Any]] = deque()
-    run: list[dict[str, Any]] = []
+    merged: deque[_OutPacket] = deque()
+    run: list[_OutPacket] = []
 
     def flush() -> None:
         if len(run) > 1:
-            data = b"".join(packet["packet"][packet["pos"]:] for packet in run)
-            merged.append({"command": PacketTypes.PUBACK << 4, "mid": 0, "qos": 1, "pos": 0,
-                           "to_process": len(data), "packet": data, "info": None})
+            merged.append(_joined(b"".join(packet["packet"][packet["pos"]:] for packet in run)))
         else:
             merged.extend(run)
         run.clear()
 
     for packet in packets:
-        command = packet["command"] & 0xF0
-        if (command == PacketTypes.PUBLISH << 4 and packet["qos"] == 0) or command == PacketTypes.DISCONNECT << 4:
+        if _acts_once_written(packet):
             flush()
             merged.append(packet)
         else:
@@ -562,6 +562,20 @@ def coalesce(packets: deque[dict[str, Any]]) -> None:
     flush()
     packets.clear()
     packets.extend(merged)
+
+
+def _acts_once_written(packet: _OutPacket) -> bool:
+    """A queued packet paho acts on once it is written: a QoS 0 publish (its `on_publish`) or DISCONNECT
+    (paho closes the socket). Any other is only bytes to paho: those can be written joined."""
+    command = packet["command"] & 0xF0
+    return (command == PUBLISH and packet["qos"] == 0) or command == DISCONNECT
+
+
+def _joined(data: bytes | bytearray, sent: int = 0) -> _OutPacket:
+    """Packets joined into one, as paho's queue holds a packet (a QoS 1 PUBACK's kind: nothing is done
+    once it is written), `sent` bytes of it written already."""
+    return {"command": PUBACK, "mid": 0, "qos": 1, "pos": sent, "to_process": len(data) - sent, "packet": data,
+            "info": None}
 
 
 class _PendingCallsNote(logging.Filter):
