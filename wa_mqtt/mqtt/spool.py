@@ -188,14 +188,7 @@ class Spool:
             error: BaseException | None = None
             if not self._held:
                 try:
-                    size = len(topic.encode()) + len(payload)  # `_size(entry)`
-                    if seq <= self._issued and (not self._count or self._bytes + size <= self.max_bytes):
-                        # the common case of `_store([entry])`, without its list, sums and calls: one
-                        # INSERT (autocommit: committed when it returns), then the same bookkeeping
-                        self._conn.execute(_INSERT, (seq, topic, payload, qos, int(retain), size))
-                        self._stored((entry,), size)
-                    else:
-                        self._store([entry])
+                    self._store((entry,), len(topic.encode()) + len(payload))  # its size: `_size(entry)`
                     return seq
                 except sqlite3.Error as exc:
                     if not is_disk_full(exc, self.path):
@@ -316,12 +309,20 @@ class Spool:
             self._conn.close()
 
     # -- internals (called with the lock held) --------------------------------------------------
-    def _store(self, entries: list[SpoolEntry]) -> None:
-        """Insert entries with their numbers (committed), dropping the oldest if over `max_bytes`.
-        Raises the write's error with nothing changed."""
-        size = sum(_size(e) for e in entries)
-        issued = entries[-1].seq + ISSUED_LEASE if entries[-1].seq > self._issued else None
-        if self._count and self._bytes + size > self.max_bytes:
+    def _store(self, entries: Sequence[SpoolEntry], size: int | None = None) -> None:
+        """Insert entries with their numbers (committed), dropping the oldest if over `max_bytes`
+        (`size`: theirs together, when the caller has it). Raises the write's error with nothing changed."""
+        if size is None:
+            size = sum(_size(e) for e in entries)
+        last = entries[-1]
+        overflowing = self._count and self._bytes + size > self.max_bytes
+        if len(entries) == 1 and last.seq <= self._issued and not overflowing:
+            # the common case (an append): one INSERT, autocommit: committed when it returns
+            self._conn.execute(_INSERT, (last.seq, last.topic, last.payload, last.qos, int(last.retain), size))
+            self._stored(entries, size)
+            return
+        issued = last.seq + ISSUED_LEASE if last.seq > self._issued else None
+        if overflowing:
             with transaction(self._conn):
                 freed, removed, dropped_upto = self._drop_oldest(self._bytes + size - self.max_bytes)
                 self._insert_all(entries, issued)
@@ -329,8 +330,6 @@ class Spool:
             self._bytes -= freed
             self._count -= removed
             self._trim_tail(dropped_upto)
-        elif len(entries) == 1 and issued is None:
-            self._insert(entries[0])  # autocommit: the common case, one commit
         else:
             with transaction(self._conn):
                 self._insert_all(entries, issued)
@@ -358,7 +357,7 @@ class Spool:
             sizes.append(size)
         return sizes
 
-    def _insert_all(self, entries: list[SpoolEntry], issued: int | None) -> None:
+    def _insert_all(self, entries: Sequence[SpoolEntry], issued: int | None) -> None:
         """Insert entries (in the caller's transaction) and, when they pass it, the new "issued up to"
         mark with them: a number is never stored unless the mark covers it."""
         for entry in entries:
