@@ -201,7 +201,7 @@ class SimSession(SimControlsMixin, SimIncomingMixin):
 
     async def send(self, message: OutgoingMessage, message_id: str | None = None, retry: bool = False) -> SendResult:
         self._require_connected()
-        if message_id is not None and (first := self._delivered_at(message_id)) is not None:
+        if message_id is not None and (first := self._sent.delivered_at(message_id)) is not None:
             log.info("%s: message %s was delivered before; dropped as WhatsApp does", self.phone, message_id)
             return SendResult(id=message_id, timestamp=first, already_sent=True)
         to = await resolving.resolve(message.to, self._numbers, self._is_on_whatsapp)
@@ -211,7 +211,7 @@ class SimSession(SimControlsMixin, SimIncomingMixin):
             loaded = await to_voice_note(loaded)  # as the real engine does: a voice note is OGG/Opus
         msg_id = message_id or self._new_id()
         now = self._clock()
-        self._record_delivery(msg_id, now)
+        self._sent.record(msg_id, now)
         payload: dict[str, Any] = {"to": to, "id": msg_id, "type": message.kind, "text": message.text}
         if message.reply_to:
             payload["reply_to"] = message.reply_to
@@ -241,12 +241,6 @@ class SimSession(SimControlsMixin, SimIncomingMixin):
             seconds, self._stall = self._stall, 0.0
             await asyncio.sleep(seconds)  # WhatsApp has it; the bridge hears of it only now
         return SendResult(id=msg_id, timestamp=now)
-
-    def _delivered_at(self, message_id: str) -> datetime | None:
-        return self._sent.delivered_at(message_id)
-
-    def _record_delivery(self, message_id: str, now: datetime) -> None:
-        self._sent.record(message_id, now)
 
     def batch_sent_ids(self) -> None:
         """Record the sent ids of a turn's sends with one write (an engine child, see sim_sent). The

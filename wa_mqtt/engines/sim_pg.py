@@ -29,6 +29,7 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
+from ..accounts.store import store_files
 from ..store import pg_sessions
 from ..store.pg import Locked
 from .base import EmitFn, EngineEvent
@@ -36,7 +37,6 @@ from .sim import SimEngine, SimSession
 from .sim_store import read_device
 
 log = logging.getLogger(__name__)
-_JOURNALS = ("-journal", "-wal", "-shm", "-sent")  # and the sent-id log (sim_sent.py): the local file's
 
 
 def account_of(store_path: Path) -> str:
@@ -64,8 +64,8 @@ class SimStoreMirror:
                 self._remove_local()
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for suffix in _JOURNALS:
-            self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
+        for side in store_files(self.path)[1:]:  # the local file's side files: not PostgreSQL's copy's
+            side.unlink(missing_ok=True)
         temporary = self.path.with_name(self.path.name + ".pg")
         temporary.write_bytes(data)
         os.replace(temporary, self.path)
@@ -94,8 +94,8 @@ class SimStoreMirror:
 
     def _remove_local(self) -> None:
         """A local file without a device and nothing in PostgreSQL: a stale leftover, not the account's."""
-        for suffix in ("", *_JOURNALS):
-            self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
+        for path in store_files(self.path):
+            path.unlink(missing_ok=True)
 
 
 def _digest(data: bytes) -> bytes:

@@ -129,7 +129,7 @@ class SentIds:
         self._log_fd: int | None = None
         self._failed: BaseException | None = None  # an id of the turn was not recorded: it must not be answered
         self._fold_timer: asyncio.TimerHandle | None = None
-        self._filter: _MaybeStored | None = _MaybeStored()  # None: more ids stored than it is of use for
+        self._filter: _MaybeStored | None = None  # made by `db` (`_fill`); None then: more ids stored than it is of use for
         self._filled = 0  # ids stored (and logged) at the last fill, less those pruned since (+ _added: the store's)
         self._added = 0  # ids recorded since the last fill
         self._log_size = 0  # bytes in the log (as this process wrote it): where a failed write is cut back to
@@ -342,3 +342,4 @@ class SentIds:
             self._log_fd = None
         self._open[1].close()
         self._open = None
+        self._filter = None  # (1 MB) the next `db` fills one anew
