@@ -5,6 +5,15 @@
     python bench/raw_clients.py floor PORT PREFIX DIR
         answers every `PREFIX/in/...` request on `PREFIX/resp/...` after the send path's mandatory
         steps, at their cheapest (see `floor`), keeping its SQLite file in DIR
+    python bench/raw_clients.py drive PORT REQUEST_TOPIC RESPONSE_FILTER COUNT WINDOW TEXT
+        the send benchmark's requester: when it reads a line on stdin, publishes COUNT requests
+        (`{"to", "text": TEXT with {i} replaced, "transaction": i}`) with at most WINDOW unanswered,
+        matches the answers on RESPONSE_FILTER by `transaction`, and prints one JSON line: the seconds
+        from the first request to the last answer, and each request's latency in ms
+    python bench/raw_clients.py sink PORT FILTER COUNT [--stamped]
+        the subscriber of the inbound benchmarks: subscribes to FILTER (QoS 1) and, once COUNT messages
+        came, prints one JSON line: CLOCK_MONOTONIC at the last one and, with `--stamped`, each
+        message's latency in ms from its `sim_emitted_at`
     python bench/raw_clients.py produce PORT TOPIC COUNT [--interval S] [--stamp]
         publishes COUNT payloads (QoS 1) when it reads a line on stdin, every S seconds or at once;
         `--stamp` adds `sim_emitted_at` (CLOCK_MONOTONIC at publish) as the sim does
@@ -27,6 +36,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +93,43 @@ def relay(port: int, prefix: str, respond: bool) -> None:
 
 
 # The floor's engine: a child process that hands every line back as it reads it (it does no work).
+class TurnClient:
+    """A paho client that the caller's one `select` loop runs a turn at a time, at its cheapest: the
+    socket read ahead with the bridge's own helper (`ReadAhead`: one recv for what has arrived), and the
+    turn's packets written together (`coalesce`). No thread, so nothing is handed between threads."""
+
+    def __init__(self, name: str, subscribe: str) -> None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's wa_mqtt
+        from wa_mqtt.mqtt.paho_client import ReadAhead, coalesce
+
+        self._coalesce = coalesce
+        self.client = new_client(name)
+        self.subscribed = False
+        self.client.on_connect = lambda c, *_args: c.subscribe(subscribe, qos=1)
+        self.client.on_subscribe = lambda *_args: setattr(self, "subscribed", True)
+
+        def opened(c: mqtt.Client, _userdata: object, sock: socket.socket) -> None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            c._sock = ReadAhead(sock)  # paho reads through it: one recv for what has arrived
+
+        self.client.on_socket_open = opened
+        self.client.on_socket_register_write = lambda *_args: None  # queued, written once per turn (below)
+
+    def connect(self, port: int) -> None:
+        self.client.connect("127.0.0.1", port)
+
+    def read(self) -> None:
+        self.client.loop_read()
+        while self.client._sock is not None and self.client._sock.pending():  # read ahead: nothing wakes us for it
+            self.client.loop_read()
+
+    def write(self) -> None:
+        self._coalesce(self.client._out_packet)  # the turn's packets in one send
+        while self.client.want_write():
+            self.client.loop_write()
+        self.client.loop_misc()
+
+
 ECHO = "import os\nwhile chunk := os.read(0, 65536):\n    os.write(1, chunk)\n"
 
 
@@ -99,9 +146,6 @@ def floor(port: int, prefix: str, directory: Path) -> None:
     skips what the bridge also does: validation, the fsync before the engine call, the engine's own
     work, ordering, retries, statuses, WAL checkpoints. So it is a floor: a Python send path with
     these steps costs at least this much."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's wa_mqtt
-    from wa_mqtt.mqtt.paho_client import ReadAhead, coalesce
-
     directory.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(directory / "floor.db", isolation_level=None)
     for pragma in ("page_size=1024", "journal_mode=WAL", "synchronous=NORMAL", "wal_autocheckpoint=0"):
@@ -114,17 +158,11 @@ def floor(port: int, prefix: str, directory: Path) -> None:
     engine = subprocess.Popen([sys.executable, "-c", ECHO], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
     assert engine.stdin is not None and engine.stdout is not None
     to_engine, from_engine = engine.stdin.fileno(), engine.stdout.fileno()
-    client = new_client("raw-floor")
-    def opened(c: mqtt.Client, _userdata: object, sock: socket.socket) -> None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        c._sock = ReadAhead(sock)  # paho reads through it: one recv for what has arrived
-
-    client.on_socket_open = opened
-    client.on_socket_register_write = lambda *_args: None  # queued, written once per turn (below)
+    lean = TurnClient("raw-floor", subscribe=f"{prefix}/in/#")
+    client = lean.client
     waiting: dict[int, str] = {}  # outbox id: the response topic
     lines: list[bytes] = []  # for the engine, written once per turn
     spool = {"newest": 0, "acked": 0, "deleted": 0}
-    state = {"subscribed": False}
 
     def on_message(_c: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
         json.loads(message.payload)
@@ -149,36 +187,15 @@ def floor(port: int, prefix: str, directory: Path) -> None:
     def on_publish(*_args: object) -> None:
         spool["acked"] += 1
 
-    client.on_message = on_message
-    client.on_publish = on_publish
-    client.on_subscribe = lambda *_args: state.update(subscribed=True)
-    client.on_connect = lambda c, *_args: c.subscribe(f"{prefix}/in/#", qos=1)
-    client.connect("127.0.0.1", port)
-    selector = selectors.DefaultSelector()
-    selector.register(client.socket(), selectors.EVENT_READ, "mqtt")
-    selector.register(from_engine, selectors.EVENT_READ, "engine")
-    selector.register(sys.stdin, selectors.EVENT_READ, "stdin")
-    partial = b""
-    ready_at: float | None = None
-    while True:
-        for key, _ in selector.select(0.1 if ready_at is None else 1.0):
-            if key.data == "mqtt":
-                client.loop_read()
-                while client._sock is not None and client._sock.pending():  # read ahead: nothing wakes us for it
-                    client.loop_read()
-            elif key.data == "engine":
-                read = os.read(from_engine, 65536)
-                if not read:
-                    raise SystemExit("the floor's engine process ended")
-                chunk = partial + read
-                *complete, partial = chunk.split(b"\n")
-                if complete:
-                    answer(complete)
-            elif not sys.stdin.readline():  # the benchmark closed our stdin
-                client.disconnect()
-                engine.stdin.close()
-                engine.wait()
-                return
+    def from_child() -> None:
+        read = os.read(from_engine, 65536)
+        if not read:
+            raise SystemExit("the floor's engine process ended")
+        *complete, partial[0] = (partial[0] + read).split(b"\n")
+        if complete:
+            answer(complete)
+
+    def each_turn() -> None:
         if lines:
             os.write(to_engine, b"".join(lines))
             lines.clear()
@@ -187,15 +204,98 @@ def floor(port: int, prefix: str, directory: Path) -> None:
         if acked > spool["deleted"]:
             db.execute("DELETE FROM spool WHERE seq <= ?", (acked,))
             spool["deleted"] = acked
-        coalesce(client._out_packet)  # the turn's packets in one send
-        while client.want_write():
-            client.loop_write()
-        client.loop_misc()
-        if state["subscribed"] and ready_at is None:
-            ready_at = time.monotonic() + 0.25  # as `relay`
-        if ready_at is not None and ready_at <= time.monotonic() and ready_at > 0:
+
+    client.on_message = on_message
+    client.on_publish = on_publish
+    lean.connect(port)
+    partial = [b""]
+    stdin_open = [True]
+    run_turns(lean, lambda: not stdin_open[0],
+              {from_engine: from_child, sys.stdin: lambda: stdin_open.__setitem__(0, bool(sys.stdin.readline()))},
+              each_turn)  # until the benchmark closes our stdin
+    engine.stdin.close()
+    engine.wait()
+
+
+def drive(port: int, request_topic: str, response_filter: str, count: int, window: int, text: str) -> None:
+    """The requester of the send benchmarks (the raw responder, the floor, the bridge alike): `count`
+    requests, at most `window` unanswered, each next one published as an answer comes in. It runs in a
+    process of its own on one `select`, as lean as the floor, so that the CPU it needs on a small
+    machine takes as little as it can from what it measures."""
+    lean = TurnClient("raw-driver", subscribe=response_filter)
+    sent_at: dict[int, float] = {}
+    latencies: list[float] = []
+    published = 0
+    start = 0.0
+
+    def publish_next() -> None:
+        nonlocal published
+        i, published = published, published + 1
+        sent_at[i] = time.monotonic()
+        body = json.dumps({"to": "5511988887777", "text": text.replace("{i}", str(i)), "transaction": i})
+        lean.client.publish(request_topic, body, qos=1)
+
+    def on_message(_c: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
+        transaction = json.loads(message.payload).get("transaction")
+        if isinstance(transaction, int) and transaction in sent_at:
+            latencies.append((time.monotonic() - sent_at.pop(transaction)) * 1000)
+            if published < count:
+                publish_next()
+
+    def go() -> None:
+        nonlocal start
+        if not sys.stdin.readline():
+            raise SystemExit("stdin closed before the requests were sent")
+        if not start:
+            start = time.monotonic()
+            for _ in range(min(window, count)):
+                publish_next()
+
+    lean.client.on_message = on_message
+    lean.connect(port)
+    run_turns(lean, lambda: len(latencies) >= count, {sys.stdin: go})
+    print(json.dumps({"seconds": time.monotonic() - start, "latencies": latencies}), flush=True)
+
+
+def run_turns(lean: TurnClient, done: Callable[[], bool], readers: dict[Any, Callable[[], None]],
+              each_turn: Callable[[], None] = lambda: None) -> None:
+    """Runs `lean` on one `select` until `done()`, with `readers` (a file or descriptor: what to call when
+    it can be read): `each_turn` after a turn's reads, then the turn's packets go out together. Prints
+    `ready` 0.25 s after the SUBACK (as `relay`); disconnects at the end."""
+    selector = selectors.DefaultSelector()
+    selector.register(lean.client.socket(), selectors.EVENT_READ, lean.read)
+    for source, on_readable in readers.items():
+        selector.register(source, selectors.EVENT_READ, on_readable)
+    ready_at: float | None = None
+    while not done():
+        for key, _ in selector.select(0.1):
+            key.data()
+        each_turn()
+        lean.write()
+        if lean.subscribed and ready_at is None:
+            ready_at = time.monotonic() + 0.25
+        if ready_at is not None and 0 < ready_at <= time.monotonic():
             print("ready", flush=True)
             ready_at = 0.0
+    lean.client.disconnect()
+    lean.write()
+
+
+def sink(port: int, topic_filter: str, count: int, stamped: bool) -> None:
+    """The subscriber of the inbound benchmarks (the raw relay and the bridge alike), as lean as `drive`."""
+    lean = TurnClient("raw-sink", subscribe=topic_filter)
+    latencies: list[float] = []
+    state = {"received": 0}
+
+    def on_message(_c: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
+        state["received"] += 1
+        if stamped:
+            latencies.append((time.monotonic() - json.loads(message.payload)["sim_emitted_at"]) * 1000)
+
+    lean.client.on_message = on_message
+    lean.connect(port)
+    run_turns(lean, lambda: state["received"] >= count, {})
+    print(json.dumps({"done_at": time.monotonic(), "latencies": latencies}), flush=True)
 
 
 def produce(port: int, topic: str, count: int, interval: float, stamp: bool) -> None:
@@ -231,6 +331,18 @@ def main() -> None:
     floor_args.add_argument("port", type=int)
     floor_args.add_argument("prefix")
     floor_args.add_argument("directory", type=Path)
+    sink_args = sub.add_parser("sink")
+    sink_args.add_argument("port", type=int)
+    sink_args.add_argument("filter")
+    sink_args.add_argument("count", type=int)
+    sink_args.add_argument("--stamped", action="store_true")
+    drive_args = sub.add_parser("drive")
+    drive_args.add_argument("port", type=int)
+    drive_args.add_argument("request_topic")
+    drive_args.add_argument("response_filter")
+    drive_args.add_argument("count", type=int)
+    drive_args.add_argument("window", type=int)
+    drive_args.add_argument("text")
     produce_args = sub.add_parser("produce")
     produce_args.add_argument("port", type=int)
     produce_args.add_argument("topic")
@@ -242,6 +354,10 @@ def main() -> None:
         relay(args.port, args.prefix, args.respond)
     elif args.command == "floor":
         floor(args.port, args.prefix, args.directory)
+    elif args.command == "sink":
+        sink(args.port, args.filter, args.count, args.stamped)
+    elif args.command == "drive":
+        drive(args.port, args.request_topic, args.response_filter, args.count, args.window, args.text)
     else:
         produce(args.port, args.topic, args.count, args.interval, args.stamp)
 

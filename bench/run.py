@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import platform
 import statistics
@@ -23,19 +22,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
-import aiomqtt
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "engine"))
 
-from harness import NODELAY, BridgeEnv, BridgeProcess, Broker, Probe  # noqa: E402
+from harness import BridgeEnv, BridgeProcess, Broker, Probe  # noqa: E402
 
 # Mosquitto's defaults, but for the queue it keeps per subscriber (default 1,000 messages, dropped
 # beyond): the benchmark's subscribers must not lose a message of a 5,000-message burst.
@@ -46,8 +42,6 @@ A = "5511900000001"
 # ACK of the SUBACK is pending, and a broker with Nagle on holds the first message to it (~40 ms, seen
 # as the first messages of a burst arriving together 40 ms late). Warm-up, not synchronisation.
 SETTLE = 0.25
-QUIET = logging.getLogger("bench.mqtt")  # aiomqtt notes every burst's "pending publish calls"
-QUIET.setLevel(logging.ERROR)
 
 
 @dataclass
@@ -91,29 +85,6 @@ def median_rounds(rounds: list[list[Row]]) -> list[Row]:
         median.rounds = [row.figure for row in ordered]
         merged.append(median)
     return merged
-
-
-def client(broker: Broker, name: str) -> aiomqtt.Client:
-    """A plain client at its best: TCP_NODELAY; paho keeps up to 20 publishes in flight (Mosquitto's
-    receive maximum) and queues the rest, so concurrent publishes go out as a continuous window."""
-    return aiomqtt.Client("127.0.0.1", broker.port, identifier=name, protocol=aiomqtt.ProtocolVersion.V5,
-                          socket_options=NODELAY, max_queued_outgoing_messages=None, logger=QUIET)
-
-
-class Pipeline:
-    """Publishes without awaiting each one: each is a task; `wait()` awaits the outstanding ones."""
-
-    def __init__(self, mqtt: aiomqtt.Client) -> None:
-        self._client = mqtt
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def publish(self, topic: str, payload: bytes | str) -> None:
-        task = asyncio.create_task(self._client.publish(topic, payload, qos=1))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def wait(self) -> None:
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -191,9 +162,17 @@ class RawClient:
         await self.expect("ready")
         return self
 
-    async def expect(self, word: str, timeout: float = 30) -> None:
+    async def line(self, timeout: float = 30) -> bytes:
         assert self._proc is not None and self._proc.stdout is not None
-        line = await asyncio.wait_for(self._proc.stdout.readline(), timeout)
+        return await asyncio.wait_for(self._proc.stdout.readline(), timeout)
+
+    async def result(self, timeout: float) -> dict[str, Any]:
+        """The JSON line a `drive` or `sink` prints when it is done."""
+        result: dict[str, Any] = json.loads(await self.line(timeout))
+        return result
+
+    async def expect(self, word: str, timeout: float = 30) -> None:
+        line = await self.line(timeout)
         if line.strip() != word.encode():
             raise RuntimeError(f"{self._args[2]}: expected {word!r}, got {line!r}")
 
@@ -216,61 +195,35 @@ class RawClient:
             await self._proc.wait()
 
 
-async def subscriber(broker: Broker, topic_filter: str, ready: asyncio.Event,
-                     on_message: Callable[[aiomqtt.Message], bool]) -> None:
-    """Subscribes (QoS 1, as the bridge's benchmarks do) until `on_message` returns True."""
-    async with client(broker, f"sink-{time.monotonic_ns()}") as sub:
-        await sub.subscribe(topic_filter, qos=1)
-        await asyncio.sleep(SETTLE)
-        ready.set()
-        async for message in sub.messages:
-            if on_message(message):
-                return
+def sink(broker: Broker, topic_filter: str, n: int, stamped: bool = False) -> RawClient:
+    """The lean subscriber of bench/raw_clients.py (`sink`, a process of its own): QoS 1, as the bridge's
+    benchmarks subscribe; `result()` once it has n messages."""
+    return RawClient("sink", str(broker.port), topic_filter, str(n), *(["--stamped"] if stamped else []))
 
 
 async def raw_throughput(broker: Broker, n: int) -> float:
     """Seconds for n payloads: producer → broker → relay → broker → subscriber, each client a paho
     process at its best (bench/raw_clients.py)."""
     prefix = f"raw{time.monotonic_ns()}"
-    count = 0
-
-    def counted(_message: aiomqtt.Message) -> bool:
-        nonlocal count
-        count += 1
-        return count >= n
-
-    ready = asyncio.Event()
-    sink = asyncio.create_task(subscriber(broker, f"{prefix}/out/#", ready, counted))
-    await ready.wait()
-    async with RawClient("relay", str(broker.port), prefix), \
+    async with sink(broker, f"{prefix}/out/#", n) as subscriber, RawClient("relay", str(broker.port), prefix), \
             RawClient("produce", str(broker.port), f"{prefix}/in", str(n)) as producer:
         start = time.monotonic()
         producer.go()
-        await asyncio.wait_for(sink, 120)
-        elapsed = time.monotonic() - start
+        done_at = (await subscriber.result(120))["done_at"]
         await producer.expect("done")
-    return elapsed
+    return float(done_at - start)
 
 
 async def raw_latency(broker: Broker, n: int, interval: float) -> list[float]:
     """Per-message latency (ms) at a steady rate through the raw relay: arrival at the subscriber minus
     the producer's CLOCK_MONOTONIC stamp at publish (as the sim stamps its messages)."""
     prefix = f"rawlat{time.monotonic_ns()}"
-    latencies: list[float] = []
-
-    def arrived(message: aiomqtt.Message) -> bool:
-        at = time.monotonic()
-        latencies.append((at - json.loads(message.payload)["sim_emitted_at"]) * 1000)  # type: ignore[arg-type]
-        return len(latencies) >= n
-
-    ready = asyncio.Event()
-    sink = asyncio.create_task(subscriber(broker, f"{prefix}/out/#", ready, arrived))
-    await ready.wait()
-    async with RawClient("relay", str(broker.port), prefix), \
+    async with sink(broker, f"{prefix}/out/#", n, stamped=True) as subscriber, \
+            RawClient("relay", str(broker.port), prefix), \
             RawClient("produce", str(broker.port), f"{prefix}/in", str(n), "--interval", str(interval),
                       "--stamp") as producer:
         producer.go()
-        await asyncio.wait_for(sink, 120)
+        latencies: list[float] = (await subscriber.result(120))["latencies"]
         await producer.expect("done")
     return latencies
 
@@ -280,7 +233,7 @@ async def raw_request_response(broker: Broker, n: int, window: int) -> tuple[flo
     prefix = f"rawrr{time.monotonic_ns()}"
     async with RawClient("relay", str(broker.port), prefix, "--respond"):
         return await drive_requests(broker, n, window, f"{prefix}/in", f"{prefix}/resp",
-                                    lambda i: json.dumps({"to": "5511988887777", "text": "x", "transaction": i}))
+                                    "x")
 
 
 async def floor_request_response(broker: Broker, n: int, window: int,
@@ -294,50 +247,21 @@ async def floor_request_response(broker: Broker, n: int, window: int,
         before = sum(cpu_seconds(pid) for pid in processes)
         elapsed, latencies = await drive_requests(
             broker, n, window, f"{prefix}/in", f"{prefix}/resp",
-            lambda i: json.dumps({"to": "5511988887777", "text": "x", "transaction": i}))
+            "x")
         cpu = sum(cpu_seconds(pid) for pid in processes) - before
     return elapsed, latencies, cpu
 
 
 async def drive_requests(broker: Broker, n: int, window: int, request_prefix: str, response_prefix: str,
-                         body: Callable[[int], str]) -> tuple[float, list[float]]:
-    """n requests with at most `window` outstanding (published without awaiting each PUBACK);
-    (seconds, latencies in ms)."""
-    sent_at: dict[int, float] = {}
-    latencies: list[float] = []
-    slots = asyncio.Semaphore(window)
-    done = asyncio.Event()
-
-    async def responses(sub_ready: asyncio.Event) -> None:
-        async with client(broker, f"rr-sub-{time.monotonic_ns()}") as sub:
-            await sub.subscribe(f"{response_prefix}/#", qos=1)
-            await asyncio.sleep(SETTLE)
-            sub_ready.set()
-            async for message in sub.messages:
-                tx = json.loads(message.payload).get("transaction")
-                if isinstance(tx, int) and tx in sent_at:
-                    latencies.append((time.monotonic() - sent_at.pop(tx)) * 1000)
-                    slots.release()
-                    if len(latencies) >= n:
-                        done.set()
-                        return
-
-    sub_ready = asyncio.Event()
-    task = asyncio.create_task(responses(sub_ready))
-    await sub_ready.wait()
-    async with client(broker, f"rr-pub-{time.monotonic_ns()}") as pub:
-        out = Pipeline(pub)
-        start = time.monotonic()
-        for i in range(n):
-            await slots.acquire()
-            sent_at[i] = time.monotonic()
-            out.publish(f"{request_prefix}/send", body(i))
-        await asyncio.wait_for(done.wait(), 120)
-        elapsed = time.monotonic() - start
-        await out.wait()
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    return elapsed, latencies
+                         text: str) -> tuple[float, list[float]]:
+    """n requests with at most `window` unanswered, from the lean requester of bench/raw_clients.py
+    (`drive`, a process of its own): (seconds, latencies in ms). `text` is each request's text, with
+    `{i}` replaced by its number."""
+    async with RawClient("drive", str(broker.port), f"{request_prefix}/send", f"{response_prefix}/#", str(n),
+                         str(window), text) as driver:
+        driver.go()
+        result = await driver.result(120)
+    return result["seconds"], result["latencies"]
 
 
 # -- the bridge ----------------------------------------------------------------------------------
@@ -369,23 +293,15 @@ class Bench:
         env = self.env("inbound")
         bridge = BridgeProcess(env)
         bridge.start()
-        count = 0
-
-        def counted(_message: aiomqtt.Message) -> bool:
-            nonlocal count
-            count += 1
-            return count >= n
-
         try:
             async with Probe(self.broker, env.base, [f"{env.base}/{A}/status"]) as probe:
                 await probe.wait_state(A, "connected", timeout=30)
-                ready = asyncio.Event()  # the same light subscriber as the raw relay's, not the probe
-                sink = asyncio.create_task(subscriber(self.broker, f"{env.base}/{A}/message", ready, counted))
-                await ready.wait()
-                start = time.monotonic()
-                await probe.sim(A, "incoming", {"sender": "5511988887777", "text": "hello", "id": "T", "repeat": n})
-                await asyncio.wait_for(sink, 300)
-                elapsed = time.monotonic() - start
+                # the same lean subscriber as the raw relay's, not the probe
+                async with sink(self.broker, f"{env.base}/{A}/message", n) as subscriber:
+                    start = time.monotonic()
+                    await probe.sim(A, "incoming", {"sender": "5511988887777", "text": "hello", "id": "T",
+                                                     "repeat": n})
+                    elapsed = (await subscriber.result(300))["done_at"] - start
         finally:
             bridge.stop()
         self.add(Row(f"inbound throughput, {n} messages (msg/s)", n / elapsed, "msg/s", n / raw,
@@ -433,22 +349,13 @@ class Bench:
         env = self.env("latency")
         bridge = BridgeProcess(env)
         bridge.start()
-        ours: list[float] = []
-
-        def arrived(message: aiomqtt.Message) -> bool:
-            at = time.monotonic()
-            ours.append((at - json.loads(message.payload)["sim_emitted_at"]) * 1000)  # type: ignore[arg-type]
-            return len(ours) >= n
-
         try:
             async with Probe(self.broker, env.base, [f"{env.base}/{A}/status"]) as probe:
                 await probe.wait_state(A, "connected", timeout=30)
-                ready = asyncio.Event()
-                sink = asyncio.create_task(subscriber(self.broker, f"{env.base}/{A}/message", ready, arrived))
-                await ready.wait()
-                await probe.sim(A, "incoming", {"sender": "5511988887777", "text": "t", "id": "L", "repeat": n,
-                                                 "interval": interval, "stamp": True})
-                await asyncio.wait_for(sink, 120)
+                async with sink(self.broker, f"{env.base}/{A}/message", n, stamped=True) as subscriber:
+                    await probe.sim(A, "incoming", {"sender": "5511988887777", "text": "t", "id": "L", "repeat": n,
+                                                     "interval": interval, "stamp": True})
+                    ours: list[float] = (await subscriber.result(120))["latencies"]
         finally:
             bridge.stop()
         for q in (50, 99):
@@ -472,7 +379,7 @@ class Bench:
             cpu_before = {pid: cpu_seconds(pid) for pid in processes}
             elapsed, lat = await drive_requests(
                 self.broker, n, window, f"{env.base}/{A}/request", f"{env.base}/{A}/response",
-                lambda i: json.dumps({"to": "5511988887777", "text": f"bench {i}", "transaction": i}))
+                "bench {i}")
             cpu = sum(cpu_seconds(pid) - before for pid, before in cpu_before.items())
             bridge_cpu = cpu_seconds(bridge.proc.pid) - cpu_before[bridge.proc.pid]
         finally:
