@@ -149,6 +149,9 @@ def descendants_of(pid: int) -> dict[int, bytes]:
 
 
 # -- raw baselines -------------------------------------------------------------------------------
+RESULT_LIMIT = 16 * 1024 * 1024  # a `drive` or `sink` result is one line of every latency (~20 bytes each)
+
+
 class RawClient:
     """One of bench/raw_clients.py in a process of its own (as the bridge is), once it said `ready`."""
 
@@ -158,7 +161,7 @@ class RawClient:
 
     async def __aenter__(self) -> Self:
         self._proc = await asyncio.create_subprocess_exec(*self._args, stdin=asyncio.subprocess.PIPE,
-                                                          stdout=asyncio.subprocess.PIPE)
+                                                          stdout=asyncio.subprocess.PIPE, limit=RESULT_LIMIT)
         await self.expect("ready")
         return self
 
