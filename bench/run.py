@@ -7,7 +7,10 @@ started by the script, and stops by itself. The main figures use Mosquitto's def
 (as the Home Assistant add-on and distribution packages run it: no `set_tcp_nodelay`, receive maximum
 20); the inbound, latency and send figures are measured again on a Mosquitto with
 `set_tcp_nodelay true` (`--brokers default` skips that). Every raw baseline is a plain client at its
-best: TCP_NODELAY on its socket, pipelined (it never awaits one publish before the next).
+best: TCP_NODELAY on its socket, pipelined (it never awaits one publish before the next). The clients
+that drive and count (the send rows' requester, the inbound rows' subscriber) are lean processes of
+their own (bench/raw_clients.py `drive`, `sink`), so that on a small machine they take as little CPU
+as they can from what they measure.
 """
 
 from __future__ import annotations
