@@ -92,7 +92,6 @@ def relay(port: int, prefix: str, respond: bool) -> None:
     client.loop_stop()
 
 
-# The floor's engine: a child process that hands every line back as it reads it (it does no work).
 class TurnClient:
     """A paho client that the caller's one `select` loop runs a turn at a time, at its cheapest: the
     socket read ahead with the bridge's own helper (`ReadAhead`: one recv for what has arrived), and the
@@ -130,6 +129,7 @@ class TurnClient:
         self.client.loop_misc()
 
 
+# The floor's engine: a child process that hands every line back as it reads it (it does no work).
 ECHO = "import os\nwhile chunk := os.read(0, 65536):\n    os.write(1, chunk)\n"
 
 
@@ -226,7 +226,7 @@ def drive(port: int, request_topic: str, response_filter: str, count: int, windo
     sent_at: dict[int, float] = {}
     latencies: list[float] = []
     published = 0
-    start = 0.0
+    start = end = 0.0
 
     def publish_next() -> None:
         nonlocal published
@@ -236,9 +236,11 @@ def drive(port: int, request_topic: str, response_filter: str, count: int, windo
         lean.client.publish(request_topic, body, qos=1)
 
     def on_message(_c: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
+        nonlocal end
         transaction = json.loads(message.payload).get("transaction")
         if isinstance(transaction, int) and transaction in sent_at:
-            latencies.append((time.monotonic() - sent_at.pop(transaction)) * 1000)
+            end = time.monotonic()
+            latencies.append((end - sent_at.pop(transaction)) * 1000)
             if published < count:
                 publish_next()
 
@@ -254,7 +256,7 @@ def drive(port: int, request_topic: str, response_filter: str, count: int, windo
     lean.client.on_message = on_message
     lean.connect(port)
     run_turns(lean, lambda: len(latencies) >= count, {sys.stdin: go})
-    print(json.dumps({"seconds": time.monotonic() - start, "latencies": latencies}), flush=True)
+    print(json.dumps({"seconds": end - start, "latencies": latencies}), flush=True)
 
 
 def run_turns(lean: TurnClient, done: Callable[[], bool], readers: dict[Any, Callable[[], None]],
@@ -285,17 +287,20 @@ def sink(port: int, topic_filter: str, count: int, stamped: bool) -> None:
     """The subscriber of the inbound benchmarks (the raw relay and the bridge alike), as lean as `drive`."""
     lean = TurnClient("raw-sink", subscribe=topic_filter)
     latencies: list[float] = []
-    state = {"received": 0}
+    received = 0
+    last_at = 0.0
 
     def on_message(_c: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
-        state["received"] += 1
+        nonlocal received, last_at
+        received += 1
+        last_at = time.monotonic()
         if stamped:
-            latencies.append((time.monotonic() - json.loads(message.payload)["sim_emitted_at"]) * 1000)
+            latencies.append((last_at - json.loads(message.payload)["sim_emitted_at"]) * 1000)
 
     lean.client.on_message = on_message
     lean.connect(port)
-    run_turns(lean, lambda: state["received"] >= count, {})
-    print(json.dumps({"done_at": time.monotonic(), "latencies": latencies}), flush=True)
+    run_turns(lean, lambda: received >= count, {})
+    print(json.dumps({"done_at": last_at, "latencies": latencies}), flush=True)
 
 
 def produce(port: int, topic: str, count: int, interval: float, stamp: bool) -> None:
