@@ -49,9 +49,7 @@ from .features.request_server import RequestServer
 from .features.sim_control import SimControl
 from .features.state_publisher import StatePublisher
 from .features.watchdog import Watchdog
-from .features.web_page import WebPage
 from .mqtt.api import ApiError
-from .mqtt.embedded_broker import start_embedded_broker
 from .mqtt.link import Incoming, MqttLink
 from .mqtt.spool import Spool
 from .mqtt.topics import Topics
@@ -158,6 +156,8 @@ class App:
         try:
             url = config.mqtt.url
             if url is None:
+                from .mqtt.embedded_broker import start_embedded_broker  # amqtt imported only for it
+
                 try:
                     broker = await start_embedded_broker(config.mqtt.embedded_port)
                 except Exception as exc:  # taken since ensure_port_free looked: amqtt wraps the OSError
@@ -210,6 +210,8 @@ class App:
 
                 extensions.append(Metrics(config, manager, spool, self._clock))
             if config.web.enabled:  # last: drained first, so no action is taken from the page once stopping
+                from .features.web_page import WebPage  # aiohttp imported only when the page is on
+
                 extensions.append(WebPage(bus, config, manager, self._clock))
             for extension in extensions:
                 extension.start()

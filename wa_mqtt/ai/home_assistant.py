@@ -6,12 +6,13 @@ response, `response.speech.plain.speech`, and the answer's `conversation_id` con
 
 from __future__ import annotations
 
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from .http import AiError, post_json
 from .settings import HomeAssistantSettings
+
+if TYPE_CHECKING:
+    import aiohttp  # the session is the responder's, which imports aiohttp on first use
 
 PATH = "/api/conversation/process"
 

@@ -1,6 +1,7 @@
 """The one HTTP exchange every AI provider makes: POST JSON, read a bounded JSON answer, or `AiError`.
 
-aiohttp is the client (one `ClientSession` per responder). An answer is refused, not read, past
+aiohttp is the client (one `ClientSession` per responder, which imports aiohttp when it opens it: a
+bridge without AI rules never loads it, ~10 MB). An answer is refused, not read, past
 `MAX_ANSWER_BYTES`; a status other than 2xx, a body that is not JSON, no answer within the timeout
 and an unreachable server are each an `AiError` whose text says which, never holding the token.
 """
@@ -9,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import aiohttp
+if TYPE_CHECKING:
+    import aiohttp
 
 MAX_ANSWER_BYTES = 1 << 20  # 1 MiB: far above any chat answer; a bigger one is refused
 SNIPPET = 200  # characters of an error body quoted in the error
@@ -25,6 +27,8 @@ class AiError(Exception):
 async def post_json(session: aiohttp.ClientSession, url: str, body: dict[str, Any], token: str | None,
                     timeout: float) -> Any:
     """POST `body` to `url` (with `Authorization: Bearer <token>` when given); the decoded JSON answer."""
+    import aiohttp  # here, not at the top (module docstring); already loaded by the session's owner
+
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     host = urlsplit(url).netloc
     try:

@@ -6,13 +6,14 @@ oldest first, then the new message), `max_tokens` when set; the answer is `choic
 from __future__ import annotations
 
 import re
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from .http import AiError, post_json
 from .memory import Turn
 from .settings import OpenAiSettings
+
+if TYPE_CHECKING:
+    import aiohttp  # the session is the responder's, which imports aiohttp on first use
 
 _THINKING = re.compile(r"^\s*<think>.*?</think>\s*", re.DOTALL)  # reasoning models (deepseek-r1 on Ollama)
 

@@ -3,6 +3,8 @@
 `Responder.answer(settings, account, chat, text)` returns the reply text or raises `AiError`; what
 to do then (the rule's `fallback`, the `ai_error` event) is the auto-reply feature's. The chat's
 history (openai) or conversation id (home_assistant) is read before and written after a success only.
+aiohttp is imported when the HTTP session opens, on the first answer asked: a bridge without AI rules
+never loads it.
 """
 
 from __future__ import annotations
@@ -12,14 +14,15 @@ import logging
 import sqlite3
 from collections.abc import Callable
 from datetime import datetime
-from typing import TypeVar
-
-import aiohttp
+from typing import TYPE_CHECKING, TypeVar
 
 from . import home_assistant, openai
 from .http import AiError
 from .memory import ChatMemory, Turn
 from .settings import AiSettings, OpenAiSettings
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger(__name__)
 ELLIPSIS = "…"
@@ -52,6 +55,8 @@ class Responder:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
+            import aiohttp  # here, not at the top (module docstring)
+
             self._session = aiohttp.ClientSession(headers={"User-Agent": "wa_mqtt"})
         return self._session
 

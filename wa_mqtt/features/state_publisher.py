@@ -18,8 +18,6 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-import segno
-
 from .. import __version__
 from .. import events as ev
 from ..bus import EventBus
@@ -40,7 +38,10 @@ SUMMARY_INTERVAL = 0.25  # seconds between two publishes of bridge/accounts (or 
 
 
 def qr_png(code: str) -> bytes:
-    """The QR as PNG bytes (for the Home Assistant image entity)."""
+    """The QR as PNG bytes (for the Home Assistant image entity). segno is imported on the first QR
+    (~15 ms, once): a bridge whose accounts are all linked never loads it."""
+    import segno
+
     buffer = io.BytesIO()
     segno.make(code, error="l", micro=False).save(buffer, kind="png", scale=6, border=2)
     return buffer.getvalue()

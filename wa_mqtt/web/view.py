@@ -12,8 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-import segno
-
 from ..errors import ErrorCode
 from ..model import AccountState, Status, utc_iso
 
@@ -89,7 +87,9 @@ def http_status(body: Mapping[str, object]) -> int:
 
 
 def qr_png(code: str) -> bytes:
-    """The QR as a PNG, as the state publisher draws it for `qr/image`."""
+    """The QR as a PNG, as the state publisher draws it for `qr/image` (segno imported on the first, as there)."""
+    import segno
+
     buffer = io.BytesIO()
     segno.make(code, error="l", micro=False).save(buffer, kind="png", scale=6, border=4)
     return buffer.getvalue()
