@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import errno
 import http.server
+import importlib.util
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import aiomqtt
@@ -218,6 +220,18 @@ class BridgeEnv:
 
 
 CHECKOUT = Path(__file__).resolve().parent.parent  # the repository these tests (and bench/) belong to
+
+
+def load_bench_run() -> ModuleType:
+    """bench/run.py (a script, not a package) as the module `bench_run`, loaded once."""
+    if (loaded := sys.modules.get("bench_run")) is not None:
+        return loaded
+    spec = importlib.util.spec_from_file_location("bench_run", CHECKOUT / "bench" / "run.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_run"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
 
 
 def bridge_environ(base: Mapping[str, str], extra: Mapping[str, str] | None = None) -> dict[str, str]:

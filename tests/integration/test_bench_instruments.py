@@ -3,26 +3,16 @@ real Mosquitto: every request answered and timed, every message counted, nothing
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-from harness import Broker
-
-RUN = Path(__file__).resolve().parents[2] / "bench" / "run.py"
+from harness import Broker, load_bench_run
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_run_instruments", RUN)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_run_instruments"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_run()
 
 
 async def test_the_requester_times_every_answer_of_the_raw_responder(bench: ModuleType, broker: Broker) -> None:

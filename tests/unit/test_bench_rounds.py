@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
-RUN = Path(__file__).resolve().parents[2] / "bench" / "run.py"
-
-
-def _bench_run() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_run", RUN)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_run"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+from harness import load_bench_run
 
 
 def test_each_figure_is_its_median_round_with_every_round_kept() -> None:
-    run = _bench_run()
+    run = load_bench_run()
 
     def round_of(sends: float, raw: float, cpu: float, broker: str = "default") -> list[object]:
         return [run.Row("send path (sends/s)", sends, "sends/s", raw, "raw", broker=broker),
@@ -38,7 +24,7 @@ def test_each_figure_is_its_median_round_with_every_round_kept() -> None:
 
 
 def test_brokers_are_kept_apart() -> None:
-    run = _bench_run()
+    run = load_bench_run()
     rounds = [[run.Row("x", 1, "", 2, "raw", broker="default"), run.Row("x", 3, "", 2, "raw", broker="nodelay")],
               [run.Row("x", 2, "", 2, "raw", broker="default"), run.Row("x", 4, "", 2, "raw", broker="nodelay")]]
     rows = run.median_rounds(rounds)
