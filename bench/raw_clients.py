@@ -43,6 +43,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+# A subscriber waits this long after its SUBACK before it says `ready`: until then its delayed ACK of
+# the SUBACK is pending, and a broker with Nagle on holds the first message to it (~40 ms, seen as the
+# first messages of a burst arriving together 40 ms late). Warm-up, not synchronisation.
+SETTLE = 0.25
 RECEIVE_MAXIMUM = 20  # what Mosquitto announces by default (paho does not read it from CONNACK)
 PAYLOAD: dict[str, Any] = {  # the size and shape of a bridge message payload
     "id": "3EB0C767D26A1B2C0000", "account": "5511900000001", "chat": "5511988887777@s.whatsapp.net",
@@ -85,7 +89,7 @@ def relay(port: int, prefix: str, respond: bool) -> None:
     client.on_subscribe = lambda *_args: subscribed.set()
     client.subscribe(f"{prefix}/in/#", qos=1)
     subscribed.wait(10)
-    time.sleep(0.25)  # until our delayed ACK of the SUBACK went out (else Nagle holds the first message)
+    time.sleep(SETTLE)
     print("ready", flush=True)
     sys.stdin.read()  # until the benchmark closes our stdin
     client.disconnect()
@@ -263,7 +267,7 @@ def run_turns(lean: TurnClient, done: Callable[[], bool], readers: dict[Any, Cal
               each_turn: Callable[[], None] = lambda: None) -> None:
     """Runs `lean` on one `select` until `done()`, with `readers` (a file or descriptor: what to call when
     it can be read): `each_turn` after a turn's reads, then the turn's packets go out together. Prints
-    `ready` 0.25 s after the SUBACK (as `relay`); disconnects at the end."""
+    `ready` `SETTLE` after the SUBACK (as `relay`); disconnects at the end."""
     selector = selectors.DefaultSelector()
     selector.register(lean.client.socket(), selectors.EVENT_READ, lean.read)
     for source, on_readable in readers.items():
@@ -275,7 +279,7 @@ def run_turns(lean: TurnClient, done: Callable[[], bool], readers: dict[Any, Cal
         each_turn()
         lean.write()
         if lean.subscribed and ready_at is None:
-            ready_at = time.monotonic() + 0.25
+            ready_at = time.monotonic() + SETTLE
         if ready_at is not None and 0 < ready_at <= time.monotonic():
             print("ready", flush=True)
             ready_at = 0.0

@@ -41,10 +41,6 @@ from harness import BridgeEnv, BridgeProcess, Broker, Probe  # noqa: E402
 BROKERS = {"default": "", "nodelay": "set_tcp_nodelay true\n"}
 
 A = "5511900000001"
-# A subscriber waits this long after its SUBACK before a measurement starts: until then its delayed
-# ACK of the SUBACK is pending, and a broker with Nagle on holds the first message to it (~40 ms, seen
-# as the first messages of a burst arriving together 40 ms late). Warm-up, not synchronisation.
-SETTLE = 0.25
 
 
 @dataclass
@@ -238,8 +234,7 @@ async def raw_request_response(broker: Broker, n: int, window: int) -> tuple[flo
     """A paho process that answers each request at its best (the relay), driven like the send benchmark."""
     prefix = f"rawrr{time.monotonic_ns()}"
     async with RawClient("relay", str(broker.port), prefix, "--respond"):
-        return await drive_requests(broker, n, window, f"{prefix}/in", f"{prefix}/resp",
-                                    "x")
+        return await drive_requests(broker, n, window, f"{prefix}/in", f"{prefix}/resp", "x")
 
 
 async def floor_request_response(broker: Broker, n: int, window: int,
@@ -252,8 +247,7 @@ async def floor_request_response(broker: Broker, n: int, window: int,
         processes = [floor.pid, *descendants_of(floor.pid)]
         before = sum(cpu_seconds(pid) for pid in processes)
         elapsed, latencies = await drive_requests(
-            broker, n, window, f"{prefix}/in", f"{prefix}/resp",
-            "x")
+            broker, n, window, f"{prefix}/in", f"{prefix}/resp", "x")
         cpu = sum(cpu_seconds(pid) for pid in processes) - before
     return elapsed, latencies, cpu
 
