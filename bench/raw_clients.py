@@ -191,13 +191,21 @@ def floor(port: int, prefix: str, directory: Path) -> None:
     def on_publish(*_args: object) -> None:
         spool["acked"] += 1
 
+    partial = b""  # a line of the child's not complete yet
+    stdin_open = True
+
     def from_child() -> None:
+        nonlocal partial
         read = os.read(from_engine, 65536)
         if not read:
             raise SystemExit("the floor's engine process ended")
-        *complete, partial[0] = (partial[0] + read).split(b"\n")
+        *complete, partial = (partial + read).split(b"\n")
         if complete:
             answer(complete)
+
+    def from_stdin() -> None:
+        nonlocal stdin_open
+        stdin_open = bool(sys.stdin.readline())
 
     def each_turn() -> None:
         if lines:
@@ -212,10 +220,7 @@ def floor(port: int, prefix: str, directory: Path) -> None:
     client.on_message = on_message
     client.on_publish = on_publish
     lean.connect(port)
-    partial = [b""]
-    stdin_open = [True]
-    run_turns(lean, lambda: not stdin_open[0],
-              {from_engine: from_child, sys.stdin: lambda: stdin_open.__setitem__(0, bool(sys.stdin.readline()))},
+    run_turns(lean, lambda: not stdin_open, {from_engine: from_child, sys.stdin: from_stdin},
               each_turn)  # until the benchmark closes our stdin
     engine.stdin.close()
     engine.wait()
