@@ -143,12 +143,12 @@ class App:
             outbox: OutboxStore
             seen: SeenStore
             if config.store.url is not None:  # PostgreSQL (shared by a cluster): store/
-                outbox, seen = open_pg_stores(config, self._clock, opened)
+                outbox, seen = open_pg_stores(config, self._clock, opened, before_write=spool.commit)
             else:
                 outbox = opened.enter_context(contextlib.closing(
                     Outbox(config.data_dir / "outbox.db", self._clock, report=disk.report)))
                 seen = opened.enter_context(contextlib.closing(
-                    SeenIds(config.data_dir / "seen.db", report=disk.report)))
+                    SeenIds(config.data_dir / "seen.db", report=disk.report, before_write=spool.commit)))
             opened.pop_all()
         for holder in (spool, seen, outbox):
             disk.add(holder)

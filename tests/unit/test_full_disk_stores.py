@@ -315,3 +315,65 @@ def test_ids_of_messages_the_spool_lost_at_close_are_not_written(tmp_path: Path)
         assert not again.seen(A, "m1")
     finally:
         again.close()
+
+
+def test_a_spool_batch_refused_for_space_is_held_in_order(tmp_path: Path) -> None:
+    """An append that needs space the batch cannot have rolls the whole batch back: its entries and
+    that one are held in memory in order (published from there), later ones behind them, and
+    `commit()` says not everything is on disk until `write_held` wrote them."""
+    reports = Reports()
+    spool = Spool(tmp_path / "spool.db", report=reports)
+    first = spool.append("t", b"first", 1, False)
+    spool._conn.execute("VACUUM")
+    fill(spool._conn)
+    small = spool.append("t", b"small", 1, False, batch=True)  # fits in the page the file has
+    big = spool.append("t", BIG, 1, False, batch=True)  # needs a new page: refused
+    after = spool.append("t", b"after", 1, False, batch=True)
+    assert len(reports) == 2 and is_disk_full(reports[0][1]) and reports[1][1] is None
+    assert spool.held == 3 and len(spool) == 4 and not spool._conn.in_transaction
+    assert spool.commit() is False
+    assert [e.seq for e in spool.peek(10)] == [first, small, big, after]
+    make_room(spool._conn)
+    assert spool.write_held(10) is True and spool.commit() is True
+    spool.close()
+    again = Spool(tmp_path / "spool.db")
+    try:
+        assert [e.payload for e in again.peek(10)] == [b"first", b"small", BIG, b"after"]
+    finally:
+        again.close()
+
+
+async def test_dedup_ids_wait_for_the_spool_and_are_held_when_their_messages_are(small_disk: SmallDisk) -> None:
+    """`before_write` (the spool's commit) runs before a turn's ids are written, so an id never
+    reaches the disk before its message; when the spool's batch cannot be committed (the disk full,
+    the messages held in memory) the ids are held too, and both are written once there is room,
+    the spool first."""
+    reports = Reports()
+    spool = Spool(small_disk.path / "spool.db", report=reports)
+    seen = SeenIds(small_disk.path / "seen.db", report=reports, before_write=spool.commit)
+    spool.append("t", b"m0", 1, False, batch=True)
+    seen.remember(A, "m0")
+    await asyncio.sleep(0)  # the end of the turn: the dedup commit commits the spool's batch first
+    assert [e.payload for e in spool.peek(10)] == [b"m0"]
+    assert seen._conn.execute("SELECT COUNT(*) FROM seen").fetchone()[0] == 1
+    for conn in (spool._conn, seen._conn):
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every commit must grow a WAL
+    small_disk.fill()
+    ids = [f"3EB0{i:04d}" for i in range(20)]
+    for message_id in ids:
+        spool.append("t", message_id.encode() * 200, 1, False, batch=True)
+        seen.remember(A, message_id)
+    await asyncio.sleep(0)  # the spool's COMMIT fails: its messages and so their ids are held
+    assert spool.held == 20 and seen.held == 20 and all(seen.seen(A, i) for i in ids)
+    assert [where for where, _ in reports] == ["spool"]  # the ids were never tried: nothing to report
+    assert seen._conn.execute("SELECT COUNT(*) FROM seen").fetchone()[0] == 1
+    small_disk.free()
+    assert spool.write_held(100) is True and seen.write_held(100) is True
+    spool.close()
+    seen.close()
+    spool, seen = Spool(small_disk.path / "spool.db"), SeenIds(small_disk.path / "seen.db")
+    try:
+        assert len(spool) == 21 and all(seen.seen(A, i) for i in ids)
+    finally:
+        spool.close()
+        seen.close()

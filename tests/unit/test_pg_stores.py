@@ -129,6 +129,31 @@ async def test_a_loop_turns_ids_are_written_together_at_its_end(seen: PgSeenIds,
         other.close()
 
 
+async def test_a_turns_ids_wait_for_the_spool_and_are_held_while_it_holds_messages(pg_url: str) -> None:
+    """`before_write` (the spool's commit) runs first; while it says messages are held in memory, the
+    turn's ids are held too (still seen), and written with `write_held`."""
+    on_disk = [False]
+    calls: list[bool] = []
+
+    def spool_commit() -> bool:
+        calls.append(on_disk[0])
+        return on_disk[0]
+
+    seen, other = PgSeenIds(pg_url, before_write=spool_commit), PgSeenIds(pg_url)
+    try:
+        assert handled(seen, A, "held")
+        await asyncio.sleep(0)  # the end of the turn
+        assert calls == [False] and seen.held == 1 and seen.seen(A, "held") and not other.seen(A, "held")
+        on_disk[0] = True
+        assert handled(seen, A, "written")
+        await asyncio.sleep(0)
+        assert calls == [False, True] and other.seen(A, "written") and not other.seen(A, "held")
+        assert seen.write_held(10) is True and other.seen(A, "held")
+    finally:
+        seen.close()
+        other.close()
+
+
 def test_two_bridges_share_one_queue_one_client_id_and_one_set_of_seen_ids(pg_url: str, clock: FakeClock) -> None:
     first, second = PgOutbox(pg_url, clock), PgOutbox(pg_url, clock)
     seen_1, seen_2 = PgSeenIds(pg_url), PgSeenIds(pg_url)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -362,3 +363,74 @@ def test_counts_after_removals_in_and_beyond_the_in_memory_tail(tmp_path: Path, 
             "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM spool WHERE seq > ?", (spool._acked,)).fetchone()
         assert (len(spool), spool.size_bytes) == (count, size)
     spool.close()
+
+
+def wal_frames(spool: Spool) -> int:
+    """Pages written to the WAL since its last reset (each commit writes the pages it changed)."""
+    return int(spool._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
+
+
+def test_a_batch_is_one_commit_and_unseen_until_committed(tmp_path: Path) -> None:
+    """`append(batch=True)` writes into one open transaction: not in the file for another reader and
+    not returned by `peek` (never published) before `commit()`; then all of it, in order, with the
+    WAL pages of one commit instead of one commit each."""
+    spool = Spool(tmp_path / "spool.db")
+    other = sqlite3.connect(tmp_path / "spool.db")
+    try:
+        spool._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        singles = [spool.append("wa/1/receipt", b"r%d" % i, 1, False) for i in range(20)]
+        frames_singly = wal_frames(spool)
+        spool.ack(singles[-1])
+        spool._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        batched = [spool.append("wa/1/receipt", b"b%d" % i, 1, False, batch=True) for i in range(20)]
+        assert batched == sorted(batched) and batched[0] > singles[-1]
+        assert spool.peek(100) == [] and len(spool) == 20  # counted, not yet publishable
+        assert other.execute("SELECT COUNT(*) FROM spool").fetchone()[0] == 0
+        assert spool.commit() is True
+        assert [e.payload for e in spool.peek(100)] == [b"b%d" % i for i in range(20)]
+        assert other.execute("SELECT COUNT(*) FROM spool").fetchone()[0] == 20
+        assert frames_singly >= 20 and wal_frames(spool) <= 3
+        assert spool.commit() is True  # nothing open: nothing to do
+    finally:
+        other.close()
+        spool.close()
+
+
+def test_any_other_call_commits_the_open_batch_first(tmp_path: Path) -> None:
+    """A batch never waits behind an ack, a published mark or close, and a peek that reads the file
+    (entries from before a restart) stops below it."""
+    path = tmp_path / "spool.db"
+    spool = Spool(path)
+    old = [spool.append("t", b"old%d" % i, 1, False) for i in range(3)]
+    spool.close()
+    spool = Spool(path)  # none of the file is in the in-memory tail: peek reads it
+    new = [spool.append("t", b"new%d" % i, 1, False, batch=True) for i in range(3)]
+    assert [e.seq for e in spool.peek(10)] == old
+    spool.ack(old[0])
+    assert [e.seq for e in spool.peek(10)] == old[1:] + new  # committed by the ack
+    later = spool.append("t", b"later", 1, False, batch=True)
+    spool.close()  # commits it
+    again = Spool(path)
+    try:
+        assert [e.seq for e in again.peek(10)] == old[1:] + new + [later]
+    finally:
+        again.close()
+
+
+def test_a_batch_survives_sigkill_once_committed(tmp_path: Path) -> None:
+    script = textwrap.dedent(f"""
+        import os, signal
+        from wa_mqtt.mqtt.spool import Spool
+        s = Spool({str(tmp_path / 'spool.db')!r})
+        for i in range(5):
+            s.append('t', b'kept%d' % i, 1, False, batch=True)
+        s.commit()
+        s.append('t', b'open', 1, False, batch=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    assert subprocess.run([sys.executable, "-c", script], check=False, timeout=30).returncode == -9
+    spool = Spool(tmp_path / "spool.db")
+    try:
+        assert [e.payload for e in spool.peek(10)] == [b"kept%d" % i for i in range(5)]
+    finally:
+        spool.close()

@@ -9,10 +9,12 @@ rather than losing it. Inside a running event loop `remember` keeps the id in me
 the loop turn (`seen` counts it at once) and the turn's ids are written together at its end (one
 `call_soon` scheduled by the turn's first id): a burst of incoming messages arrives many per turn,
 so one transaction for tens of ids, ~5 us CPU per id instead of ~19 us for an autocommit INSERT
-each. A process kill within the turn can lose the turn's ids, never a message: each was spooled
-(committed) before its id was remembered, and a lost id only makes a message delivered again be
+each. A process kill within the turn can lose the turn's ids, never a message: the spool batches a
+turn's publishes too (mqtt/spool.py), and the turn's ids are written only after `before_write` (the
+spool's `commit`) says every message spooled so far is on disk (when it says some are held in memory,
+the disk full, the ids are held as well); a lost id only makes a message delivered again be
 published again, the direction above. Outside a loop (scripts, tools) each id is committed before
-`remember` returns; `commit` writes the turn's ids at once, `close` does too.
+`remember` returns (after `before_write`); `commit` writes the turn's ids at once, `close` does too.
 
 A full disk: an id that cannot be written is held in memory (still counted as seen) and reported to
 `report`; `write_held` writes the held ids once there is space (disk_full.DiskFullWatch calls it).
@@ -26,6 +28,7 @@ import asyncio
 import logging
 import sqlite3
 import threading
+from collections.abc import Callable
 from contextlib import nullcontext
 from itertools import islice
 from pathlib import Path
@@ -80,6 +83,16 @@ class _Batched(Holder, Protocol):
     def commit(self) -> None: ...
 
 
+BeforeWrite = Callable[[], bool]
+"""Called before dedup ids are written: commits what their messages were spooled in, and says whether
+every message spooled so far is on disk (the spool's `commit`)."""
+
+
+def messages_on_disk(before_write: BeforeWrite | None) -> bool:
+    """`before_write()` (True without one): here and in store/pg_dedup.py."""
+    return before_write is None or before_write()
+
+
 def settle(ids: _Batched, write_held: bool) -> None:
     """What `close` does before letting go, here and in store/pg_dedup.py: the loop turn's ids written,
     then the held ones, or (`write_held` False: the spool lost their messages) dropped, logged."""
@@ -97,13 +110,14 @@ class SeenIds:
     name = "dedup ids"
 
     def __init__(self, path: Path, window: int = DEFAULT_WINDOW, *, synchronous: Synchronous = "NORMAL",
-                 report: Report | None = None) -> None:
+                 report: Report | None = None, before_write: BeforeWrite | None = None) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
         self.path = Path(path)
         self.window = window
         self._trim_at = window + window // 256  # an account holding more is trimmed back to `window`
         self._report = report
+        self._before_write = before_write
         self._lock = threading.Lock()
         self._conn = open_versioned(self.path, SCHEMA, synchronous, PAGE_SIZE)
         rows = self._conn.execute("SELECT account, COUNT(*), MAX(n) FROM seen GROUP BY account").fetchall()
@@ -137,7 +151,10 @@ class SeenIds:
                     return
                 try:
                     loop = asyncio.get_running_loop()
-                except RuntimeError:  # no loop: written now
+                except RuntimeError:  # no loop: written now (after the spool's)
+                    if not messages_on_disk(self._before_write):
+                        self._held[key] = None
+                        return
                     try:
                         self._write([key])
                         return
@@ -156,9 +173,13 @@ class SeenIds:
     def commit(self) -> None:
         """Write the loop turn's ids now, in one transaction (it happens by itself at the end of the
         turn); on a full disk they are held (before any held since) and reported."""
+        spooled = self._turn is None or messages_on_disk(self._before_write)  # their messages first
         with self._lock:
             turn, self._turn = self._turn, None
             if not turn:
+                return
+            if not spooled:  # some are only in memory (the disk full): their ids must not reach the disk first
+                self._held = {**turn, **self._held}
                 return
             try:
                 self._write(list(turn))

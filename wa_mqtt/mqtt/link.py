@@ -4,7 +4,8 @@ It reconnects forever with backoff; on every (re)connect it publishes `bridge/st
 `offline` as the will), republishes every retained topic it holds (info, accounts, statuses, ...) and
 resubscribes. Publishes are of three kinds:
 - retained state (`set_retained`): latest value per topic, kept in memory, republished on reconnect;
-- durable (`publish(durable=True)`: messages, receipts): appended to the on-disk spool first and
+- durable (`publish(durable=True)`: messages, receipts): appended to the on-disk spool first (a loop
+  turn's together: one commit at the end of the turn, before any of them is published) and
   removed only after the broker acknowledged them (QoS 1), so an outage or a crash loses none; one
   acknowledged is not published again, and a copy that may have reached the broker before (in
   flight when the connection or the process was lost) goes out with `"redelivered": true` added to
@@ -90,6 +91,7 @@ class MqttLink:
         self._transient: deque[_Transient] = deque()
         self._wake = asyncio.Event()  # retained and transient publishes waiting
         self._spool_wake = asyncio.Event()  # durable publishes waiting
+        self._spool_commit_due = False  # the loop turn's durable publishes are committed at its end
         self._in_flight: dict[int, _Retained | _Transient] = {}  # published, PUBACK not yet back
         self._dispatch_ids = itertools.count()
         self._spool_acks = SpoolAcks()
@@ -101,6 +103,14 @@ class MqttLink:
         self._connected = asyncio.Event()
         self.dropped_transient = 0
         self.connects = 0
+
+    def _commit_spooled(self) -> None:
+        """The loop turn's durable publishes committed (or held in memory: the disk full): now publish them."""
+        self._spool_commit_due = False
+        try:
+            self._spool.commit()
+        finally:
+            self._spool_wake.set()
 
     # -- publishing (safe to call at any time, connected or not) --------------------------------
     def subscribe(self, topic_filter: str, subscription_id: int | None = None) -> None:
@@ -126,8 +136,16 @@ class MqttLink:
                 correlation_data: bytes | None = None) -> None:
         data = payload.encode() if isinstance(payload, str) else payload
         if durable:
-            self._spool.append(topic, data, qos, False)
-            self._spool_wake.set()
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (yet): committed now
+                self._spool.append(topic, data, qos, False)
+                self._spool_wake.set()
+                return
+            self._spool.append(topic, data, qos, False, batch=True)
+            if not self._spool_commit_due:  # one commit for the turn's durable publishes, at its end
+                self._spool_commit_due = True
+                loop.call_soon(self._commit_spooled)
             return
         if len(self._transient) >= TRANSIENT_LIMIT:
             self._transient.popleft()

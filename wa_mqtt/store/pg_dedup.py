@@ -10,7 +10,8 @@ Batched per loop turn like the SQLite file: inside a running loop `remember` kee
 (`seen` counts it at once) and the turn's ids are written in one transaction at the end of the turn
 (one round trip for a burst, not one each); outside a loop each id is written before `remember`
 returns. A write that fails (the server gone) loses the turn's ids, logged: a message delivered
-again would then be published again, never lost.
+again would then be published again, never lost. As there, the turn's ids are written only after
+`before_write` (the spool's `commit`): held in memory while it says some messages are.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import asyncio
 import logging
 import threading
 
-from ..accounts.dedup import DEFAULT_WINDOW, settle
+from ..accounts.dedup import DEFAULT_WINDOW, BeforeWrite, messages_on_disk, settle
 from .pg import Locked, PgSchema, PgUnavailable, PgUpgrade, masked
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class PgSeenIds:
 
     name = "dedup ids"
 
-    def __init__(self, url: str, window: int = DEFAULT_WINDOW) -> None:
+    def __init__(self, url: str, window: int = DEFAULT_WINDOW, *, before_write: BeforeWrite | None = None) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
         self.path = masked(url)
@@ -55,6 +56,7 @@ class PgSeenIds:
         self._held: dict[tuple[str, str], None] = {}  # ids kept in memory (`hold`), oldest first
         self._turn: dict[tuple[str, str], None] | None = None  # the loop turn's ids, written at its end
         self._held_lock = threading.Lock()
+        self._before_write = before_write
         self._db = Locked.upgraded(url, SCHEMA)
         self.duplicates = 0
 
@@ -81,7 +83,11 @@ class PgSeenIds:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self._write([(account, message_id)])
+            if messages_on_disk(self._before_write):
+                self._write([(account, message_id)])
+            else:
+                with self._held_lock:
+                    self._held[(account, message_id)] = None
             return
         with self._held_lock:
             if self._turn is None:
@@ -91,8 +97,12 @@ class PgSeenIds:
 
     def commit(self) -> None:
         """Write the loop turn's ids now, in one transaction (it happens by itself at the end of the turn)."""
+        spooled = self._turn is None or messages_on_disk(self._before_write)  # their messages first
         with self._held_lock:
             turn, self._turn = self._turn, None
+            if turn and not spooled:  # some are only in memory (the disk full): their ids must not be written first
+                self._held.update(turn)
+                return
         if not turn:
             return
         import psycopg  # (as store/pg.py: imported only where PostgreSQL is used)
