@@ -143,7 +143,8 @@ def floor(port: int, prefix: str, directory: Path) -> None:
     over a pipe, the child's answer read back, the record deleted (committed; the answers read together
     in one statement, as the bridge's `complete_all`), then the response and two more QoS 1 publishes
     (the bridge's receipt and the sim's `sent` echo), each of those two spooled durably first
-    (inserted, committed; deleted once acknowledged, one delete per loop turn).
+    (inserted, the answers read together in one commit, as the bridge's spool batches a loop turn's;
+    deleted once acknowledged, one delete per loop turn).
     One thread runs it all on one `select` (paho's socket, the child's pipe), so nothing is handed
     between threads; the pipe writes of a turn go out together, and so do its MQTT packets, which are
     also read ahead, with the bridge's own helpers for paho's socket (`ReadAhead`, `coalesce`). It
@@ -179,6 +180,8 @@ def floor(port: int, prefix: str, directory: Path) -> None:
         replies = [json.loads(line) for line in lines_in]
         ids = [reply["id"] for reply in replies]
         db.execute(f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(ids))})", ids)
+        spooled: list[tuple[str, bytes]] = []
+        db.execute("BEGIN")
         for reply in replies:
             client.publish(waiting.pop(reply["id"]), reply["send"], qos=1)
             for kind in ("receipt", "sent"):
@@ -186,7 +189,10 @@ def floor(port: int, prefix: str, directory: Path) -> None:
                 spool["newest"] += 1
                 db.execute("INSERT INTO spool VALUES (?, ?, ?)",
                            (spool["newest"], f"{prefix}/events/{kind}", body))
-                client.publish(f"{prefix}/events/{kind}", body, qos=1)
+                spooled.append((f"{prefix}/events/{kind}", body))
+        db.execute("COMMIT")
+        for topic, body in spooled:  # published once committed
+            client.publish(topic, body, qos=1)
 
     def on_publish(*_args: object) -> None:
         spool["acked"] += 1
