@@ -14,7 +14,8 @@ turn's publishes too (mqtt/spool.py), and the turn's ids are written only after 
 spool's `commit`) says every message spooled so far is on disk (when it says some are held in memory,
 the disk full, the ids are held as well); a lost id only makes a message delivered again be
 published again, the direction above. Outside a loop (scripts, tools) each id is committed before
-`remember` returns (after `before_write`); `commit` writes the turn's ids at once, `close` does too.
+`remember` returns (after `before_write`; held when it says messages are held); `commit` writes the
+turn's ids at once, `close` does too.
 
 A full disk: an id that cannot be written is held in memory (still counted as seen) and reported to
 `report`; `write_held` writes the held ids once there is space (disk_full.DiskFullWatch calls it).

@@ -91,7 +91,7 @@ class MqttLink:
         self._transient: deque[_Transient] = deque()
         self._wake = asyncio.Event()  # retained and transient publishes waiting
         self._spool_wake = asyncio.Event()  # durable publishes waiting
-        self._spool_commit_due = False  # the loop turn's durable publishes are committed at its end
+        self._spool_commit_due: asyncio.AbstractEventLoop | None = None  # where the turn's commit is scheduled
         self._in_flight: dict[int, _Retained | _Transient] = {}  # published, PUBACK not yet back
         self._dispatch_ids = itertools.count()
         self._spool_acks = SpoolAcks()
@@ -106,7 +106,7 @@ class MqttLink:
 
     def _commit_spooled(self) -> None:
         """The loop turn's durable publishes committed (or held in memory: the disk full): now publish them."""
-        self._spool_commit_due = False
+        self._spool_commit_due = None
         try:
             self._spool.commit()
         finally:
@@ -143,8 +143,8 @@ class MqttLink:
                 self._spool_wake.set()
                 return
             self._spool.append(topic, data, qos, False, batch=True)
-            if not self._spool_commit_due:  # one commit for the turn's durable publishes, at its end
-                self._spool_commit_due = True
+            if self._spool_commit_due is not loop:  # one commit for the turn's durable publishes, at its end
+                self._spool_commit_due = loop  # (a loop closed before it ran leaves its own: scheduled here again)
                 loop.call_soon(self._commit_spooled)
             return
         if len(self._transient) >= TRANSIENT_LIMIT:

@@ -1,18 +1,19 @@
 """The spool: a durable FIFO (SQLite, WAL) of MQTT publishes the broker has not acknowledged yet.
 
-`append` commits before it returns, so an entry survives a kill of the process at any point after
-it; `peek` reads the oldest entries (after a given one) and `ack(seq)` removes that entry and
+`append` commits before it returns (with `batch`, `commit()` does), so an entry survives a kill of
+the process at any point after that; `peek` reads the oldest entries (after a given one) and `ack(seq)` removes that entry and
 everything older, once the broker has acknowledged them.
 
 Batches: `append(batch=True)` writes the entry into an open transaction instead, and `commit()`
 commits all of them at once; an entry is not visible to `peek` (so never published) before it is
-committed, and any other call commits the open batch first. The link batches the durable publishes
-of a loop turn and commits them at its end (one `call_soon`): the bridge writes an event it read from
-its engine at once either way, so the turn only widens, by the rest of the turn, the window in which
-a kill loses what it read (the dedup ids are written only after the spool's batch, `before_write` in
-accounts/dedup.py). Measured (2 vCPU VM, the send benchmark, 8,000 sends, ~10 durable publishes
-per commit): one transaction per append made 14.6 WAL page writes (`pwrite`) and 21 file locks
-(`fcntl`) per send; see docs/performance.md for the figures with batches.
+committed, and every call that writes (`ack`, a "published up to" mark, `write_held`, `close`) commits
+it first. The link batches the durable publishes of a loop turn and commits them at its end (one
+`call_soon`): what the bridge read from its engine was only in memory until then either way, so the
+batch only widens, by the rest of the turn, the window in which a kill loses what it read (the dedup
+ids are written only after the spool's batch: `before_write` in accounts/dedup.py). Measured (2 vCPU
+VM, the send benchmark, 8,000 sends, ~12 durable publishes per commit; strace): per send, 14.6 WAL
+writes (`pwrite`) and 21 file locks (`fcntl`) with one transaction per append, 10.9 and 10.7 with
+batches, and 16.2 -> 9.1 KB written (the rest is the outbox's); docs/performance.md has the rest.
 
 Redelivery: an entry that may have reached the broker already is returned with `redelivered` set.
 The publisher calls `publishing(seq)` before each publish; `connection_lost()` then marks what was in
@@ -328,7 +329,11 @@ class Spool:
         """Close the file; what is still held (the disk full to the end) is written now or reported lost
         (counted in `lost`: the dedup ids of those messages must not be written then, app.py);
         the "maybe delivered" mark is written exact (what was published and is still here)."""
-        self.commit()
+        with self._lock:
+            try:  # not reported (the watch is closed by now): a failure holds the batch, written below or lost
+                self._commit_batch()
+            except sqlite3.Error as exc:
+                log.error("spool %s: the last publishes could not be committed (%s)", self.path, exc)
         if self._held or self._delete_pending:
             self.write_held(len(self._held) or 1)
         with self._lock:
@@ -452,7 +457,7 @@ class Spool:
         self._conn.execute(_INSERT, (entry.seq, entry.topic, entry.payload, entry.qos, int(entry.retain), _size(entry)))
 
     def _write_held(self, limit: int) -> None:
-        self._commit_batch()  # (none is open while anything is held: held entries come after a failed one)
+        self._commit_batch()  # (one may be open when nothing is held: this is also the disk's write probe)
         if self._delete_pending:
             self._conn.execute("DELETE FROM spool WHERE seq <= ?", (self._acked,))
             self._delete_pending = False
