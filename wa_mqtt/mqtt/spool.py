@@ -1,8 +1,8 @@
 """The spool: a durable FIFO (SQLite, WAL) of MQTT publishes the broker has not acknowledged yet.
 
 `append` commits before it returns (with `batch`, `commit()` does), so an entry survives a kill of
-the process at any point after that; `peek` reads the oldest entries (after a given one) and `ack(seq)` removes that entry and
-everything older, once the broker has acknowledged them.
+the process at any point after that; `peek` reads the oldest entries (after a given one) and
+`ack(seq)` removes that entry and everything older, once the broker has acknowledged them.
 
 Batches: `append(batch=True)` writes the entry into an open transaction instead, and `commit()`
 commits all of them at once; an entry is not visible to `peek` (so never published) before it is
@@ -72,6 +72,7 @@ TAIL_ENTRIES = 512  # the newest entries written also kept in memory (`peek` rea
 TAIL_BYTES = 1 << 20  # ... up to this many topic + payload bytes
 
 _INSERT = "INSERT INTO spool (seq, topic, payload, qos, retain, size) VALUES (?, ?, ?, ?, ?, ?)"
+_WRITE_ISSUED = "INSERT OR REPLACE INTO spool_state (key, value) VALUES ('issued_upto', ?)"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (
     seq     INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -360,8 +361,7 @@ class Spool:
             self._conn.execute(_INSERT, (entry.seq, entry.topic, entry.payload, entry.qos, int(entry.retain), size))
             if entry.seq > (self._batch_issued or self._issued):
                 self._batch_issued = entry.seq + ISSUED_LEASE
-                self._conn.execute("INSERT OR REPLACE INTO spool_state (key, value) VALUES ('issued_upto', ?)",
-                                   (self._batch_issued,))
+                self._conn.execute(_WRITE_ISSUED, (self._batch_issued,))
         except sqlite3.Error:
             self._hold_batch()
             raise
@@ -402,7 +402,7 @@ class Spool:
         if size is None:
             size = sum(_size(e) for e in entries)
         last = entries[-1]
-        overflowing = self._count and self._bytes + size > self.max_bytes
+        overflowing = self._overflows(size)  # (no batch is open here: its callers commit it first)
         if len(entries) == 1 and last.seq <= self._issued and not overflowing:
             # the common case (an append): one INSERT, autocommit: committed when it returns
             self._conn.execute(_INSERT, (last.seq, last.topic, last.payload, last.qos, int(last.retain), size))
@@ -450,8 +450,7 @@ class Spool:
         for entry in entries:
             self._insert(entry)
         if issued is not None:
-            self._conn.execute("INSERT OR REPLACE INTO spool_state (key, value) VALUES ('issued_upto', ?)",
-                               (issued,))
+            self._conn.execute(_WRITE_ISSUED, (issued,))
 
     def _insert(self, entry: SpoolEntry) -> None:
         self._conn.execute(_INSERT, (entry.seq, entry.topic, entry.payload, entry.qos, int(entry.retain), _size(entry)))
