@@ -1,7 +1,9 @@
 """The raw baselines of bench/run.py: plain paho clients at their best, each in a process of its own.
 
-    python bench/raw_clients.py relay PORT PREFIX [--respond]
-        republishes every `PREFIX/in/...` message (QoS 1) on `PREFIX/out/...` (`PREFIX/resp/...`)
+    python bench/raw_clients.py relay PORT PREFIX [--respond] [--also N]
+        republishes every `PREFIX/in/...` message (QoS 1) on `PREFIX/out/...` (`PREFIX/resp/...`);
+        `--also N`: after each, N more QoS 1 publishes of a bridge-sized payload on topics nobody
+        subscribes to (the send path's ceiling: a send's answer, its receipt and the sim's `sent` echo)
     python bench/raw_clients.py floor PORT PREFIX DIR
         answers every `PREFIX/in/...` request on `PREFIX/resp/...` after the send path's mandatory
         steps, at their cheapest (see `floor`), keeping its SQLite file in DIR
@@ -77,13 +79,17 @@ def connect(port: int, name: str) -> tuple[mqtt.Client, threading.Event]:
     return client, connected
 
 
-def relay(port: int, prefix: str, respond: bool) -> None:
+def relay(port: int, prefix: str, respond: bool, also: int = 0) -> None:
     client, _ = connect(port, "raw-relay")
     out = "/resp/" if respond else "/out/"
+    extra = [f"{prefix}/also{k}" for k in range(also)]
+    payload = json.dumps(PAYLOAD).encode()
     subscribed = threading.Event()
 
     def on_message(c: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
         c.publish(message.topic.replace("/in/", out, 1), message.payload, qos=1)
+        for topic in extra:
+            c.publish(topic, payload, qos=1)
 
     client.on_message = on_message
     client.on_subscribe = lambda *_args: subscribed.set()
@@ -347,6 +353,7 @@ def main() -> None:
     relay_args.add_argument("port", type=int)
     relay_args.add_argument("prefix")
     relay_args.add_argument("--respond", action="store_true")
+    relay_args.add_argument("--also", type=int, default=0)
     floor_args = sub.add_parser("floor")
     floor_args.add_argument("port", type=int)
     floor_args.add_argument("prefix")
@@ -371,7 +378,7 @@ def main() -> None:
     produce_args.add_argument("--stamp", action="store_true")
     args = parser.parse_args()
     if args.command == "relay":
-        relay(args.port, args.prefix, args.respond)
+        relay(args.port, args.prefix, args.respond, args.also)
     elif args.command == "floor":
         floor(args.port, args.prefix, args.directory)
     elif args.command == "sink":
