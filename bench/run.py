@@ -365,7 +365,7 @@ class Bench:
                                  "p99 within 2 ms of raw" if q == 99 else ""))
 
     async def sends(self) -> None:
-        n, window = (500, 20) if self.quick else (2000, 20)
+        n, window = (500, 20) if self.quick else (8000, 20)
         raw_elapsed, raw_lat = await raw_request_response(self.broker, n, window)
         # the same responder publishing what a send publishes (answer, receipt, the sim's `sent` echo)
         ceiling_elapsed, ceiling_lat = await raw_request_response(self.broker, n, window, also=2)
