@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -289,6 +290,55 @@ def test_wal_checkpoints_run_off_the_writer_and_rewind_the_wal(tmp_path: Path) -
     assert "checkpoint-x.db" in names
     conn.close()
     assert "checkpoint-x.db" not in {t.name for t in threading.enumerate()}
+
+
+def test_a_wal_written_without_pause_is_rewound_once_past_its_size_limit(tmp_path: Path) -> None:
+    """Under commits that never pause, no commit finds a PASSIVE checkpoint complete, so none rewinds
+    the WAL and it grew to 30 - 40 MB in the send benchmark. Past WAL_SIZE_LIMIT, a PASSIVE that copied
+    all it saw is followed by a RESTART, and the writer's next commit starts the WAL over."""
+    import threading
+    import time
+
+    from wa_mqtt.durable import WAL_SIZE_LIMIT, WalCheckpointer, open_wal
+
+    path = tmp_path / "x.db"
+    conn = open_wal(path)
+    assert conn.checkpointer is not None
+    conn.checkpointer.close()  # this test runs the checkpoints itself
+    conn.checkpointer = None
+    conn.execute("CREATE TABLE t (v BLOB)")
+    checkpointer = WalCheckpointer(path, every=3600)
+    wal = Path(f"{path}-wal")
+    stop = threading.Event()
+
+    def write() -> None:  # the owner, committing without a pause
+        while not stop.is_set():
+            conn.execute("INSERT INTO t VALUES (?)", (b"x" * 600,))
+
+    def generation() -> bytes:  # the WAL header's checkpoint sequence and salts: new when it starts over
+        with open(wal, "rb") as f:
+            return f.read(24)[12:]
+
+    def wait_for(condition: Callable[[], bool], seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while not condition():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.001)  # polling a file, not synchronising with the writer
+        return True
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        assert wait_for(lambda: wal.stat().st_size > WAL_SIZE_LIMIT + (1 << 20), 30)
+        before = generation()
+        checkpointer.checkpoint()
+        assert wait_for(lambda: generation() != before, 10)  # the WAL started over under the writer
+    finally:
+        stop.set()
+        writer.join()
+        checkpointer.close()
+        conn.close()
 
 
 def _version_2_spool(path: Path, entries: int, size: int) -> None:
