@@ -27,6 +27,8 @@ Synchronous = Literal["NORMAL", "FULL"]
 CHECKPOINT_EVERY = 0.5  # seconds between background checkpoints (when the WAL was written to)
 CHECKPOINT_WAL_CAP = 8 << 20  # WAL frames left over this size: the next checkpoint holds writers back
 WAL_SIZE_LIMIT = 4 << 20  # the WAL file is cut back to this size when it rewinds
+BUSY_TIMEOUT_MS = 5000  # how long a statement waits for a lock another connection holds
+REWIND_WAIT_MS = 100  # how long a rewinding RESTART waits for the writer, then for readers (holding writers back)
 
 
 class WalCheckpointer:
@@ -37,18 +39,21 @@ class WalCheckpointer:
     it began, the writer has committed more meanwhile, and the WAL grows (to 30 to 40 MB in the send
     benchmark, measured). So once the WAL file is past `WAL_SIZE_LIMIT`, a PASSIVE that copied all it
     saw is followed at once by a RESTART: writers wait only while it copies the frames committed during
-    the PASSIVE and syncs, and the WAL starts over (cut back to `WAL_SIZE_LIMIT`). When more than `cap`
-    bytes of frames were left over (a PASSIVE that could not copy all it saw), the next checkpoint is a
-    RESTART too (the stall SQLite would have caused inline, but only under sustained overload)."""
+    the PASSIVE and syncs, and the WAL starts over (cut back to `WAL_SIZE_LIMIT`). One that would have
+    to wait longer for a reader gives up (`_rewind`), and is tried again once the WAL grew by
+    `WAL_SIZE_LIMIT` more. When more than `cap` bytes of frames were left over (a PASSIVE that could
+    not copy all it saw), the next checkpoint is a RESTART too (the stall SQLite would have caused
+    inline, but only under sustained overload)."""
 
     def __init__(self, path: Path, every: float = CHECKPOINT_EVERY, cap: int = CHECKPOINT_WAL_CAP) -> None:
         self._wal = Path(f"{path}-wal")
         self._every = every
         self._cap = cap
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA busy_timeout=5000")
+        self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         self._page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
         self._restart_next = False
+        self._rewind_past = WAL_SIZE_LIMIT  # a WAL file past this size is rewound after a complete PASSIVE
         self._seen: tuple[int, int] | None = None  # the WAL's (mtime, size) when last found fully checkpointed
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"checkpoint-{Path(path).name}", daemon=True)
@@ -66,10 +71,13 @@ class WalCheckpointer:
                 return None
             mode = "RESTART" if self._restart_next else "PASSIVE"
             _busy, frames, copied = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
-            if mode == "PASSIVE" and frames == copied and stat.st_size > WAL_SIZE_LIMIT:  # rewind it now
+            if mode == "PASSIVE" and frames == copied and stat.st_size > self._rewind_past:  # rewind it now
                 log.debug("checkpoint of %s: %d frames copied, the WAL past %d bytes: RESTART",
-                          self._wal, copied, WAL_SIZE_LIMIT)
-                _busy, frames, copied = self._conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                          self._wal, copied, self._rewind_past)
+                busy, frames, copied = self._rewind()
+                # one that gave up (a reader kept its snapshot) is tried again once the WAL grew as much
+                # again, not every round: a reader that stays must not hold writers back each time
+                self._rewind_past = stat.st_size + WAL_SIZE_LIMIT if busy else WAL_SIZE_LIMIT
         except FileNotFoundError:
             return None
         except sqlite3.Error as exc:  # busy or closing: the next round tries again
@@ -79,6 +87,18 @@ class WalCheckpointer:
         if frames == copied:
             self._seen = (stat.st_mtime_ns, stat.st_size)
         return frames, copied
+
+    def _rewind(self) -> tuple[bool, int, int]:
+        """A RESTART that gives up after `REWIND_WAIT_MS` (SQLite's busy timeout) where one under the
+        usual 5 s would wait: it holds writers back while it waits for readers, and a reader that keeps
+        its snapshot (another process's open transaction) must not stall the event loop for seconds.
+        (gave up, frames in the WAL, frames copied)."""
+        self._conn.execute(f"PRAGMA busy_timeout={REWIND_WAIT_MS}")
+        try:
+            busy, frames, copied = self._conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        finally:
+            self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        return bool(busy), int(frames), int(copied)
 
     def close(self) -> None:
         self._stop.set()
@@ -122,7 +142,7 @@ def open_wal(path: Path, synchronous: Synchronous = "NORMAL", page_size: int | N
         if str(mode).lower() != "wal":
             raise sqlite3.OperationalError(f"{path}: cannot switch to WAL (journal_mode={mode})")
         conn.execute(f"PRAGMA synchronous={synchronous}")
-        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA wal_autocheckpoint=0")
         conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         conn.checkpointer = WalCheckpointer(path)

@@ -9,7 +9,6 @@ import stat
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -292,14 +291,56 @@ def test_wal_checkpoints_run_off_the_writer_and_rewind_the_wal(tmp_path: Path) -
     assert "checkpoint-x.db" not in {t.name for t in threading.enumerate()}
 
 
-def test_a_wal_written_without_pause_is_rewound_once_past_its_size_limit(tmp_path: Path) -> None:
-    """Under commits that never pause, no commit finds a PASSIVE checkpoint complete, so none rewinds
-    the WAL and it grew to 30 - 40 MB in the send benchmark. Past WAL_SIZE_LIMIT, a PASSIVE that copied
-    all it saw is followed by a RESTART, and the writer's next commit starts the WAL over."""
-    import threading
+def test_a_wal_past_its_size_limit_is_rewound_by_a_restart_after_a_complete_passive(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A commit rewinds the WAL only if it begins while the WAL is wholly copied; under sustained writes
+    one always lands during the PASSIVE, so none did, and the WAL grew to 30 - 40 MB in the send
+    benchmark. Past WAL_SIZE_LIMIT, a PASSIVE that copied all it saw is followed by a RESTART, after
+    which the writer's next commit starts the WAL over, cut back to the limit; below it, no RESTART."""
+    from wa_mqtt.durable import WAL_SIZE_LIMIT, WalCheckpointer, open_wal
+
+    path = tmp_path / "x.db"
+    wal = Path(f"{path}-wal")
+    conn = open_wal(path)
+    assert conn.checkpointer is not None
+    conn.checkpointer.close()  # this test runs the checkpoints itself
+    conn.checkpointer = None
+    conn.execute("CREATE TABLE t (v BLOB)")
+    checkpointer = WalCheckpointer(path, every=3600)
+    caplog.set_level(logging.DEBUG, logger="wa_mqtt.durable")
+
+    def restarts() -> int:
+        return sum("RESTART" in r.getMessage() for r in caplog.records)
+
+    def generation() -> bytes:  # the WAL header's checkpoint sequence and salts: new when it starts over
+        with open(wal, "rb") as f:
+            return f.read(24)[12:]
+
+    try:
+        for _ in range(200):
+            conn.execute("INSERT INTO t VALUES (?)", (b"x" * 600,))
+        assert checkpointer.checkpoint() is not None and restarts() == 0  # a small WAL: PASSIVE only
+        while wal.stat().st_size <= WAL_SIZE_LIMIT + (1 << 20):
+            conn.execute("INSERT INTO t VALUES (?)", (b"x" * 600,))
+        before = generation()
+        frames, copied = checkpointer.checkpoint() or (0, -1)
+        assert frames == copied and restarts() == 1
+        conn.execute("INSERT INTO t VALUES (?)", (b"y",))
+        assert generation() != before  # the WAL started over
+        assert wal.stat().st_size <= WAL_SIZE_LIMIT  # and was cut back
+    finally:
+        checkpointer.close()
+        conn.close()
+
+
+def test_a_rewind_gives_up_soon_on_a_reader_that_keeps_its_snapshot(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A RESTART holds writers back while it waits for readers: with SQLite's 5 s busy timeout another
+    process's open read transaction would stall the bridge's loop for seconds, every round. The rewind
+    gives up after REWIND_WAIT_MS, and is not tried again until the WAL grew by WAL_SIZE_LIMIT more."""
     import time
 
-    from wa_mqtt.durable import WAL_SIZE_LIMIT, WalCheckpointer, open_wal
+    from wa_mqtt.durable import BUSY_TIMEOUT_MS, WAL_SIZE_LIMIT, WalCheckpointer, open_wal
 
     path = tmp_path / "x.db"
     conn = open_wal(path)
@@ -308,35 +349,25 @@ def test_a_wal_written_without_pause_is_rewound_once_past_its_size_limit(tmp_pat
     conn.checkpointer = None
     conn.execute("CREATE TABLE t (v BLOB)")
     checkpointer = WalCheckpointer(path, every=3600)
-    wal = Path(f"{path}-wal")
-    stop = threading.Event()
-
-    def write() -> None:  # the owner, committing without a pause
-        while not stop.is_set():
-            conn.execute("INSERT INTO t VALUES (?)", (b"x" * 600,))
-
-    def generation() -> bytes:  # the WAL header's checkpoint sequence and salts: new when it starts over
-        with open(wal, "rb") as f:
-            return f.read(24)[12:]
-
-    def wait_for(condition: Callable[[], bool], seconds: float) -> bool:
-        deadline = time.monotonic() + seconds
-        while not condition():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.001)  # polling a file, not synchronising with the writer
-        return True
-
-    writer = threading.Thread(target=write)
-    writer.start()
+    reader = sqlite3.connect(path, isolation_level=None)
     try:
-        assert wait_for(lambda: wal.stat().st_size > WAL_SIZE_LIMIT + (1 << 20), 30)
-        before = generation()
+        while Path(f"{path}-wal").stat().st_size <= WAL_SIZE_LIMIT + (1 << 20):
+            conn.execute("INSERT INTO t VALUES (?)", (b"x" * 600,))
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT COUNT(*) FROM t").fetchone()[0] > 0  # its snapshot: the WAL as it is
+        caplog.set_level(logging.DEBUG, logger="wa_mqtt.durable")
+        started = time.monotonic()
         checkpointer.checkpoint()
-        assert wait_for(lambda: generation() != before, 10)  # the WAL started over under the writer
+        assert time.monotonic() - started < BUSY_TIMEOUT_MS / 1000 / 2  # gave up: not SQLite's 5 s
+        assert sum("RESTART" in r.getMessage() for r in caplog.records) == 1
+        conn.execute("INSERT INTO t VALUES (?)", (b"y",))  # the writer is not held back
+        reader.execute("COMMIT")  # a reader that reads again and again, each time the latest snapshot
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT COUNT(*) FROM t").fetchone()[0] > 0
+        checkpointer.checkpoint()
+        assert sum("RESTART" in r.getMessage() for r in caplog.records) == 1  # not every round
     finally:
-        stop.set()
-        writer.join()
+        reader.close()
         checkpointer.close()
         conn.close()
 
