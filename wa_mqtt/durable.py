@@ -26,24 +26,27 @@ log = logging.getLogger(__name__)
 Synchronous = Literal["NORMAL", "FULL"]
 CHECKPOINT_EVERY = 0.5  # seconds between background checkpoints (when the WAL was written to)
 CHECKPOINT_WAL_CAP = 8 << 20  # WAL frames left over this size: the next checkpoint holds writers back
-WAL_SIZE_LIMIT = 4 << 20  # the WAL file is cut back to this size when it rewinds
+WAL_SIZE_LIMIT = 4 << 20  # the WAL file is cut back to this size when it starts over
 BUSY_TIMEOUT_MS = 5000  # how long a statement waits for a lock another connection holds
-REWIND_WAIT_MS = 100  # how long a rewinding RESTART waits for the writer, then for readers (holding writers back)
+RESTART_WAIT_MS = 100  # a RESTART's whole budget for waiting: for the writer, then (holding writers back) for readers
 
 
 class WalCheckpointer:
     """Checkpoints one WAL database from its own thread and connection while the owner keeps writing.
 
-    A PASSIVE checkpoint never blocks writers, and the first commit after a complete one rewinds the
-    WAL. Under writes that never pause that commit never comes: each PASSIVE copies what was there when
-    it began, the writer has committed more meanwhile, and the WAL grows (to 30 to 40 MB in the send
+    A PASSIVE checkpoint never blocks writers, and the first commit after a complete one starts the WAL
+    over. Under writes that never pause that commit never comes: each PASSIVE copies what was there
+    when it began, the writer commits more meanwhile, and the WAL grows (to 30 to 40 MB in the send
     benchmark, measured). So once the WAL file is past `WAL_SIZE_LIMIT`, a PASSIVE that copied all it
     saw is followed at once by a RESTART: writers wait only while it copies the frames committed during
-    the PASSIVE and syncs, and the WAL starts over (cut back to `WAL_SIZE_LIMIT`). One that would have
-    to wait longer for a reader gives up (`_rewind`), and is tried again once the WAL grew by
-    `WAL_SIZE_LIMIT` more. When more than `cap` bytes of frames were left over (a PASSIVE that could
-    not copy all it saw), the next checkpoint is a RESTART too (the stall SQLite would have caused
-    inline, but only under sustained overload)."""
+    the PASSIVE and syncs, and the writer's next commit starts the WAL over (cutting the file back to
+    `WAL_SIZE_LIMIT`). When PASSIVEs fall behind (more than `cap` bytes of frames left over, or
+    four times `cap` in the WAL), the next checkpoint is a RESTART straight away (the stall SQLite would have
+    caused inline, but only under sustained overload).
+
+    A RESTART holds writers back while it waits for readers, so it waits `RESTART_WAIT_MS` at most,
+    not SQLite's usual 5 s: another process's open read transaction must not stall the event loop for
+    seconds. One that gave up is tried again only once the WAL grew by `WAL_SIZE_LIMIT` more."""
 
     def __init__(self, path: Path, every: float = CHECKPOINT_EVERY, cap: int = CHECKPOINT_WAL_CAP) -> None:
         self._wal = Path(f"{path}-wal")
@@ -52,8 +55,8 @@ class WalCheckpointer:
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         self._page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
-        self._restart_next = False
-        self._rewind_past = WAL_SIZE_LIMIT  # a WAL file past this size is rewound after a complete PASSIVE
+        self._restart_next = False  # the PASSIVEs fall behind: the next checkpoint is a RESTART
+        self._restart_past = WAL_SIZE_LIMIT  # no RESTART while the WAL file is this size or smaller
         self._seen: tuple[int, int] | None = None  # the WAL's (mtime, size) when last found fully checkpointed
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"checkpoint-{Path(path).name}", daemon=True)
@@ -69,31 +72,34 @@ class WalCheckpointer:
             stat = self._wal.stat()
             if (stat.st_mtime_ns, stat.st_size) == self._seen:
                 return None
-            mode = "RESTART" if self._restart_next else "PASSIVE"
-            _busy, frames, copied = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
-            if mode == "PASSIVE" and frames == copied and stat.st_size > self._rewind_past:  # rewind it now
-                log.debug("checkpoint of %s: %d frames copied, the WAL past %d bytes: RESTART",
-                          self._wal, copied, self._rewind_past)
-                busy, frames, copied = self._rewind()
-                # one that gave up (a reader kept its snapshot) is tried again once the WAL grew as much
-                # again, not every round: a reader that stays must not hold writers back each time
-                self._rewind_past = stat.st_size + WAL_SIZE_LIMIT if busy else WAL_SIZE_LIMIT
+            if stat.st_size <= WAL_SIZE_LIMIT:
+                self._restart_past = WAL_SIZE_LIMIT  # it started over (or never grew) since a RESTART gave up
+            restart = self._restart_next and stat.st_size > self._restart_past
+            if not restart:
+                busy, frames, copied = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if busy:  # another connection is checkpointing it: the next round tries again
+                    return None
+                restart = frames == copied and stat.st_size > self._restart_past  # caught up: start it over
+            if restart:
+                log.debug("checkpoint of %s (%d bytes): RESTART", self._wal, stat.st_size)
+                busy, frames, copied = self._restart()
+                self._restart_past = stat.st_size + WAL_SIZE_LIMIT if busy else WAL_SIZE_LIMIT
         except FileNotFoundError:
             return None
-        except sqlite3.Error as exc:  # busy or closing: the next round tries again
+        except sqlite3.Error as exc:  # closing, or the disk: the next round tries again
             log.debug("checkpoint of %s skipped: %s", self._wal, exc)
             return None
-        self._restart_next = (frames - copied) * self._page_size > self._cap or frames * self._page_size > 4 * self._cap
+        # a RESTART that went through reports the WAL it copied, which the next commit starts over
+        self._restart_next = not (restart and not busy) and (
+            (frames - copied) * self._page_size > self._cap or frames * self._page_size > 4 * self._cap)
         if frames == copied:
             self._seen = (stat.st_mtime_ns, stat.st_size)
         return frames, copied
 
-    def _rewind(self) -> tuple[bool, int, int]:
-        """A RESTART that gives up after `REWIND_WAIT_MS` (SQLite's busy timeout) where one under the
-        usual 5 s would wait: it holds writers back while it waits for readers, and a reader that keeps
-        its snapshot (another process's open transaction) must not stall the event loop for seconds.
-        (gave up, frames in the WAL, frames copied)."""
-        self._conn.execute(f"PRAGMA busy_timeout={REWIND_WAIT_MS}")
+    def _restart(self) -> tuple[bool, int, int]:
+        """PRAGMA wal_checkpoint(RESTART) under `RESTART_WAIT_MS` of busy timeout: (gave up, frames in
+        the WAL, frames copied)."""
+        self._conn.execute(f"PRAGMA busy_timeout={RESTART_WAIT_MS}")
         try:
             busy, frames, copied = self._conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
         finally:

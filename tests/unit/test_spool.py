@@ -291,81 +291,118 @@ def test_wal_checkpoints_run_off_the_writer_and_rewind_the_wal(tmp_path: Path) -
     assert "checkpoint-x.db" not in {t.name for t in threading.enumerate()}
 
 
-def test_a_wal_past_its_size_limit_is_rewound_by_a_restart_after_a_complete_passive(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A commit rewinds the WAL only if it begins while the WAL is wholly copied; under sustained writes
-    one always lands during the PASSIVE, so none did, and the WAL grew to 30 - 40 MB in the send
-    benchmark. Past WAL_SIZE_LIMIT, a PASSIVE that copied all it saw is followed by a RESTART, after
-    which the writer's next commit starts the WAL over, cut back to the limit; below it, no RESTART."""
-    from wa_mqtt.durable import WAL_SIZE_LIMIT, WalCheckpointer, open_wal
+class _PauseBeforeRestart:
+    """A checkpointer's connection that commits the owner's open transaction just before a RESTART:
+    the pause between two of the owner's transactions, which a RESTART waits for the writer lock in."""
+
+    def __init__(self, conn: sqlite3.Connection, owner: sqlite3.Connection) -> None:
+        self._conn, self._owner = conn, owner
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if "RESTART" in sql and self._owner.in_transaction:
+            self._owner.execute("COMMIT")
+        return self._conn.execute(sql, *args)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _wal_files(tmp_path: Path) -> tuple[Path, sqlite3.Connection, Path]:
+    """A WAL database past WAL_SIZE_LIMIT, its background checkpoints off: (path, owner, its WAL)."""
+    from wa_mqtt.durable import WAL_SIZE_LIMIT, open_wal
 
     path = tmp_path / "x.db"
-    wal = Path(f"{path}-wal")
     conn = open_wal(path)
     assert conn.checkpointer is not None
-    conn.checkpointer.close()  # this test runs the checkpoints itself
+    conn.checkpointer.close()  # the test runs the checkpoints itself
     conn.checkpointer = None
     conn.execute("CREATE TABLE t (v BLOB)")
-    checkpointer = WalCheckpointer(path, every=3600)
+    wal = Path(f"{path}-wal")
+    while wal.stat().st_size <= WAL_SIZE_LIMIT + (1 << 20):
+        conn.execute("INSERT INTO t VALUES (?)", (b"x" * 600,))
+    return path, conn, wal
+
+
+def _generation(wal: Path) -> bytes:
+    """The WAL header's checkpoint sequence and salts: new each time the WAL starts over."""
+    with open(wal, "rb") as f:
+        return f.read(24)[12:]
+
+
+def test_a_wal_written_during_every_checkpoint_starts_over_once_past_its_size_limit(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A commit starts the WAL over only if it begins while the WAL is wholly copied. Under sustained
+    writes a commit always landed during the PASSIVE (here: the owner's transaction is open across it),
+    so none did, and the WAL grew to 30 - 40 MB in the send benchmark. Past WAL_SIZE_LIMIT, a PASSIVE
+    that copied all it saw is followed by a RESTART, which takes the writer lock in the owner's next
+    pause; the owner's next commit then starts the WAL over and cuts the file back."""
+    from wa_mqtt.durable import WAL_SIZE_LIMIT, WalCheckpointer
+
+    path, conn, wal = _wal_files(tmp_path)
+    checkpointer = WalCheckpointer(path, every=3600, cap=1 << 18)  # the WAL is past 4 x cap too
+    setattr(checkpointer, "_conn", _PauseBeforeRestart(checkpointer._conn, conn))  # noqa: B010 (a test seam)
     caplog.set_level(logging.DEBUG, logger="wa_mqtt.durable")
-
-    def restarts() -> int:
-        return sum("RESTART" in r.getMessage() for r in caplog.records)
-
-    def generation() -> bytes:  # the WAL header's checkpoint sequence and salts: new when it starts over
-        with open(wal, "rb") as f:
-            return f.read(24)[12:]
-
     try:
-        for _ in range(200):
-            conn.execute("INSERT INTO t VALUES (?)", (b"x" * 600,))
-        assert checkpointer.checkpoint() is not None and restarts() == 0  # a small WAL: PASSIVE only
-        while wal.stat().st_size <= WAL_SIZE_LIMIT + (1 << 20):
-            conn.execute("INSERT INTO t VALUES (?)", (b"x" * 600,))
-        before = generation()
-        frames, copied = checkpointer.checkpoint() or (0, -1)
-        assert frames == copied and restarts() == 1
+        before = _generation(wal)
+        conn.execute("BEGIN IMMEDIATE")  # a commit in flight during the checkpoint
         conn.execute("INSERT INTO t VALUES (?)", (b"y",))
-        assert generation() != before  # the WAL started over
+        result = checkpointer.checkpoint()
+        assert result is not None and result[0] == result[1]  # all it saw was copied
+        if conn.in_transaction:
+            conn.execute("COMMIT")
+        conn.execute("INSERT INTO t VALUES (?)", (b"z",))  # the owner's next commit
+        assert _generation(wal) != before  # the WAL started over
         assert wal.stat().st_size <= WAL_SIZE_LIMIT  # and was cut back
+        conn.execute("INSERT INTO t VALUES (?)", (b"z",))
+        checkpointer.checkpoint()  # a PASSIVE: the RESTART that went through left no RESTART due
+        assert sum("RESTART" in r.getMessage() for r in caplog.records) == 1
     finally:
         checkpointer.close()
         conn.close()
 
 
-def test_a_rewind_gives_up_soon_on_a_reader_that_keeps_its_snapshot(tmp_path: Path,
+def test_a_restart_gives_up_soon_on_a_reader_that_keeps_its_snapshot(tmp_path: Path,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
-    """A RESTART holds writers back while it waits for readers: with SQLite's 5 s busy timeout another
-    process's open read transaction would stall the bridge's loop for seconds, every round. The rewind
-    gives up after REWIND_WAIT_MS, and is not tried again until the WAL grew by WAL_SIZE_LIMIT more."""
+    """A RESTART holds writers back while it waits for readers: under SQLite's 5 s busy timeout another
+    process's open read transaction would stall the bridge's loop for seconds, every round. It gives up
+    after RESTART_WAIT_MS, and is tried again only once the WAL grew by WAL_SIZE_LIMIT more."""
     import time
 
-    from wa_mqtt.durable import BUSY_TIMEOUT_MS, WAL_SIZE_LIMIT, WalCheckpointer, open_wal
+    from wa_mqtt.durable import BUSY_TIMEOUT_MS, WAL_SIZE_LIMIT, WalCheckpointer
 
-    path = tmp_path / "x.db"
-    conn = open_wal(path)
-    assert conn.checkpointer is not None
-    conn.checkpointer.close()  # this test runs the checkpoints itself
-    conn.checkpointer = None
-    conn.execute("CREATE TABLE t (v BLOB)")
-    checkpointer = WalCheckpointer(path, every=3600)
+    path, conn, wal = _wal_files(tmp_path)
+    checkpointer = WalCheckpointer(path, every=3600, cap=1 << 18)  # PASSIVEs "fall behind" too: past 4 x cap
     reader = sqlite3.connect(path, isolation_level=None)
-    try:
-        while Path(f"{path}-wal").stat().st_size <= WAL_SIZE_LIMIT + (1 << 20):
-            conn.execute("INSERT INTO t VALUES (?)", (b"x" * 600,))
+
+    def read_the_latest() -> None:  # a reader that reads again and again, each time the latest snapshot
+        if reader.in_transaction:
+            reader.execute("COMMIT")
         reader.execute("BEGIN")
-        assert reader.execute("SELECT COUNT(*) FROM t").fetchone()[0] > 0  # its snapshot: the WAL as it is
+        assert reader.execute("SELECT COUNT(*) FROM t").fetchone()[0] > 0
+
+    def restarts() -> int:
+        return sum("RESTART" in r.getMessage() for r in caplog.records)
+
+    try:
+        read_the_latest()  # from here on the owner's commits cannot start the WAL over by themselves
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # copied already: the timed call copies one frame
+        conn.execute("INSERT INTO t VALUES (?)", (b"y",))
+        read_the_latest()
         caplog.set_level(logging.DEBUG, logger="wa_mqtt.durable")
         started = time.monotonic()
         checkpointer.checkpoint()
         assert time.monotonic() - started < BUSY_TIMEOUT_MS / 1000 / 2  # gave up: not SQLite's 5 s
-        assert sum("RESTART" in r.getMessage() for r in caplog.records) == 1
-        conn.execute("INSERT INTO t VALUES (?)", (b"y",))  # the writer is not held back
-        reader.execute("COMMIT")  # a reader that reads again and again, each time the latest snapshot
-        reader.execute("BEGIN")
-        assert reader.execute("SELECT COUNT(*) FROM t").fetchone()[0] > 0
+        assert restarts() == 1
+        conn.execute("INSERT INTO t VALUES (?)", (b"z",))
+        read_the_latest()
         checkpointer.checkpoint()
-        assert sum("RESTART" in r.getMessage() for r in caplog.records) == 1  # not every round
+        assert restarts() == 1  # not every round
+        size = wal.stat().st_size
+        while wal.stat().st_size <= size + WAL_SIZE_LIMIT:
+            conn.execute("INSERT INTO t VALUES (?)", (b"x" * 600,))
+        read_the_latest()
+        checkpointer.checkpoint()
+        assert restarts() == 2  # once the WAL grew by WAL_SIZE_LIMIT more
     finally:
         reader.close()
         checkpointer.close()
