@@ -12,7 +12,6 @@ It decides nothing: it shows what the supervisors and the manager report.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -27,6 +26,7 @@ from ..model import IncomingMessage, utc_iso
 from ..mqtt.api import encode
 from ..mqtt.link import MqttLink
 from ..mqtt.topics import Topics
+from ..qr import qr_png
 from ..store.protocols import SeenStore as SeenIds
 
 if TYPE_CHECKING:
@@ -35,16 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 OWNER = "state publisher"
 SUMMARY_INTERVAL = 0.25  # seconds between two publishes of bridge/accounts (or bridge/info) at most
-
-
-def qr_png(code: str) -> bytes:
-    """The QR as PNG bytes (for the Home Assistant image entity). segno is imported on the first QR
-    (~15 ms, once): a bridge whose accounts are all linked never loads it."""
-    import segno
-
-    buffer = io.BytesIO()
-    segno.make(code, error="l", micro=False).save(buffer, kind="png", scale=6, border=2)
-    return buffer.getvalue()
 
 
 def bridge_event(event: ev.Event) -> tuple[str, dict[str, object]]:

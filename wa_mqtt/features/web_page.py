@@ -36,11 +36,12 @@ from .. import events as ev
 from ..bus import EventBus
 from ..config import Config
 from ..mqtt.api import encode
+from ..qr import qr_png
 from ..startup import StartupError
 from ..tasks import BackgroundTasks
 from ..web.access import COOKIE, Seen, Verdict, base_href, check
 from ..web.board import Board
-from ..web.view import Counters, http_status, qr_png
+from ..web.view import Counters, http_status
 
 if TYPE_CHECKING:
     from ..accounts.manager import AccountManager
@@ -226,7 +227,7 @@ class WebPage:
         code = self._board.qr(request.match_info["phone"])
         if code is None:
             return web.json_response({"status": "error", "code": "not_found", "error": "no QR on offer"}, status=404)
-        return web.Response(body=qr_png(code), content_type="image/png")
+        return web.Response(body=qr_png(code, border=4), content_type="image/png")
 
     async def _state(self, _request: web.Request) -> web.Response:
         return web.Response(body=encode(await self._snapshot()), content_type="application/json")

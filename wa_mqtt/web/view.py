@@ -7,7 +7,6 @@ nothing of its own but the time each thing was seen.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -84,12 +83,3 @@ def http_status(body: Mapping[str, object]) -> int:
     if body.get("status") == "ok":
         return 200
     return HTTP_STATUS.get(str(body.get("code")), 409)
-
-
-def qr_png(code: str) -> bytes:
-    """The QR as a PNG, as the state publisher draws it for `qr/image` (segno imported on the first, as there)."""
-    import segno
-
-    buffer = io.BytesIO()
-    segno.make(code, error="l", micro=False).save(buffer, kind="png", scale=6, border=4)
-    return buffer.getvalue()
